@@ -1,0 +1,119 @@
+//! SSE frame payloads (spec §2). The `event:` name of each frame is
+//! [`StreamEvent::name`]; the `data:` line is the payload serialized as one JSON line.
+
+use crate::error::{ErrorCode, OrchError};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Length,
+    Stop,
+    Eos,
+    Canceled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Length => "length",
+            FinishReason::Stop => "stop",
+            FinishReason::Eos => "eos",
+            FinishReason::Canceled => "canceled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartedFrame {
+    pub queue_position: u32,
+    pub predicted_start_ms: u64,
+    pub engine: String,
+    pub engine_version: String,
+    pub model: String,
+    pub pool_id: String,
+    pub replica_id: String,
+    pub sampler_profile_version: String,
+    pub seed: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenFrame {
+    pub t: String,
+    pub i: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsFrame {
+    pub queue_depth: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_budget_remaining: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_warmth: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndFrame {
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    pub decode_time_ms: u64,
+    pub ttft_ms: u64,
+    pub finish_reason: FinishReason,
+    /// Prompt tokens served from the engine's KV cache (additive field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_cached: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retriable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+}
+
+impl From<OrchError> for ErrorFrame {
+    fn from(e: OrchError) -> Self {
+        Self {
+            code: e.code,
+            message: e.message,
+            retriable: e.retriable,
+            retry_after_ms: e.retry_after_ms,
+            engine: e.engine,
+            pool_id: e.pool_id,
+        }
+    }
+}
+
+/// One frame of a task's event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum StreamEvent {
+    Started(StartedFrame),
+    Token(TokenFrame),
+    Metrics(MetricsFrame),
+    End(EndFrame),
+    Error(ErrorFrame),
+}
+
+impl StreamEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::Started(_) => "started",
+            StreamEvent::Token(_) => "token",
+            StreamEvent::Metrics(_) => "metrics",
+            StreamEvent::End(_) => "end",
+            StreamEvent::Error(_) => "error",
+        }
+    }
+
+    /// `end` and `error` close a stream; nothing follows them.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, StreamEvent::End(_) | StreamEvent::Error(_))
+    }
+}

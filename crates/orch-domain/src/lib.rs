@@ -1,0 +1,24 @@
+//! OrchQueue v1 domain vocabulary.
+//!
+//! This crate owns the types every layer speaks: the task request and its validation
+//! rules, the admission and status responses, the SSE frame payloads, the error codes
+//! with their `ErrorEnvelope`, and the backpressure policy labels. It depends on
+//! `serde`, `thiserror` and `uuid` only: no I/O, no async runtime, no HTTP.
+
+pub mod error;
+pub mod events;
+pub mod ids;
+pub mod policy;
+pub mod task;
+pub mod views;
+
+pub use error::{ErrorCode, ErrorEnvelope, OrchError};
+pub use events::{
+    EndFrame, ErrorFrame, FinishReason, MetricsFrame, StartedFrame, StreamEvent, TokenFrame,
+};
+pub use ids::{SessionId, TaskId};
+pub use policy::{FullPolicy, PolicyLabel};
+pub use task::{
+    Determinism, EngineKind, KvHint, Placement, Priority, TaskRequest, Workload, PROMPT_MAX_BYTES,
+};
+pub use views::{AdmissionResponse, SessionInfo, StreamLinks, TaskState, TaskStatus};

@@ -1,0 +1,47 @@
+//! Queue-full policies and the labels that name them on 429s and in metrics.
+
+use serde::{Deserialize, Serialize};
+
+/// What a pool's queue does when a task arrives and it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Refuse the new task with 429 `ADMISSION_REJECT`.
+    #[default]
+    Reject,
+    /// Evict the oldest queued batch task (its stream ends with `QUEUE_FULL_DROP_LRU`).
+    DropLru,
+    /// An interactive arrival evicts the newest queued batch task; a batch arrival is refused.
+    ShedLowPriority,
+}
+
+impl FullPolicy {
+    pub fn label(self) -> PolicyLabel {
+        match self {
+            FullPolicy::Reject => PolicyLabel::Reject,
+            FullPolicy::DropLru => PolicyLabel::DropLru,
+            FullPolicy::ShedLowPriority => PolicyLabel::ShedLowPriority,
+        }
+    }
+}
+
+/// `policy_label` on a 429 body and the `policy` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyLabel {
+    Reject,
+    DropLru,
+    ShedLowPriority,
+    Quota,
+}
+
+impl PolicyLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyLabel::Reject => "reject",
+            PolicyLabel::DropLru => "drop-lru",
+            PolicyLabel::ShedLowPriority => "shed-low-priority",
+            PolicyLabel::Quota => "quota",
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The task request (`POST /v1/tasks`) and the rules it is checked against before any
+//! pool is consulted. Pool-dependent checks (ctx, sampler profile) live in admission.
+
+use crate::error::OrchError;
+use crate::ids::{SessionId, TaskId};
+use serde::{Deserialize, Serialize};
+
+/// Largest prompt accepted, in bytes (the HTTP body limit is set above this).
+pub const PROMPT_MAX_BYTES: usize = 256 * 1024;
+/// Largest `stop` list and stop string accepted.
+pub const STOP_MAX_ITEMS: usize = 8;
+pub const STOP_MAX_BYTES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    Interactive,
+    Batch,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    Completion,
+    Embedding,
+    Rerank,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Llamacpp,
+    Vllm,
+    Tgi,
+    Triton,
+    Mock,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Llamacpp => "llamacpp",
+            EngineKind::Vllm => "vllm",
+            EngineKind::Tgi => "tgi",
+            EngineKind::Triton => "triton",
+            EngineKind::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Determinism {
+    Strict,
+    BestEffort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvHint {
+    Reuse,
+    Cold,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    #[serde(default)]
+    pub pin_pool_id: Option<String>,
+    #[serde(default)]
+    pub prefer_pools: Vec<String>,
+    #[serde(default)]
+    pub avoid_pools: Vec<String>,
+}
+
+/// `TaskRequest`: unknown fields are rejected so typos are not silently ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRequest {
+    #[serde(default)]
+    pub task_id: Option<TaskId>,
+    #[serde(default)]
+    pub session_id: Option<SessionId>,
+    pub workload: Workload,
+    pub model_ref: String,
+    #[serde(default)]
+    pub engine: Option<EngineKind>,
+    #[serde(default)]
+    pub ctx: Option<u32>,
+    pub priority: Priority,
+    pub prompt: String,
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub determinism: Option<Determinism>,
+    #[serde(default)]
+    pub sampler_profile_version: Option<String>,
+    #[serde(default)]
+    pub temperature: Option<f32>,
+    #[serde(default)]
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stop: Option<Vec<String>>,
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub expected_tokens: Option<u32>,
+    #[serde(default)]
+    pub kv_hint: Option<KvHint>,
+    #[serde(default)]
+    pub placement: Option<Placement>,
+}
+
+impl TaskRequest {
+    /// A minimal valid completion request (for tests, benches and embedders).
+    pub fn completion(model_ref: &str, prompt: &str, max_tokens: u32, priority: Priority) -> Self {
+        Self {
+            task_id: None,
+            session_id: None,
+            workload: Workload::Completion,
+            model_ref: model_ref.to_string(),
+            engine: None,
+            ctx: None,
+            priority,
+            prompt: prompt.to_string(),
+            max_tokens,
+            seed: None,
+            determinism: None,
+            sampler_profile_version: None,
+            temperature: None,
+            top_p: None,
+            stop: None,
+            deadline_ms: None,
+            expected_tokens: None,
+            kv_hint: None,
+            placement: None,
+        }
+    }
+
+    /// Pool-independent validation. Each failure names the field at fault.
+    pub fn validate(&self) -> Result<(), OrchError> {
+        if self.workload != Workload::Completion {
+            return Err(OrchError::invalid(
+                "workload",
+                "only `completion` is supported by this server",
+            ));
+        }
+        if self.model_ref.trim().is_empty() {
+            return Err(OrchError::invalid("model_ref", "must not be empty"));
+        }
+        if self.model_ref.len() > 256 {
+            return Err(OrchError::invalid(
+                "model_ref",
+                "must be at most 256 bytes",
+            ));
+        }
+        if self.prompt.is_empty() {
+            return Err(OrchError::invalid("prompt", "must not be empty"));
+        }
+        if self.prompt.len() > PROMPT_MAX_BYTES {
+            return Err(OrchError::invalid(
+                "prompt",
+                format!("must be at most {PROMPT_MAX_BYTES} bytes"),
+            ));
+        }
+        if self.max_tokens == 0 {
+            return Err(OrchError::invalid("max_tokens", "must be at least 1"));
+        }
+        if self.ctx == Some(0) {
+            return Err(OrchError::invalid("ctx", "must be at least 1"));
+        }
+        if let Some(t) = self.temperature {
+            if !(0.0..=2.0).contains(&t) || t.is_nan() {
+                return Err(OrchError::invalid("temperature", "must be within [0, 2]"));
+            }
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(OrchError::invalid("top_p", "must be within (0, 1]"));
+            }
+        }
+        if let Some(stop) = &self.stop {
+            if stop.len() > STOP_MAX_ITEMS {
+                return Err(OrchError::invalid(
+                    "stop",
+                    format!("at most {STOP_MAX_ITEMS} stop strings"),
+                ));
+            }
+            if stop.iter().any(|s| s.is_empty() || s.len() > STOP_MAX_BYTES) {
+                return Err(OrchError::invalid(
+                    "stop",
+                    format!("each stop string must be 1..={STOP_MAX_BYTES} bytes"),
+                ));
+            }
+        }
+        if self.deadline_ms == Some(0) {
+            return Err(OrchError::invalid("deadline_ms", "must be at least 1"));
+        }
+        if let Some(v) = &self.sampler_profile_version {
+            if v.is_empty() || v.len() > 64 {
+                return Err(OrchError::invalid(
+                    "sampler_profile_version",
+                    "must be 1..=64 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective seed: the request's, or one derived from the task id.
+    pub fn effective_seed(&self, id: TaskId) -> i64 {
+        self.seed.unwrap_or_else(|| id.derived_seed())
+    }
+
+    /// Temperature after determinism: `strict` forces 0.
+    pub fn effective_temperature(&self) -> Option<f32> {
+        match self.determinism {
+            Some(Determinism::Strict) => Some(0.0),
+            _ => self.temperature,
+        }
+    }
+}

