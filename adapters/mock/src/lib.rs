@@ -1,0 +1,360 @@
+//! `mock`: a scriptable in-process engine for tests and benchmarks.
+//!
+//! One [`MockEngine`] is one replica with `slots` concurrent decodes. Its output is a
+//! deterministic function of its seed, the request seed and the token index; its pace
+//! (`ttft_ms`, `tokens_per_sec`) and its faults (fail before the first token, fail
+//! after N tokens, stall after N tokens) are set by [`MockConfig`]. It reports engine
+//! `mock` in its properties, so every event and metric it feeds is labelled `mock`.
+
+use adapter_api::{
+    BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
+    WorkerAdapter, WorkerError,
+};
+use futures_util::stream;
+use orch_domain::{FinishReason, TaskId};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+pub const ENGINE: &str = "mock";
+
+/// Knobs of one mock replica (also the `[pools.mock]` table of the config file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    pub slots: u32,
+    /// Decode pace; 0 means as fast as possible.
+    pub tokens_per_sec: f64,
+    pub ttft_ms: u64,
+    /// Tokens produced before an `eos` when `max_tokens` allows more.
+    pub tokens: u32,
+    pub fail_before_first_token: bool,
+    pub fail_after_tokens: Option<u32>,
+    pub stall_after_tokens: Option<u32>,
+    pub seed: u64,
+    pub ctx_max: u32,
+    pub model: String,
+    pub engine_version: String,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            slots: 2,
+            tokens_per_sec: 50.0,
+            ttft_ms: 20,
+            tokens: 16,
+            fail_before_first_token: false,
+            fail_after_tokens: None,
+            stall_after_tokens: None,
+            seed: 0,
+            ctx_max: 4096,
+            model: "mock-model".into(),
+            engine_version: "mock-0.1.0".into(),
+        }
+    }
+}
+
+const WORDS: &[&str] = &[
+    "amber", "brook", "cedar", "dawn", "ember", "fern", "glade", "harbor", "iris", "juniper",
+    "kestrel", "lumen", "meadow", "north", "opal", "pine", "quill", "river", "stone", "thistle",
+    "umber", "vale", "willow", "yarrow",
+];
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The text of token `i` for the given engine and request seeds.
+pub fn token_text(engine_seed: u64, req_seed: i64, i: u32) -> String {
+    let h = splitmix64(engine_seed ^ (req_seed as u64).rotate_left(21) ^ u64::from(i));
+    format!(" {}", WORDS[(h % WORDS.len() as u64) as usize])
+}
+
+/// A stand-in digest for the mock model: 64 hex chars derived from the model name.
+pub fn mock_digest(model: &str) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in model.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let parts: Vec<String> = (0..4).map(|k| format!("{:016x}", splitmix64(h ^ k))).collect();
+    format!("sha256:{}", parts.concat())
+}
+
+/// One mock replica.
+pub struct MockEngine {
+    cfg: MockConfig,
+    busy: Arc<AtomicU32>,
+    ready: AtomicBool,
+    running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
+}
+
+impl MockEngine {
+    pub fn new(cfg: MockConfig) -> Self {
+        Self {
+            cfg,
+            busy: Arc::new(AtomicU32::new(0)),
+            ready: AtomicBool::new(true),
+            running: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn config(&self) -> &MockConfig {
+        &self.cfg
+    }
+
+    /// Slots currently decoding.
+    pub fn busy_slots(&self) -> u32 {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Make `health` report loading (false) or ready (true).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
+
+/// Frees the slot and forgets the cancel flag when the stream is dropped.
+struct SlotGuard {
+    busy: Arc<AtomicU32>,
+    running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
+    task: TaskId,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut m) = self.running.lock() {
+            m.remove(&self.task);
+        }
+    }
+}
+
+struct Gen {
+    cfg: MockConfig,
+    req: EngineRequest,
+    start: Instant,
+    next: u32,
+    total: u32,
+    finish: FinishReason,
+    canceled: Arc<AtomicBool>,
+    done: bool,
+    _guard: SlotGuard,
+}
+
+impl Gen {
+    fn due(&self, i: u32) -> Instant {
+        let mut d = Duration::from_millis(self.cfg.ttft_ms);
+        if self.cfg.tokens_per_sec > 0.0 {
+            d += Duration::from_secs_f64(f64::from(i) / self.cfg.tokens_per_sec);
+        }
+        self.start + d
+    }
+
+    async fn step(mut self) -> Option<(Result<EngineEvent, WorkerError>, Self)> {
+        if self.done || self.canceled.load(Ordering::Acquire) {
+            return None;
+        }
+        let i = self.next;
+        let due = self.due(i);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        if self.canceled.load(Ordering::Acquire) {
+            return None;
+        }
+        if i == 0 && self.cfg.fail_before_first_token {
+            self.done = true;
+            return Some((Err(WorkerError::Reset("mock: injected failure before first token".into())), self));
+        }
+        if self.cfg.fail_after_tokens == Some(i) {
+            self.done = true;
+            let msg = format!("mock: injected failure after {i} tokens");
+            return Some((Err(WorkerError::Reset(msg)), self));
+        }
+        if self.cfg.stall_after_tokens == Some(i) {
+            std::future::pending::<()>().await;
+        }
+        if i < self.total {
+            self.next += 1;
+            let text = token_text(self.cfg.seed, self.req.seed, i);
+            return Some((Ok(EngineEvent::Token { text, index: i }), self));
+        }
+        self.done = true;
+        let end = EngineEnd {
+            tokens_in: self.req.prompt.split_whitespace().count() as u32 + 1,
+            tokens_out: self.total,
+            tokens_cached: None,
+            finish_reason: self.finish,
+            decode_time_ms: self.start.elapsed().as_millis() as u64,
+            slot: None,
+        };
+        Some((Ok(EngineEvent::End(end)), self))
+    }
+}
+
+impl WorkerAdapter for MockEngine {
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>> {
+        let ready = self.ready.load(Ordering::Acquire);
+        Box::pin(async move { Ok(if ready { Health::Ready } else { Health::Loading }) })
+    }
+
+    fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>> {
+        let p = Properties {
+            engine: ENGINE.into(),
+            engine_version: self.cfg.engine_version.clone(),
+            model: self.cfg.model.clone(),
+            model_digest: mock_digest(&self.cfg.model),
+            slots: self.cfg.slots,
+            ctx_max: self.cfg.ctx_max,
+        };
+        Box::pin(async move { Ok(p) })
+    }
+
+    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>> {
+        Box::pin(async move {
+            if !self.ready.load(Ordering::Acquire) {
+                return Err(WorkerError::Unready("mock: loading".into()));
+            }
+            let claimed = self
+                .busy
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    (b < self.cfg.slots).then_some(b + 1)
+                })
+                .is_ok();
+            if !claimed {
+                return Err(WorkerError::Busy);
+            }
+            let canceled = Arc::new(AtomicBool::new(false));
+            if let Ok(mut m) = self.running.lock() {
+                m.insert(req.task_id, canceled.clone());
+            }
+            let guard = SlotGuard {
+                busy: self.busy.clone(),
+                running: self.running.clone(),
+                task: req.task_id,
+            };
+            let (total, finish) = if req.max_tokens <= self.cfg.tokens {
+                (req.max_tokens, FinishReason::Length)
+            } else {
+                (self.cfg.tokens, FinishReason::Eos)
+            };
+            let gen = Gen {
+                cfg: self.cfg.clone(),
+                req,
+                start: Instant::now(),
+                next: 0,
+                total,
+                finish,
+                canceled,
+                done: false,
+                _guard: guard,
+            };
+            let s: EventStream = Box::pin(stream::unfold(gen, Gen::step));
+            Ok(s)
+        })
+    }
+
+    fn cancel(&self, task: TaskId) -> BoxFuture<'_, Result<(), WorkerError>> {
+        if let Ok(m) = self.running.lock() {
+            if let Some(flag) = m.get(&task) {
+                flag.store(true, Ordering::Release);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn req(max_tokens: u32, seed: i64) -> EngineRequest {
+        EngineRequest {
+            task_id: TaskId::new_random(),
+            prompt: "hello there".into(),
+            max_tokens,
+            seed,
+            temperature: None,
+            top_p: None,
+            stop: vec![],
+            slot: None,
+            cache_prompt: false,
+        }
+    }
+
+    async fn collect(e: &MockEngine, r: EngineRequest) -> Vec<Result<EngineEvent, WorkerError>> {
+        e.submit(r).await.unwrap().collect().await
+    }
+
+    fn fast() -> MockConfig {
+        MockConfig { tokens_per_sec: 0.0, ttft_ms: 0, ..MockConfig::default() }
+    }
+
+    #[tokio::test]
+    async fn deterministic_for_a_seed() {
+        let e = MockEngine::new(fast());
+        let a = collect(&e, req(5, 7)).await;
+        let b = collect(&e, req(5, 7)).await;
+        let c = collect(&e, req(5, 8)).await;
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 6);
+        assert!(matches!(a[5], Ok(EngineEvent::End(EngineEnd { finish_reason: FinishReason::Length, tokens_out: 5, .. }))));
+    }
+
+    #[tokio::test]
+    async fn eos_when_max_tokens_exceeds_script() {
+        let e = MockEngine::new(MockConfig { tokens: 3, ..fast() });
+        let ev = collect(&e, req(10, 1)).await;
+        assert!(matches!(ev.last(), Some(Ok(EngineEvent::End(EngineEnd { finish_reason: FinishReason::Eos, tokens_out: 3, .. })))));
+    }
+
+    #[tokio::test]
+    async fn fails_after_n_tokens() {
+        let e = MockEngine::new(MockConfig { fail_after_tokens: Some(3), ..fast() });
+        let ev = collect(&e, req(10, 1)).await;
+        assert_eq!(ev.len(), 4);
+        assert!(matches!(ev[3], Err(WorkerError::Reset(_))));
+    }
+
+    #[tokio::test]
+    async fn slots_are_bounded_and_freed_on_drop() {
+        let e = MockEngine::new(MockConfig { slots: 1, ..fast() });
+        let s = e.submit(req(3, 1)).await.unwrap();
+        assert_eq!(e.busy_slots(), 1);
+        assert!(matches!(e.submit(req(3, 1)).await, Err(WorkerError::Busy)));
+        drop(s);
+        assert_eq!(e.busy_slots(), 0);
+        assert!(e.submit(req(3, 1)).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paces_tokens() {
+        let e = MockEngine::new(MockConfig { ttft_ms: 100, tokens_per_sec: 10.0, ..MockConfig::default() });
+        let t0 = Instant::now();
+        let ev = collect(&e, req(3, 1)).await;
+        assert_eq!(ev.len(), 4);
+        // first token at 100 ms, then 100 ms apart: the third at 300 ms
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn names_itself_mock() {
+        let e = MockEngine::new(fast());
+        assert_eq!(e.engine(), "mock");
+        assert_eq!(e.properties().await.unwrap().engine, "mock");
+    }
+}

@@ -1,0 +1,126 @@
+//! The one seam between orchestratord and an inference engine.
+//!
+//! An engine adapter implements [`WorkerAdapter`] for one replica (one engine process
+//! or endpoint): health, properties, `submit` returning a stream of typed
+//! [`EngineEvent`]s, and `cancel`. Everything engine-specific (wire protocol, token
+//! accounting, timeouts) stays behind this trait; the services layer only sees these
+//! types, and handlers never see an adapter at all.
+
+use futures_core::Stream;
+use orch_domain::{ErrorCode, FinishReason, TaskId};
+use std::future::Future;
+use std::pin::Pin;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, WorkerError>> + Send>>;
+
+/// What the orchestrator asks an engine to generate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineRequest {
+    pub task_id: TaskId,
+    pub prompt: String,
+    pub max_tokens: u32,
+    pub seed: i64,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop: Vec<String>,
+    /// Engine slot to run in (session affinity / KV reuse), when the engine has slots.
+    pub slot: Option<u32>,
+    /// Ask the engine to reuse cached prompt KV.
+    pub cache_prompt: bool,
+}
+
+/// One event of a generation. Token indices are 0-based and contiguous.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineEvent {
+    Token { text: String, index: u32 },
+    End(EngineEnd),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineEnd {
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    /// Prompt tokens served from the KV cache, when the engine reports it.
+    pub tokens_cached: Option<u32>,
+    pub finish_reason: FinishReason,
+    pub decode_time_ms: u64,
+    /// The engine slot that served the request, when the engine has slots.
+    pub slot: Option<u32>,
+}
+
+/// Static facts about a replica, read once it is ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Properties {
+    /// `llamacpp`, `mock`, …
+    pub engine: String,
+    pub engine_version: String,
+    /// The model's display name.
+    pub model: String,
+    /// `sha256:<hex>` of the model file.
+    pub model_digest: String,
+    pub slots: u32,
+    pub ctx_max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ready,
+    /// Up but not serving yet (e.g. loading the model).
+    Loading,
+}
+
+/// Typed failures of an engine. Each maps to one OrchQueue error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    #[error("engine unreachable: {0}")]
+    Connect(String),
+    #[error("engine reset: {0}")]
+    Reset(String),
+    #[error("engine timed out: {0}")]
+    Timeout(String),
+    #[error("engine not ready: {0}")]
+    Unready(String),
+    #[error("engine has no free slot")]
+    Busy,
+    #[error("engine protocol error: {0}")]
+    Protocol(String),
+    #[error("engine refused the request: {0}")]
+    Rejected(String),
+}
+
+impl WorkerError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WorkerError::Connect(_) | WorkerError::Reset(_) | WorkerError::Protocol(_) => {
+                ErrorCode::WorkerReset
+            }
+            WorkerError::Timeout(_) => ErrorCode::DecodeTimeout,
+            WorkerError::Unready(_) => ErrorCode::PoolUnready,
+            WorkerError::Busy => ErrorCode::ReplicaExhausted,
+            WorkerError::Rejected(_) => ErrorCode::InvalidParams,
+        }
+    }
+
+    /// Safe to retry on another replica when no token was sent yet.
+    pub fn retriable_elsewhere(&self) -> bool {
+        !matches!(self, WorkerError::Rejected(_))
+    }
+}
+
+/// One engine replica. Implementations must be cheap to call concurrently.
+pub trait WorkerAdapter: Send + Sync + 'static {
+    /// Engine name as it appears in events and metrics (`llamacpp`, `mock`).
+    fn engine(&self) -> &'static str;
+    fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>>;
+    fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>>;
+    /// Start a generation. Dropping the returned stream must stop the generation
+    /// and free the engine slot.
+    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>>;
+    /// Stop a running generation and make sure its slot is free again.
+    fn cancel(&self, task: TaskId) -> BoxFuture<'_, Result<(), WorkerError>>;
+    /// Forget a session's cached KV in `slot` (best effort; default: nothing to do).
+    fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
