@@ -84,7 +84,9 @@ pub fn mock_digest(model: &str) -> String {
     for b in model.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
-    let parts: Vec<String> = (0..4).map(|k| format!("{:016x}", splitmix64(h ^ k))).collect();
+    let parts: Vec<String> = (0..4)
+        .map(|k| format!("{:016x}", splitmix64(h ^ k)))
+        .collect();
     format!("sha256:{}", parts.concat())
 }
 
@@ -172,7 +174,12 @@ impl Gen {
         }
         if i == 0 && self.cfg.fail_before_first_token {
             self.done = true;
-            return Some((Err(WorkerError::Reset("mock: injected failure before first token".into())), self));
+            return Some((
+                Err(WorkerError::Reset(
+                    "mock: injected failure before first token".into(),
+                )),
+                self,
+            ));
         }
         if self.cfg.fail_after_tokens == Some(i) {
             self.done = true;
@@ -207,7 +214,13 @@ impl WorkerAdapter for MockEngine {
 
     fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>> {
         let ready = self.ready.load(Ordering::Acquire);
-        Box::pin(async move { Ok(if ready { Health::Ready } else { Health::Loading }) })
+        Box::pin(async move {
+            Ok(if ready {
+                Health::Ready
+            } else {
+                Health::Loading
+            })
+        })
     }
 
     fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>> {
@@ -300,7 +313,11 @@ mod tests {
     }
 
     fn fast() -> MockConfig {
-        MockConfig { tokens_per_sec: 0.0, ttft_ms: 0, ..MockConfig::default() }
+        MockConfig {
+            tokens_per_sec: 0.0,
+            ttft_ms: 0,
+            ..MockConfig::default()
+        }
     }
 
     #[tokio::test]
@@ -312,19 +329,39 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.len(), 6);
-        assert!(matches!(a[5], Ok(EngineEvent::End(EngineEnd { finish_reason: FinishReason::Length, tokens_out: 5, .. }))));
+        assert!(matches!(
+            a[5],
+            Ok(EngineEvent::End(EngineEnd {
+                finish_reason: FinishReason::Length,
+                tokens_out: 5,
+                ..
+            }))
+        ));
     }
 
     #[tokio::test]
     async fn eos_when_max_tokens_exceeds_script() {
-        let e = MockEngine::new(MockConfig { tokens: 3, ..fast() });
+        let e = MockEngine::new(MockConfig {
+            tokens: 3,
+            ..fast()
+        });
         let ev = collect(&e, req(10, 1)).await;
-        assert!(matches!(ev.last(), Some(Ok(EngineEvent::End(EngineEnd { finish_reason: FinishReason::Eos, tokens_out: 3, .. })))));
+        assert!(matches!(
+            ev.last(),
+            Some(Ok(EngineEvent::End(EngineEnd {
+                finish_reason: FinishReason::Eos,
+                tokens_out: 3,
+                ..
+            })))
+        ));
     }
 
     #[tokio::test]
     async fn fails_after_n_tokens() {
-        let e = MockEngine::new(MockConfig { fail_after_tokens: Some(3), ..fast() });
+        let e = MockEngine::new(MockConfig {
+            fail_after_tokens: Some(3),
+            ..fast()
+        });
         let ev = collect(&e, req(10, 1)).await;
         assert_eq!(ev.len(), 4);
         assert!(matches!(ev[3], Err(WorkerError::Reset(_))));
@@ -343,7 +380,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_tokens() {
-        let e = MockEngine::new(MockConfig { ttft_ms: 100, tokens_per_sec: 10.0, ..MockConfig::default() });
+        let e = MockEngine::new(MockConfig {
+            ttft_ms: 100,
+            tokens_per_sec: 10.0,
+            ..MockConfig::default()
+        });
         let t0 = Instant::now();
         let ev = collect(&e, req(3, 1)).await;
         assert_eq!(ev.len(), 4);

@@ -159,10 +159,7 @@ impl TaskRequest {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
         if self.model_ref.len() > 256 {
-            return Err(OrchError::invalid(
-                "model_ref",
-                "must be at most 256 bytes",
-            ));
+            return Err(OrchError::invalid("model_ref", "must be at most 256 bytes"));
         }
         if self.prompt.is_empty() {
             return Err(OrchError::invalid("prompt", "must not be empty"));
@@ -196,7 +193,10 @@ impl TaskRequest {
                     format!("at most {STOP_MAX_ITEMS} stop strings"),
                 ));
             }
-            if stop.iter().any(|s| s.is_empty() || s.len() > STOP_MAX_BYTES) {
+            if stop
+                .iter()
+                .any(|s| s.is_empty() || s.len() > STOP_MAX_BYTES)
+            {
                 return Err(OrchError::invalid(
                     "stop",
                     format!("each stop string must be 1..={STOP_MAX_BYTES} bytes"),

@@ -23,7 +23,11 @@ impl ReplicaLoad {
 /// Pick a replica index: the `preferred` one (session affinity) when it can take
 /// work, else the one with the most free slots; ties go to the lowest busy count,
 /// then to the lowest index after `rotate` (spreads ties across calls).
-pub fn pick_replica(replicas: &[ReplicaLoad], preferred: Option<usize>, rotate: usize) -> Option<usize> {
+pub fn pick_replica(
+    replicas: &[ReplicaLoad],
+    preferred: Option<usize>,
+    rotate: usize,
+) -> Option<usize> {
     if let Some(p) = preferred {
         if replicas.get(p).is_some_and(ReplicaLoad::accepts_work) {
             return Some(p);

@@ -144,6 +144,12 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         Ok(Admitted { ahead, evicted })
     }
 
+    /// Tasks that would be ahead of a new arrival of `priority` (no insertion).
+    pub fn ahead_if_enqueued(&self, priority: Priority) -> usize {
+        let l = lane(priority);
+        self.ahead_estimate(l, self.counts[l])
+    }
+
     /// Remove a queued task. Returns false when it was not queued.
     pub fn cancel(&mut self, key: &K) -> bool {
         match self.live.remove(key) {

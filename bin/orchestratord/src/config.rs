@@ -1,0 +1,225 @@
+//! The TOML config file: server settings and pools. Strict: unknown keys are errors,
+//! and [`Config::validate`] checks what types cannot (ids, counts, duplicates).
+
+use adapter_mock::MockConfig;
+use orch_domain::FullPolicy;
+use serde::Deserialize;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub addr: String,
+    pub body_limit_bytes: usize,
+    pub keepalive_ms: u64,
+    pub stream_grace_ms: u64,
+    pub record_ttl_ms: u64,
+    pub session_ttl_ms: u64,
+    pub session_token_budget: Option<u64>,
+    /// On SIGTERM: how long running tasks may take to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:8080".into(),
+            body_limit_bytes: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
+            keepalive_ms: 15_000,
+            stream_grace_ms: 30_000,
+            record_ttl_ms: 300_000,
+            session_ttl_ms: 600_000,
+            session_token_budget: None,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    Mock,
+    Llamacpp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub id: String,
+    pub engine: EngineChoice,
+    /// Catalog name clients send as `model_ref`.
+    pub model: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default = "queue_capacity")]
+    pub queue_capacity: usize,
+    #[serde(default)]
+    pub queue_policy: FullPolicy,
+    #[serde(default = "interactive_weight")]
+    pub interactive_weight: u32,
+    #[serde(default = "max_tokens_out")]
+    pub max_tokens_out: u32,
+    #[serde(default = "sampler_profile")]
+    pub sampler_profile_version: String,
+    #[serde(default = "first_token_timeout_ms")]
+    pub first_token_timeout_ms: u64,
+    #[serde(default = "idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    #[serde(default = "one")]
+    pub retries_before_first_token: u32,
+    /// Settings of the mock engine (engine = "mock").
+    #[serde(default)]
+    pub mock: Option<MockConfig>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn queue_capacity() -> usize {
+    64
+}
+fn interactive_weight() -> u32 {
+    3
+}
+fn max_tokens_out() -> u32 {
+    2048
+}
+fn sampler_profile() -> String {
+    "v1".into()
+}
+fn first_token_timeout_ms() -> u64 {
+    60_000
+}
+fn idle_timeout_ms() -> u64 {
+    30_000
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.pools.is_empty() {
+            return bad("at least one [[pools]] entry is required".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.pools {
+            if !valid_id(&p.id) {
+                return bad(format!(
+                    "pool id {:?} must be 1..=64 chars of [A-Za-z0-9_-]",
+                    p.id
+                ));
+            }
+            if !seen.insert(p.id.as_str()) {
+                return bad(format!("duplicate pool id {:?}", p.id));
+            }
+            if p.model.trim().is_empty() {
+                return bad(format!("pool {}: model must not be empty", p.id));
+            }
+            if p.replicas == 0 || p.replicas > 64 {
+                return bad(format!("pool {}: replicas must be 1..=64", p.id));
+            }
+            if p.queue_capacity == 0 {
+                return bad(format!("pool {}: queue_capacity must be at least 1", p.id));
+            }
+            if p.max_tokens_out == 0 {
+                return bad(format!("pool {}: max_tokens_out must be at least 1", p.id));
+            }
+            match p.engine {
+                EngineChoice::Mock => {
+                    let m = p.mock.clone().unwrap_or_default();
+                    if m.slots == 0 {
+                        return bad(format!("pool {}: mock.slots must be at least 1", p.id));
+                    }
+                }
+                EngineChoice::Llamacpp => {
+                    if p.mock.is_some() {
+                        return bad(format!(
+                            "pool {}: [pools.mock] given for a llamacpp pool",
+                            p.id
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_example_and_rejects_unknown_keys() {
+        let ok = Config::parse(
+            r#"
+            [[pools]]
+            id = "m"
+            engine = "mock"
+            model = "mock-model"
+            queue_policy = "drop-lru"
+            [pools.mock]
+            slots = 1
+            "#,
+        )
+        .unwrap();
+        assert_eq!(ok.pools[0].queue_policy, FullPolicy::DropLru);
+        let e =
+            Config::parse("[[pools]]\nid='m'\nengine='mock'\nmodel='x'\nbogus=1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(Config::parse("").is_err());
+        let e = Config::parse("[[pools]]\nid='a b'\nengine='mock'\nmodel='x'\n").unwrap_err();
+        assert!(e.to_string().contains("pool id"), "{e}");
+    }
+}

@@ -1,0 +1,9 @@
+//! orchestratord as a library: config parsing and wiring, so integration tests and
+//! embedders start the same server the binary runs.
+
+pub mod config;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{start, Server, StartError};

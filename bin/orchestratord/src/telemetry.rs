@@ -1,0 +1,59 @@
+//! Logging (JSON lines or pretty) and the Prometheus recorder.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use orch_api::MetricsRender;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Buckets for every latency histogram, in milliseconds.
+const BUCKETS_MS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+    5000.0, 10000.0, 30000.0,
+];
+
+/// Install the process-wide Prometheus recorder (once) and return its renderer.
+/// Must be called inside a tokio runtime (it starts the upkeep task).
+pub fn metrics() -> Option<MetricsRender> {
+    let handle = HANDLE
+        .get_or_init(|| {
+            let h = PrometheusBuilder::new()
+                .set_buckets(BUCKETS_MS)
+                .ok()?
+                .install_recorder()
+                .ok()?;
+            let up = h.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    up.run_upkeep();
+                }
+            });
+            Some(h)
+        })
+        .clone()?;
+    Some(Arc::new(move || handle.render()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Pretty => b.try_init(),
+    };
+}

@@ -1,0 +1,129 @@
+//! Data-plane handlers (spec §1): tasks, their streams, cancel, status, sessions.
+
+use crate::body::read_json;
+use crate::correlation::CorrelationId;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use orch_domain::{OrchError, SessionId, TaskId, TaskRequest};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn task_id(raw: &str, cid: &CorrelationId) -> ApiResult<TaskId> {
+    raw.parse()
+        .map_err(|_| ApiError::new(OrchError::not_found("task", raw.escape_default()), cid))
+}
+
+fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
+    raw.parse()
+        .map_err(|_| ApiError::new(OrchError::not_found("session", raw.escape_default()), cid))
+}
+
+/// `POST /v1/tasks` → 202 `AdmissionResponse` with `Location`.
+pub async fn create_task(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    body: Body,
+) -> ApiResult<Response> {
+    let req: TaskRequest = read_json(body, app.body_limit)
+        .await
+        .map_err(|e| ApiError::new(e, &cid))?;
+    let adm = app
+        .orch
+        .admit(req, &cid.0)
+        .map_err(|e| ApiError::new(e, &cid))?;
+    let location = format!("/v1/tasks/{}", adm.task_id);
+    let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/tasks/{id}/stream` → `text/event-stream`, resumable with `Last-Event-ID`.
+pub async fn stream_task(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = task_id(&id, &cid)?;
+    let last = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    OrchError::invalid("Last-Event-ID", "must be a non-negative integer"),
+                    &cid,
+                )
+            })?,
+    };
+    let reader = app
+        .orch
+        .open_stream(id, last)
+        .map_err(|e| ApiError::new(e, &cid))?;
+    let body = Body::from_stream(crate::sse::body_stream(reader, app.keepalive));
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// `POST /v1/tasks/{id}/cancel` → 204.
+pub async fn cancel_task(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = task_id(&id, &cid)?;
+    app.orch.cancel(id).map_err(|e| ApiError::new(e, &cid))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/tasks/{id}` → `TaskStatus`.
+pub async fn task_status(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = task_id(&id, &cid)?;
+    let st = app.orch.status(id).map_err(|e| ApiError::new(e, &cid))?;
+    Ok(Json(st).into_response())
+}
+
+/// `GET /v1/sessions/{id}` → `SessionInfo`.
+pub async fn get_session(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = session_id(&id, &cid)?;
+    let info = app.orch.session(id).map_err(|e| ApiError::new(e, &cid))?;
+    Ok(Json(info).into_response())
+}
+
+/// `DELETE /v1/sessions/{id}` → 204.
+pub async fn delete_session(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = session_id(&id, &cid)?;
+    app.orch
+        .delete_session(id)
+        .await
+        .map_err(|e| ApiError::new(e, &cid))?;
+    Ok(StatusCode::NO_CONTENT)
+}

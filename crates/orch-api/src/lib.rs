@@ -1,0 +1,73 @@
+//! OrchQueue v1 over HTTP.
+//!
+//! Owns the axum router, the handlers, SSE framing, the correlation-id middleware,
+//! strict JSON bodies and the single error → HTTP mapping ([`error::status_of`]).
+//! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
+
+pub mod body;
+pub mod correlation;
+pub mod data;
+pub mod error;
+pub mod ops;
+pub mod sse;
+
+use axum::routing::{get, post};
+use axum::Router;
+use orch_services::Orchestrator;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Renders the Prometheus text exposition.
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Shared handler state.
+#[derive(Clone)]
+pub struct AppState {
+    pub orch: Orchestrator,
+    pub metrics: Option<MetricsRender>,
+    /// SSE comment keep-alive interval while a stream waits.
+    pub keepalive: Duration,
+    /// Largest request body accepted (413 above).
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn new(orch: Orchestrator) -> Self {
+        Self {
+            orch,
+            metrics: None,
+            keepalive: Duration::from_secs(15),
+            body_limit: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
+        }
+    }
+}
+
+/// The full router: data plane, operational endpoints and fallbacks.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(data::create_task))
+        .route("/v1/tasks/{id}", get(data::task_status))
+        .route("/v1/tasks/{id}/stream", get(data::stream_task))
+        .route("/v1/tasks/{id}/cancel", post(data::cancel_task))
+        .route(
+            "/v1/sessions/{id}",
+            get(data::get_session).delete(data::delete_session),
+        )
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn(correlation::middleware))
+        .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    tracing::error!("handler panicked");
+    let cid = correlation::CorrelationId(uuid::Uuid::new_v4().to_string());
+    error::ApiError::new(orch_domain::OrchError::internal("internal error"), &cid).into_response()
+}

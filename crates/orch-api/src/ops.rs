@@ -1,0 +1,58 @@
+//! Operational endpoints: `/livez`, `/readyz`, `/metrics`, and the fallbacks that keep
+//! unknown routes and methods inside the error envelope.
+
+use crate::correlation::CorrelationId;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use orch_domain::{ErrorCode, OrchError};
+use serde_json::json;
+
+pub async fn livez() -> Response {
+    Json(json!({"status": "alive"})).into_response()
+}
+
+pub async fn readyz(
+    State(app): State<AppState>,
+    Extension(cid): Extension<CorrelationId>,
+) -> Result<Response, ApiError> {
+    if app.orch.is_ready() && app.orch.is_accepting() {
+        return Ok(Json(json!({"status": "ready"})).into_response());
+    }
+    let why = if app.orch.is_accepting() {
+        "no pool is ready or startup self-tests have not passed"
+    } else {
+        "shutting down"
+    };
+    Err(ApiError::new(
+        OrchError::new(ErrorCode::PoolUnready, why),
+        &cid,
+    ))
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.metrics.as_ref().map(|f| f()).unwrap_or_default();
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+pub async fn not_found(Extension(cid): Extension<CorrelationId>) -> ApiError {
+    ApiError::new(OrchError::new(ErrorCode::NotFound, "no such route"), &cid)
+}
+
+pub async fn method_not_allowed(Extension(cid): Extension<CorrelationId>) -> Response {
+    let mut r = ApiError::new(
+        OrchError::new(ErrorCode::InvalidParams, "method not allowed on this route"),
+        &cid,
+    )
+    .into_response();
+    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

@@ -1,0 +1,147 @@
+//! The per-task event log: the streaming bridge between a running generation and any
+//! number of SSE readers.
+//!
+//! Frames are appended once (serialized to their one-line JSON `data` at append time)
+//! and kept until the task record expires, so a stream may be opened before dispatch,
+//! by several readers at once, and resumed from any sequence id. Appending after a
+//! terminal frame (`end`/`error`) is refused: the log enforces "nothing after the end".
+
+use orch_domain::StreamEvent;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+/// One SSE frame: `id: seq`, `event: event`, `data: data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// 1-based sequence number (the SSE `id`).
+    pub seq: u64,
+    pub event: &'static str,
+    /// The payload as one line of JSON.
+    pub data: String,
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    frames: Vec<Arc<Frame>>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub struct TaskLog {
+    inner: Mutex<LogInner>,
+    len_tx: watch::Sender<u64>,
+}
+
+impl Default for TaskLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn data_json(ev: &StreamEvent) -> String {
+    let r = match ev {
+        StreamEvent::Started(f) => serde_json::to_string(f),
+        StreamEvent::Token(f) => serde_json::to_string(f),
+        StreamEvent::Metrics(f) => serde_json::to_string(f),
+        StreamEvent::End(f) => serde_json::to_string(f),
+        StreamEvent::Error(f) => serde_json::to_string(f),
+    };
+    // Serializing these plain structs cannot fail; keep a valid frame regardless.
+    r.unwrap_or_else(|_| "{}".to_string())
+}
+
+impl TaskLog {
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(LogInner::default()),
+            len_tx: watch::Sender::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, LogInner> {
+        // A poisoned log still holds consistent frames (pushes are single statements).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append a frame. Returns false (and appends nothing) once the log is closed.
+    pub fn push(&self, ev: &StreamEvent) -> bool {
+        let data = data_json(ev);
+        let len = {
+            let mut g = self.lock();
+            if g.closed {
+                return false;
+            }
+            let seq = g.frames.len() as u64 + 1;
+            g.frames.push(Arc::new(Frame {
+                seq,
+                event: ev.name(),
+                data,
+            }));
+            g.closed = ev.is_terminal();
+            seq
+        };
+        self.len_tx.send_replace(len);
+        true
+    }
+
+    /// Frames with `seq > after`, and whether the log is closed.
+    pub fn since(&self, after: u64) -> (Vec<Arc<Frame>>, bool) {
+        let g = self.lock();
+        let start = (after as usize).min(g.frames.len());
+        (g.frames[start..].to_vec(), g.closed)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    pub fn len(&self) -> u64 {
+        *self.len_tx.borrow()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A receiver that changes whenever a frame is appended.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.len_tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_domain::{EndFrame, FinishReason, TokenFrame};
+
+    fn tok(i: u32) -> StreamEvent {
+        StreamEvent::Token(TokenFrame {
+            t: format!("t{i}"),
+            i,
+        })
+    }
+
+    #[test]
+    fn replays_from_any_id_and_refuses_after_terminal() {
+        let log = TaskLog::new();
+        for i in 0..3 {
+            assert!(log.push(&tok(i)));
+        }
+        let end = StreamEvent::End(EndFrame {
+            tokens_in: 1,
+            tokens_out: 3,
+            decode_time_ms: 1,
+            ttft_ms: 1,
+            finish_reason: FinishReason::Length,
+            tokens_cached: None,
+        });
+        assert!(log.push(&end));
+        assert!(!log.push(&tok(9)));
+        let (f, closed) = log.since(2);
+        assert!(closed);
+        assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(f[0].data, r#"{"t":"t2","i":2}"#);
+        assert_eq!(f[1].event, "end");
+        assert_eq!(log.since(100).0.len(), 0);
+    }
+}
