@@ -1,0 +1,222 @@
+//! Shared helpers for integration tests: a real server on an ephemeral loopback port,
+//! a real HTTP client, an SSE parser, and the "every admitted task ended" check.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub struct TestServer {
+    pub base: String,
+    pub server: Option<orchestratord::Server>,
+    pub http: reqwest::Client,
+    admitted: Mutex<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseFrame {
+    pub event: String,
+    pub id: u64,
+    pub data: Value,
+}
+
+pub async fn start(toml: &str) -> TestServer {
+    let cfg = orchestratord::Config::parse(toml).expect("test config");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = orchestratord::start(cfg, listener, orchestratord::telemetry::metrics())
+        .await
+        .expect("server starts");
+    TestServer {
+        base: format!("http://{}", server.addr),
+        server: Some(server),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        admitted: Mutex::new(Vec::new()),
+    }
+}
+
+/// A mock pool config with the given pool/queue/mock knobs.
+pub fn mock_config(pool_extra: &str, mock: &str) -> String {
+    format!(
+        r#"
+[server]
+keepalive_ms = 200
+stream_grace_ms = 60000
+
+[[pools]]
+id = "mockpool"
+engine = "mock"
+model = "mock-model"
+{pool_extra}
+
+[pools.mock]
+{mock}
+"#
+    )
+}
+
+pub fn task(prompt: &str, max_tokens: u32, priority: &str) -> Value {
+    json!({
+        "workload": "completion",
+        "model_ref": "mock-model",
+        "priority": priority,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+    })
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_raw(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/tasks"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submit and expect 202; returns the task id.
+    pub async fn submit(&self, body: &Value) -> (String, Value) {
+        let r = self.post_raw(body).await;
+        assert_eq!(r.status(), 202, "submit failed: {:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        let id = v["task_id"].as_str().unwrap().to_string();
+        self.admitted.lock().unwrap().push(id.clone());
+        (id, v)
+    }
+
+    /// Record a task admitted outside `submit` (e.g. by a raw post).
+    pub fn track(&self, id: &str) {
+        self.admitted.lock().unwrap().push(id.to_string());
+    }
+
+    pub async fn stream_response(&self, id: &str, last_event_id: Option<u64>) -> reqwest::Response {
+        let mut rb = self.http.get(self.url(&format!("/v1/tasks/{id}/stream")));
+        if let Some(l) = last_event_id {
+            rb = rb.header("Last-Event-ID", l.to_string());
+        }
+        rb.send().await.unwrap()
+    }
+
+    /// Read a task's stream to its end (bounded by a timeout).
+    pub async fn stream(&self, id: &str, last_event_id: Option<u64>) -> Vec<SseFrame> {
+        let r = self.stream_response(id, last_event_id).await;
+        assert_eq!(r.status(), 200);
+        let text = tokio::time::timeout(Duration::from_secs(20), r.text())
+            .await
+            .expect("stream ends in time")
+            .unwrap();
+        parse_sse(&text)
+    }
+
+    pub async fn cancel(&self, id: &str) -> reqwest::StatusCode {
+        self.http
+            .post(self.url(&format!("/v1/tasks/{id}/cancel")))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.http
+            .get(self.url(&format!("/v1/tasks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Poll the task status until `pred` holds (bounded).
+    pub async fn wait_state(&self, id: &str, state: &str) -> Value {
+        for _ in 0..500 {
+            let s = self.status(id).await;
+            if s["state"] == state {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("task {id} never reached state {state}");
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Every task admitted in this test has exactly one terminal frame, last.
+    pub async fn assert_all_terminated(&self) {
+        let ids = self.admitted.lock().unwrap().clone();
+        for id in ids {
+            let frames = self.stream(&id, None).await;
+            assert_terminated(&frames, &id);
+        }
+    }
+}
+
+pub fn assert_terminated(frames: &[SseFrame], id: &str) {
+    let terminals = frames
+        .iter()
+        .filter(|f| f.event == "end" || f.event == "error")
+        .count();
+    assert_eq!(
+        terminals, 1,
+        "task {id} must have exactly one terminal frame: {frames:?}"
+    );
+    let last = frames.last().unwrap();
+    assert!(
+        last.event == "end" || last.event == "error",
+        "task {id}: terminal frame is not last"
+    );
+}
+
+/// Parse an SSE body into frames (comments and keep-alives are skipped).
+pub fn parse_sse(text: &str) -> Vec<SseFrame> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let (mut event, mut id, mut data) = (None, None, None);
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event: ") {
+                event = Some(v.to_string());
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = Some(serde_json::from_str(v).expect("data is one JSON line"));
+            }
+        }
+        if let (Some(event), Some(id), Some(data)) = (event, id, data) {
+            out.push(SseFrame { event, id, data });
+        }
+    }
+    out
+}
+
+/// Assert an ErrorEnvelope body with `code`, and return it.
+pub async fn envelope(r: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    let cid = r.headers().get("x-correlation-id").cloned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["retriable"].is_boolean());
+    assert_eq!(
+        v["correlation_id"].as_str(),
+        cid.as_ref().and_then(|c| c.to_str().ok()),
+        "body and header correlation ids agree"
+    );
+    v
+}

@@ -1,0 +1,512 @@
+//! OrchQueue v1 data plane, end to end over real HTTP against a mock pool.
+
+mod common;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const FAST: &str = "slots = 2\ntokens_per_sec = 0.0\nttft_ms = 5\ntokens = 8";
+/// One slot, slow: work queues behind the first task.
+const ONE_SLOW: &str = "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 10\ntokens = 40";
+
+#[tokio::test]
+async fn admission_returns_202_with_spec_fields() {
+    let s = start(&mock_config("", FAST)).await;
+    let r = s.post_raw(&task("hello world", 4, "interactive")).await;
+    assert_eq!(r.status(), 202);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(r.headers().contains_key("x-correlation-id"));
+    let v: serde_json::Value = r.json().await.unwrap();
+    let id = v["task_id"].as_str().unwrap();
+    s.track(id);
+    assert!(uuid::Uuid::parse_str(id).is_ok());
+    assert_eq!(loc, format!("/v1/tasks/{id}"));
+    assert_eq!(v["queue_position"], 0);
+    assert!(v["predicted_start_ms"].is_u64());
+    assert_eq!(v["backoff_ms"], 0);
+    assert_eq!(v["streams"]["sse"], format!("/v1/tasks/{id}/stream"));
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn stream_is_started_tokens_end_with_contiguous_indices() {
+    let s = start(&mock_config("", FAST)).await;
+    let (id, _) = s.submit(&task("hello world", 6, "batch")).await;
+    let r = s.stream_response(&id, None).await;
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    assert_eq!(r.headers()["x-accel-buffering"], "no");
+    let frames = parse_sse(&r.text().await.unwrap());
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(
+        names,
+        ["started", "token", "token", "token", "token", "token", "token", "end"]
+    );
+    let started = &frames[0].data;
+    assert_eq!(started["engine"], "mock");
+    assert_eq!(started["pool_id"], "mockpool");
+    assert!(started["replica_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("mockpool-r"));
+    assert!(started["engine_version"].is_string() && started["seed"].is_i64());
+    for (k, f) in frames[1..7].iter().enumerate() {
+        assert_eq!(f.data["i"], k as u64);
+    }
+    let ids: Vec<u64> = frames.iter().map(|f| f.id).collect();
+    assert_eq!(ids, (1..=8).collect::<Vec<_>>());
+    let end = &frames[7].data;
+    assert_eq!(end["tokens_out"], 6);
+    assert_eq!(end["finish_reason"], "length");
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn stream_opened_before_dispatch_waits_then_gets_everything() {
+    let s = start(&mock_config("", ONE_SLOW)).await;
+    let (first, _) = s.submit(&task("first", 10, "interactive")).await;
+    let (second, adm) = s.submit(&task("second", 3, "interactive")).await;
+    assert_eq!(
+        adm["queue_position"], 1,
+        "second waits for one slot release"
+    );
+    assert!(adm["predicted_start_ms"].as_u64().unwrap() > 0);
+    assert_eq!(s.status(&second).await["state"], "queued");
+    // open the second stream while it is still queued
+    let r = s.stream_response(&second, None).await;
+    assert_eq!(s.status(&second).await["state"], "queued");
+    let frames = parse_sse(&r.text().await.unwrap());
+    assert_eq!(frames.first().unwrap().event, "started");
+    assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 3);
+    assert_eq!(frames.last().unwrap().event, "end");
+    assert_eq!(s.status(&first).await["state"], "completed");
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn last_event_id_resume_replays_exactly_the_missing_frames() {
+    let s = start(&mock_config("", FAST)).await;
+    let (id, _) = s.submit(&task("resume me", 6, "interactive")).await;
+    let all = s.stream(&id, None).await;
+    assert_eq!(all.len(), 8);
+    let tail = s.stream(&id, Some(3)).await;
+    assert_eq!(tail, all[3..].to_vec());
+    assert!(s.stream(&id, Some(8)).await.is_empty());
+    // a second concurrent reader sees the same frames
+    let (a, b) = tokio::join!(s.stream(&id, None), s.stream(&id, None));
+    assert_eq!(a, b);
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/tasks/{id}/stream")))
+        .header("Last-Event-ID", "x")
+        .send()
+        .await
+        .unwrap();
+    envelope(r, 400, "INVALID_PARAMS").await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_task_removes_it() {
+    let s = start(&mock_config("", ONE_SLOW)).await;
+    let (running, _) = s.submit(&task("runs", 40, "interactive")).await;
+    let (queued, _) = s.submit(&task("waits", 5, "interactive")).await;
+    assert_eq!(s.cancel(&queued).await, 204);
+    let frames = s.stream(&queued, None).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].event, "end");
+    assert_eq!(frames[0].data["finish_reason"], "canceled");
+    assert_eq!(s.status(&queued).await["state"], "canceled");
+    // canceling again is harmless
+    assert_eq!(s.cancel(&queued).await, 204);
+    assert_eq!(s.cancel(&running).await, 204);
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn cancel_of_a_running_task_frees_its_slot_for_the_next() {
+    let s = start(&mock_config("", ONE_SLOW)).await;
+    let (a, _) = s.submit(&task("long", 40, "interactive")).await;
+    let (b, _) = s.submit(&task("next", 3, "interactive")).await;
+    s.wait_state(&a, "running").await;
+    assert_eq!(s.status(&b).await["state"], "queued");
+    assert_eq!(s.cancel(&a).await, 204);
+    let fa = s.stream(&a, None).await;
+    let end = fa.last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["finish_reason"], "canceled");
+    assert!(end.data["tokens_out"].as_u64().unwrap() < 40);
+    let fb = s.stream(&b, None).await;
+    assert_eq!(fb.last().unwrap().data["finish_reason"], "length");
+    assert!(s.metrics().await.contains("tasks_canceled_total{"));
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn saturation_answers_429_with_backoff_headers_and_policy_label() {
+    let s = start(&mock_config("queue_capacity = 1", ONE_SLOW)).await;
+    let (a, _) = s.submit(&task("one", 20, "batch")).await;
+    s.wait_state(&a, "running").await;
+    s.submit(&task("two", 20, "batch")).await;
+    let r = s.post_raw(&task("three", 20, "batch")).await;
+    assert_eq!(r.status(), 429);
+    let ra: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ra >= 1);
+    let backoff: u64 = r.headers()["x-backoff-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(backoff >= 1000);
+    let v = envelope(r, 429, "ADMISSION_REJECT").await;
+    assert_eq!(v["policy_label"], "reject");
+    assert_eq!(v["retriable"], true);
+    assert_eq!(v["pool_id"], "mockpool");
+    let m = s.metrics().await;
+    assert!(m.contains("admission_backpressure_events_total{engine=\"mock\",policy=\"reject\"}"));
+    s.cancel(&a).await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn drop_lru_eviction_ends_the_evicted_stream_with_its_error() {
+    let s = start(&mock_config(
+        "queue_capacity = 1\nqueue_policy = \"drop-lru\"",
+        ONE_SLOW,
+    ))
+    .await;
+    let (a, _) = s.submit(&task("running", 20, "batch")).await;
+    s.wait_state(&a, "running").await;
+    let (victim, _) = s.submit(&task("old batch", 5, "batch")).await;
+    let (newer, _) = s.submit(&task("new batch", 5, "batch")).await;
+    let fv = s.stream(&victim, None).await;
+    assert_eq!(fv.len(), 1, "{fv:?}");
+    assert_eq!(fv[0].event, "error");
+    assert_eq!(fv[0].data["code"], "QUEUE_FULL_DROP_LRU");
+    assert_eq!(fv[0].data["retriable"], true);
+    assert_eq!(s.status(&newer).await["state"], "queued");
+    s.cancel(&a).await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn bad_inputs_get_400_envelopes_naming_the_problem() {
+    let s = start(&mock_config("", FAST)).await;
+    let raw = s
+        .http
+        .post(s.url("/v1/tasks"))
+        .header("content-type", "application/json")
+        .body("{\"workload\": \"completion\",")
+        .send()
+        .await
+        .unwrap();
+    envelope(raw, 400, "INVALID_PARAMS").await;
+
+    let mut unknown = task("p", 1, "batch");
+    unknown["colour"] = json!("blue");
+    let v = envelope(s.post_raw(&unknown).await, 400, "INVALID_PARAMS").await;
+    assert!(v["message"].as_str().unwrap().contains("colour"), "{v}");
+
+    let v = envelope(
+        s.post_raw(&task("", 1, "batch")).await,
+        400,
+        "INVALID_PARAMS",
+    )
+    .await;
+    assert!(v["message"].as_str().unwrap().starts_with("prompt"), "{v}");
+
+    let v = envelope(
+        s.post_raw(&task("p", 0, "batch")).await,
+        400,
+        "INVALID_PARAMS",
+    )
+    .await;
+    assert!(
+        v["message"].as_str().unwrap().starts_with("max_tokens"),
+        "{v}"
+    );
+
+    let mut big_ctx = task("p", 1, "batch");
+    big_ctx["ctx"] = json!(1_000_000);
+    let v = envelope(s.post_raw(&big_ctx).await, 400, "INVALID_PARAMS").await;
+    assert!(v["message"].as_str().unwrap().starts_with("ctx"), "{v}");
+
+    let mut no_fit = task("p", 100, "batch");
+    no_fit["ctx"] = json!(64);
+    let v = envelope(s.post_raw(&no_fit).await, 400, "INVALID_PARAMS").await;
+    assert!(
+        v["message"].as_str().unwrap().contains("exceeds ctx"),
+        "{v}"
+    );
+
+    let mut bad_prio = task("p", 1, "batch");
+    bad_prio["priority"] = json!("urgent");
+    let v = envelope(s.post_raw(&bad_prio).await, 400, "INVALID_PARAMS").await;
+    assert!(
+        v["message"].as_str().unwrap().starts_with("priority"),
+        "{v}"
+    );
+
+    let mut emb = task("p", 1, "batch");
+    emb["workload"] = json!("embedding");
+    envelope(s.post_raw(&emb).await, 400, "INVALID_PARAMS").await;
+
+    let mut tight = task("p", 50, "batch");
+    tight["deadline_ms"] = json!(1);
+    envelope(s.post_raw(&tight).await, 400, "DEADLINE_UNMET").await;
+
+    let mut pin = task("p", 1, "batch");
+    pin["placement"] = json!({"pin_pool_id": "nope"});
+    let v = envelope(s.post_raw(&pin).await, 400, "INVALID_PARAMS").await;
+    assert!(v["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("placement.pin_pool_id"));
+}
+
+#[tokio::test]
+async fn duplicate_live_task_id_is_409() {
+    let s = start(&mock_config("", ONE_SLOW)).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut t = task("dup", 20, "batch");
+    t["task_id"] = json!(id);
+    s.submit(&t).await;
+    envelope(s.post_raw(&t).await, 409, "CONFLICT").await;
+    s.cancel(&id).await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn correlation_id_is_echoed_on_202_4xx_5xx_and_sse() {
+    let s = start(&mock_config("", FAST)).await;
+    let cid = "client-abc.123";
+    let send = |body: serde_json::Value| {
+        s.http
+            .post(s.url("/v1/tasks"))
+            .header("X-Correlation-Id", cid)
+            .json(&body)
+            .send()
+    };
+    let r = send(task("x", 2, "batch")).await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["x-correlation-id"], cid);
+    let id = r.json::<serde_json::Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.track(&id);
+
+    let r = send(task("", 2, "batch")).await.unwrap();
+    assert_eq!(r.headers()["x-correlation-id"], cid);
+    let v = envelope(r, 400, "INVALID_PARAMS").await;
+    assert_eq!(v["correlation_id"], cid);
+
+    let mut other = task("x", 2, "batch");
+    other["engine"] = json!("llamacpp");
+    let r = send(other).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-correlation-id"], cid);
+    assert!(r.headers().contains_key("retry-after"));
+    let v = envelope(r, 503, "POOL_UNAVAILABLE").await;
+    assert_eq!(v["correlation_id"], cid);
+
+    let r = s
+        .http
+        .get(s.url(&format!("/v1/tasks/{id}/stream")))
+        .header("X-Correlation-Id", cid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-correlation-id"], cid);
+
+    // an invalid id is replaced, not echoed
+    let r = s
+        .http
+        .get(s.url("/livez"))
+        .header("X-Correlation-Id", "bad id!")
+        .send()
+        .await
+        .unwrap();
+    let got = r.headers()["x-correlation-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(got).is_ok());
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn unknown_task_and_route_are_404() {
+    let s = start(&mock_config("", FAST)).await;
+    let id = uuid::Uuid::new_v4();
+    for path in [
+        format!("/v1/tasks/{id}"),
+        format!("/v1/tasks/{id}/stream"),
+        "/v1/tasks/not-a-uuid".into(),
+        "/v2/nothing".into(),
+    ] {
+        envelope(
+            s.http.get(s.url(&path)).send().await.unwrap(),
+            404,
+            "NOT_FOUND",
+        )
+        .await;
+    }
+    envelope(
+        s.http
+            .post(s.url(&format!("/v1/tasks/{id}/cancel")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversize_body_is_413() {
+    let s = start(&mock_config("", FAST)).await;
+    let t = task(&"a".repeat(2 * 1024 * 1024), 1, "batch");
+    envelope(s.post_raw(&t).await, 413, "PAYLOAD_TOO_LARGE").await;
+}
+
+#[tokio::test]
+async fn mock_failure_after_three_tokens_gives_one_worker_reset_and_no_end() {
+    let s = start(&mock_config(
+        "retries_before_first_token = 0",
+        "tokens_per_sec = 0.0\nttft_ms = 1\nfail_after_tokens = 3",
+    ))
+    .await;
+    let (id, _) = s.submit(&task("fail", 10, "interactive")).await;
+    let frames = s.stream(&id, None).await;
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(names, ["started", "token", "token", "token", "error"]);
+    assert_eq!(frames[4].data["code"], "WORKER_RESET");
+    assert_eq!(frames[4].data["engine"], "mock");
+    assert_eq!(s.status(&id).await["state"], "failed");
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn failure_before_first_token_fails_cleanly_when_no_other_replica() {
+    let s = start(&mock_config(
+        "",
+        "tokens_per_sec = 0.0\nttft_ms = 1\nfail_before_first_token = true",
+    ))
+    .await;
+    let (id, _) = s.submit(&task("fail", 10, "interactive")).await;
+    let frames = s.stream(&id, None).await;
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].data["code"], "WORKER_RESET");
+}
+
+#[tokio::test]
+async fn stalled_engine_trips_the_idle_watchdog() {
+    let s = start(&mock_config(
+        "idle_timeout_ms = 200",
+        "tokens_per_sec = 0.0\nttft_ms = 1\nstall_after_tokens = 2",
+    ))
+    .await;
+    let (id, _) = s.submit(&task("stall", 10, "interactive")).await;
+    let frames = s.stream(&id, None).await;
+    let last = frames.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.data["code"], "DECODE_TIMEOUT");
+    assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 2);
+}
+
+#[tokio::test]
+async fn sessions_count_turns_and_can_be_deleted() {
+    let s = start(&mock_config("", FAST)).await;
+    let sid = uuid::Uuid::new_v4().to_string();
+    for _ in 0..2 {
+        let mut t = task("turn", 3, "interactive");
+        t["session_id"] = json!(sid);
+        let (id, _) = s.submit(&t).await;
+        s.stream(&id, None).await;
+    }
+    let v: serde_json::Value = s
+        .http
+        .get(s.url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["turns"], 2);
+    assert!(v["tokens_used"].as_u64().unwrap() >= 6);
+    assert!(v["ttl_ms_remaining"].as_u64().unwrap() > 0);
+    assert_eq!(v["kv_warmth"], true);
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    envelope(
+        s.http
+            .get(s.url(&format!("/v1/sessions/{sid}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    envelope(
+        s.http
+            .delete(s.url(&format!("/v1/sessions/{sid}")))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn abandoned_stream_is_canceled_after_the_grace_period() {
+    let cfg = mock_config("", ONE_SLOW).replace("stream_grace_ms = 60000", "stream_grace_ms = 300");
+    let s = start(&cfg).await;
+    let (id, _) = s.submit(&task("nobody reads", 40, "interactive")).await;
+    {
+        let mut r = s.stream_response(&id, None).await;
+        let _ = r.chunk().await.unwrap();
+    } // reader gone
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let st = s.wait_state(&id, "canceled").await;
+    assert!(st["tokens_out"].as_u64().unwrap() < 40);
+    assert!(s.metrics().await.contains("reason=\"abandoned\""));
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_work_and_finishes_running_tasks() {
+    let mut s = start(&mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 50.0\nttft_ms = 5\ntokens = 10",
+    ))
+    .await;
+    let (id, _) = s.submit(&task("finish me", 10, "interactive")).await;
+    let reader = tokio::spawn({
+        let url = s.url(&format!("/v1/tasks/{id}/stream"));
+        let http = s.http.clone();
+        async move { parse_sse(&http.get(url).send().await.unwrap().text().await.unwrap()) }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let server = s.server.take().unwrap();
+    let orch = server.orch.clone();
+    let stop = tokio::spawn(server.shutdown());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!orch.is_accepting());
+    let frames = reader.await.unwrap();
+    assert_eq!(frames.last().unwrap().event, "end");
+    assert_eq!(frames.last().unwrap().data["finish_reason"], "length");
+    stop.await.unwrap();
+}
