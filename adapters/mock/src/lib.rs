@@ -19,6 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
+pub mod launcher;
+pub use launcher::MockLauncher;
+
 pub const ENGINE: &str = "mock";
 
 /// Knobs of one mock replica (also the `[pools.mock]` table of the config file).

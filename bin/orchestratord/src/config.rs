@@ -92,6 +92,47 @@ pub struct PoolConfig {
     /// Settings of the mock engine (engine = "mock").
     #[serde(default)]
     pub mock: Option<MockConfig>,
+    /// Settings of llama-server replicas (engine = "llamacpp").
+    #[serde(default)]
+    pub llamacpp: Option<LlamaCppConfig>,
+}
+
+/// `[pools.llamacpp]`: how to run (or reach) llama-server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LlamaCppConfig {
+    /// llama-server binary; default `$ORCH_LLAMA_SERVER`, else the provisioned cache.
+    pub binary: Option<String>,
+    /// GGUF model file; default `$ORCH_MODEL`, else the bundled Gemma 3 270M.
+    pub model_path: Option<String>,
+    /// Context per replica (llama-server `--ctx-size`, split across slots).
+    pub ctx: u32,
+    /// Concurrent decodes per replica (`--parallel`).
+    pub slots: u32,
+    pub threads: u32,
+    pub extra_args: Vec<String>,
+    /// A remote replica at this URL instead of spawning (needs `model_digest`).
+    pub url: Option<String>,
+    pub model_digest: Option<String>,
+    pub load_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for LlamaCppConfig {
+    fn default() -> Self {
+        Self {
+            binary: None,
+            model_path: None,
+            ctx: 4096,
+            slots: 2,
+            threads: 2,
+            extra_args: Vec::new(),
+            url: None,
+            model_digest: None,
+            load_timeout_ms: 120_000,
+            connect_timeout_ms: 2_000,
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -177,6 +218,12 @@ impl Config {
             }
             match p.engine {
                 EngineChoice::Mock => {
+                    if p.llamacpp.is_some() {
+                        return bad(format!(
+                            "pool {}: [pools.llamacpp] given for a mock pool",
+                            p.id
+                        ));
+                    }
                     let m = p.mock.clone().unwrap_or_default();
                     if m.slots == 0 {
                         return bad(format!("pool {}: mock.slots must be at least 1", p.id));

@@ -2,8 +2,9 @@
 //! embedders start the same server the binary runs.
 
 pub mod config;
+pub mod engines;
 pub mod server;
 pub mod telemetry;
 
 pub use config::Config;
-pub use server::{start, Server, StartError};
+pub use server::{start, start_with, Server, StartError, StartOptions};

@@ -21,6 +21,9 @@ struct Args {
     addr: Option<String>,
     #[arg(long, value_enum, default_value = "json", env = "ORCH_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Skip the startup self-tests (development only; /readyz still needs a ready pool).
+    #[arg(long)]
+    skip_self_test: bool,
 }
 
 fn main() -> ExitCode {
@@ -43,10 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(run(cfg, args.addr))
+    rt.block_on(run(cfg, args.addr, args.skip_self_test))
 }
 
-async fn run(cfg: Config, addr: Option<String>) -> ExitCode {
+async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCode {
     let addr = addr.unwrap_or_else(|| cfg.server.addr.clone());
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,
@@ -55,7 +58,8 @@ async fn run(cfg: Config, addr: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match orchestratord::start(cfg, listener, telemetry::metrics()).await {
+    let opts = orchestratord::StartOptions { skip_self_test };
+    let server = match orchestratord::start_with(cfg, listener, telemetry::metrics(), opts).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("orchestratord: startup failed: {e}");

@@ -1,13 +1,10 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
-use crate::config::{Config, EngineChoice, PoolConfig};
-use adapter_api::WorkerAdapter;
-use adapter_mock::MockEngine;
+use crate::config::{Config, PoolConfig};
 use orch_api::{AppState, MetricsRender};
-use orch_services::{Orchestrator, PoolError, PoolSpec, ServiceConfig};
+use orch_services::{ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, ServiceConfig};
 use orchestrator_core::QueueConfig;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -17,8 +14,10 @@ use tokio::task::JoinHandle;
 pub enum StartError {
     #[error(transparent)]
     Pool(#[from] PoolError),
-    #[error("pool {0}: engine {1} is not available in this build")]
-    Engine(String, String),
+    #[error("{0}")]
+    Engine(String),
+    #[error("{0}")]
+    SelfTest(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -27,6 +26,7 @@ pub enum StartError {
 pub struct Server {
     pub addr: SocketAddr,
     pub orch: Orchestrator,
+    pub manager: PoolManager,
     shutdown_tx: watch::Sender<bool>,
     handle: JoinHandle<()>,
     shutdown_grace: Duration,
@@ -43,6 +43,7 @@ impl Server {
         }
         let _ = self.shutdown_tx.send(true);
         let _ = self.handle.await;
+        self.manager.stop_all().await;
     }
 }
 
@@ -74,20 +75,11 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
     }
 }
 
-async fn start_pool(orch: &Orchestrator, p: &PoolConfig) -> Result<(), StartError> {
-    orch.create_pool(pool_spec(p))?;
-    match p.engine {
-        EngineChoice::Mock => {
-            let mc = p.mock.clone().unwrap_or_default();
-            for i in 0..p.replicas {
-                let adapter: Arc<dyn WorkerAdapter> = Arc::new(MockEngine::new(mc.clone()));
-                orch.attach_replica(&p.id, &format!("{}-r{i}", p.id), adapter)
-                    .await?;
-            }
-            Ok(())
-        }
-        EngineChoice::Llamacpp => Err(StartError::Engine(p.id.clone(), "llamacpp".into())),
-    }
+/// Startup options beyond the config file.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Skip the per-pool startup self-tests (development only).
+    pub skip_self_test: bool,
 }
 
 /// Build everything from `cfg` and serve on `listener`.
@@ -96,12 +88,51 @@ pub async fn start(
     listener: TcpListener,
     metrics: Option<MetricsRender>,
 ) -> Result<Server, StartError> {
+    start_with(cfg, listener, metrics, StartOptions::default()).await
+}
+
+/// Build everything from `cfg`, start and self-test the pools, and serve on `listener`.
+pub async fn start_with(
+    cfg: Config,
+    listener: TcpListener,
+    metrics: Option<MetricsRender>,
+    opts: StartOptions,
+) -> Result<Server, StartError> {
     let orch = Orchestrator::new(service_config(&cfg));
+    let load_timeout = cfg
+        .pools
+        .iter()
+        .map(crate::engines::load_timeout)
+        .max()
+        .unwrap_or_default();
+    let manager = PoolManager::new(
+        orch.clone(),
+        ManagerConfig {
+            load_timeout,
+            ..ManagerConfig::default()
+        },
+    );
+    orch.set_self_tests_passed(false);
     for p in &cfg.pools {
-        start_pool(&orch, p).await?;
+        if let Err(e) = start_pool(&orch, &manager, p).await {
+            manager.stop_all().await;
+            return Err(e);
+        }
     }
+    if !opts.skip_self_test {
+        for p in &cfg.pools {
+            if let Err(e) =
+                orch_services::selftest::self_test_pool(&orch, &p.id, metrics.as_ref()).await
+            {
+                manager.stop_all().await;
+                return Err(StartError::SelfTest(e));
+            }
+        }
+    }
+    orch.set_self_tests_passed(true);
     let state = AppState {
         orch: orch.clone(),
+        manager: Some(manager.clone()),
         metrics,
         keepalive: Duration::from_millis(cfg.server.keepalive_ms.max(10)),
         body_limit: cfg.server.body_limit_bytes,
@@ -124,8 +155,22 @@ pub async fn start(
     Ok(Server {
         addr,
         orch,
+        manager,
         shutdown_tx,
         handle,
         shutdown_grace: Duration::from_millis(cfg.server.shutdown_grace_ms),
     })
+}
+
+async fn start_pool(
+    orch: &Orchestrator,
+    manager: &PoolManager,
+    p: &PoolConfig,
+) -> Result<(), StartError> {
+    let launcher = crate::engines::launcher_for(p).map_err(StartError::Engine)?;
+    orch.create_pool(pool_spec(p))?;
+    manager
+        .start_pool(&p.id, launcher, p.replicas)
+        .await
+        .map_err(|e| StartError::Engine(format!("pool {}: {e}", p.id)))
 }

@@ -17,13 +17,22 @@ fn graph() -> Graph {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: BTreeMap<String, String> = meta["packages"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut deps = BTreeMap::new();
     for node in meta["resolve"]["nodes"].as_array().unwrap() {
@@ -32,10 +41,18 @@ fn graph() -> Graph {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+            .filter(|d| {
+                d["dep_kinds"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["kind"].is_null())
+            })
             .map(|d| names[d["pkg"].as_str().unwrap()].clone())
             .collect();
-        deps.entry(name).or_insert_with(BTreeSet::new).extend(normal);
+        deps.entry(name)
+            .or_insert_with(BTreeSet::new)
+            .extend(normal);
     }
     Graph { deps }
 }
@@ -87,7 +104,11 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
 fn workspace_edges_follow_the_layering() {
     let g = graph();
     for pkg in WORKSPACE.iter().filter(|p| g.deps.contains_key(**p)) {
-        for d in g.direct(pkg).iter().filter(|d| WORKSPACE.contains(&d.as_str())) {
+        for d in g
+            .direct(pkg)
+            .iter()
+            .filter(|d| WORKSPACE.contains(&d.as_str()))
+        {
             assert!(
                 allowed_internal(pkg).contains(&d.as_str()),
                 "{pkg} must not depend on {d} (see ARCHITECTURE.md)"
@@ -101,7 +122,10 @@ fn orch_domain_uses_serde_thiserror_uuid_only() {
     let g = graph();
     let allowed = ["serde", "thiserror", "uuid"];
     for d in g.direct("orch-domain") {
-        assert!(allowed.contains(&d.as_str()), "orch-domain must not depend on {d}");
+        assert!(
+            allowed.contains(&d.as_str()),
+            "orch-domain must not depend on {d}"
+        );
     }
 }
 
@@ -111,13 +135,26 @@ fn inner_layers_stay_free_of_io_and_http() {
     let forbid = |pkg: &str, bad: &[&str]| {
         let t = g.transitive(pkg);
         for b in bad {
-            assert!(!t.contains(*b), "{pkg} must not (even transitively) depend on {b}");
+            assert!(
+                !t.contains(*b),
+                "{pkg} must not (even transitively) depend on {b}"
+            );
         }
     };
     forbid("orch-domain", &["tokio", "axum", "hyper", "reqwest"]);
     forbid("orchestrator-core", &["tokio", "axum", "hyper", "reqwest"]);
     forbid("adapter-api", &["tokio", "axum", "hyper"]);
-    forbid("orch-services", &["axum", "hyper", "tower-http", "adapter-mock", "adapter-llamacpp", "reqwest"]);
+    forbid(
+        "orch-services",
+        &[
+            "axum",
+            "hyper",
+            "tower-http",
+            "adapter-mock",
+            "adapter-llamacpp",
+            "reqwest",
+        ],
+    );
     forbid("orch-api", &["adapter-mock", "adapter-llamacpp", "reqwest"]);
 }
 

@@ -10,6 +10,7 @@ use futures_core::Stream;
 use orch_domain::{ErrorCode, FinishReason, TaskId};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, WorkerError>> + Send>>;
@@ -123,4 +124,44 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// A running engine replica that orchestratord started (a child process).
+pub trait ReplicaProcess: Send + Sync {
+    /// The adapter that talks to this replica.
+    fn adapter(&self) -> Arc<dyn WorkerAdapter>;
+    /// Resolves when the process exits, with a human-readable reason.
+    fn exited(&self) -> BoxFuture<'_, String>;
+    /// Stop the process (SIGKILL if it does not exit promptly).
+    fn stop(&self) -> BoxFuture<'_, ()>;
+    /// Where the replica listens, for operators (`http://127.0.0.1:PORT`).
+    fn endpoint(&self) -> String;
+}
+
+/// What a launch should load. `None` fields keep the pool's configured values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchOverrides {
+    /// A model file path (reload).
+    pub model_path: Option<String>,
+}
+
+/// Starts replicas of one pool. Implemented per engine (e.g. spawning `llama-server`)
+/// and by test doubles; the pool manager supervises what it returns.
+pub trait ReplicaLauncher: Send + Sync {
+    fn launch(
+        &self,
+        replica_id: &str,
+        overrides: &LaunchOverrides,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplicaProcess>, LaunchError>>;
+}
+
+/// A replica could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LaunchError {
+    #[error("engine binary not found: {0}")]
+    MissingBinary(String),
+    #[error("model not found: {0}")]
+    MissingModel(String),
+    #[error("engine failed to start: {0}")]
+    Spawn(String),
 }

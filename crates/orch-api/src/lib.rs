@@ -5,6 +5,7 @@
 //! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
 
 pub mod body;
+pub mod control;
 pub mod correlation;
 pub mod data;
 pub mod error;
@@ -13,7 +14,7 @@ pub mod sse;
 
 use axum::routing::{get, post};
 use axum::Router;
-use orch_services::Orchestrator;
+use orch_services::{Orchestrator, PoolManager};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct AppState {
     pub orch: Orchestrator,
+    /// Process supervision (reload); `None` when pools are managed elsewhere.
+    pub manager: Option<PoolManager>,
     pub metrics: Option<MetricsRender>,
     /// SSE comment keep-alive interval while a stream waits.
     pub keepalive: Duration,
@@ -35,6 +38,7 @@ impl AppState {
     pub fn new(orch: Orchestrator) -> Self {
         Self {
             orch,
+            manager: None,
             metrics: None,
             keepalive: Duration::from_secs(15),
             body_limit: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
@@ -53,6 +57,11 @@ pub fn router(state: AppState) -> Router {
             "/v1/sessions/{id}",
             get(data::get_session).delete(data::delete_session),
         )
+        .route("/v1/pools", get(control::list_pools))
+        .route("/v1/pools/{id}/health", get(control::pool_health))
+        .route("/v1/pools/{id}/drain", post(control::drain_pool))
+        .route("/v1/pools/{id}/reload", post(control::reload_pool))
+        .route("/v1/replicasets", get(control::replica_sets))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -11,16 +11,20 @@
 
 pub mod admission;
 pub mod config;
+pub mod control;
 pub mod dispatch;
+pub mod manager;
 pub mod metrics;
 pub mod orchestrator;
 pub mod pool;
 pub mod reader;
+pub mod selftest;
 pub mod sessions;
 pub mod task;
 pub mod task_log;
 
 pub use config::{PoolSpec, ServiceConfig};
+pub use manager::{ManagerConfig, PoolManager};
 pub use orchestrator::{Orchestrator, PoolError};
 pub use reader::{ReadItem, StreamReader};
 pub use task_log::Frame;

@@ -114,6 +114,19 @@ impl Orchestrator {
         replica_id: &str,
         adapter: Arc<dyn WorkerAdapter>,
     ) -> Result<(), PoolError> {
+        self.attach(pool_id, replica_id, adapter, None, false).await
+    }
+
+    /// Probe a replica and add it. A `staged` replica (reload) takes no work and is
+    /// not held to the current pin until [`switch_replicas`](Self::switch_replicas).
+    pub async fn attach(
+        &self,
+        pool_id: &str,
+        replica_id: &str,
+        adapter: Arc<dyn WorkerAdapter>,
+        endpoint: Option<String>,
+        staged: bool,
+    ) -> Result<(), PoolError> {
         let pool = self
             .pool(pool_id)
             .ok_or_else(|| PoolError::UnknownPool(pool_id.into()))?;
@@ -131,6 +144,7 @@ impl Orchestrator {
             let mut st = pool.lock();
             let got = Pinned::of(&props, &st.spec.sampler_profile_version);
             match &st.pinned {
+                _ if staged => {}
                 Some(p) if *p != got => {
                     return Err(PoolError::Pinning {
                         pool: pool_id.into(),
@@ -149,8 +163,10 @@ impl Orchestrator {
                 props,
                 ready: health == Health::Ready,
                 draining: false,
+                staged,
                 busy: 0,
                 last_error: None,
+                endpoint,
             });
             crate::metrics::pool_ready(&pool.id, st.is_ready());
         }

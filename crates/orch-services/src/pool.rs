@@ -20,15 +20,24 @@ pub struct Replica {
     pub props: Properties,
     pub ready: bool,
     pub draining: bool,
+    /// Started by a reload and not switched in yet: takes no work.
+    pub staged: bool,
     pub busy: u32,
     pub last_error: Option<String>,
+    /// Where the replica listens, when known.
+    pub endpoint: Option<String>,
 }
 
 impl Replica {
+    /// Ready, not draining, not staged: may receive new work.
+    pub fn serving(&self) -> bool {
+        self.ready && !self.draining && !self.staged
+    }
+
     pub fn load(&self) -> ReplicaLoad {
         ReplicaLoad {
             ready: self.ready,
-            draining: self.draining,
+            draining: self.draining || self.staged,
             slots_total: self.props.slots,
             slots_busy: self.busy,
         }
@@ -85,7 +94,7 @@ impl PoolState {
     pub fn slots_total(&self) -> u32 {
         self.replicas
             .iter()
-            .filter(|r| r.ready && !r.draining)
+            .filter(|r| r.serving())
             .map(|r| r.props.slots)
             .sum()
     }
@@ -95,7 +104,7 @@ impl PoolState {
     }
 
     pub fn is_ready(&self) -> bool {
-        !self.draining && self.replicas.iter().any(|r| r.ready && !r.draining)
+        !self.draining && self.replicas.iter().any(Replica::serving)
     }
 
     pub fn replica_mut(&mut self, id: &str) -> Option<&mut Replica> {

@@ -20,12 +20,24 @@ pub struct SseFrame {
     pub data: Value,
 }
 
+/// Start a server without startup self-tests (tests of behaviour use scripted faults
+/// that a self-test would rightly refuse); `start_self_tested` runs them.
 pub async fn start(toml: &str) -> TestServer {
+    start_opts(toml, true).await
+}
+
+pub async fn start_self_tested(toml: &str) -> TestServer {
+    start_opts(toml, false).await
+}
+
+pub async fn start_opts(toml: &str, skip_self_test: bool) -> TestServer {
     let cfg = orchestratord::Config::parse(toml).expect("test config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = orchestratord::start(cfg, listener, orchestratord::telemetry::metrics())
-        .await
-        .expect("server starts");
+    let opts = orchestratord::StartOptions { skip_self_test };
+    let server =
+        orchestratord::start_with(cfg, listener, orchestratord::telemetry::metrics(), opts)
+            .await
+            .expect("server starts");
     TestServer {
         base: format!("http://{}", server.addr),
         server: Some(server),

@@ -1,0 +1,310 @@
+//! The adapter for one llama-server replica, over its native HTTP API.
+
+use crate::wire::{Chunk, CompletionRequest, Props, Slot};
+use crate::ENGINE;
+use adapter_api::{
+    BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
+    WorkerAdapter, WorkerError,
+};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use orch_domain::{FinishReason, TaskId};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: Duration,
+    /// Longest silence on an open stream before the read fails (idle watchdog).
+    pub read_timeout: Duration,
+    /// Longest a control call (`/health`, `/props`, `/slots`) may take.
+    pub control_timeout: Duration,
+    /// How long `cancel` waits for the engine slot to become idle.
+    pub cancel_verify: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            read_timeout: Duration::from_secs(60),
+            control_timeout: Duration::from_secs(5),
+            cancel_verify: Duration::from_secs(3),
+        }
+    }
+}
+
+pub struct LlamaCppAdapter {
+    base: String,
+    http: reqwest::Client,
+    opts: ClientOptions,
+    model: String,
+    model_digest: String,
+    /// Generations of ours in flight on this replica (for the idle check on cancel).
+    active: Arc<AtomicU32>,
+}
+
+struct ActiveGuard(Arc<AtomicU32>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn net_err(e: reqwest::Error) -> WorkerError {
+    if e.is_connect() {
+        WorkerError::Connect(e.to_string())
+    } else if e.is_timeout() {
+        WorkerError::Timeout(e.to_string())
+    } else {
+        WorkerError::Reset(e.to_string())
+    }
+}
+
+fn finish_of(stop_type: Option<&str>) -> FinishReason {
+    match stop_type {
+        Some("eos") => FinishReason::Eos,
+        Some("word") => FinishReason::Stop,
+        _ => FinishReason::Length,
+    }
+}
+
+impl LlamaCppAdapter {
+    /// `base` is `http://host:port`; `model_digest` is `sha256:<hex>` of the model file.
+    pub fn new(
+        base: &str,
+        model: &str,
+        model_digest: &str,
+        opts: ClientOptions,
+    ) -> Result<Self, WorkerError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            opts,
+            model: model.to_string(),
+            model_digest: model_digest.to_string(),
+            active: Arc::new(AtomicU32::new(0)),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, WorkerError> {
+        let r = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .timeout(self.opts.control_timeout)
+            .send()
+            .await
+            .map_err(net_err)?;
+        if r.status().as_u16() == 503 {
+            return Err(WorkerError::Unready(format!("{path}: loading")));
+        }
+        if !r.status().is_success() {
+            return Err(WorkerError::Protocol(format!(
+                "{path}: HTTP {}",
+                r.status()
+            )));
+        }
+        r.json()
+            .await
+            .map_err(|e| WorkerError::Protocol(format!("{path}: {e}")))
+    }
+
+    /// Slots the engine is decoding in right now (from `GET /slots`).
+    pub async fn processing_slots(&self) -> Result<u32, WorkerError> {
+        let slots: Vec<Slot> = self.get_json("/slots").await?;
+        Ok(slots.iter().filter(|s| s.is_processing).count() as u32)
+    }
+
+    async fn open(&self, req: EngineRequest) -> Result<EventStream, WorkerError> {
+        let body = CompletionRequest {
+            prompt: &req.prompt,
+            n_predict: req.max_tokens,
+            stream: true,
+            seed: (req.seed as u64 & 0xFFFF_FFFE) as u32,
+            temperature: req.temperature,
+            top_p: req.top_p,
+            stop: &req.stop,
+            id_slot: req.slot.map_or(-1, i64::from),
+            cache_prompt: req.cache_prompt,
+        };
+        let resp = self
+            .http
+            .post(format!("{}/completion", self.base))
+            .json(&body)
+            .send()
+            .await
+            .map_err(net_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let msg = format!(
+                "HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+            return Err(match status.as_u16() {
+                503 => WorkerError::Unready(msg),
+                400..=499 => WorkerError::Rejected(msg),
+                _ => WorkerError::Reset(msg),
+            });
+        }
+        self.active.fetch_add(1, Ordering::AcqRel);
+        let guard = ActiveGuard(self.active.clone());
+        let started = Instant::now();
+        let events = resp.bytes_stream().eventsource();
+        let state = (events, guard, 0u32, false, started);
+        let s = futures_util::stream::unfold(
+            state,
+            |(mut events, guard, mut index, done, t0)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let item = match events.next().await {
+                        None => {
+                            let e = WorkerError::Reset(
+                                "llama-server closed the stream before stop".into(),
+                            );
+                            return Some((Err(e), (events, guard, index, true, t0)));
+                        }
+                        Some(Err(e)) => {
+                            let e = WorkerError::Reset(format!("stream: {e}"));
+                            return Some((Err(e), (events, guard, index, true, t0)));
+                        }
+                        Some(Ok(ev)) => ev,
+                    };
+                    let chunk: Chunk = match serde_json::from_str(&item.data) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let e = WorkerError::Protocol(format!("bad chunk: {e}"));
+                            return Some((Err(e), (events, guard, index, true, t0)));
+                        }
+                    };
+                    if let Some(err) = chunk.error {
+                        let e = WorkerError::Reset(format!("llama-server error: {err}"));
+                        return Some((Err(e), (events, guard, index, true, t0)));
+                    }
+                    if chunk.stop {
+                        let timings = chunk.timings.unwrap_or_default();
+                        let end = EngineEnd {
+                            tokens_in: chunk.tokens_evaluated.or(timings.prompt_n).unwrap_or(0),
+                            tokens_out: chunk.tokens_predicted.unwrap_or(index),
+                            tokens_cached: timings.cache_n,
+                            finish_reason: finish_of(chunk.stop_type.as_deref()),
+                            decode_time_ms: t0.elapsed().as_millis() as u64,
+                            slot: chunk.id_slot.and_then(|s| u32::try_from(s).ok()),
+                        };
+                        return Some((Ok(EngineEvent::End(end)), (events, guard, index, true, t0)));
+                    }
+                    if chunk.content.is_empty() {
+                        continue; // e.g. a partial UTF-8 sequence held back by the server
+                    }
+                    let ev = EngineEvent::Token {
+                        text: chunk.content,
+                        index,
+                    };
+                    index += 1;
+                    return Some((Ok(ev), (events, guard, index, false, t0)));
+                }
+            },
+        );
+        Ok(Box::pin(s))
+    }
+}
+
+impl WorkerAdapter for LlamaCppAdapter {
+    fn engine(&self) -> &'static str {
+        ENGINE
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>> {
+        Box::pin(async move {
+            let r = self
+                .http
+                .get(format!("{}/health", self.base))
+                .timeout(self.opts.control_timeout)
+                .send()
+                .await
+                .map_err(net_err)?;
+            match r.status().as_u16() {
+                200 => Ok(Health::Ready),
+                503 => Ok(Health::Loading),
+                s => Err(WorkerError::Protocol(format!("/health: HTTP {s}"))),
+            }
+        })
+    }
+
+    fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>> {
+        Box::pin(async move {
+            let p: Props = self.get_json("/props").await?;
+            Ok(Properties {
+                engine: ENGINE.into(),
+                engine_version: p.build_info.unwrap_or_else(|| "unknown".into()),
+                model: self.model.clone(),
+                model_digest: self.model_digest.clone(),
+                slots: p.total_slots.unwrap_or(1).max(1),
+                ctx_max: p
+                    .default_generation_settings
+                    .and_then(|g| g.n_ctx)
+                    .unwrap_or(0),
+            })
+        })
+    }
+
+    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>> {
+        Box::pin(self.open(req))
+    }
+
+    /// The caller has dropped the stream (closing the upstream request, which makes
+    /// llama-server stop decoding); wait until `/slots` shows the slot idle.
+    fn cancel(&self, _task: TaskId) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.opts.cancel_verify;
+            loop {
+                let busy = self.processing_slots().await?;
+                if busy <= self.active.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(WorkerError::Timeout(format!(
+                        "slot still processing {:?} after cancel",
+                        self.opts.cancel_verify
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    }
+
+    fn erase_slot(&self, slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
+        Box::pin(async move {
+            let r = self
+                .http
+                .post(format!("{}/slots/{slot}?action=erase", self.base))
+                .timeout(self.opts.control_timeout)
+                .send()
+                .await
+                .map_err(net_err)?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(WorkerError::Protocol(format!(
+                    "erase slot {slot}: HTTP {}",
+                    r.status()
+                )))
+            }
+        })
+    }
+}

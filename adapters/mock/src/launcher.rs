@@ -1,0 +1,96 @@
+//! A [`ReplicaLauncher`] for mock pools, so the pool manager (start, restart, reload)
+//! runs the same code paths with the mock as with real engines.
+
+use crate::{MockConfig, MockEngine};
+use adapter_api::{
+    BoxFuture, LaunchError, LaunchOverrides, ReplicaLauncher, ReplicaProcess, WorkerAdapter,
+};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+pub struct MockLauncher {
+    cfg: MockConfig,
+    launched: Mutex<Vec<(String, watch::Sender<Option<String>>)>>,
+}
+
+impl MockLauncher {
+    pub fn new(cfg: MockConfig) -> Self {
+        Self {
+            cfg,
+            launched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Simulate a crash of the named replica's latest process.
+    pub fn crash(&self, replica_id: &str) -> bool {
+        let g = self.launched.lock().unwrap_or_else(|p| p.into_inner());
+        match g.iter().rev().find(|(id, _)| id == replica_id) {
+            Some((_, tx)) => tx.send(Some("mock: simulated crash".into())).is_ok(),
+            None => false,
+        }
+    }
+}
+
+struct MockProcess {
+    engine: Arc<MockEngine>,
+    exit: watch::Receiver<Option<String>>,
+    stop: watch::Sender<Option<String>>,
+}
+
+impl ReplicaProcess for MockProcess {
+    fn adapter(&self) -> Arc<dyn WorkerAdapter> {
+        self.engine.clone()
+    }
+    fn exited(&self) -> BoxFuture<'_, String> {
+        let mut rx = self.exit.clone();
+        Box::pin(async move {
+            match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => "mock: gone".into(),
+            }
+        })
+    }
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        let _ = self.stop.send(Some("stopped by orchestratord".into()));
+        Box::pin(async {})
+    }
+    fn endpoint(&self) -> String {
+        "in-process://mock".into()
+    }
+}
+
+impl ReplicaLauncher for MockLauncher {
+    fn launch(
+        &self,
+        replica_id: &str,
+        overrides: &LaunchOverrides,
+    ) -> BoxFuture<'_, Result<Box<dyn ReplicaProcess>, LaunchError>> {
+        let mut cfg = self.cfg.clone();
+        let res = match &overrides.model_path {
+            Some(p) if !std::path::Path::new(p).is_file() => {
+                Err(LaunchError::MissingModel(p.clone()))
+            }
+            Some(p) => {
+                cfg.model = std::path::Path::new(p)
+                    .file_name()
+                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().to_string());
+                Ok(())
+            }
+            None => Ok(()),
+        };
+        let replica_id = replica_id.to_string();
+        Box::pin(async move {
+            res?;
+            let (tx, rx) = watch::channel(None);
+            self.launched
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((replica_id, tx.clone()));
+            Ok(Box::new(MockProcess {
+                engine: Arc::new(MockEngine::new(cfg)),
+                exit: rx,
+                stop: tx,
+            }) as Box<dyn ReplicaProcess>)
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! Engine wiring: one [`ReplicaLauncher`] per pool from its config, with the defaults
+//! that make the bundled model work out of the box (paths from `scripts/provision.sh`).
+
+use crate::config::{EngineChoice, LlamaCppConfig, PoolConfig};
+use adapter_api::ReplicaLauncher;
+use adapter_llamacpp::{ClientOptions, LlamaServerConfig, LlamaServerLauncher, RemoteLauncher};
+use adapter_mock::MockLauncher;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const LLAMA_BUILD: &str = "11434";
+pub const BUNDLED_MODEL_SHA256: &str =
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
+/// `$ORCH_CACHE_DIR`, else `~/.cache/orchestratord`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ORCH_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".cache").join("orchestratord")
+}
+
+pub fn default_llama_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORCH_LLAMA_SERVER") {
+        return PathBuf::from(p);
+    }
+    cache_dir().join(format!("engines/llamacpp-b{LLAMA_BUILD}/bin/llama-server"))
+}
+
+pub fn default_model() -> PathBuf {
+    if let Some(p) = std::env::var_os("ORCH_MODEL") {
+        return PathBuf::from(p);
+    }
+    cache_dir().join(format!(
+        "models/gemma-3-270m-q4_k_m-{BUNDLED_MODEL_SHA256}.gguf"
+    ))
+}
+
+fn client(l: &LlamaCppConfig, p: &PoolConfig) -> ClientOptions {
+    ClientOptions {
+        connect_timeout: Duration::from_millis(l.connect_timeout_ms),
+        read_timeout: Duration::from_millis(p.idle_timeout_ms.max(p.first_token_timeout_ms)),
+        ..ClientOptions::default()
+    }
+}
+
+/// The launcher for a pool, or a readable reason why it cannot be built.
+pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> {
+    match p.engine {
+        EngineChoice::Mock => Ok(Arc::new(MockLauncher::new(
+            p.mock.clone().unwrap_or_default(),
+        ))),
+        EngineChoice::Llamacpp => {
+            let l = p.llamacpp.clone().unwrap_or_default();
+            if let Some(url) = &l.url {
+                return Ok(Arc::new(RemoteLauncher {
+                    url: url.clone(),
+                    model: p.model.clone(),
+                    model_digest: l.model_digest.clone().unwrap_or_default(),
+                    client: client(&l, p),
+                }));
+            }
+            let cfg = LlamaServerConfig {
+                binary: l
+                    .binary
+                    .clone()
+                    .map_or_else(default_llama_server, PathBuf::from),
+                model_path: l
+                    .model_path
+                    .clone()
+                    .map_or_else(default_model, PathBuf::from),
+                model: p.model.clone(),
+                ctx: l.ctx,
+                slots: l.slots,
+                threads: l.threads,
+                extra_args: l.extra_args.clone(),
+                client: client(&l, p),
+            };
+            LlamaServerLauncher::new(cfg)
+                .map(|x| Arc::new(x) as Arc<dyn ReplicaLauncher>)
+                .map_err(|e| format!("pool {}: {e}", p.id))
+        }
+    }
+}
+
+/// Load timeout of a pool's replicas.
+pub fn load_timeout(p: &PoolConfig) -> Duration {
+    match p.engine {
+        EngineChoice::Mock => Duration::from_secs(10),
+        EngineChoice::Llamacpp => {
+            Duration::from_millis(p.llamacpp.clone().unwrap_or_default().load_timeout_ms)
+        }
+    }
+}

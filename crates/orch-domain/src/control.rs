@@ -1,0 +1,114 @@
+//! Control-plane bodies (spec §4): pools, health, drain, reload, replica sets.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub id: String,
+    /// `ready`, `unready`, `draining` or `staged`.
+    pub state: String,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub engine_version: String,
+    pub model_digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub id: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub model: String,
+    pub model_digest: String,
+    pub sampler_profile_version: String,
+    pub ctx_max: u32,
+    pub ready: bool,
+    pub draining: bool,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub queue_policy: String,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolList {
+    pub pools: Vec<PoolView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolHealth {
+    pub pool_id: String,
+    pub live: bool,
+    pub ready: bool,
+    pub draining: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub queue_depth: u32,
+    pub queue_capacity: u32,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    pub replicas_ready: u32,
+    pub replicas_total: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainResponse {
+    pub pool_id: String,
+    pub draining: bool,
+    pub deadline_ms: u64,
+    /// Tasks running when the drain began (they finish or are ended by the deadline).
+    pub in_flight: u32,
+    /// Queued tasks ended at once with a retriable `POOL_UNREADY`.
+    pub queued_ended: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadRequest {
+    /// A GGUF path, the pool's model name, or `sha256:<digest>` of its current model.
+    pub model_ref: String,
+    #[serde(default)]
+    pub sampler_profile_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResponse {
+    pub pool_id: String,
+    pub model_digest: String,
+    pub engine_version: String,
+    pub sampler_profile_version: String,
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSetView {
+    pub id: String,
+    pub pool_id: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub model_digest: String,
+    pub sampler_profile_version: String,
+    pub replicas: u32,
+    pub replicas_ready: u32,
+    pub slots_total: u32,
+    pub slots_free: u32,
+    /// busy slots / total slots, 0..=1.
+    pub load: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSetList {
+    pub replica_sets: Vec<ReplicaSetView>,
+}

@@ -1,0 +1,429 @@
+//! The pool manager: starts each pool's replicas through a [`ReplicaLauncher`], waits
+//! until they are ready, health-checks them, restarts crashed ones with backoff, and
+//! performs reloads (start new replicas, switch when ready, drain and stop the old;
+//! roll back when the new ones fail). Engine-agnostic: launchers come from adapters.
+
+use crate::orchestrator::Orchestrator;
+use adapter_api::{Health, LaunchOverrides, ReplicaLauncher, ReplicaProcess, WorkerAdapter};
+use orch_domain::control::ReloadResponse;
+use orch_domain::{ErrorCode, OrchError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub health_interval: Duration,
+    /// Longest a replica may take from launch to ready.
+    pub load_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Consecutive failed health checks before a replica is marked unready.
+    pub unhealthy_after: u32,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            health_interval: Duration::from_millis(500),
+            load_timeout: Duration::from_secs(120),
+            backoff_initial: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+            unhealthy_after: 2,
+        }
+    }
+}
+
+struct Supervisor {
+    replica_id: String,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+struct Managed {
+    launcher: Arc<dyn ReplicaLauncher>,
+    replicas: u32,
+    generation: u64,
+    supervisors: Vec<Supervisor>,
+    overrides: LaunchOverrides,
+    reloading: bool,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct PoolManager {
+    orch: Orchestrator,
+    cfg: ManagerConfig,
+    pools: Arc<Mutex<HashMap<String, Managed>>>,
+}
+
+type Ready = oneshot::Sender<Result<(), String>>;
+
+impl PoolManager {
+    pub fn new(orch: Orchestrator, cfg: ManagerConfig) -> Self {
+        Self {
+            orch,
+            cfg,
+            pools: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start `replicas` replicas of an existing (created) pool and wait until all are
+    /// ready. Any failure stops what was started and is returned, naming the replica.
+    pub async fn start_pool(
+        &self,
+        pool_id: &str,
+        launcher: Arc<dyn ReplicaLauncher>,
+        replicas: u32,
+    ) -> Result<(), String> {
+        let ids: Vec<String> = (0..replicas).map(|i| format!("{pool_id}-r{i}")).collect();
+        let overrides = LaunchOverrides::default();
+        let (sups, waits) = self.spawn_all(pool_id, &launcher, &ids, &overrides, false);
+        self.lock().insert(
+            pool_id.to_string(),
+            Managed {
+                launcher,
+                replicas,
+                generation: 0,
+                supervisors: sups,
+                overrides,
+                reloading: false,
+            },
+        );
+        if let Err(e) = wait_all(waits).await {
+            self.stop_pool(pool_id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn spawn_all(
+        &self,
+        pool_id: &str,
+        launcher: &Arc<dyn ReplicaLauncher>,
+        ids: &[String],
+        overrides: &LaunchOverrides,
+        staged: bool,
+    ) -> (Vec<Supervisor>, Vec<oneshot::Receiver<Result<(), String>>>) {
+        let mut sups = Vec::new();
+        let mut waits = Vec::new();
+        for id in ids {
+            let (tx, rx) = oneshot::channel();
+            let stop = CancellationToken::new();
+            let done = tokio::spawn(supervise(Job {
+                orch: self.orch.clone(),
+                cfg: self.cfg.clone(),
+                pool_id: pool_id.to_string(),
+                replica_id: id.clone(),
+                launcher: launcher.clone(),
+                overrides: overrides.clone(),
+                stop: stop.clone(),
+                staged,
+                ready: Some(tx),
+            }));
+            sups.push(Supervisor {
+                replica_id: id.clone(),
+                stop,
+                done,
+            });
+            waits.push(rx);
+        }
+        (sups, waits)
+    }
+
+    /// Stop every replica of a pool.
+    pub async fn stop_pool(&self, pool_id: &str) {
+        let sups = match self.lock().get_mut(pool_id) {
+            Some(m) => std::mem::take(&mut m.supervisors),
+            None => return,
+        };
+        stop_all(sups).await;
+    }
+
+    pub async fn stop_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.stop_pool(&id).await;
+        }
+    }
+
+    /// Reload a pool onto `model_path` (None = same model) and `sampler`.
+    pub async fn reload(
+        &self,
+        pool_id: &str,
+        model_path: Option<String>,
+        sampler: &str,
+    ) -> Result<ReloadResponse, OrchError> {
+        let conflict = |m: String| OrchError::new(ErrorCode::Conflict, m).with_pool(pool_id);
+        let (launcher, ids, overrides) = {
+            let mut pools = self.lock();
+            let m = pools
+                .get_mut(pool_id)
+                .ok_or_else(|| OrchError::not_found("pool", pool_id))?;
+            if m.reloading {
+                return Err(conflict(format!("pool {pool_id} is already reloading")));
+            }
+            m.reloading = true;
+            m.generation += 1;
+            let ids: Vec<String> = (0..m.replicas)
+                .map(|i| format!("{pool_id}-g{}-r{i}", m.generation))
+                .collect();
+            let overrides = LaunchOverrides {
+                model_path: model_path.or_else(|| m.overrides.model_path.clone()),
+            };
+            (m.launcher.clone(), ids, overrides)
+        };
+        let (new_sups, waits) = self.spawn_all(pool_id, &launcher, &ids, &overrides, true);
+        if let Err(e) = wait_all(waits).await {
+            stop_all(new_sups).await;
+            if let Some(m) = self.lock().get_mut(pool_id) {
+                m.reloading = false;
+            }
+            tracing::warn!(pool_id, error = %e, "reload failed: rolled back, old replicas keep serving");
+            return Err(conflict(format!("reload rolled back: {e}")));
+        }
+        let pinned = self.orch.switch_replicas(pool_id, &ids, sampler)?;
+        let old = {
+            let mut pools = self.lock();
+            match pools.get_mut(pool_id) {
+                Some(m) => {
+                    m.overrides = overrides;
+                    m.reloading = false;
+                    std::mem::replace(&mut m.supervisors, new_sups)
+                }
+                None => new_sups,
+            }
+        };
+        // the old replicas take no new work; stop each once its last task is done
+        let orch = self.orch.clone();
+        let pid = pool_id.to_string();
+        tokio::spawn(async move {
+            for s in &old {
+                while orch.replica_busy(&pid, &s.replica_id) > 0 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            stop_all(old).await;
+        });
+        tracing::info!(pool_id, model_digest = %pinned.model_digest, sampler, "reload switched");
+        Ok(ReloadResponse {
+            pool_id: pool_id.to_string(),
+            model_digest: pinned.model_digest,
+            engine_version: pinned.engine_version,
+            sampler_profile_version: pinned.sampler_profile_version,
+            replicas: ids,
+        })
+    }
+}
+
+async fn wait_all(waits: Vec<oneshot::Receiver<Result<(), String>>>) -> Result<(), String> {
+    let mut first_err = None;
+    for w in waits {
+        let r = w.await.unwrap_or_else(|_| Err("supervisor ended".into()));
+        if let (Err(e), None) = (r, &first_err) {
+            first_err = Some(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn stop_all(sups: Vec<Supervisor>) {
+    for s in &sups {
+        s.stop.cancel();
+    }
+    for s in sups {
+        let _ = s.done.await;
+    }
+}
+
+struct Job {
+    orch: Orchestrator,
+    cfg: ManagerConfig,
+    pool_id: String,
+    replica_id: String,
+    launcher: Arc<dyn ReplicaLauncher>,
+    overrides: LaunchOverrides,
+    stop: CancellationToken,
+    staged: bool,
+    /// Told once: the first launch became ready, or why not (then the job ends).
+    ready: Option<Ready>,
+}
+
+impl Job {
+    fn report(&mut self, r: Result<(), String>) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(r);
+        }
+    }
+
+    /// Launch and wait until healthy; `Err` carries a readable reason.
+    async fn bring_up(&self) -> Result<Box<dyn ReplicaProcess>, String> {
+        let proc = self
+            .launcher
+            .launch(&self.replica_id, &self.overrides)
+            .await
+            .map_err(|e| format!("replica {}: {e}", self.replica_id))?;
+        let adapter = proc.adapter();
+        let deadline = Instant::now() + self.cfg.load_timeout;
+        loop {
+            tokio::select! {
+                why = proc.exited() => return Err(format!("replica {} exited while loading: {why}", self.replica_id)),
+                _ = self.stop.cancelled() => { proc.stop().await; return Err("stopped".into()) }
+                h = adapter.health() => if let Ok(Health::Ready) = h { break },
+            }
+            if Instant::now() >= deadline {
+                proc.stop().await;
+                return Err(format!(
+                    "replica {} not ready within {:?}",
+                    self.replica_id, self.cfg.load_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let staged = self.staged;
+        if let Err(e) = self
+            .orch
+            .attach(
+                &self.pool_id,
+                &self.replica_id,
+                adapter,
+                Some(proc.endpoint()),
+                staged,
+            )
+            .await
+        {
+            proc.stop().await;
+            return Err(e.to_string());
+        }
+        Ok(proc)
+    }
+
+    /// Health-check until the process exits (returns why) or the job is stopped.
+    async fn watch(
+        &self,
+        proc: &dyn ReplicaProcess,
+        adapter: Arc<dyn WorkerAdapter>,
+    ) -> Option<String> {
+        let mut fails = 0u32;
+        loop {
+            tokio::select! {
+                why = proc.exited() => return Some(why),
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(self.cfg.health_interval) => {}
+            }
+            let ok = matches!(adapter.health().await, Ok(Health::Ready));
+            if ok {
+                if fails >= self.cfg.unhealthy_after {
+                    self.orch
+                        .set_replica_ready(&self.pool_id, &self.replica_id, true, None);
+                }
+                fails = 0;
+            } else {
+                fails += 1;
+                if fails == self.cfg.unhealthy_after {
+                    let e = format!("replica {} failed {fails} health checks", self.replica_id);
+                    tracing::warn!(pool_id = %self.pool_id, replica_id = %self.replica_id, "{e}");
+                    self.orch
+                        .set_replica_ready(&self.pool_id, &self.replica_id, false, Some(e));
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(mut job: Job) {
+    let mut backoff = job.cfg.backoff_initial;
+    loop {
+        if job.stop.is_cancelled() {
+            break;
+        }
+        let proc = match job.bring_up().await {
+            Ok(p) => p,
+            Err(e) => {
+                if job.ready.is_some() {
+                    job.report(Err(e));
+                    break;
+                }
+                tracing::warn!(pool_id = %job.pool_id, replica_id = %job.replica_id, error = %e,
+                    backoff_ms = backoff.as_millis() as u64, "restart failed; retrying");
+                job.orch
+                    .set_replica_ready(&job.pool_id, &job.replica_id, false, Some(e));
+                tokio::select! {
+                    _ = job.stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(job.cfg.backoff_max);
+                continue;
+            }
+        };
+        job.report(Ok(()));
+        // a restart re-joins the pool as a serving replica (a staged one was switched in
+        // or, on rollback, its job was stopped)
+        job.staged = false;
+        backoff = job.cfg.backoff_initial;
+        let adapter = proc.adapter();
+        match job.watch(proc.as_ref(), adapter).await {
+            None => {
+                proc.stop().await;
+                break;
+            }
+            Some(why) => {
+                tracing::error!(pool_id = %job.pool_id, replica_id = %job.replica_id, reason = %why,
+                    "replica died; restarting");
+                job.orch
+                    .set_replica_ready(&job.pool_id, &job.replica_id, false, Some(why));
+                tokio::select! {
+                    _ = job.stop.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+            }
+        }
+    }
+    job.orch.detach_replica(&job.pool_id, &job.replica_id);
+}
+
+impl PoolManager {
+    /// Resolve a reload request: the pool's model name or current digest keeps the
+    /// model (e.g. a new sampler profile); a `.gguf` path loads that file; anything
+    /// else is a 409 with nothing changed.
+    pub async fn reload_ref(
+        &self,
+        pool_id: &str,
+        req: &orch_domain::control::ReloadRequest,
+    ) -> Result<ReloadResponse, OrchError> {
+        let view = self.orch.pool_view(pool_id)?;
+        if req.model_ref.trim().is_empty() {
+            return Err(OrchError::invalid("model_ref", "must not be empty"));
+        }
+        let sampler = req
+            .sampler_profile_version
+            .clone()
+            .unwrap_or_else(|| view.sampler_profile_version.clone());
+        if sampler.is_empty() || sampler.len() > 64 {
+            return Err(OrchError::invalid(
+                "sampler_profile_version",
+                "must be 1..=64 bytes",
+            ));
+        }
+        let same = req.model_ref == view.model || req.model_ref == view.model_digest;
+        let path = if same {
+            None
+        } else if req.model_ref.ends_with(".gguf") || req.model_ref.starts_with('/') {
+            Some(req.model_ref.clone())
+        } else {
+            return Err(OrchError::new(
+                ErrorCode::Conflict,
+                format!("reload rolled back: unknown model_ref {}", req.model_ref),
+            )
+            .with_pool(pool_id));
+        };
+        self.reload(pool_id, path, &sampler).await
+    }
+}
