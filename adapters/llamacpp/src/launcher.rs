@@ -100,6 +100,10 @@ impl ReplicaProcess for LlamaServerProcess {
     fn endpoint(&self) -> String {
         self.endpoint.clone()
     }
+
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
 }
 
 impl ReplicaLauncher for LlamaServerLauncher {

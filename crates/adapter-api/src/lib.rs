@@ -136,6 +136,10 @@ pub trait ReplicaProcess: Send + Sync {
     fn stop(&self) -> BoxFuture<'_, ()>;
     /// Where the replica listens, for operators (`http://127.0.0.1:PORT`).
     fn endpoint(&self) -> String;
+    /// OS process id, when the replica is a local child process.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// What a launch should load. `None` fields keep the pool's configured values.

@@ -27,6 +27,7 @@ fn replica_view(r: &Replica) -> ReplicaView {
         engine_version: r.props.engine_version.clone(),
         model_digest: r.props.model_digest.clone(),
         endpoint: r.endpoint.clone(),
+        pid: r.pid,
         last_error: r.last_error.clone(),
     }
 }

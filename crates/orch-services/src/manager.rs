@@ -294,7 +294,7 @@ impl Job {
                 &self.pool_id,
                 &self.replica_id,
                 adapter,
-                Some(proc.endpoint()),
+                (Some(proc.endpoint()), proc.pid()),
                 staged,
             )
             .await

@@ -114,7 +114,8 @@ impl Orchestrator {
         replica_id: &str,
         adapter: Arc<dyn WorkerAdapter>,
     ) -> Result<(), PoolError> {
-        self.attach(pool_id, replica_id, adapter, None, false).await
+        self.attach(pool_id, replica_id, adapter, (None, None), false)
+            .await
     }
 
     /// Probe a replica and add it. A `staged` replica (reload) takes no work and is
@@ -124,7 +125,7 @@ impl Orchestrator {
         pool_id: &str,
         replica_id: &str,
         adapter: Arc<dyn WorkerAdapter>,
-        endpoint: Option<String>,
+        (endpoint, pid): (Option<String>, Option<u32>),
         staged: bool,
     ) -> Result<(), PoolError> {
         let pool = self
@@ -167,6 +168,7 @@ impl Orchestrator {
                 busy: 0,
                 last_error: None,
                 endpoint,
+                pid,
             });
             crate::metrics::pool_ready(&pool.id, st.is_ready());
         }

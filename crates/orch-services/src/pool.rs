@@ -26,6 +26,8 @@ pub struct Replica {
     pub last_error: Option<String>,
     /// Where the replica listens, when known.
     pub endpoint: Option<String>,
+    /// OS process id of a local replica.
+    pub pid: Option<u32>,
 }
 
 impl Replica {
