@@ -3,6 +3,10 @@
 //! fails these tests instead of skipping them. Tests run one at a time (they share
 //! two CPU cores with the engines).
 
+// Each #[tokio::test] has its own runtime on its own thread; the std mutex is held on
+// purpose across awaits to run the real-engine tests one at a time.
+#![allow(clippy::await_holding_lock)]
+
 mod common;
 use common::*;
 use serde_json::{json, Value};
@@ -460,7 +464,7 @@ fn minute_in_words(m: u32) -> String {
     const TENS: [&str; 6] = ["", "", "twenty", "thirty", "forty", "fifty"];
     match m {
         0..=19 => ONES[m as usize].to_string(),
-        _ if m % 10 == 0 => TENS[(m / 10) as usize].to_string(),
+        _ if m.is_multiple_of(10) => TENS[(m / 10) as usize].to_string(),
         _ => format!("{}-{}", TENS[(m / 10) as usize], ONES[(m % 10) as usize]),
     }
 }
