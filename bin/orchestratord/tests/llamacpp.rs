@@ -561,6 +561,10 @@ fn anti_cheat_no_canned_engine_output_in_the_source() {
         .output()
         .unwrap();
     let files = String::from_utf8_lossy(&out.stdout);
+    // needles are assembled at run time so this file does not match itself
+    let recorded_engine = ["\"engine\":", "\"llamacpp\""].concat();
+    let recorded_token = ["event:", " token"].concat();
+    let canned = [["canned", "_haiku"].concat(), ["haiku", "_output"].concat()];
     for f in files.lines() {
         let path = root.join(f);
         assert!(!f.ends_with(".gguf"), "model file committed: {f}");
@@ -570,11 +574,11 @@ fn anti_cheat_no_canned_engine_output_in_the_source() {
         let Ok(text) = std::fs::read_to_string(&path) else {
             continue;
         };
-        let recorded = text.contains("\"engine\":\"llamacpp\"") && text.contains("event: token");
+        let recorded = text.contains(&recorded_engine) && text.contains(&recorded_token);
         assert!(!recorded, "{f} holds a recorded llama.cpp stream");
         let lower = text.to_lowercase();
         assert!(
-            !lower.contains("haiku_output") && !lower.contains("canned_haiku"),
+            !canned.iter().any(|c| lower.contains(c.as_str())),
             "{f} holds a canned haiku"
         );
     }
