@@ -131,7 +131,11 @@ pub async fn throughput() {
         .endpoint
         .clone()
         .unwrap();
-    let http = reqwest::Client::new();
+    // llama-server closes each streamed connection: no pooling on either path
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     // warm-up both paths
     direct(&http, &endpoint, 8, slots, 1).await;
     via_orch(&http, &base, 8, slots, 1).await;

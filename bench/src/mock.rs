@@ -400,6 +400,8 @@ pub async fn open_streams() {
         .filter_map(|x| async move { x })
         .collect()
         .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admitted = rss_mib(pid);
     let addr = base.trim_start_matches("http://").to_string();
     let mut conns = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -428,7 +430,7 @@ pub async fn open_streams() {
         "  admitted {} tasks, {open} streams open concurrently",
         ids.len()
     );
-    println!("  orchestratord RSS: idle {idle:.1} MiB, with {open} open streams {loaded:.1} MiB (target <= 200 MiB)");
+    println!("  orchestratord RSS: idle {idle:.1} MiB, {} running tasks {admitted:.1} MiB, plus {open} open streams {loaded:.1} MiB (target <= 200 MiB)", ids.len());
     drop(conns);
     let _ = child.kill();
 }

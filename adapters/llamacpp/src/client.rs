@@ -37,7 +37,12 @@ impl Default for ClientOptions {
 
 pub struct LlamaCppAdapter {
     base: String,
+    /// Control calls (`/health`, `/props`, `/slots`): pooled keep-alive connections.
     http: reqwest::Client,
+    /// Streamed completions: llama-server closes the connection after a streamed
+    /// response without saying so, so reusing it would fail the next request with an
+    /// incomplete message; these use a fresh connection each time.
+    stream_http: reqwest::Client,
     opts: ClientOptions,
     model: String,
     model_digest: String,
@@ -79,16 +84,20 @@ impl LlamaCppAdapter {
         model_digest: &str,
         opts: ClientOptions,
     ) -> Result<Self, WorkerError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.read_timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| WorkerError::Protocol(e.to_string()))?;
+        let build = |pool: usize| {
+            reqwest::Client::builder()
+                .connect_timeout(opts.connect_timeout)
+                .read_timeout(opts.read_timeout)
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(pool)
+                .tcp_nodelay(true)
+                .build()
+                .map_err(|e| WorkerError::Protocol(e.to_string()))
+        };
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
-            http,
+            http: build(8)?,
+            stream_http: build(0)?,
             opts,
             model: model.to_string(),
             model_digest: model_digest.to_string(),
@@ -141,7 +150,7 @@ impl LlamaCppAdapter {
             cache_prompt: req.cache_prompt,
         };
         let resp = self
-            .http
+            .stream_http
             .post(format!("{}/completion", self.base))
             .json(&body)
             .send()

@@ -1,6 +1,7 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
 use crate::config::{Config, PoolConfig};
+use axum::serve::ListenerExt;
 use orch_api::{AppState, MetricsRender};
 use orch_services::{ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, ServiceConfig};
 use orchestrator_core::QueueConfig;
@@ -144,6 +145,12 @@ pub async fn start_with(
         let stop = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
+        // no Nagle: SSE frames are small writes that must not wait for a delayed ACK
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -438,6 +438,28 @@ async fn a_sessions_next_turn_lands_on_the_same_replica_and_reuses_kv() {
     s.assert_all_terminated().await;
 }
 
+/// llama-server closes each streamed connection; back-to-back tasks must never land on
+/// a dead pooled connection (no retries allowed here, so one would fail the task).
+#[tokio::test]
+async fn back_to_back_tasks_on_one_replica_all_succeed() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !engine_present() {
+        return;
+    }
+    let s = start(&llama_config(1, 1, 2, "retries_before_first_token = 0")).await;
+    for k in 0..8 {
+        let (id, _) = s
+            .submit(&llama_task(
+                &format!("Item {k}: the capital of France is"),
+                3,
+            ))
+            .await;
+        let f = s.stream(&id, None).await;
+        assert_eq!(f.last().unwrap().event, "end", "task {k}: {f:?}");
+    }
+    s.assert_all_terminated().await;
+}
+
 fn minute_in_words(m: u32) -> String {
     const ONES: [&str; 20] = [
         "zero",

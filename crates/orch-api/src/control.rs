@@ -86,3 +86,7 @@ pub async fn replica_sets(State(app): State<AppState>) -> Response {
     })
     .into_response()
 }
+
+pub async fn capabilities(State(app): State<AppState>) -> Response {
+    Json(app.orch.capabilities(app.body_limit as u64)).into_response()
+}

@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools/{id}/drain", post(control::drain_pool))
         .route("/v1/pools/{id}/reload", post(control::reload_pool))
         .route("/v1/replicasets", get(control::replica_sets))
+        .route("/v1/capabilities", get(control::capabilities))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

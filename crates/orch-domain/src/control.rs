@@ -114,3 +114,67 @@ pub struct ReplicaSetView {
 pub struct ReplicaSetList {
     pub replica_sets: Vec<ReplicaSetView>,
 }
+
+/// Queue settings a client can plan with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueCaps {
+    pub capacity: u32,
+    pub policy: String,
+}
+
+/// Limits a client must respect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimits {
+    pub prompt_max_bytes: u64,
+    pub body_max_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_tokens_budget: Option<u64>,
+}
+
+/// What one pool (engine + model) offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCaps {
+    pub pool_id: String,
+    pub engine: String,
+    pub engine_version: String,
+    pub sampler_profile_version: String,
+    pub model: String,
+    pub model_digest: String,
+    pub ctx_max: u32,
+    pub max_tokens_out: u32,
+    pub workloads: Vec<String>,
+    /// Concurrent decodes across ready replicas.
+    pub concurrency: u32,
+    pub queue: QueueCaps,
+    pub ready: bool,
+}
+
+/// `GET /v1/capabilities`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Equals the OpenAPI documents' `info.version`.
+    pub api_version: String,
+    pub engines: Vec<EngineCaps>,
+    pub rate_limits: RateLimits,
+    pub features: Vec<String>,
+}
+
+/// The OrchQueue API version (the OpenAPI `info.version`).
+pub const API_VERSION: &str = "1.0.0";
+
+/// Feature flags this build serves.
+pub const FEATURES: &[&str] = &[
+    "sse",
+    "sse_resume_last_event_id",
+    "multiple_readers",
+    "cancel",
+    "sessions",
+    "session_kv_affinity",
+    "priorities",
+    "backpressure_429",
+    "drain",
+    "reload",
+    "determinism_strict",
+    "placement_pin_prefer_avoid",
+    "deadline_admission",
+];

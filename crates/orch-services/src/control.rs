@@ -249,3 +249,48 @@ impl Orchestrator {
             .unwrap_or(0)
     }
 }
+
+impl Orchestrator {
+    /// `GET /v1/capabilities` data; `body_max_bytes` comes from the HTTP layer.
+    pub fn capabilities(&self, body_max_bytes: u64) -> orch_domain::control::Capabilities {
+        use orch_domain::control::{Capabilities, EngineCaps, QueueCaps, RateLimits};
+        let engines = self
+            .pools()
+            .iter()
+            .map(|p| {
+                let st = p.lock();
+                let v = pool_view(&p.id, &st);
+                EngineCaps {
+                    pool_id: v.id,
+                    engine: v.engine,
+                    engine_version: v.engine_version,
+                    sampler_profile_version: v.sampler_profile_version,
+                    model: v.model,
+                    model_digest: v.model_digest,
+                    ctx_max: v.ctx_max,
+                    max_tokens_out: st.spec.max_tokens_out,
+                    workloads: vec!["completion".into()],
+                    concurrency: v.slots_total,
+                    queue: QueueCaps {
+                        capacity: v.queue_capacity,
+                        policy: v.queue_policy,
+                    },
+                    ready: v.ready,
+                }
+            })
+            .collect();
+        Capabilities {
+            api_version: orch_domain::control::API_VERSION.to_string(),
+            engines,
+            rate_limits: RateLimits {
+                prompt_max_bytes: orch_domain::PROMPT_MAX_BYTES as u64,
+                body_max_bytes,
+                session_tokens_budget: self.config().session_token_budget,
+            },
+            features: orch_domain::control::FEATURES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
