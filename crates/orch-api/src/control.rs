@@ -9,7 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use orch_domain::control::{DrainRequest, PoolList, ReloadRequest, ReplicaSetList};
+#[allow(unused_imports)]
+use orch_domain::control::{
+    Capabilities, DrainRequest, DrainResponse, PoolHealth, PoolList, ReloadRequest, ReloadResponse,
+    ReplicaSetList,
+};
+#[allow(unused_imports)]
+use orch_domain::ErrorEnvelope;
 use orch_domain::{ErrorCode, OrchError};
 use std::time::Duration;
 
@@ -18,6 +24,8 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Longest drain deadline accepted (one hour).
 pub const MAX_DRAIN_MS: u64 = 3_600_000;
 
+#[utoipa::path(get, path = "/v1/pools", tag = "control", operation_id = "listPools",
+    responses((status = 200, description = "Pools with their replicas", body = PoolList)))]
 pub async fn list_pools(State(app): State<AppState>) -> Response {
     Json(PoolList {
         pools: app.orch.pool_views(),
@@ -25,6 +33,12 @@ pub async fn list_pools(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/pools/{id}/health", tag = "control", operation_id = "poolHealth",
+    params(("id" = String, Path, description = "Pool id")),
+    responses(
+        (status = 200, description = "Liveness, readiness, drain state, queue and slot figures", body = PoolHealth),
+        (status = 404, description = "Unknown pool", body = ErrorEnvelope),
+    ))]
 pub async fn pool_health(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -37,6 +51,14 @@ pub async fn pool_health(
     Ok(Json(h).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/pools/{id}/drain", tag = "control", operation_id = "drainPool",
+    params(("id" = String, Path, description = "Pool id")),
+    request_body = DrainRequest,
+    responses(
+        (status = 202, description = "Draining: dispatch stopped; in-flight work ends by the deadline", body = DrainResponse),
+        (status = 400, description = "Invalid body", body = ErrorEnvelope),
+        (status = 404, description = "Unknown pool", body = ErrorEnvelope),
+    ))]
 pub async fn drain_pool(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -57,6 +79,15 @@ pub async fn drain_pool(
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/pools/{id}/reload", tag = "control", operation_id = "reloadPool",
+    params(("id" = String, Path, description = "Pool id")),
+    request_body = ReloadRequest,
+    responses(
+        (status = 202, description = "New replicas ready and switched in; old ones drain", body = ReloadResponse),
+        (status = 400, description = "Invalid body", body = ErrorEnvelope),
+        (status = 404, description = "Unknown pool", body = ErrorEnvelope),
+        (status = 409, description = "Reload failed and rolled back, or already reloading", body = ErrorEnvelope),
+    ))]
 pub async fn reload_pool(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -80,6 +111,8 @@ pub async fn reload_pool(
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/replicasets", tag = "control", operation_id = "listReplicaSets",
+    responses((status = 200, description = "Replica sets with load, slots and pinned versions", body = ReplicaSetList)))]
 pub async fn replica_sets(State(app): State<AppState>) -> Response {
     Json(ReplicaSetList {
         replica_sets: app.orch.replica_sets(),
@@ -87,6 +120,8 @@ pub async fn replica_sets(State(app): State<AppState>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/v1/capabilities", tag = "control", operation_id = "getCapabilities",
+    responses((status = 200, description = "API version, engines, limits and features", body = Capabilities)))]
 pub async fn capabilities(State(app): State<AppState>) -> Response {
     Json(app.orch.capabilities(app.body_limit as u64)).into_response()
 }

@@ -9,7 +9,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use orch_domain::{OrchError, SessionId, TaskId, TaskRequest};
+#[allow(unused_imports)]
+use orch_domain::{
+    AdmissionResponse, ErrorEnvelope, OrchError, SessionId, SessionInfo, TaskId, TaskRequest,
+    TaskStatus,
+};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -24,6 +28,16 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
 }
 
 /// `POST /v1/tasks` → 202 `AdmissionResponse` with `Location`.
+#[utoipa::path(post, path = "/v1/tasks", tag = "data", operation_id = "createTask",
+    request_body = TaskRequest,
+    responses(
+        (status = 202, description = "Admitted into the queue", body = AdmissionResponse),
+        (status = 400, description = "Invalid parameters, malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
+        (status = 409, description = "A live task has this task_id", body = ErrorEnvelope),
+        (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 429, description = "Queue full or quota exceeded (backpressure)", body = ErrorEnvelope),
+        (status = 503, description = "No pool serves the model, or the pool is not ready", body = ErrorEnvelope),
+    ))]
 pub async fn create_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -45,6 +59,16 @@ pub async fn create_task(
 }
 
 /// `GET /v1/tasks/{id}/stream` → `text/event-stream`, resumable with `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/tasks/{id}/stream", tag = "data", operation_id = "streamTask",
+    params(
+        ("id" = String, Path, description = "Task id (UUID)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this frame id"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: started, token*, metrics*, then end or error", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Malformed Last-Event-ID", body = ErrorEnvelope),
+        (status = 404, description = "Unknown task", body = ErrorEnvelope),
+    ))]
 pub async fn stream_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -82,6 +106,12 @@ pub async fn stream_task(
 }
 
 /// `POST /v1/tasks/{id}/cancel` → 204.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "data", operation_id = "cancelTask",
+    params(("id" = String, Path, description = "Task id (UUID)")),
+    responses(
+        (status = 204, description = "Canceled (or already finished)"),
+        (status = 404, description = "Unknown task", body = ErrorEnvelope),
+    ))]
 pub async fn cancel_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -93,6 +123,12 @@ pub async fn cancel_task(
 }
 
 /// `GET /v1/tasks/{id}` → `TaskStatus`.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "data", operation_id = "getTask",
+    params(("id" = String, Path, description = "Task id (UUID)")),
+    responses(
+        (status = 200, description = "Task state", body = TaskStatus),
+        (status = 404, description = "Unknown task", body = ErrorEnvelope),
+    ))]
 pub async fn task_status(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -104,6 +140,12 @@ pub async fn task_status(
 }
 
 /// `GET /v1/sessions/{id}` → `SessionInfo`.
+#[utoipa::path(get, path = "/v1/sessions/{id}", tag = "data", operation_id = "getSession",
+    params(("id" = String, Path, description = "Session id (UUID)")),
+    responses(
+        (status = 200, description = "Session state and budgets", body = SessionInfo),
+        (status = 404, description = "Unknown or expired session", body = ErrorEnvelope),
+    ))]
 pub async fn get_session(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -115,6 +157,12 @@ pub async fn get_session(
 }
 
 /// `DELETE /v1/sessions/{id}` → 204.
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "data", operation_id = "deleteSession",
+    params(("id" = String, Path, description = "Session id (UUID)")),
+    responses(
+        (status = 204, description = "Session ended, KV evicted"),
+        (status = 404, description = "Unknown or expired session", body = ErrorEnvelope),
+    ))]
 pub async fn delete_session(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,

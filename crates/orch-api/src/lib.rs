@@ -9,6 +9,7 @@ pub mod control;
 pub mod correlation;
 pub mod data;
 pub mod error;
+pub mod openapi;
 pub mod ops;
 pub mod sse;
 
@@ -63,6 +64,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools/{id}/reload", post(control::reload_pool))
         .route("/v1/replicasets", get(control::replica_sets))
         .route("/v1/capabilities", get(control::capabilities))
+        .route("/openapi/data.yaml", get(openapi::serve_data))
+        .route("/openapi/control.yaml", get(openapi::serve_control))
         .route("/livez", get(ops::livez))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -11,10 +11,17 @@ use axum::{Extension, Json};
 use orch_domain::{ErrorCode, OrchError};
 use serde_json::json;
 
+#[utoipa::path(get, path = "/livez", tag = "ops", operation_id = "livez",
+    responses((status = 200, description = "The process is alive", body = serde_json::Value)))]
 pub async fn livez() -> Response {
     Json(json!({"status": "alive"})).into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops", operation_id = "readyz",
+    responses(
+        (status = 200, description = "At least one pool is ready and startup self-tests passed", body = serde_json::Value),
+        (status = 503, description = "Not ready", body = orch_domain::ErrorEnvelope),
+    ))]
 pub async fn readyz(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
@@ -33,6 +40,8 @@ pub async fn readyz(
     ))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let text = app.metrics.as_ref().map(|f| f()).unwrap_or_default();
     let mut resp = text.into_response();

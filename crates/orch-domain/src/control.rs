@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaView {
     pub id: String,
     /// `ready`, `unready`, `draining` or `staged`.
@@ -20,6 +21,7 @@ pub struct ReplicaView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolView {
     pub id: String,
     pub engine: String,
@@ -39,11 +41,13 @@ pub struct PoolView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolList {
     pub pools: Vec<PoolView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolHealth {
     pub pool_id: String,
     pub live: bool,
@@ -60,12 +64,14 @@ pub struct PoolHealth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     pub deadline_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrainResponse {
     pub pool_id: String,
     pub draining: bool,
@@ -77,6 +83,7 @@ pub struct DrainResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReloadRequest {
     /// A GGUF path, the pool's model name, or `sha256:<digest>` of its current model.
@@ -86,6 +93,7 @@ pub struct ReloadRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReloadResponse {
     pub pool_id: String,
     pub model_digest: String,
@@ -95,6 +103,7 @@ pub struct ReloadResponse {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaSetView {
     pub id: String,
     pub pool_id: String,
@@ -111,12 +120,14 @@ pub struct ReplicaSetView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaSetList {
     pub replica_sets: Vec<ReplicaSetView>,
 }
 
 /// Queue settings a client can plan with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueCaps {
     pub capacity: u32,
     pub policy: String,
@@ -124,6 +135,7 @@ pub struct QueueCaps {
 
 /// Limits a client must respect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimits {
     pub prompt_max_bytes: u64,
     pub body_max_bytes: u64,
@@ -133,6 +145,7 @@ pub struct RateLimits {
 
 /// What one pool (engine + model) offers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EngineCaps {
     pub pool_id: String,
     pub engine: String,
@@ -151,6 +164,7 @@ pub struct EngineCaps {
 
 /// `GET /v1/capabilities`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// Equals the OpenAPI documents' `info.version`.
     pub api_version: String,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A stable error code (spec §3). The string form is the wire form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     InvalidParams,
@@ -139,6 +140,7 @@ impl OrchError {
 
 /// The body of every non-2xx response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorEnvelope {
     pub code: ErrorCode,
     pub message: String,

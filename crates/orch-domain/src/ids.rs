@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 /// A task (one generation request) id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct TaskId(pub Uuid);
 
@@ -35,6 +36,7 @@ impl std::str::FromStr for TaskId {
 
 /// A session (conversation) id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct SessionId(pub Uuid);
 

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a pool's queue does when a task arrives and it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum FullPolicy {
     /// Refuse the new task with 429 `ADMISSION_REJECT`.
@@ -27,6 +28,7 @@ impl FullPolicy {
 
 /// `policy_label` on a 429 body and the `policy` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyLabel {
     Reject,

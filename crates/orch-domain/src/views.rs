@@ -6,12 +6,14 @@ use crate::task::Priority;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamLinks {
     pub sse: String,
 }
 
 /// `202 Accepted` body of `POST /v1/tasks`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AdmissionResponse {
     pub task_id: TaskId,
     /// 0 = dispatched now (or next in line for a free slot).
@@ -28,6 +30,7 @@ impl AdmissionResponse {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Queued,
@@ -48,6 +51,7 @@ impl TaskState {
 
 /// `GET /v1/tasks/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskStatus {
     pub task_id: TaskId,
     pub state: TaskState,
@@ -66,6 +70,7 @@ pub struct TaskStatus {
 
 /// `GET /v1/sessions/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub session_id: SessionId,
     pub turns: u32,

@@ -1,0 +1,268 @@
+//! The OpenAPI documents, generated from the handlers' `#[utoipa::path]` annotations
+//! and the domain types' schemas, then decorated in one place with what every
+//! operation shares: `x-req-id`, the `X-Correlation-Id` / `Retry-After` /
+//! `X-Backoff-Ms` / `Location` headers, `x-sse-events` and named `x-examples`.
+//! `contracts/openapi/{data,control}.yaml` are these documents, byte for byte
+//! (`cargo run -p orch-api --example regen-openapi`; a test fails when they differ).
+
+use crate::{control, data, ops};
+use orch_domain::control::API_VERSION;
+use serde_json::{json, Map, Value};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "OrchQueue v1 — data plane",
+        description = "Submit tasks, stream their tokens over SSE, cancel, sessions."
+    ),
+    paths(
+        data::create_task,
+        data::stream_task,
+        data::cancel_task,
+        data::task_status,
+        data::get_session,
+        data::delete_session
+    ),
+    components(schemas(
+        orch_domain::StartedFrame,
+        orch_domain::TokenFrame,
+        orch_domain::MetricsFrame,
+        orch_domain::EndFrame,
+        orch_domain::ErrorFrame,
+        orch_domain::ErrorCode,
+    ))
+)]
+struct DataApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "OrchQueue v1 — control plane",
+        description = "Pools, health, drain, reload, replica sets, capabilities, probes and metrics."
+    ),
+    paths(
+        control::list_pools,
+        control::pool_health,
+        control::drain_pool,
+        control::reload_pool,
+        control::replica_sets,
+        control::capabilities,
+        ops::livez,
+        ops::readyz,
+        ops::metrics
+    )
+)]
+struct ControlApi;
+
+/// Requirement ids of the plan, per operation.
+fn req_id(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "createTask" => "ORCH-2001",
+        "streamTask" => "ORCH-2002",
+        "cancelTask" => "ORCH-2003",
+        "getTask" => "ORCH-2001",
+        "getSession" => "ORCH-2004",
+        "deleteSession" => "ORCH-2005",
+        "drainPool" => "ORCH-2101",
+        "reloadPool" => "ORCH-2102",
+        "poolHealth" => "ORCH-2103",
+        "listReplicaSets" => "ORCH-2104",
+        "listPools" => "ORCH-2104",
+        "getCapabilities" => "OC-CTRL-2060",
+        "livez" | "readyz" | "metrics" => "ORCH-2103",
+        _ => return None,
+    })
+}
+
+fn header(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "schema": schema})
+}
+
+fn examples(op: &str) -> Option<Value> {
+    let task = json!({
+        "workload": "completion", "model_ref": "gemma-3-270m", "priority": "interactive",
+        "prompt": "The secret code is 4821. Repeat the secret code: The secret code is",
+        "max_tokens": 8, "temperature": 0.0
+    });
+    let id = "7d1a3f52-0c7e-4c9a-9a51-2d1f0e8b6c11";
+    Some(match op {
+        "createTask" => json!({
+            "good_request": {"kind": "request", "value": task},
+            "invalid_request": {"kind": "request_invalid", "value": {"workload": "completion", "model_ref": "gemma-3-270m", "priority": "interactive", "prompt": "", "max_tokens": 0}},
+            "accepted_202": {"kind": "response", "status": "202", "value": {
+                "task_id": id, "queue_position": 0, "predicted_start_ms": 0, "backoff_ms": 0,
+                "streams": {"sse": format!("/v1/tasks/{id}/stream")}}},
+            "backpressure_429": {"kind": "response", "status": "429", "value": {
+                "code": "ADMISSION_REJECT", "message": "queue of pool gemma is full (64 tasks)", "retriable": true,
+                "retry_after_ms": 1000, "policy_label": "reject", "engine": "llamacpp", "pool_id": "gemma",
+                "correlation_id": "b9f0c2de-5d4f-4c55-8d0e-3f3c2a1b0a99"}},
+            "invalid_400": {"kind": "response", "status": "400", "value": {
+                "code": "INVALID_PARAMS", "message": "prompt: must not be empty", "retriable": false,
+                "correlation_id": "b9f0c2de-5d4f-4c55-8d0e-3f3c2a1b0a99"}}
+        }),
+        "streamTask" => json!({
+            "sse_transcript": {"kind": "sse", "value": [
+                {"event": "started", "id": 1, "data": {"queue_position": 0, "predicted_start_ms": 0, "engine": "llamacpp",
+                  "engine_version": "b11434-pypi", "model": "sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                  "pool_id": "gemma", "replica_id": "gemma-r0", "sampler_profile_version": "v1", "seed": 42}},
+                {"event": "token", "id": 2, "data": {"t": " 4", "i": 0}},
+                {"event": "token", "id": 3, "data": {"t": "821", "i": 1}},
+                {"event": "end", "id": 4, "data": {"tokens_in": 20, "tokens_out": 2, "decode_time_ms": 95, "ttft_ms": 120, "finish_reason": "length"}}
+            ]}
+        }),
+        "drainPool" => json!({
+            "drain_request": {"kind": "request", "value": {"deadline_ms": 5000}},
+            "drain_202": {"kind": "response", "status": "202", "value": {"pool_id": "gemma", "draining": true, "deadline_ms": 5000, "in_flight": 2, "queued_ended": 1}}
+        }),
+        "reloadPool" => json!({
+            "reload_request": {"kind": "request", "value": {"model_ref": "gemma-3-270m", "sampler_profile_version": "v2"}},
+            "reload_202": {"kind": "response", "status": "202", "value": {"pool_id": "gemma",
+                "model_digest": "sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                "engine_version": "b11434-pypi", "sampler_profile_version": "v2", "replicas": ["gemma-g1-r0"]}},
+            "reload_409": {"kind": "response", "status": "409", "value": {"code": "CONFLICT",
+                "message": "reload rolled back: replica gemma-g1-r0 exited while loading", "retriable": false,
+                "pool_id": "gemma", "correlation_id": "b9f0c2de-5d4f-4c55-8d0e-3f3c2a1b0a99"}}
+        }),
+        "getCapabilities" => json!({
+            "capabilities": {"kind": "response", "status": "200", "value": {
+                "api_version": API_VERSION,
+                "engines": [{"pool_id": "gemma", "engine": "llamacpp", "engine_version": "b11434-pypi",
+                  "sampler_profile_version": "v1", "model": "gemma-3-270m",
+                  "model_digest": "sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                  "ctx_max": 2048, "max_tokens_out": 512, "workloads": ["completion"], "concurrency": 2,
+                  "queue": {"capacity": 64, "policy": "reject"}, "ready": true}],
+                "rate_limits": {"prompt_max_bytes": 262144, "body_max_bytes": 327680},
+                "features": orch_domain::control::FEATURES}}
+        }),
+        _ => return None,
+    })
+}
+
+/// Add the shared headers and extensions to every operation.
+fn decorate(mut doc: Value) -> Value {
+    doc["info"]["version"] = json!(API_VERSION);
+    doc["info"]["license"] = json!({"name": "Apache-2.0", "identifier": "Apache-2.0"});
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc;
+    };
+    for item in paths.values_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for op in item.values_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
+            let id = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if let Some(r) = req_id(&id) {
+                op.insert("x-req-id".into(), json!(r));
+            }
+            if let Some(ex) = examples(&id) {
+                op.insert("x-examples".into(), ex);
+            }
+            if id == "streamTask" {
+                let frame = |s: &str| json!({"$ref": format!("#/components/schemas/{s}")});
+                op.insert("x-sse-events".into(), json!({
+                    "started": frame("StartedFrame"), "token": frame("TokenFrame"), "metrics": frame("MetricsFrame"),
+                    "end": frame("EndFrame"), "error": frame("ErrorFrame")
+                }));
+            }
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            for (status, resp) in responses.iter_mut() {
+                let Some(resp) = resp.as_object_mut() else {
+                    continue;
+                };
+                let headers = resp
+                    .entry("headers")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                let Some(h) = headers.as_object_mut() else {
+                    continue;
+                };
+                h.insert(
+                    "X-Correlation-Id".into(),
+                    header(
+                        "Echoed from the request when valid, else generated",
+                        json!({"type": "string"}),
+                    ),
+                );
+                if status == "429" || status == "503" {
+                    h.insert(
+                        "Retry-After".into(),
+                        header(
+                            "Seconds to wait before retrying (>= 1)",
+                            json!({"type": "integer", "minimum": 1}),
+                        ),
+                    );
+                    h.insert(
+                        "X-Backoff-Ms".into(),
+                        header(
+                            "Milliseconds to wait before retrying",
+                            json!({"type": "integer", "minimum": 0}),
+                        ),
+                    );
+                }
+                if status == "202" && id == "createTask" {
+                    h.insert(
+                        "Location".into(),
+                        header("The task's status URL", json!({"type": "string"})),
+                    );
+                }
+                if status == "200" && id == "streamTask" {
+                    h.insert(
+                        "Cache-Control".into(),
+                        header("no-cache", json!({"type": "string"})),
+                    );
+                    h.insert(
+                        "X-Accel-Buffering".into(),
+                        header("no", json!({"type": "string"})),
+                    );
+                }
+            }
+        }
+    }
+    doc
+}
+
+fn to_value(api: utoipa::openapi::OpenApi) -> Value {
+    serde_json::to_value(api).unwrap_or(Value::Null)
+}
+
+/// The data-plane document.
+pub fn data_document() -> Value {
+    decorate(to_value(DataApi::openapi()))
+}
+
+/// The control-plane document.
+pub fn control_document() -> Value {
+    decorate(to_value(ControlApi::openapi()))
+}
+
+/// YAML text of a document (stable key order).
+pub fn to_yaml(doc: &Value) -> String {
+    serde_norway::to_string(doc).unwrap_or_default()
+}
+
+pub async fn serve_data() -> axum::response::Response {
+    yaml_response(to_yaml(&data_document()))
+}
+
+pub async fn serve_control() -> axum::response::Response {
+    yaml_response(to_yaml(&control_document()))
+}
+
+fn yaml_response(text: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/yaml"),
+    );
+    r
+}
