@@ -1,0 +1,1 @@
+//! Contract tests live under `tests/`; this crate ships nothing.

@@ -1,0 +1,221 @@
+//! An async client for OrchQueue v1.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), orch_client::ClientError> {
+//! use orch_domain::{Priority, TaskRequest};
+//! let c = orch_client::Client::new("http://127.0.0.1:8080");
+//! let adm = c.submit(&TaskRequest::completion("gemma-3-270m", "Hello", 8, Priority::Interactive)).await?;
+//! let events = c.collect(adm.task_id).await?; // resumes with Last-Event-ID if the connection drops
+//! # Ok(()) }
+//! ```
+//! Every non-2xx answer becomes [`ClientError::Api`] carrying the server's `ErrorEnvelope`.
+
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use orch_domain::control::{Capabilities, PoolHealth, PoolList, ReplicaSetList};
+use orch_domain::{
+    AdmissionResponse, EndFrame, ErrorEnvelope, ErrorFrame, MetricsFrame, SessionId, SessionInfo,
+    StartedFrame, StreamEvent, TaskId, TaskRequest, TaskStatus, TokenFrame,
+};
+use serde::de::DeserializeOwned;
+use std::pin::Pin;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error envelope.
+    #[error("HTTP {status}: {} {}", envelope.code.as_str(), envelope.message)]
+    Api {
+        status: u16,
+        envelope: ErrorEnvelope,
+    },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+/// One SSE frame: its id and typed payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: u64,
+    pub event: StreamEvent,
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ClientError>> + Send>>;
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    /// Reconnects allowed per stream when the connection drops mid-stream.
+    pub max_resumes: u32,
+}
+
+fn transport(e: reqwest::Error) -> ClientError {
+    ClientError::Transport(e.to_string())
+}
+
+/// Decode one SSE frame into a typed event.
+pub fn parse_event(name: &str, id: &str, data: &str) -> Result<Event, ClientError> {
+    let bad = |e: serde_json::Error| ClientError::Decode(format!("{name} frame: {e}"));
+    let event = match name {
+        "started" => StreamEvent::Started(serde_json::from_str::<StartedFrame>(data).map_err(bad)?),
+        "token" => StreamEvent::Token(serde_json::from_str::<TokenFrame>(data).map_err(bad)?),
+        "metrics" => StreamEvent::Metrics(serde_json::from_str::<MetricsFrame>(data).map_err(bad)?),
+        "end" => StreamEvent::End(serde_json::from_str::<EndFrame>(data).map_err(bad)?),
+        "error" => StreamEvent::Error(serde_json::from_str::<ErrorFrame>(data).map_err(bad)?),
+        other => return Err(ClientError::Decode(format!("unknown event {other}"))),
+    };
+    let id = id
+        .parse()
+        .map_err(|_| ClientError::Decode(format!("bad id {id:?}")))?;
+    Ok(Event { id, event })
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Self::with_http(base, reqwest::Client::new())
+    }
+
+    pub fn with_http(base: &str, http: reqwest::Client) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+            max_resumes: 3,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.map_err(transport)?;
+        match serde_json::from_str::<ErrorEnvelope>(&text) {
+            Ok(envelope) => Err(ClientError::Api {
+                status: status.as_u16(),
+                envelope,
+            }),
+            Err(_) => Err(ClientError::Decode(format!(
+                "HTTP {status} without an envelope: {text}"
+            ))),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let resp = Self::check(rb.send().await.map_err(transport)?).await?;
+        resp.json()
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    async fn empty(&self, rb: reqwest::RequestBuilder) -> Result<(), ClientError> {
+        Self::check(rb.send().await.map_err(transport)?)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/tasks`.
+    pub async fn submit(&self, req: &TaskRequest) -> Result<AdmissionResponse, ClientError> {
+        self.json(self.http.post(self.url("/v1/tasks")).json(req))
+            .await
+    }
+
+    /// `GET /v1/tasks/{id}/stream` from after `last_event_id` (no resume).
+    pub async fn stream_from(
+        &self,
+        id: TaskId,
+        last_event_id: u64,
+    ) -> Result<EventStream, ClientError> {
+        let mut rb = self.http.get(self.url(&format!("/v1/tasks/{id}/stream")));
+        if last_event_id > 0 {
+            rb = rb.header("Last-Event-ID", last_event_id.to_string());
+        }
+        let resp = Self::check(rb.send().await.map_err(transport)?).await?;
+        let s = resp.bytes_stream().eventsource().map(|r| match r {
+            Ok(ev) => parse_event(&ev.event, &ev.id, &ev.data),
+            Err(e) => Err(ClientError::Transport(e.to_string())),
+        });
+        Ok(Box::pin(s))
+    }
+
+    /// All events of a task up to its terminal frame, reconnecting with
+    /// `Last-Event-ID` (at most `max_resumes` times) when the connection drops.
+    pub async fn collect(&self, id: TaskId) -> Result<Vec<Event>, ClientError> {
+        let mut out: Vec<Event> = Vec::new();
+        let mut resumes = 0;
+        loop {
+            let after = out.last().map_or(0, |e| e.id);
+            let mut s = self.stream_from(id, after).await?;
+            let mut dropped = None;
+            while let Some(item) = s.next().await {
+                match item {
+                    Ok(ev) => {
+                        let terminal = ev.event.is_terminal();
+                        out.push(ev);
+                        if terminal {
+                            return Ok(out);
+                        }
+                    }
+                    Err(ClientError::Transport(e)) => {
+                        dropped = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            resumes += 1;
+            if resumes > self.max_resumes {
+                let why = dropped.unwrap_or_else(|| "stream closed before a terminal frame".into());
+                return Err(ClientError::Transport(why));
+            }
+        }
+    }
+
+    pub async fn cancel(&self, id: TaskId) -> Result<(), ClientError> {
+        self.empty(self.http.post(self.url(&format!("/v1/tasks/{id}/cancel"))))
+            .await
+    }
+
+    pub async fn status(&self, id: TaskId) -> Result<TaskStatus, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/tasks/{id}"))))
+            .await
+    }
+
+    pub async fn session(&self, id: SessionId) -> Result<SessionInfo, ClientError> {
+        self.json(self.http.get(self.url(&format!("/v1/sessions/{id}"))))
+            .await
+    }
+
+    pub async fn delete_session(&self, id: SessionId) -> Result<(), ClientError> {
+        self.empty(self.http.delete(self.url(&format!("/v1/sessions/{id}"))))
+            .await
+    }
+
+    pub async fn pools(&self) -> Result<PoolList, ClientError> {
+        self.json(self.http.get(self.url("/v1/pools"))).await
+    }
+
+    pub async fn pool_health(&self, pool_id: &str) -> Result<PoolHealth, ClientError> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/v1/pools/{pool_id}/health"))),
+        )
+        .await
+    }
+
+    pub async fn replica_sets(&self) -> Result<ReplicaSetList, ClientError> {
+        self.json(self.http.get(self.url("/v1/replicasets"))).await
+    }
+
+    pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
+        self.json(self.http.get(self.url("/v1/capabilities"))).await
+    }
+}
