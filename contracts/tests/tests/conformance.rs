@@ -1,0 +1,427 @@
+//! Response conformance: a scripted set of real requests against a live server covers
+//! every operation and every documented status; each response's status must be
+//! documented, its documented headers present, and its body valid against the schema.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+struct Checker {
+    http: reqwest::Client,
+    base: String,
+    data: Value,
+    control: Value,
+    seen: BTreeSet<(String, String)>,
+}
+
+fn find_op<'a>(doc: &'a Value, method: &str, path_tmpl: &str) -> Option<&'a Value> {
+    doc["paths"][path_tmpl][method]
+        .as_object()
+        .map(|_| &doc["paths"][path_tmpl][method])
+}
+
+impl Checker {
+    /// Send a request for the operation at `tmpl` (concrete `path`) and check it.
+    async fn call(
+        &mut self,
+        method: &str,
+        tmpl: &str,
+        path: &str,
+        body: Option<RawBody>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let url = format!("{}{}", self.base, path);
+        let mut rb = match method {
+            "get" => self.http.get(&url),
+            "post" => self.http.post(&url),
+            "delete" => self.http.delete(&url),
+            m => panic!("method {m}"),
+        };
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb = match body {
+            Some(RawBody::Json(v)) => rb.json(&v),
+            Some(RawBody::Text(t)) => rb.header("content-type", "application/json").body(t),
+            None => rb,
+        };
+        let resp = rb.send().await.unwrap();
+        let status = resp.status().as_u16().to_string();
+        let hdrs = resp.headers().clone();
+        let ctype = hdrs
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = resp.text().await.unwrap();
+        let (doc, op) = match find_op(&self.data, method, tmpl) {
+            Some(op) => (self.data.clone(), op.clone()),
+            None => (
+                self.control.clone(),
+                find_op(&self.control, method, tmpl)
+                    .expect("operation documented")
+                    .clone(),
+            ),
+        };
+        let id = op["operationId"].as_str().unwrap().to_string();
+        let doc_resp = &op["responses"][&status];
+        assert!(
+            doc_resp.is_object(),
+            "{id}: status {status} is not documented ({text})"
+        );
+        for (name, _) in doc_resp["headers"].as_object().into_iter().flatten() {
+            assert!(
+                hdrs.contains_key(name.to_lowercase().as_str()),
+                "{id} {status}: header {name} missing"
+            );
+        }
+        let mut body = Value::Null;
+        if let Some(schema) = doc_resp["content"]["application/json"]["schema"].as_object() {
+            assert!(
+                ctype.starts_with("application/json"),
+                "{id} {status}: content-type {ctype}"
+            );
+            body = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{id} {status}: not JSON: {e}: {text}"));
+            assert_valid(
+                &doc,
+                &Value::Object(schema.clone()),
+                &body,
+                &format!("{id} {status}"),
+            );
+        } else if doc_resp["content"]["text/event-stream"].is_object() {
+            assert!(ctype.starts_with("text/event-stream"));
+            let mut frames = 0;
+            for block in text.split("\n\n").filter(|b| b.contains("event: ")) {
+                let ev = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap();
+                let data: Value = serde_json::from_str(
+                    block
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap(),
+                )
+                .unwrap();
+                assert_valid(
+                    &doc,
+                    &op["x-sse-events"][ev],
+                    &data,
+                    &format!("{id} sse {ev}"),
+                );
+                frames += 1;
+            }
+            assert!(frames > 0);
+            body = Value::String(text);
+        } else if doc_resp["content"].is_object() {
+            body = Value::String(text);
+        } else {
+            assert!(text.is_empty(), "{id} {status}: undocumented body {text}");
+        }
+        self.seen.insert((id, status.clone()));
+        (status.parse().unwrap(), body)
+    }
+
+    fn documented(&self) -> BTreeSet<(String, String)> {
+        let mut all = BTreeSet::new();
+        for doc in [&self.data, &self.control] {
+            for (_, _, op) in operations(doc) {
+                for status in op["responses"].as_object().unwrap().keys() {
+                    all.insert((
+                        op["operationId"].as_str().unwrap().to_string(),
+                        status.clone(),
+                    ));
+                }
+            }
+        }
+        all
+    }
+}
+
+enum RawBody {
+    Json(Value),
+    Text(String),
+}
+
+fn task(prompt: &str, max_tokens: u32) -> Value {
+    json!({"workload": "completion", "model_ref": "mock-model", "priority": "batch", "prompt": prompt, "max_tokens": max_tokens})
+}
+
+#[tokio::test]
+async fn every_operation_and_documented_status_conforms() {
+    let l = live(MOCK).await;
+    let (data, control) = docs();
+    let mut c = Checker {
+        http: reqwest::Client::new(),
+        base: l.base.clone(),
+        data,
+        control,
+        seen: BTreeSet::new(),
+    };
+    use RawBody::*;
+
+    // data plane
+    let sid = uuid::Uuid::new_v4().to_string();
+    let mut t = task("first", 6);
+    t["session_id"] = json!(sid);
+    let (_, a) = c
+        .call("post", "/v1/tasks", "/v1/tasks", Some(Json(t)), &[])
+        .await;
+    let a_id = a["task_id"].as_str().unwrap().to_string();
+    c.call(
+        "get",
+        "/v1/tasks/{id}/stream",
+        &format!("/v1/tasks/{a_id}/stream"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/tasks/{id}",
+        &format!("/v1/tasks/{a_id}"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/sessions/{id}",
+        &format!("/v1/sessions/{sid}"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "delete",
+        "/v1/sessions/{id}",
+        &format!("/v1/sessions/{sid}"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "delete",
+        "/v1/sessions/{id}",
+        &format!("/v1/sessions/{sid}"),
+        None,
+        &[],
+    )
+    .await; // 404
+    c.call(
+        "get",
+        "/v1/sessions/{id}",
+        &format!("/v1/sessions/{sid}"),
+        None,
+        &[],
+    )
+    .await; // 404
+    c.call(
+        "post",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(Json(task("", 1))),
+        &[],
+    )
+    .await; // 400
+    c.call(
+        "post",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(Text("{oops".into())),
+        &[],
+    )
+    .await; // 400
+    c.call(
+        "post",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(Json(task(&"x".repeat(1 << 20), 1))),
+        &[],
+    )
+    .await; // 413
+    let mut other = task("x", 1);
+    other["engine"] = json!("vllm");
+    c.call("post", "/v1/tasks", "/v1/tasks", Some(Json(other)), &[])
+        .await; // 503
+                // fill: one running, one queued, then 429 and 409
+    let dup = uuid::Uuid::new_v4().to_string();
+    let mut long = task("long", 6);
+    long["task_id"] = json!(dup);
+    let (st, _) = c
+        .call(
+            "post",
+            "/v1/tasks",
+            "/v1/tasks",
+            Some(Json(long.clone())),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 202);
+    c.call("post", "/v1/tasks", "/v1/tasks", Some(Json(long)), &[])
+        .await; // 409
+    let (_, q) = c
+        .call(
+            "post",
+            "/v1/tasks",
+            "/v1/tasks",
+            Some(Json(task("queued", 6))),
+            &[],
+        )
+        .await;
+    let (st, _) = c
+        .call(
+            "post",
+            "/v1/tasks",
+            "/v1/tasks",
+            Some(Json(task("rejected", 6))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 429);
+    let q_id = q["task_id"].as_str().unwrap().to_string();
+    c.call(
+        "post",
+        "/v1/tasks/{id}/cancel",
+        &format!("/v1/tasks/{q_id}/cancel"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "post",
+        "/v1/tasks/{id}/cancel",
+        &format!("/v1/tasks/{dup}/cancel"),
+        None,
+        &[],
+    )
+    .await;
+    let ghost = uuid::Uuid::new_v4();
+    c.call(
+        "post",
+        "/v1/tasks/{id}/cancel",
+        &format!("/v1/tasks/{ghost}/cancel"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/tasks/{id}",
+        &format!("/v1/tasks/{ghost}"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/tasks/{id}/stream",
+        &format!("/v1/tasks/{ghost}/stream"),
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/tasks/{id}/stream",
+        &format!("/v1/tasks/{a_id}/stream"),
+        None,
+        &[("Last-Event-ID", "nope")],
+    )
+    .await;
+
+    // control plane
+    c.call("get", "/v1/pools", "/v1/pools", None, &[]).await;
+    c.call(
+        "get",
+        "/v1/pools/{id}/health",
+        "/v1/pools/mockpool/health",
+        None,
+        &[],
+    )
+    .await;
+    c.call(
+        "get",
+        "/v1/pools/{id}/health",
+        "/v1/pools/nope/health",
+        None,
+        &[],
+    )
+    .await;
+    c.call("get", "/v1/replicasets", "/v1/replicasets", None, &[])
+        .await;
+    c.call("get", "/v1/capabilities", "/v1/capabilities", None, &[])
+        .await;
+    c.call("get", "/livez", "/livez", None, &[]).await;
+    c.call("get", "/readyz", "/readyz", None, &[]).await;
+    c.call("get", "/metrics", "/metrics", None, &[]).await;
+    let reload = "/v1/pools/{id}/reload";
+    c.call(
+        "post",
+        reload,
+        "/v1/pools/mockpool/reload",
+        Some(Json(
+            json!({"model_ref": "mock-model", "sampler_profile_version": "v2"}),
+        )),
+        &[],
+    )
+    .await;
+    c.call(
+        "post",
+        reload,
+        "/v1/pools/mockpool/reload",
+        Some(Json(json!({"model_ref": "/nonexistent/m.gguf"}))),
+        &[],
+    )
+    .await; // 409
+    c.call(
+        "post",
+        reload,
+        "/v1/pools/mockpool/reload",
+        Some(Json(json!({"model": "x"}))),
+        &[],
+    )
+    .await; // 400
+    c.call(
+        "post",
+        reload,
+        "/v1/pools/nope/reload",
+        Some(Json(json!({"model_ref": "x"}))),
+        &[],
+    )
+    .await; // 404
+    let drain = "/v1/pools/{id}/drain";
+    c.call(
+        "post",
+        drain,
+        "/v1/pools/mockpool/drain",
+        Some(Json(json!({"deadline_ms": "soon"}))),
+        &[],
+    )
+    .await; // 400
+    c.call(
+        "post",
+        drain,
+        "/v1/pools/nope/drain",
+        Some(Json(json!({"deadline_ms": 10}))),
+        &[],
+    )
+    .await; // 404
+    c.call(
+        "post",
+        drain,
+        "/v1/pools/mockpool/drain",
+        Some(Json(json!({"deadline_ms": 10}))),
+        &[],
+    )
+    .await; // 202
+    c.call("get", "/readyz", "/readyz", None, &[]).await; // 503
+
+    let missing: Vec<_> = c.documented().difference(&c.seen).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "documented but never exercised: {missing:?}"
+    );
+}
