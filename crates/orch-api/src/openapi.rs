@@ -94,7 +94,7 @@ fn examples(op: &str) -> Option<Value> {
                 "task_id": id, "queue_position": 0, "predicted_start_ms": 0, "backoff_ms": 0,
                 "streams": {"sse": format!("/v1/tasks/{id}/stream")}}},
             "backpressure_429": {"kind": "response", "status": "429", "value": {
-                "code": "ADMISSION_REJECT", "message": "queue of pool gemma is full (64 tasks)", "retriable": true,
+                "code": "ADMISSION_REJECT", "message": "queue of pool gemma is full (capacity 64)", "retriable": true,
                 "retry_after_ms": 1000, "policy_label": "reject", "engine": "llamacpp", "pool_id": "gemma",
                 "correlation_id": "b9f0c2de-5d4f-4c55-8d0e-3f3c2a1b0a99"}},
             "invalid_400": {"kind": "response", "status": "400", "value": {

@@ -105,7 +105,7 @@ impl Orchestrator {
                 return Err(OrchError::new(
                     ErrorCode::AdmissionReject,
                     format!(
-                        "queue of pool {} is full ({} tasks)",
+                        "queue of pool {} is full (capacity {})",
                         pool.id, full.capacity
                     ),
                 )
