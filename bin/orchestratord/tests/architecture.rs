@@ -84,6 +84,7 @@ const WORKSPACE: &[&str] = &[
     "adapter-mock",
     "adapter-llamacpp",
     "orchestratord",
+    "orch-client",
 ];
 
 /// Workspace crates each crate may depend on directly.
@@ -95,6 +96,8 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
         "adapter-mock" | "adapter-llamacpp" => &["adapter-api", "orch-domain"],
         "orch-services" => &["orch-domain", "orchestrator-core", "adapter-api"],
         "orch-api" => &["orch-services", "orch-domain"],
+        // clients speak the wire contract only
+        "orch-client" => &["orch-domain"],
         "orchestratord" => WORKSPACE,
         _ => &[],
     }

@@ -411,3 +411,14 @@ async fn sweeper(inner: Weak<Inner>) {
         inner.sessions.sweep();
     }
 }
+
+impl Orchestrator {
+    /// Ids of tasks admitted and not yet ended (for operators and test harnesses).
+    pub fn live_task_ids(&self) -> Vec<TaskId> {
+        self.tasks()
+            .values()
+            .filter(|r| !r.is_terminal())
+            .map(|r| r.id)
+            .collect()
+    }
+}

@@ -1,0 +1,1 @@
+//! Pact tests live under `tests/`; this crate ships nothing.
