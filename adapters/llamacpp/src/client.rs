@@ -142,7 +142,12 @@ impl LlamaCppAdapter {
             prompt: &req.prompt,
             n_predict: req.max_tokens,
             stream: true,
-            seed: (req.seed as u64 & 0xFFFF_FFFE) as u32,
+            // llama-server seeds are u32 and u32::MAX means "random": keep the low 32
+            // bits and move only that one value
+            seed: match (req.seed as u64 & 0xFFFF_FFFF) as u32 {
+                u32::MAX => u32::MAX - 1,
+                s => s,
+            },
             temperature: req.temperature,
             top_p: req.top_p,
             stop: &req.stop,

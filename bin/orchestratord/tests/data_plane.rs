@@ -92,6 +92,9 @@ async fn last_event_id_resume_replays_exactly_the_missing_frames() {
     let tail = s.stream(&id, Some(3)).await;
     assert_eq!(tail, all[3..].to_vec());
     assert!(s.stream(&id, Some(8)).await.is_empty());
+    // an id past the end of the stream cannot be resumed from
+    let r = s.stream_response(&id, Some(99)).await;
+    envelope(r, 400, "INVALID_PARAMS").await;
     // a second concurrent reader sees the same frames
     let (a, b) = tokio::join!(s.stream(&id, None), s.stream(&id, None));
     assert_eq!(a, b);
@@ -509,4 +512,33 @@ async fn shutdown_refuses_new_work_and_finishes_running_tasks() {
     assert_eq!(frames.last().unwrap().event, "end");
     assert_eq!(frames.last().unwrap().data["finish_reason"], "length");
     stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reconnect_restarts_the_abandon_grace_period() {
+    let cfg = mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 5\ntokens = 60",
+    )
+    .replace("stream_grace_ms = 60000", "stream_grace_ms = 600");
+    let s = start(&cfg).await;
+    let (id, _) = s
+        .submit(&task("reconnecting reader", 60, "interactive"))
+        .await;
+    let read_once = || async {
+        let mut r = s.stream_response(&id, None).await;
+        let _ = r.chunk().await.unwrap();
+    };
+    read_once().await; // first disconnect: a timer for t+600 ms
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    read_once().await; // second disconnect at ~t+450: its own timer for ~t+1050 ms
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.status(&id).await["state"],
+        "running",
+        "the older timer must not cancel"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(s.wait_state(&id, "canceled").await["state"], "canceled");
+    s.assert_all_terminated().await;
 }

@@ -57,6 +57,10 @@ impl Orchestrator {
         }
 
         let mut st = pool.lock();
+        // re-checked under the lock: a drain may have started since select_pool
+        if !st.is_ready() {
+            return Err(unready(&pool.id));
+        }
         let pinned = st.pinned.clone().ok_or_else(|| {
             OrchError::new(
                 ErrorCode::PoolUnready,

@@ -78,14 +78,29 @@ fn next_assignment(orch: &Orchestrator, pool: &Arc<Pool>) -> Option<Assignment> 
             .and_then(|h| st.replicas.iter().position(|r| r.id == h.replica_id));
         let loads = st.loads();
         st.rotate = st.rotate.wrapping_add(1);
-        let idx = pick_replica(&loads, preferred, st.rotate)?;
-        let replica_id = st.replicas[idx].id.clone();
-        let adapter = st.replicas[idx].adapter.clone();
-        let pinned = st.pinned.clone()?;
+        // free_slots() > 0 makes these succeed; should one not, the dequeued task still
+        // gets its terminal frame instead of being lost
+        let placed = pick_replica(&loads, preferred, st.rotate).and_then(|idx| {
+            let replica_id = st.replicas[idx].id.clone();
+            let adapter = st.replicas[idx].adapter.clone();
+            let pinned = st.pinned.clone()?;
+            let guard = SlotGuard::claim(pool, &mut st, &replica_id)?;
+            Some((idx, replica_id, adapter, pinned, guard))
+        });
+        let Some((idx, replica_id, adapter, pinned, guard)) = placed else {
+            record.terminate(StreamEvent::Error(ErrorFrame {
+                code: orch_domain::ErrorCode::ReplicaExhausted,
+                message: "no replica could take the task".into(),
+                retriable: true,
+                retry_after_ms: Some(1000),
+                engine: None,
+                pool_id: Some(pool.id.clone()),
+            }));
+            continue;
+        };
         let slot_hint = home
             .filter(|h| Some(idx) == preferred && h.replica_id == replica_id)
             .and_then(|h| h.slot);
-        let guard = SlotGuard::claim(pool, &mut st, &replica_id)?;
         return Some(Assignment {
             record,
             replica_id,
@@ -101,6 +116,9 @@ fn next_assignment(orch: &Orchestrator, pool: &Arc<Pool>) -> Option<Assignment> 
 /// Another ready replica with a free slot, not among `tried`.
 fn retry_assignment(pool: &Arc<Pool>, a: &Assignment, tried: &[String]) -> Option<Assignment> {
     let mut st = pool.lock();
+    if st.draining {
+        return None;
+    }
     let loads: Vec<_> = st
         .replicas
         .iter()
@@ -220,10 +238,9 @@ impl Run<'_> {
             let next = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
+                    // dropping the stream stops the engine; `run` confirms the slot is
+                    // idle once the terminal frame is out
                     drop(stream);
-                    if let Err(e) = self.a.adapter.cancel(self.rec.id).await {
-                        tracing::warn!(task_id = %self.rec.id, error = %e, "engine cancel failed");
-                    }
                     return Outcome::Canceled;
                 }
                 n = tokio::time::timeout(limit, stream.next()) => n,
@@ -231,7 +248,6 @@ impl Run<'_> {
             match next {
                 Err(_) => {
                     drop(stream);
-                    let _ = self.a.adapter.cancel(self.rec.id).await;
                     let what = if self.started {
                         "between tokens"
                     } else {
@@ -326,9 +342,12 @@ async fn run(orch: Orchestrator, pool: Arc<Pool>, first: Assignment) {
                 if rec.terminate(ev) {
                     w.canceled(reason.as_str());
                 }
+                settle_engine(&a, &rec).await;
                 return;
             }
             Outcome::Failed { err, emitted } => {
+                // a watchdog timeout abandoned a live engine stream: its slot is checked
+                let stopped = matches!(err, WorkerError::Timeout(_));
                 tracing::warn!(task_id = %rec.id, pool_id = %pool.id, replica_id = %a.replica_id,
                     error = %err, tokens_out = tokens, "engine failure");
                 if !emitted && err.retriable_elsewhere() && (tried.len() as u32) < retries {
@@ -336,6 +355,10 @@ async fn run(orch: Orchestrator, pool: Arc<Pool>, first: Assignment) {
                     if let Some(next) = retry_assignment(&pool, &a, &tried) {
                         tracing::info!(task_id = %rec.id, from = %a.replica_id, to = %next.replica_id,
                             "retrying on another replica before the first token");
+                        if stopped {
+                            settle_engine(&a, &rec).await;
+                        }
+                        rec.meta().replica_id = Some(next.replica_id.clone());
                         a = next;
                         continue;
                     }
@@ -348,9 +371,21 @@ async fn run(orch: Orchestrator, pool: Arc<Pool>, first: Assignment) {
                     engine: Some(a.pinned.engine.clone()),
                     pool_id: Some(pool.id.clone()),
                 }));
+                if stopped {
+                    settle_engine(&a, &rec).await;
+                }
                 return;
             }
         }
+    }
+}
+
+/// After the terminal frame: confirm the engine stopped and its slot is idle, while
+/// the task still holds the slot (so no new work lands on a busy engine slot).
+async fn settle_engine(a: &Assignment, rec: &TaskRecord) {
+    if let Err(e) = a.adapter.cancel(rec.id).await {
+        tracing::warn!(task_id = %rec.id, replica_id = %a.replica_id, error = %e,
+            "engine cancel not confirmed");
     }
 }
 

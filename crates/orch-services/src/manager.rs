@@ -189,7 +189,16 @@ impl PoolManager {
             tracing::warn!(pool_id, error = %e, "reload failed: rolled back, old replicas keep serving");
             return Err(conflict(format!("reload rolled back: {e}")));
         }
-        let pinned = self.orch.switch_replicas(pool_id, &ids, sampler)?;
+        let pinned = match self.orch.switch_replicas(pool_id, &ids, sampler) {
+            Ok(p) => p,
+            Err(e) => {
+                stop_all(new_sups).await;
+                if let Some(m) = self.lock().get_mut(pool_id) {
+                    m.reloading = false;
+                }
+                return Err(e);
+            }
+        };
         let old = {
             let mut pools = self.lock();
             match pools.get_mut(pool_id) {
@@ -424,6 +433,12 @@ impl PoolManager {
             )
             .with_pool(pool_id));
         };
-        self.reload(pool_id, path, &sampler).await
+        // run to completion even if the caller goes away: a half-done reload would
+        // leave staged replicas running and the pool marked as reloading
+        let this = self.clone();
+        let pid = pool_id.to_string();
+        tokio::spawn(async move { this.reload(&pid, path, &sampler).await })
+            .await
+            .map_err(|e| OrchError::internal(format!("reload task failed: {e}")))?
     }
 }

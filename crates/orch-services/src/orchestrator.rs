@@ -157,15 +157,23 @@ impl Orchestrator {
                 Some(_) => {}
                 None => st.pinned = Some(got),
             }
-            st.replicas.retain(|r| r.id != replica_id);
+            // a restarted replica keeps its slot count (tasks of the dead process still
+            // hold SlotGuards that will give their slots back) and its drain state
+            let (busy, draining) = match st.replicas.iter().position(|r| r.id == replica_id) {
+                Some(i) => {
+                    let old = st.replicas.remove(i);
+                    (old.busy, old.draining)
+                }
+                None => (0, false),
+            };
             st.replicas.push(Replica {
                 id: replica_id.to_string(),
                 adapter,
                 props,
                 ready: health == Health::Ready,
-                draining: false,
+                draining,
                 staged,
-                busy: 0,
+                busy,
                 last_error: None,
                 endpoint,
                 pid,
@@ -229,6 +237,13 @@ impl Orchestrator {
     /// Open a reader of a task's events after sequence `last_event_id` (0 = from the start).
     pub fn open_stream(&self, id: TaskId, last_event_id: u64) -> Result<StreamReader, OrchError> {
         let rec = self.record(id)?;
+        let len = rec.log.len();
+        if last_event_id > len {
+            return Err(OrchError::invalid(
+                "Last-Event-ID",
+                format!("{last_event_id} is past the last frame ({len}) of this task"),
+            ));
+        }
         Ok(StreamReader::new(self.clone(), rec, last_event_id))
     }
 

@@ -35,9 +35,11 @@ impl Drop for ReaderGuard {
         };
         let (orch, rec) = (self.orch.clone(), self.rec.clone());
         let grace = orch.config().stream_grace;
+        let generation = rec.disconnects.fetch_add(1, Ordering::AcqRel) + 1;
         rt.spawn(async move {
             tokio::time::sleep(grace).await;
-            if rec.reader_count() == 0 && !rec.is_terminal() {
+            let latest = rec.disconnects.load(Ordering::Acquire) == generation;
+            if latest && rec.reader_count() == 0 && !rec.is_terminal() {
                 tracing::info!(task_id = %rec.id, grace_ms = grace.as_millis() as u64,
                     "no reader within the grace period: canceling abandoned task");
                 orch.cancel_record(&rec, CancelReason::Abandoned);

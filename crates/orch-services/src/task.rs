@@ -56,6 +56,9 @@ pub struct TaskRecord {
     pub log: TaskLog,
     pub cancel: CancellationToken,
     pub readers: AtomicUsize,
+    /// Bumped each time the last reader leaves; a grace timer acts only if no newer
+    /// disconnect happened since it started.
+    pub disconnects: std::sync::atomic::AtomicU64,
     meta: Mutex<TaskMeta>,
 }
 
@@ -83,6 +86,7 @@ impl TaskRecord {
             log: TaskLog::new(),
             cancel: CancellationToken::new(),
             readers: AtomicUsize::new(0),
+            disconnects: std::sync::atomic::AtomicU64::new(0),
             meta: Mutex::new(TaskMeta {
                 state: TaskState::Queued,
                 request: Some(request),
