@@ -14,6 +14,27 @@ const PROMPTS: &[&str] = &[
     "The secret code is 5521. Repeat the secret code: The secret code is",
 ];
 
+/// Count the SSE frames that carry a token, and the time to the first one.
+async fn count_tokens(
+    r: reqwest::Response,
+    t: Instant,
+    is_token: fn(&str) -> bool,
+) -> (u64, Duration) {
+    let mut s = r.bytes_stream();
+    let (mut n, mut ttft, mut buf) = (0u64, None, String::new());
+    while let Some(Ok(c)) = s.next().await {
+        buf.push_str(&String::from_utf8_lossy(&c));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            if is_token(&frame) {
+                n += 1;
+                ttft.get_or_insert_with(|| t.elapsed());
+            }
+        }
+    }
+    (n, ttft.unwrap_or_default())
+}
+
 struct Run {
     tokens: u64,
     wall: Duration,
@@ -39,19 +60,7 @@ async fn direct(
             let t = Instant::now();
             let body = serde_json::json!({"prompt": p, "n_predict": max_tokens, "stream": true, "temperature": 0.0, "cache_prompt": true});
             let r = http.post(format!("{endpoint}/completion")).json(&body).send().await.unwrap();
-            let mut s = r.bytes_stream();
-            let (mut n, mut ttft, mut buf) = (0u64, None, String::new());
-            while let Some(Ok(c)) = s.next().await {
-                buf.push_str(&String::from_utf8_lossy(&c));
-                while let Some(i) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..i + 2).collect();
-                    if frame.contains("\"stop\":false") && !frame.contains("\"content\":\"\"") {
-                        n += 1;
-                        ttft.get_or_insert_with(|| t.elapsed());
-                    }
-                }
-            }
-            (n, ttft.unwrap_or_default())
+            count_tokens(r, t, |f| f.contains("\"stop\":false") && !f.contains("\"content\":\"\"")).await
         })
         .buffer_unordered(conc)
         .collect()
@@ -84,19 +93,7 @@ async fn via_orch(
             let v: serde_json::Value = http.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap();
             let sse = v["streams"]["sse"].as_str().unwrap().to_string();
             let r = http.get(format!("{base}{sse}")).send().await.unwrap();
-            let mut s = r.bytes_stream();
-            let (mut n, mut ttft, mut buf) = (0u64, None, String::new());
-            while let Some(Ok(c)) = s.next().await {
-                buf.push_str(&String::from_utf8_lossy(&c));
-                while let Some(i) = buf.find("\n\n") {
-                    let frame: String = buf.drain(..i + 2).collect();
-                    if frame.starts_with("event: token") {
-                        n += 1;
-                        ttft.get_or_insert_with(|| t.elapsed());
-                    }
-                }
-            }
-            (n, ttft.unwrap_or_default())
+            count_tokens(r, t, |f| f.starts_with("event: token")).await
         })
         .buffer_unordered(conc)
         .collect()

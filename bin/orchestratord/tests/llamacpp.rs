@@ -73,14 +73,7 @@ fn llama_task(prompt: &str, max_tokens: u32) -> Value {
 }
 
 async fn pools(s: &TestServer) -> Value {
-    s.http
-        .get(s.url("/v1/pools"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    s.get_json("/v1/pools").await
 }
 
 /// Wait until the task has streamed at least `n` tokens.
@@ -96,15 +89,7 @@ async fn wait_tokens(s: &TestServer, id: &str, n: u64) {
 
 async fn wait_ready(s: &TestServer) {
     for _ in 0..600 {
-        let h: Value = s
-            .http
-            .get(s.url("/v1/pools/llama/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = s.get_json("/v1/pools/llama/health").await;
         if h["ready"] == true {
             return;
         }
@@ -183,15 +168,7 @@ async fn kill_9_mid_stream_gives_one_worker_reset_and_the_replica_comes_back() {
     // the pool is ready again
     let mut reason = String::new();
     for _ in 0..200 {
-        let h: Value = s
-            .http
-            .get(s.url("/v1/pools/llama/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: Value = s.get_json("/v1/pools/llama/health").await;
         reason = h["last_error"].as_str().unwrap_or("").to_string();
         if reason.contains("exited") {
             break;
@@ -439,15 +416,7 @@ async fn a_sessions_next_turn_lands_on_the_same_replica_and_reuses_kv() {
         cached[1] > 50 && cached[2] > 50,
         "later turns reuse the KV cache: {cached:?}"
     );
-    let info: Value = s
-        .http
-        .get(s.url(&format!("/v1/sessions/{sid}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = s.get_json(&format!("/v1/sessions/{sid}")).await;
     assert_eq!(info["turns"], 3);
     assert_eq!(info["replica_id"], replicas[0].as_str());
     s.assert_all_terminated().await;
@@ -572,19 +541,7 @@ async fn haiku_gate_real_model_repeats_a_fresh_nonce_through_orchqueue() {
 }
 
 fn tokens_out(metrics: &str) -> f64 {
-    orch_services_tokens_out(metrics, "llama")
-}
-
-fn orch_services_tokens_out(text: &str, pool: &str) -> f64 {
-    let needle = format!("pool_id=\"{pool}\"");
-    text.lines()
-        .filter(|l| {
-            l.starts_with("tokens_out_total{")
-                && l.contains(&needle)
-                && l.contains("engine=\"llamacpp\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    orch_services::selftest::tokens_out_of(metrics, "llama")
 }
 
 /// Anti-cheat: no committed file holds a recorded llama.cpp transcript or model output

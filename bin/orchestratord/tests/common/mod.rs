@@ -136,15 +136,20 @@ impl TestServer {
             .status()
     }
 
-    pub async fn status(&self, id: &str) -> Value {
+    /// GET a path and decode its JSON body.
+    pub async fn get_json(&self, path: &str) -> Value {
         self.http
-            .get(self.url(&format!("/v1/tasks/{id}")))
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.get_json(&format!("/v1/tasks/{id}")).await
     }
 
     /// Poll the task status until `pred` holds (bounded).
