@@ -542,3 +542,34 @@ async fn a_reconnect_restarts_the_abandon_grace_period() {
     assert_eq!(s.wait_state(&id, "canceled").await["state"], "canceled");
     s.assert_all_terminated().await;
 }
+
+#[tokio::test]
+async fn a_canceled_turn_still_charges_its_streamed_tokens_to_the_session() {
+    let cfg = mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 50.0\nttft_ms = 5\ntokens = 60",
+    )
+    .replace("[server]", "[server]\nsession_token_budget = 1000");
+    let s = start(&cfg).await;
+    let sid = uuid::Uuid::new_v4().to_string();
+    let mut t = task("a long turn", 60, "interactive");
+    t["session_id"] = json!(sid);
+    let (id, _) = s.submit(&t).await;
+    for _ in 0..200 {
+        if s.status(&id).await["tokens_out"].as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(s.cancel(&id).await, 204);
+    let f = s.stream(&id, None).await;
+    let streamed = f.iter().filter(|x| x.event == "token").count() as u64;
+    assert!(streamed >= 3);
+    let info = s.get_json(&format!("/v1/sessions/{sid}")).await;
+    assert_eq!(info["tokens_used"].as_u64(), Some(streamed), "{info}");
+    assert_eq!(
+        info["tokens_budget_remaining"].as_u64(),
+        Some(1000 - streamed)
+    );
+    s.assert_all_terminated().await;
+}

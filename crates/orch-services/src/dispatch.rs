@@ -83,11 +83,15 @@ fn next_assignment(orch: &Orchestrator, pool: &Arc<Pool>) -> Option<Assignment> 
         let placed = pick_replica(&loads, preferred, st.rotate).and_then(|idx| {
             let replica_id = st.replicas[idx].id.clone();
             let adapter = st.replicas[idx].adapter.clone();
+            // the session's engine slot is certainly free only on an idle replica; on a
+            // busy one the engine picks a slot itself (prompt-cache similarity) instead
+            // of making the task wait for that slot
+            let idle = st.replicas[idx].busy == 0;
             let pinned = st.pinned.clone()?;
             let guard = SlotGuard::claim(pool, &mut st, &replica_id)?;
-            Some((idx, replica_id, adapter, pinned, guard))
+            Some((idx, replica_id, adapter, pinned, guard, idle))
         });
-        let Some((idx, replica_id, adapter, pinned, guard)) = placed else {
+        let Some((idx, replica_id, adapter, pinned, guard, idle)) = placed else {
             record.terminate(StreamEvent::Error(ErrorFrame {
                 code: orch_domain::ErrorCode::ReplicaExhausted,
                 message: "no replica could take the task".into(),
@@ -99,7 +103,7 @@ fn next_assignment(orch: &Orchestrator, pool: &Arc<Pool>) -> Option<Assignment> 
             continue;
         };
         let slot_hint = home
-            .filter(|h| Some(idx) == preferred && h.replica_id == replica_id)
+            .filter(|h| idle && Some(idx) == preferred && h.replica_id == replica_id)
             .and_then(|h| h.slot);
         return Some(Assignment {
             record,
@@ -342,6 +346,7 @@ async fn run(orch: Orchestrator, pool: Arc<Pool>, first: Assignment) {
                 if rec.terminate(ev) {
                     w.canceled(reason.as_str());
                 }
+                charge_session(&orch, &rec, tokens);
                 settle_engine(&a, &rec).await;
                 return;
             }
@@ -371,12 +376,20 @@ async fn run(orch: Orchestrator, pool: Arc<Pool>, first: Assignment) {
                     engine: Some(a.pinned.engine.clone()),
                     pool_id: Some(pool.id.clone()),
                 }));
+                charge_session(&orch, &rec, tokens);
                 if stopped {
                     settle_engine(&a, &rec).await;
                 }
                 return;
             }
         }
+    }
+}
+
+/// Streamed tokens of an unfinished turn still count against its session's budget.
+fn charge_session(orch: &Orchestrator, rec: &TaskRecord, tokens: u32) {
+    if let (Some(sid), true) = (rec.session, tokens > 0) {
+        orch.inner.sessions.charge(sid, u64::from(tokens));
     }
 }
 

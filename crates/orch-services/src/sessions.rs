@@ -75,6 +75,15 @@ impl SessionStore {
         }
     }
 
+    /// Charge tokens of a turn that did not finish normally (canceled or failed):
+    /// what was streamed still counts against the budget.
+    pub fn charge(&self, id: SessionId, tokens: u64) {
+        if let Some(s) = self.lock().get_mut(&id) {
+            s.tokens_used += tokens;
+            s.last_seen = Instant::now();
+        }
+    }
+
     pub fn home(&self, id: SessionId) -> Option<KvHome> {
         let m = self.lock();
         let s = m.get(&id)?;
