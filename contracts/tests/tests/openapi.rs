@@ -94,6 +94,11 @@ fn documents_are_valid_openapi_3_1_with_the_required_extensions() {
         .find(|o| o.2["operationId"] == "createTask")
         .unwrap();
     assert!(create["responses"]["202"]["headers"]["Location"].is_object());
+    assert_eq!(create["responses"]["429"]["x-req-id"], "ORCH-2007");
+    assert_eq!(
+        data["components"]["schemas"]["ErrorEnvelope"]["x-req-id"],
+        "ORCH-2006"
+    );
     let (_, _, stream) = operations(&data)
         .into_iter()
         .find(|o| o.2["operationId"] == "streamTask")

@@ -192,6 +192,12 @@ fn decorate(mut doc: Value) -> Value {
                         json!({"type": "string"}),
                     ),
                 );
+                if status == "429" {
+                    resp.insert("x-req-id".into(), json!("ORCH-2007"));
+                }
+                let Some(h) = resp.get_mut("headers").and_then(Value::as_object_mut) else {
+                    continue;
+                };
                 if status == "429" || status == "503" {
                     h.insert(
                         "Retry-After".into(),
@@ -230,18 +236,29 @@ fn decorate(mut doc: Value) -> Value {
     doc
 }
 
+/// The envelope schema carries its requirement id too.
+fn tag_envelope(mut doc: Value) -> Value {
+    if let Some(env) = doc
+        .pointer_mut("/components/schemas/ErrorEnvelope")
+        .and_then(Value::as_object_mut)
+    {
+        env.insert("x-req-id".into(), json!("ORCH-2006"));
+    }
+    doc
+}
+
 fn to_value(api: utoipa::openapi::OpenApi) -> Value {
     serde_json::to_value(api).unwrap_or(Value::Null)
 }
 
 /// The data-plane document.
 pub fn data_document() -> Value {
-    decorate(to_value(DataApi::openapi()))
+    tag_envelope(decorate(to_value(DataApi::openapi())))
 }
 
 /// The control-plane document.
 pub fn control_document() -> Value {
-    decorate(to_value(ControlApi::openapi()))
+    tag_envelope(decorate(to_value(ControlApi::openapi())))
 }
 
 /// YAML text of a document (stable key order).
