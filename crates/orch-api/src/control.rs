@@ -2,7 +2,7 @@
 
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrApi};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -44,10 +44,7 @@ pub async fn pool_health(
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let h = app
-        .orch
-        .pool_health(&id)
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let h = app.orch.pool_health(&id).or_api(&cid)?;
     Ok(Json(h).into_response())
 }
 
@@ -65,9 +62,7 @@ pub async fn drain_pool(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: DrainRequest = read_json(body, 4096)
-        .await
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let req: DrainRequest = read_json(body, 4096).await.or_api(&cid)?;
     if req.deadline_ms > MAX_DRAIN_MS {
         let e = OrchError::invalid("deadline_ms", format!("must be at most {MAX_DRAIN_MS}"));
         return Err(ApiError::new(e, &cid));
@@ -75,7 +70,7 @@ pub async fn drain_pool(
     let r = app
         .orch
         .drain(&id, Duration::from_millis(req.deadline_ms))
-        .map_err(|e| ApiError::new(e, &cid))?;
+        .or_api(&cid)?;
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
 }
 
@@ -94,9 +89,7 @@ pub async fn reload_pool(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: ReloadRequest = read_json(body, 4096)
-        .await
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let req: ReloadRequest = read_json(body, 4096).await.or_api(&cid)?;
     let Some(manager) = app.manager.clone() else {
         let e = OrchError::new(
             ErrorCode::Conflict,
@@ -104,10 +97,7 @@ pub async fn reload_pool(
         );
         return Err(ApiError::new(e, &cid));
     };
-    let r = manager
-        .reload_ref(&id, &req)
-        .await
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let r = manager.reload_ref(&id, &req).await.or_api(&cid)?;
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
 }
 

@@ -2,7 +2,7 @@
 
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrApi};
 use crate::AppState;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -43,13 +43,8 @@ pub async fn create_task(
     Extension(cid): Extension<CorrelationId>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: TaskRequest = read_json(body, app.body_limit)
-        .await
-        .map_err(|e| ApiError::new(e, &cid))?;
-    let adm = app
-        .orch
-        .admit(req, &cid.0)
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let req: TaskRequest = read_json(body, app.body_limit).await.or_api(&cid)?;
+    let adm = app.orch.admit(req, &cid.0).or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -89,10 +84,7 @@ pub async fn stream_task(
                 )
             })?,
     };
-    let reader = app
-        .orch
-        .open_stream(id, last)
-        .map_err(|e| ApiError::new(e, &cid))?;
+    let reader = app.orch.open_stream(id, last).or_api(&cid)?;
     let body = Body::from_stream(crate::sse::body_stream(reader, app.keepalive));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -118,7 +110,7 @@ pub async fn cancel_task(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = task_id(&id, &cid)?;
-    app.orch.cancel(id).map_err(|e| ApiError::new(e, &cid))?;
+    app.orch.cancel(id).or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -135,7 +127,7 @@ pub async fn task_status(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = task_id(&id, &cid)?;
-    let st = app.orch.status(id).map_err(|e| ApiError::new(e, &cid))?;
+    let st = app.orch.status(id).or_api(&cid)?;
     Ok(Json(st).into_response())
 }
 
@@ -152,7 +144,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = session_id(&id, &cid)?;
-    let info = app.orch.session(id).map_err(|e| ApiError::new(e, &cid))?;
+    let info = app.orch.session(id).or_api(&cid)?;
     Ok(Json(info).into_response())
 }
 
@@ -169,9 +161,6 @@ pub async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = session_id(&id, &cid)?;
-    app.orch
-        .delete_session(id)
-        .await
-        .map_err(|e| ApiError::new(e, &cid))?;
+    app.orch.delete_session(id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,6 +22,17 @@ impl ApiError {
     }
 }
 
+/// Attach the request's correlation id to a service error: `result.or_api(&cid)?`.
+pub trait OrApi<T> {
+    fn or_api(self, cid: &CorrelationId) -> Result<T, ApiError>;
+}
+
+impl<T> OrApi<T> for Result<T, OrchError> {
+    fn or_api(self, cid: &CorrelationId) -> Result<T, ApiError> {
+        self.map_err(|e| ApiError::new(e, cid))
+    }
+}
+
 /// HTTP status of each error code (spec §3).
 pub fn status_of(code: ErrorCode) -> StatusCode {
     match code {
