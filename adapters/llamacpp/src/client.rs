@@ -302,6 +302,25 @@ impl WorkerAdapter for LlamaCppAdapter {
         })
     }
 
+    fn metrics_text(&self) -> BoxFuture<'_, Result<Option<String>, WorkerError>> {
+        Box::pin(async move {
+            let r = self
+                .http
+                .get(format!("{}/metrics", self.base))
+                .timeout(self.opts.control_timeout)
+                .send()
+                .await
+                .map_err(net_err)?;
+            if !r.status().is_success() {
+                return Err(WorkerError::Protocol(format!(
+                    "/metrics: HTTP {}",
+                    r.status()
+                )));
+            }
+            r.text().await.map(Some).map_err(net_err)
+        })
+    }
+
     fn erase_slot(&self, slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async move {
             let r = self

@@ -120,6 +120,11 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>>;
     /// Stop a running generation and make sure its slot is free again.
     fn cancel(&self, task: TaskId) -> BoxFuture<'_, Result<(), WorkerError>>;
+    /// The engine's own Prometheus exposition, when it has one (llama-server
+    /// `--metrics`); `None` for engines without metrics.
+    fn metrics_text(&self) -> BoxFuture<'_, Result<Option<String>, WorkerError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Forget a session's cached KV in `slot` (best effort; default: nothing to do).
     fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async { Ok(()) })

@@ -12,6 +12,35 @@ use tokio::time::Instant;
 /// Renders the metrics exposition (to check that counters moved).
 pub type MetricsProbe = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Tokens the pool's engines report having predicted (sum over replicas), from their
+/// own metrics; `None` when no replica exports metrics.
+async fn engine_tokens(pool: &crate::pool::Pool) -> Option<f64> {
+    let adapters: Vec<_> = pool
+        .lock()
+        .replicas
+        .iter()
+        .filter(|r| r.serving())
+        .map(|r| r.adapter.clone())
+        .collect();
+    let mut total = None;
+    for a in adapters {
+        if let Ok(Some(text)) = a.metrics_text().await {
+            let n: f64 = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter(|l| {
+                    l.split_whitespace()
+                        .next()
+                        .is_some_and(|k| k.ends_with("tokens_predicted_total"))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            *total.get_or_insert(0.0) += n;
+        }
+    }
+    total
+}
+
 /// Sum of `tokens_out_total` samples of one pool in a Prometheus text exposition.
 pub fn tokens_out_of(text: &str, pool_id: &str) -> f64 {
     let needle = format!("pool_id=\"{pool_id}\"");
@@ -78,6 +107,7 @@ pub async fn self_test_pool(
         (st.spec.model.clone(), st.spec.max_tokens_out.min(64))
     };
     let before = probe.map(|p| tokens_out_of(&p(), pool_id));
+    let engine_before = engine_tokens(&pool).await;
 
     // one-token decode
     let adm = orch
@@ -159,6 +189,15 @@ pub async fn self_test_pool(
             return Err(fail(
                 "metrics",
                 format!("tokens_out_total did not rise ({before} -> {after})"),
+            ));
+        }
+    }
+    // and the engine's own counter, where it exports metrics
+    if let (Some(before), Some(after)) = (engine_before, engine_tokens(&pool).await) {
+        if after <= before {
+            return Err(fail(
+                "metrics",
+                format!("engine tokens_predicted_total did not rise ({before} -> {after})"),
             ));
         }
     }
