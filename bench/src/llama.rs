@@ -41,27 +41,17 @@ struct Run {
     ttft: Vec<Duration>,
 }
 
-async fn direct(
-    http: &reqwest::Client,
-    endpoint: &str,
-    max_tokens: u32,
-    conc: usize,
-    rounds: usize,
-) -> Run {
+/// Run every prompt `rounds` times at concurrency `conc` through `job`, which returns
+/// (tokens, time to first token) per request.
+async fn run_jobs<F, Fut>(conc: usize, rounds: usize, job: F) -> Run
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = (u64, Duration)>,
+{
     let t0 = Instant::now();
-    let jobs: Vec<&str> = PROMPTS
-        .iter()
-        .cycle()
-        .take(PROMPTS.len() * rounds)
-        .copied()
-        .collect();
+    let jobs = PROMPTS.iter().cycle().take(PROMPTS.len() * rounds).copied();
     let res: Vec<(u64, Duration)> = futures_util::stream::iter(jobs)
-        .map(|p| async move {
-            let t = Instant::now();
-            let body = serde_json::json!({"prompt": p, "n_predict": max_tokens, "stream": true, "temperature": 0.0, "cache_prompt": true});
-            let r = http.post(format!("{endpoint}/completion")).json(&body).send().await.unwrap();
-            count_tokens(r, t, |f| f.contains("\"stop\":false") && !f.contains("\"content\":\"\"")).await
-        })
+        .map(job)
         .buffer_unordered(conc)
         .collect()
         .await;
@@ -72,6 +62,22 @@ async fn direct(
     }
 }
 
+async fn direct(
+    http: &reqwest::Client,
+    endpoint: &str,
+    max_tokens: u32,
+    conc: usize,
+    rounds: usize,
+) -> Run {
+    run_jobs(conc, rounds, |p| async move {
+        let t = Instant::now();
+        let body = serde_json::json!({"prompt": p, "n_predict": max_tokens, "stream": true, "temperature": 0.0, "cache_prompt": true});
+        let r = http.post(format!("{endpoint}/completion")).json(&body).send().await.unwrap();
+        count_tokens(r, t, |f| f.contains("\"stop\":false") && !f.contains("\"content\":\"\"")).await
+    })
+    .await
+}
+
 async fn via_orch(
     http: &reqwest::Client,
     base: &str,
@@ -79,30 +85,15 @@ async fn via_orch(
     conc: usize,
     rounds: usize,
 ) -> Run {
-    let t0 = Instant::now();
-    let jobs: Vec<&str> = PROMPTS
-        .iter()
-        .cycle()
-        .take(PROMPTS.len() * rounds)
-        .copied()
-        .collect();
-    let res: Vec<(u64, Duration)> = futures_util::stream::iter(jobs)
-        .map(|p| async move {
-            let t = Instant::now();
-            let body = serde_json::json!({"workload":"completion","model_ref":"gemma-3-270m","priority":"interactive","prompt":p,"max_tokens":max_tokens,"temperature":0.0});
-            let v: serde_json::Value = http.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap();
-            let sse = v["streams"]["sse"].as_str().unwrap().to_string();
-            let r = http.get(format!("{base}{sse}")).send().await.unwrap();
-            count_tokens(r, t, |f| f.starts_with("event: token")).await
-        })
-        .buffer_unordered(conc)
-        .collect()
-        .await;
-    Run {
-        tokens: res.iter().map(|r| r.0).sum(),
-        wall: t0.elapsed(),
-        ttft: res.iter().map(|r| r.1).collect(),
-    }
+    run_jobs(conc, rounds, |p| async move {
+        let t = Instant::now();
+        let body = serde_json::json!({"workload":"completion","model_ref":"gemma-3-270m","priority":"interactive","prompt":p,"max_tokens":max_tokens,"temperature":0.0});
+        let v: serde_json::Value = http.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap();
+        let sse = v["streams"]["sse"].as_str().unwrap().to_string();
+        let r = http.get(format!("{base}{sse}")).send().await.unwrap();
+        count_tokens(r, t, |f| f.starts_with("event: token")).await
+    })
+    .await
 }
 
 pub async fn throughput() {
