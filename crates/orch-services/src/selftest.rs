@@ -25,16 +25,7 @@ async fn engine_tokens(pool: &crate::pool::Pool) -> Option<f64> {
     let mut total = None;
     for a in adapters {
         if let Ok(Some(text)) = a.metrics_text().await {
-            let n: f64 = text
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter(|l| {
-                    l.split_whitespace()
-                        .next()
-                        .is_some_and(|k| k.ends_with("tokens_predicted_total"))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
+            let n = sum_samples(&text, |name| name.ends_with("tokens_predicted_total"));
             *total.get_or_insert(0.0) += n;
         }
     }
@@ -44,9 +35,18 @@ async fn engine_tokens(pool: &crate::pool::Pool) -> Option<f64> {
 /// Sum of `tokens_out_total` samples of one pool in a Prometheus text exposition.
 pub fn tokens_out_of(text: &str, pool_id: &str) -> f64 {
     let needle = format!("pool_id=\"{pool_id}\"");
+    sum_samples(text, |series| {
+        series.starts_with("tokens_out_total{") && series.contains(&needle)
+    })
+}
+
+/// Sum the values of the exposition's samples whose series (name and labels) match.
+fn sum_samples(text: &str, matches: impl Fn(&str) -> bool) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with("tokens_out_total{") && l.contains(&needle))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| matches(series))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
         .sum()
 }
 
