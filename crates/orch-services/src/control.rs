@@ -74,11 +74,14 @@ impl Orchestrator {
     }
 
     pub fn pool_health(&self, id: &str) -> Result<PoolHealth, OrchError> {
-        let v = self.pool_view(id)?;
         let pool = self
             .pool(id)
             .ok_or_else(|| OrchError::not_found("pool", id))?;
-        let last_error = pool.lock().last_error.clone();
+        // one snapshot: view and last error under the same lock
+        let (v, last_error) = {
+            let st = pool.lock();
+            (pool_view(id, &st), st.last_error.clone())
+        };
         Ok(PoolHealth {
             pool_id: v.id,
             live: !v.replicas.is_empty(),
