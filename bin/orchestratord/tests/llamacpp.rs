@@ -76,6 +76,18 @@ async fn pools(s: &TestServer) -> Value {
     s.get_json("/v1/pools").await
 }
 
+/// llama-server's own `/slots` listing of a replica.
+async fn engine_slots(s: &TestServer, endpoint: &str) -> Value {
+    s.http
+        .get(format!("{endpoint}/slots"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Wait until the task has streamed at least `n` tokens.
 async fn wait_tokens(s: &TestServer, id: &str, n: u64) {
     for _ in 0..600 {
@@ -329,15 +341,7 @@ async fn cancel_of_a_running_task_leaves_the_engine_slot_idle() {
         .as_str()
         .unwrap()
         .to_string();
-    let slots: Value = s
-        .http
-        .get(format!("{endpoint}/slots"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slots = engine_slots(&s, &endpoint).await;
     assert!(
         slots
             .as_array()
@@ -357,15 +361,7 @@ async fn cancel_of_a_running_task_leaves_the_engine_slot_idle() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let slots: Value = s
-        .http
-        .get(format!("{endpoint}/slots"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slots = engine_slots(&s, &endpoint).await;
     assert!(
         slots
             .as_array()
