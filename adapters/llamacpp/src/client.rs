@@ -6,7 +6,7 @@ use adapter_api::{
     BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
     WorkerAdapter, WorkerError,
 };
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use orch_domain::{FinishReason, TaskId};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -193,6 +193,14 @@ impl LlamaCppAdapter {
                             );
                             return Some((Err(e), (events, guard, index, true, t0)));
                         }
+                        // the client's read timeout (no byte for `read_timeout`) is a
+                        // timeout, not a reset: the engine may still be decoding
+                        Some(Err(EventStreamError::Transport(e))) if e.is_timeout() => {
+                            let e = WorkerError::Timeout(format!(
+                                "stream idle past the read timeout: {e}"
+                            ));
+                            return Some((Err(e), (events, guard, index, true, t0)));
+                        }
                         Some(Err(e)) => {
                             let e = WorkerError::Reset(format!("stream: {e}"));
                             return Some((Err(e), (events, guard, index, true, t0)));
@@ -299,6 +307,16 @@ impl WorkerAdapter for LlamaCppAdapter {
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
+        })
+    }
+
+    /// llama-server's own `tokens_predicted_total` (needs `--metrics`).
+    fn tokens_generated_total(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
+        Box::pin(async move {
+            let text = self.metrics_text().await?;
+            Ok(text.map(|t| {
+                adapter_api::sum_samples(&t, |series| series.ends_with("tokens_predicted_total"))
+            }))
         })
     }
 

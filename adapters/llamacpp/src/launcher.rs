@@ -107,6 +107,13 @@ impl ReplicaProcess for LlamaServerProcess {
 }
 
 impl ReplicaLauncher for LlamaServerLauncher {
+    /// llama-server loads GGUF files: a `.gguf` name or an absolute path is a model.
+    fn model_overrides(&self, model_ref: &str) -> Option<LaunchOverrides> {
+        (model_ref.ends_with(".gguf") || model_ref.starts_with('/')).then(|| LaunchOverrides {
+            model_path: Some(model_ref.to_string()),
+        })
+    }
+
     fn launch(
         &self,
         replica_id: &str,

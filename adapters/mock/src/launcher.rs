@@ -60,6 +60,13 @@ impl ReplicaProcess for MockProcess {
 }
 
 impl ReplicaLauncher for MockLauncher {
+    /// A path (absolute or `.gguf`) stands for a model file, as with real engines.
+    fn model_overrides(&self, model_ref: &str) -> Option<LaunchOverrides> {
+        (model_ref.starts_with('/') || model_ref.ends_with(".gguf")).then(|| LaunchOverrides {
+            model_path: Some(model_ref.to_string()),
+        })
+    }
+
     fn launch(
         &self,
         replica_id: &str,

@@ -35,8 +35,18 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     pub keepalive_ms: u64,
     pub stream_grace_ms: u64,
+    /// How long a finished task keeps its frames (then only its summary).
     pub record_ttl_ms: u64,
+    /// Finished tasks that keep their frames, at most (oldest summarized first).
+    pub retained_tasks_max: usize,
+    /// Bytes of frames finished tasks keep, at most (oldest summarized first).
+    pub retained_bytes_max: u64,
+    /// Summaries of finished tasks kept, at most, and for how long.
+    pub summaries_max: usize,
+    pub summary_ttl_ms: u64,
     pub session_ttl_ms: u64,
+    /// Sessions tracked at once, at most (least recently used evicted).
+    pub sessions_max: usize,
     pub session_token_budget: Option<u64>,
     /// On SIGTERM: how long running tasks may take to finish.
     pub shutdown_grace_ms: u64,
@@ -50,7 +60,12 @@ impl Default for ServerConfig {
             keepalive_ms: 15_000,
             stream_grace_ms: 30_000,
             record_ttl_ms: 300_000,
+            retained_tasks_max: 10_000,
+            retained_bytes_max: 64 * 1024 * 1024,
+            summaries_max: 100_000,
+            summary_ttl_ms: 3_600_000,
             session_ttl_ms: 600_000,
+            sessions_max: 100_000,
             session_token_budget: None,
             shutdown_grace_ms: 10_000,
         }
@@ -87,6 +102,12 @@ pub struct PoolConfig {
     pub first_token_timeout_ms: u64,
     #[serde(default = "idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// Wall-clock limit on one generation.
+    #[serde(default = "decode_timeout_ms")]
+    pub decode_timeout_ms: u64,
+    /// Longest a task may wait in the queue (then it ends with POOL_UNAVAILABLE).
+    #[serde(default = "queue_wait_limit_ms")]
+    pub queue_wait_limit_ms: u64,
     #[serde(default = "one")]
     pub retries_before_first_token: u32,
     /// Settings of the mock engine (engine = "mock").
@@ -155,6 +176,12 @@ fn first_token_timeout_ms() -> u64 {
 }
 fn idle_timeout_ms() -> u64 {
     30_000
+}
+fn decode_timeout_ms() -> u64 {
+    600_000
+}
+fn queue_wait_limit_ms() -> u64 {
+    300_000
 }
 
 fn valid_id(s: &str) -> bool {

@@ -3,7 +3,9 @@
 use crate::config::{Config, PoolConfig};
 use axum::serve::ListenerExt;
 use orch_api::{AppState, MetricsRender};
-use orch_services::{ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, ServiceConfig};
+use orch_services::{
+    ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Retention, ServiceConfig,
+};
 use orchestrator_core::QueueConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -53,7 +55,14 @@ pub fn service_config(cfg: &Config) -> ServiceConfig {
     ServiceConfig {
         stream_grace: Duration::from_millis(s.stream_grace_ms),
         record_ttl: Duration::from_millis(s.record_ttl_ms),
+        retention: Retention {
+            max_frames_records: s.retained_tasks_max,
+            max_frames_bytes: s.retained_bytes_max,
+            max_summaries: s.summaries_max,
+            summary_ttl: Duration::from_millis(s.summary_ttl_ms),
+        },
         session_ttl: Duration::from_millis(s.session_ttl_ms),
+        max_sessions: s.sessions_max,
         session_token_budget: s.session_token_budget,
         ..ServiceConfig::default()
     }
@@ -72,6 +81,8 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
         sampler_profile_version: p.sampler_profile_version.clone(),
         first_token_timeout: Duration::from_millis(p.first_token_timeout_ms),
         idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        decode_timeout: Duration::from_millis(p.decode_timeout_ms),
+        queue_wait_limit: Duration::from_millis(p.queue_wait_limit_ms),
         retries_before_first_token: p.retries_before_first_token,
     }
 }
@@ -107,7 +118,7 @@ pub async fn start_with(
         .max()
         .unwrap_or_default();
     let manager = PoolManager::new(
-        orch.clone(),
+        orch.registry(),
         ManagerConfig {
             load_timeout,
             ..ManagerConfig::default()

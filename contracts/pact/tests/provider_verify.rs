@@ -56,7 +56,7 @@ fn request(prompt: &str, max_tokens: u32) -> TaskRequest {
 /// End every live task and wait until the pool is idle.
 async fn reset(orch: &orch_services::Orchestrator) {
     for id in orch.live_task_ids() {
-        let _ = orch.cancel(id);
+        let _ = orch.cancel(id).await;
     }
     for _ in 0..250 {
         if orch.live_task_ids().is_empty() {
@@ -69,7 +69,12 @@ async fn reset(orch: &orch_services::Orchestrator) {
 
 async fn wait_state(orch: &orch_services::Orchestrator, id: TaskId, done: fn(TaskState) -> bool) {
     for _ in 0..250 {
-        if orch.status(id).map(|s| done(s.state)).unwrap_or(false) {
+        if orch
+            .status(id)
+            .await
+            .map(|s| done(s.state))
+            .unwrap_or(false)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -89,7 +94,11 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
         "the queue of pool mockpool is full" => {
             // fill until every slot runs and the queue is at capacity (dispatch is async)
             for _ in 0..100 {
-                while orch.admit(request("filler", 40), "pact-state").is_ok() {}
+                while orch
+                    .admit(request("filler", 40), "pact-state")
+                    .await
+                    .is_ok()
+                {}
                 let v = orch.pool_view("mockpool").map_err(|e| e.to_string())?;
                 if v.slots_free == 0 && v.queue_depth >= v.queue_capacity {
                     return Ok(());
@@ -105,7 +114,9 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
                 .map_err(|_| "bad id")?;
             let mut r = request("state task", if s.ends_with("is running") { 40 } else { 2 });
             r.task_id = Some(id);
-            orch.admit(r, "pact-state").map_err(|e| e.to_string())?;
+            orch.admit(r, "pact-state")
+                .await
+                .map_err(|e| e.to_string())?;
             if s.ends_with("is running") {
                 wait_state(&orch, id, |st| st == TaskState::Running).await;
             } else {
@@ -120,7 +131,10 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
             let _ = orch.delete_session(sid).await;
             let mut r = request("a turn", 2);
             r.session_id = Some(sid);
-            let adm = orch.admit(r, "pact-state").map_err(|e| e.to_string())?;
+            let adm = orch
+                .admit(r, "pact-state")
+                .await
+                .map_err(|e| e.to_string())?;
             wait_state(&orch, adm.task_id, TaskState::is_terminal).await;
         }
         other => return Err(format!("unknown provider state {other:?}")),

@@ -125,6 +125,12 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     fn metrics_text(&self) -> BoxFuture<'_, Result<Option<String>, WorkerError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Tokens this engine reports having generated since it started, from its own
+    /// metrics (llama-server: `tokens_predicted_total`); `None` when it exports none.
+    /// Startup self-tests check that it moves.
+    fn tokens_generated_total(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Forget a session's cached KV in `slot` (best effort; default: nothing to do).
     fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async { Ok(()) })
@@ -162,6 +168,24 @@ pub trait ReplicaLauncher: Send + Sync {
         replica_id: &str,
         overrides: &LaunchOverrides,
     ) -> BoxFuture<'_, Result<Box<dyn ReplicaProcess>, LaunchError>>;
+
+    /// What a reload to `model_ref` (not the pool's current model) should launch, in
+    /// this engine's terms (llama.cpp: a `.gguf` file); `None` when this launcher
+    /// cannot load it, and the reload is refused with nothing changed.
+    fn model_overrides(&self, _model_ref: &str) -> Option<LaunchOverrides> {
+        None
+    }
+}
+
+/// Sum the values of a Prometheus text exposition's samples whose series (name and
+/// labels, as written) match.
+pub fn sum_samples(text: &str, matches: impl Fn(&str) -> bool) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(series, _)| matches(series))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .sum()
 }
 
 /// A replica could not be started.

@@ -70,6 +70,7 @@ pub async fn drain_pool(
     let r = app
         .orch
         .drain(&id, Duration::from_millis(req.deadline_ms))
+        .await
         .or_api(&cid)?;
     Ok((StatusCode::ACCEPTED, Json(r)).into_response())
 }

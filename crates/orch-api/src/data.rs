@@ -44,7 +44,7 @@ pub async fn create_task(
     body: Body,
 ) -> ApiResult<Response> {
     let req: TaskRequest = read_json(body, app.body_limit).await.or_api(&cid)?;
-    let adm = app.orch.admit(req, &cid.0).or_api(&cid)?;
+    let adm = app.orch.admit(req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -110,7 +110,7 @@ pub async fn cancel_task(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = task_id(&id, &cid)?;
-    app.orch.cancel(id).or_api(&cid)?;
+    app.orch.cancel(id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -127,7 +127,7 @@ pub async fn task_status(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = task_id(&id, &cid)?;
-    let st = app.orch.status(id).or_api(&cid)?;
+    let st = app.orch.status(id).await.or_api(&cid)?;
     Ok(Json(st).into_response())
 }
 

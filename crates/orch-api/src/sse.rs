@@ -2,7 +2,7 @@
 //! keep-alives while waiting, and the headers proxies need to not buffer.
 
 use bytes::Bytes;
-use orch_services::{Frame, ReadItem, StreamReader};
+use orch_services::{Frame, Read, StreamReader};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::time::Duration;
@@ -19,21 +19,17 @@ pub fn write_frame(out: &mut String, f: &Frame) {
     );
 }
 
-/// The response body: all frames from the reader, batched per wake-up.
+/// The response body: all frames from the reader, batched per wake-up and written
+/// straight from the task log into one buffer.
 pub fn body_stream(
     reader: StreamReader,
     keepalive: Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
     futures_util::stream::unfold(reader, move |mut r| async move {
-        let chunk = match r.next(keepalive).await? {
-            ReadItem::KeepAlive => Bytes::from_static(KEEPALIVE),
-            ReadItem::Frames(frames) => {
-                let mut s = String::with_capacity(frames.len() * 64);
-                for f in &frames {
-                    write_frame(&mut s, f);
-                }
-                Bytes::from(s)
-            }
+        let mut s = String::new();
+        let chunk = match r.next_with(keepalive, |f| write_frame(&mut s, f)).await? {
+            Read::KeepAlive => Bytes::from_static(KEEPALIVE),
+            Read::Frames(_) => Bytes::from(s),
         };
         Some((Ok(chunk), r))
     })

@@ -8,8 +8,12 @@ use std::time::Duration;
 pub struct ServiceConfig {
     /// A running task with no reader for this long is canceled (`abandoned`).
     pub stream_grace: Duration,
-    /// How long a finished task's record (and its frames) stays readable.
+    /// How long a finished task's frames stay readable (then only its summary).
     pub record_ttl: Duration,
+    /// Bounds on what the task table retains; the oldest finished records go first.
+    pub retention: Retention,
+    /// Most sessions tracked at once; the least recently used is evicted beyond it.
+    pub max_sessions: usize,
     /// Idle time after which a session is evicted.
     pub session_ttl: Duration,
     /// Tokens (in + out) a session may use; `None` = unlimited.
@@ -25,10 +29,38 @@ impl Default for ServiceConfig {
         Self {
             stream_grace: Duration::from_secs(30),
             record_ttl: Duration::from_secs(300),
+            retention: Retention::default(),
+            max_sessions: 100_000,
             session_ttl: Duration::from_secs(600),
             session_token_budget: None,
             sweep_interval: Duration::from_secs(1),
             prior_service_ms: 1000.0,
+        }
+    }
+}
+
+/// Bounds on finished task records kept by the task table.
+///
+/// A finished record first keeps all its frames (so late readers and `Last-Event-ID`
+/// resumes work); past `max_frames_records`, `max_frames_bytes` or the record TTL its
+/// frames are dropped and a small summary remains (status, counts, finish reason), so
+/// the id still answers `GET /v1/tasks/{id}` and is refused for reuse (409). Past
+/// `max_summaries` or `summary_ttl` the summary goes too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_frames_records: usize,
+    pub max_frames_bytes: u64,
+    pub max_summaries: usize,
+    pub summary_ttl: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_frames_records: 10_000,
+            max_frames_bytes: 64 * 1024 * 1024,
+            max_summaries: 100_000,
+            summary_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -48,6 +80,10 @@ pub struct PoolSpec {
     pub first_token_timeout: Duration,
     /// Limit between two engine events.
     pub idle_timeout: Duration,
+    /// Wall-clock limit on one generation, from submit to its end.
+    pub decode_timeout: Duration,
+    /// Longest a task may wait in the queue before it ends with `POOL_UNAVAILABLE`.
+    pub queue_wait_limit: Duration,
     /// Attempts on another replica when a task fails before its first token.
     pub retries_before_first_token: u32,
 }
@@ -62,6 +98,8 @@ impl PoolSpec {
             sampler_profile_version: "v1".to_string(),
             first_token_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
+            decode_timeout: Duration::from_secs(600),
+            queue_wait_limit: Duration::from_secs(300),
             retries_before_first_token: 1,
         }
     }

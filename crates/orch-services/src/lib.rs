@@ -1,10 +1,18 @@
 //! orchestratord's services: everything between the HTTP layer and the engines.
 //!
-//! * [`admission`] validates and enqueues tasks (bounded queues, full-policies, ETAs);
-//! * [`dispatch`] pulls work when a replica slot is free and drives the engine stream;
-//! * [`task_log`] / [`reader`] are the streaming bridge (replay, resume, many readers);
-//! * [`sessions`] tracks turns, budgets and KV affinity;
-//! * [`pool`] holds each pool's queue and replicas; [`orchestrator`] is the facade.
+//! Layers, bottom up (a module uses only modules below it; `tests/module_graph.rs`
+//! enforces this and that nothing imports the facade):
+//!
+//! * [`config`], [`metrics`], [`lifecycle`] — settings, metric names, task phases and
+//!   the one place terminal frames are built;
+//! * [`task`] — a task's record, event log and token counter; [`sessions`];
+//! * [`pool`] — one actor per pool owning its queue, replicas and slots;
+//! * [`runner`] — drives one task on an engine (watchdogs, retries, cancel);
+//! * [`table`] — the bounded task table; [`registry`] — the pools;
+//! * `core` — the shared core and the one cancel path;
+//! * [`streaming`], [`admission`], [`control`], [`manager`] — readers, admission,
+//!   control views and drain, replica supervision and reload;
+//! * [`orchestrator`] — the data-plane facade; [`selftest`] — startup checks.
 //!
 //! This crate never imports axum or any HTTP type, and never names a concrete engine:
 //! engines are reached only through `adapter_api::WorkerAdapter`.
@@ -12,19 +20,26 @@
 pub mod admission;
 pub mod config;
 pub mod control;
-pub mod dispatch;
+mod core;
+pub mod lifecycle;
 pub mod manager;
 pub mod metrics;
 pub mod orchestrator;
 pub mod pool;
-pub mod reader;
+pub mod registry;
+pub mod runner;
 pub mod selftest;
 pub mod sessions;
+pub mod streaming;
+pub mod table;
 pub mod task;
-pub mod task_log;
 
-pub use config::{PoolSpec, ServiceConfig};
+pub use config::{PoolSpec, Retention, ServiceConfig};
+pub use lifecycle::{CancelReason, Ending, Phase};
 pub use manager::{ManagerConfig, PoolManager};
-pub use orchestrator::{Orchestrator, PoolError};
-pub use reader::{ReadItem, StreamReader};
-pub use task_log::Frame;
+pub use orchestrator::Orchestrator;
+pub use pool::{PoolError, PoolHandle};
+pub use registry::{PoolRegistry, ReplicaOrigin};
+pub use streaming::{Read, ReadItem, StreamReader};
+pub use table::TableStats;
+pub use task::log::Frame;

@@ -3,7 +3,7 @@
 //! performs reloads (start new replicas, switch when ready, drain and stop the old;
 //! roll back when the new ones fail). Engine-agnostic: launchers come from adapters.
 
-use crate::orchestrator::Orchestrator;
+use crate::registry::{PoolRegistry, ReplicaOrigin};
 use adapter_api::{Health, LaunchOverrides, ReplicaLauncher, ReplicaProcess, WorkerAdapter};
 use orch_domain::control::ReloadResponse;
 use orch_domain::{ErrorCode, OrchError};
@@ -55,24 +55,24 @@ struct Managed {
 /// See the module docs. Cheap to clone.
 #[derive(Clone)]
 pub struct PoolManager {
-    orch: Orchestrator,
+    pools: PoolRegistry,
     cfg: ManagerConfig,
-    pools: Arc<Mutex<HashMap<String, Managed>>>,
+    managed: Arc<Mutex<HashMap<String, Managed>>>,
 }
 
 type Ready = oneshot::Sender<Result<(), String>>;
 
 impl PoolManager {
-    pub fn new(orch: Orchestrator, cfg: ManagerConfig) -> Self {
+    pub fn new(pools: PoolRegistry, cfg: ManagerConfig) -> Self {
         Self {
-            orch,
+            pools,
             cfg,
-            pools: Arc::new(Mutex::new(HashMap::new())),
+            managed: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Managed>> {
-        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+        self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Start `replicas` replicas of an existing (created) pool and wait until all are
@@ -118,7 +118,7 @@ impl PoolManager {
             let (tx, rx) = oneshot::channel();
             let stop = CancellationToken::new();
             let done = tokio::spawn(supervise(Job {
-                orch: self.orch.clone(),
+                pools: self.pools.clone(),
                 cfg: self.cfg.clone(),
                 pool_id: pool_id.to_string(),
                 replica_id: id.clone(),
@@ -189,7 +189,7 @@ impl PoolManager {
             tracing::warn!(pool_id, error = %e, "reload failed: rolled back, old replicas keep serving");
             return Err(conflict(format!("reload rolled back: {e}")));
         }
-        let pinned = match self.orch.switch_replicas(pool_id, &ids, sampler) {
+        let pinned = match self.pools.switch(pool_id, &ids, sampler).await {
             Ok(p) => p,
             Err(e) => {
                 stop_all(new_sups).await;
@@ -210,23 +210,23 @@ impl PoolManager {
                 None => new_sups,
             }
         };
-        // the old replicas take no new work; stop each once its last task is done
-        let orch = self.orch.clone();
+        // the old replicas take no new work; stop them once their last task is done
+        // (waited on the pool's published slot counts, not polled)
+        let pools = self.pools.clone();
         let pid = pool_id.to_string();
         tokio::spawn(async move {
-            for s in &old {
-                while orch.replica_busy(&pid, &s.replica_id) > 0 {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
+            let ids: Vec<String> = old.iter().map(|s| s.replica_id.clone()).collect();
+            pools
+                .wait_replicas_idle(&pid, &ids, OLD_REPLICAS_MAX_WAIT)
+                .await;
             stop_all(old).await;
         });
         tracing::info!(pool_id, model_digest = %pinned.model_digest, sampler, "reload switched");
         Ok(ReloadResponse {
             pool_id: pool_id.to_string(),
-            model_digest: pinned.model_digest,
-            engine_version: pinned.engine_version,
-            sampler_profile_version: pinned.sampler_profile_version,
+            model_digest: pinned.model_digest.clone(),
+            engine_version: pinned.engine_version.clone(),
+            sampler_profile_version: pinned.sampler_profile_version.clone(),
             replicas: ids,
         })
     }
@@ -252,8 +252,12 @@ async fn stop_all(sups: Vec<Supervisor>) {
     }
 }
 
+/// Longest the old replicas of a reload keep running for their last tasks (a task's
+/// own watchdogs end it well before this).
+const OLD_REPLICAS_MAX_WAIT: Duration = Duration::from_secs(3600);
+
 struct Job {
-    orch: Orchestrator,
+    pools: PoolRegistry,
     cfg: ManagerConfig,
     pool_id: String,
     replica_id: String,
@@ -297,15 +301,13 @@ impl Job {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let staged = self.staged;
+        let origin = ReplicaOrigin {
+            endpoint: Some(proc.endpoint()),
+            pid: proc.pid(),
+        };
         if let Err(e) = self
-            .orch
-            .attach(
-                &self.pool_id,
-                &self.replica_id,
-                adapter,
-                (Some(proc.endpoint()), proc.pid()),
-                staged,
-            )
+            .pools
+            .attach(&self.pool_id, &self.replica_id, adapter, origin, staged)
             .await
         {
             proc.stop().await;
@@ -330,8 +332,8 @@ impl Job {
             let ok = matches!(adapter.health().await, Ok(Health::Ready));
             if ok {
                 if fails >= self.cfg.unhealthy_after {
-                    self.orch
-                        .set_replica_ready(&self.pool_id, &self.replica_id, true, None);
+                    self.pools
+                        .set_ready(&self.pool_id, &self.replica_id, true, None);
                 }
                 fails = 0;
             } else {
@@ -339,8 +341,8 @@ impl Job {
                 if fails == self.cfg.unhealthy_after {
                     let e = format!("replica {} failed {fails} health checks", self.replica_id);
                     tracing::warn!(pool_id = %self.pool_id, replica_id = %self.replica_id, "{e}");
-                    self.orch
-                        .set_replica_ready(&self.pool_id, &self.replica_id, false, Some(e));
+                    self.pools
+                        .set_ready(&self.pool_id, &self.replica_id, false, Some(e));
                 }
             }
         }
@@ -362,8 +364,8 @@ async fn supervise(mut job: Job) {
                 }
                 tracing::warn!(pool_id = %job.pool_id, replica_id = %job.replica_id, error = %e,
                     backoff_ms = backoff.as_millis() as u64, "restart failed; retrying");
-                job.orch
-                    .set_replica_ready(&job.pool_id, &job.replica_id, false, Some(e));
+                job.pools
+                    .set_ready(&job.pool_id, &job.replica_id, false, Some(e));
                 tokio::select! {
                     _ = job.stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -386,8 +388,8 @@ async fn supervise(mut job: Job) {
             Some(why) => {
                 tracing::error!(pool_id = %job.pool_id, replica_id = %job.replica_id, reason = %why,
                     "replica died; restarting");
-                job.orch
-                    .set_replica_ready(&job.pool_id, &job.replica_id, false, Some(why));
+                job.pools
+                    .set_ready(&job.pool_id, &job.replica_id, false, Some(why));
                 tokio::select! {
                     _ = job.stop.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -395,43 +397,53 @@ async fn supervise(mut job: Job) {
             }
         }
     }
-    job.orch.detach_replica(&job.pool_id, &job.replica_id);
+    job.pools.detach(&job.pool_id, &job.replica_id);
 }
 
 impl PoolManager {
     /// Resolve a reload request: the pool's model name or current digest keeps the
-    /// model (e.g. a new sampler profile); a `.gguf` path loads that file; anything
-    /// else is a 409 with nothing changed.
+    /// model (e.g. a new sampler profile); anything else is asked of the pool's
+    /// launcher (llama.cpp: a `.gguf` path); what it cannot load is a 409 with nothing
+    /// changed.
     pub async fn reload_ref(
         &self,
         pool_id: &str,
         req: &orch_domain::control::ReloadRequest,
     ) -> Result<ReloadResponse, OrchError> {
-        let view = self.orch.pool_view(pool_id)?;
+        let snap = self
+            .pools
+            .get(pool_id)
+            .ok_or_else(|| OrchError::not_found("pool", pool_id))?
+            .snapshot();
         if req.model_ref.trim().is_empty() {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
         let sampler = req
             .sampler_profile_version
             .clone()
-            .unwrap_or_else(|| view.sampler_profile_version.clone());
+            .unwrap_or_else(|| snap.spec.sampler_profile_version.clone());
         if sampler.is_empty() || sampler.len() > 64 {
             return Err(OrchError::invalid(
                 "sampler_profile_version",
                 "must be 1..=64 bytes",
             ));
         }
-        let same = req.model_ref == view.model || req.model_ref == view.model_digest;
+        let digest = snap.pinned.as_ref().map(|p| p.model_digest.as_str());
+        let same = req.model_ref == snap.spec.model || Some(req.model_ref.as_str()) == digest;
         let path = if same {
             None
-        } else if req.model_ref.ends_with(".gguf") || req.model_ref.starts_with('/') {
-            Some(req.model_ref.clone())
         } else {
-            return Err(OrchError::new(
-                ErrorCode::Conflict,
-                format!("reload rolled back: unknown model_ref {}", req.model_ref),
-            )
-            .with_pool(pool_id));
+            let launcher = self.lock().get(pool_id).map(|m| m.launcher.clone());
+            match launcher.and_then(|l| l.model_overrides(&req.model_ref)) {
+                Some(o) => o.model_path,
+                None => {
+                    return Err(OrchError::new(
+                        ErrorCode::Conflict,
+                        format!("reload rolled back: unknown model_ref {}", req.model_ref),
+                    )
+                    .with_pool(pool_id))
+                }
+            }
         };
         // run to completion even if the caller goes away: a half-done reload would
         // leave staged replicas running and the pool marked as reloading

@@ -3,7 +3,9 @@
 //! check that the token metrics moved. Any failure names the pool and the step.
 
 use crate::orchestrator::Orchestrator;
-use crate::reader::ReadItem;
+use crate::pool::PoolHandle;
+use crate::streaming::ReadItem;
+use adapter_api::sum_samples;
 use orch_domain::{Placement, Priority, TaskRequest};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,20 +14,19 @@ use tokio::time::Instant;
 /// Renders the metrics exposition (to check that counters moved).
 pub type MetricsProbe = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Tokens the pool's engines report having predicted (sum over replicas), from their
-/// own metrics; `None` when no replica exports metrics.
-async fn engine_tokens(pool: &crate::pool::Pool) -> Option<f64> {
+/// Tokens the pool's engines report having generated (sum over serving replicas),
+/// from their own metrics; `None` when no replica exports them.
+async fn engine_tokens(pool: &PoolHandle) -> Option<f64> {
     let adapters: Vec<_> = pool
-        .lock()
+        .snapshot()
         .replicas
         .iter()
-        .filter(|r| r.serving())
+        .filter(|r| r.serving)
         .map(|r| r.adapter.clone())
         .collect();
     let mut total = None;
     for a in adapters {
-        if let Ok(Some(text)) = a.metrics_text().await {
-            let n = sum_samples(&text, |name| name.ends_with("tokens_predicted_total"));
+        if let Ok(Some(n)) = a.tokens_generated_total().await {
             *total.get_or_insert(0.0) += n;
         }
     }
@@ -38,16 +39,6 @@ pub fn tokens_out_of(text: &str, pool_id: &str) -> f64 {
     sum_samples(text, |series| {
         series.starts_with("tokens_out_total{") && series.contains(&needle)
     })
-}
-
-/// Sum the values of the exposition's samples whose series (name and labels) match.
-fn sum_samples(text: &str, matches: impl Fn(&str) -> bool) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(series, _)| matches(series))
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
 }
 
 fn request(model: &str, pool_id: &str, prompt: &str, max_tokens: u32) -> TaskRequest {
@@ -97,14 +88,15 @@ pub async fn self_test_pool(
         format!("self-test of pool {pool_id} failed at step '{step}': {why}")
     };
     let pool = orch
-        .pool(pool_id)
+        .registry()
+        .get(pool_id)
         .ok_or_else(|| fail("health", "unknown pool".into()))?;
     let (model, long) = {
-        let st = pool.lock();
-        if !st.is_ready() {
+        let s = pool.snapshot();
+        if !s.ready {
             return Err(fail("health", "no ready replica".into()));
         }
-        (st.spec.model.clone(), st.spec.max_tokens_out.min(64))
+        (s.spec.model.clone(), s.spec.max_tokens_out.min(64))
     };
     let before = probe.map(|p| tokens_out_of(&p(), pool_id));
     let engine_before = engine_tokens(&pool).await;
@@ -112,6 +104,7 @@ pub async fn self_test_pool(
     // one-token decode
     let adm = orch
         .admit(request(&model, pool_id, "Hello", 1), "self-test")
+        .await
         .map_err(|e| fail("decode", e.to_string()))?;
     let (names, data) = run_to_end(orch, adm.task_id, Duration::from_secs(60))
         .await
@@ -134,6 +127,7 @@ pub async fn self_test_pool(
             ),
             "self-test",
         )
+        .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let mut reader = orch
         .open_stream(adm.task_id, 0)
@@ -157,6 +151,7 @@ pub async fn self_test_pool(
     }
     drop(reader);
     orch.cancel(adm.task_id)
+        .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let (names, data) = run_to_end(orch, adm.task_id, Duration::from_secs(10))
         .await
@@ -174,12 +169,11 @@ pub async fn self_test_pool(
         }
         _ => {}
     }
-    let freed = Instant::now() + Duration::from_secs(5);
-    while pool.lock().busy_total() > 0 {
-        if Instant::now() > freed {
-            return Err(fail("cancel", "slot still busy 5 s after cancel".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !pool
+        .wait_for(Duration::from_secs(5), |s| s.busy_total == 0)
+        .await
+    {
+        return Err(fail("cancel", "slot still busy 5 s after cancel".into()));
     }
 
     // metrics moved
@@ -197,7 +191,9 @@ pub async fn self_test_pool(
         if after <= before {
             return Err(fail(
                 "metrics",
-                format!("engine tokens_predicted_total did not rise ({before} -> {after})"),
+                format!(
+                    "the engine's own generated-token counter did not rise ({before} -> {after})"
+                ),
             ));
         }
     }

@@ -2,12 +2,14 @@
 //! number of SSE readers.
 //!
 //! Frames are appended once (serialized to their one-line JSON `data` at append time)
-//! and kept until the task record expires, so a stream may be opened before dispatch,
-//! by several readers at once, and resumed from any sequence id. Appending after a
-//! terminal frame (`end`/`error`) is refused: the log enforces "nothing after the end".
+//! and kept while the task table retains the record, so a stream may be opened before
+//! dispatch, by several readers at once, and resumed from any sequence id. Appending
+//! after a terminal frame (`end`/`error`) is refused: the log enforces "nothing after
+//! the end". Readers visit frames in place ([`TaskLog::visit_since`]): no copy per
+//! frame on the relay path.
 
 use orch_domain::StreamEvent;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 /// One SSE frame: `id: seq`, `event: event`, `data: data`.
@@ -20,10 +22,21 @@ pub struct Frame {
     pub data: String,
 }
 
+impl Frame {
+    /// Whether this frame ends the stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.event, "end" | "error")
+    }
+}
+
+/// Bytes a frame costs beyond its data (the struct and vector slot).
+const FRAME_OVERHEAD: u64 = std::mem::size_of::<Frame>() as u64;
+
 #[derive(Debug, Default)]
 struct LogInner {
-    frames: Vec<Arc<Frame>>,
+    frames: Vec<Frame>,
     closed: bool,
+    bytes: u64,
 }
 
 #[derive(Debug)]
@@ -50,6 +63,15 @@ fn data_json(ev: &StreamEvent) -> String {
     r.unwrap_or_else(|_| "{}".to_string())
 }
 
+/// What a visit saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visited {
+    /// Sequence of the last frame visited (`after` when none).
+    pub last: u64,
+    /// The log is closed (its terminal frame exists).
+    pub closed: bool,
+}
+
 impl TaskLog {
     pub fn new() -> Self {
         Self {
@@ -72,11 +94,12 @@ impl TaskLog {
                 return false;
             }
             let seq = g.frames.len() as u64 + 1;
-            g.frames.push(Arc::new(Frame {
+            g.bytes += data.len() as u64 + FRAME_OVERHEAD;
+            g.frames.push(Frame {
                 seq,
                 event: ev.name(),
                 data,
-            }));
+            });
             g.closed = ev.is_terminal();
             seq
         };
@@ -84,11 +107,24 @@ impl TaskLog {
         true
     }
 
-    /// Frames with `seq > after`, and whether the log is closed.
-    pub fn since(&self, after: u64) -> (Vec<Arc<Frame>>, bool) {
+    /// Call `f` on each frame with `seq > after`, in order, without copying them.
+    pub fn visit_since(&self, after: u64, mut f: impl FnMut(&Frame)) -> Visited {
         let g = self.lock();
         let start = (after as usize).min(g.frames.len());
-        (g.frames[start..].to_vec(), g.closed)
+        for fr in &g.frames[start..] {
+            f(fr);
+        }
+        Visited {
+            last: (g.frames.len() as u64).max(after),
+            closed: g.closed,
+        }
+    }
+
+    /// Copies of the frames with `seq > after`, and whether the log is closed.
+    pub fn since(&self, after: u64) -> (Vec<Frame>, bool) {
+        let mut out = Vec::new();
+        let v = self.visit_since(after, |f| out.push(f.clone()));
+        (out, v.closed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -101,6 +137,11 @@ impl TaskLog {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes the frames take (data plus per-frame overhead).
+    pub fn bytes(&self) -> u64 {
+        self.lock().bytes
     }
 
     /// A receiver that changes whenever a frame is appended.
@@ -142,6 +183,8 @@ mod tests {
         assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(f[0].data, r#"{"t":"t2","i":2}"#);
         assert_eq!(f[1].event, "end");
+        assert!(f[1].is_terminal());
         assert_eq!(log.since(100).0.len(), 0);
+        assert!(log.bytes() > 4 * FRAME_OVERHEAD);
     }
 }

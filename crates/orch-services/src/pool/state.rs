@@ -1,8 +1,6 @@
-//! A pool: its queue, its replicas with slot accounting, and the dispatcher's wake-up.
-//!
-//! All scheduling state of a pool sits behind one mutex so that placement decisions,
-//! slot counts and queue contents are always consistent. Slots are held by
-//! [`SlotGuard`]s that give the slot back (and wake the dispatcher) when dropped.
+//! A pool's scheduling state: its queue, replicas with slot accounting, pinned engine
+//! facts, drain flag and service-time estimates. Plain data with no lock: the pool
+//! actor owns it and is the only code that changes it.
 
 use crate::config::PoolSpec;
 use adapter_api::{Properties, WorkerAdapter};
@@ -10,12 +8,11 @@ use orch_domain::TaskId;
 use orchestrator_core::eta::ServiceTime;
 use orchestrator_core::placement::ReplicaLoad;
 use orchestrator_core::BoundedQueue;
-use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use std::sync::Arc;
 
 /// One engine replica as the pool sees it.
 pub struct Replica {
-    pub id: String,
+    pub id: Arc<str>,
     pub adapter: Arc<dyn WorkerAdapter>,
     pub props: Properties,
     pub ready: bool,
@@ -68,20 +65,37 @@ impl Pinned {
     }
 }
 
+/// Per-token decode time assumed before the first task finishes.
+pub const PRIOR_TOKEN_MS: f64 = 20.0;
+
 pub struct PoolState {
     pub queue: BoundedQueue<TaskId>,
     pub replicas: Vec<Replica>,
     pub service: ServiceTime,
     /// Decode time per output token.
     pub per_token: ServiceTime,
-    pub pinned: Option<Pinned>,
+    pub pinned: Option<Arc<Pinned>>,
     pub draining: bool,
     pub rotate: usize,
     pub last_error: Option<String>,
-    pub spec: PoolSpec,
+    pub spec: Arc<PoolSpec>,
 }
 
 impl PoolState {
+    pub fn new(spec: PoolSpec, prior_service_ms: f64) -> Self {
+        Self {
+            queue: BoundedQueue::new(spec.queue),
+            replicas: Vec::new(),
+            service: ServiceTime::new(prior_service_ms),
+            per_token: ServiceTime::new(PRIOR_TOKEN_MS),
+            pinned: None,
+            draining: false,
+            rotate: 0,
+            last_error: None,
+            spec: Arc::new(spec),
+        }
+    }
+
     pub fn loads(&self) -> Vec<ReplicaLoad> {
         self.replicas.iter().map(Replica::load).collect()
     }
@@ -110,74 +124,12 @@ impl PoolState {
     }
 
     pub fn replica_mut(&mut self, id: &str) -> Option<&mut Replica> {
-        self.replicas.iter_mut().find(|r| r.id == id)
-    }
-}
-
-/// Per-token decode time assumed before the first task finishes.
-pub const PRIOR_TOKEN_MS: f64 = 20.0;
-
-pub struct Pool {
-    pub id: String,
-    state: Mutex<PoolState>,
-    /// Wakes the dispatcher: new work, a freed slot, a replica became ready.
-    pub wake: Notify,
-}
-
-impl Pool {
-    pub fn new(spec: PoolSpec, prior_service_ms: f64) -> Self {
-        Self {
-            id: spec.id.clone(),
-            state: Mutex::new(PoolState {
-                queue: BoundedQueue::new(spec.queue),
-                replicas: Vec::new(),
-                service: ServiceTime::new(prior_service_ms),
-                per_token: ServiceTime::new(PRIOR_TOKEN_MS),
-                pinned: None,
-                draining: false,
-                rotate: 0,
-                last_error: None,
-                spec,
-            }),
-            wake: Notify::new(),
-        }
+        self.replicas.iter_mut().find(|r| &*r.id == id)
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A claimed replica slot; dropping it frees the slot and wakes the dispatcher.
-pub struct SlotGuard {
-    pool: Arc<Pool>,
-    replica_id: String,
-}
-
-impl SlotGuard {
-    /// Claim one slot on `replica_id`; the caller holds the pool lock via `st`.
-    pub fn claim(pool: &Arc<Pool>, st: &mut PoolState, replica_id: &str) -> Option<Self> {
-        let r = st.replica_mut(replica_id)?;
-        r.busy += 1;
-        Some(Self {
-            pool: pool.clone(),
-            replica_id: replica_id.to_string(),
-        })
-    }
-
-    pub fn replica_id(&self) -> &str {
-        &self.replica_id
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        {
-            let mut st = self.pool.lock();
-            if let Some(r) = st.replica_mut(&self.replica_id) {
-                r.busy = r.busy.saturating_sub(1);
-            }
-        }
-        self.pool.wake.notify_one();
+    /// Milliseconds a client should wait before retrying a refused admission.
+    pub fn retry_after_ms(&self) -> u64 {
+        let slots = self.slots_total().max(1) as f64;
+        ((self.service.mean_ms() / slots).round() as u64).max(1000)
     }
 }

@@ -1,0 +1,639 @@
+//! The pool actor: one task per pool that owns its [`PoolState`], handles [`Cmd`]s in
+//! batches, dispatches queued work onto free slots, expires tasks that waited too
+//! long, and publishes a [`Snapshot`] after each batch.
+//!
+//! Dispatch happens only here, and only when a serving replica has a free slot;
+//! placement is session affinity, then least loaded (`orchestrator-core`).
+
+use super::admit::check;
+use super::slot::{Observed, SlotGuard};
+use super::state::{Pinned, PoolState, Replica};
+use super::{
+    Assignment, Cmd, Launch, Limits, Placed, PoolError, PoolHandle, ReplicaSnap, Snapshot,
+};
+use crate::config::PoolSpec;
+use crate::lifecycle::{CancelReason, Ending};
+use crate::metrics::Where;
+use crate::sessions::SessionStore;
+use crate::task::TaskRecord;
+use orch_domain::{ErrorCode, OrchError, Priority, TaskId, TaskRequest};
+use orchestrator_core::eta::queue_position;
+use orchestrator_core::placement::pick_replica;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Commands handled per batch before dispatching and publishing.
+const BATCH: usize = 64;
+
+struct Queued {
+    rec: Arc<TaskRecord>,
+    request: Arc<TaskRequest>,
+    enqueued_at: Instant,
+}
+
+/// Why a queued task expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiry {
+    Deadline,
+    QueueWait,
+}
+
+struct Actor {
+    id: Arc<str>,
+    st: PoolState,
+    queued: HashMap<TaskId, Queued>,
+    running: HashMap<TaskId, (Arc<TaskRecord>, Arc<str>)>,
+    expiries: BinaryHeap<Reverse<(Instant, TaskId, Expiry)>>,
+    sessions: Arc<SessionStore>,
+    launch: Launch,
+    me: mpsc::WeakUnboundedSender<Cmd>,
+    snap_tx: watch::Sender<Arc<Snapshot>>,
+    was_ready: Option<bool>,
+}
+
+pub(super) fn spawn(
+    spec: PoolSpec,
+    prior_service_ms: f64,
+    sessions: Arc<SessionStore>,
+    launch: Launch,
+) -> PoolHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id: Arc<str> = spec.id.as_str().into();
+    let mut actor = Actor {
+        id: id.clone(),
+        st: PoolState::new(spec, prior_service_ms),
+        queued: HashMap::new(),
+        running: HashMap::new(),
+        expiries: BinaryHeap::new(),
+        sessions,
+        launch,
+        me: tx.downgrade(),
+        snap_tx: watch::Sender::new(Arc::new(empty_snapshot(&id))),
+        was_ready: None,
+    };
+    actor.publish();
+    let snap = actor.snap_tx.subscribe();
+    tokio::spawn(actor.run(rx));
+    PoolHandle { id, tx, snap }
+}
+
+fn empty_snapshot(id: &Arc<str>) -> Snapshot {
+    Snapshot {
+        pool_id: id.clone(),
+        spec: Arc::new(PoolSpec::new(id, "")),
+        pinned: None,
+        ready: false,
+        draining: false,
+        queue_depth: 0,
+        slots_total: 0,
+        slots_free: 0,
+        busy_total: 0,
+        running: 0,
+        replicas: Vec::new(),
+        last_error: None,
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
+            let cmd = tokio::select! {
+                biased;
+                c = rx.recv() => match c {
+                    Some(c) => Some(c),
+                    None => break,
+                },
+                _ = sleep_until(next_expiry) => None,
+            };
+            if let Some(c) = cmd {
+                self.handle(c);
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(c) => self.handle(c),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.expire();
+            self.dispatch();
+            self.publish();
+        }
+        // every handle and slot is gone: end whatever is still queued
+        for (_, q) in self.queued.drain() {
+            q.rec.end(Ending::Canceled {
+                reason: CancelReason::Shutdown,
+                tokens_out: 0,
+                pool_id: self.id.to_string(),
+            });
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Admit {
+                rec,
+                request,
+                reply,
+            } => {
+                let r = self.admit(rec, request);
+                let _ = reply.send(r);
+            }
+            Cmd::CancelQueued { id, reply } => {
+                let _ = reply.send(self.cancel_queued(id));
+            }
+            Cmd::SlotFreed {
+                replica_id,
+                task,
+                observed,
+            } => self.slot_freed(&replica_id, task, observed),
+            Cmd::Retry {
+                rec,
+                request,
+                tried,
+                reply,
+            } => {
+                // if the runner is gone, the unsent assignment's guard frees its slot
+                let _ = reply.send(self.retry(rec, request, &tried));
+            }
+            Cmd::Attach { replica, reply } => {
+                let _ = reply.send(self.attach(replica));
+            }
+            Cmd::SetReady {
+                replica_id,
+                ready,
+                error,
+            } => {
+                if let Some(r) = self.st.replica_mut(&replica_id) {
+                    r.ready = ready;
+                    if error.is_some() {
+                        r.last_error = error.clone();
+                    }
+                }
+                if error.is_some() {
+                    self.st.last_error = error;
+                }
+            }
+            Cmd::Detach { replica_id } => {
+                self.st.replicas.retain(|r| *r.id != *replica_id);
+            }
+            Cmd::Switch {
+                new_ids,
+                sampler,
+                reply,
+            } => {
+                let _ = reply.send(self.switch(&new_ids, &sampler));
+            }
+            Cmd::Drain { reply } => {
+                let _ = reply.send(self.drain());
+            }
+            Cmd::StopRunning { reason } => {
+                for (rec, _) in self.running.values() {
+                    rec.request_cancel(reason);
+                }
+            }
+            Cmd::Position { id, reply } => {
+                let free = self.st.free_slots();
+                let pos = self
+                    .st
+                    .queue
+                    .ahead_of(&id)
+                    .map(|ahead| queue_position(ahead, free).max(1));
+                let _ = reply.send(pos);
+            }
+        }
+    }
+
+    fn where_queued(&self) -> Where {
+        let p = self.st.pinned.as_deref();
+        Where {
+            engine: p.map_or_else(|| "unknown".into(), |p| p.engine.clone()),
+            engine_version: p.map_or_else(|| "unknown".into(), |p| p.engine_version.clone()),
+            pool_id: self.id.to_string(),
+            replica_id: "none".into(),
+        }
+    }
+
+    fn admit(
+        &mut self,
+        rec: Arc<TaskRecord>,
+        request: Arc<TaskRequest>,
+    ) -> Result<Placed, OrchError> {
+        let (pinned, placed) = check(&self.st, &self.id, &request)?;
+        let id = rec.id;
+        if rec.cancel.is_cancelled() {
+            // canceled between registration and this command: it ends at once
+            let reason = rec.cancel_reason();
+            rec.end(Ending::Canceled {
+                reason,
+                tokens_out: 0,
+                pool_id: self.id.to_string(),
+            });
+            return Ok(placed);
+        }
+        let admitted = match self.st.queue.enqueue(id, request.priority) {
+            Ok(a) => a,
+            Err(full) => {
+                let label = full.policy.label();
+                crate::metrics::rejected(&pinned.engine, "queue_full");
+                crate::metrics::backpressure(&pinned.engine, label.as_str());
+                return Err(OrchError::new(
+                    ErrorCode::AdmissionReject,
+                    format!(
+                        "queue of pool {} is full (capacity {})",
+                        self.id, full.capacity
+                    ),
+                )
+                .with_policy(label)
+                .with_retry_after_ms(self.st.retry_after_ms())
+                .with_engine(&pinned.engine)
+                .with_pool(&*self.id));
+            }
+        };
+        rec.set_estimate(placed.queue_position, placed.predicted_start_ms);
+        let now = Instant::now();
+        let wait = now + self.st.spec.queue_wait_limit;
+        let expiry = match request.deadline_ms {
+            Some(ms) => {
+                // the deadline counts from admission, which is this moment give or take
+                let d = now + std::time::Duration::from_millis(ms);
+                if d < wait {
+                    (d, Expiry::Deadline)
+                } else {
+                    (wait, Expiry::QueueWait)
+                }
+            }
+            None => (wait, Expiry::QueueWait),
+        };
+        self.expiries.push(Reverse((expiry.0, id, expiry.1)));
+        self.queued.insert(
+            id,
+            Queued {
+                rec,
+                request: request.clone(),
+                enqueued_at: now,
+            },
+        );
+        if let Some(victim) = admitted.evicted.and_then(|v| self.queued.remove(&v)) {
+            let policy = self.st.queue.config().policy;
+            let ended = victim.rec.end(Ending::Evicted {
+                policy,
+                retry_after_ms: self.st.retry_after_ms(),
+                engine: pinned.engine.clone(),
+                pool_id: self.id.to_string(),
+            });
+            if ended {
+                crate::metrics::backpressure(&pinned.engine, policy.label().as_str());
+                tracing::info!(task_id = %victim.rec.id, pool_id = %self.id,
+                    policy = policy.label().as_str(), "evicted queued task");
+            }
+        }
+        self.where_queued().enqueued(request.priority.as_str());
+        self.publish_depth();
+        Ok(placed)
+    }
+
+    fn cancel_queued(&mut self, id: TaskId) -> bool {
+        let Some(q) = self.queued.remove(&id) else {
+            return false;
+        };
+        self.st.queue.cancel(&id);
+        let reason = q.rec.cancel_reason();
+        if q.rec.end(Ending::Canceled {
+            reason,
+            tokens_out: 0,
+            pool_id: self.id.to_string(),
+        }) {
+            self.where_queued().canceled(reason.as_str());
+        }
+        self.publish_depth();
+        true
+    }
+
+    fn slot_freed(&mut self, replica_id: &str, task: TaskId, observed: Option<Observed>) {
+        if let Some(r) = self.st.replica_mut(replica_id) {
+            r.busy = r.busy.saturating_sub(1);
+        }
+        if self
+            .running
+            .get(&task)
+            .is_some_and(|(_, r)| &**r == replica_id)
+        {
+            self.running.remove(&task);
+        }
+        if let Some(o) = observed {
+            self.st.service.observe(o.service_ms);
+            if let Some(t) = o.per_token_ms {
+                self.st.per_token.observe(t);
+            }
+        }
+    }
+
+    /// Claim a slot on replica `idx` for `rec`.
+    fn claim(
+        &mut self,
+        idx: usize,
+        rec: Arc<TaskRecord>,
+        request: Arc<TaskRequest>,
+        slot_hint: Option<u32>,
+        pinned: Arc<Pinned>,
+    ) -> Option<Assignment> {
+        let tx = self.me.upgrade()?;
+        let r = &mut self.st.replicas[idx];
+        r.busy += 1;
+        let replica_id = r.id.clone();
+        let adapter = r.adapter.clone();
+        self.running
+            .insert(rec.id, (rec.clone(), replica_id.clone()));
+        let spec = &self.st.spec;
+        let limits = Limits {
+            first_token: spec.first_token_timeout,
+            idle: spec.idle_timeout,
+            decode: spec.decode_timeout,
+            retries: spec.retries_before_first_token,
+        };
+        let pool = PoolHandle {
+            id: self.id.clone(),
+            tx: tx.clone(),
+            snap: self.snap_tx.subscribe(),
+        };
+        Some(Assignment {
+            guard: SlotGuard::new(tx, replica_id.clone(), rec.id),
+            rec,
+            request,
+            replica_id,
+            adapter,
+            pinned,
+            slot_hint,
+            dequeued_at: Instant::now(),
+            pool,
+            limits,
+        })
+    }
+
+    fn dispatch(&mut self) {
+        let mut moved = false;
+        while !self.st.draining && !self.st.queue.is_empty() && self.st.free_slots() > 0 {
+            let Some((id, _)) = self.st.queue.dequeue() else {
+                break;
+            };
+            moved = true;
+            let Some(q) = self.queued.remove(&id) else {
+                continue;
+            };
+            if q.rec.is_ended() {
+                continue;
+            }
+            if q.rec.cancel.is_cancelled() {
+                let reason = q.rec.cancel_reason();
+                if q.rec.end(Ending::Canceled {
+                    reason,
+                    tokens_out: 0,
+                    pool_id: self.id.to_string(),
+                }) {
+                    self.where_queued().canceled(reason.as_str());
+                }
+                continue;
+            }
+            let home = q.rec.session.and_then(|s| self.sessions.home(s));
+            let preferred = home
+                .as_ref()
+                .filter(|h| *h.pool_id == *self.id)
+                .and_then(|h| self.st.replicas.iter().position(|r| *r.id == *h.replica_id));
+            let loads = self.st.loads();
+            self.st.rotate = self.st.rotate.wrapping_add(1);
+            let placed = match (
+                pick_replica(&loads, preferred, self.st.rotate),
+                self.st.pinned.clone(),
+            ) {
+                (Some(idx), Some(pinned)) => {
+                    // the session's engine slot is certainly free only on an idle
+                    // replica; on a busy one the engine picks a slot itself
+                    let idle = self.st.replicas[idx].busy == 0;
+                    let hint = home
+                        .filter(|_| idle && Some(idx) == preferred)
+                        .and_then(|h| h.slot);
+                    self.claim(idx, q.rec.clone(), q.request, hint, pinned)
+                }
+                _ => None,
+            };
+            match placed {
+                Some(a) => (self.launch)(a),
+                None => {
+                    // free_slots() > 0 makes placement succeed; should it not, the
+                    // dequeued task still ends instead of being lost
+                    q.rec.end(Ending::Failed(
+                        OrchError::new(
+                            ErrorCode::ReplicaExhausted,
+                            "no replica could take the task",
+                        )
+                        .with_retry_after_ms(1000)
+                        .with_pool(&*self.id),
+                    ));
+                }
+            }
+        }
+        if moved {
+            self.publish_depth();
+        }
+    }
+
+    fn retry(
+        &mut self,
+        rec: Arc<TaskRecord>,
+        request: Arc<TaskRequest>,
+        tried: &[Arc<str>],
+    ) -> Option<Assignment> {
+        if self.st.draining {
+            return None;
+        }
+        let loads: Vec<_> = self
+            .st
+            .replicas
+            .iter()
+            .map(|r| {
+                let mut l = r.load();
+                if tried.contains(&r.id) {
+                    l.ready = false;
+                }
+                l
+            })
+            .collect();
+        let idx = pick_replica(&loads, None, 0)?;
+        let pinned = self.st.pinned.clone()?;
+        self.claim(idx, rec, request, None, pinned)
+    }
+
+    fn attach(&mut self, mut replica: Replica) -> Result<(), PoolError> {
+        let got = Pinned::of(&replica.props, &self.st.spec.sampler_profile_version);
+        match &self.st.pinned {
+            _ if replica.staged => {}
+            Some(p) if **p != got => {
+                return Err(PoolError::Pinning {
+                    pool: self.id.to_string(),
+                    replica: replica.id.to_string(),
+                    pinned: format!("{p:?}"),
+                    got: format!("{got:?}"),
+                })
+            }
+            Some(_) => {}
+            None => self.st.pinned = Some(Arc::new(got)),
+        }
+        // a restarted replica keeps its slot count (tasks of the dead process still
+        // hold slot guards that will give their slots back) and its drain state
+        if let Some(i) = self.st.replicas.iter().position(|r| r.id == replica.id) {
+            let old = self.st.replicas.remove(i);
+            replica.busy = old.busy;
+            replica.draining = old.draining;
+        }
+        self.st.replicas.push(replica);
+        Ok(())
+    }
+
+    fn switch(&mut self, new_ids: &[String], sampler: &str) -> Result<Arc<Pinned>, OrchError> {
+        let first = self
+            .st
+            .replicas
+            .iter()
+            .find(|r| new_ids.iter().any(|n| **n == *r.id))
+            .ok_or_else(|| OrchError::internal("no staged replica to switch to"))?;
+        let pinned = Arc::new(Pinned::of(&first.props, sampler));
+        for r in self.st.replicas.iter_mut() {
+            if new_ids.iter().any(|n| **n == *r.id) {
+                r.staged = false;
+            } else {
+                r.draining = true;
+            }
+        }
+        self.st.pinned = Some(pinned.clone());
+        Arc::make_mut(&mut self.st.spec).sampler_profile_version = sampler.to_string();
+        self.st.draining = false;
+        Ok(pinned)
+    }
+
+    fn drain(&mut self) -> (u32, u32) {
+        self.st.draining = true;
+        let mut ended = 0;
+        for (id, q) in std::mem::take(&mut self.queued) {
+            self.st.queue.cancel(&id);
+            if q.rec.end(Ending::Canceled {
+                reason: CancelReason::Drain,
+                tokens_out: 0,
+                pool_id: self.id.to_string(),
+            }) {
+                ended += 1;
+            }
+        }
+        self.expiries.clear();
+        self.publish_depth();
+        (ended, self.running.len() as u32)
+    }
+
+    /// End queued tasks past their deadline or the pool's queue-wait limit.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let mut changed = false;
+        while let Some(Reverse((t, id, why))) = self.expiries.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.expiries.pop();
+            let Some(q) = self.queued.remove(&id) else {
+                continue;
+            };
+            self.st.queue.cancel(&id);
+            changed = true;
+            let waited = q.enqueued_at.elapsed().as_millis();
+            let err = match why {
+                Expiry::Deadline => OrchError::new(
+                    ErrorCode::DeadlineUnmet,
+                    format!("deadline passed after {waited} ms in the queue of pool {}", self.id),
+                ),
+                Expiry::QueueWait => OrchError::new(
+                    ErrorCode::PoolUnavailable,
+                    format!(
+                        "waited {waited} ms in the queue of pool {} (limit {} ms) without a free replica",
+                        self.id,
+                        self.st.spec.queue_wait_limit.as_millis()
+                    ),
+                )
+                .with_retry_after_ms(self.st.retry_after_ms()),
+            };
+            q.rec.end(Ending::Failed(err.with_pool(&*self.id)));
+            tracing::info!(task_id = %id, pool_id = %self.id, waited_ms = waited as u64,
+                reason = ?why, "queued task expired");
+        }
+        // entries of tasks that left the queue otherwise stay until their time; keep
+        // the heap proportional to the queue
+        if self.expiries.len() > 2 * self.queued.len() + 64 {
+            let queued = &self.queued;
+            self.expiries
+                .retain(|Reverse((_, id, _))| queued.contains_key(id));
+        }
+        if changed {
+            self.publish_depth();
+        }
+    }
+
+    fn publish_depth(&self) {
+        let w = self.where_queued();
+        w.queue_depth("interactive", self.st.queue.len_of(Priority::Interactive));
+        w.queue_depth("batch", self.st.queue.len_of(Priority::Batch));
+    }
+
+    fn publish(&mut self) {
+        let st = &self.st;
+        let ready = st.is_ready();
+        if self.was_ready != Some(ready) {
+            crate::metrics::pool_ready(&self.id, ready);
+            self.was_ready = Some(ready);
+        }
+        let replicas = st
+            .replicas
+            .iter()
+            .map(|r| ReplicaSnap {
+                id: r.id.clone(),
+                adapter: r.adapter.clone(),
+                props: r.props.clone(),
+                state: if r.staged {
+                    "staged"
+                } else if r.draining {
+                    "draining"
+                } else if r.ready {
+                    "ready"
+                } else {
+                    "unready"
+                },
+                serving: r.serving(),
+                busy: r.busy,
+                endpoint: r.endpoint.clone(),
+                pid: r.pid,
+                last_error: r.last_error.clone(),
+            })
+            .collect();
+        self.snap_tx.send_replace(Arc::new(Snapshot {
+            pool_id: self.id.clone(),
+            spec: st.spec.clone(),
+            pinned: st.pinned.clone(),
+            ready,
+            draining: st.draining,
+            queue_depth: st.queue.len() as u32,
+            slots_total: st.slots_total(),
+            slots_free: st.free_slots(),
+            busy_total: st.busy_total(),
+            running: self.running.len() as u32,
+            replicas,
+            last_error: st.last_error.clone(),
+        }));
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,114 @@
+//! The pool's side of admission, run inside the actor: readiness, fit against the
+//! pinned context and limits, queue position and ETA, and deadline feasibility.
+
+use super::state::{Pinned, PoolState};
+use super::Placed;
+use orch_domain::{ErrorCode, OrchError, TaskRequest};
+use orchestrator_core::eta::{predicted_start_ms, queue_position};
+use std::sync::Arc;
+
+/// Bytes per token assumed when checking that prompt + max_tokens fits the context
+/// before the engine has tokenized the prompt (the engine enforces the exact limit).
+pub const BYTES_PER_TOKEN_ESTIMATE: usize = 4;
+
+pub fn estimate_prompt_tokens(prompt: &str) -> u32 {
+    prompt.len().div_ceil(BYTES_PER_TOKEN_ESTIMATE) as u32
+}
+
+pub(super) fn unready(pool_id: &str) -> OrchError {
+    OrchError::new(
+        ErrorCode::PoolUnready,
+        format!("pool {pool_id} is not ready"),
+    )
+    .with_pool(pool_id)
+    .with_retry_after_ms(1000)
+}
+
+/// Everything but the enqueue: Ok with the pin and the estimate if the task may join.
+pub(super) fn check(
+    st: &PoolState,
+    pool_id: &str,
+    req: &TaskRequest,
+) -> Result<(Arc<Pinned>, Placed), OrchError> {
+    if !st.is_ready() {
+        return Err(unready(pool_id));
+    }
+    let pinned = st.pinned.clone().ok_or_else(|| {
+        OrchError::new(
+            ErrorCode::PoolUnready,
+            format!("pool {pool_id} has no replica yet"),
+        )
+        .with_pool(pool_id)
+        .with_retry_after_ms(1000)
+    })?;
+    check_fits(req, st, pinned.ctx_max)?;
+    let ahead = st.queue.ahead_if_enqueued(req.priority);
+    let position = queue_position(ahead, st.free_slots());
+    let eta = predicted_start_ms(position, st.slots_total(), st.service.mean_ms());
+    if let Some(deadline) = req.deadline_ms {
+        // deadline_ms bounds completion: start estimate + decode estimate
+        let tokens = req.expected_tokens.unwrap_or(req.max_tokens);
+        let finish = eta as f64 + st.per_token.mean_ms() * f64::from(tokens);
+        if finish > deadline as f64 {
+            crate::metrics::rejected(&pinned.engine, "deadline_unmet");
+            return Err(OrchError::new(
+                ErrorCode::DeadlineUnmet,
+                format!(
+                    "deadline_ms {deadline} cannot be met: predicted start in {eta} ms, finish in {} ms",
+                    finish.round()
+                ),
+            )
+            .with_pool(pool_id));
+        }
+    }
+    Ok((
+        pinned,
+        Placed {
+            queue_position: position,
+            predicted_start_ms: eta,
+        },
+    ))
+}
+
+fn check_fits(req: &TaskRequest, st: &PoolState, ctx_max: u32) -> Result<(), OrchError> {
+    if let Some(ctx) = req.ctx {
+        if ctx > ctx_max {
+            return Err(OrchError::invalid(
+                "ctx",
+                format!("{ctx} exceeds the pool's ctx_max {ctx_max}"),
+            ));
+        }
+    }
+    if req.max_tokens > st.spec.max_tokens_out {
+        return Err(OrchError::invalid(
+            "max_tokens",
+            format!(
+                "{} exceeds the pool's max_tokens_out {}",
+                req.max_tokens, st.spec.max_tokens_out
+            ),
+        ));
+    }
+    let ctx = req.ctx.unwrap_or(ctx_max);
+    let prompt = estimate_prompt_tokens(&req.prompt);
+    if u64::from(prompt) + u64::from(req.max_tokens) > u64::from(ctx) {
+        return Err(OrchError::invalid(
+            "max_tokens",
+            format!(
+                "prompt (~{prompt} tokens) + max_tokens {} exceeds ctx {ctx}",
+                req.max_tokens
+            ),
+        ));
+    }
+    if let Some(v) = &req.sampler_profile_version {
+        if v != &st.spec.sampler_profile_version {
+            return Err(OrchError::invalid(
+                "sampler_profile_version",
+                format!(
+                    "{v} does not match the pool's {}",
+                    st.spec.sampler_profile_version
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

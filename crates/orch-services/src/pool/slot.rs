@@ -1,0 +1,53 @@
+//! A claimed replica slot. Dropping it tells the pool actor the slot is free (with the
+//! task's observed service times, if it finished normally); no lock is taken.
+
+use super::Cmd;
+use orch_domain::TaskId;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Service times a finished task observed, for the pool's ETA estimates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed {
+    pub service_ms: f64,
+    /// Decode milliseconds per output token (None when no token was produced).
+    pub per_token_ms: Option<f64>,
+}
+
+pub struct SlotGuard {
+    tx: mpsc::UnboundedSender<Cmd>,
+    replica_id: Arc<str>,
+    task: TaskId,
+    observed: Option<Observed>,
+}
+
+impl SlotGuard {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<Cmd>, replica_id: Arc<str>, task: TaskId) -> Self {
+        Self {
+            tx,
+            replica_id,
+            task,
+            observed: None,
+        }
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    /// Report service times with the slot's release.
+    pub fn observe(&mut self, observed: Observed) {
+        self.observed = Some(observed);
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        // a stopped actor has nothing left to account for
+        let _ = self.tx.send(Cmd::SlotFreed {
+            replica_id: self.replica_id.clone(),
+            task: self.task,
+            observed: self.observed.take(),
+        });
+    }
+}

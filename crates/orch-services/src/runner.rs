@@ -1,0 +1,353 @@
+//! Running one task on an engine: drive the adapter's event stream into the task log,
+//! enforce the first-token, idle and wall-clock watchdogs, honour cancel, retry on
+//! another replica when an engine fails before producing anything, and end the task
+//! through its lifecycle (always exactly one terminal frame).
+//!
+//! Owns: nothing shared; a run holds its [`Assignment`] (and so its slot) until the
+//! engine is confirmed idle after the terminal frame.
+//! Never: takes a pool lock (there is none) or builds a frame by hand for an ending.
+
+use crate::lifecycle::Ending;
+use crate::metrics::Where;
+use crate::pool::{Assignment, Launch, Observed};
+use crate::sessions::{KvHome, SessionStore};
+use adapter_api::{EngineEnd, EngineEvent, EngineRequest, WorkerError};
+use futures_util::StreamExt;
+use orch_domain::{ErrorCode, OrchError, StartedFrame, StreamEvent, TokenFrame};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// The pool actors' way to start a run.
+pub fn launcher(sessions: Arc<SessionStore>) -> Launch {
+    Arc::new(move |a: Assignment| {
+        tokio::spawn(run(a, sessions.clone()));
+    })
+}
+
+enum Outcome {
+    Ended(EngineEnd),
+    Canceled,
+    /// The engine failed; `emitted` tells whether anything reached the client.
+    Failed {
+        err: WorkerError,
+        emitted: bool,
+    },
+}
+
+struct Attempt<'a> {
+    a: &'a Assignment,
+    w: &'a Where,
+    started: bool,
+    ttft_ms: u64,
+    t0: Instant,
+}
+
+impl Attempt<'_> {
+    /// `started` goes out with the first engine event, once the replica is certain.
+    fn ensure_started(&mut self) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let rec = &self.a.rec;
+        self.ttft_ms = self.t0.elapsed().as_millis() as u64;
+        self.w
+            .first_token_ms(rec.priority.as_str(), self.t0.elapsed().as_secs_f64() * 1e3);
+        let (queue_position, predicted_start_ms) = rec.estimate();
+        let p = &self.a.pinned;
+        rec.emit(&StreamEvent::Started(StartedFrame {
+            queue_position,
+            predicted_start_ms,
+            engine: p.engine.clone(),
+            engine_version: p.engine_version.clone(),
+            model: p.model_digest.clone(),
+            pool_id: self.a.pool.id.to_string(),
+            replica_id: self.a.replica_id.to_string(),
+            sampler_profile_version: p.sampler_profile_version.clone(),
+            seed: self.a.request.effective_seed(rec.id),
+        }));
+    }
+
+    async fn drive(&mut self) -> Outcome {
+        let (a, req, rec) = (self.a, &self.a.request, &self.a.rec);
+        let lim = a.limits;
+        let eng = EngineRequest {
+            task_id: rec.id,
+            prompt: req.prompt.clone(),
+            max_tokens: req.max_tokens,
+            seed: req.effective_seed(rec.id),
+            temperature: req.effective_temperature(),
+            top_p: req.top_p,
+            stop: req.stop.clone().unwrap_or_default(),
+            slot: a.slot_hint,
+            cache_prompt: req.kv_hint != Some(orch_domain::KvHint::Cold),
+        };
+        self.w
+            .dispatch_ms(a.dequeued_at.elapsed().as_secs_f64() * 1e3);
+        let cancelled = rec.cancel.cancelled();
+        tokio::pin!(cancelled);
+        let submit = tokio::select! {
+            biased;
+            _ = &mut cancelled => return Outcome::Canceled,
+            r = tokio::time::timeout(lim.first_token, a.adapter.submit(eng)) => r,
+        };
+        let mut stream = match submit {
+            Ok(Ok(s)) => s,
+            Ok(Err(err)) => {
+                return Outcome::Failed {
+                    err,
+                    emitted: false,
+                }
+            }
+            Err(_) => {
+                let err = WorkerError::Timeout(format!("no response within {:?}", lim.first_token));
+                return Outcome::Failed {
+                    err,
+                    emitted: false,
+                };
+            }
+        };
+        let tokens_out = self.w.tokens_out_counter();
+        let wall_end = Instant::now() + lim.decode;
+        // one watchdog timer, re-armed only when it fires early (no timer per token)
+        let mut last = Instant::now();
+        let watchdog = tokio::time::sleep_until((last + lim.first_token).min(wall_end));
+        tokio::pin!(watchdog);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = &mut cancelled => {
+                    // dropping the stream stops the engine; the run confirms the slot
+                    // is idle once the terminal frame is out
+                    drop(stream);
+                    return Outcome::Canceled;
+                }
+                n = stream.next() => n,
+                _ = &mut watchdog => {
+                    let now = Instant::now();
+                    let limit = if self.started { lim.idle } else { lim.first_token };
+                    let due = (last + limit).min(wall_end);
+                    if now < due {
+                        watchdog.as_mut().reset(due);
+                        continue;
+                    }
+                    drop(stream);
+                    let what = if now >= wall_end {
+                        format!("generation exceeded its wall-clock limit of {:?}", lim.decode)
+                    } else if self.started {
+                        format!("no engine event for {limit:?} between tokens")
+                    } else {
+                        format!("no engine event for {limit:?} before the first token")
+                    };
+                    return Outcome::Failed {
+                        err: WorkerError::Timeout(what),
+                        emitted: self.started,
+                    };
+                }
+            };
+            last = Instant::now();
+            match next {
+                None => {
+                    let err = WorkerError::Reset("engine closed the stream without an end".into());
+                    return Outcome::Failed {
+                        err,
+                        emitted: self.started,
+                    };
+                }
+                Some(Err(err)) => {
+                    return Outcome::Failed {
+                        err,
+                        emitted: self.started,
+                    }
+                }
+                Some(Ok(EngineEvent::Token { text, .. })) => {
+                    if !self.started {
+                        self.ensure_started();
+                        // from now on the (usually shorter) idle limit applies
+                        watchdog.as_mut().reset((last + lim.idle).min(wall_end));
+                    }
+                    let i = rec.add_token();
+                    rec.emit(&StreamEvent::Token(TokenFrame { t: text, i }));
+                    tokens_out.increment(1);
+                }
+                Some(Ok(EngineEvent::End(end))) => {
+                    self.ensure_started();
+                    return Outcome::Ended(end);
+                }
+            }
+        }
+    }
+}
+
+fn where_of(a: &Assignment) -> Where {
+    Where {
+        engine: a.pinned.engine.clone(),
+        engine_version: a.pinned.engine_version.clone(),
+        pool_id: a.pool.id.to_string(),
+        replica_id: a.replica_id.to_string(),
+    }
+}
+
+async fn run(first: Assignment, sessions: Arc<SessionStore>) {
+    let rec = first.rec.clone();
+    if !rec.start(&first.replica_id) {
+        return;
+    }
+    let t_start = Instant::now();
+    let mut a = first;
+    let mut tried: Vec<Arc<str>> = Vec::new();
+    loop {
+        let w = where_of(&a);
+        w.started(rec.priority.as_str());
+        let mut at = Attempt {
+            a: &a,
+            w: &w,
+            started: false,
+            ttft_ms: 0,
+            t0: Instant::now(),
+        };
+        let outcome = at.drive().await;
+        let ttft_ms = at.ttft_ms;
+        let pool_id = a.pool.id.to_string();
+        match outcome {
+            Outcome::Ended(end) => {
+                finish_ok(a, &w, end, ttft_ms, t_start, &sessions);
+                return;
+            }
+            Outcome::Canceled => {
+                let reason = rec.cancel_reason();
+                let ending = Ending::Canceled {
+                    reason,
+                    tokens_out: rec.tokens_out(),
+                    pool_id,
+                };
+                if rec.end(ending) {
+                    w.canceled(reason.as_str());
+                }
+                charge_session(&sessions, &a);
+                settle_engine(&a).await;
+                return;
+            }
+            Outcome::Failed { err, emitted } => {
+                // a watchdog abandoned a live engine stream: its slot is checked
+                let stopped = matches!(err, WorkerError::Timeout(_));
+                tracing::warn!(task_id = %rec.id, pool_id = %pool_id, replica_id = %a.replica_id,
+                    error = %err, tokens_out = rec.tokens_out(), "engine failure");
+                let mut failure = OrchError::new(err.code(), err.to_string());
+                if !emitted && err.retriable_elsewhere() && a.limits.retries > 0 {
+                    tried.push(a.replica_id.clone());
+                    if (tried.len() as u32) <= a.limits.retries && rec.retrying() {
+                        let next = a
+                            .pool
+                            .retry(rec.clone(), a.request.clone(), tried.clone())
+                            .await;
+                        if let Some(next) = next {
+                            tracing::info!(task_id = %rec.id, from = %a.replica_id, to = %next.replica_id,
+                                "retrying on another replica before the first token");
+                            if stopped {
+                                settle_engine(&a).await;
+                            }
+                            if rec.start(&next.replica_id) {
+                                a = next;
+                                continue;
+                            }
+                            // canceled while retrying: end below as a cancel
+                            a = next;
+                        }
+                    } else {
+                        failure = OrchError::new(
+                            ErrorCode::ReplicaExhausted,
+                            format!(
+                                "failed before the first token on {} replica(s), retries used up; last error: {err}",
+                                tried.len()
+                            ),
+                        )
+                        .with_retry_after_ms(1000);
+                    }
+                }
+                if rec.cancel.is_cancelled() {
+                    let reason = rec.cancel_reason();
+                    let ending = Ending::Canceled {
+                        reason,
+                        tokens_out: rec.tokens_out(),
+                        pool_id: pool_id.clone(),
+                    };
+                    if rec.end(ending) {
+                        w.canceled(reason.as_str());
+                    }
+                } else {
+                    rec.end(Ending::Failed(
+                        failure
+                            .with_engine(a.pinned.engine.as_str())
+                            .with_pool(pool_id.as_str()),
+                    ));
+                }
+                charge_session(&sessions, &a);
+                if stopped {
+                    settle_engine(&a).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Streamed tokens of an unfinished turn still count against its session's budget.
+fn charge_session(sessions: &SessionStore, a: &Assignment) {
+    let tokens = a.rec.tokens_out();
+    if let (Some(sid), true) = (a.rec.session, tokens > 0) {
+        sessions.charge(sid, u64::from(tokens));
+    }
+}
+
+/// After the terminal frame: confirm the engine stopped and its slot is idle, while
+/// the task still holds the slot (so no new work lands on a busy engine slot).
+async fn settle_engine(a: &Assignment) {
+    if let Err(e) = a.adapter.cancel(a.rec.id).await {
+        tracing::warn!(task_id = %a.rec.id, replica_id = %a.replica_id, error = %e,
+            "engine cancel not confirmed");
+    }
+}
+
+fn finish_ok(
+    mut a: Assignment,
+    w: &Where,
+    end: EngineEnd,
+    ttft_ms: u64,
+    t_start: Instant,
+    sessions: &SessionStore,
+) {
+    let rec = a.rec.clone();
+    let tokens = rec.tokens_out();
+    let ended = rec.end(Ending::Completed {
+        tokens_in: end.tokens_in,
+        tokens_out: tokens,
+        decode_time_ms: end.decode_time_ms,
+        ttft_ms,
+        finish_reason: end.finish_reason,
+        tokens_cached: end.tokens_cached,
+    });
+    if !ended {
+        return;
+    }
+    w.tokens_in(end.tokens_in);
+    w.decode_ms(rec.priority.as_str(), end.decode_time_ms as f64);
+    a.guard.observe(Observed {
+        service_ms: t_start.elapsed().as_secs_f64() * 1e3,
+        per_token_ms: (tokens > 0).then(|| end.decode_time_ms as f64 / f64::from(tokens)),
+    });
+    if let Some(sid) = rec.session {
+        sessions.end_turn(
+            sid,
+            u64::from(end.tokens_in) + u64::from(tokens),
+            KvHome {
+                pool_id: a.pool.id.to_string(),
+                replica_id: a.replica_id.to_string(),
+                slot: end.slot,
+            },
+        );
+    }
+    tracing::info!(task_id = %rec.id, pool_id = %a.pool.id, replica_id = %a.replica_id,
+        tokens_in = end.tokens_in, tokens_out = tokens, decode_time_ms = end.decode_time_ms,
+        ttft_ms, correlation_id = %rec.correlation_id, "task finished");
+}

@@ -1,0 +1,271 @@
+//! The record of one admitted task: who it is, its phase, its event log, its cancel
+//! token and its one token counter.
+//!
+//! Owns: the task's [`Phase`] (moved only by the methods here, under the record's own
+//! small lock) and its frames. [`TaskRecord::end`] is the single way a task ends: it
+//! appends exactly one terminal frame, built by [`Ending::frame`], and tells the task
+//! table through the record's end hook (after its lock is released).
+//! Never: takes another lock while holding its own, or reaches a pool.
+
+pub mod log;
+
+use crate::lifecycle::{CancelReason, Ending, Phase};
+use log::TaskLog;
+use orch_domain::{
+    ErrorCode, FinishReason, Priority, SessionId, StreamEvent, TaskId, TaskRequest, TaskState,
+};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Called once when a task ends (the task table's retention bookkeeping).
+pub type EndHook = Arc<dyn Fn(&Arc<TaskRecord>) + Send + Sync>;
+
+#[derive(Debug)]
+struct Meta {
+    phase: Phase,
+    /// The request, until the task ends.
+    request: Option<Arc<TaskRequest>>,
+    replica_id: Option<String>,
+    finish: Option<FinishReason>,
+    error_code: Option<ErrorCode>,
+    cancel_reason: Option<CancelReason>,
+    finished_at: Option<Instant>,
+    queue_position: u32,
+    predicted_start_ms: u64,
+}
+
+/// What a finished task leaves behind once its frames are dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub id: TaskId,
+    pub state: TaskState,
+    pub priority: Priority,
+    pub pool_id: String,
+    pub replica_id: Option<String>,
+    pub tokens_out: u32,
+    pub finish: Option<FinishReason>,
+    pub error_code: Option<ErrorCode>,
+    pub finished_at: Option<Instant>,
+}
+
+/// Identity of a task, fixed at admission.
+pub struct Admission {
+    pub id: TaskId,
+    pub priority: Priority,
+    pub pool_id: String,
+    pub session: Option<SessionId>,
+    pub correlation_id: String,
+}
+
+pub struct TaskRecord {
+    pub id: TaskId,
+    pub priority: Priority,
+    pub pool_id: String,
+    pub session: Option<SessionId>,
+    pub correlation_id: String,
+    pub admitted_at: Instant,
+    pub log: TaskLog,
+    pub cancel: CancellationToken,
+    readers: AtomicUsize,
+    /// Bumped each time the last reader leaves; a grace timer acts only if no newer
+    /// disconnect happened since it started.
+    disconnects: AtomicU64,
+    tokens_out: AtomicU32,
+    meta: Mutex<Meta>,
+    on_end: Option<EndHook>,
+}
+
+impl std::fmt::Debug for TaskRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskRecord")
+            .field("id", &self.id)
+            .field("pool_id", &self.pool_id)
+            .field("phase", &self.phase())
+            .finish()
+    }
+}
+
+impl TaskRecord {
+    pub fn new(a: Admission, request: TaskRequest, on_end: Option<EndHook>) -> Self {
+        Self {
+            id: a.id,
+            priority: a.priority,
+            pool_id: a.pool_id,
+            session: a.session,
+            correlation_id: a.correlation_id,
+            admitted_at: Instant::now(),
+            log: TaskLog::new(),
+            cancel: CancellationToken::new(),
+            readers: AtomicUsize::new(0),
+            disconnects: AtomicU64::new(0),
+            tokens_out: AtomicU32::new(0),
+            meta: Mutex::new(Meta {
+                phase: Phase::Queued,
+                request: Some(Arc::new(request)),
+                replica_id: None,
+                finish: None,
+                error_code: None,
+                cancel_reason: None,
+                finished_at: None,
+                queue_position: 0,
+                predicted_start_ms: 0,
+            }),
+            on_end,
+        }
+    }
+
+    fn meta(&self) -> MutexGuard<'_, Meta> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.meta().phase
+    }
+
+    pub fn state(&self) -> TaskState {
+        self.phase().state()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.phase().is_ended()
+    }
+
+    /// The request (until the task ends).
+    pub fn request(&self) -> Option<Arc<TaskRequest>> {
+        self.meta().request.clone()
+    }
+
+    /// The admission estimate shown in `started`.
+    pub fn set_estimate(&self, queue_position: u32, predicted_start_ms: u64) {
+        let mut m = self.meta();
+        m.queue_position = queue_position;
+        m.predicted_start_ms = predicted_start_ms;
+    }
+
+    pub fn estimate(&self) -> (u32, u64) {
+        let m = self.meta();
+        (m.queue_position, m.predicted_start_ms)
+    }
+
+    pub fn replica_id(&self) -> Option<String> {
+        self.meta().replica_id.clone()
+    }
+
+    /// queued/retrying → running on `replica_id`. False when the task already ended.
+    pub fn start(&self, replica_id: &str) -> bool {
+        let mut m = self.meta();
+        if !matches!(m.phase, Phase::Queued | Phase::Retrying) {
+            return false;
+        }
+        m.phase = Phase::Running;
+        m.replica_id = Some(replica_id.to_string());
+        true
+    }
+
+    /// running → retrying (the engine failed before the first token).
+    pub fn retrying(&self) -> bool {
+        let mut m = self.meta();
+        if m.phase != Phase::Running {
+            return false;
+        }
+        m.phase = Phase::Retrying;
+        true
+    }
+
+    /// Append a non-terminal frame (dropped if the task already ended).
+    pub fn emit(&self, ev: &StreamEvent) -> bool {
+        self.log.push(ev)
+    }
+
+    /// Count one streamed token; returns its 0-based index.
+    pub fn add_token(&self) -> u32 {
+        self.tokens_out.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Tokens streamed so far (the one counter).
+    pub fn tokens_out(&self) -> u32 {
+        self.tokens_out.load(Ordering::Acquire)
+    }
+
+    /// End the task with its terminal frame. Returns false if it had already ended.
+    pub fn end(self: &Arc<Self>, ending: Ending) -> bool {
+        let ev = ending.frame();
+        {
+            let mut m = self.meta();
+            if m.phase.is_ended() {
+                return false;
+            }
+            m.phase = Phase::Ended(ending.state());
+            match &ev {
+                StreamEvent::End(e) => m.finish = Some(e.finish_reason),
+                StreamEvent::Error(e) => m.error_code = Some(e.code),
+                _ => {}
+            }
+            m.request = None;
+            m.finished_at = Some(Instant::now());
+            // appended under the record's lock so phase and frames agree
+            self.log.push(&ev);
+        }
+        if let Some(hook) = &self.on_end {
+            hook(self);
+        }
+        true
+    }
+
+    /// Ask the task to stop, recording why (first reason wins). False if it ended.
+    pub fn request_cancel(&self, reason: CancelReason) -> bool {
+        {
+            let mut m = self.meta();
+            if m.phase.is_ended() {
+                return false;
+            }
+            m.cancel_reason.get_or_insert(reason);
+        }
+        self.cancel.cancel();
+        true
+    }
+
+    pub fn cancel_reason(&self) -> CancelReason {
+        self.meta().cancel_reason.unwrap_or(CancelReason::Client)
+    }
+
+    pub fn summary(&self) -> Summary {
+        let m = self.meta();
+        Summary {
+            id: self.id,
+            state: m.phase.state(),
+            priority: self.priority,
+            pool_id: self.pool_id.clone(),
+            replica_id: m.replica_id.clone(),
+            tokens_out: self.tokens_out(),
+            finish: m.finish,
+            error_code: m.error_code,
+            finished_at: m.finished_at,
+        }
+    }
+
+    pub fn reader_count(&self) -> usize {
+        self.readers.load(Ordering::Acquire)
+    }
+
+    /// A reader arrived.
+    pub fn reader_joined(&self) {
+        self.readers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A reader left. Returns the disconnect generation when it was the last one.
+    pub fn reader_left(&self) -> Option<u64> {
+        let left = self
+            .readers
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1);
+        (left == 0).then(|| self.disconnects.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// Whether `generation` is still the latest disconnect and nobody reads.
+    pub fn still_abandoned(&self, generation: u64) -> bool {
+        self.disconnects.load(Ordering::Acquire) == generation && self.reader_count() == 0
+    }
+}
