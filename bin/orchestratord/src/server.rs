@@ -133,9 +133,7 @@ pub async fn start_with(
     }
     if !opts.skip_self_test {
         for p in &cfg.pools {
-            if let Err(e) =
-                orch_services::selftest::self_test_pool(&orch, &p.id, metrics.as_ref()).await
-            {
+            if let Err(e) = crate::selftest::self_test_pool(&orch, &p.id, metrics.as_ref()).await {
                 manager.stop_all().await;
                 return Err(StartError::SelfTest(e));
             }

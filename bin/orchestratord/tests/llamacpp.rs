@@ -537,7 +537,7 @@ async fn haiku_gate_real_model_repeats_a_fresh_nonce_through_orchqueue() {
 }
 
 fn tokens_out(metrics: &str) -> f64 {
-    orch_services::selftest::tokens_out_of(metrics, "llama")
+    orchestratord::selftest::tokens_out_of(metrics, "llama")
 }
 
 /// Anti-cheat: no committed file holds a recorded llama.cpp transcript or model output

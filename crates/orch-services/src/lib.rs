@@ -12,7 +12,7 @@
 //! * `core` — the shared core and the one cancel path;
 //! * [`streaming`], [`admission`], [`control`], [`manager`] — readers, admission,
 //!   control views and drain, replica supervision and reload;
-//! * [`orchestrator`] — the data-plane facade; [`selftest`] — startup checks.
+//! * [`orchestrator`] — the data-plane facade, which nothing here imports.
 //!
 //! This crate never imports axum or any HTTP type, and never names a concrete engine:
 //! engines are reached only through `adapter_api::WorkerAdapter`.
@@ -28,7 +28,6 @@ pub mod orchestrator;
 pub mod pool;
 pub mod registry;
 pub mod runner;
-pub mod selftest;
 pub mod sessions;
 pub mod streaming;
 pub mod table;

@@ -547,7 +547,7 @@ impl Actor {
             self.st.queue.cancel(&id);
             changed = true;
             let waited = q.enqueued_at.elapsed().as_millis();
-            let err = match why {
+            let mut err = match why {
                 Expiry::Deadline => OrchError::new(
                     ErrorCode::DeadlineUnmet,
                     format!("deadline passed after {waited} ms in the queue of pool {}", self.id),
@@ -562,6 +562,8 @@ impl Actor {
                 )
                 .with_retry_after_ms(self.st.retry_after_ms()),
             };
+            // the pool may recover: POOL_UNAVAILABLE is always retriable (spec §3)
+            err.retriable |= why == Expiry::QueueWait;
             q.rec.end(Ending::Failed(err.with_pool(&*self.id)));
             tracing::info!(task_id = %id, pool_id = %self.id, waited_ms = waited as u64,
                 reason = ?why, "queued task expired");

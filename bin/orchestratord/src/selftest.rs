@@ -1,12 +1,11 @@
-//! Startup self-tests (plan stage 14), per pool, through the real admission and
-//! dispatch path: health, a one-token decode, a cancel that frees the slot, and a
-//! check that the token metrics moved. Any failure names the pool and the step.
+//! Startup self-tests (plan stage 14), per pool, through the services' public facade
+//! (the real admission and dispatch path, as an embedder calls it): health, a
+//! one-token decode, a cancel that frees the slot, and a check that the token
+//! metrics moved. Any failure names the pool and the step.
 
-use crate::orchestrator::Orchestrator;
-use crate::pool::PoolHandle;
-use crate::streaming::ReadItem;
 use adapter_api::sum_samples;
 use orch_domain::{Placement, Priority, TaskRequest};
+use orch_services::{Orchestrator, PoolHandle, ReadItem};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;

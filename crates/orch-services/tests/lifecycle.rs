@@ -1,0 +1,237 @@
+//! Task lifecycle through the services with mock engines, in process (no HTTP):
+//! retries before the first token, watchdogs, queue expiry, drain and cancel. Every
+//! task ends with exactly one terminal frame (checked by `terminal`).
+
+mod common;
+
+use common::*;
+use orch_services::{PoolSpec, ServiceConfig};
+use std::time::Duration;
+
+#[tokio::test]
+async fn failure_before_first_token_is_retried_on_another_replica() {
+    // r0 fails before its first token and has the most free slots, so it is picked
+    // first every time; r1 is healthy
+    let bad = adapter_mock::MockConfig {
+        fail_before_first_token: true,
+        ..mock(4)
+    };
+    let o = orch(&[bad, mock(1)]).await;
+    for _ in 0..3 {
+        let id = submit(&o, req(4)).await;
+        let fs = frames(&o, id).await;
+        let (ev, data) = terminal(&fs);
+        assert_eq!(ev, "end", "{data}");
+        let started: serde_json::Value = serde_json::from_str(&fs[0].data).unwrap();
+        assert_eq!(fs[0].event, "started");
+        assert_eq!(started["replica_id"], "p-r1", "ran on the healthy replica");
+        assert_eq!(
+            fs.iter().filter(|f| f.event == "started").count(),
+            1,
+            "the failed attempt is invisible to the client"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_used_up_end_with_replica_exhausted() {
+    let bad = |slots| adapter_mock::MockConfig {
+        fail_before_first_token: true,
+        ..mock(slots)
+    };
+    let o = orch(&[bad(4), bad(1)]).await;
+    let id = submit(&o, req(4)).await;
+    let (ev, data) = terminal(&frames(&o, id).await);
+    assert_eq!(ev, "error");
+    assert_eq!(data["code"], "REPLICA_EXHAUSTED", "{data}");
+    assert_eq!(data["retriable"], true);
+}
+
+#[tokio::test]
+async fn without_another_replica_the_engine_error_is_kept() {
+    let bad = adapter_mock::MockConfig {
+        fail_before_first_token: true,
+        ..mock(2)
+    };
+    let o = orch(&[bad]).await;
+    let id = submit(&o, req(4)).await;
+    let (ev, data) = terminal(&frames(&o, id).await);
+    assert_eq!((ev, data["code"].as_str()), ("error", Some("WORKER_RESET")));
+}
+
+#[tokio::test]
+async fn wall_clock_limit_ends_a_slow_generation() {
+    let spec = PoolSpec {
+        decode_timeout: Duration::from_millis(300),
+        ..spec()
+    };
+    let o = orch_with(ServiceConfig::default(), spec, &[slow(1)]).await;
+    let id = submit(&o, req(500)).await;
+    let fs = frames(&o, id).await;
+    let (ev, data) = terminal(&fs);
+    assert_eq!(
+        (ev, data["code"].as_str()),
+        ("error", Some("DECODE_TIMEOUT"))
+    );
+    assert!(
+        data["message"].as_str().unwrap().contains("wall-clock"),
+        "{data}"
+    );
+    assert!(
+        fs.iter().any(|f| f.event == "token"),
+        "tokens flowed before the limit"
+    );
+}
+
+#[tokio::test]
+async fn idle_watchdog_ends_a_stalled_generation() {
+    let spec = PoolSpec {
+        idle_timeout: Duration::from_millis(200),
+        ..spec()
+    };
+    let stall = adapter_mock::MockConfig {
+        stall_after_tokens: Some(2),
+        ..mock(1)
+    };
+    let o = orch_with(ServiceConfig::default(), spec, &[stall]).await;
+    let id = submit(&o, req(10)).await;
+    let fs = frames(&o, id).await;
+    let (ev, data) = terminal(&fs);
+    assert_eq!(
+        (ev, data["code"].as_str()),
+        ("error", Some("DECODE_TIMEOUT"))
+    );
+    assert_eq!(fs.iter().filter(|f| f.event == "token").count(), 2);
+}
+
+#[tokio::test]
+async fn queue_wait_limit_ends_a_task_that_never_gets_a_slot() {
+    let spec = PoolSpec {
+        queue_wait_limit: Duration::from_millis(150),
+        ..spec()
+    };
+    let o = orch_with(ServiceConfig::default(), spec, &[slow(1)]).await;
+    let busy = submit(&o, req(500)).await;
+    wait_started(&o, busy).await;
+    let waiting = submit(&o, req(4)).await;
+    let fs = frames(&o, waiting).await;
+    let (ev, data) = terminal(&fs);
+    assert_eq!(
+        (ev, data["code"].as_str()),
+        ("error", Some("POOL_UNAVAILABLE"))
+    );
+    assert_eq!(
+        fs.len(),
+        1,
+        "a task that ends before dispatch sends only its terminal frame"
+    );
+    assert_eq!(data["retriable"], true);
+    o.cancel(busy).await.unwrap();
+    terminal(&frames(&o, busy).await);
+}
+
+#[tokio::test]
+async fn a_deadline_passing_in_the_queue_ends_with_deadline_unmet() {
+    let cfg = ServiceConfig {
+        prior_service_ms: 1.0,
+        ..ServiceConfig::default()
+    };
+    let o = orch_with(cfg, spec(), &[slow(1)]).await;
+    let busy = submit(&o, req(500)).await;
+    wait_started(&o, busy).await;
+    let mut r = req(1);
+    r.deadline_ms = Some(200);
+    r.expected_tokens = Some(1);
+    let late = submit(&o, r).await;
+    let fs = frames(&o, late).await;
+    let (ev, data) = terminal(&fs);
+    assert_eq!(
+        (ev, data["code"].as_str()),
+        ("error", Some("DEADLINE_UNMET"))
+    );
+    assert_eq!(fs.len(), 1);
+    o.cancel(busy).await.unwrap();
+    terminal(&frames(&o, busy).await);
+}
+
+#[tokio::test]
+async fn drain_ends_queued_tasks_and_lets_running_ones_finish() {
+    let quick = adapter_mock::MockConfig {
+        tokens_per_sec: 50.0,
+        tokens: 10,
+        ..mock(1)
+    };
+    let o = orch(&[quick]).await;
+    let running = submit(&o, req(10)).await;
+    wait_started(&o, running).await;
+    let queued = submit(&o, req(10)).await;
+    let d = o.drain("p", Duration::from_secs(10)).await.unwrap();
+    assert_eq!((d.queued_ended, d.in_flight), (1, 1));
+    let (ev, data) = terminal(&frames(&o, queued).await);
+    assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
+    let (ev, _) = terminal(&frames(&o, running).await);
+    assert_eq!(ev, "end", "running work finishes within the drain deadline");
+    assert!(!o.pool_view("p").unwrap().ready);
+}
+
+#[tokio::test]
+async fn drain_deadline_ends_running_work() {
+    let o = orch(&[slow(1)]).await;
+    let running = submit(&o, req(500)).await;
+    wait_started(&o, running).await;
+    o.drain("p", Duration::from_millis(100)).await.unwrap();
+    let (ev, data) = terminal(&frames(&o, running).await);
+    assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
+    assert_eq!(o.live_tasks(), 0);
+}
+
+#[tokio::test]
+async fn canceling_a_queued_task_sends_only_its_terminal_frame() {
+    let o = orch(&[slow(1)]).await;
+    let busy = submit(&o, req(500)).await;
+    wait_started(&o, busy).await;
+    let queued = submit(&o, req(4)).await;
+    assert_eq!(o.status(queued).await.unwrap().queue_position, Some(1));
+    o.cancel(queued).await.unwrap();
+    let fs = frames(&o, queued).await;
+    assert_eq!(fs.len(), 1);
+    let (ev, data) = terminal(&fs);
+    assert_eq!(
+        (ev, data["finish_reason"].as_str()),
+        ("end", Some("canceled"))
+    );
+    o.cancel(busy).await.unwrap();
+    let (ev, data) = terminal(&frames(&o, busy).await);
+    assert_eq!(
+        (ev, data["finish_reason"].as_str()),
+        ("end", Some("canceled"))
+    );
+    assert!(
+        o.registry()
+            .get("p")
+            .unwrap()
+            .wait_for(Duration::from_secs(5), |s| s.busy_total == 0)
+            .await,
+        "the canceled task's slot is freed"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_what_is_left_after_the_grace() {
+    let o = orch(&[slow(1)]).await;
+    let running = submit(&o, req(500)).await;
+    let queued = submit(&o, req(4)).await;
+    wait_started(&o, running).await;
+    o.begin_shutdown();
+    assert!(
+        o.admit(req(1), "t").await.is_err(),
+        "no admission after shutdown began"
+    );
+    let ended = o.drain_all(Duration::from_millis(100)).await;
+    assert_eq!(ended, 2);
+    for id in [running, queued] {
+        let (ev, data) = terminal(&frames(&o, id).await);
+        assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
+    }
+    assert_eq!(o.live_tasks(), 0);
+}
