@@ -33,7 +33,7 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
     responses(
         (status = 202, description = "Admitted into the queue", body = AdmissionResponse),
         (status = 400, description = "Invalid parameters, malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
-        (status = 409, description = "A live task has this task_id", body = ErrorEnvelope),
+        (status = 409, description = "A task the server still knows (live, finished, or summarized after its frames expired) has this task_id; ids are never reused", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 429, description = "Queue full or quota exceeded (backpressure)", body = ErrorEnvelope),
         (status = 503, description = "No pool serves the model, or the pool is not ready", body = ErrorEnvelope),
@@ -62,7 +62,7 @@ pub async fn create_task(
     responses(
         (status = 200, description = "Server-Sent Events: started, token*, metrics*, then end or error", content_type = "text/event-stream", body = String),
         (status = 400, description = "Malformed Last-Event-ID", body = ErrorEnvelope),
-        (status = 404, description = "Unknown task", body = ErrorEnvelope),
+        (status = 404, description = "Unknown task, or a finished task whose frames expired (the message says so; its summary stays at GET /v1/tasks/{id})", body = ErrorEnvelope),
     ))]
 pub async fn stream_task(
     State(app): State<AppState>,
@@ -118,7 +118,7 @@ pub async fn cancel_task(
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "data", operation_id = "getTask",
     params(("id" = String, Path, description = "Task id (UUID)")),
     responses(
-        (status = 200, description = "Task state", body = TaskStatus),
+        (status = 200, description = "Task state; for a finished task whose frames expired, its retained summary", body = TaskStatus),
         (status = 404, description = "Unknown task", body = ErrorEnvelope),
     ))]
 pub async fn task_status(
