@@ -9,11 +9,12 @@ use orch_domain::{ErrorCode, SessionId, TaskId, TaskState};
 use orch_services::{Retention, ServiceConfig};
 use std::time::Duration;
 
-fn with_retention(r: Retention) -> ServiceConfig {
-    ServiceConfig {
+async fn with_retention(r: Retention) -> orch_services::Orchestrator {
+    let cfg = ServiceConfig {
         retention: r,
         ..ServiceConfig::default()
-    }
+    };
+    orch_with(cfg, spec(), &[mock(1)]).await
 }
 
 async fn run_one(o: &orch_services::Orchestrator, max_tokens: u32) -> TaskId {
@@ -37,14 +38,10 @@ async fn a_finished_task_id_cannot_be_reused() {
 
 #[tokio::test]
 async fn oldest_finished_records_lose_their_frames_first_past_the_count_bound() {
-    let o = orch_with(
-        with_retention(Retention {
-            max_frames_records: 3,
-            ..Retention::default()
-        }),
-        spec(),
-        &[mock(1)],
-    )
+    let o = with_retention(Retention {
+        max_frames_records: 3,
+        ..Retention::default()
+    })
     .await;
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -76,17 +73,10 @@ async fn oldest_finished_records_lose_their_frames_first_past_the_count_bound() 
 #[tokio::test]
 async fn retained_frames_stay_within_the_byte_bound() {
     let bound = 4_000;
-    let o = orch_with(
-        with_retention(Retention {
-            max_frames_bytes: bound,
-            ..Retention::default()
-        }),
-        spec(),
-        &[adapter_mock::MockConfig {
-            tokens: 20,
-            ..mock(1)
-        }],
-    )
+    let o = with_retention(Retention {
+        max_frames_bytes: bound,
+        ..Retention::default()
+    })
     .await;
     for _ in 0..10 {
         run_one(&o, 20).await;
@@ -99,15 +89,11 @@ async fn retained_frames_stay_within_the_byte_bound() {
 
 #[tokio::test]
 async fn summaries_are_bounded_and_then_forgotten() {
-    let o = orch_with(
-        with_retention(Retention {
-            max_frames_records: 1,
-            max_summaries: 2,
-            ..Retention::default()
-        }),
-        spec(),
-        &[mock(1)],
-    )
+    let o = with_retention(Retention {
+        max_frames_records: 1,
+        max_summaries: 2,
+        ..Retention::default()
+    })
     .await;
     let mut ids = Vec::new();
     for _ in 0..5 {

@@ -123,13 +123,24 @@ impl Actor {
             self.publish();
         }
         // every handle and slot is gone: end whatever is still queued
-        for (_, q) in self.queued.drain() {
-            q.rec.end(Ending::Canceled {
-                reason: CancelReason::Shutdown,
-                tokens_out: 0,
-                pool_id: self.id.to_string(),
-            });
+        for (_, q) in std::mem::take(&mut self.queued) {
+            self.end_unstarted(&q.rec, Some(CancelReason::Shutdown));
         }
+    }
+
+    /// End a task that never ran as canceled, for `reason` or the one it recorded;
+    /// counts the cancel. Returns whether this call ended it.
+    fn end_unstarted(&self, rec: &Arc<TaskRecord>, reason: Option<CancelReason>) -> bool {
+        let reason = reason.unwrap_or_else(|| rec.cancel_reason());
+        let ended = rec.end(Ending::Canceled {
+            reason,
+            tokens_out: 0,
+            pool_id: self.id.to_string(),
+        });
+        if ended {
+            self.where_queued().canceled(reason.as_str());
+        }
+        ended
     }
 
     fn handle(&mut self, cmd: Cmd) {
@@ -226,12 +237,7 @@ impl Actor {
         let id = rec.id;
         if rec.cancel.is_cancelled() {
             // canceled between registration and this command: it ends at once
-            let reason = rec.cancel_reason();
-            rec.end(Ending::Canceled {
-                reason,
-                tokens_out: 0,
-                pool_id: self.id.to_string(),
-            });
+            self.end_unstarted(&rec, None);
             return Ok(placed);
         }
         let admitted = match self.st.queue.enqueue(id, request.priority) {
@@ -301,14 +307,7 @@ impl Actor {
             return false;
         };
         self.st.queue.cancel(&id);
-        let reason = q.rec.cancel_reason();
-        if q.rec.end(Ending::Canceled {
-            reason,
-            tokens_out: 0,
-            pool_id: self.id.to_string(),
-        }) {
-            self.where_queued().canceled(reason.as_str());
-        }
+        self.end_unstarted(&q.rec, None);
         self.publish_depth();
         true
     }
@@ -388,14 +387,7 @@ impl Actor {
                 continue;
             }
             if q.rec.cancel.is_cancelled() {
-                let reason = q.rec.cancel_reason();
-                if q.rec.end(Ending::Canceled {
-                    reason,
-                    tokens_out: 0,
-                    pool_id: self.id.to_string(),
-                }) {
-                    self.where_queued().canceled(reason.as_str());
-                }
+                self.end_unstarted(&q.rec, None);
                 continue;
             }
             let home = q.rec.session.and_then(|s| self.sessions.home(s));
@@ -519,11 +511,7 @@ impl Actor {
         let mut ended = 0;
         for (id, q) in std::mem::take(&mut self.queued) {
             self.st.queue.cancel(&id);
-            if q.rec.end(Ending::Canceled {
-                reason: CancelReason::Drain,
-                tokens_out: 0,
-                pool_id: self.id.to_string(),
-            }) {
+            if self.end_unstarted(&q.rec, Some(CancelReason::Drain)) {
                 ended += 1;
             }
         }
