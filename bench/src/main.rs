@@ -1,22 +1,40 @@
-//! `orch-bench <latency|cpu|streams|llama>`: each scenario runs orchestratord and its
-//! baseline side by side in one run and prints figures and ratios (see BENCHMARKS.md).
+//! `orch-bench <latency|cpu|streams|llama|all>`: each scenario runs orchestratord and
+//! its floor or baseline side by side in one run and prints figures, differences and
+//! ratios as markdown tables (see BENCHMARKS.md).
+//!
+//! `orch-bench floor-server --addr HOST:PORT --tokens-per-sec X --tokens N [--ttft-ms M]`
+//! runs the floor server (see `floor.rs`); the mock scenarios spawn it themselves.
 
+mod floor;
 mod llama;
 mod mock;
 mod stats;
 
 #[tokio::main]
 async fn main() {
-    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    match which.as_str() {
-        "latency" => mock::latency().await,
-        "cpu" => mock::cpu_per_token().await,
-        "streams" => mock::open_streams().await,
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map_or("all", String::as_str);
+    match which {
+        "floor-server" => match floor::parse_args(&args[2..]) {
+            Ok((addr, pace)) => {
+                if let Err(e) = floor::serve(&addr, pace).await {
+                    eprintln!("floor-server: {e}");
+                    std::process::exit(1);
+                }
+            }
+            Err(e) => {
+                eprintln!("floor-server: {e}");
+                std::process::exit(2);
+            }
+        },
+        "latency" => mock::latency::run().await,
+        "cpu" => mock::cpu::run().await,
+        "streams" => mock::streams::run().await,
         "llama" => llama::throughput().await,
         "all" => {
-            mock::latency().await;
-            mock::cpu_per_token().await;
-            mock::open_streams().await;
+            mock::latency::run().await;
+            mock::cpu::run().await;
+            mock::streams::run().await;
         }
         other => {
             eprintln!("unknown scenario {other}; use latency | cpu | streams | llama | all");

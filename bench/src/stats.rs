@@ -20,9 +20,16 @@ pub fn summary(name: &str, mut v: Vec<Duration>) -> (f64, f64) {
     (p50, p99)
 }
 
-/// user+system CPU seconds of this process.
-pub fn cpu_seconds() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// Sorted-copy p50 and p99 in milliseconds.
+pub fn p50_p99(v: &[Duration]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort();
+    (pct(&v, 0.5), pct(&v, 0.99))
+}
+
+/// user+system CPU seconds of a process (10 ms resolution).
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = s.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let tick = 100.0; // CLK_TCK on Linux
