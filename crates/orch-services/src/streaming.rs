@@ -3,16 +3,21 @@
 //! unfinished task goes away and none returns within the grace, the task is canceled
 //! and its slot freed.
 //!
-//! Owns: a reader's position. Frames are visited in place in the log (no copy per
-//! frame); [`StreamReader::next`] copies them for callers that want owned frames.
+//! Owns: a reader's position and its keep-alive timer. Frames are visited in place in
+//! the log (no copy per frame); [`StreamReader::next`] copies them for callers that
+//! want owned frames. The keep-alive timer is armed once and re-armed only when it
+//! fires early, so relaying a token costs no timer operation.
 
 use crate::core::Core;
 use crate::lifecycle::CancelReason;
 use crate::task::log::Frame;
 use crate::task::TaskRecord;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
 pub enum ReadItem {
     /// Frames in order; the last batch of a finished task ends with its terminal frame.
@@ -62,15 +67,16 @@ impl Drop for ReaderGuard {
 pub struct StreamReader {
     rec: Arc<TaskRecord>,
     after: u64,
-    rx: watch::Receiver<u64>,
     done: bool,
+    /// When something (frames or a keep-alive) was last delivered.
+    last: Instant,
+    keepalive: Option<Pin<Box<Sleep>>>,
     _guard: ReaderGuard,
 }
 
 impl StreamReader {
     pub(crate) fn new(core: Arc<Core>, rec: Arc<TaskRecord>, after: u64) -> Self {
         rec.reader_joined();
-        let rx = rec.log.subscribe();
         Self {
             _guard: ReaderGuard {
                 core,
@@ -78,8 +84,9 @@ impl StreamReader {
             },
             rec,
             after,
-            rx,
             done: false,
+            last: Instant::now(),
+            keepalive: None,
         }
     }
 
@@ -101,33 +108,47 @@ impl StreamReader {
         if self.done {
             return None;
         }
-        loop {
-            self.rx.borrow_and_update();
+        let Self {
+            rec,
+            after,
+            done,
+            last,
+            keepalive: timer,
+            ..
+        } = self;
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(keepalive)));
+        std::future::poll_fn(|cx| {
             let mut n = 0;
             let mut terminal = false;
-            let v = self.rec.log.visit_since(self.after, |f| {
+            if let Poll::Ready(v) = rec.log.poll_visit(*after, cx, |f| {
                 n += 1;
                 terminal |= f.is_terminal();
                 visit(f);
-            });
-            if n > 0 {
-                self.after = v.last;
-                self.done = terminal;
-                return Some(Read::Frames(n));
-            }
-            if v.closed {
-                self.done = true;
-                return None;
-            }
-            match tokio::time::timeout(keepalive, self.rx.changed()).await {
-                Err(_) => return Some(Read::KeepAlive),
-                Ok(Err(_)) => {
-                    self.done = true;
-                    return None;
+            }) {
+                *after = v.last;
+                *last = Instant::now();
+                if n > 0 {
+                    *done = terminal;
+                    return Poll::Ready(Some(Read::Frames(n)));
                 }
-                Ok(Ok(())) => continue,
+                // closed with nothing left (a resume past the terminal frame)
+                *done = true;
+                return Poll::Ready(None);
             }
-        }
+            while timer.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let due = *last + keepalive;
+                if now >= due {
+                    *last = now;
+                    timer.as_mut().reset(now + keepalive);
+                    return Poll::Ready(Some(Read::KeepAlive));
+                }
+                // frames went out since it was armed: re-arm for the real due time
+                timer.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Like [`next_with`](Self::next_with), with owned copies of the frames.

@@ -5,12 +5,13 @@
 //! and kept while the task table retains the record, so a stream may be opened before
 //! dispatch, by several readers at once, and resumed from any sequence id. Appending
 //! after a terminal frame (`end`/`error`) is refused: the log enforces "nothing after
-//! the end". Readers visit frames in place ([`TaskLog::visit_since`]): no copy per
-//! frame on the relay path.
+//! the end". Readers visit frames in place ([`TaskLog::poll_visit`]): no copy per
+//! frame on the relay path, and one lock per append and per read (waiting readers'
+//! wakers live under the same lock as the frames).
 
 use orch_domain::StreamEvent;
 use std::sync::{Mutex, MutexGuard};
-use tokio::sync::watch;
+use std::task::{Context, Poll, Waker};
 
 /// One SSE frame: `id: seq`, `event: event`, `data: data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,18 +38,13 @@ struct LogInner {
     frames: Vec<Frame>,
     closed: bool,
     bytes: u64,
+    /// Readers waiting for the next frame.
+    waiters: Vec<Waker>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TaskLog {
     inner: Mutex<LogInner>,
-    len_tx: watch::Sender<u64>,
-}
-
-impl Default for TaskLog {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 fn data_json(ev: &StreamEvent) -> String {
@@ -74,10 +70,7 @@ pub struct Visited {
 
 impl TaskLog {
     pub fn new() -> Self {
-        Self {
-            inner: Mutex::new(LogInner::default()),
-            len_tx: watch::Sender::new(0),
-        }
+        Self::default()
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -88,7 +81,7 @@ impl TaskLog {
     /// Append a frame. Returns false (and appends nothing) once the log is closed.
     pub fn push(&self, ev: &StreamEvent) -> bool {
         let data = data_json(ev);
-        let len = {
+        let waiters = {
             let mut g = self.lock();
             if g.closed {
                 return false;
@@ -101,9 +94,11 @@ impl TaskLog {
                 data,
             });
             g.closed = ev.is_terminal();
-            seq
+            std::mem::take(&mut g.waiters)
         };
-        self.len_tx.send_replace(len);
+        for w in waiters {
+            w.wake();
+        }
         true
     }
 
@@ -120,6 +115,32 @@ impl TaskLog {
         }
     }
 
+    /// Visit the frames with `seq > after` like [`visit_since`](Self::visit_since);
+    /// when there are none and the log is open, register `cx`'s waker (woken by the
+    /// next append) and return `Pending`. One lock either way.
+    pub fn poll_visit(
+        &self,
+        after: u64,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&Frame),
+    ) -> Poll<Visited> {
+        let mut g = self.lock();
+        let start = (after as usize).min(g.frames.len());
+        if start == g.frames.len() && !g.closed {
+            if !g.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                g.waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        for fr in &g.frames[start..] {
+            f(fr);
+        }
+        Poll::Ready(Visited {
+            last: (g.frames.len() as u64).max(after),
+            closed: g.closed,
+        })
+    }
+
     /// Copies of the frames with `seq > after`, and whether the log is closed.
     pub fn since(&self, after: u64) -> (Vec<Frame>, bool) {
         let mut out = Vec::new();
@@ -132,7 +153,7 @@ impl TaskLog {
     }
 
     pub fn len(&self) -> u64 {
-        *self.len_tx.borrow()
+        self.lock().frames.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -142,11 +163,6 @@ impl TaskLog {
     /// Bytes the frames take (data plus per-frame overhead).
     pub fn bytes(&self) -> u64 {
         self.lock().bytes
-    }
-
-    /// A receiver that changes whenever a frame is appended.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.len_tx.subscribe()
     }
 }
 
