@@ -2,7 +2,7 @@
 //! keep-alives while waiting, and the headers proxies need to not buffer.
 
 use bytes::Bytes;
-use orch_services::{Frame, Read, StreamReader};
+use orch_services::{FrameRef, Read, StreamReader};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::time::Duration;
@@ -11,7 +11,7 @@ pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Append one frame. Event names are static identifiers and `data` is one JSON line
 /// (serde_json never emits raw newlines), so no field can break the framing.
-pub fn write_frame(out: &mut String, f: &Frame) {
+pub fn write_frame(out: &mut String, f: &FrameRef<'_>) {
     let _ = write!(
         out,
         "event: {}\nid: {}\ndata: {}\n\n",
@@ -27,7 +27,7 @@ pub fn body_stream(
 ) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send {
     futures_util::stream::unfold(reader, move |mut r| async move {
         let mut s = String::new();
-        let chunk = match r.next_with(keepalive, |f| write_frame(&mut s, f)).await? {
+        let chunk = match r.next_with(keepalive, |f| write_frame(&mut s, &f)).await? {
             Read::KeepAlive => Bytes::from_static(KEEPALIVE),
             Read::Frames(_) => Bytes::from(s),
         };

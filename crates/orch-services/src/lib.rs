@@ -41,4 +41,4 @@ pub use pool::{PoolError, PoolHandle};
 pub use registry::{PoolRegistry, ReplicaOrigin};
 pub use streaming::{Read, ReadItem, StreamReader};
 pub use table::TableStats;
-pub use task::log::Frame;
+pub use task::log::{Frame, FrameRef};

@@ -34,12 +34,23 @@ enum Outcome {
     },
 }
 
+/// Tokens are added to `tokens_out_total` in batches of this many (and at the end).
+const TOKEN_METRIC_BATCH: u64 = 16;
+
 struct Attempt<'a> {
     a: &'a Assignment,
     w: &'a Where,
     started: bool,
     ttft_ms: u64,
     t0: Instant,
+    tokens_out: metrics::Counter,
+    unflushed: u64,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.tokens_out.increment(self.unflushed);
+    }
 }
 
 impl Attempt<'_> {
@@ -107,7 +118,6 @@ impl Attempt<'_> {
                 };
             }
         };
-        let tokens_out = self.w.tokens_out_counter();
         let wall_end = Instant::now() + lim.decode;
         // one watchdog timer, re-armed only when it fires early (no timer per token)
         let mut last = Instant::now();
@@ -168,7 +178,11 @@ impl Attempt<'_> {
                     }
                     let i = rec.add_token();
                     rec.emit(&StreamEvent::Token(TokenFrame { t: text, i }));
-                    tokens_out.increment(1);
+                    self.unflushed += 1;
+                    if self.unflushed == TOKEN_METRIC_BATCH {
+                        self.tokens_out.increment(self.unflushed);
+                        self.unflushed = 0;
+                    }
                 }
                 Some(Ok(EngineEvent::End(end))) => {
                     self.ensure_started();
@@ -205,9 +219,12 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
             started: false,
             ttft_ms: 0,
             t0: Instant::now(),
+            tokens_out: w.tokens_out_counter(),
+            unflushed: 0,
         };
         let outcome = at.drive().await;
         let ttft_ms = at.ttft_ms;
+        drop(at);
         let pool_id = a.pool.id.to_string();
         match outcome {
             Outcome::Ended(end) => {

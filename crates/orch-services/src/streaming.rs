@@ -10,7 +10,7 @@
 
 use crate::core::Core;
 use crate::lifecycle::CancelReason;
-use crate::task::log::Frame;
+use crate::task::log::{Frame, FrameRef};
 use crate::task::TaskRecord;
 use std::future::Future;
 use std::pin::Pin;
@@ -103,7 +103,7 @@ impl StreamReader {
     pub async fn next_with(
         &mut self,
         keepalive: Duration,
-        mut visit: impl FnMut(&Frame),
+        mut visit: impl FnMut(FrameRef<'_>),
     ) -> Option<Read> {
         if self.done {
             return None;
@@ -155,7 +155,7 @@ impl StreamReader {
     pub async fn next(&mut self, keepalive: Duration) -> Option<ReadItem> {
         let mut frames = Vec::new();
         match self
-            .next_with(keepalive, |f| frames.push(f.clone()))
+            .next_with(keepalive, |f| frames.push(f.to_owned()))
             .await?
         {
             Read::Frames(_) => Some(ReadItem::Frames(frames)),

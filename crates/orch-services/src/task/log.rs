@@ -5,41 +5,112 @@
 //! and kept while the task table retains the record, so a stream may be opened before
 //! dispatch, by several readers at once, and resumed from any sequence id. Appending
 //! after a terminal frame (`end`/`error`) is refused: the log enforces "nothing after
-//! the end". Readers visit frames in place ([`TaskLog::poll_visit`]): no copy per
-//! frame on the relay path, and one lock per append and per read (waiting readers'
-//! wakers live under the same lock as the frames).
+//! the end".
+//!
+//! Storage is one byte buffer of all frames' data plus a small index entry per frame
+//! (no allocation per frame; trimmed to size when the log closes). Readers visit frames
+//! in place ([`TaskLog::poll_visit`]): no copy per frame on the relay path, and one
+//! lock per append and per read (waiting readers' wakers live under the same lock).
 
 use orch_domain::StreamEvent;
+use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// One SSE frame: `id: seq`, `event: event`, `data: data`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
+/// One frame, borrowed from the log: `id: seq`, `event: event`, `data: data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
     /// 1-based sequence number (the SSE `id`).
     pub seq: u64,
     pub event: &'static str,
     /// The payload as one line of JSON.
+    pub data: &'a str,
+}
+
+impl FrameRef<'_> {
+    /// Whether this frame ends the stream.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.event, "end" | "error")
+    }
+
+    pub fn to_owned(&self) -> Frame {
+        Frame {
+            seq: self.seq,
+            event: self.event,
+            data: self.data.to_string(),
+        }
+    }
+}
+
+/// An owned copy of a frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub seq: u64,
+    pub event: &'static str,
     pub data: String,
 }
 
 impl Frame {
-    /// Whether this frame ends the stream.
     pub fn is_terminal(&self) -> bool {
         matches!(self.event, "end" | "error")
     }
 }
 
-/// Bytes a frame costs beyond its data (the struct and vector slot).
-const FRAME_OVERHEAD: u64 = std::mem::size_of::<Frame>() as u64;
+const EVENTS: [&str; 5] = ["started", "token", "metrics", "end", "error"];
+
+fn event_code(ev: &StreamEvent) -> u8 {
+    match ev {
+        StreamEvent::Started(_) => 0,
+        StreamEvent::Token(_) => 1,
+        StreamEvent::Metrics(_) => 2,
+        StreamEvent::End(_) => 3,
+        StreamEvent::Error(_) => 4,
+    }
+}
+
+/// Where a frame's data ends in the buffer, and its event.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    end: u32,
+    event: u8,
+}
 
 #[derive(Debug, Default)]
 struct LogInner {
-    frames: Vec<Frame>,
+    data: Vec<u8>,
+    index: Vec<Entry>,
     closed: bool,
-    bytes: u64,
     /// Readers waiting for the next frame.
     waiters: Vec<Waker>,
+}
+
+impl LogInner {
+    fn frame(&self, i: usize) -> FrameRef<'_> {
+        let start = if i == 0 {
+            0
+        } else {
+            self.index[i - 1].end as usize
+        };
+        let e = self.index[i];
+        let bytes = &self.data[start..e.end as usize];
+        FrameRef {
+            seq: i as u64 + 1,
+            event: EVENTS[usize::from(e.event)],
+            // written from serde_json output, which is UTF-8
+            data: std::str::from_utf8(bytes).unwrap_or("{}"),
+        }
+    }
+
+    fn visit(&self, after: u64, f: &mut impl FnMut(FrameRef<'_>)) -> Visited {
+        let start = (after as usize).min(self.index.len());
+        for i in start..self.index.len() {
+            f(self.frame(i));
+        }
+        Visited {
+            last: (self.index.len() as u64).max(after),
+            closed: self.closed,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -47,16 +118,24 @@ pub struct TaskLog {
     inner: Mutex<LogInner>,
 }
 
-fn data_json(ev: &StreamEvent) -> String {
+thread_local! {
+    /// Serialization scratch, so an append allocates nothing of its own.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn write_data(ev: &StreamEvent, out: &mut Vec<u8>) {
     let r = match ev {
-        StreamEvent::Started(f) => serde_json::to_string(f),
-        StreamEvent::Token(f) => serde_json::to_string(f),
-        StreamEvent::Metrics(f) => serde_json::to_string(f),
-        StreamEvent::End(f) => serde_json::to_string(f),
-        StreamEvent::Error(f) => serde_json::to_string(f),
+        StreamEvent::Started(f) => serde_json::to_writer(&mut *out, f),
+        StreamEvent::Token(f) => serde_json::to_writer(&mut *out, f),
+        StreamEvent::Metrics(f) => serde_json::to_writer(&mut *out, f),
+        StreamEvent::End(f) => serde_json::to_writer(&mut *out, f),
+        StreamEvent::Error(f) => serde_json::to_writer(&mut *out, f),
     };
     // Serializing these plain structs cannot fail; keep a valid frame regardless.
-    r.unwrap_or_else(|_| "{}".to_string())
+    if r.is_err() {
+        out.clear();
+        out.extend_from_slice(b"{}");
+    }
 }
 
 /// What a visit saw.
@@ -74,45 +153,44 @@ impl TaskLog {
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
-        // A poisoned log still holds consistent frames (pushes are single statements).
+        // A poisoned log still holds consistent frames (an append is one index push).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Append a frame. Returns false (and appends nothing) once the log is closed.
     pub fn push(&self, ev: &StreamEvent) -> bool {
-        let data = data_json(ev);
-        let waiters = {
-            let mut g = self.lock();
-            if g.closed {
-                return false;
+        SCRATCH.with(|s| {
+            let mut scratch = s.borrow_mut();
+            scratch.clear();
+            write_data(ev, &mut scratch);
+            let waiters = {
+                let mut g = self.lock();
+                if g.closed {
+                    return false;
+                }
+                g.data.extend_from_slice(&scratch);
+                let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
+                g.index.push(Entry {
+                    end,
+                    event: event_code(ev),
+                });
+                if ev.is_terminal() {
+                    g.closed = true;
+                    g.data.shrink_to_fit();
+                    g.index.shrink_to_fit();
+                }
+                std::mem::take(&mut g.waiters)
+            };
+            for w in waiters {
+                w.wake();
             }
-            let seq = g.frames.len() as u64 + 1;
-            g.bytes += data.len() as u64 + FRAME_OVERHEAD;
-            g.frames.push(Frame {
-                seq,
-                event: ev.name(),
-                data,
-            });
-            g.closed = ev.is_terminal();
-            std::mem::take(&mut g.waiters)
-        };
-        for w in waiters {
-            w.wake();
-        }
-        true
+            true
+        })
     }
 
     /// Call `f` on each frame with `seq > after`, in order, without copying them.
-    pub fn visit_since(&self, after: u64, mut f: impl FnMut(&Frame)) -> Visited {
-        let g = self.lock();
-        let start = (after as usize).min(g.frames.len());
-        for fr in &g.frames[start..] {
-            f(fr);
-        }
-        Visited {
-            last: (g.frames.len() as u64).max(after),
-            closed: g.closed,
-        }
+    pub fn visit_since(&self, after: u64, mut f: impl FnMut(FrameRef<'_>)) -> Visited {
+        self.lock().visit(after, &mut f)
     }
 
     /// Visit the frames with `seq > after` like [`visit_since`](Self::visit_since);
@@ -122,29 +200,22 @@ impl TaskLog {
         &self,
         after: u64,
         cx: &mut Context<'_>,
-        mut f: impl FnMut(&Frame),
+        mut f: impl FnMut(FrameRef<'_>),
     ) -> Poll<Visited> {
         let mut g = self.lock();
-        let start = (after as usize).min(g.frames.len());
-        if start == g.frames.len() && !g.closed {
+        if after as usize >= g.index.len() && !g.closed {
             if !g.waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 g.waiters.push(cx.waker().clone());
             }
             return Poll::Pending;
         }
-        for fr in &g.frames[start..] {
-            f(fr);
-        }
-        Poll::Ready(Visited {
-            last: (g.frames.len() as u64).max(after),
-            closed: g.closed,
-        })
+        Poll::Ready(g.visit(after, &mut f))
     }
 
     /// Copies of the frames with `seq > after`, and whether the log is closed.
     pub fn since(&self, after: u64) -> (Vec<Frame>, bool) {
         let mut out = Vec::new();
-        let v = self.visit_since(after, |f| out.push(f.clone()));
+        let v = self.visit_since(after, |f| out.push(f.to_owned()));
         (out, v.closed)
     }
 
@@ -153,16 +224,17 @@ impl TaskLog {
     }
 
     pub fn len(&self) -> u64 {
-        self.lock().frames.len() as u64
+        self.lock().index.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Bytes the frames take (data plus per-frame overhead).
+    /// Bytes the frames hold (buffer and index capacity).
     pub fn bytes(&self) -> u64 {
-        self.lock().bytes
+        let g = self.lock();
+        (g.data.capacity() + g.index.capacity() * std::mem::size_of::<Entry>()) as u64
     }
 }
 
@@ -201,6 +273,8 @@ mod tests {
         assert_eq!(f[1].event, "end");
         assert!(f[1].is_terminal());
         assert_eq!(log.since(100).0.len(), 0);
-        assert!(log.bytes() > 4 * FRAME_OVERHEAD);
+        let (all, _) = log.since(0);
+        assert_eq!(all[0].data, r#"{"t":"t0","i":0}"#);
+        assert!(log.bytes() >= all.iter().map(|f| f.data.len() as u64).sum::<u64>());
     }
 }

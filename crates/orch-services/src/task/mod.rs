@@ -7,9 +7,11 @@
 //! table through the record's end hook (after its lock is released).
 //! Never: takes another lock while holding its own, or reaches a pool.
 
+pub mod cancel;
 pub mod log;
 
 use crate::lifecycle::{CancelReason, Ending, Phase};
+use cancel::CancelSignal;
 use log::TaskLog;
 use orch_domain::{
     ErrorCode, FinishReason, Priority, SessionId, StreamEvent, TaskId, TaskRequest, TaskState,
@@ -17,7 +19,6 @@ use orch_domain::{
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 /// Called once when a task ends (the task table's retention bookkeeping).
 pub type EndHook = Arc<dyn Fn(&Arc<TaskRecord>) + Send + Sync>;
@@ -67,7 +68,7 @@ pub struct TaskRecord {
     pub correlation_id: String,
     pub admitted_at: Instant,
     pub log: TaskLog,
-    pub cancel: CancellationToken,
+    pub cancel: CancelSignal,
     readers: AtomicUsize,
     /// Bumped each time the last reader leaves; a grace timer acts only if no newer
     /// disconnect happened since it started.
@@ -97,7 +98,7 @@ impl TaskRecord {
             correlation_id: a.correlation_id,
             admitted_at: Instant::now(),
             log: TaskLog::new(),
-            cancel: CancellationToken::new(),
+            cancel: CancelSignal::default(),
             readers: AtomicUsize::new(0),
             disconnects: AtomicU64::new(0),
             tokens_out: AtomicU32::new(0),
