@@ -96,8 +96,12 @@ async fn via_orch(
     .await
 }
 
+/// Direct and via runs alternate this many times (the order flips each time), so
+/// drift and warm-up noise fall on both paths alike.
+const ALTERNATIONS: usize = 6;
+
 pub async fn throughput() {
-    let (max_tokens, slots, rounds) = (48u32, 2usize, 2usize);
+    let (max_tokens, slots, rounds) = (48u32, 2usize, 1usize);
     println!("== llama.cpp: direct vs through orchestratord (1 replica, {slots} slots, {} prompts x {max_tokens} tokens per run) ==", PROMPTS.len() * rounds);
     let cfg = format!(
         "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\nctx = 4096\nslots = {slots}\nthreads = 2\n"
@@ -129,9 +133,20 @@ pub async fn throughput() {
     via_orch(&http, &base, 8, slots, 1).await;
     let (mut dt, mut ot) = ((0u64, Duration::ZERO), (0u64, Duration::ZERO));
     let (mut dttft, mut ottft) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        let d = direct(&http, &endpoint, max_tokens, slots, rounds).await;
-        let o = via_orch(&http, &base, max_tokens, slots, rounds).await;
+    for i in 0..ALTERNATIONS {
+        let (d, o) = if i % 2 == 0 {
+            let d = direct(&http, &endpoint, max_tokens, slots, rounds).await;
+            (d, via_orch(&http, &base, max_tokens, slots, rounds).await)
+        } else {
+            let o = via_orch(&http, &base, max_tokens, slots, rounds).await;
+            (direct(&http, &endpoint, max_tokens, slots, rounds).await, o)
+        };
+        println!(
+            "  alternation {}: direct {:.1} tokens/s, via {:.1} tokens/s",
+            i + 1,
+            d.tokens as f64 / d.wall.as_secs_f64(),
+            o.tokens as f64 / o.wall.as_secs_f64()
+        );
         dt = (dt.0 + d.tokens, dt.1 + d.wall);
         ot = (ot.0 + o.tokens, ot.1 + o.wall);
         dttft.extend(d.ttft);
