@@ -1,7 +1,7 @@
 //! Admission: validate a task against the spec, choose its pool (from published pool
 //! snapshots, no lock), check its session budget, register it in the task table (409
 //! on a known id), and hand it to the pool's actor, which decides position, ETA,
-//! deadline feasibility and the queue's full-policy.
+//! deadline feasibility and the queue's full-policy, and counts the session's turn.
 
 use crate::core::Core;
 use crate::pool::{PoolHandle, Snapshot};
@@ -40,13 +40,12 @@ pub(crate) async fn admit(
         }
     }
     let priority = req.priority;
-    let session = req.session_id;
     let rec = Arc::new(TaskRecord::new(
         Admission {
             id,
             priority,
             pool_id: pool.id.to_string(),
-            session,
+            session: req.session_id,
             correlation_id: correlation_id.to_string(),
         },
         req,
@@ -60,13 +59,12 @@ pub(crate) async fn admit(
     let placed = match pool.admit(rec.clone(), request).await {
         Ok(p) => p,
         Err(e) => {
+            // a reader that attached meanwhile sees the refusal and ends
+            rec.refuse(e.clone());
             core.table.remove_unadmitted(&rec);
             return Err(e);
         }
     };
-    if let Some(sid) = session {
-        core.sessions.begin_turn(sid);
-    }
     tracing::debug!(task_id = %id, pool_id = %pool.id, queue_position = placed.queue_position,
         predicted_start_ms = placed.predicted_start_ms, correlation_id, "admitted");
     Ok(AdmissionResponse {

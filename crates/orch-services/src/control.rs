@@ -131,12 +131,18 @@ pub(crate) async fn drain(
         .pools
         .get(pool_id)
         .ok_or_else(|| OrchError::not_found("pool", pool_id))?;
-    let (queued_ended, in_flight) = pool.drain().await;
-    tokio::spawn(async move {
-        if !pool.wait_for(deadline, |s| s.running == 0).await {
-            pool.stop_running(CancelReason::Drain);
-        }
-    });
+    // the drain and its deadline run to completion even if the caller goes away
+    let (queued_ended, in_flight) = tokio::spawn(async move {
+        let r = pool.drain().await;
+        tokio::spawn(async move {
+            if !pool.wait_for(deadline, |s| s.running == 0).await {
+                pool.stop_running(CancelReason::Drain);
+            }
+        });
+        r
+    })
+    .await
+    .map_err(|e| OrchError::internal(format!("drain task failed: {e}")))?;
     tracing::info!(
         pool_id,
         deadline_ms = deadline.as_millis() as u64,

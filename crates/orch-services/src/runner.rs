@@ -12,15 +12,26 @@ use crate::metrics::Where;
 use crate::pool::{Assignment, Launch, Observed};
 use crate::sessions::{KvHome, SessionStore};
 use adapter_api::{EngineEnd, EngineEvent, EngineRequest, WorkerError};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use orch_domain::{ErrorCode, OrchError, StartedFrame, StreamEvent, TokenFrame};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::time::Instant;
 
-/// The pool actors' way to start a run.
+/// The pool actors' way to start a run. A run that panics still ends its task (the
+/// slot goes back as the assignment unwinds).
 pub fn launcher(sessions: Arc<SessionStore>) -> Launch {
     Arc::new(move |a: Assignment| {
-        tokio::spawn(run(a, sessions.clone()));
+        let rec = a.rec.clone();
+        let run = AssertUnwindSafe(run(a, sessions.clone())).catch_unwind();
+        tokio::spawn(async move {
+            if run.await.is_err() {
+                tracing::error!(task_id = %rec.id, "task run panicked");
+                rec.end(Ending::Failed(
+                    OrchError::internal("the task's run failed").with_pool(rec.pool_id.as_str()),
+                ));
+            }
+        });
     })
 }
 

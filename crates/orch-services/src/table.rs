@@ -222,13 +222,15 @@ impl TaskTable {
     pub fn live_records(&self) -> Vec<Arc<TaskRecord>> {
         let mut out = Vec::new();
         for s in &self.inner.shards {
-            for e in lock(s).values() {
-                if let Entry::Record(r) = e {
-                    if !r.is_ended() {
-                        out.push(r.clone());
-                    }
-                }
-            }
+            // collect under the shard lock, look at each record after releasing it
+            let recs: Vec<_> = lock(s)
+                .values()
+                .filter_map(|e| match e {
+                    Entry::Record(r) => Some(r.clone()),
+                    Entry::Summary(_) => None,
+                })
+                .collect();
+            out.extend(recs.into_iter().filter(|r| !r.is_ended()));
         }
         out
     }

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use orch_services::{PoolSpec, ServiceConfig};
+use std::future::Future;
 use std::time::Duration;
 
 #[tokio::test]
@@ -234,4 +235,31 @@ async fn shutdown_ends_what_is_left_after_the_grace() {
         assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
     }
     assert_eq!(o.live_tasks(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_admission_whose_caller_left_still_ends_the_task() {
+    let o = orch(&[mock(1)]).await;
+    let id = orch_domain::TaskId::new_random();
+    let mut r = req(50);
+    r.task_id = Some(id);
+    r.deadline_ms = Some(1); // the pool refuses it: DEADLINE_UNMET
+                             // the caller goes away while the pool decides (polled once, then dropped)
+    let mut admit = Box::pin(o.admit(r, "t"));
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(admit.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "the admission was still waiting for its pool"
+    );
+    drop(admit);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while o.live_tasks() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused task stayed live"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = o.status(id).await.expect("the refused task is known");
+    assert_eq!(s.error_code.as_deref(), Some("DEADLINE_UNMET"));
 }

@@ -32,6 +32,8 @@ struct Queued {
     rec: Arc<TaskRecord>,
     request: Arc<TaskRequest>,
     enqueued_at: Instant,
+    /// The expiry entry that belongs to this stay in the queue.
+    expires_at: Instant,
 }
 
 /// Why a queued task expires.
@@ -97,6 +99,18 @@ fn empty_snapshot(id: &Arc<str>) -> Snapshot {
     }
 }
 
+impl Drop for Actor {
+    /// Reached normally with nothing queued; after a panic in the actor, whatever was
+    /// queued still ends (running tasks finish on their own).
+    fn drop(&mut self) {
+        for (_, q) in std::mem::take(&mut self.queued) {
+            q.rec.end(Ending::Failed(
+                OrchError::internal(format!("pool {} stopped", self.id)).with_pool(&*self.id),
+            ));
+        }
+    }
+}
+
 impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         loop {
@@ -150,8 +164,12 @@ impl Actor {
                 request,
                 reply,
             } => {
-                let r = self.admit(rec, request);
-                let _ = reply.send(r);
+                let r = self.admit(rec.clone(), request);
+                if let Err(Err(e)) = reply.send(r) {
+                    // the caller went away: nobody will take the refused task back
+                    // out of the table, so it ends here (and is counted out)
+                    rec.end(Ending::Failed(e));
+                }
             }
             Cmd::CancelQueued { id, reply } => {
                 let _ = reply.send(self.cancel_queued(id));
@@ -201,6 +219,8 @@ impl Actor {
             Cmd::Drain { reply } => {
                 let _ = reply.send(self.drain());
             }
+            // a drain deadline that fires after a reload ended the drain stops nothing
+            Cmd::StopRunning { reason } if reason == CancelReason::Drain && !self.st.draining => {}
             Cmd::StopRunning { reason } => {
                 for (rec, _) in self.running.values() {
                     rec.request_cancel(reason);
@@ -278,11 +298,15 @@ impl Actor {
         self.queued.insert(
             id,
             Queued {
-                rec,
+                rec: rec.clone(),
                 request: request.clone(),
                 enqueued_at: now,
+                expires_at: expiry.0,
             },
         );
+        if let Some(sid) = rec.session {
+            self.sessions.begin_turn(sid);
+        }
         if let Some(victim) = admitted.evicted.and_then(|v| self.queued.remove(&v)) {
             let policy = self.st.queue.config().policy;
             let ended = victim.rec.end(Ending::Evicted {
@@ -529,6 +553,10 @@ impl Actor {
                 break;
             }
             self.expiries.pop();
+            // an entry of an earlier stay of the same id is stale
+            if self.queued.get(&id).map(|q| q.expires_at) != Some(t) {
+                continue;
+            }
             let Some(q) = self.queued.remove(&id) else {
                 continue;
             };

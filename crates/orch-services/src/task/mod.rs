@@ -215,6 +215,21 @@ impl TaskRecord {
         true
     }
 
+    /// Close a task that admission refused after registering it: its log gets the
+    /// refusal as its terminal frame (for a reader that attached meanwhile), without
+    /// the end hook (the task was never admitted, the table takes it back).
+    pub fn refuse(&self, e: orch_domain::OrchError) {
+        let ending = Ending::Failed(e);
+        let mut m = self.meta();
+        if m.phase.is_ended() {
+            return;
+        }
+        m.phase = Phase::Ended(ending.state());
+        m.request = None;
+        m.finished_at = Some(Instant::now());
+        self.log.push(&ending.frame());
+    }
+
     /// Ask the task to stop, recording why (first reason wins). False if it ended.
     pub fn request_cancel(&self, reason: CancelReason) -> bool {
         {
