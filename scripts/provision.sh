@@ -104,5 +104,7 @@ if [[ ! -x "$ENGINE_BIN" ]]; then
   say "engine ready: $("$ENGINE_BIN" --version 2>&1 | grep -m1 version || true)"
 fi
 
+# the binary's default engine path (no ORCH_LLAMA_SERVER) follows this link
+ln -sfn "$(basename "$ENGINE_DIR")" "$CACHE/engines/llamacpp-b$LLAMA_VERSION-current"
 say "engine: $ENGINE_BIN"
 say "model:  $MODEL"

@@ -26,7 +26,10 @@ pub fn default_llama_server() -> PathBuf {
     if let Some(p) = std::env::var_os("ORCH_LLAMA_SERVER") {
         return PathBuf::from(p);
     }
-    cache_dir().join(format!("engines/llamacpp-b{LLAMA_BUILD}/bin/llama-server"))
+    // provision.sh links the build for this machine's CPU flavor here
+    cache_dir().join(format!(
+        "engines/llamacpp-b{LLAMA_BUILD}-current/bin/llama-server"
+    ))
 }
 
 pub fn default_model() -> PathBuf {
