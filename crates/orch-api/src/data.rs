@@ -32,11 +32,11 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
     request_body = TaskRequest,
     responses(
         (status = 202, description = "Admitted into the queue", body = AdmissionResponse),
-        (status = 400, description = "Invalid parameters, malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
+        (status = 400, description = "Invalid parameters (including a model_ref no pool serves), malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
         (status = 409, description = "A task the server still knows (live, finished, or summarized after its frames expired) has this task_id; ids are never reused", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
         (status = 429, description = "Queue full or quota exceeded (backpressure)", body = ErrorEnvelope),
-        (status = 503, description = "No pool serves the model, or the pool is not ready", body = ErrorEnvelope),
+        (status = 503, description = "The model is served but no pool of it (of the requested engine) is ready or able to take work", body = ErrorEnvelope),
     ))]
 pub async fn create_task(
     State(app): State<AppState>,

@@ -87,15 +87,22 @@ fn unready(pool_id: &str) -> OrchError {
     .with_retry_after_ms(1000)
 }
 
-/// Does this pool serve the request's model (name or digest) and engine?
+/// Does this pool serve the request's model (catalog name or digest)?
+fn serves_model(s: &Snapshot, req: &TaskRequest) -> bool {
+    s.spec.model == req.model_ref
+        || s.pinned
+            .as_ref()
+            .is_some_and(|p| p.model_digest == req.model_ref)
+}
+
+/// Does this pool serve the request's model and engine? (Not probed yet: the
+/// configured name decides.)
 fn serves(s: &Snapshot, req: &TaskRequest) -> bool {
-    let Some(p) = &s.pinned else {
-        // not probed yet: match on the configured name only
-        return s.spec.model == req.model_ref;
+    let engine_ok = match &s.pinned {
+        Some(p) => req.engine.is_none_or(|e| e.as_str() == p.engine),
+        None => true,
     };
-    let model_ok = s.spec.model == req.model_ref || p.model_digest == req.model_ref;
-    let engine_ok = req.engine.is_none_or(|e| e.as_str() == p.engine);
-    model_ok && engine_ok
+    serves_model(s, req) && engine_ok
 }
 
 /// Choose the pool for a request: placement pins and filters, model and engine match,
@@ -140,6 +147,15 @@ fn select_pool(core: &Core, req: &TaskRequest) -> Result<PoolHandle, OrchError> 
         }
     }
     if matching.is_empty() {
+        // a model no pool is configured for is the client's mistake (400); a served
+        // model without a pool of the requested engine may change (503)
+        let model_known = pools.iter().any(|p| serves_model(&p.snapshot(), req));
+        if !model_known {
+            return Err(OrchError::invalid(
+                "model_ref",
+                format!("no pool serves model {}", req.model_ref),
+            ));
+        }
         let what = match req.engine {
             Some(e) => format!("model {} on engine {}", req.model_ref, e.as_str()),
             None => format!("model {}", req.model_ref),

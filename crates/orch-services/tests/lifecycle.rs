@@ -263,3 +263,22 @@ async fn a_refused_admission_whose_caller_left_still_ends_the_task() {
     let s = o.status(id).await.expect("the refused task is known");
     assert_eq!(s.error_code.as_deref(), Some("DEADLINE_UNMET"));
 }
+
+#[tokio::test]
+async fn a_model_no_pool_serves_is_a_400_and_a_missing_engine_a_503() {
+    let o = orch(&[mock(1)]).await;
+    let mut r = req(1);
+    r.model_ref = "no-such-model".into();
+    let e = o.admit(r, "t").await.unwrap_err();
+    assert_eq!(e.code, orch_domain::ErrorCode::InvalidParams);
+    assert!(
+        e.message.starts_with("model_ref") && e.message.contains("no-such-model"),
+        "{e}"
+    );
+    let mut r = req(1);
+    r.engine = Some(orch_domain::EngineKind::Llamacpp);
+    let e = o.admit(r, "t").await.unwrap_err();
+    assert_eq!(e.code, orch_domain::ErrorCode::PoolUnavailable);
+    assert!(e.retry_after_ms.is_some());
+    assert_eq!(o.live_tasks(), 0);
+}
