@@ -209,6 +209,28 @@ async fn bad_inputs_get_400_envelopes_naming_the_problem() {
         .unwrap();
     envelope(raw, 400, "INVALID_PARAMS").await;
 
+    // the body must be JSON (spec §1): anything else is 415, whatever it contains
+    for ct in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut rb = s.http.post(s.url("/v1/tasks"));
+        if let Some(ct) = ct {
+            rb = rb.header("content-type", ct);
+        }
+        let r = rb
+            .body(task("p", 1, "batch").to_string())
+            .send()
+            .await
+            .unwrap();
+        let v = envelope(r, 415, "INVALID_PARAMS").await;
+        assert!(
+            v["message"].as_str().unwrap().contains("application/json"),
+            "{v}"
+        );
+    }
+
     let mut unknown = task("p", 1, "batch");
     unknown["colour"] = json!("blue");
     let v = envelope(s.post_raw(&unknown).await, 400, "INVALID_PARAMS").await;

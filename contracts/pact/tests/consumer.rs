@@ -28,7 +28,8 @@ fn orch_client_consumer_pacts() {
     pb.with_output_dir(pacts_dir());
     pb.interaction("enqueue a task", "", |mut i| {
         i.given("a mock pool serves mock-model");
-        i.request.method("POST").path("/v1/tasks").json_body(task("Hello there"));
+        i.request.method("POST").path("/v1/tasks")
+            .header("Content-Type", "application/json").json_body(task("Hello there"));
         i.response.status(202).content_type("application/json").json_body(json_pattern!({
             "task_id": term!(UUID_RE, "7d1a3f52-0c7e-4c9a-9a51-2d1f0e8b6c11"),
             "queue_position": like!(0),
@@ -43,6 +44,7 @@ fn orch_client_consumer_pacts() {
         i.request
             .method("POST")
             .path("/v1/tasks")
+            .header("Content-Type", "application/json")
             .json_body(task("one too many"));
         i.response
             .status(429)
@@ -66,6 +68,7 @@ fn orch_client_consumer_pacts() {
         i.request
             .method("POST")
             .path("/v1/tasks")
+            .header("Content-Type", "application/json")
             .json_body(task(""));
         i.response
             .status(400)

@@ -44,6 +44,7 @@ impl Checker {
         rb = match body {
             Some(RawBody::Json(v)) => rb.json(&v),
             Some(RawBody::Text(t)) => rb.header("content-type", "application/json").body(t),
+            Some(RawBody::Plain(t)) => rb.header("content-type", "text/plain").body(t),
             None => rb,
         };
         let resp = rb.send().await.unwrap();
@@ -142,6 +143,8 @@ impl Checker {
 
 enum RawBody {
     Json(Value),
+    /// Sent as `text/plain`.
+    Plain(String),
     Text(String),
 }
 
@@ -242,6 +245,14 @@ async fn every_operation_and_documented_status_conforms() {
         &[],
     )
     .await; // 413
+    c.call(
+        "post",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(Plain(task("x", 1).to_string())),
+        &[],
+    )
+    .await; // 415
     let mut other = task("x", 1);
     other["engine"] = json!("vllm");
     c.call("post", "/v1/tasks", "/v1/tasks", Some(Json(other)), &[])

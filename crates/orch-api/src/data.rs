@@ -35,14 +35,19 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
         (status = 400, description = "Invalid parameters (including a model_ref no pool serves), malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
         (status = 409, description = "A task the server still knows (live, finished, or summarized after its frames expired) has this task_id; ids are never reused", body = ErrorEnvelope),
         (status = 413, description = "Body over the limit", body = ErrorEnvelope),
+        (status = 415, description = "Body is not application/json (code INVALID_PARAMS)", body = ErrorEnvelope),
         (status = 429, description = "Queue full or quota exceeded (backpressure)", body = ErrorEnvelope),
         (status = 503, description = "The model is served but no pool of it (of the requested engine) is ready or able to take work", body = ErrorEnvelope),
     ))]
 pub async fn create_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    if !crate::body::is_json(&headers) {
+        return Err(ApiError::media_type(crate::body::not_json(&headers), &cid));
+    }
     let req: TaskRequest = read_json(body, app.body_limit).await.or_api(&cid)?;
     let adm = app.orch.admit(req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);

@@ -11,6 +11,8 @@ use orch_domain::{ErrorCode, OrchError};
 pub struct ApiError {
     pub error: OrchError,
     pub correlation_id: CorrelationId,
+    /// A body of the wrong media type: 415 with the error's envelope.
+    pub unsupported_media_type: bool,
 }
 
 impl ApiError {
@@ -18,6 +20,15 @@ impl ApiError {
         Self {
             error,
             correlation_id: correlation_id.clone(),
+            unsupported_media_type: false,
+        }
+    }
+
+    /// 415 `INVALID_PARAMS`: the body is not of a media type the operation takes.
+    pub fn media_type(error: OrchError, correlation_id: &CorrelationId) -> Self {
+        Self {
+            unsupported_media_type: true,
+            ..Self::new(error, correlation_id)
         }
     }
 }
@@ -56,7 +67,11 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = status_of(self.error.code);
+        let status = if self.unsupported_media_type {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else {
+            status_of(self.error.code)
+        };
         let backoff = matches!(
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
