@@ -9,7 +9,8 @@ use orch_domain::{ErrorCode, OrchError};
 /// An error on its way out, with the request's correlation id.
 #[derive(Debug)]
 pub struct ApiError {
-    pub error: OrchError,
+    /// Boxed: handlers return `Result<_, ApiError>` and the error path is the rare one.
+    pub error: Box<OrchError>,
     pub correlation_id: CorrelationId,
     /// A body of the wrong media type: 415 with the error's envelope.
     pub unsupported_media_type: bool,
@@ -18,7 +19,7 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(error: OrchError, correlation_id: &CorrelationId) -> Self {
         Self {
-            error,
+            error: Box::new(error),
             correlation_id: correlation_id.clone(),
             unsupported_media_type: false,
         }
@@ -76,7 +77,7 @@ impl IntoResponse for ApiError {
             status,
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
         );
-        let mut err = self.error;
+        let mut err = *self.error;
         if backoff && err.retry_after_ms.is_none() {
             err.retry_after_ms = Some(1000);
         }
