@@ -22,7 +22,7 @@ use std::time::Duration;
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Longest drain deadline accepted (one hour).
-pub const MAX_DRAIN_MS: u64 = 3_600_000;
+pub const MAX_DRAIN_MS: u64 = orch_domain::control::DRAIN_DEADLINE_MAX_MS;
 
 #[utoipa::path(get, path = "/v1/pools", tag = "control", operation_id = "listPools",
     responses((status = 200, description = "Pools with their replicas", body = PoolList)))]

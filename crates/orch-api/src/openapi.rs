@@ -89,7 +89,7 @@ fn examples(op: &str) -> Option<Value> {
     Some(match op {
         "createTask" => json!({
             "good_request": {"kind": "request", "value": task},
-            "invalid_request": {"kind": "request_invalid", "value": {"workload": "completion", "model_ref": "gemma-3-270m", "priority": "interactive", "prompt": "", "max_tokens": 0}},
+            "invalid_request": {"kind": "request_invalid", "value": {"workload": "completion", "model_ref": "no-such-model", "priority": "interactive", "prompt": "Hello", "max_tokens": 8}},
             "accepted_202": {"kind": "response", "status": "202", "value": {
                 "task_id": id, "queue_position": 0, "predicted_start_ms": 0, "backoff_ms": 0,
                 "streams": {"sse": format!("/v1/tasks/{id}/stream")}}},

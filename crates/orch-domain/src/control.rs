@@ -67,8 +67,13 @@ pub struct PoolHealth {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
+    /// At most [`DRAIN_DEADLINE_MAX_MS`] (one hour).
+    #[cfg_attr(feature = "openapi", schema(maximum = 3_600_000))]
     pub deadline_ms: u64,
 }
+
+/// Longest drain deadline accepted.
+pub const DRAIN_DEADLINE_MAX_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

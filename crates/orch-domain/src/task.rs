@@ -28,6 +28,14 @@ impl Priority {
     }
 }
 
+/// The workloads this server accepts (the schema of `TaskRequest.workload`).
+#[cfg(feature = "openapi")]
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptedWorkload {
+    Completion,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -97,28 +105,45 @@ pub struct TaskRequest {
     pub task_id: Option<TaskId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<SessionId>,
+    /// Only `completion` is served; other workloads are refused (400).
+    #[cfg_attr(feature = "openapi", schema(value_type = AcceptedWorkload))]
     pub workload: Workload,
+    /// Catalog name or `sha256:<digest>` (at most 256 bytes).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 256, pattern = r"\S")
+    )]
     pub model_ref: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub ctx: Option<u32>,
     pub priority: Priority,
+    /// At most 262,144 bytes (UTF-8).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 262144))]
     pub prompt: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_tokens: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub determinism: Option<Determinism>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub sampler_profile_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 2.0))]
     pub temperature: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
     pub top_p: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// At most 8 strings of 1..=256 bytes each.
+    #[cfg_attr(feature = "openapi", schema(max_items = 8))]
     pub stop: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub deadline_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_tokens: Option<u32>,
