@@ -211,3 +211,28 @@ async fn served_documents_equal_the_committed_files_and_capabilities_version() {
     assert_eq!(caps["api_version"], data["info"]["version"]);
     assert_eq!(caps["api_version"], control["info"]["version"]);
 }
+
+#[test]
+fn the_202_response_links_to_the_task_operations() {
+    let (data, _) = docs();
+    let ops = operations(&data);
+    let create = ops
+        .iter()
+        .find(|o| o.2["operationId"] == "createTask")
+        .expect("createTask");
+    let links = create.2["responses"]["202"]["links"]
+        .as_object()
+        .expect("202 has links");
+    for target in ["getTask", "streamTask", "cancelTask"] {
+        let link = links
+            .values()
+            .find(|l| l["operationId"] == target)
+            .unwrap_or_else(|| panic!("a link to {target}"));
+        assert_eq!(link["parameters"]["id"], "$response.body#/task_id");
+        let op = ops
+            .iter()
+            .find(|o| o.2["operationId"] == target)
+            .unwrap_or_else(|| panic!("{target} exists"));
+        assert!(op.0.contains("{id}"), "{target} takes the id in its path");
+    }
+}

@@ -195,6 +195,21 @@ fn decorate(mut doc: Value) -> Value {
                 if status == "429" {
                     resp.insert("x-req-id".into(), json!("ORCH-2007"));
                 }
+                if status == "202" && id == "createTask" {
+                    // generic tools (schemathesis' stateful runs) follow a task from here
+                    let by_id = json!({"id": "$response.body#/task_id"});
+                    resp.insert(
+                        "links".into(),
+                        json!({
+                            "GetTask": {"operationId": "getTask", "parameters": by_id,
+                                "description": "The task's state"},
+                            "StreamTask": {"operationId": "streamTask", "parameters": by_id,
+                                "description": "The task's event stream"},
+                            "CancelTask": {"operationId": "cancelTask", "parameters": by_id,
+                                "description": "Cancel the task"},
+                        }),
+                    );
+                }
                 let Some(h) = resp.get_mut("headers").and_then(Value::as_object_mut) else {
                     continue;
                 };
