@@ -5,18 +5,18 @@
 //! Dispatch happens only here, and only when a serving replica has a free slot;
 //! placement is session affinity, then least loaded (`orchestrator-core`).
 
+mod expiry;
+mod publish;
+
 use super::admit::check;
 use super::slot::{Observed, SlotGuard};
 use super::state::{Pinned, PoolState, Replica};
-use super::{
-    Assignment, Cmd, Launch, Limits, Placed, PoolError, PoolHandle, ReplicaSnap, Snapshot,
-};
+use super::{Assignment, Cmd, Launch, Limits, Placed, PoolError, PoolHandle, Snapshot};
 use crate::config::PoolSpec;
 use crate::lifecycle::{CancelReason, Ending};
-use crate::metrics::Where;
 use crate::sessions::SessionStore;
 use crate::task::TaskRecord;
-use orch_domain::{ErrorCode, OrchError, Priority, TaskId, TaskRequest};
+use orch_domain::{ErrorCode, OrchError, TaskId, TaskRequest};
 use orchestrator_core::eta::queue_position;
 use orchestrator_core::placement::pick_replica;
 use std::cmp::Reverse;
@@ -235,16 +235,6 @@ impl Actor {
                     .map(|ahead| queue_position(ahead, free).max(1));
                 let _ = reply.send(pos);
             }
-        }
-    }
-
-    fn where_queued(&self) -> Where {
-        let p = self.st.pinned.as_deref();
-        Where {
-            engine: p.map_or_else(|| "unknown".into(), |p| p.engine.clone()),
-            engine_version: p.map_or_else(|| "unknown".into(), |p| p.engine_version.clone()),
-            pool_id: self.id.to_string(),
-            replica_id: "none".into(),
         }
     }
 
@@ -542,110 +532,6 @@ impl Actor {
         self.expiries.clear();
         self.publish_depth();
         (ended, self.running.len() as u32)
-    }
-
-    /// End queued tasks past their deadline or the pool's queue-wait limit.
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let mut changed = false;
-        while let Some(Reverse((t, id, why))) = self.expiries.peek().copied() {
-            if t > now {
-                break;
-            }
-            self.expiries.pop();
-            // an entry of an earlier stay of the same id is stale
-            if self.queued.get(&id).map(|q| q.expires_at) != Some(t) {
-                continue;
-            }
-            let Some(q) = self.queued.remove(&id) else {
-                continue;
-            };
-            self.st.queue.cancel(&id);
-            changed = true;
-            let waited = q.enqueued_at.elapsed().as_millis();
-            let mut err = match why {
-                Expiry::Deadline => OrchError::new(
-                    ErrorCode::DeadlineUnmet,
-                    format!("deadline passed after {waited} ms in the queue of pool {}", self.id),
-                ),
-                Expiry::QueueWait => OrchError::new(
-                    ErrorCode::PoolUnavailable,
-                    format!(
-                        "waited {waited} ms in the queue of pool {} (limit {} ms) without a free replica",
-                        self.id,
-                        self.st.spec.queue_wait_limit.as_millis()
-                    ),
-                )
-                .with_retry_after_ms(self.st.retry_after_ms()),
-            };
-            // the pool may recover: POOL_UNAVAILABLE is always retriable (spec §3)
-            err.retriable |= why == Expiry::QueueWait;
-            q.rec.end(Ending::Failed(err.with_pool(&*self.id)));
-            tracing::info!(task_id = %id, pool_id = %self.id, waited_ms = waited as u64,
-                reason = ?why, "queued task expired");
-        }
-        // entries of tasks that left the queue otherwise stay until their time; keep
-        // the heap proportional to the queue
-        if self.expiries.len() > 2 * self.queued.len() + 64 {
-            let queued = &self.queued;
-            self.expiries
-                .retain(|Reverse((_, id, _))| queued.contains_key(id));
-        }
-        if changed {
-            self.publish_depth();
-        }
-    }
-
-    fn publish_depth(&self) {
-        let w = self.where_queued();
-        w.queue_depth("interactive", self.st.queue.len_of(Priority::Interactive));
-        w.queue_depth("batch", self.st.queue.len_of(Priority::Batch));
-    }
-
-    fn publish(&mut self) {
-        let st = &self.st;
-        let ready = st.is_ready();
-        if self.was_ready != Some(ready) {
-            crate::metrics::pool_ready(&self.id, ready);
-            self.was_ready = Some(ready);
-        }
-        let replicas = st
-            .replicas
-            .iter()
-            .map(|r| ReplicaSnap {
-                id: r.id.clone(),
-                adapter: r.adapter.clone(),
-                props: r.props.clone(),
-                state: if r.staged {
-                    "staged"
-                } else if r.draining {
-                    "draining"
-                } else if r.ready {
-                    "ready"
-                } else {
-                    "unready"
-                },
-                serving: r.serving(),
-                busy: r.busy,
-                endpoint: r.endpoint.clone(),
-                pid: r.pid,
-                last_error: r.last_error.clone(),
-            })
-            .collect();
-        self.snap_tx.send_replace(Arc::new(Snapshot {
-            pool_id: self.id.clone(),
-            spec: st.spec.clone(),
-            pinned: st.pinned.clone(),
-            ready,
-            draining: st.draining,
-            queue_depth: st.queue.len() as u32,
-            slots_total: st.slots_total(),
-            slots_free: st.free_slots(),
-            busy_total: st.busy_total(),
-            running: self.running.len() as u32,
-            replicas,
-            last_error: st.last_error.clone(),
-        }));
     }
 }
 

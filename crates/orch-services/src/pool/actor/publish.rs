@@ -1,0 +1,72 @@
+//! What the actor shows outside: the snapshot it publishes after each batch, the
+//! queue-depth gauges, and the metric labels of a task that has no replica yet.
+
+use super::Actor;
+use crate::metrics::Where;
+use crate::pool::{ReplicaSnap, Snapshot};
+use orch_domain::Priority;
+use std::sync::Arc;
+
+impl Actor {
+    pub(super) fn where_queued(&self) -> Where {
+        let p = self.st.pinned.as_deref();
+        Where {
+            engine: p.map_or_else(|| "unknown".into(), |p| p.engine.clone()),
+            engine_version: p.map_or_else(|| "unknown".into(), |p| p.engine_version.clone()),
+            pool_id: self.id.to_string(),
+            replica_id: "none".into(),
+        }
+    }
+
+    pub(super) fn publish_depth(&self) {
+        let w = self.where_queued();
+        w.queue_depth("interactive", self.st.queue.len_of(Priority::Interactive));
+        w.queue_depth("batch", self.st.queue.len_of(Priority::Batch));
+    }
+
+    pub(super) fn publish(&mut self) {
+        let st = &self.st;
+        let ready = st.is_ready();
+        if self.was_ready != Some(ready) {
+            crate::metrics::pool_ready(&self.id, ready);
+            self.was_ready = Some(ready);
+        }
+        let replicas = st
+            .replicas
+            .iter()
+            .map(|r| ReplicaSnap {
+                id: r.id.clone(),
+                adapter: r.adapter.clone(),
+                props: r.props.clone(),
+                state: if r.staged {
+                    "staged"
+                } else if r.draining {
+                    "draining"
+                } else if r.ready {
+                    "ready"
+                } else {
+                    "unready"
+                },
+                serving: r.serving(),
+                busy: r.busy,
+                endpoint: r.endpoint.clone(),
+                pid: r.pid,
+                last_error: r.last_error.clone(),
+            })
+            .collect();
+        self.snap_tx.send_replace(Arc::new(Snapshot {
+            pool_id: self.id.clone(),
+            spec: st.spec.clone(),
+            pinned: st.pinned.clone(),
+            ready,
+            draining: st.draining,
+            queue_depth: st.queue.len() as u32,
+            slots_total: st.slots_total(),
+            slots_free: st.free_slots(),
+            busy_total: st.busy_total(),
+            running: self.running.len() as u32,
+            replicas,
+            last_error: st.last_error.clone(),
+        }));
+    }
+}
