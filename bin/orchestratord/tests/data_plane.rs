@@ -190,9 +190,48 @@ async fn drop_lru_eviction_ends_the_evicted_stream_with_its_error() {
     assert_eq!(fv.len(), 1, "{fv:?}");
     assert_eq!(fv[0].event, "error");
     assert_eq!(fv[0].data["code"], "QUEUE_FULL_DROP_LRU");
+    assert_eq!(fv[0].data["policy_label"], "drop-lru");
     assert_eq!(fv[0].data["retriable"], true);
     assert_eq!(s.status(&newer).await["state"], "queued");
     s.cancel(&a).await;
+    s.assert_all_terminated().await;
+}
+
+#[tokio::test]
+async fn shed_low_priority_ends_the_shed_batch_task_with_its_policy_label() {
+    let s = start(&mock_config(
+        "queue_capacity = 1\nqueue_policy = \"shed-low-priority\"",
+        ONE_SLOW,
+    ))
+    .await;
+    let (a, _) = s.submit(&task("running", 20, "batch")).await;
+    s.wait_state(&a, "running").await;
+    let (batch, _) = s.submit(&task("queued batch", 5, "batch")).await;
+    // an interactive arrival sheds the newest batch task
+    let (inter, _) = s.submit(&task("urgent", 5, "interactive")).await;
+    let fb = s.stream(&batch, None).await;
+    assert_eq!(
+        fb.len(),
+        1,
+        "a shed task gets only its terminal frame: {fb:?}"
+    );
+    assert_eq!(fb[0].event, "error");
+    assert_eq!(fb[0].data["code"], "ADMISSION_REJECT");
+    assert_eq!(fb[0].data["policy_label"], "shed-low-priority");
+    assert_eq!(fb[0].data["retriable"], true);
+    assert_eq!(s.status(&inter).await["state"], "queued");
+    // with only interactive work queued, the next arrival is refused with the label
+    let r = s
+        .http
+        .post(s.url("/v1/tasks"))
+        .json(&task("one more", 5, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    let v = envelope(r, 429, "ADMISSION_REJECT").await;
+    assert_eq!(v["policy_label"], "shed-low-priority");
+    s.cancel(&a).await;
+    s.cancel(&inter).await;
     s.assert_all_terminated().await;
 }
 

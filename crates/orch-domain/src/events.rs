@@ -2,6 +2,7 @@
 //! [`StreamEvent::name`]; the `data:` line is the payload serialized as one JSON line.
 
 use crate::error::{ErrorCode, OrchError};
+use crate::policy::PolicyLabel;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,6 +78,10 @@ pub struct ErrorFrame {
     pub retriable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The queue policy that ended the task (eviction by `drop-lru`, shedding by
+    /// `shed-low-priority`); additive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_label: Option<PolicyLabel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -90,6 +95,7 @@ impl From<OrchError> for ErrorFrame {
             message: e.message,
             retriable: e.retriable,
             retry_after_ms: e.retry_after_ms,
+            policy_label: e.policy_label,
             engine: e.engine,
             pool_id: e.pool_id,
         }

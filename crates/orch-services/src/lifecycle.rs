@@ -169,6 +169,7 @@ impl Ending {
                 error_frame(
                     OrchError::new(code, msg)
                         .with_retry_after_ms(*retry_after_ms)
+                        .with_policy(policy.label())
                         .with_engine(engine.as_str())
                         .with_pool(pool_id.as_str()),
                 )
