@@ -102,7 +102,7 @@ impl PoolRegistry {
         pool.attach(Replica {
             id: replica_id.into(),
             adapter,
-            props,
+            props: Arc::new(props),
             ready: health == Health::Ready,
             draining: false,
             staged,

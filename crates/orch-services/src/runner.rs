@@ -243,13 +243,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 return;
             }
             Outcome::Canceled => {
-                let reason = rec.cancel_reason();
-                let ending = Ending::Canceled {
-                    reason,
-                    tokens_out: rec.tokens_out(),
-                    pool_id,
-                };
-                if rec.end(ending) {
+                if let Some(reason) = rec.end_canceled(None) {
                     w.canceled(reason.as_str());
                 }
                 charge_session(&sessions, &a);
@@ -294,13 +288,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                     }
                 }
                 if rec.cancel.is_cancelled() {
-                    let reason = rec.cancel_reason();
-                    let ending = Ending::Canceled {
-                        reason,
-                        tokens_out: rec.tokens_out(),
-                        pool_id: pool_id.clone(),
-                    };
-                    if rec.end(ending) {
+                    if let Some(reason) = rec.end_canceled(None) {
                         w.canceled(reason.as_str());
                     }
                 } else {

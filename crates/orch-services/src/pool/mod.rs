@@ -90,7 +90,7 @@ pub struct Placed {
 pub struct ReplicaSnap {
     pub id: Arc<str>,
     pub adapter: Arc<dyn WorkerAdapter>,
-    pub props: Properties,
+    pub props: Arc<Properties>,
     /// `ready`, `unready`, `draining` or `staged`.
     pub state: &'static str,
     pub serving: bool,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub struct Replica {
     pub id: Arc<str>,
     pub adapter: Arc<dyn WorkerAdapter>,
-    pub props: Properties,
+    pub props: Arc<Properties>,
     pub ready: bool,
     pub draining: bool,
     /// Started by a reload and not switched in yet: takes no work.

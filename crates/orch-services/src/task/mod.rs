@@ -215,6 +215,18 @@ impl TaskRecord {
         true
     }
 
+    /// End the task as canceled, for `reason` or the one it recorded, with the tokens
+    /// it streamed. Returns the reason when this call ended it (for the metric).
+    pub fn end_canceled(self: &Arc<Self>, reason: Option<CancelReason>) -> Option<CancelReason> {
+        let reason = reason.unwrap_or_else(|| self.cancel_reason());
+        let ending = Ending::Canceled {
+            reason,
+            tokens_out: self.tokens_out(),
+            pool_id: self.pool_id.clone(),
+        };
+        self.end(ending).then_some(reason)
+    }
+
     /// Close a task that admission refused after registering it: its log gets the
     /// refusal as its terminal frame (for a reader that attached meanwhile), without
     /// the end hook (the task was never admitted, the table takes it back).

@@ -64,39 +64,24 @@ pub(super) fn spawn(
 ) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let id: Arc<str> = spec.id.as_str().into();
-    let mut actor = Actor {
+    let st = PoolState::new(spec, prior_service_ms);
+    let first = publish::snapshot_of(&id, &st, 0);
+    crate::metrics::pool_ready(&id, false);
+    let actor = Actor {
         id: id.clone(),
-        st: PoolState::new(spec, prior_service_ms),
+        st,
         queued: HashMap::new(),
         running: HashMap::new(),
         expiries: BinaryHeap::new(),
         sessions,
         launch,
         me: tx.downgrade(),
-        snap_tx: watch::Sender::new(Arc::new(empty_snapshot(&id))),
-        was_ready: None,
+        snap_tx: watch::Sender::new(Arc::new(first)),
+        was_ready: Some(false),
     };
-    actor.publish();
     let snap = actor.snap_tx.subscribe();
     tokio::spawn(actor.run(rx));
     PoolHandle { id, tx, snap }
-}
-
-fn empty_snapshot(id: &Arc<str>) -> Snapshot {
-    Snapshot {
-        pool_id: id.clone(),
-        spec: Arc::new(PoolSpec::new(id, "")),
-        pinned: None,
-        ready: false,
-        draining: false,
-        queue_depth: 0,
-        slots_total: 0,
-        slots_free: 0,
-        busy_total: 0,
-        running: 0,
-        replicas: Vec::new(),
-        last_error: None,
-    }
 }
 
 impl Drop for Actor {
@@ -145,16 +130,11 @@ impl Actor {
     /// End a task that never ran as canceled, for `reason` or the one it recorded;
     /// counts the cancel. Returns whether this call ended it.
     fn end_unstarted(&self, rec: &Arc<TaskRecord>, reason: Option<CancelReason>) -> bool {
-        let reason = reason.unwrap_or_else(|| rec.cancel_reason());
-        let ended = rec.end(Ending::Canceled {
-            reason,
-            tokens_out: 0,
-            pool_id: self.id.to_string(),
-        });
-        if ended {
-            self.where_queued().canceled(reason.as_str());
+        let ended = rec.end_canceled(reason);
+        if let Some(r) = ended {
+            self.where_queued().canceled(r.as_str());
         }
-        ended
+        ended.is_some()
     }
 
     fn handle(&mut self, cmd: Cmd) {

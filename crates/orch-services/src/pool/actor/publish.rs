@@ -3,6 +3,7 @@
 
 use super::Actor;
 use crate::metrics::Where;
+use crate::pool::state::PoolState;
 use crate::pool::{ReplicaSnap, Snapshot};
 use orch_domain::Priority;
 use std::sync::Arc;
@@ -25,48 +26,53 @@ impl Actor {
     }
 
     pub(super) fn publish(&mut self) {
-        let st = &self.st;
-        let ready = st.is_ready();
+        let ready = self.st.is_ready();
         if self.was_ready != Some(ready) {
             crate::metrics::pool_ready(&self.id, ready);
             self.was_ready = Some(ready);
         }
-        let replicas = st
-            .replicas
-            .iter()
-            .map(|r| ReplicaSnap {
-                id: r.id.clone(),
-                adapter: r.adapter.clone(),
-                props: r.props.clone(),
-                state: if r.staged {
-                    "staged"
-                } else if r.draining {
-                    "draining"
-                } else if r.ready {
-                    "ready"
-                } else {
-                    "unready"
-                },
-                serving: r.serving(),
-                busy: r.busy,
-                endpoint: r.endpoint.clone(),
-                pid: r.pid,
-                last_error: r.last_error.clone(),
-            })
-            .collect();
-        self.snap_tx.send_replace(Arc::new(Snapshot {
-            pool_id: self.id.clone(),
-            spec: st.spec.clone(),
-            pinned: st.pinned.clone(),
-            ready,
-            draining: st.draining,
-            queue_depth: st.queue.len() as u32,
-            slots_total: st.slots_total(),
-            slots_free: st.free_slots(),
-            busy_total: st.busy_total(),
-            running: self.running.len() as u32,
-            replicas,
-            last_error: st.last_error.clone(),
-        }));
+        let snap = snapshot_of(&self.id, &self.st, self.running.len());
+        self.snap_tx.send_replace(Arc::new(snap));
+    }
+}
+
+/// What views see of a pool's state.
+pub(super) fn snapshot_of(id: &Arc<str>, st: &PoolState, running: usize) -> Snapshot {
+    let replicas = st
+        .replicas
+        .iter()
+        .map(|r| ReplicaSnap {
+            id: r.id.clone(),
+            adapter: r.adapter.clone(),
+            props: r.props.clone(),
+            state: if r.staged {
+                "staged"
+            } else if r.draining {
+                "draining"
+            } else if r.ready {
+                "ready"
+            } else {
+                "unready"
+            },
+            serving: r.serving(),
+            busy: r.busy,
+            endpoint: r.endpoint.clone(),
+            pid: r.pid,
+            last_error: r.last_error.clone(),
+        })
+        .collect();
+    Snapshot {
+        pool_id: id.clone(),
+        spec: st.spec.clone(),
+        pinned: st.pinned.clone(),
+        ready: st.is_ready(),
+        draining: st.draining,
+        queue_depth: st.queue.len() as u32,
+        slots_total: st.slots_total(),
+        slots_free: st.free_slots(),
+        busy_total: st.busy_total(),
+        running: running as u32,
+        replicas,
+        last_error: st.last_error.clone(),
     }
 }
