@@ -4,7 +4,7 @@
 //! deadline feasibility and the queue's full-policy, and counts the session's turn.
 
 use crate::core::Core;
-use crate::pool::{PoolHandle, Snapshot};
+use crate::pool::{unready, PoolHandle, Snapshot};
 use crate::task::{Admission, TaskRecord};
 use orch_domain::{
     AdmissionResponse, ErrorCode, OrchError, PolicyLabel, StreamLinks, TaskId, TaskRequest,
@@ -76,15 +76,6 @@ pub(crate) async fn admit(
             sse: AdmissionResponse::stream_path(id),
         },
     })
-}
-
-fn unready(pool_id: &str) -> OrchError {
-    OrchError::new(
-        ErrorCode::PoolUnready,
-        format!("pool {pool_id} is not ready"),
-    )
-    .with_pool(pool_id)
-    .with_retry_after_ms(1000)
 }
 
 /// Does this pool serve the request's model (catalog name or digest)?

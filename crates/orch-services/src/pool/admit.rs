@@ -15,7 +15,8 @@ pub fn estimate_prompt_tokens(prompt: &str) -> u32 {
     prompt.len().div_ceil(BYTES_PER_TOKEN_ESTIMATE) as u32
 }
 
-pub(super) fn unready(pool_id: &str) -> OrchError {
+/// 503 `POOL_UNREADY` for a pool that cannot take work now.
+pub(crate) fn unready(pool_id: &str) -> OrchError {
     OrchError::new(
         ErrorCode::PoolUnready,
         format!("pool {pool_id} is not ready"),

@@ -13,6 +13,7 @@ mod admit;
 mod slot;
 pub mod state;
 
+pub(crate) use admit::unready;
 pub use admit::{estimate_prompt_tokens, BYTES_PER_TOKEN_ESTIMATE};
 pub use slot::{Observed, SlotGuard};
 pub use state::{Pinned, Replica};
