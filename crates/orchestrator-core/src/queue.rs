@@ -1,15 +1,33 @@
-//! A bounded queue with one FIFO lane per priority.
+//! A bounded queue with one lane per priority class and fair sharing inside each lane.
 //!
-//! * Enqueue and dequeue are O(1) amortized: lanes are `VecDeque`s, cancellation marks
-//!   the entry dead in an index map and dead entries are skipped (and compacted) later.
-//! * Dequeue prefers `interactive` but serves one `batch` task after every
+//! * Classes: dequeue prefers `interactive` but serves one `batch` task after every
 //!   `interactive_weight` interactive ones while both lanes wait, so batch never starves.
+//! * Inside a lane, tasks belong to flows (tenants) with weights; the lane serves the
+//!   flow whose head has the smallest start tag ([`crate::fair`]): weighted start-time
+//!   fair queuing with cost = expected tokens, or arrival order when fairness is off.
+//!   Within one flow, order is always FIFO.
+//! * Aging: a task that has waited `aging_ms` is served next in its lane, whatever its
+//!   flow's share (a bound on waiting under any weights).
 //! * When full, the configured [`FullPolicy`] decides: refuse, evict the oldest batch
 //!   task (`drop-lru`), or let an interactive arrival shed the newest batch task.
+//! * Enqueue and dequeue are O(log flows) amortized: cancellation marks an entry dead
+//!   in the live index, and dead entries are skipped and compacted later.
 
+use crate::fair::{ArrivalOrder, StartTimeFair, TagInput, TagPolicy, Tags};
 use orch_domain::{FullPolicy, Priority};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::Hash;
+
+/// How a lane shares service among flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fairness {
+    /// Weighted start-time fair queuing (cost = expected tokens).
+    #[default]
+    Weighted,
+    /// First come, first served across flows.
+    Fifo,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -17,6 +35,9 @@ pub struct QueueConfig {
     pub policy: FullPolicy,
     /// Interactive dequeues allowed in a row while batch work waits (≥ 1).
     pub interactive_weight: u32,
+    pub fairness: Fairness,
+    /// A task waiting this long is served next in its lane (0 = no aging).
+    pub aging_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -25,6 +46,28 @@ impl Default for QueueConfig {
             capacity: 64,
             policy: FullPolicy::Reject,
             interactive_weight: 3,
+            fairness: Fairness::Weighted,
+            aging_ms: 60_000,
+        }
+    }
+}
+
+/// The flow (tenant) a task belongs to, its weight and its expected cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub id: u32,
+    /// ≥ 1; a flow's share of its lane is proportional to it.
+    pub weight: u32,
+    /// Expected tokens, ≥ 1.
+    pub cost: u64,
+}
+
+impl Default for Flow {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            weight: 1,
+            cost: 1,
         }
     }
 }
@@ -46,12 +89,6 @@ pub struct Admitted<K> {
     pub evicted: Option<K>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Slot<K> {
-    key: K,
-    seq: u64,
-}
-
 const LANES: usize = 2;
 
 fn lane(p: Priority) -> usize {
@@ -61,12 +98,69 @@ fn lane(p: Priority) -> usize {
     }
 }
 
+fn priority_of(l: usize) -> Priority {
+    if l == 0 {
+        Priority::Interactive
+    } else {
+        Priority::Batch
+    }
+}
+
+/// Where a live task is.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    lane: usize,
+    seq: u64,
+    flow: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry<K> {
+    key: K,
+    seq: u64,
+    start: u64,
+}
+
+#[derive(Debug)]
+struct FlowQ<K> {
+    q: VecDeque<Entry<K>>,
+    last_finish: u64,
+    /// Whether `heads` holds an entry for this flow.
+    in_heap: bool,
+}
+
+#[derive(Debug)]
+struct Lane<K> {
+    /// Arrival order: (key, seq, arrival time) for aging and eviction.
+    fifo: VecDeque<(K, u64, u64)>,
+    flows: HashMap<u32, FlowQ<K>>,
+    /// One entry per non-empty flow: (start tag of its head, head seq, flow).
+    heads: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    vtime: u64,
+    arrivals: u64,
+    /// Entries held in flow deques, dead or alive.
+    entries: usize,
+}
+
+impl<K> Lane<K> {
+    fn new() -> Self {
+        Self {
+            fifo: VecDeque::new(),
+            flows: HashMap::new(),
+            heads: BinaryHeap::new(),
+            vtime: 0,
+            arrivals: 0,
+            entries: 0,
+        }
+    }
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct BoundedQueue<K> {
     cfg: QueueConfig,
-    lanes: [VecDeque<Slot<K>>; LANES],
-    live: HashMap<K, (usize, u64)>,
+    lanes: [Lane<K>; LANES],
+    live: HashMap<K, Live>,
     counts: [usize; LANES],
     next_seq: u64,
     streak: u32,
@@ -79,7 +173,7 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 interactive_weight: cfg.interactive_weight.max(1),
                 ..cfg
             },
-            lanes: [VecDeque::new(), VecDeque::new()],
+            lanes: [Lane::new(), Lane::new()],
             live: HashMap::new(),
             counts: [0; LANES],
             next_seq: 0,
@@ -107,10 +201,21 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         self.live.contains_key(key)
     }
 
-    /// Insert at the back of its lane, applying the full-policy when at capacity.
-    /// A key that is already queued is refused as a duplicate by returning it evicted
-    /// is impossible: callers must check [`contains`](Self::contains) first.
+    /// [`push`](Self::push) in the default flow (plain FIFO per lane).
     pub fn enqueue(&mut self, key: K, priority: Priority) -> Result<Admitted<K>, QueueFull> {
+        self.push(key, priority, Flow::default(), 0)
+    }
+
+    /// Insert a task of `flow` arriving at `now_ms`, applying the full-policy when at
+    /// capacity. Callers must check [`contains`](Self::contains) first: a key already
+    /// queued must not be pushed again.
+    pub fn push(
+        &mut self,
+        key: K,
+        priority: Priority,
+        flow: Flow,
+        now_ms: u64,
+    ) -> Result<Admitted<K>, QueueFull> {
         let mut evicted = None;
         if self.live.len() >= self.cfg.capacity {
             let victim = match self.cfg.policy {
@@ -137,33 +242,85 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         let l = lane(priority);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let ahead = self.ahead_estimate(l, self.counts[l]);
-        self.lanes[l].push_back(Slot { key, seq });
-        self.live.insert(key, (l, seq));
+        let tags = self.tags(l, flow);
+        let ahead = self.ahead_estimate(l, self.same_lane_ahead(l, tags.start, seq));
+        let ln = &mut self.lanes[l];
+        ln.arrivals += 1;
+        ln.entries += 1;
+        ln.fifo.push_back((key, seq, now_ms));
+        let fq = ln.flows.entry(flow.id).or_insert_with(|| FlowQ {
+            q: VecDeque::new(),
+            last_finish: 0,
+            in_heap: false,
+        });
+        fq.last_finish = tags.finish;
+        fq.q.push_back(Entry {
+            key,
+            seq,
+            start: tags.start,
+        });
+        if !fq.in_heap {
+            fq.in_heap = true;
+            ln.heads.push(Reverse((tags.start, seq, flow.id)));
+        }
+        self.live.insert(
+            key,
+            Live {
+                lane: l,
+                seq,
+                flow: flow.id,
+            },
+        );
         self.counts[l] += 1;
         Ok(Admitted { ahead, evicted })
     }
 
+    fn tags(&self, l: usize, flow: Flow) -> Tags {
+        let ln = &self.lanes[l];
+        let input = TagInput {
+            vtime: ln.vtime,
+            last_finish: ln.flows.get(&flow.id).map_or(0, |f| f.last_finish),
+            arrival: ln.arrivals,
+            cost: flow.cost,
+            weight: flow.weight,
+        };
+        match self.cfg.fairness {
+            Fairness::Weighted => StartTimeFair.tag(input),
+            Fairness::Fifo => ArrivalOrder.tag(input),
+        }
+    }
+
     /// Tasks that would be ahead of a new arrival of `priority` (no insertion).
     pub fn ahead_if_enqueued(&self, priority: Priority) -> usize {
+        self.ahead_if_pushed(priority, Flow::default())
+    }
+
+    /// Tasks that would be ahead of a new arrival of `priority` in `flow`.
+    pub fn ahead_if_pushed(&self, priority: Priority, flow: Flow) -> usize {
         let l = lane(priority);
-        self.ahead_estimate(l, self.counts[l])
+        let tags = self.tags(l, flow);
+        self.ahead_estimate(l, self.same_lane_ahead(l, tags.start, self.next_seq))
     }
 
     /// Remove a queued task. Returns false when it was not queued.
     pub fn cancel(&mut self, key: &K) -> bool {
         match self.live.remove(key) {
-            Some((l, _)) => {
-                self.counts[l] -= 1;
-                self.compact(l);
+            Some(at) => {
+                self.counts[at.lane] -= 1;
+                self.compact(at.lane);
                 true
             }
             None => false,
         }
     }
 
-    /// Take the next task under the weighted rotation.
+    /// Take the next task (weighted rotation across classes, fair share inside).
     pub fn dequeue(&mut self) -> Option<(K, Priority)> {
+        self.pop(0)
+    }
+
+    /// Take the next task at `now_ms` (which drives aging).
+    pub fn pop(&mut self, now_ms: u64) -> Option<(K, Priority)> {
         let (i, b) = (lane(Priority::Interactive), lane(Priority::Batch));
         let pick = match (self.counts[i] > 0, self.counts[b] > 0) {
             (false, false) => return None,
@@ -172,43 +329,53 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             (true, true) if self.streak < self.cfg.interactive_weight => i,
             (true, true) => b,
         };
-        let key = self.pop_live(pick)?;
+        let key = self.pop_lane(pick, now_ms)?;
         if pick == i && self.counts[b] > 0 {
             self.streak += 1;
         } else {
             self.streak = 0;
         }
-        let p = if pick == i {
-            Priority::Interactive
-        } else {
-            Priority::Batch
-        };
-        Some((key, p))
+        Some((key, priority_of(pick)))
     }
 
-    /// Number of live tasks that will be dequeued before `key` (estimate under rotation).
-    /// O(lane length); used for status queries, not on the hot path.
+    /// Number of live tasks that will be dequeued before `key` (estimate: fair order
+    /// inside the lane, rotation across lanes, aging ignored). O(flows · log n).
     pub fn ahead_of(&self, key: &K) -> Option<usize> {
-        let (l, seq) = *self.live.get(key)?;
-        let same = self.lanes[l]
+        let at = *self.live.get(key)?;
+        let start = self.lanes[at.lane]
+            .flows
+            .get(&at.flow)?
+            .q
             .iter()
-            .filter(|s| s.seq < seq && self.is_live(s))
-            .count();
-        Some(self.ahead_estimate(l, same))
+            .find(|e| e.seq == at.seq)?
+            .start;
+        Some(self.ahead_estimate(at.lane, self.same_lane_ahead(at.lane, start, at.seq)))
     }
 
-    /// Live keys in dequeue-lane order (interactive lane first), for inspection.
+    /// Live keys in arrival order per lane (interactive lane first), for inspection.
     pub fn keys(&self) -> Vec<(K, Priority)> {
         let mut out = Vec::with_capacity(self.live.len());
-        for (l, p) in [(0, Priority::Interactive), (1, Priority::Batch)] {
+        for l in 0..LANES {
             out.extend(
                 self.lanes[l]
+                    .fifo
                     .iter()
-                    .filter(|s| self.is_live(s))
-                    .map(|s| (s.key, p)),
+                    .filter(|(k, seq, _)| self.is_live(k, *seq))
+                    .map(|(k, _, _)| (*k, priority_of(l))),
             );
         }
         out
+    }
+
+    /// Entries of lane `l` ordered before (start, seq): dead entries not yet compacted
+    /// are counted too (an over-estimate bounded by the compaction threshold).
+    fn same_lane_ahead(&self, l: usize, start: u64, seq: u64) -> usize {
+        let ahead: usize = self.lanes[l]
+            .flows
+            .values()
+            .map(|f| f.q.partition_point(|e| (e.start, e.seq) < (start, seq)))
+            .sum();
+        ahead.min(self.counts[l])
     }
 
     /// Tasks ahead of the `same_ahead`-th task of lane `l`, counting the other lane's
@@ -226,41 +393,102 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         same_ahead + other_share
     }
 
-    fn is_live(&self, s: &Slot<K>) -> bool {
-        matches!(self.live.get(&s.key), Some(&(_, seq)) if seq == s.seq)
+    fn is_live(&self, key: &K, seq: u64) -> bool {
+        matches!(self.live.get(key), Some(at) if at.seq == seq)
     }
 
-    fn pop_live(&mut self, l: usize) -> Option<K> {
-        while let Some(s) = self.lanes[l].pop_front() {
-            if self.is_live(&s) {
-                self.live.remove(&s.key);
-                self.counts[l] -= 1;
-                return Some(s.key);
+    fn take(&mut self, l: usize, key: K) -> K {
+        self.live.remove(&key);
+        self.counts[l] -= 1;
+        key
+    }
+
+    fn pop_lane(&mut self, l: usize, now_ms: u64) -> Option<K> {
+        // aging: the oldest live task of the lane goes first once it waited too long
+        while let Some(&(key, seq, at)) = self.lanes[l].fifo.front() {
+            if !self.is_live(&key, seq) {
+                self.lanes[l].fifo.pop_front();
+                continue;
             }
+            if self.cfg.aging_ms > 0 && now_ms >= at.saturating_add(self.cfg.aging_ms) {
+                self.lanes[l].fifo.pop_front();
+                return Some(self.take(l, key));
+            }
+            break;
+        }
+        while let Some(Reverse((start, seq, flow))) = self.lanes[l].heads.pop() {
+            let live = &self.live;
+            let ln = &mut self.lanes[l];
+            let Some(fq) = ln.flows.get_mut(&flow) else {
+                continue;
+            };
+            while let Some(e) = fq.q.front() {
+                if matches!(live.get(&e.key), Some(at) if at.seq == e.seq) {
+                    break;
+                }
+                fq.q.pop_front();
+                ln.entries -= 1;
+            }
+            let Some(head) = fq.q.front().copied() else {
+                fq.in_heap = false;
+                continue;
+            };
+            if (head.start, head.seq) != (start, seq) {
+                // the head this entry was made for left the queue: re-file the flow
+                ln.heads.push(Reverse((head.start, head.seq, flow)));
+                continue;
+            }
+            fq.q.pop_front();
+            ln.entries -= 1;
+            ln.vtime = ln.vtime.max(head.start);
+            match fq.q.front() {
+                Some(next) => ln.heads.push(Reverse((next.start, next.seq, flow))),
+                None => fq.in_heap = false,
+            }
+            return Some(self.take(l, head.key));
         }
         None
     }
 
     fn front_live(&self, l: usize) -> Option<K> {
         self.lanes[l]
+            .fifo
             .iter()
-            .find(|s| self.is_live(s))
-            .map(|s| s.key)
+            .find(|(k, seq, _)| self.is_live(k, *seq))
+            .map(|(k, _, _)| *k)
     }
 
     fn back_live(&self, l: usize) -> Option<K> {
         self.lanes[l]
+            .fifo
             .iter()
             .rev()
-            .find(|s| self.is_live(s))
-            .map(|s| s.key)
+            .find(|(k, seq, _)| self.is_live(k, *seq))
+            .map(|(k, _, _)| *k)
     }
 
     /// Drop dead entries once they outnumber live ones (keeps memory O(live)).
     fn compact(&mut self, l: usize) {
-        if self.lanes[l].len() > 2 * self.counts[l] + 32 {
-            let live = &self.live;
-            self.lanes[l].retain(|s| matches!(live.get(&s.key), Some(&(_, seq)) if seq == s.seq));
+        let live = &self.live;
+        let ln = &mut self.lanes[l];
+        let alive = |k: &K, seq: u64| matches!(live.get(k), Some(at) if at.seq == seq);
+        if ln.fifo.len() > 2 * self.counts[l] + 32 {
+            ln.fifo.retain(|(k, seq, _)| alive(k, *seq));
+        }
+        if ln.entries > 2 * self.counts[l] + 32 {
+            ln.heads.clear();
+            ln.entries = 0;
+            for (id, fq) in ln.flows.iter_mut() {
+                fq.q.retain(|e| alive(&e.key, e.seq));
+                ln.entries += fq.q.len();
+                fq.in_heap = match fq.q.front() {
+                    Some(h) => {
+                        ln.heads.push(Reverse((h.start, h.seq, *id)));
+                        true
+                    }
+                    None => false,
+                };
+            }
         }
     }
 }
@@ -274,6 +502,7 @@ mod tests {
             capacity,
             policy,
             interactive_weight: 2,
+            ..QueueConfig::default()
         })
     }
 

@@ -37,7 +37,7 @@ proptest! {
     #[test]
     fn queue_matches_model(ops in prop::collection::vec(op(), 1..200),
                            cap in 1usize..8, pol in policy(), w in 1u32..4) {
-        let mut q = BoundedQueue::new(QueueConfig { capacity: cap, policy: pol, interactive_weight: w });
+        let mut q = BoundedQueue::new(QueueConfig { capacity: cap, policy: pol, interactive_weight: w, ..QueueConfig::default() });
         let mut model: [VecDeque<u32>; 2] = [VecDeque::new(), VecDeque::new()];
         let mut next = 0u32;
         let mut admitted = HashSet::new();
@@ -104,7 +104,7 @@ proptest! {
     /// With both lanes non-empty, batch is served at least once per `w + 1` dequeues.
     #[test]
     fn batch_never_starves(w in 1u32..5, n in 1usize..20) {
-        let mut q = BoundedQueue::new(QueueConfig { capacity: 1000, policy: FullPolicy::Reject, interactive_weight: w });
+        let mut q = BoundedQueue::new(QueueConfig { capacity: 1000, policy: FullPolicy::Reject, interactive_weight: w, ..QueueConfig::default() });
         for k in 0..(n as u32 * 10) { q.enqueue(k, Priority::Interactive).unwrap(); }
         for k in 0..n as u32 { q.enqueue(10_000 + k, Priority::Batch).unwrap(); }
         let mut since_batch = 0;
