@@ -176,6 +176,42 @@ pub struct Capabilities {
     pub engines: Vec<EngineCaps>,
     pub rate_limits: RateLimits,
     pub features: Vec<String>,
+    /// The calling tenant: its role, weight, quotas and what it uses now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantCaps>,
+}
+
+/// The calling tenant's share and limits (`GET /v1/capabilities`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantCaps {
+    pub tenant: String,
+    /// `client` (data plane) or `admin` (everything).
+    pub role: String,
+    /// Share weight in fair queuing relative to other tenants.
+    pub weight: u32,
+    pub quotas: QuotaCaps,
+    /// Tasks admitted and not ended (queued + running).
+    pub in_flight: u32,
+    /// Tasks waiting in queues.
+    pub queued: u32,
+    /// Tokens left in the per-minute budget now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_available: Option<u64>,
+}
+
+/// A tenant's quotas; an absent field is unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QuotaCaps {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_task: Option<u32>,
 }
 
 /// The OrchQueue API version (the OpenAPI `info.version`).
@@ -196,4 +232,8 @@ pub const FEATURES: &[&str] = &[
     "determinism_strict",
     "placement_pin_prefer_avoid",
     "deadline_admission",
+    "deadline_tracking",
+    "api_keys",
+    "tenant_quotas",
+    "weighted_fair_queuing",
 ];

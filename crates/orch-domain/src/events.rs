@@ -50,7 +50,20 @@ pub struct TokenFrame {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsFrame {
+    /// Tasks waiting in the pool's queue.
     pub queue_depth: u32,
+    /// While queued: slot releases this task still waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// While queued: predicted milliseconds until it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_start_ms: Option<u64>,
+    /// With a deadline: the probability (0–1) that the task completes within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_time_probability: Option<f64>,
+    /// While running: tokens streamed so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_budget_remaining: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

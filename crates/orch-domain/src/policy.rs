@@ -1,4 +1,5 @@
-//! Queue-full policies and the labels that name them on 429s and in metrics.
+//! Queue-full policies and the labels that name them on 429s and in metrics. Quota
+//! refusals name their quota (`quota-<name>`), refining the spec's single `quota`.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +35,14 @@ pub enum PolicyLabel {
     Reject,
     DropLru,
     ShedLowPriority,
-    Quota,
+    /// Tenant quota on tasks in flight (queued + running).
+    QuotaConcurrency,
+    /// Tenant quota on tasks waiting in queues.
+    QuotaQueued,
+    /// Tenant quota on output tokens per minute.
+    QuotaTokensPerMinute,
+    /// A session's token budget.
+    QuotaSessionBudget,
 }
 
 impl PolicyLabel {
@@ -43,7 +51,10 @@ impl PolicyLabel {
             PolicyLabel::Reject => "reject",
             PolicyLabel::DropLru => "drop-lru",
             PolicyLabel::ShedLowPriority => "shed-low-priority",
-            PolicyLabel::Quota => "quota",
+            PolicyLabel::QuotaConcurrency => "quota-concurrency",
+            PolicyLabel::QuotaQueued => "quota-queued",
+            PolicyLabel::QuotaTokensPerMinute => "quota-tokens-per-minute",
+            PolicyLabel::QuotaSessionBudget => "quota-session-budget",
         }
     }
 }

@@ -54,6 +54,9 @@ impl TaskState {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskStatus {
     pub task_id: TaskId,
+    /// The tenant that submitted the task.
+    #[serde(default)]
+    pub tenant: String,
     pub state: TaskState,
     pub priority: Priority,
     pub pool_id: String,

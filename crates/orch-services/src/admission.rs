@@ -1,19 +1,25 @@
 //! Admission: validate a task against the spec, choose its pool (from published pool
-//! snapshots, no lock), check its session budget, register it in the task table (409
-//! on a known id), and hand it to the pool's actor, which decides position, ETA,
-//! deadline feasibility and the queue's full-policy, and counts the session's turn.
+//! snapshots, no lock), reserve its tenant's quotas and its session's budget (atomic,
+//! so concurrent admissions cannot overrun either), register it in the task table
+//! (409 on a known id), and hand it to the pool's actor, which decides its place in
+//! the fair queue, position, ETA, deadline feasibility and the queue's full-policy.
+//! Whatever was reserved is given back by the task's settlement when it ends.
 
+use crate::auth::Caller;
 use crate::core::Core;
-use crate::pool::{unready, PoolHandle, Snapshot};
-use crate::task::{Admission, TaskRecord};
+use crate::pool::{unready, Flow, PoolHandle, Snapshot};
+use crate::sessions::Refusal;
+use crate::task::{Admission, Settled, TaskRecord};
 use orch_domain::{
     AdmissionResponse, ErrorCode, OrchError, PolicyLabel, StreamLinks, TaskId, TaskRequest,
+    TaskState,
 };
 use std::sync::Arc;
 
-/// Admit a task: 202 data on success, a typed error otherwise.
+/// Admit a task for `caller`'s tenant: 202 data on success, a typed error otherwise.
 pub(crate) async fn admit(
     core: &Core,
+    caller: &Caller,
     req: TaskRequest,
     correlation_id: &str,
 ) -> Result<AdmissionResponse, OrchError> {
@@ -25,24 +31,50 @@ pub(crate) async fn admit(
         );
     }
     let pool = select_pool(core, &req)?;
-    let id = req.task_id.unwrap_or_else(TaskId::new_random);
-    if let Some(sid) = req.session_id {
-        if let Some(left) = core.sessions.remaining(sid) {
-            if left < u64::from(req.max_tokens) {
-                return Err(OrchError::new(
-                    ErrorCode::QuotaExceeded,
-                    format!("session {sid} has {left} tokens left of its budget"),
-                )
-                .with_policy(PolicyLabel::Quota)
-                .with_retry_after_ms(1000)
-                .with_pool(&*pool.id));
+    let snap = pool.snapshot();
+    let engine = snap.pinned.as_ref().map_or("unknown", |p| p.engine.as_str());
+    let tenant = core.tenants.get(&caller.tenant);
+    let (mut reservation, lease) = tenant
+        .reserve(req.max_tokens, snap.retry_after_ms)
+        .inspect_err(|e| refused(engine, e))?;
+    let session = match req.session_id {
+        Some(sid) => {
+            let want = u64::from(req.max_tokens);
+            match core.sessions.reserve(sid, &tenant.name, want) {
+                Ok(()) => Some((sid, want)),
+                Err(Refusal::Budget { left }) => {
+                    let e = OrchError::new(
+                        ErrorCode::QuotaExceeded,
+                        format!("session {sid} has {left} tokens left of its budget; this turn reserves {want}"),
+                    )
+                    .with_policy(PolicyLabel::QuotaSessionBudget)
+                    .with_retry_after_ms(snap.retry_after_ms)
+                    .with_pool(&*pool.id);
+                    refused(engine, &e);
+                    return Err(e);
+                }
+                Err(Refusal::OtherTenant) => {
+                    return Err(OrchError::new(
+                        ErrorCode::Forbidden,
+                        format!("session {sid} belongs to another tenant"),
+                    ))
+                }
             }
         }
-    }
+        None => None,
+    };
+    let id = req.task_id.unwrap_or_else(TaskId::new_random);
     let priority = req.priority;
+    let deadline_ms = req.deadline_ms;
+    let flow = Flow {
+        id: tenant.ix,
+        weight: tenant.weight,
+        cost: u64::from(req.expected_tokens.unwrap_or(req.max_tokens)).max(1),
+    };
     let rec = Arc::new(TaskRecord::new(
         Admission {
             id,
+            tenant: tenant.name.clone(),
             priority,
             pool_id: pool.id.to_string(),
             session: req.session_id,
@@ -51,12 +83,31 @@ pub(crate) async fn admit(
         req,
         Some(core.table.end_hook()),
     ));
-    core.table.insert(rec.clone())?;
+    let sessions = core.sessions.clone();
+    rec.set_settlement(Box::new(move |s: Settled| {
+        reservation.used(u64::from(s.tokens_out));
+        if let Some((sid, reserved)) = session {
+            sessions.settle(sid, reserved, u64::from(s.tokens_in) + u64::from(s.tokens_out));
+        }
+        if s.admitted {
+            let name = reservation.tenant().name.clone();
+            crate::metrics::served(&name, priority.as_str(), u64::from(s.tokens_out));
+            if let Some(d) = deadline_ms {
+                let met = s.state == TaskState::Completed && s.elapsed_ms <= d;
+                crate::metrics::deadline_outcome(priority.as_str(), met);
+            }
+        }
+        drop(reservation);
+    }));
+    if let Err(e) = core.table.insert(rec.clone()) {
+        rec.refuse(e.clone());
+        return Err(e);
+    }
     let Some(request) = rec.request() else {
         core.table.remove_unadmitted(&rec);
         return Err(OrchError::internal("admitted task lost its request"));
     };
-    let placed = match pool.admit(rec.clone(), request).await {
+    let placed = match pool.admit(rec.clone(), request, flow, lease).await {
         Ok(p) => p,
         Err(e) => {
             // a reader that attached meanwhile sees the refusal and ends
@@ -65,8 +116,9 @@ pub(crate) async fn admit(
             return Err(e);
         }
     };
-    tracing::debug!(task_id = %id, pool_id = %pool.id, queue_position = placed.queue_position,
-        predicted_start_ms = placed.predicted_start_ms, correlation_id, "admitted");
+    tracing::debug!(task_id = %id, tenant = %tenant.name, pool_id = %pool.id,
+        queue_position = placed.queue_position, predicted_start_ms = placed.predicted_start_ms,
+        correlation_id, "admitted");
     Ok(AdmissionResponse {
         task_id: id,
         queue_position: placed.queue_position,
@@ -76,6 +128,16 @@ pub(crate) async fn admit(
             sse: AdmissionResponse::stream_path(id),
         },
     })
+}
+
+/// Count a refusal by quota in the rejection and backpressure metrics.
+fn refused(engine: &str, e: &OrchError) {
+    if e.code == ErrorCode::QuotaExceeded {
+        crate::metrics::rejected(engine, "quota");
+        if let Some(p) = e.policy_label {
+            crate::metrics::backpressure(engine, p.as_str());
+        }
+    }
 }
 
 /// Does this pool serve the request's model (catalog name or digest)?

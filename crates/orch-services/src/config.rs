@@ -22,6 +22,8 @@ pub struct ServiceConfig {
     pub sweep_interval: Duration,
     /// Service time assumed for ETAs before the first task finishes.
     pub prior_service_ms: f64,
+    /// Tenants: weights and quotas.
+    pub tenancy: Tenancy,
 }
 
 impl Default for ServiceConfig {
@@ -35,6 +37,57 @@ impl Default for ServiceConfig {
             session_token_budget: None,
             sweep_interval: Duration::from_secs(1),
             prior_service_ms: 1000.0,
+            tenancy: Tenancy::default(),
+        }
+    }
+}
+
+/// Limits on what one tenant may have in the system at once. `None` = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quotas {
+    /// Tasks admitted and not yet ended (queued + running).
+    pub max_concurrent: Option<u32>,
+    /// Tasks waiting in queues.
+    pub max_queued: Option<u32>,
+    /// Output tokens per minute: `max_tokens` is reserved at admission and what was
+    /// not generated is given back when the task ends.
+    pub tokens_per_minute: Option<u64>,
+    /// Largest `max_tokens` of one task.
+    pub max_tokens_per_task: Option<u32>,
+}
+
+/// One tenant's share weight and quotas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    pub name: String,
+    /// Share of each queue's service relative to other tenants (≥ 1).
+    pub weight: u32,
+    pub quotas: Quotas,
+}
+
+impl TenantSpec {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            weight: 1,
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// Tenants known from configuration, and what a tenant not listed gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenancy {
+    pub tenants: Vec<TenantSpec>,
+    /// Weight and quotas of tenants not listed (its name is ignored).
+    pub defaults: TenantSpec,
+}
+
+impl Default for Tenancy {
+    fn default() -> Self {
+        Self {
+            tenants: Vec::new(),
+            defaults: TenantSpec::new("default"),
         }
     }
 }
@@ -86,6 +139,9 @@ pub struct PoolSpec {
     pub queue_wait_limit: Duration,
     /// Attempts on another replica when a task fails before its first token.
     pub retries_before_first_token: u32,
+    /// How often a waiting or running task's stream gets a `metrics` frame
+    /// (zero = never).
+    pub metrics_frame_interval: Duration,
 }
 
 impl PoolSpec {
@@ -101,6 +157,7 @@ impl PoolSpec {
             decode_timeout: Duration::from_secs(600),
             queue_wait_limit: Duration::from_secs(300),
             retries_before_first_token: 1,
+            metrics_frame_interval: Duration::from_secs(1),
         }
     }
 }

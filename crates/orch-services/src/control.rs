@@ -160,7 +160,11 @@ pub(crate) async fn drain(
 }
 
 /// `GET /v1/capabilities` data; `body_max_bytes` comes from the HTTP layer.
-pub(crate) fn capabilities(core: &Core, body_max_bytes: u64) -> orch_domain::control::Capabilities {
+pub(crate) fn capabilities(
+    core: &Core,
+    caller: &crate::auth::Caller,
+    body_max_bytes: u64,
+) -> orch_domain::control::Capabilities {
     use orch_domain::control::{Capabilities, EngineCaps, QueueCaps, RateLimits};
     let engines = core
         .pools
@@ -200,5 +204,6 @@ pub(crate) fn capabilities(core: &Core, body_max_bytes: u64) -> orch_domain::con
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        tenant: Some(core.tenants.get(&caller.tenant).caps(caller.role)),
     }
 }

@@ -1,5 +1,5 @@
-//! The shared core of the services: configuration, the task table, sessions and the
-//! pool registry, plus the one cancel path every caller uses.
+//! The shared core of the services: configuration, the task table, sessions, tenants
+//! and the pool registry, plus the one cancel path every caller uses.
 //!
 //! Owns: the `accepting` and `self_tests_passed` flags. Everything else it holds owns
 //! its own state (see each module).
@@ -11,6 +11,7 @@ use crate::registry::PoolRegistry;
 use crate::sessions::SessionStore;
 use crate::table::TaskTable;
 use crate::task::TaskRecord;
+use crate::tenants::Tenants;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub(crate) struct Core {
     pub table: TaskTable,
     pub sessions: Arc<SessionStore>,
     pub pools: PoolRegistry,
+    pub tenants: Tenants,
     pub accepting: AtomicBool,
     pub self_tests_passed: AtomicBool,
 }
@@ -35,6 +37,7 @@ impl Core {
             table: TaskTable::new(cfg.retention, cfg.record_ttl),
             pools: PoolRegistry::new(sessions.clone(), cfg.prior_service_ms, launch),
             sessions,
+            tenants: Tenants::new(&cfg.tenancy),
             cfg,
             accepting: AtomicBool::new(true),
             self_tests_passed: AtomicBool::new(true),

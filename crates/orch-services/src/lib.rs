@@ -3,9 +3,10 @@
 //! Layers, bottom up (a module uses only modules below it; `tests/module_graph.rs`
 //! enforces this and that nothing imports the facade):
 //!
-//! * [`config`], [`metrics`], [`lifecycle`] — settings, metric names, task phases and
-//!   the one place terminal frames are built;
+//! * [`config`], [`metrics`], [`lifecycle`], [`auth`] — settings, metric names, task
+//!   phases and the one place terminal frames are built, API keys and callers;
 //! * [`task`] — a task's record, event log and token counter; [`sessions`];
+//!   [`tenants`] — weights, quotas and what each tenant has in flight;
 //! * [`pool`] — one actor per pool owning its queue, replicas and slots;
 //! * [`runner`] — drives one task on an engine (watchdogs, retries, cancel);
 //! * [`table`] — the bounded task table; [`registry`] — the pools;
@@ -18,6 +19,7 @@
 //! engines are reached only through `adapter_api::WorkerAdapter`.
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod control;
 mod core;
@@ -32,8 +34,10 @@ pub mod sessions;
 pub mod streaming;
 pub mod table;
 pub mod task;
+pub mod tenants;
 
-pub use config::{PoolSpec, Retention, ServiceConfig};
+pub use auth::{Caller, KeyRing, Role};
+pub use config::{PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec};
 pub use lifecycle::{CancelReason, Ending, Phase};
 pub use manager::{ManagerConfig, PoolManager};
 pub use orchestrator::Orchestrator;

@@ -2,6 +2,10 @@
 //! lint file `ci/metrics.lint.json` lists them and a test holds `/metrics` to it.
 
 use metrics::{counter, gauge, histogram, Counter};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
 
 pub const TASKS_ENQUEUED: &str = "tasks_enqueued_total";
 pub const TASKS_STARTED: &str = "tasks_started_total";
@@ -14,6 +18,10 @@ pub const QUEUE_DEPTH: &str = "queue_depth";
 pub const POOL_READY: &str = "pool_ready";
 pub const LATENCY_FIRST_TOKEN: &str = "latency_first_token_ms";
 pub const LATENCY_DECODE: &str = "latency_decode_ms";
+/// Each tenant's share of the output tokens served per priority, over a sliding window.
+pub const ADMISSION_SHARE: &str = "admission_share";
+/// Of the tasks with a deadline that ended, the fraction that completed within it.
+pub const DEADLINES_MET_RATIO: &str = "deadlines_met_ratio";
 /// Time from dequeue to the engine call: the orchestrator's own added latency.
 pub const DISPATCH_LATENCY: &str = "orchestrator_dispatch_latency_ms";
 
@@ -100,4 +108,98 @@ pub fn backpressure(engine: &str, policy: &str) {
 
 pub fn pool_ready(pool_id: &str, ready: bool) {
     gauge!(POOL_READY, "pool_id" => pool_id.to_string()).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Length of the window `admission_share` is computed over, and its bucket size.
+pub const SHARE_WINDOW_SECS: u64 = 60;
+const SHARE_BUCKET_SECS: u64 = 10;
+
+type ShareKey = (String, &'static str);
+
+struct ShareWindow {
+    epoch: Instant,
+    /// (bucket number, tokens per tenant and priority), oldest first.
+    buckets: VecDeque<(u64, HashMap<ShareKey, u64>)>,
+    /// Every series ever set, so a tenant that stopped being served drops to 0.
+    seen: HashMap<ShareKey, ()>,
+}
+
+static SHARES: Mutex<Option<ShareWindow>> = Mutex::new(None);
+
+fn priority_static(p: &str) -> &'static str {
+    if p == "interactive" {
+        "interactive"
+    } else {
+        "batch"
+    }
+}
+
+/// Count `tokens` served to `tenant` at `priority` and refresh the share gauges.
+pub fn served(tenant: &str, priority: &str, tokens: u64) {
+    let mut g = SHARES.lock().unwrap_or_else(|p| p.into_inner());
+    let w = g.get_or_insert_with(|| ShareWindow {
+        epoch: Instant::now(),
+        buckets: VecDeque::new(),
+        seen: HashMap::new(),
+    });
+    let now = w.epoch.elapsed().as_secs() / SHARE_BUCKET_SECS;
+    if w.buckets.back().is_none_or(|(b, _)| *b != now) {
+        w.buckets.push_back((now, HashMap::new()));
+    }
+    if let Some((_, m)) = w.buckets.back_mut() {
+        *m.entry((tenant.to_string(), priority_static(priority)))
+            .or_insert(0) += tokens;
+    }
+    refresh(w);
+}
+
+/// Drop buckets that left the window and set every share gauge (also called by the
+/// periodic sweep so shares decay when nothing is served).
+pub fn refresh_shares() {
+    let mut g = SHARES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = g.as_mut() {
+        refresh(w);
+    }
+}
+
+fn refresh(w: &mut ShareWindow) {
+    let now = w.epoch.elapsed().as_secs() / SHARE_BUCKET_SECS;
+    let keep = SHARE_WINDOW_SECS / SHARE_BUCKET_SECS;
+    while w.buckets.front().is_some_and(|(b, _)| b + keep <= now) {
+        w.buckets.pop_front();
+    }
+    let mut per: HashMap<ShareKey, u64> = HashMap::new();
+    let mut total: HashMap<&'static str, u64> = HashMap::new();
+    for (_, m) in &w.buckets {
+        for (k, n) in m {
+            *per.entry(k.clone()).or_insert(0) += n;
+            *total.entry(k.1).or_insert(0) += n;
+        }
+    }
+    for k in per.keys() {
+        w.seen.insert(k.clone(), ());
+    }
+    for k in w.seen.keys() {
+        let n = per.get(k).copied().unwrap_or(0);
+        let t = total.get(k.1).copied().unwrap_or(0);
+        let share = if t == 0 { 0.0 } else { n as f64 / t as f64 };
+        gauge!(ADMISSION_SHARE, "tenant" => k.0.clone(), "priority" => k.1).set(share);
+    }
+}
+
+static DEADLINES: [[AtomicU64; 2]; 2] = [
+    [AtomicU64::new(0), AtomicU64::new(0)],
+    [AtomicU64::new(0), AtomicU64::new(0)],
+];
+
+/// A task with a deadline ended: completed within it (`met`) or not.
+pub fn deadline_outcome(priority: &str, met: bool) {
+    let i = usize::from(priority != "interactive");
+    let [m, n] = &DEADLINES[i];
+    if met {
+        m.fetch_add(1, Ordering::AcqRel);
+    }
+    let total = n.fetch_add(1, Ordering::AcqRel) + 1;
+    let ratio = m.load(Ordering::Acquire) as f64 / total as f64;
+    gauge!(DEADLINES_MET_RATIO, "priority" => priority_static(priority)).set(ratio);
 }

@@ -5,6 +5,7 @@
 //!
 //! Nothing in this crate imports this module (enforced by `tests/module_graph.rs`).
 
+use crate::auth::Caller;
 use crate::config::{PoolSpec, ServiceConfig};
 use crate::core::Core;
 use crate::lifecycle::CancelReason;
@@ -70,17 +71,53 @@ impl Orchestrator {
             .await
     }
 
-    /// Admit a task: 202 data on success, a typed error otherwise.
+    /// Admit a task as the open caller (an admin of the `anonymous` tenant): for
+    /// trusted in-process callers. Servers with keys use [`admit_as`](Self::admit_as).
     pub async fn admit(
         &self,
         req: TaskRequest,
         correlation_id: &str,
     ) -> Result<AdmissionResponse, OrchError> {
-        crate::admission::admit(&self.core, req, correlation_id).await
+        self.admit_as(&Caller::open(), req, correlation_id).await
+    }
+
+    /// Admit a task for `caller`'s tenant (its quotas, weight and sessions).
+    pub async fn admit_as(
+        &self,
+        caller: &Caller,
+        req: TaskRequest,
+        correlation_id: &str,
+    ) -> Result<AdmissionResponse, OrchError> {
+        crate::admission::admit(&self.core, caller, req, correlation_id).await
+    }
+
+    /// A task `caller` may see (its tenant's, or any for an admin): others are 404,
+    /// exactly like an unknown id, so ids of other tenants are not revealed.
+    fn lookup(&self, caller: &Caller, id: TaskId) -> Result<Lookup, OrchError> {
+        let found = self.core.table.get(id);
+        let owner = match &found {
+            Some(Lookup::Record(r)) => Some(r.tenant.clone()),
+            Some(Lookup::Expired(s)) => Some(s.tenant.clone()),
+            None => None,
+        };
+        match (found, owner) {
+            (Some(l), Some(o)) if caller.may_see(&o) => Ok(l),
+            _ => Err(OrchError::not_found("task", id)),
+        }
     }
 
     /// Open a reader of a task's events after sequence `last_event_id` (0 = start).
     pub fn open_stream(&self, id: TaskId, last_event_id: u64) -> Result<StreamReader, OrchError> {
+        self.open_stream_as(&Caller::open(), id, last_event_id)
+    }
+
+    pub fn open_stream_as(
+        &self,
+        caller: &Caller,
+        id: TaskId,
+        last_event_id: u64,
+    ) -> Result<StreamReader, OrchError> {
+        self.lookup(caller, id)?;
         let rec = self.core.table.record(id)?;
         let len = rec.log.len();
         if last_event_id > len {
@@ -95,22 +132,25 @@ impl Orchestrator {
     /// Cancel a task: a queued one is removed, a running one is stopped on its engine.
     /// Canceling a finished (or expired) task is a no-op.
     pub async fn cancel(&self, id: TaskId) -> Result<(), OrchError> {
-        match self.core.table.get(id) {
-            Some(Lookup::Record(rec)) => {
-                self.core.cancel(&rec, CancelReason::Client).await;
-                Ok(())
-            }
-            Some(Lookup::Expired(_)) => Ok(()),
-            None => Err(OrchError::not_found("task", id)),
+        self.cancel_as(&Caller::open(), id).await
+    }
+
+    pub async fn cancel_as(&self, caller: &Caller, id: TaskId) -> Result<(), OrchError> {
+        if let Lookup::Record(rec) = self.lookup(caller, id)? {
+            self.core.cancel(&rec, CancelReason::Client).await;
         }
+        Ok(())
     }
 
     /// `GET /v1/tasks/{id}`: live state, or the summary of an expired task.
     pub async fn status(&self, id: TaskId) -> Result<TaskStatus, OrchError> {
-        let (s, queued) = match self.core.table.get(id) {
-            Some(Lookup::Record(rec)) => (rec.summary(), rec.state() == TaskState::Queued),
-            Some(Lookup::Expired(s)) => (s, false),
-            None => return Err(OrchError::not_found("task", id)),
+        self.status_as(&Caller::open(), id).await
+    }
+
+    pub async fn status_as(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
+        let (s, queued) = match self.lookup(caller, id)? {
+            Lookup::Record(rec) => (rec.summary(), rec.state() == TaskState::Queued),
+            Lookup::Expired(s) => (s, false),
         };
         let position = match (queued, self.core.pools.get(&s.pool_id)) {
             (true, Some(pool)) => pool.position(id).await,
@@ -118,6 +158,7 @@ impl Orchestrator {
         };
         Ok(TaskStatus {
             task_id: id,
+            tenant: s.tenant.to_string(),
             state: s.state,
             priority: s.priority,
             pool_id: s.pool_id,
@@ -129,7 +170,20 @@ impl Orchestrator {
         })
     }
 
+    /// A session `caller` may see (404 otherwise, like an unknown one).
+    fn check_session(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
+        match self.core.sessions.owner(id) {
+            Some(o) if !caller.may_see(&o) => Err(OrchError::not_found("session", id)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn session(&self, id: SessionId) -> Result<SessionInfo, OrchError> {
+        self.session_as(&Caller::open(), id)
+    }
+
+    pub fn session_as(&self, caller: &Caller, id: SessionId) -> Result<SessionInfo, OrchError> {
+        self.check_session(caller, id)?;
         self.core
             .sessions
             .info(id)
@@ -138,6 +192,11 @@ impl Orchestrator {
 
     /// End a session and ask its replica to forget the session's KV.
     pub async fn delete_session(&self, id: SessionId) -> Result<(), OrchError> {
+        self.delete_session_as(&Caller::open(), id).await
+    }
+
+    pub async fn delete_session_as(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
+        self.check_session(caller, id)?;
         let home = self
             .core
             .sessions
@@ -175,9 +234,15 @@ impl Orchestrator {
         crate::control::replica_sets(&self.core)
     }
 
-    /// `GET /v1/capabilities` data; `body_max_bytes` comes from the HTTP layer.
+    /// `GET /v1/capabilities` data for the open caller; `body_max_bytes` comes from
+    /// the HTTP layer.
     pub fn capabilities(&self, body_max_bytes: u64) -> Capabilities {
-        crate::control::capabilities(&self.core, body_max_bytes)
+        self.capabilities_as(&Caller::open(), body_max_bytes)
+    }
+
+    /// Capabilities with the calling tenant's weight, quotas and use.
+    pub fn capabilities_as(&self, caller: &Caller, body_max_bytes: u64) -> Capabilities {
+        crate::control::capabilities(&self.core, caller, body_max_bytes)
     }
 
     /// Stop dispatch on a pool; running tasks get until `deadline`.
@@ -260,5 +325,6 @@ async fn sweeper(core: Weak<Core>) {
         let Some(core) = core.upgrade() else { return };
         core.table.sweep();
         core.sessions.sweep();
+        crate::metrics::refresh_shares();
     }
 }

@@ -13,7 +13,8 @@ use crate::pool::{Assignment, Launch, Observed};
 use crate::sessions::{KvHome, SessionStore};
 use adapter_api::{EngineEnd, EngineEvent, EngineRequest, WorkerError};
 use futures_util::{FutureExt, StreamExt};
-use orch_domain::{ErrorCode, OrchError, StartedFrame, StreamEvent, TokenFrame};
+use orch_domain::{ErrorCode, MetricsFrame, OrchError, StartedFrame, StreamEvent, TokenFrame};
+use orchestrator_core::eta::on_time_probability;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -56,6 +57,8 @@ struct Attempt<'a> {
     t0: Instant,
     tokens_out: metrics::Counter,
     unflushed: u64,
+    /// When the stream next gets a `metrics` frame.
+    next_metrics: Option<Instant>,
 }
 
 impl Drop for Attempt<'_> {
@@ -87,6 +90,30 @@ impl Attempt<'_> {
             replica_id: self.a.replica_id.to_string(),
             sampler_profile_version: p.sampler_profile_version.clone(),
             seed: self.a.request.effective_seed(rec.id),
+        }));
+    }
+
+    /// A `metrics` frame while running: tokens so far, queue depth behind, and with a
+    /// deadline the probability of meeting it at the pool's observed decode rate.
+    fn progress(&self, tokens: u32) {
+        let (a, req, rec) = (self.a, &self.a.request, &self.a.rec);
+        let snap = a.pool.snapshot();
+        let on_time = req.deadline_ms.map(|deadline| {
+            let left = deadline as f64 - rec.admitted_at.elapsed().as_secs_f64() * 1e3;
+            let todo = req
+                .expected_tokens
+                .unwrap_or(req.max_tokens)
+                .saturating_sub(tokens);
+            on_time_probability(snap.per_token_ms * f64::from(todo), 0.0, left)
+        });
+        rec.emit(&StreamEvent::Metrics(MetricsFrame {
+            queue_depth: snap.queue_depth,
+            queue_position: None,
+            predicted_start_ms: None,
+            on_time_probability: on_time,
+            tokens_out: Some(tokens),
+            tokens_budget_remaining: None,
+            kv_warmth: None,
         }));
     }
 
@@ -130,6 +157,9 @@ impl Attempt<'_> {
             }
         };
         let wall_end = Instant::now() + lim.decode;
+        if !lim.metrics_every.is_zero() {
+            self.next_metrics = Some(Instant::now() + lim.metrics_every);
+        }
         // one watchdog timer, re-armed only when it fires early (no timer per token)
         let mut last = Instant::now();
         let watchdog = tokio::time::sleep_until((last + lim.first_token).min(wall_end));
@@ -189,6 +219,10 @@ impl Attempt<'_> {
                     }
                     let i = rec.add_token();
                     rec.emit(&StreamEvent::Token(TokenFrame { t: text, i }));
+                    if self.next_metrics.is_some_and(|t| last >= t) {
+                        self.next_metrics = Some(last + lim.metrics_every);
+                        self.progress(i + 1);
+                    }
                     self.unflushed += 1;
                     if self.unflushed == TOKEN_METRIC_BATCH {
                         self.tokens_out.increment(self.unflushed);
@@ -232,6 +266,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
             t0: Instant::now(),
             tokens_out: w.tokens_out_counter(),
             unflushed: 0,
+            next_metrics: None,
         };
         let outcome = at.drive().await;
         let ttft_ms = at.ttft_ms;
@@ -246,14 +281,13 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 if let Some(reason) = rec.end_canceled(None) {
                     w.canceled(reason.as_str());
                 }
-                charge_session(&sessions, &a);
                 settle_engine(&a).await;
                 return;
             }
             Outcome::Failed { err, emitted } => {
                 // a watchdog abandoned a live engine stream: its slot is checked
                 let stopped = matches!(err, WorkerError::Timeout(_));
-                tracing::warn!(task_id = %rec.id, pool_id = %pool_id, replica_id = %a.replica_id,
+                tracing::warn!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %pool_id, replica_id = %a.replica_id,
                     error = %err, tokens_out = rec.tokens_out(), "engine failure");
                 let mut failure = OrchError::new(err.code(), err.to_string());
                 if !emitted && err.retriable_elsewhere() && a.limits.retries > 0 {
@@ -298,21 +332,12 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             .with_pool(pool_id.as_str()),
                     ));
                 }
-                charge_session(&sessions, &a);
                 if stopped {
                     settle_engine(&a).await;
                 }
                 return;
             }
         }
-    }
-}
-
-/// Streamed tokens of an unfinished turn still count against its session's budget.
-fn charge_session(sessions: &SessionStore, a: &Assignment) {
-    let tokens = a.rec.tokens_out();
-    if let (Some(sid), true) = (a.rec.session, tokens > 0) {
-        sessions.charge(sid, u64::from(tokens));
     }
 }
 
@@ -355,7 +380,6 @@ fn finish_ok(
     if let Some(sid) = rec.session {
         sessions.end_turn(
             sid,
-            u64::from(end.tokens_in) + u64::from(tokens),
             KvHome {
                 pool_id: a.pool.id.to_string(),
                 replica_id: a.replica_id.to_string(),
@@ -363,7 +387,7 @@ fn finish_ok(
             },
         );
     }
-    tracing::info!(task_id = %rec.id, pool_id = %a.pool.id, replica_id = %a.replica_id,
+    tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %a.pool.id, replica_id = %a.replica_id,
         tokens_in = end.tokens_in, tokens_out = tokens, decode_time_ms = end.decode_time_ms,
         ttft_ms, correlation_id = %rec.correlation_id, "task finished");
 }

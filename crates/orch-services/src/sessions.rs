@@ -7,13 +7,17 @@
 
 use orch_domain::{SessionId, SessionInfo};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Session {
     pub turns: u32,
     pub tokens_used: u64,
+    /// Tokens reserved by turns admitted and not yet ended.
+    pub tokens_reserved: u64,
+    /// The tenant whose turns these are (set by the first turn).
+    pub tenant: Option<Arc<str>>,
     pub last_seen: Instant,
     pub pool_id: Option<String>,
     pub replica_id: Option<String>,
@@ -50,11 +54,48 @@ impl Sessions {
         Some(s)
     }
 
+    /// Find or create a session (evicting the least recently used beyond `max`).
+    fn get_or_create(&mut self, id: SessionId, max: usize) -> Option<&mut Session> {
+        if !self.map.contains_key(&id) {
+            while self.map.len() >= max {
+                let Some((_, oldest)) = self.order.pop_first() else {
+                    break;
+                };
+                self.map.remove(&oldest);
+                tracing::debug!(session_id = %oldest, "session evicted (store full)");
+            }
+            self.map.insert(
+                id,
+                Session {
+                    turns: 0,
+                    tokens_used: 0,
+                    tokens_reserved: 0,
+                    tenant: None,
+                    last_seen: Instant::now(),
+                    pool_id: None,
+                    replica_id: None,
+                    slot: None,
+                    tick: u64::MAX,
+                },
+            );
+        }
+        self.touch(id)
+    }
+
     fn remove(&mut self, id: SessionId) -> Option<Session> {
         let s = self.map.remove(&id)?;
         self.order.remove(&s.tick);
         Some(s)
     }
+}
+
+/// Why a turn could not reserve its session's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Fewer tokens left than the turn reserves.
+    Budget { left: u64 },
+    /// The session id belongs to another tenant.
+    OtherTenant,
 }
 
 pub struct SessionStore {
@@ -78,58 +119,58 @@ impl SessionStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Tokens left under the budget before this turn (None = unlimited).
-    pub fn remaining(&self, id: SessionId) -> Option<u64> {
-        let used = self.lock().map.get(&id).map_or(0, |s| s.tokens_used);
-        self.budget.map(|b| b.saturating_sub(used))
+    /// Reserve `tokens` of the session's budget for a new turn of `tenant`, creating
+    /// the session on its first turn. Atomic: concurrent turns cannot together
+    /// reserve more than the budget. Refused when the session belongs to another
+    /// tenant or too little budget is left.
+    pub fn reserve(&self, id: SessionId, tenant: &Arc<str>, tokens: u64) -> Result<(), Refusal> {
+        let budget = self.budget;
+        let mut m = self.lock();
+        let s = m.get_or_create(id, self.max).ok_or(Refusal::Budget { left: 0 })?;
+        match &s.tenant {
+            Some(t) if **t != **tenant => return Err(Refusal::OtherTenant),
+            Some(_) => {}
+            None => s.tenant = Some(tenant.clone()),
+        }
+        if let Some(b) = budget {
+            let left = b.saturating_sub(s.tokens_used + s.tokens_reserved);
+            if left < tokens {
+                return Err(Refusal::Budget { left });
+            }
+        }
+        s.tokens_reserved += tokens;
+        Ok(())
+    }
+
+    /// A turn ended: release its reservation and charge what it used, in one step.
+    pub fn settle(&self, id: SessionId, reserved: u64, used: u64) {
+        let mut m = self.lock();
+        if let Some(s) = m.map.get_mut(&id) {
+            s.tokens_reserved = s.tokens_reserved.saturating_sub(reserved);
+            s.tokens_used += used;
+        }
     }
 
     /// Count a new turn (creating the session on its first turn).
     /// Beyond the bound, the least recently used session is evicted.
     pub fn begin_turn(&self, id: SessionId) {
-        let mut m = self.lock();
-        if !m.map.contains_key(&id) {
-            while m.map.len() >= self.max {
-                let Some((_, oldest)) = m.order.pop_first() else {
-                    break;
-                };
-                m.map.remove(&oldest);
-                tracing::debug!(session_id = %oldest, "session evicted (store full)");
-            }
-            m.map.insert(
-                id,
-                Session {
-                    turns: 0,
-                    tokens_used: 0,
-                    last_seen: Instant::now(),
-                    pool_id: None,
-                    replica_id: None,
-                    slot: None,
-                    tick: u64::MAX,
-                },
-            );
-        }
-        if let Some(s) = m.touch(id) {
+        if let Some(s) = self.lock().get_or_create(id, self.max) {
             s.turns += 1;
         }
     }
 
-    /// Record a finished turn: tokens used and where its KV now lives.
-    pub fn end_turn(&self, id: SessionId, tokens: u64, home: KvHome) {
+    /// Record where a finished turn left the session's KV.
+    pub fn end_turn(&self, id: SessionId, home: KvHome) {
         if let Some(s) = self.lock().touch(id) {
-            s.tokens_used += tokens;
             s.pool_id = Some(home.pool_id);
             s.replica_id = Some(home.replica_id);
             s.slot = home.slot;
         }
     }
 
-    /// Charge tokens of a turn that did not finish normally (canceled or failed):
-    /// what was streamed still counts against the budget.
-    pub fn charge(&self, id: SessionId, tokens: u64) {
-        if let Some(s) = self.lock().touch(id) {
-            s.tokens_used += tokens;
-        }
+    /// The tenant a session belongs to.
+    pub fn owner(&self, id: SessionId) -> Option<Arc<str>> {
+        self.lock().map.get(&id).and_then(|s| s.tenant.clone())
     }
 
     pub fn home(&self, id: SessionId) -> Option<KvHome> {
@@ -154,7 +195,9 @@ impl SessionStore {
             turns: s.turns,
             ttl_ms_remaining: (self.ttl - idle).as_millis() as u64,
             tokens_used: s.tokens_used,
-            tokens_budget_remaining: self.budget.map(|b| b.saturating_sub(s.tokens_used)),
+            tokens_budget_remaining: self
+                .budget
+                .map(|b| b.saturating_sub(s.tokens_used + s.tokens_reserved)),
             pool_id: s.pool_id.clone(),
             replica_id: s.replica_id.clone(),
             kv_warmth: s.replica_id.is_some(),
@@ -208,10 +251,12 @@ mod tests {
     fn counts_turns_tokens_and_expires() {
         let st = SessionStore::new(Duration::from_millis(50), Some(100), 10);
         let id = SessionId(uuid::Uuid::new_v4());
+        let t: Arc<str> = "t".into();
         st.begin_turn(id);
+        st.reserve(id, &t, 40).unwrap();
+        st.settle(id, 40, 30);
         st.end_turn(
             id,
-            30,
             KvHome {
                 pool_id: "p".into(),
                 replica_id: "r0".into(),
@@ -228,6 +273,18 @@ mod tests {
         assert!(st.info(id).is_none());
         assert_eq!(st.sweep(), 1);
         assert!(st.is_empty());
+    }
+
+    #[test]
+    fn reservations_are_atomic_and_owned() {
+        let st = SessionStore::new(Duration::from_secs(60), Some(100), 10);
+        let id = SessionId(uuid::Uuid::new_v4());
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        st.reserve(id, &a, 60).unwrap();
+        assert_eq!(st.reserve(id, &a, 60), Err(Refusal::Budget { left: 40 }));
+        assert_eq!(st.reserve(id, &b, 1), Err(Refusal::OtherTenant));
+        st.settle(id, 60, 10);
+        assert!(st.reserve(id, &a, 90).is_ok());
     }
 
     #[test]

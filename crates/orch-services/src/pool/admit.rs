@@ -2,7 +2,7 @@
 //! pinned context and limits, queue position and ETA, and deadline feasibility.
 
 use super::state::{Pinned, PoolState};
-use super::Placed;
+use super::{Flow, Placed};
 use orch_domain::{ErrorCode, OrchError, TaskRequest};
 use orchestrator_core::eta::{predicted_start_ms, queue_position};
 use std::sync::Arc;
@@ -30,6 +30,7 @@ pub(super) fn check(
     st: &PoolState,
     pool_id: &str,
     req: &TaskRequest,
+    flow: Flow,
 ) -> Result<(Arc<Pinned>, Placed), OrchError> {
     if !st.is_ready() {
         return Err(unready(pool_id));
@@ -43,7 +44,7 @@ pub(super) fn check(
         .with_retry_after_ms(1000)
     })?;
     check_fits(req, st, pinned.ctx_max)?;
-    let ahead = st.queue.ahead_if_enqueued(req.priority);
+    let ahead = st.queue.ahead_if_pushed(req.priority, flow);
     let position = queue_position(ahead, st.free_slots());
     let eta = predicted_start_ms(position, st.slots_total(), st.service.mean_ms());
     if let Some(deadline) = req.deadline_ms {

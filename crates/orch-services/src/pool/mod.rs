@@ -22,8 +22,10 @@ use crate::config::PoolSpec;
 use crate::lifecycle::CancelReason;
 use crate::sessions::SessionStore;
 use crate::task::TaskRecord;
+use crate::tenants::QueuedLease;
 use adapter_api::{Properties, WorkerAdapter};
 use orch_domain::{ErrorCode, OrchError, TaskId, TaskRequest};
+pub use orchestrator_core::Flow;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -63,6 +65,8 @@ pub struct Limits {
     pub idle: Duration,
     pub decode: Duration,
     pub retries: u32,
+    /// How often the running task's stream gets a `metrics` frame (zero = never).
+    pub metrics_every: Duration,
 }
 
 /// A dequeued task bound to a replica slot.
@@ -115,6 +119,10 @@ pub struct Snapshot {
     pub busy_total: u32,
     /// Tasks holding a slot.
     pub running: u32,
+    /// When a refused client should retry (about one slot release away).
+    pub retry_after_ms: u64,
+    /// Observed decode time per output token (mean, ms).
+    pub per_token_ms: f64,
     pub replicas: Vec<ReplicaSnap>,
     pub last_error: Option<String>,
 }
@@ -123,6 +131,8 @@ pub(crate) enum Cmd {
     Admit {
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
+        flow: Flow,
+        lease: QueuedLease,
         reply: oneshot::Sender<Result<Placed, OrchError>>,
     },
     CancelQueued {
@@ -205,15 +215,21 @@ impl PoolHandle {
         rx.await.ok()
     }
 
-    /// Enqueue a registered task (re-checks readiness, fit and deadline).
+    /// Enqueue a registered task of `flow` (its tenant, weight and expected cost),
+    /// holding its tenant's queue place `lease` while it waits (re-checks readiness,
+    /// fit and deadline).
     pub async fn admit(
         &self,
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
+        flow: Flow,
+        lease: QueuedLease,
     ) -> Result<Placed, OrchError> {
         self.ask(|reply| Cmd::Admit {
             rec,
             request,
+            flow,
+            lease,
             reply,
         })
         .await

@@ -23,6 +23,23 @@ use std::time::Instant;
 /// Called once when a task ends (the task table's retention bookkeeping).
 pub type EndHook = Arc<dyn Fn(&Arc<TaskRecord>) + Send + Sync>;
 
+/// What a task used, handed to its settlement when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// False for a task refused after registration (it never entered a queue).
+    pub admitted: bool,
+    pub state: TaskState,
+    /// Prompt tokens (known for completed tasks; 0 otherwise).
+    pub tokens_in: u32,
+    pub tokens_out: u32,
+    /// Milliseconds from admission to the end.
+    pub elapsed_ms: u64,
+}
+
+/// Gives back what admission reserved for a task (quotas, session budget) and
+/// records its outcome; runs once, when the task ends or is refused.
+pub type Settlement = Box<dyn FnOnce(Settled) + Send>;
+
 #[derive(Debug)]
 struct Meta {
     phase: Phase,
@@ -49,11 +66,13 @@ pub struct Summary {
     pub finish: Option<FinishReason>,
     pub error_code: Option<ErrorCode>,
     pub finished_at: Option<Instant>,
+    pub tenant: Arc<str>,
 }
 
 /// Identity of a task, fixed at admission.
 pub struct Admission {
     pub id: TaskId,
+    pub tenant: Arc<str>,
     pub priority: Priority,
     pub pool_id: String,
     pub session: Option<SessionId>,
@@ -62,6 +81,8 @@ pub struct Admission {
 
 pub struct TaskRecord {
     pub id: TaskId,
+    /// The tenant that admitted it.
+    pub tenant: Arc<str>,
     pub priority: Priority,
     pub pool_id: String,
     pub session: Option<SessionId>,
@@ -76,6 +97,7 @@ pub struct TaskRecord {
     tokens_out: AtomicU32,
     meta: Mutex<Meta>,
     on_end: Option<EndHook>,
+    settlement: Mutex<Option<Settlement>>,
 }
 
 impl std::fmt::Debug for TaskRecord {
@@ -92,6 +114,7 @@ impl TaskRecord {
     pub fn new(a: Admission, request: TaskRequest, on_end: Option<EndHook>) -> Self {
         Self {
             id: a.id,
+            tenant: a.tenant,
             priority: a.priority,
             pool_id: a.pool_id,
             session: a.session,
@@ -114,6 +137,30 @@ impl TaskRecord {
                 predicted_start_ms: 0,
             }),
             on_end,
+            settlement: Mutex::new(None),
+        }
+    }
+
+    /// Set what runs when the task ends (admission's reservations). Before the task
+    /// is visible to anyone else.
+    pub fn set_settlement(&self, s: Settlement) {
+        *self.settlement.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+
+    fn settle(&self, admitted: bool, state: TaskState, tokens_in: u32) {
+        let s = self
+            .settlement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(s) = s {
+            s(Settled {
+                admitted,
+                state,
+                tokens_in,
+                tokens_out: self.tokens_out(),
+                elapsed_ms: self.admitted_at.elapsed().as_millis() as u64,
+            });
         }
     }
 
@@ -209,6 +256,11 @@ impl TaskRecord {
             // appended under the record's lock so phase and frames agree
             self.log.push(&ev);
         }
+        let tokens_in = match &ev {
+            StreamEvent::End(e) => e.tokens_in,
+            _ => 0,
+        };
+        self.settle(true, ending.state(), tokens_in);
         if let Some(hook) = &self.on_end {
             hook(self);
         }
@@ -232,14 +284,17 @@ impl TaskRecord {
     /// the end hook (the task was never admitted, the table takes it back).
     pub fn refuse(&self, e: orch_domain::OrchError) {
         let ending = Ending::Failed(e);
-        let mut m = self.meta();
-        if m.phase.is_ended() {
-            return;
+        {
+            let mut m = self.meta();
+            if m.phase.is_ended() {
+                return;
+            }
+            m.phase = Phase::Ended(ending.state());
+            m.request = None;
+            m.finished_at = Some(Instant::now());
+            self.log.push(&ending.frame());
         }
-        m.phase = Phase::Ended(ending.state());
-        m.request = None;
-        m.finished_at = Some(Instant::now());
-        self.log.push(&ending.frame());
+        self.settle(false, ending.state(), 0);
     }
 
     /// Ask the task to stop, recording why (first reason wins). False if it ended.
@@ -271,6 +326,7 @@ impl TaskRecord {
             finish: m.finish,
             error_code: m.error_code,
             finished_at: m.finished_at,
+            tenant: self.tenant.clone(),
         }
     }
 

@@ -6,16 +6,18 @@
 //! placement is session affinity, then least loaded (`orchestrator-core`).
 
 mod expiry;
+mod progress;
 mod publish;
 
 use super::admit::check;
 use super::slot::{Observed, SlotGuard};
 use super::state::{Pinned, PoolState, Replica};
-use super::{Assignment, Cmd, Launch, Limits, Placed, PoolError, PoolHandle, Snapshot};
+use super::{Assignment, Cmd, Flow, Launch, Limits, Placed, PoolError, PoolHandle, Snapshot};
 use crate::config::PoolSpec;
 use crate::lifecycle::{CancelReason, Ending};
 use crate::sessions::SessionStore;
 use crate::task::TaskRecord;
+use crate::tenants::QueuedLease;
 use orch_domain::{ErrorCode, OrchError, TaskId, TaskRequest};
 use orchestrator_core::eta::queue_position;
 use orchestrator_core::placement::pick_replica;
@@ -34,6 +36,8 @@ struct Queued {
     enqueued_at: Instant,
     /// The expiry entry that belongs to this stay in the queue.
     expires_at: Instant,
+    /// The tenant's place in its queue allowance, given back when this is dropped.
+    _lease: QueuedLease,
 }
 
 /// Why a queued task expires.
@@ -54,6 +58,10 @@ struct Actor {
     me: mpsc::WeakUnboundedSender<Cmd>,
     snap_tx: watch::Sender<Arc<Snapshot>>,
     was_ready: Option<bool>,
+    /// Origin of the queue's millisecond clock (fair-queue aging).
+    epoch: Instant,
+    /// When waiting tasks next get a `metrics` frame.
+    next_progress: Option<Instant>,
 }
 
 pub(super) fn spawn(
@@ -78,6 +86,8 @@ pub(super) fn spawn(
         me: tx.downgrade(),
         snap_tx: watch::Sender::new(Arc::new(first)),
         was_ready: Some(false),
+        epoch: Instant::now(),
+        next_progress: None,
     };
     let snap = actor.snap_tx.subscribe();
     tokio::spawn(actor.run(rx));
@@ -100,13 +110,17 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         loop {
             let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
+            let next_timer = match (next_expiry, self.next_progress) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let cmd = tokio::select! {
                 biased;
                 c = rx.recv() => match c {
                     Some(c) => Some(c),
                     None => break,
                 },
-                _ = sleep_until(next_expiry) => None,
+                _ = sleep_until(next_timer) => None,
             };
             if let Some(c) = cmd {
                 self.handle(c);
@@ -119,6 +133,7 @@ impl Actor {
             }
             self.expire();
             self.dispatch();
+            self.progress();
             self.publish();
         }
         // every handle and slot is gone: end whatever is still queued
@@ -142,9 +157,11 @@ impl Actor {
             Cmd::Admit {
                 rec,
                 request,
+                flow,
+                lease,
                 reply,
             } => {
-                let r = self.admit(rec.clone(), request);
+                let r = self.admit(rec.clone(), request, flow, lease);
                 if let Err(Err(e)) = reply.send(r) {
                     // the caller went away: nobody will take the refused task back
                     // out of the table, so it ends here (and is counted out)
@@ -218,19 +235,27 @@ impl Actor {
         }
     }
 
+    /// Milliseconds on the queue's clock.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     fn admit(
         &mut self,
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
+        flow: Flow,
+        lease: QueuedLease,
     ) -> Result<Placed, OrchError> {
-        let (pinned, placed) = check(&self.st, &self.id, &request)?;
+        let (pinned, placed) = check(&self.st, &self.id, &request, flow)?;
         let id = rec.id;
         if rec.cancel.is_cancelled() {
             // canceled between registration and this command: it ends at once
             self.end_unstarted(&rec, None);
             return Ok(placed);
         }
-        let admitted = match self.st.queue.enqueue(id, request.priority) {
+        let now_ms = self.now_ms();
+        let admitted = match self.st.queue.push(id, request.priority, flow, now_ms) {
             Ok(a) => a,
             Err(full) => {
                 let label = full.policy.label();
@@ -272,8 +297,12 @@ impl Actor {
                 request: request.clone(),
                 enqueued_at: now,
                 expires_at: expiry.0,
+                _lease: lease,
             },
         );
+        if self.next_progress.is_none() && !self.st.spec.metrics_frame_interval.is_zero() {
+            self.next_progress = Some(now + self.st.spec.metrics_frame_interval);
+        }
         if let Some(sid) = rec.session {
             self.sessions.begin_turn(sid);
         }
@@ -347,6 +376,7 @@ impl Actor {
             idle: spec.idle_timeout,
             decode: spec.decode_timeout,
             retries: spec.retries_before_first_token,
+            metrics_every: spec.metrics_frame_interval,
         };
         let pool = PoolHandle {
             id: self.id.clone(),
@@ -370,7 +400,8 @@ impl Actor {
     fn dispatch(&mut self) {
         let mut moved = false;
         while !self.st.draining && !self.st.queue.is_empty() && self.st.free_slots() > 0 {
-            let Some((id, _)) = self.st.queue.dequeue() else {
+            let now_ms = self.now_ms();
+            let Some((id, _)) = self.st.queue.pop(now_ms) else {
                 break;
             };
             moved = true;

@@ -72,6 +72,8 @@ pub(super) fn snapshot_of(id: &Arc<str>, st: &PoolState, running: usize) -> Snap
         slots_free: st.free_slots(),
         busy_total: st.busy_total(),
         running: running as u32,
+        retry_after_ms: st.retry_after_ms(),
+        per_token_ms: st.per_token.mean_ms(),
         replicas,
         last_error: st.last_error.clone(),
     }

@@ -1,0 +1,351 @@
+//! Tenants: each one's weight in fair queuing, its quotas, and what it has in the
+//! system right now.
+//!
+//! Owns: per-tenant counters (tasks in flight, tasks queued) and the tokens-per-minute
+//! bucket. Admission reserves through [`Tenant::reserve`], which checks every quota
+//! and takes what it needs in one step (atomics and the bucket's own small lock), so
+//! concurrent admissions cannot overrun a quota. What is reserved is given back by
+//! RAII: a [`QueuedLease`] when the task leaves the queue, a [`Reservation`] when the
+//! task ends (with the tokens it did not generate refunded).
+//! Never: calls out while holding the bucket's lock.
+
+use crate::config::{Quotas, Tenancy, TenantSpec};
+use orch_domain::{ErrorCode, OrchError, PolicyLabel};
+use orchestrator_core::bucket::TokenBucket;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// One tenant. Shared by every task it has in the system.
+pub struct Tenant {
+    pub name: Arc<str>,
+    /// Small dense number (the flow id in queues).
+    pub ix: u32,
+    pub weight: u32,
+    pub quotas: Quotas,
+    in_flight: AtomicU32,
+    queued: AtomicU32,
+    bucket: Option<Mutex<TokenBucket>>,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("name", &self.name)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// What a tenant uses now, against its quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub in_flight: u32,
+    pub queued: u32,
+    /// Tokens left in the per-minute bucket (None = no such quota).
+    pub tokens_available: Option<u64>,
+}
+
+fn quota_error(which: PolicyLabel, message: String, retry_after_ms: u64) -> OrchError {
+    OrchError::new(ErrorCode::QuotaExceeded, message)
+        .with_policy(which)
+        .with_retry_after_ms(retry_after_ms.max(1))
+}
+
+/// Take one unit of `counter` if it is below `max`.
+fn take_below(counter: &AtomicU32, max: Option<u32>) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| match max {
+            Some(m) if v >= m => None,
+            _ => Some(v + 1),
+        })
+        .is_ok()
+}
+
+impl Tenant {
+    fn new(spec: &TenantSpec, name: &str, ix: u32) -> Self {
+        let epoch = Instant::now();
+        Self {
+            name: name.into(),
+            ix,
+            weight: spec.weight.max(1),
+            quotas: spec.quotas,
+            in_flight: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            bucket: spec
+                .quotas
+                .tokens_per_minute
+                .map(|tpm| Mutex::new(TokenBucket::per_minute(tpm, 0))),
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn bucket(&self) -> Option<std::sync::MutexGuard<'_, TokenBucket>> {
+        self.bucket
+            .as_ref()
+            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn usage(&self) -> Usage {
+        let now = self.now_ms();
+        Usage {
+            in_flight: self.in_flight.load(Ordering::Acquire),
+            queued: self.queued.load(Ordering::Acquire),
+            tokens_available: self.bucket().map(|mut b| b.available(now)),
+        }
+    }
+
+    /// What `GET /v1/capabilities` shows the tenant.
+    pub fn caps(&self, role: crate::auth::Role) -> orch_domain::control::TenantCaps {
+        let u = self.usage();
+        let q = &self.quotas;
+        orch_domain::control::TenantCaps {
+            tenant: self.name.to_string(),
+            role: role.as_str().to_string(),
+            weight: self.weight,
+            quotas: orch_domain::control::QuotaCaps {
+                max_concurrent: q.max_concurrent,
+                max_queued: q.max_queued,
+                tokens_per_minute: q.tokens_per_minute,
+                max_tokens_per_task: q.max_tokens_per_task,
+            },
+            in_flight: u.in_flight,
+            queued: u.queued,
+            tokens_available: u.tokens_available,
+        }
+    }
+
+    /// Check every quota for a task of `max_tokens` and reserve what it needs: a place
+    /// in flight, a place in the queue, and `max_tokens` from the bucket. Refusals:
+    /// 400 for a task no wait could admit (over `max_tokens_per_task` or the whole
+    /// per-minute budget), 429 `QUOTA_EXCEEDED` naming the quota otherwise, with
+    /// `retry_after_ms` from when capacity returns (`busy_retry_ms` when that is a
+    /// running task's end).
+    pub fn reserve(
+        self: &Arc<Self>,
+        max_tokens: u32,
+        busy_retry_ms: u64,
+    ) -> Result<(Reservation, QueuedLease), OrchError> {
+        let q = &self.quotas;
+        if let Some(m) = q.max_tokens_per_task {
+            if max_tokens > m {
+                return Err(OrchError::invalid(
+                    "max_tokens",
+                    format!(
+                        "{max_tokens} exceeds tenant {}'s max_tokens_per_task {m}",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        if let Some(tpm) = q.tokens_per_minute {
+            if u64::from(max_tokens) > tpm {
+                return Err(OrchError::invalid(
+                    "max_tokens",
+                    format!(
+                        "{max_tokens} exceeds tenant {}'s tokens_per_minute {tpm}",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        if !take_below(&self.in_flight, q.max_concurrent) {
+            return Err(quota_error(
+                PolicyLabel::QuotaConcurrency,
+                format!(
+                    "tenant {} has {} tasks in flight (max_concurrent {})",
+                    self.name,
+                    self.in_flight.load(Ordering::Acquire),
+                    q.max_concurrent.unwrap_or(0)
+                ),
+                busy_retry_ms,
+            ));
+        }
+        // from here on, an early return drops these and gives the places back
+        let mut reservation = Reservation {
+            tenant: self.clone(),
+            tokens: 0,
+            used: 0,
+        };
+        if !take_below(&self.queued, q.max_queued) {
+            return Err(quota_error(
+                PolicyLabel::QuotaQueued,
+                format!(
+                    "tenant {} has {} tasks waiting (max_queued {})",
+                    self.name,
+                    self.queued.load(Ordering::Acquire),
+                    q.max_queued.unwrap_or(0)
+                ),
+                busy_retry_ms,
+            ));
+        }
+        let lease = QueuedLease(self.clone());
+        let now = self.now_ms();
+        if let Some(mut b) = self.bucket() {
+            if let Err(short) = b.try_take(u64::from(max_tokens), now) {
+                let tpm = b.capacity();
+                drop(b);
+                return Err(quota_error(
+                    PolicyLabel::QuotaTokensPerMinute,
+                    format!(
+                        "tenant {} has {} of its {tpm} tokens per minute left; this task reserves {max_tokens}",
+                        self.name, short.available
+                    ),
+                    short.wait_ms,
+                ));
+            }
+            reservation.tokens = u64::from(max_tokens);
+        }
+        Ok((reservation, lease))
+    }
+}
+
+/// A task's place in flight and its reserved tokens; given back when dropped, with
+/// the tokens it did not use ([`Reservation::used`]) refunded.
+pub struct Reservation {
+    tenant: Arc<Tenant>,
+    tokens: u64,
+    used: u64,
+}
+
+impl Reservation {
+    /// Record the tokens the task generated (before dropping the reservation).
+    pub fn used(&mut self, tokens_out: u64) {
+        self.used = tokens_out;
+    }
+
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let t = &self.tenant;
+        t.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let refund = self.tokens.saturating_sub(self.used);
+        if refund > 0 {
+            let now = t.now_ms();
+            if let Some(mut b) = t.bucket() {
+                b.give_back(refund, now);
+            }
+        }
+    }
+}
+
+/// A task's place in its tenant's queue allowance; given back when dropped (the task
+/// left the queue: dispatched, canceled, evicted or expired).
+pub struct QueuedLease(Arc<Tenant>);
+
+impl Drop for QueuedLease {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Every tenant, by name. Tenants not configured get the defaults on first use.
+pub struct Tenants {
+    map: RwLock<HashMap<Arc<str>, Arc<Tenant>>>,
+    defaults: TenantSpec,
+}
+
+impl Tenants {
+    pub fn new(cfg: &Tenancy) -> Self {
+        let mut map = HashMap::new();
+        for (ix, t) in cfg.tenants.iter().enumerate() {
+            let tenant = Arc::new(Tenant::new(t, &t.name, ix as u32));
+            map.insert(tenant.name.clone(), tenant);
+        }
+        Self {
+            map: RwLock::new(map),
+            defaults: cfg.defaults.clone(),
+        }
+    }
+
+    /// The tenant called `name`, created with the defaults if it is new.
+    pub fn get(&self, name: &str) -> Arc<Tenant> {
+        if let Some(t) = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return t.clone();
+        }
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let ix = m.len() as u32;
+        m.entry(name.into())
+            .or_insert_with(|| Arc::new(Tenant::new(&self.defaults, name, ix)))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(q: Quotas) -> Arc<Tenant> {
+        let spec = TenantSpec {
+            name: "t".into(),
+            weight: 1,
+            quotas: q,
+        };
+        Tenants::new(&Tenancy {
+            tenants: vec![spec],
+            defaults: TenantSpec::new("d"),
+        })
+        .get("t")
+    }
+
+    #[test]
+    fn concurrency_and_queue_places_come_back_when_dropped() {
+        let t = tenant(Quotas {
+            max_concurrent: Some(2),
+            max_queued: Some(1),
+            ..Quotas::default()
+        });
+        let (r1, l1) = t.reserve(10, 500).unwrap();
+        let e = t.reserve(10, 500).err().unwrap();
+        assert_eq!(e.policy_label, Some(PolicyLabel::QuotaQueued));
+        drop(l1); // dispatched
+        let (r2, _l2) = t.reserve(10, 500).unwrap();
+        let e = t.reserve(10, 500).err().unwrap();
+        assert_eq!(e.policy_label, Some(PolicyLabel::QuotaConcurrency));
+        assert_eq!(e.retry_after_ms, Some(500));
+        drop((r1, r2));
+        assert_eq!(t.usage().in_flight, 0);
+    }
+
+    #[test]
+    fn tokens_per_minute_reserve_and_refund() {
+        let t = tenant(Quotas {
+            tokens_per_minute: Some(100),
+            ..Quotas::default()
+        });
+        let (mut r, _l) = t.reserve(80, 1).unwrap();
+        let e = t.reserve(30, 1).err().unwrap();
+        assert_eq!(e.policy_label, Some(PolicyLabel::QuotaTokensPerMinute));
+        assert!(e.retry_after_ms.unwrap() >= 5_000);
+        r.used(20);
+        drop(r);
+        // 60 of the 80 reserved came back
+        assert!(t.usage().tokens_available.unwrap() >= 80);
+        assert!(t.reserve(70, 1).is_ok());
+        // more than the whole budget can never be admitted: 400
+        assert_eq!(t.reserve(101, 1).err().unwrap().code, ErrorCode::InvalidParams);
+    }
+
+    #[test]
+    fn unknown_tenants_get_the_defaults() {
+        let ts = Tenants::new(&Tenancy::default());
+        let a = ts.get("a");
+        assert!(Arc::ptr_eq(&a, &ts.get("a")));
+        assert_ne!(a.ix, ts.get("b").ix);
+    }
+}
