@@ -25,7 +25,78 @@ pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
     #[serde(default)]
+    pub auth: AuthSection,
+    /// Weight and quotas of tenants not listed under `[tenants]`.
+    #[serde(default)]
+    pub tenant_defaults: TenantConfig,
+    /// Tenants by name.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, TenantConfig>,
+    #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// Directory of the config file (relative paths in it are resolved from here).
+    #[serde(skip)]
+    pub base_dir: Option<std::path::PathBuf>,
+}
+
+/// `[auth]`: API keys (digests only) and what `/metrics` needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// A TOML file with more `[[keys]]` entries (relative to the config file).
+    pub keys_file: Option<String>,
+    /// `open` (default) or `admin`: whether scraping `/metrics` needs an admin key.
+    pub metrics: MetricsAccess,
+    pub keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricsAccess {
+    #[default]
+    Open,
+    Admin,
+}
+
+/// One accepted key: the SHA-256 of the key (never the key), its tenant and role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub sha256: String,
+    pub tenant: String,
+    /// `client` (data plane) or `admin` (everything).
+    pub role: String,
+}
+
+/// The keys file: `[[keys]]` entries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+}
+
+/// A tenant's weight and quotas (absent quota = unlimited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    pub weight: u32,
+    pub max_concurrent: Option<u32>,
+    pub max_queued: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_tokens_per_task: Option<u32>,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_concurrent: None,
+            max_queued: None,
+            tokens_per_minute: None,
+            max_tokens_per_task: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,12 +181,30 @@ pub struct PoolConfig {
     pub queue_wait_limit_ms: u64,
     #[serde(default = "one")]
     pub retries_before_first_token: u32,
+    /// Sharing among tenants inside each priority class: `weighted` (weighted fair
+    /// queuing by expected tokens) or `fifo`.
+    #[serde(default)]
+    pub fairness: FairnessChoice,
+    /// A task that waited this long is served next in its class (0 = never).
+    #[serde(default = "aging_ms")]
+    pub aging_ms: u64,
+    /// How often waiting and running tasks get a `metrics` frame (0 = never).
+    #[serde(default = "metrics_frame_interval_ms")]
+    pub metrics_frame_interval_ms: u64,
     /// Settings of the mock engine (engine = "mock").
     #[serde(default)]
     pub mock: Option<MockConfig>,
     /// Settings of llama-server replicas (engine = "llamacpp").
     #[serde(default)]
     pub llamacpp: Option<LlamaCppConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairnessChoice {
+    #[default]
+    Weighted,
+    Fifo,
 }
 
 /// `[pools.llamacpp]`: how to run (or reach) llama-server.
@@ -183,6 +272,12 @@ fn decode_timeout_ms() -> u64 {
 fn queue_wait_limit_ms() -> u64 {
     300_000
 }
+fn aging_ms() -> u64 {
+    60_000
+}
+fn metrics_frame_interval_ms() -> u64 {
+    1_000
+}
 
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
@@ -197,13 +292,55 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut cfg = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })
+        })?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf);
+        // the keys file is read (and its entries checked) at load time
+        cfg.key_entries()?;
+        Ok(cfg)
+    }
+
+    /// Every key entry: inline `[[auth.keys]]` and the keys file's `[[keys]]`.
+    pub fn key_entries(&self) -> Result<Vec<KeyEntry>, ConfigError> {
+        let mut out = self.auth.keys.clone();
+        if let Some(f) = &self.auth.keys_file {
+            let path = match &self.base_dir {
+                Some(d) => d.join(f),
+                None => std::path::PathBuf::from(f),
+            };
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file: KeysFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            out.extend(file.keys);
+        }
+        Ok(out)
+    }
+
+    /// The key ring from every key entry (digests checked).
+    pub fn key_ring(&self) -> Result<orch_services::KeyRing, ConfigError> {
+        let mut ring = orch_services::KeyRing::new();
+        for (i, k) in self.key_entries()?.iter().enumerate() {
+            let role = orch_services::Role::parse(&k.role).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "auth key #{}: role {:?} must be \"client\" or \"admin\"",
+                    i + 1,
+                    k.role
+                ))
+            })?;
+            ring.add_digest(&k.sha256, &k.tenant, role)
+                .map_err(|e| ConfigError::Invalid(format!("auth key #{}: {e}", i + 1)))?;
+        }
+        Ok(ring)
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
@@ -219,6 +356,27 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.pools.is_empty() {
             return bad("at least one [[pools]] entry is required".into());
+        }
+        for (name, t) in std::iter::once(("tenant_defaults", &self.tenant_defaults))
+            .chain(self.tenants.iter().map(|(n, t)| (n.as_str(), t)))
+        {
+            if name != "tenant_defaults" && !orch_services::auth::valid_tenant(name) {
+                return bad(format!(
+                    "tenant name {name:?} must be 1..=64 chars of [A-Za-z0-9._-]"
+                ));
+            }
+            if t.weight == 0 || t.weight > 1000 {
+                return bad(format!("tenant {name}: weight must be 1..=1000"));
+            }
+            if t.max_tokens_per_task == Some(0) || t.tokens_per_minute == Some(0) {
+                return bad(format!(
+                    "tenant {name}: a token quota of 0 would refuse everything; leave it out for unlimited"
+                ));
+            }
+        }
+        if self.auth.keys_file.is_none() {
+            // inline keys are checked here; a keys file is checked when loaded
+            self.key_ring()?;
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.pools {
@@ -239,6 +397,12 @@ impl Config {
             }
             if p.queue_capacity == 0 {
                 return bad(format!("pool {}: queue_capacity must be at least 1", p.id));
+            }
+            if p.metrics_frame_interval_ms > 0 && p.metrics_frame_interval_ms < 50 {
+                return bad(format!(
+                    "pool {}: metrics_frame_interval_ms must be 0 (off) or at least 50",
+                    p.id
+                ));
             }
             if p.max_tokens_out == 0 {
                 return bad(format!("pool {}: max_tokens_out must be at least 1", p.id));

@@ -1,6 +1,7 @@
 //! `orchestratord --config PATH [--addr HOST:PORT] [--log-format json|pretty]`
+//! `orchestratord keys new --tenant NAME --role client|admin`
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use orchestratord::telemetry::{self, LogFormat};
 use orchestratord::Config;
 use std::path::PathBuf;
@@ -13,9 +14,11 @@ use std::process::ExitCode;
     about = "LLM inference orchestrator (OrchQueue v1)"
 )]
 struct Args {
-    /// TOML config file with [server] and [[pools]].
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML config file with [server], [auth], [tenants] and [[pools]].
     #[arg(long, env = "ORCH_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Listen address (overrides server.addr).
     #[arg(long, env = "ORCH_ADDR")]
     addr: Option<String>,
@@ -26,10 +29,69 @@ struct Args {
     skip_self_test: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysAction {
+    /// Print a fresh random key (once) and the entry that accepts it.
+    New {
+        /// Tenant the key acts for ([A-Za-z0-9._-], 1..=64 chars).
+        #[arg(long)]
+        tenant: String,
+        /// `client` (data plane) or `admin` (everything, including the control plane).
+        #[arg(long)]
+        role: String,
+    },
+}
+
+fn keys_new(tenant: &str, role: &str) -> ExitCode {
+    use orch_services::auth;
+    if !auth::valid_tenant(tenant) {
+        eprintln!("orchestratord: tenant {tenant:?} must be 1..=64 chars of [A-Za-z0-9._-]");
+        return ExitCode::from(2);
+    }
+    if orch_services::Role::parse(role).is_none() {
+        eprintln!("orchestratord: role {role:?} must be \"client\" or \"admin\"");
+        return ExitCode::from(2);
+    }
+    let key = match auth::new_key() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("orchestratord: no randomness from the OS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# API key for tenant {tenant} ({role}); shown once, only its digest is stored:");
+    println!("{key}");
+    println!("# add this to the config (or as [[keys]] to the keys file):");
+    println!("[[auth.keys]]");
+    println!("sha256 = \"{}\"", auth::digest_hex(&key));
+    println!("tenant = \"{tenant}\"");
+    println!("role = \"{role}\"");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Keys {
+        action: KeysAction::New { tenant, role },
+    }) = &args.command
+    {
+        return keys_new(tenant, role);
+    }
+    let Some(config) = &args.config else {
+        eprintln!("orchestratord: --config PATH (or ORCH_CONFIG) is required");
+        return ExitCode::from(2);
+    };
     telemetry::init_logging(args.log_format);
-    let cfg = match Config::load(&args.config) {
+    let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("orchestratord: {e}");

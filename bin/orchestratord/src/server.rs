@@ -1,12 +1,13 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
-use crate::config::{Config, PoolConfig};
+use crate::config::{Config, FairnessChoice, MetricsAccess, PoolConfig};
 use axum::serve::ListenerExt;
 use orch_api::{AppState, MetricsRender};
 use orch_services::{
-    ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Retention, ServiceConfig,
+    ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Quotas, Retention,
+    ServiceConfig, Tenancy, TenantSpec,
 };
-use orchestrator_core::QueueConfig;
+use orchestrator_core::{Fairness, QueueConfig};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -23,6 +24,8 @@ pub enum StartError {
     SelfTest(String),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A running server.
@@ -64,7 +67,29 @@ pub fn service_config(cfg: &Config) -> ServiceConfig {
         session_ttl: Duration::from_millis(s.session_ttl_ms),
         max_sessions: s.sessions_max,
         session_token_budget: s.session_token_budget,
+        tenancy: tenancy(cfg),
         ..ServiceConfig::default()
+    }
+}
+
+fn tenant_spec(name: &str, t: &crate::config::TenantConfig) -> TenantSpec {
+    TenantSpec {
+        name: name.to_string(),
+        weight: t.weight,
+        quotas: Quotas {
+            max_concurrent: t.max_concurrent,
+            max_queued: t.max_queued,
+            tokens_per_minute: t.tokens_per_minute,
+            max_tokens_per_task: t.max_tokens_per_task,
+        },
+    }
+}
+
+/// Tenants of the config: listed ones, and the defaults for any other.
+pub fn tenancy(cfg: &Config) -> Tenancy {
+    Tenancy {
+        tenants: cfg.tenants.iter().map(|(n, t)| tenant_spec(n, t)).collect(),
+        defaults: tenant_spec("default", &cfg.tenant_defaults),
     }
 }
 
@@ -76,6 +101,11 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
             capacity: p.queue_capacity,
             policy: p.queue_policy,
             interactive_weight: p.interactive_weight,
+            fairness: match p.fairness {
+                FairnessChoice::Weighted => Fairness::Weighted,
+                FairnessChoice::Fifo => Fairness::Fifo,
+            },
+            aging_ms: p.aging_ms,
         },
         max_tokens_out: p.max_tokens_out,
         sampler_profile_version: p.sampler_profile_version.clone(),
@@ -84,6 +114,7 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
         decode_timeout: Duration::from_millis(p.decode_timeout_ms),
         queue_wait_limit: Duration::from_millis(p.queue_wait_limit_ms),
         retries_before_first_token: p.retries_before_first_token,
+        metrics_frame_interval: Duration::from_millis(p.metrics_frame_interval_ms),
     }
 }
 
@@ -110,6 +141,7 @@ pub async fn start_with(
     metrics: Option<MetricsRender>,
     opts: StartOptions,
 ) -> Result<Server, StartError> {
+    let auth = auth_config(&cfg, listener.local_addr()?)?;
     let orch = Orchestrator::new(service_config(&cfg));
     let load_timeout = cfg
         .pools
@@ -146,6 +178,7 @@ pub async fn start_with(
         metrics,
         keepalive: Duration::from_millis(cfg.server.keepalive_ms.max(10)),
         body_limit: cfg.server.body_limit_bytes,
+        auth,
     };
     let app = orch_api::router(state);
     let addr = listener.local_addr()?;
@@ -179,6 +212,34 @@ pub async fn start_with(
         handle,
         shutdown_grace: Duration::from_millis(cfg.server.shutdown_grace_ms),
     })
+}
+
+/// API keys from the config. Without keys the server is open, which is allowed only on
+/// a loopback address.
+fn auth_config(
+    cfg: &Config,
+    addr: SocketAddr,
+) -> Result<std::sync::Arc<orch_api::auth::AuthConfig>, StartError> {
+    let keys = cfg
+        .key_ring()
+        .map_err(|e| StartError::Auth(e.to_string()))?;
+    if keys.is_empty() && !addr.ip().is_loopback() {
+        return Err(StartError::Auth(format!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could \
+             submit work, drain or reload pools. Create a key with \
+             `orchestratord keys new --tenant NAME --role admin`, add the printed \
+             [[auth.keys]] entry to the config, or listen on 127.0.0.1"
+        )));
+    }
+    if keys.is_empty() {
+        tracing::warn!(%addr, "no API keys configured: every request acts as an admin of tenant `anonymous` (loopback only)");
+    } else {
+        tracing::info!(keys = keys.len(), tenants = ?keys.tenants(), "API keys loaded");
+    }
+    Ok(std::sync::Arc::new(orch_api::auth::AuthConfig {
+        keys,
+        metrics_admin_only: cfg.auth.metrics == MetricsAccess::Admin,
+    }))
 }
 
 async fn start_pool(

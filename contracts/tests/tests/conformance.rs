@@ -148,6 +148,26 @@ enum RawBody {
     Text(String),
 }
 
+const CLIENT_KEY_A: &str = "oqk_conformance-client-alice";
+const CLIENT_KEY_B: &str = "oqk_conformance-client-bob";
+const ADMIN_KEY: &str = "oqk_conformance-admin";
+
+fn keyed_config() -> String {
+    let key = |k: &str, tenant: &str, role: &str| {
+        format!(
+            "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
+            orch_services::auth::digest_hex(k)
+        )
+    };
+    format!(
+        "[auth]\nmetrics = \"admin\"\n{}{}{}{}",
+        key(CLIENT_KEY_A, "alice", "client"),
+        key(CLIENT_KEY_B, "bob", "client"),
+        key(ADMIN_KEY, "ops", "admin"),
+        MOCK
+    )
+}
+
 fn task(prompt: &str, max_tokens: u32) -> Value {
     json!({"workload": "completion", "model_ref": "mock-model", "priority": "batch", "prompt": prompt, "max_tokens": max_tokens})
 }
@@ -429,6 +449,132 @@ async fn every_operation_and_documented_status_conforms() {
     )
     .await; // 202
     c.call("get", "/readyz", "/readyz", None, &[]).await; // 503
+
+    // keys: a server with a client key of each of two tenants, an admin key, and
+    // /metrics for admins only
+    let keyed = live(&keyed_config()).await;
+    c.base = keyed.base.clone();
+    let bearer = |k: &str| format!("Bearer {k}");
+    let (alice, bob) = (bearer(CLIENT_KEY_A), bearer(CLIENT_KEY_B));
+    let sid = uuid::Uuid::new_v4().to_string();
+    let mut t = task("mine", 2);
+    t["session_id"] = json!(sid);
+    let (st, _) = c
+        .call(
+            "post",
+            "/v1/tasks",
+            "/v1/tasks",
+            Some(Json(t.clone())),
+            &[("authorization", &alice)],
+        )
+        .await;
+    assert_eq!(st, 202);
+    let (st, _) = c
+        .call(
+            "post",
+            "/v1/tasks",
+            "/v1/tasks",
+            Some(Json(t)),
+            &[("authorization", &bob)],
+        )
+        .await;
+    assert_eq!(st, 403, "another tenant's session");
+    let any_id = uuid::Uuid::new_v4().to_string();
+    let pool = "mockpool";
+    let ops: Vec<(&str, &str, String, Option<Value>)> = vec![
+        ("post", "/v1/tasks", "/v1/tasks".into(), Some(task("x", 1))),
+        ("get", "/v1/tasks/{id}", format!("/v1/tasks/{any_id}"), None),
+        (
+            "get",
+            "/v1/tasks/{id}/stream",
+            format!("/v1/tasks/{any_id}/stream"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/tasks/{id}/cancel",
+            format!("/v1/tasks/{any_id}/cancel"),
+            None,
+        ),
+        (
+            "get",
+            "/v1/sessions/{id}",
+            format!("/v1/sessions/{any_id}"),
+            None,
+        ),
+        (
+            "delete",
+            "/v1/sessions/{id}",
+            format!("/v1/sessions/{any_id}"),
+            None,
+        ),
+        ("get", "/v1/capabilities", "/v1/capabilities".into(), None),
+        ("get", "/v1/pools", "/v1/pools".into(), None),
+        (
+            "get",
+            "/v1/pools/{id}/health",
+            format!("/v1/pools/{pool}/health"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/pools/{id}/drain",
+            format!("/v1/pools/{pool}/drain"),
+            Some(json!({"deadline_ms": 10})),
+        ),
+        (
+            "post",
+            "/v1/pools/{id}/reload",
+            format!("/v1/pools/{pool}/reload"),
+            Some(json!({"model_ref": "mock-model"})),
+        ),
+        ("get", "/v1/replicasets", "/v1/replicasets".into(), None),
+        ("get", "/metrics", "/metrics".into(), None),
+    ];
+    for (m, tmpl, path, body) in &ops {
+        let (st, b) = c.call(m, tmpl, path, body.clone().map(Json), &[]).await;
+        assert_eq!(st, 401, "{tmpl} without a key: {b}");
+        assert_eq!(b["code"], "UNAUTHENTICATED");
+        let (st, _) = c
+            .call(
+                m,
+                tmpl,
+                path,
+                body.clone().map(Json),
+                &[("x-api-key", "oqk_not-a-key")],
+            )
+            .await;
+        assert_eq!(st, 401, "{tmpl} with a wrong key");
+        let admin_only =
+            tmpl.starts_with("/v1/pools") || *tmpl == "/v1/replicasets" || *tmpl == "/metrics";
+        if admin_only {
+            let (st, b) = c
+                .call(
+                    m,
+                    tmpl,
+                    path,
+                    body.clone().map(Json),
+                    &[("authorization", &alice)],
+                )
+                .await;
+            assert_eq!(st, 403, "{tmpl} with a client key: {b}");
+            assert_eq!(b["code"], "FORBIDDEN");
+        }
+    }
+    // open probes stay open; the admin key reaches the control plane
+    let (st, _) = c.call("get", "/livez", "/livez", None, &[]).await;
+    assert_eq!(st, 200);
+    let admin = bearer(ADMIN_KEY);
+    let (st, _) = c
+        .call(
+            "get",
+            "/v1/pools",
+            "/v1/pools",
+            None,
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(st, 200);
 
     let missing: Vec<_> = c.documented().difference(&c.seen).cloned().collect();
     assert!(

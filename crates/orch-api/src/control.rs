@@ -113,6 +113,9 @@ pub async fn replica_sets(State(app): State<AppState>) -> Response {
 
 #[utoipa::path(get, path = "/v1/capabilities", tag = "control", operation_id = "getCapabilities",
     responses((status = 200, description = "API version, engines, limits and features", body = Capabilities)))]
-pub async fn capabilities(State(app): State<AppState>) -> Response {
-    Json(app.orch.capabilities(app.body_limit as u64)).into_response()
+pub async fn capabilities(
+    State(app): State<AppState>,
+    Extension(caller): Extension<orch_services::Caller>,
+) -> Response {
+    Json(app.orch.capabilities_as(&caller, app.body_limit as u64)).into_response()
 }

@@ -14,6 +14,7 @@ use orch_domain::{
     AdmissionResponse, ErrorEnvelope, OrchError, SessionId, SessionInfo, TaskId, TaskRequest,
     TaskStatus,
 };
+use orch_services::Caller;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -42,6 +43,7 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
 pub async fn create_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -49,7 +51,7 @@ pub async fn create_task(
         return Err(ApiError::media_type(crate::body::not_json(&headers), &cid));
     }
     let req: TaskRequest = read_json(body, app.body_limit).await.or_api(&cid)?;
-    let adm = app.orch.admit(req, &cid.0).await.or_api(&cid)?;
+    let adm = app.orch.admit_as(&caller, req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -72,6 +74,7 @@ pub async fn create_task(
 pub async fn stream_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
@@ -89,7 +92,7 @@ pub async fn stream_task(
                 )
             })?,
     };
-    let reader = app.orch.open_stream(id, last).or_api(&cid)?;
+    let reader = app.orch.open_stream_as(&caller, id, last).or_api(&cid)?;
     let body = Body::from_stream(crate::sse::body_stream(reader, app.keepalive));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -112,10 +115,11 @@ pub async fn stream_task(
 pub async fn cancel_task(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = task_id(&id, &cid)?;
-    app.orch.cancel(id).await.or_api(&cid)?;
+    app.orch.cancel_as(&caller, id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -129,10 +133,11 @@ pub async fn cancel_task(
 pub async fn task_status(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = task_id(&id, &cid)?;
-    let st = app.orch.status(id).await.or_api(&cid)?;
+    let st = app.orch.status_as(&caller, id).await.or_api(&cid)?;
     Ok(Json(st).into_response())
 }
 
@@ -146,10 +151,11 @@ pub async fn task_status(
 pub async fn get_session(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = session_id(&id, &cid)?;
-    let info = app.orch.session(id).or_api(&cid)?;
+    let info = app.orch.session_as(&caller, id).or_api(&cid)?;
     Ok(Json(info).into_response())
 }
 
@@ -163,9 +169,10 @@ pub async fn get_session(
 pub async fn delete_session(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = session_id(&id, &cid)?;
-    app.orch.delete_session(id).await.or_api(&cid)?;
+    app.orch.delete_session_as(&caller, id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }

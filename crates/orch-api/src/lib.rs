@@ -1,9 +1,10 @@
 //! OrchQueue v1 over HTTP.
 //!
-//! Owns the axum router, the handlers, SSE framing, the correlation-id middleware,
-//! strict JSON bodies and the single error → HTTP mapping ([`error::status_of`]).
+//! Owns the axum router, the handlers, SSE framing, the correlation-id and API-key
+//! middleware, strict JSON bodies and the single error → HTTP mapping ([`error::status_of`]).
 //! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
 
+pub mod auth;
 pub mod body;
 pub mod control;
 pub mod correlation;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
+    /// API keys and which routes need which role.
+    pub auth: Arc<auth::AuthConfig>,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
             metrics: None,
             keepalive: Duration::from_secs(15),
             body_limit: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
+            auth: auth::AuthConfig::open(),
         }
     }
 }
@@ -73,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
         ))
         .layer(axum::middleware::from_fn(correlation::middleware))
         .with_state(state)

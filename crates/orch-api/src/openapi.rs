@@ -139,10 +139,87 @@ fn examples(op: &str) -> Option<Value> {
     })
 }
 
+/// Operations that never need a key (`/metrics` may: see [`security`]).
+fn is_open(op: &str) -> bool {
+    matches!(op, "livez" | "readyz")
+}
+
+/// API keys: the schemes, the document-wide requirement, and per operation the
+/// 401/403 responses (open probes carry an empty requirement; `/metrics` an optional
+/// one, since it is open unless configured admin-only).
+fn security(mut doc: Value) -> Value {
+    let envelope =
+        json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
+    if let Some(c) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        c.insert(
+            "securitySchemes".into(),
+            json!({
+                "bearerAuth": {"type": "http", "scheme": "bearer",
+                    "description": "An API key as a bearer token (`orchestratord keys new`)"},
+                "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                    "description": "The same API key in the X-API-Key header"}
+            }),
+        );
+    }
+    doc["security"] = json!([{"bearerAuth": []}, {"apiKeyAuth": []}]);
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return doc;
+    };
+    for item in paths.values_mut().filter_map(Value::as_object_mut) {
+        for op in item.values_mut().filter_map(Value::as_object_mut) {
+            let id = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if is_open(&id) {
+                op.insert("security".into(), json!([]));
+                continue;
+            }
+            if id == "metrics" {
+                op.insert(
+                    "security".into(),
+                    json!([{}, {"bearerAuth": []}, {"apiKeyAuth": []}]),
+                );
+            }
+            let admin = matches!(
+                id.as_str(),
+                "listPools"
+                    | "poolHealth"
+                    | "drainPool"
+                    | "reloadPool"
+                    | "listReplicaSets"
+                    | "metrics"
+            );
+            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                r.insert("401".into(), json!({
+                    "description": "No API key, or a key that is not valid (code UNAUTHENTICATED); carries WWW-Authenticate: Bearer",
+                    "content": envelope}));
+                // tasks and sessions of other tenants answer 404, like unknown ids
+                let why = if admin {
+                    Some("The key's role is client; this operation needs an admin key (code FORBIDDEN)")
+                } else if id == "createTask" {
+                    Some("The session_id belongs to another tenant (code FORBIDDEN)")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    r.insert(
+                        "403".into(),
+                        json!({"description": why, "content": envelope}),
+                    );
+                }
+            }
+        }
+    }
+    doc
+}
+
 /// Add the shared headers and extensions to every operation.
 fn decorate(mut doc: Value) -> Value {
     doc["info"]["version"] = json!(API_VERSION);
     doc["info"]["license"] = json!({"name": "Apache-2.0", "identifier": "Apache-2.0"});
+    doc = security(doc);
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
     };

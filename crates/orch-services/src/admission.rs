@@ -32,7 +32,10 @@ pub(crate) async fn admit(
     }
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
-    let engine = snap.pinned.as_ref().map_or("unknown", |p| p.engine.as_str());
+    let engine = snap
+        .pinned
+        .as_ref()
+        .map_or("unknown", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
     let (mut reservation, lease) = tenant
         .reserve(req.max_tokens, snap.retry_after_ms)
@@ -87,7 +90,11 @@ pub(crate) async fn admit(
     rec.set_settlement(Box::new(move |s: Settled| {
         reservation.used(u64::from(s.tokens_out));
         if let Some((sid, reserved)) = session {
-            sessions.settle(sid, reserved, u64::from(s.tokens_in) + u64::from(s.tokens_out));
+            sessions.settle(
+                sid,
+                reserved,
+                u64::from(s.tokens_in) + u64::from(s.tokens_out),
+            );
         }
         if s.admitted {
             let name = reservation.tenant().name.clone();

@@ -169,7 +169,12 @@ impl KeyRing {
     }
 
     /// Add a key by its SHA-256 digest (64 hex digits).
-    pub fn add_digest(&mut self, digest_hex: &str, tenant: &str, role: Role) -> Result<(), KeyError> {
+    pub fn add_digest(
+        &mut self,
+        digest_hex: &str,
+        tenant: &str,
+        role: Role,
+    ) -> Result<(), KeyError> {
         if !valid_tenant(tenant) {
             return Err(KeyError::BadTenant(tenant.to_string()));
         }
@@ -226,17 +231,23 @@ mod tests {
     fn authenticates_by_digest_only() {
         let key = new_key().unwrap();
         let mut ring = KeyRing::new();
-        ring.add_digest(&digest_hex(&key), "acme", Role::Client).unwrap();
+        ring.add_digest(&digest_hex(&key), "acme", Role::Client)
+            .unwrap();
         let c = ring.authenticate(&key).unwrap();
         assert_eq!(&*c.tenant, "acme");
         assert_eq!(c.role, Role::Client);
-        assert_eq!(c.key_fingerprint.as_deref(), Some(fingerprint(&key).as_str()));
+        assert_eq!(
+            c.key_fingerprint.as_deref(),
+            Some(fingerprint(&key).as_str())
+        );
         assert!(!fingerprint(&key).contains(&digest_hex(&key)[..8]));
         // one byte off, a prefix, and the digest itself are all refused
         let mut off = key.clone().into_bytes();
         let last = off.len() - 1;
         off[last] = if off[last] == b'0' { b'1' } else { b'0' };
-        assert!(ring.authenticate(std::str::from_utf8(&off).unwrap()).is_none());
+        assert!(ring
+            .authenticate(std::str::from_utf8(&off).unwrap())
+            .is_none());
         assert!(ring.authenticate(&key[..key.len() - 1]).is_none());
         assert!(ring.authenticate(&digest_hex(&key)).is_none());
     }

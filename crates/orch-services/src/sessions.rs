@@ -126,7 +126,9 @@ impl SessionStore {
     pub fn reserve(&self, id: SessionId, tenant: &Arc<str>, tokens: u64) -> Result<(), Refusal> {
         let budget = self.budget;
         let mut m = self.lock();
-        let s = m.get_or_create(id, self.max).ok_or(Refusal::Budget { left: 0 })?;
+        let s = m
+            .get_or_create(id, self.max)
+            .ok_or(Refusal::Budget { left: 0 })?;
         match &s.tenant {
             Some(t) if **t != **tenant => return Err(Refusal::OtherTenant),
             Some(_) => {}

@@ -270,12 +270,7 @@ impl Tenants {
 
     /// The tenant called `name`, created with the defaults if it is new.
     pub fn get(&self, name: &str) -> Arc<Tenant> {
-        if let Some(t) = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
+        if let Some(t) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return t.clone();
         }
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
@@ -338,7 +333,10 @@ mod tests {
         assert!(t.usage().tokens_available.unwrap() >= 80);
         assert!(t.reserve(70, 1).is_ok());
         // more than the whole budget can never be admitted: 400
-        assert_eq!(t.reserve(101, 1).err().unwrap().code, ErrorCode::InvalidParams);
+        assert_eq!(
+            t.reserve(101, 1).err().unwrap().code,
+            ErrorCode::InvalidParams
+        );
     }
 
     #[test]

@@ -143,8 +143,17 @@ fn shares_follow_weights_one_two_five() {
     let mut flow_of = HashMap::new();
     for (f, w) in weights.iter().enumerate() {
         for _ in 0..100 {
-            q.push(next, Priority::Interactive, Flow { id: f as u32, weight: *w, cost: 10 }, 0)
-                .unwrap();
+            q.push(
+                next,
+                Priority::Interactive,
+                Flow {
+                    id: f as u32,
+                    weight: *w,
+                    cost: 10,
+                },
+                0,
+            )
+            .unwrap();
             flow_of.insert(next, f);
             next += 1;
         }

@@ -1,0 +1,155 @@
+//! Who is calling: the API key on each request (`Authorization: Bearer <key>` or
+//! `X-API-Key: <key>`) becomes a [`Caller`] (tenant + role) that handlers receive as an
+//! extension, and the route decides which role it needs:
+//!
+//! * open: `/livez`, `/readyz`, `/openapi/*`, and `/metrics` unless configured
+//!   admin-only;
+//! * admin: the control plane (`/v1/pools…`, `/v1/replicasets`);
+//! * client (or admin): everything else.
+//!
+//! No key → 401 `UNAUTHENTICATED` (with `WWW-Authenticate: Bearer`); a key that is not
+//! in the key ring → 401 as well; a valid key without the role → 403 `FORBIDDEN`.
+//! With no keys configured every request is the open caller (the binary only allows
+//! that on a loopback address). Keys are never logged: logs carry the key ring's
+//! fingerprint of a known key and nothing of an unknown one.
+
+use crate::correlation::CorrelationId;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use orch_domain::{ErrorCode, OrchError};
+use orch_services::{Caller, KeyRing, Role};
+use std::sync::Arc;
+
+/// Authentication settings of the HTTP layer.
+#[derive(Debug, Default)]
+pub struct AuthConfig {
+    /// Accepted keys; empty = open (every caller is [`Caller::open`]).
+    pub keys: KeyRing,
+    /// Whether `/metrics` needs an admin key (when keys are configured).
+    pub metrics_admin_only: bool,
+}
+
+impl AuthConfig {
+    pub fn open() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+}
+
+/// The role a path needs, or `None` for an open path.
+pub fn required_role(path: &str, metrics_admin_only: bool) -> Option<Role> {
+    match path {
+        "/livez" | "/readyz" => None,
+        "/metrics" if !metrics_admin_only => None,
+        "/metrics" => Some(Role::Admin),
+        p if p.starts_with("/openapi/") => None,
+        p if p == "/v1/pools" || p.starts_with("/v1/pools/") => Some(Role::Admin),
+        p if p == "/v1/replicasets" || p.starts_with("/v1/admin/") => Some(Role::Admin),
+        _ => Some(Role::Client),
+    }
+}
+
+/// The key a request presents, if any. `Authorization` must use the Bearer scheme.
+fn presented_key(h: &HeaderMap) -> Option<&str> {
+    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim());
+    }
+    let v = h.get("authorization")?.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|k| !k.is_empty())
+}
+
+fn unauthenticated(message: &str, cid: &CorrelationId) -> Response {
+    let mut r =
+        ApiError::new(OrchError::new(ErrorCode::Unauthenticated, message), cid).into_response();
+    r.headers_mut().insert(
+        "www-authenticate",
+        HeaderValue::from_static("Bearer realm=\"orchestratord\""),
+    );
+    r
+}
+
+pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let auth = app.auth.clone();
+    let cid = req
+        .extensions()
+        .get::<CorrelationId>()
+        .cloned()
+        .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
+    let need = required_role(req.uri().path(), auth.metrics_admin_only);
+    if auth.keys.is_empty() {
+        req.extensions_mut().insert(Caller::open());
+        return next.run(req).await;
+    }
+    let Some(need) = need else {
+        return next.run(req).await;
+    };
+    let caller = match presented_key(req.headers()) {
+        None => {
+            return unauthenticated(
+                "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+                &cid,
+            )
+        }
+        Some(k) => match auth.keys.authenticate(k) {
+            Some(c) => c,
+            None => {
+                tracing::info!(correlation_id = %cid.0, path = %req.uri().path(), "unknown API key refused");
+                return unauthenticated("the API key is not valid", &cid);
+            }
+        },
+    };
+    if need == Role::Admin && caller.role != Role::Admin {
+        tracing::info!(correlation_id = %cid.0, tenant = %caller.tenant,
+            key = caller.key_fingerprint.as_deref().unwrap_or("-"), path = %req.uri().path(),
+            "forbidden: admin route with a client key");
+        return ApiError::new(
+            OrchError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "tenant {}'s key has role client; this route needs an admin key",
+                    caller.tenant
+                ),
+            ),
+            &cid,
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_need_the_right_role() {
+        assert_eq!(required_role("/livez", true), None);
+        assert_eq!(required_role("/openapi/data.yaml", true), None);
+        assert_eq!(required_role("/metrics", false), None);
+        assert_eq!(required_role("/metrics", true), Some(Role::Admin));
+        assert_eq!(required_role("/v1/pools/p/drain", false), Some(Role::Admin));
+        assert_eq!(required_role("/v1/poolsX", false), Some(Role::Client));
+        assert_eq!(required_role("/v1/tasks", false), Some(Role::Client));
+        assert_eq!(required_role("/v1/capabilities", false), Some(Role::Client));
+    }
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&h), None);
+        h.insert("authorization", HeaderValue::from_static("Bearer  k1 "));
+        assert_eq!(presented_key(&h), Some("k1"));
+        h.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert_eq!(presented_key(&h), Some("k2"));
+    }
+}
