@@ -223,14 +223,7 @@ fn auth_config(
     let keys = cfg
         .key_ring()
         .map_err(|e| StartError::Auth(e.to_string()))?;
-    if keys.is_empty() && !addr.ip().is_loopback() {
-        return Err(StartError::Auth(format!(
-            "refusing to listen on {addr} without API keys: anyone who can reach it could \
-             submit work, drain or reload pools. Create a key with \
-             `orchestratord keys new --tenant NAME --role admin`, add the printed \
-             [[auth.keys]] entry to the config, or listen on 127.0.0.1"
-        )));
-    }
+    check_open_address(keys.is_empty(), addr)?;
     if keys.is_empty() {
         tracing::warn!(%addr, "no API keys configured: every request acts as an admin of tenant `anonymous` (loopback only)");
     } else {
@@ -240,6 +233,19 @@ fn auth_config(
         keys,
         metrics_admin_only: cfg.auth.metrics == MetricsAccess::Admin,
     }))
+}
+
+/// Refuse to serve without keys on anything but a loopback address.
+pub fn check_open_address(no_keys: bool, addr: SocketAddr) -> Result<(), StartError> {
+    if no_keys && !addr.ip().is_loopback() {
+        return Err(StartError::Auth(format!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could \
+             submit work, drain or reload pools. Create a key with \
+             `orchestratord keys new --tenant NAME --role admin`, add the printed \
+             [[auth.keys]] entry to the config, or listen on 127.0.0.1"
+        )));
+    }
+    Ok(())
 }
 
 async fn start_pool(

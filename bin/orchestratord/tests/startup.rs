@@ -116,3 +116,57 @@ fn serves_then_stops_gracefully_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
 }
+
+#[test]
+fn without_keys_it_refuses_any_address_but_loopback() {
+    let p = write_config(
+        "open",
+        "[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["--config", p.to_str().unwrap(), "--addr", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("without API keys"), "{err}");
+    assert!(
+        err.contains("orchestratord keys new"),
+        "says how to add one: {err}"
+    );
+}
+
+#[test]
+fn keys_new_prints_a_key_once_and_the_entry_that_accepts_it() {
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["keys", "new", "--tenant", "acme", "--role", "client"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text
+        .lines()
+        .find(|l| l.starts_with("oqk_"))
+        .expect("a key line");
+    let digest = orch_services::auth::digest_hex(key);
+    assert!(text.contains(&format!("sha256 = \"{digest}\"")), "{text}");
+    assert!(text.contains("tenant = \"acme\"") && text.contains("role = \"client\""));
+    // the printed entry is accepted by a config, and the key authenticates
+    let entry: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[auth.keys]]"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = orchestratord::Config::parse(&format!(
+        "{entry}\n[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n"
+    ))
+    .unwrap();
+    let ring = cfg.key_ring().unwrap();
+    let caller = ring.authenticate(key).expect("the new key authenticates");
+    assert_eq!(&*caller.tenant, "acme");
+    let bad = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["keys", "new", "--tenant", "acme", "--role", "root"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
