@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|llama|all>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|all>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -30,14 +30,18 @@ async fn main() {
         "latency" => mock::latency::run().await,
         "cpu" => mock::cpu::run().await,
         "streams" => mock::streams::run().await,
+        "admission" => mock::admission::run().await,
         "llama" => llama::throughput().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
             mock::streams::run().await;
+            mock::admission::run().await;
         }
         other => {
-            eprintln!("unknown scenario {other}; use latency | cpu | streams | llama | all");
+            eprintln!(
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | all"
+            );
             std::process::exit(2);
         }
     }

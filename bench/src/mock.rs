@@ -7,6 +7,7 @@
 //! `floor.rs`), paced alike from one [`Pace`]. The client code path is the same for
 //! both: `POST /v1/tasks`, then `GET` the `streams.sse` path it returns.
 
+pub mod admission;
 pub mod cpu;
 pub mod latency;
 pub mod streams;
@@ -45,10 +46,11 @@ fn config_path(port: u16) -> std::path::PathBuf {
 
 /// Start orchestratord (release binary) on a free port with a mock pool; its config
 /// file is `config_path(port)`.
-pub fn spawn_server(mock: &str, pool: &str) -> (Child, String) {
+/// `top` is added before the rest (e.g. `[auth]` and `[tenants]` tables).
+pub fn spawn_server(top: &str, mock: &str, pool: &str) -> (Child, String) {
     let port = free_port();
     let cfg = format!(
-        "[server]\nkeepalive_ms = 15000\nstream_grace_ms = 600000\n[[pools]]\nid = \"bench\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 100000\n{pool}\n[pools.mock]\nctx_max = 1000000\n{mock}\n"
+        "{top}\n[server]\nkeepalive_ms = 15000\nstream_grace_ms = 600000\n[[pools]]\nid = \"bench\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 100000\n{pool}\n[pools.mock]\nctx_max = 1000000\n{mock}\n"
     );
     let path = config_path(port);
     std::fs::write(&path, cfg).expect("write orchestratord config");
@@ -116,20 +118,23 @@ impl Server {
     }
 
     pub fn orchestratord(pace: &Pace, slots: u32, queue_capacity: u32) -> Self {
-        let (child, base) = spawn_server(
+        Self::orchestratord_with(
+            "orchestratord",
+            "",
             &pace.mock_toml(slots),
             &format!("queue_capacity = {queue_capacity}"),
-        );
+        )
+    }
+
+    /// orchestratord with extra config: `top` tables and `pool` keys.
+    pub fn orchestratord_with(name: &'static str, top: &str, mock: &str, pool: &str) -> Self {
+        let (child, base) = spawn_server(top, mock, pool);
         wait_http(&base);
         // read at startup only: serving means it is no longer needed
         if let Some(port) = base.rsplit(':').next().and_then(|p| p.parse().ok()) {
             let _ = std::fs::remove_file(config_path(port));
         }
-        Self {
-            name: "orchestratord",
-            base,
-            child,
-        }
+        Self { name, base, child }
     }
 
     pub fn cpu_seconds(&self) -> f64 {

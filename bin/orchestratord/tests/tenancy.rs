@@ -160,6 +160,27 @@ async fn keys_decide_who_may_do_what_and_tenants_see_only_their_tasks() {
     assert_eq!(caps["tenant"]["weight"], 5);
     assert_eq!(caps["tenant"]["quotas"]["max_concurrent"], 24);
     assert_eq!(caps["tenant"]["quotas"]["tokens_per_minute"], 120000);
+    // the Rust client carries a key the same way
+    let c = orch_client::Client::new(&s.base).with_api_key(SILVER);
+    let caps = c.capabilities().await.unwrap();
+    assert_eq!(caps.tenant.unwrap().tenant, "silver");
+    match orch_client::Client::new(&s.base).capabilities().await {
+        Err(orch_client::ClientError::Api { status, envelope }) => {
+            assert_eq!(status, 401);
+            assert_eq!(envelope.code.as_str(), "UNAUTHENTICATED");
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+}
+
+/// Kills the child process however the test ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
@@ -185,6 +206,7 @@ fn keys_never_appear_in_logs() {
         .unwrap();
     let mut err = child.stderr.take().unwrap();
     let mut out = child.stdout.take().unwrap();
+    let mut child = Reap(child);
     let outs = std::thread::spawn(move || {
         let mut s = String::new();
         let _ = out.read_to_string(&mut s);
@@ -262,11 +284,11 @@ fn keys_never_appear_in_logs() {
         assert_eq!(r.status(), 403);
     });
     let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
-    child.wait().unwrap();
+    let _ = child.0.wait();
     let logs = format!("{seen}{}{}", errs.join().unwrap(), outs.join().unwrap());
     assert!(
         logs.contains("\"task_id\""),

@@ -47,6 +47,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ClientError>> + S
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// Sent as `Authorization: Bearer <key>` on every request.
+    api_key: Option<String>,
     /// Reconnects allowed per stream when the connection drops mid-stream.
     pub max_resumes: u32,
 }
@@ -81,8 +83,34 @@ impl Client {
         Self {
             base: base.trim_end_matches('/').to_string(),
             http,
+            api_key: None,
             max_resumes: 3,
         }
+    }
+
+    /// Authenticate every request with this API key (`orchestratord keys new`).
+    pub fn with_api_key(mut self, key: &str) -> Self {
+        self.api_key = Some(key.to_string());
+        self
+    }
+
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.api_key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.http.get(self.url(path)))
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.http.post(self.url(path)))
+    }
+
+    fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authed(self.http.delete(self.url(path)))
     }
 
     fn url(&self, path: &str) -> String {
@@ -124,8 +152,7 @@ impl Client {
 
     /// `POST /v1/tasks`.
     pub async fn submit(&self, req: &TaskRequest) -> Result<AdmissionResponse, ClientError> {
-        self.json(self.http.post(self.url("/v1/tasks")).json(req))
-            .await
+        self.json(self.post("/v1/tasks").json(req)).await
     }
 
     /// `GET /v1/tasks/{id}/stream` from after `last_event_id` (no resume).
@@ -134,7 +161,7 @@ impl Client {
         id: TaskId,
         last_event_id: u64,
     ) -> Result<EventStream, ClientError> {
-        let mut rb = self.http.get(self.url(&format!("/v1/tasks/{id}/stream")));
+        let mut rb = self.get(&format!("/v1/tasks/{id}/stream"));
         if last_event_id > 0 {
             rb = rb.header("Last-Event-ID", last_event_id.to_string());
         }
@@ -180,27 +207,24 @@ impl Client {
     }
 
     pub async fn cancel(&self, id: TaskId) -> Result<(), ClientError> {
-        self.empty(self.http.post(self.url(&format!("/v1/tasks/{id}/cancel"))))
+        self.empty(self.post(&format!("/v1/tasks/{id}/cancel")))
             .await
     }
 
     pub async fn status(&self, id: TaskId) -> Result<TaskStatus, ClientError> {
-        self.json(self.http.get(self.url(&format!("/v1/tasks/{id}"))))
-            .await
+        self.json(self.get(&format!("/v1/tasks/{id}"))).await
     }
 
     pub async fn session(&self, id: SessionId) -> Result<SessionInfo, ClientError> {
-        self.json(self.http.get(self.url(&format!("/v1/sessions/{id}"))))
-            .await
+        self.json(self.get(&format!("/v1/sessions/{id}"))).await
     }
 
     pub async fn delete_session(&self, id: SessionId) -> Result<(), ClientError> {
-        self.empty(self.http.delete(self.url(&format!("/v1/sessions/{id}"))))
-            .await
+        self.empty(self.delete(&format!("/v1/sessions/{id}"))).await
     }
 
     pub async fn pools(&self) -> Result<PoolList, ClientError> {
-        self.json(self.http.get(self.url("/v1/pools"))).await
+        self.json(self.get("/v1/pools")).await
     }
 
     pub async fn pool_health(&self, pool_id: &str) -> Result<PoolHealth, ClientError> {
@@ -212,10 +236,10 @@ impl Client {
     }
 
     pub async fn replica_sets(&self) -> Result<ReplicaSetList, ClientError> {
-        self.json(self.http.get(self.url("/v1/replicasets"))).await
+        self.json(self.get("/v1/replicasets")).await
     }
 
     pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
-        self.json(self.http.get(self.url("/v1/capabilities"))).await
+        self.json(self.get("/v1/capabilities")).await
     }
 }

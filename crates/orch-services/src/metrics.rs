@@ -116,25 +116,28 @@ const SHARE_BUCKET_SECS: u64 = 10;
 
 type ShareKey = (String, &'static str);
 
+/// Tokens per tenant, one map per priority (interactive, batch).
+type Bucket = [HashMap<String, u64>; 2];
+
 struct ShareWindow {
     epoch: Instant,
     /// (bucket number, tokens per tenant and priority), oldest first.
-    buckets: VecDeque<(u64, HashMap<ShareKey, u64>)>,
+    buckets: VecDeque<(u64, Bucket)>,
     /// Every series ever set, so a tenant that stopped being served drops to 0.
     seen: HashMap<ShareKey, ()>,
 }
 
 static SHARES: Mutex<Option<ShareWindow>> = Mutex::new(None);
 
-fn priority_static(p: &str) -> &'static str {
-    if p == "interactive" {
-        "interactive"
-    } else {
-        "batch"
-    }
+const PRIORITIES: [&str; 2] = ["interactive", "batch"];
+
+fn priority_index(p: &str) -> usize {
+    usize::from(p != "interactive")
 }
 
-/// Count `tokens` served to `tenant` at `priority` and refresh the share gauges.
+/// Count `tokens` served to `tenant` at `priority`. Cheap (one short lock, no gauge
+/// update, no allocation once the tenant is known): the gauges are set by
+/// [`refresh_shares`], which the services' sweep calls every second.
 pub fn served(tenant: &str, priority: &str, tokens: u64) {
     let mut g = SHARES.lock().unwrap_or_else(|p| p.into_inner());
     let w = g.get_or_insert_with(|| ShareWindow {
@@ -144,17 +147,21 @@ pub fn served(tenant: &str, priority: &str, tokens: u64) {
     });
     let now = w.epoch.elapsed().as_secs() / SHARE_BUCKET_SECS;
     if w.buckets.back().is_none_or(|(b, _)| *b != now) {
-        w.buckets.push_back((now, HashMap::new()));
+        w.buckets.push_back((now, Default::default()));
     }
-    if let Some((_, m)) = w.buckets.back_mut() {
-        *m.entry((tenant.to_string(), priority_static(priority)))
-            .or_insert(0) += tokens;
+    if let Some((_, b)) = w.buckets.back_mut() {
+        let m = &mut b[priority_index(priority)];
+        match m.get_mut(tenant) {
+            Some(n) => *n += tokens,
+            None => {
+                m.insert(tenant.to_string(), tokens);
+            }
+        }
     }
-    refresh(w);
 }
 
-/// Drop buckets that left the window and set every share gauge (also called by the
-/// periodic sweep so shares decay when nothing is served).
+/// Drop buckets that left the window and set every share gauge (called by the
+/// periodic sweep, so shares also decay when nothing is served).
 pub fn refresh_shares() {
     let mut g = SHARES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(w) = g.as_mut() {
@@ -169,11 +176,13 @@ fn refresh(w: &mut ShareWindow) {
         w.buckets.pop_front();
     }
     let mut per: HashMap<ShareKey, u64> = HashMap::new();
-    let mut total: HashMap<&'static str, u64> = HashMap::new();
-    for (_, m) in &w.buckets {
-        for (k, n) in m {
-            *per.entry(k.clone()).or_insert(0) += n;
-            *total.entry(k.1).or_insert(0) += n;
+    let mut total = [0u64; 2];
+    for (_, b) in &w.buckets {
+        for (i, m) in b.iter().enumerate() {
+            for (t, n) in m {
+                *per.entry((t.clone(), PRIORITIES[i])).or_insert(0) += n;
+                total[i] += n;
+            }
         }
     }
     for k in per.keys() {
@@ -181,7 +190,7 @@ fn refresh(w: &mut ShareWindow) {
     }
     for k in w.seen.keys() {
         let n = per.get(k).copied().unwrap_or(0);
-        let t = total.get(k.1).copied().unwrap_or(0);
+        let t = total[priority_index(k.1)];
         let share = if t == 0 { 0.0 } else { n as f64 / t as f64 };
         gauge!(ADMISSION_SHARE, "tenant" => k.0.clone(), "priority" => k.1).set(share);
     }
@@ -201,5 +210,5 @@ pub fn deadline_outcome(priority: &str, met: bool) {
     }
     let total = n.fetch_add(1, Ordering::AcqRel) + 1;
     let ratio = m.load(Ordering::Acquire) as f64 / total as f64;
-    gauge!(DEADLINES_MET_RATIO, "priority" => priority_static(priority)).set(ratio);
+    gauge!(DEADLINES_MET_RATIO, "priority" => PRIORITIES[i]).set(ratio);
 }

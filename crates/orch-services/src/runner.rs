@@ -27,7 +27,7 @@ pub fn launcher(sessions: Arc<SessionStore>) -> Launch {
         let run = AssertUnwindSafe(run(a, sessions.clone())).catch_unwind();
         tokio::spawn(async move {
             if run.await.is_err() {
-                tracing::error!(task_id = %rec.id, "task run panicked");
+                tracing::error!(task_id = %rec.id, tenant = %rec.tenant, "task run panicked");
                 rec.end(Ending::Failed(
                     OrchError::internal("the task's run failed").with_pool(rec.pool_id.as_str()),
                 ));
@@ -298,7 +298,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             .retry(rec.clone(), a.request.clone(), tried.clone())
                             .await;
                         if let Some(next) = next {
-                            tracing::info!(task_id = %rec.id, from = %a.replica_id, to = %next.replica_id,
+                            tracing::info!(task_id = %rec.id, tenant = %rec.tenant, from = %a.replica_id, to = %next.replica_id,
                                 "retrying on another replica before the first token");
                             if stopped {
                                 settle_engine(&a).await;
@@ -345,7 +345,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
 /// the task still holds the slot (so no new work lands on a busy engine slot).
 async fn settle_engine(a: &Assignment) {
     if let Err(e) = a.adapter.cancel(a.rec.id).await {
-        tracing::warn!(task_id = %a.rec.id, replica_id = %a.replica_id, error = %e,
+        tracing::warn!(task_id = %a.rec.id, tenant = %a.rec.tenant, replica_id = %a.replica_id, error = %e,
             "engine cancel not confirmed");
     }
 }

@@ -56,7 +56,7 @@ impl Drop for ReaderGuard {
         rt.spawn(async move {
             tokio::time::sleep(grace).await;
             if rec.still_abandoned(generation) && !rec.is_ended() {
-                tracing::info!(task_id = %rec.id, grace_ms = grace.as_millis() as u64,
+                tracing::info!(task_id = %rec.id, tenant = %rec.tenant, grace_ms = grace.as_millis() as u64,
                     "no reader within the grace period: canceling abandoned task");
                 core.cancel(&rec, CancelReason::Abandoned).await;
             }

@@ -46,7 +46,7 @@ impl Actor {
             // the pool may recover: POOL_UNAVAILABLE is always retriable (spec §3)
             err.retriable |= why == Expiry::QueueWait;
             q.rec.end(Ending::Failed(err.with_pool(&*self.id)));
-            tracing::info!(task_id = %id, pool_id = %self.id, waited_ms = waited as u64,
+            tracing::info!(task_id = %id, tenant = %q.rec.tenant, pool_id = %self.id, waited_ms = waited as u64,
                 reason = ?why, "queued task expired");
         }
         // entries of tasks that left the queue otherwise stay until their time; keep

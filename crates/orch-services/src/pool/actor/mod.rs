@@ -316,7 +316,7 @@ impl Actor {
             });
             if ended {
                 crate::metrics::backpressure(&pinned.engine, policy.label().as_str());
-                tracing::info!(task_id = %victim.rec.id, pool_id = %self.id,
+                tracing::info!(task_id = %victim.rec.id, tenant = %victim.rec.tenant, pool_id = %self.id,
                     policy = policy.label().as_str(), "evicted queued task");
             }
         }
