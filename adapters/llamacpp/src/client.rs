@@ -137,9 +137,48 @@ impl LlamaCppAdapter {
         Ok(slots.iter().filter(|s| s.is_processing).count() as u32)
     }
 
+    /// Render a chat with the model's own template (llama-server `/apply-template`).
+    async fn apply_template(
+        &self,
+        chat: &[orch_domain::ChatMessage],
+    ) -> Result<String, WorkerError> {
+        let resp = self
+            .stream_http
+            .post(format!("{}/apply-template", self.base))
+            .json(&serde_json::json!({ "messages": chat }))
+            .send()
+            .await
+            .map_err(net_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let msg = format!(
+                "apply-template HTTP {status}: {}",
+                text.chars().take(300).collect::<String>()
+            );
+            return Err(match status.as_u16() {
+                503 => WorkerError::Unready(msg),
+                400..=499 => WorkerError::Rejected(msg),
+                _ => WorkerError::Reset(msg),
+            });
+        }
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| WorkerError::Protocol(format!("apply-template: {e}")))?;
+        v.get("prompt")
+            .and_then(|p| p.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| WorkerError::Protocol("apply-template answered without a prompt".into()))
+    }
+
     async fn open(&self, req: EngineRequest) -> Result<EventStream, WorkerError> {
+        let rendered = match &req.chat {
+            Some(chat) => Some(self.apply_template(chat).await?),
+            None => None,
+        };
         let body = CompletionRequest {
-            prompt: &req.prompt,
+            prompt: rendered.as_deref().unwrap_or(&req.prompt),
             n_predict: req.max_tokens,
             stream: true,
             // llama-server seeds are u32 and u32::MAX means "random": keep the low 32

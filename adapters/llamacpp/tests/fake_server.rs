@@ -31,6 +31,7 @@ fn adapter(fake: &FakeLlama, opts: ClientOptions) -> LlamaCppAdapter {
 
 fn request() -> EngineRequest {
     EngineRequest {
+        chat: None,
         task_id: TaskId::new_random(),
         prompt: "Once upon a time".into(),
         max_tokens: 16,

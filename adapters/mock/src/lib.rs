@@ -238,8 +238,12 @@ impl WorkerAdapter for MockEngine {
         Box::pin(async move { Ok(p) })
     }
 
-    fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>> {
+    fn submit(&self, mut req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>> {
         Box::pin(async move {
+            if let Some(chat) = req.chat.take() {
+                // the mock's own (fixed, documented) chat template
+                req.prompt = mock_chat_template(&chat);
+            }
             if !self.ready.load(Ordering::Acquire) {
                 return Err(WorkerError::Unready("mock: loading".into()));
             }
@@ -292,6 +296,17 @@ impl WorkerAdapter for MockEngine {
     }
 }
 
+/// The mock engine's chat template: `<|role|>\ncontent\n` per message, then
+/// `<|assistant|>\n`. (Real engines apply the model's own template.)
+pub fn mock_chat_template(chat: &[orch_domain::ChatMessage]) -> String {
+    let mut out = String::new();
+    for m in chat {
+        out.push_str(&format!("<|{}|>\n{}\n", m.role, m.content));
+    }
+    out.push_str("<|assistant|>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +314,7 @@ mod tests {
 
     fn req(max_tokens: u32, seed: i64) -> EngineRequest {
         EngineRequest {
+            chat: None,
             task_id: TaskId::new_random(),
             prompt: "hello there".into(),
             max_tokens,

@@ -569,3 +569,31 @@ fn anti_cheat_no_canned_engine_output_in_the_source() {
         );
     }
 }
+
+/// The official `openai` SDK through the OpenAI door onto the real llama.cpp pool: the
+/// chat template is the model's own, applied by llama-server (`/apply-template`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_drives_the_door_on_the_real_llama_pool() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let s = start(&format!(
+        "{}{}",
+        common::sdk::keys(),
+        llama_config(1, 2, 2, "")
+    ))
+    .await;
+    let base = s.base.clone();
+    let r = tokio::task::spawn_blocking(move || common::sdk::run_sdk(&base, "gemma-3-270m"))
+        .await
+        .unwrap();
+    eprintln!("SDK report (llama.cpp): {r}");
+    common::sdk::assert_sdk_report(&r, "gemma-3-270m");
+    // the template wraps the two short messages in the model's turn markers
+    let words = "You repeat codes. The secret code is 4821. Repeat the secret code."
+        .split_whitespace()
+        .count() as u64;
+    assert!(
+        r["chat"]["usage"]["prompt_tokens"].as_u64().unwrap() > words,
+        "the engine applied a template: {r}"
+    );
+}

@@ -20,6 +20,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, WorkerError
 pub struct EngineRequest {
     pub task_id: TaskId,
     pub prompt: String,
+    /// A chat to render with the model's own template instead of `prompt` (the
+    /// engine applies it; adapters never hand-write a template).
+    pub chat: Option<Vec<orch_domain::ChatMessage>>,
     pub max_tokens: u32,
     pub seed: i64,
     pub temperature: Option<f32>,

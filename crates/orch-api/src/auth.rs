@@ -65,9 +65,22 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
-fn unauthenticated(message: &str, cid: &CorrelationId) -> Response {
-    let mut r =
-        ApiError::new(OrchError::new(ErrorCode::Unauthenticated, message), cid).into_response();
+/// The error response for `path`: OpenAI's shape on the OpenAI door, the envelope
+/// elsewhere.
+fn refuse(path: &str, e: OrchError, cid: &CorrelationId) -> Response {
+    if crate::openai::is_openai_path(path) {
+        crate::openai::error::OpenAiError::from(e).into_response()
+    } else {
+        ApiError::new(e, cid).into_response()
+    }
+}
+
+fn unauthenticated(path: &str, message: &str, cid: &CorrelationId) -> Response {
+    let mut r = refuse(
+        path,
+        OrchError::new(ErrorCode::Unauthenticated, message),
+        cid,
+    );
     r.headers_mut().insert(
         "www-authenticate",
         HeaderValue::from_static("Bearer realm=\"orchestratord\""),
@@ -90,9 +103,11 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
     let Some(need) = need else {
         return next.run(req).await;
     };
+    let path = req.uri().path().to_string();
     let caller = match presented_key(req.headers()) {
         None => {
             return unauthenticated(
+                &path,
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
                 &cid,
             )
@@ -101,7 +116,7 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
             Some(c) => c,
             None => {
                 tracing::info!(correlation_id = %cid.0, path = %req.uri().path(), "unknown API key refused");
-                return unauthenticated("the API key is not valid", &cid);
+                return unauthenticated(&path, "the API key is not valid", &cid);
             }
         },
     };
@@ -109,7 +124,8 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
         tracing::info!(correlation_id = %cid.0, tenant = %caller.tenant,
             key = caller.key_fingerprint.as_deref().unwrap_or("-"), path = %req.uri().path(),
             "forbidden: admin route with a client key");
-        return ApiError::new(
+        return refuse(
+            &path,
             OrchError::new(
                 ErrorCode::Forbidden,
                 format!(
@@ -118,8 +134,7 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
                 ),
             ),
             &cid,
-        )
-        .into_response();
+        );
     }
     req.extensions_mut().insert(caller);
     next.run(req).await

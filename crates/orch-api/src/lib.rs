@@ -10,6 +10,7 @@ pub mod control;
 pub mod correlation;
 pub mod data;
 pub mod error;
+pub mod openai;
 pub mod openapi;
 pub mod ops;
 pub mod sse;
@@ -62,6 +63,12 @@ pub fn router(state: AppState) -> Router {
             "/v1/sessions/{id}",
             get(data::get_session).delete(data::delete_session),
         )
+        .route(
+            "/v1/chat/completions",
+            post(openai::handlers::chat_completions),
+        )
+        .route("/v1/completions", post(openai::handlers::completions))
+        .route("/v1/models", get(openai::handlers::models))
         .route("/v1/pools", get(control::list_pools))
         .route("/v1/pools/{id}/health", get(control::pool_health))
         .route("/v1/pools/{id}/drain", post(control::drain_pool))

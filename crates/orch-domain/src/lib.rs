@@ -20,6 +20,7 @@ pub use events::{
 pub use ids::{SessionId, TaskId};
 pub use policy::{FullPolicy, PolicyLabel};
 pub use task::{
-    Determinism, EngineKind, KvHint, Placement, Priority, TaskRequest, Workload, PROMPT_MAX_BYTES,
+    ChatMessage, Determinism, EngineKind, KvHint, Placement, Priority, TaskRequest, Workload,
+    PROMPT_MAX_BYTES,
 };
 pub use views::{AdmissionResponse, SessionInfo, StreamLinks, TaskState, TaskStatus};

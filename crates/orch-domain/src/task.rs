@@ -54,6 +54,8 @@ pub enum EngineKind {
     Tgi,
     Triton,
     Mock,
+    /// Any OpenAI-compatible server reached over HTTP (vLLM, SGLang, TGI, Ollama, …).
+    Openai,
 }
 
 impl EngineKind {
@@ -64,6 +66,7 @@ impl EngineKind {
             EngineKind::Tgi => "tgi",
             EngineKind::Triton => "triton",
             EngineKind::Mock => "mock",
+            EngineKind::Openai => "openai",
         }
     }
 }
@@ -94,6 +97,15 @@ pub struct Placement {
     pub prefer_pools: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid_pools: Vec<String>,
+}
+
+/// One message of a chat (the OpenAI door). The engine renders the conversation with
+/// the model's own chat template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (or `developer`, `tool`).
+    pub role: String,
+    pub content: String,
 }
 
 /// `TaskRequest`: unknown fields are rejected so typos are not silently ignored.
@@ -151,6 +163,12 @@ pub struct TaskRequest {
     pub kv_hint: Option<KvHint>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// A chat to render with the model's template instead of `prompt` (set by the
+    /// OpenAI door; not part of OrchQueue v1). `prompt` then holds the messages' text,
+    /// which bounds its size and estimates its length.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub chat: Option<Vec<ChatMessage>>,
 }
 
 impl TaskRequest {
@@ -176,6 +194,7 @@ impl TaskRequest {
             expected_tokens: None,
             kv_hint: None,
             placement: None,
+            chat: None,
         }
     }
 

@@ -137,6 +137,29 @@ pub(crate) async fn admit(
     })
 }
 
+/// See [`crate::orchestrator::Orchestrator::output_limit`].
+pub(crate) fn output_limit(core: &Core, model: &str, prompt: &str) -> Option<u32> {
+    let prompt_tokens = crate::pool::estimate_prompt_tokens(prompt);
+    let mut best: Option<(bool, u32)> = None;
+    for p in core.pools.all() {
+        let s = p.snapshot();
+        let serves =
+            s.spec.model == model || s.pinned.as_ref().is_some_and(|x| x.model_digest == model);
+        let Some(pin) = s.pinned.as_ref().filter(|_| serves) else {
+            continue;
+        };
+        let fits = pin
+            .ctx_max
+            .saturating_sub(prompt_tokens)
+            .min(s.spec.max_tokens_out)
+            .max(1);
+        if best.is_none_or(|(ready, _)| s.ready && !ready) {
+            best = Some((s.ready, fits));
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
 /// Count a refusal by quota in the rejection and backpressure metrics.
 fn refused(engine: &str, e: &OrchError) {
     if e.code == ErrorCode::QuotaExceeded {

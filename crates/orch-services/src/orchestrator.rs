@@ -91,6 +91,13 @@ impl Orchestrator {
         crate::admission::admit(&self.core, caller, req, correlation_id).await
     }
 
+    /// The largest `max_tokens` a task for `model` with this prompt could be admitted
+    /// with (from the pools serving the model, ready ones first), for clients that
+    /// name no limit. `None` when no pool serves the model.
+    pub fn output_limit(&self, model: &str, prompt: &str) -> Option<u32> {
+        crate::admission::output_limit(&self.core, model, prompt)
+    }
+
     /// A task `caller` may see (its tenant's, or any for an admin): others are 404,
     /// exactly like an unknown id, so ids of other tenants are not revealed.
     fn lookup(&self, caller: &Caller, id: TaskId) -> Result<Lookup, OrchError> {

@@ -123,6 +123,7 @@ impl Attempt<'_> {
         let eng = EngineRequest {
             task_id: rec.id,
             prompt: req.prompt.clone(),
+            chat: req.chat.clone(),
             max_tokens: req.max_tokens,
             seed: req.effective_seed(rec.id),
             temperature: req.effective_temperature(),

@@ -2,6 +2,8 @@
 //! a real HTTP client, an SSE parser, and the "every admitted task ended" check.
 #![allow(dead_code)]
 
+pub mod sdk;
+
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::Duration;
