@@ -144,6 +144,8 @@ impl ReplicaLauncher for LlamaServerLauncher {
                 .args(["--parallel", &self.cfg.slots.to_string()])
                 .args(["--threads", &self.cfg.threads.to_string()])
                 .args(["--metrics", "--slots", "--no-webui"])
+                // its OpenAI routes (/v1/models) name the model as clients do
+                .args(["--alias", &self.cfg.model])
                 .args(&self.cfg.extra_args)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

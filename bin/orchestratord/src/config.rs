@@ -148,6 +148,8 @@ impl Default for ServerConfig {
 pub enum EngineChoice {
     Mock,
     Llamacpp,
+    /// Any OpenAI-compatible server by URL (`[pools.openai]`).
+    Openai,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +199,52 @@ pub struct PoolConfig {
     /// Settings of llama-server replicas (engine = "llamacpp").
     #[serde(default)]
     pub llamacpp: Option<LlamaCppConfig>,
+    /// Upstream OpenAI-compatible servers (engine = "openai").
+    #[serde(default)]
+    pub openai: Option<OpenAiPoolConfig>,
+}
+
+/// `[pools.openai]`: replicas that are OpenAI-compatible servers someone else runs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiPoolConfig {
+    /// One base URL per replica (`http://host:port`; `/v1/...` is appended).
+    pub urls: Vec<String>,
+    /// The upstream model id; default the pool's `model`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Name of an environment variable holding the upstream API key (the key itself
+    /// never goes in the config).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Concurrent generations per replica.
+    #[serde(default = "openai_slots")]
+    pub slots: u32,
+    /// Context length when the server does not report one.
+    #[serde(default = "openai_ctx")]
+    pub ctx: u32,
+    /// Pinned model identity; default `openai:<model>`.
+    #[serde(default)]
+    pub model_digest: Option<String>,
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    #[serde(default = "openai_connect_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "openai_load_ms")]
+    pub load_timeout_ms: u64,
+}
+
+fn openai_slots() -> u32 {
+    4
+}
+fn openai_ctx() -> u32 {
+    4096
+}
+fn openai_connect_ms() -> u64 {
+    2_000
+}
+fn openai_load_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -407,7 +455,48 @@ impl Config {
             if p.max_tokens_out == 0 {
                 return bad(format!("pool {}: max_tokens_out must be at least 1", p.id));
             }
+            if p.openai.is_some() && p.engine != EngineChoice::Openai {
+                return bad(format!(
+                    "pool {}: [pools.openai] given for a {:?} pool",
+                    p.id, p.engine
+                ));
+            }
             match p.engine {
+                EngineChoice::Openai => {
+                    let Some(o) = &p.openai else {
+                        return bad(format!(
+                            "pool {}: engine \"openai\" needs [pools.openai] with urls",
+                            p.id
+                        ));
+                    };
+                    if p.mock.is_some() || p.llamacpp.is_some() {
+                        return bad(format!(
+                            "pool {}: only [pools.openai] applies to an openai pool",
+                            p.id
+                        ));
+                    }
+                    if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
+                        return bad(format!(
+                            "pool {}: replicas ({}) must equal the number of openai.urls ({})",
+                            p.id,
+                            p.replicas,
+                            o.urls.len()
+                        ));
+                    }
+                    if let Some(u) = o
+                        .urls
+                        .iter()
+                        .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+                    {
+                        return bad(format!(
+                            "pool {}: openai url {u:?} must start with http://",
+                            p.id
+                        ));
+                    }
+                    if o.slots == 0 {
+                        return bad(format!("pool {}: openai.slots must be at least 1", p.id));
+                    }
+                }
                 EngineChoice::Mock => {
                     if p.llamacpp.is_some() {
                         return bad(format!(

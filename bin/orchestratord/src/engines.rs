@@ -5,6 +5,7 @@ use crate::config::{EngineChoice, LlamaCppConfig, PoolConfig};
 use adapter_api::ReplicaLauncher;
 use adapter_llamacpp::{ClientOptions, LlamaServerConfig, LlamaServerLauncher, RemoteLauncher};
 use adapter_mock::MockLauncher;
+use adapter_openai::{OpenAiConfig, OpenAiLauncher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,33 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
         EngineChoice::Mock => Ok(Arc::new(MockLauncher::new(
             p.mock.clone().unwrap_or_default(),
         ))),
+        EngineChoice::Openai => {
+            let o = p
+                .openai
+                .clone()
+                .ok_or_else(|| format!("pool {}: [pools.openai] missing", p.id))?;
+            let api_key = match &o.api_key_env {
+                Some(var) => Some(std::env::var(var).map_err(|_| {
+                    format!(
+                        "pool {}: openai.api_key_env names {var}, which is not set",
+                        p.id
+                    )
+                })?),
+                None => None,
+            };
+            let mut t = OpenAiConfig::new("", o.model.as_deref().unwrap_or(&p.model));
+            t.api_key = api_key;
+            t.slots = o.slots;
+            t.ctx = o.ctx;
+            t.model_digest = o.model_digest.clone();
+            t.engine_version = o.engine_version.clone();
+            t.connect_timeout = Duration::from_millis(o.connect_timeout_ms);
+            t.read_timeout = Duration::from_millis(p.idle_timeout_ms.max(p.first_token_timeout_ms));
+            Ok(Arc::new(OpenAiLauncher {
+                template: t,
+                urls: o.urls.clone(),
+            }))
+        }
         EngineChoice::Llamacpp => {
             let l = p.llamacpp.clone().unwrap_or_default();
             if let Some(url) = &l.url {
@@ -92,6 +120,9 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
 pub fn load_timeout(p: &PoolConfig) -> Duration {
     match p.engine {
         EngineChoice::Mock => Duration::from_secs(10),
+        EngineChoice::Openai => {
+            Duration::from_millis(p.openai.as_ref().map_or(60_000, |o| o.load_timeout_ms))
+        }
         EngineChoice::Llamacpp => {
             Duration::from_millis(p.llamacpp.clone().unwrap_or_default().load_timeout_ms)
         }

@@ -597,3 +597,32 @@ async fn the_openai_sdk_drives_the_door_on_the_real_llama_pool() {
         "the engine applied a template: {r}"
     );
 }
+
+/// An `openai` pool pointed at another llama-server's own `/v1` (a replica that a
+/// second orchestratord runs), driven by the official SDK through the first one's door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_drives_an_openai_pool_on_a_real_llama_servers_v1() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let engine_host = start(&llama_config(1, 2, 2, "")).await;
+    let pools = pools(&engine_host).await;
+    let endpoint = pools["pools"][0]["replicas"][0]["endpoint"]
+        .as_str()
+        .expect("replica endpoint")
+        .to_string();
+    let front = start(&format!(
+        "{}\n[server]\nkeepalive_ms = 200\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"gemma-3-270m\"\nreplicas = 1\nfirst_token_timeout_ms = 30000\n[pools.openai]\nurls = [\"{endpoint}\"]\nslots = 2\n",
+        common::sdk::keys(),
+    ))
+    .await;
+    let base = front.base.clone();
+    let r = tokio::task::spawn_blocking(move || common::sdk::run_sdk(&base, "gemma-3-270m"))
+        .await
+        .unwrap();
+    eprintln!("SDK report (openai pool → llama-server /v1): {r}");
+    common::sdk::assert_sdk_report(&r, "gemma-3-270m");
+    assert!(
+        r["chat"]["usage"]["prompt_tokens"].as_u64().unwrap() > 13,
+        "{r}"
+    );
+}

@@ -202,3 +202,57 @@ async fn a_client_that_goes_away_cancels_its_task_at_once() {
     let r = post(&s, "/v1/chat/completions", &chat(2), &[]).await;
     assert_eq!(r.status(), 200);
 }
+
+/// An `openai` pool whose replica is any OpenAI-compatible server: here a second
+/// orchestratord's own door (over a mock pool), so the whole chain runs without a real
+/// engine. The SDK drives the first server; its tasks run upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_pool_serves_through_any_openai_compatible_upstream() {
+    let upstream = start(&mock_config(
+        "",
+        "slots = 4\ntokens_per_sec = 400.0\nttft_ms = 2\ntokens = 8",
+    ))
+    .await;
+    let front = start(&format!(
+        "{}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\n[pools.openai]\nurls = [\"{}\"]\nslots = 2\n",
+        common::sdk::keys(),
+        upstream.base
+    ))
+    .await;
+    let pools: Value = front
+        .http
+        .get(front.url("/v1/capabilities"))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let e = &pools["engines"][0];
+    assert_eq!(e["engine"], "openai");
+    assert_eq!(e["model_digest"], "openai:mock-model");
+    assert_eq!(e["concurrency"], 2);
+    let base = front.base.clone();
+    let r = tokio::task::spawn_blocking(move || run_sdk(&base, "mock-model"))
+        .await
+        .unwrap();
+    eprintln!("SDK report (openai pool → upstream door): {r}");
+    assert_sdk_report(&r, "mock-model");
+    // tokens and usage come from upstream: the mock's 8 tokens, the same words
+    assert_eq!(r["chat"]["usage"]["completion_tokens"], 8);
+    // the front's task ran on its openai replica
+    let id = r["chat"]["task_id"].as_str().unwrap();
+    let st: Value = front
+        .http
+        .get(front.url(&format!("/v1/tasks/{id}")))
+        .bearer_auth(CLIENT_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["replica_id"], "up-r0");
+    assert_eq!(st["state"], "completed");
+}
