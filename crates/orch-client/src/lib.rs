@@ -12,7 +12,10 @@
 
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use orch_domain::control::{Capabilities, PoolHealth, PoolList, ReplicaSetList};
+use orch_domain::control::{
+    Capabilities, DrainRequest, DrainResponse, PoolHealth, PoolList, ReloadRequest, ReloadResponse,
+    ReplicaSetList,
+};
 use orch_domain::{
     AdmissionResponse, EndFrame, ErrorEnvelope, ErrorFrame, MetricsFrame, SessionId, SessionInfo,
     StartedFrame, StreamEvent, TaskId, TaskRequest, TaskStatus, TokenFrame,
@@ -204,6 +207,29 @@ impl Client {
                 return Err(ClientError::Transport(why));
             }
         }
+    }
+
+    /// `POST /v1/pools/{id}/drain` (admin).
+    pub async fn drain(
+        &self,
+        pool_id: &str,
+        deadline_ms: u64,
+    ) -> Result<DrainResponse, ClientError> {
+        self.json(
+            self.post(&format!("/v1/pools/{pool_id}/drain"))
+                .json(&DrainRequest { deadline_ms }),
+        )
+        .await
+    }
+
+    /// `POST /v1/pools/{id}/reload` (admin).
+    pub async fn reload(
+        &self,
+        pool_id: &str,
+        req: &ReloadRequest,
+    ) -> Result<ReloadResponse, ClientError> {
+        self.json(self.post(&format!("/v1/pools/{pool_id}/reload")).json(req))
+            .await
     }
 
     pub async fn cancel(&self, id: TaskId) -> Result<(), ClientError> {
