@@ -83,8 +83,10 @@ const WORKSPACE: &[&str] = &[
     "orch-api",
     "adapter-mock",
     "adapter-llamacpp",
+    "adapter-openai",
     "orchestratord",
     "orch-client",
+    "orch-cli",
 ];
 
 /// Workspace crates each crate may depend on directly.
@@ -93,11 +95,13 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
         "orch-domain" => &[],
         "orchestrator-core" => &["orch-domain"],
         "adapter-api" => &["orch-domain"],
-        "adapter-mock" | "adapter-llamacpp" => &["adapter-api", "orch-domain"],
+        "adapter-mock" | "adapter-llamacpp" | "adapter-openai" => &["adapter-api", "orch-domain"],
         "orch-services" => &["orch-domain", "orchestrator-core", "adapter-api"],
         "orch-api" => &["orch-services", "orch-domain"],
         // clients speak the wire contract only
         "orch-client" => &["orch-domain"],
+        // the CLI is a client too: it reaches the server only over HTTP
+        "orch-cli" => &["orch-client", "orch-domain"],
         "orchestratord" => WORKSPACE,
         _ => &[],
     }
@@ -173,10 +177,14 @@ fn inner_layers_stay_free_of_io_and_http() {
             "tower-http",
             "adapter-mock",
             "adapter-llamacpp",
+            "adapter-openai",
             "reqwest",
         ],
     );
-    forbid("orch-api", &["adapter-mock", "adapter-llamacpp", "reqwest"]);
+    forbid(
+        "orch-api",
+        &["adapter-mock", "adapter-llamacpp", "adapter-openai", "reqwest"],
+    );
 }
 
 #[test]
