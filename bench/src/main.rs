@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|admission|llama|all>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|openai|all>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -8,6 +8,7 @@
 mod floor;
 mod llama;
 mod mock;
+mod openai;
 mod stats;
 
 #[tokio::main]
@@ -32,6 +33,7 @@ async fn main() {
         "streams" => mock::streams::run().await,
         "admission" => mock::admission::run().await,
         "llama" => llama::throughput().await,
+        "openai" => openai::run().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -40,7 +42,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | llama | all"
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | all"
             );
             std::process::exit(2);
         }

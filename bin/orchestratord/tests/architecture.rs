@@ -183,7 +183,12 @@ fn inner_layers_stay_free_of_io_and_http() {
     );
     forbid(
         "orch-api",
-        &["adapter-mock", "adapter-llamacpp", "adapter-openai", "reqwest"],
+        &[
+            "adapter-mock",
+            "adapter-llamacpp",
+            "adapter-openai",
+            "reqwest",
+        ],
     );
 }
 
