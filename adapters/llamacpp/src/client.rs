@@ -142,8 +142,9 @@ impl LlamaCppAdapter {
         &self,
         chat: &[orch_domain::ChatMessage],
     ) -> Result<String, WorkerError> {
+        // a plain JSON answer: the pooled keep-alive client
         let resp = self
-            .stream_http
+            .http
             .post(format!("{}/apply-template", self.base))
             .json(&serde_json::json!({ "messages": chat }))
             .send()
