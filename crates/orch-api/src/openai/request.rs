@@ -271,6 +271,7 @@ pub fn chat(
     )?;
     let model =
         string(&o, "model")?.ok_or_else(|| OpenAiError::invalid("model", "'model' is required"))?;
+    // `user` identifies the end user to the provider; it changes no output
     string(&o, "user")?;
     let chat = messages(&o)?;
     // the messages' text bounds the size and estimates the length
