@@ -127,6 +127,8 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    // install the signal handlers before anyone can learn we are up
+    let stop = shutdown_signal();
     let opts = orchestratord::StartOptions { skip_self_test };
     let server = match orchestratord::start_with(cfg, listener, telemetry::metrics(), opts).await {
         Ok(s) => s,
@@ -136,31 +138,45 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
         }
     };
     eprintln!("orchestratord: listening on http://{}", server.addr);
-    wait_for_signal().await;
+    stop.await;
     tracing::info!("signal received: draining");
     server.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is called (the
+/// future is created), so a signal sent right after startup is announced is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {}
+                        _ = i.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut t), Err(_)) => {
+                    t.recv().await;
+                }
+                (Err(_), Ok(mut i)) => {
+                    i.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
