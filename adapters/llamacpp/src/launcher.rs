@@ -26,6 +26,9 @@ pub struct LlamaServerConfig {
     pub threads: u32,
     pub extra_args: Vec<String>,
     pub client: ClientOptions,
+    /// Where each running replica's pid file goes (`<replica>.pid`), so a later
+    /// instance can stop engines an earlier one left behind; `None` = no pid files.
+    pub pid_dir: Option<PathBuf>,
 }
 
 pub struct LlamaServerLauncher {
@@ -44,6 +47,33 @@ impl LlamaServerLauncher {
     pub fn config(&self) -> &LlamaServerConfig {
         &self.cfg
     }
+}
+
+/// The engine dies with orchestratord however orchestratord dies: the kernel sends it
+/// SIGKILL when its parent exits (Linux `PR_SET_PDEATHSIG`, checked against a parent
+/// that died before the call), and it leads its own process group, so stopping the
+/// group stops anything it started too.
+fn tie_to_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: only async-signal-safe calls (getpid before fork; prctl, getppid,
+        // setpgid, _exit after) run between fork and exec.
+        let parent = unsafe { libc::getpid() };
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                libc::setpgid(0, 0);
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 fn check_binary(p: &Path) -> Result<(), LaunchError> {
@@ -151,10 +181,17 @@ impl ReplicaLauncher for LlamaServerLauncher {
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .kill_on_drop(true);
+            tie_to_parent(&mut cmd);
             let mut child = cmd
                 .spawn()
                 .map_err(|e| LaunchError::Spawn(format!("{}: {e}", self.cfg.binary.display())))?;
             let pid = child.id();
+            let pid_file = match (&self.cfg.pid_dir, pid) {
+                (Some(dir), Some(pid)) => {
+                    crate::orphans::write_pid_file(dir, &replica_id, pid, &self.cfg.binary)
+                }
+                _ => None,
+            };
             let tail = Arc::new(Mutex::new(VecDeque::<String>::with_capacity(16)));
             if let Some(err) = child.stderr.take() {
                 let tail = tail.clone();
@@ -186,6 +223,9 @@ impl ReplicaLauncher for LlamaServerLauncher {
                         "stopped by orchestratord".to_string()
                     }
                 };
+                if let Some(f) = &pid_file {
+                    let _ = std::fs::remove_file(f);
+                }
                 let last = tail
                     .lock()
                     .map(|t| {

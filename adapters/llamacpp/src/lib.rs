@@ -5,10 +5,12 @@
 //!   connections; cancel by dropping the upstream request, verified on `/slots`.
 //! * [`launcher`]: starts `llama-server` child processes on free loopback ports.
 //! * [`model`]: model files and their `sha256:` digests (computed once, cached).
+//! * [`orphans`]: pid files, and stopping engines an earlier instance left behind.
 
 pub mod client;
 pub mod launcher;
 pub mod model;
+pub mod orphans;
 mod wire;
 
 pub use client::{ClientOptions, LlamaCppAdapter};

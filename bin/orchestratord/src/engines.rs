@@ -23,6 +23,12 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("orchestratord")
 }
 
+/// Where replica pid files live (`<cache>/run`): engines an earlier instance left are
+/// found there at start.
+pub fn pid_dir() -> PathBuf {
+    cache_dir().join("run")
+}
+
 pub fn default_llama_server() -> PathBuf {
     if let Some(p) = std::env::var_os("ORCH_LLAMA_SERVER") {
         return PathBuf::from(p);
@@ -108,6 +114,7 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
                 threads: l.threads,
                 extra_args: l.extra_args.clone(),
                 client: client(&l, p),
+                pid_dir: Some(pid_dir()),
             };
             LlamaServerLauncher::new(cfg)
                 .map(|x| Arc::new(x) as Arc<dyn ReplicaLauncher>)

@@ -142,6 +142,19 @@ pub async fn start_with(
     opts: StartOptions,
 ) -> Result<Server, StartError> {
     let auth = auth_config(&cfg, listener.local_addr()?)?;
+    if cfg
+        .pools
+        .iter()
+        .any(|p| p.engine == crate::config::EngineChoice::Llamacpp)
+    {
+        let stopped = adapter_llamacpp::orphans::reap(&crate::engines::pid_dir());
+        if !stopped.is_empty() {
+            tracing::warn!(
+                ?stopped,
+                "stopped engines an earlier orchestratord left running"
+            );
+        }
+    }
     let orch = Orchestrator::new(service_config(&cfg));
     let load_timeout = cfg
         .pools

@@ -626,3 +626,148 @@ async fn the_openai_sdk_drives_an_openai_pool_on_a_real_llama_servers_v1() {
         "{r}"
     );
 }
+
+/// Spawn the orchestratord binary on `config`; returns the child and its base URL.
+fn spawn_binary(config: &str, name: &str) -> (std::process::Child, String) {
+    use std::io::Read;
+    let path = std::env::temp_dir().join(format!("orch-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--skip-self-test",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    let t0 = Instant::now();
+    let line_done = |s: &str| {
+        s.split("listening on http://")
+            .nth(1)
+            .is_some_and(|r| r.contains('\n'))
+    };
+    while !line_done(&seen) && t0.elapsed() < Duration::from_secs(120) {
+        let n = err.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // keep draining stderr so the child never blocks on a full pipe
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = err.read_to_end(&mut sink);
+    });
+    let addr = seen
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no startup line: {seen}"))
+        .to_string();
+    (child, format!("http://{addr}"))
+}
+
+fn alive(pid: u32) -> bool {
+    // a zombie has exited; only a running (or sleeping) process counts
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+/// `kill -9` of orchestratord takes its engines with it (parent-death signal), and a
+/// later start stops an engine an earlier instance left behind (its pid file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_engine_survives_kill_9_of_orchestratord() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let (mut child, base) = spawn_binary(&llama_config(2, 1, 1, ""), "orphans");
+    let pools: Value = reqwest::get(format!("{base}/v1/pools"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pids: Vec<u32> = pools["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pid"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(pids.len(), 2);
+    assert!(pids.iter().all(|p| alive(*p)));
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let t0 = Instant::now();
+    while pids.iter().any(|p| alive(*p)) && t0.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+    assert!(left.is_empty(), "engines outlived orchestratord: {left:?}");
+    eprintln!("engines gone {} ms after kill -9", t0.elapsed().as_millis());
+
+    // an engine an earlier instance left (its owner is gone; no parent-death signal)
+    let stray = std::process::Command::new(orchestratord::engines::default_llama_server())
+        .args([
+            "--model",
+            orchestratord::engines::default_model().to_str().unwrap(),
+        ])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ctx-size",
+            "256",
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let dead_owner = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let id = c.id();
+        c.wait().unwrap();
+        id
+    };
+    let run = orchestratord::engines::pid_dir();
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join(format!("{dead_owner}-stray-r0.pid")),
+        format!(
+            "{} {dead_owner} {}\n",
+            stray.id(),
+            orchestratord::engines::default_llama_server().display()
+        ),
+    )
+    .unwrap();
+    assert!(alive(stray.id()));
+    let (mut child, _) = spawn_binary(&llama_config(1, 1, 1, ""), "orphans2");
+    let mut stray = stray;
+    let t0 = Instant::now();
+    let mut gone = false;
+    while t0.elapsed() < Duration::from_secs(2) {
+        if let Ok(Some(_)) = stray.try_wait() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stray.kill();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(gone, "the stray engine was stopped at start");
+}
