@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engines;
+pub mod notify;
 pub mod selftest;
 pub mod server;
 pub mod telemetry;

@@ -138,7 +138,13 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
         }
     };
     eprintln!("orchestratord: listening on http://{}", server.addr);
+    orchestratord::notify::notify(&format!(
+        "READY=1\nSTATUS=serving on {}\nMAINPID={}",
+        server.addr,
+        std::process::id()
+    ));
     stop.await;
+    orchestratord::notify::notify("STOPPING=1");
     tracing::info!("signal received: draining");
     server.shutdown().await;
     tracing::info!("stopped");

@@ -170,3 +170,38 @@ fn keys_new_prints_a_key_once_and_the_entry_that_accepts_it() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+/// Under a `Type=notify` unit: READY=1 once the self-tests passed, STOPPING=1 on
+/// SIGTERM (read from a socket standing in for systemd's).
+#[test]
+fn tells_systemd_when_it_is_ready_and_when_it_stops() {
+    use std::os::unix::net::UnixDatagram;
+    let sock_path = std::env::temp_dir().join(format!("orch-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let p = write_config(
+        "notify",
+        "[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n[pools.mock]\ntokens_per_sec = 200.0\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["--config", p.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains(&format!("MAINPID={}", child.id())), "{msg}");
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_file(&sock_path);
+}
