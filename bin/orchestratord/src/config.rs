@@ -392,134 +392,194 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "<text>".into(),
-            message: e.to_string(),
-        })?;
+        let cfg = Self::parse_unchecked(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Types only (strict keys), without [`problems`](Self::problems).
+    pub fn parse_unchecked(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Everything wrong with the file at `path`, each named by its place in the file
+    /// (`orchestratord check-config`); empty when it is good.
+    pub fn check_file(path: &Path) -> Result<Self, Vec<String>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+        let mut cfg = Self::parse_unchecked(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => vec![message.trim().to_string()],
+            other => vec![other.to_string()],
+        })?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf);
+        let mut problems = cfg.problems();
+        // inline keys are among the problems; a keys file is read here
+        if cfg.auth.keys_file.is_some() {
+            if let Err(e) = cfg.key_ring() {
+                problems.push(format!("auth.keys_file: {e}"));
+            }
+        }
+        problems.dedup();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The first problem as an error (see [`problems`](Self::problems) for all).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p.join("; ")))
+        }
+    }
+
+    /// Every problem types cannot catch, each named by its path in the file
+    /// (`pools[1].queue_capacity: must be at least 1`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, m: &str| out.push(format!("{path}: {m}"));
         if self.pools.is_empty() {
-            return bad("at least one [[pools]] entry is required".into());
+            bad("pools".into(), "at least one [[pools]] entry is required");
         }
         for (name, t) in std::iter::once(("tenant_defaults", &self.tenant_defaults))
             .chain(self.tenants.iter().map(|(n, t)| (n.as_str(), t)))
         {
+            let at = if name == "tenant_defaults" {
+                name.to_string()
+            } else {
+                format!("tenants.{name}")
+            };
             if name != "tenant_defaults" && !orch_services::auth::valid_tenant(name) {
-                return bad(format!(
-                    "tenant name {name:?} must be 1..=64 chars of [A-Za-z0-9._-]"
-                ));
+                bad(
+                    at.clone(),
+                    "a tenant name is 1..=64 chars of [A-Za-z0-9._-]",
+                );
             }
             if t.weight == 0 || t.weight > 1000 {
-                return bad(format!("tenant {name}: weight must be 1..=1000"));
+                bad(format!("{at}.weight"), "must be 1..=1000");
             }
-            if t.max_tokens_per_task == Some(0) || t.tokens_per_minute == Some(0) {
-                return bad(format!(
-                    "tenant {name}: a token quota of 0 would refuse everything; leave it out for unlimited"
-                ));
+            if t.max_tokens_per_task == Some(0) {
+                bad(
+                    format!("{at}.max_tokens_per_task"),
+                    "0 would refuse everything; leave it out for unlimited",
+                );
+            }
+            if t.tokens_per_minute == Some(0) {
+                bad(
+                    format!("{at}.tokens_per_minute"),
+                    "0 would refuse everything; leave it out for unlimited",
+                );
             }
         }
-        if self.auth.keys_file.is_none() {
-            // inline keys are checked here; a keys file is checked when loaded
-            self.key_ring()?;
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let at = format!("auth.keys[{i}]");
+            if orch_services::Role::parse(&k.role).is_none() {
+                bad(format!("{at}.role"), "must be \"client\" or \"admin\"");
+            }
+            let mut ring = orch_services::KeyRing::new();
+            if let Err(e) = ring.add_digest(&k.sha256, &k.tenant, orch_services::Role::Client) {
+                let field = match e {
+                    orch_services::auth::KeyError::BadDigest(_) => "sha256",
+                    orch_services::auth::KeyError::BadTenant(_) => "tenant",
+                };
+                bad(format!("{at}.{field}"), &e.to_string());
+            }
         }
         let mut seen = std::collections::HashSet::new();
-        for p in &self.pools {
+        for (i, p) in self.pools.iter().enumerate() {
+            let at = format!("pools[{i}]");
             if !valid_id(&p.id) {
-                return bad(format!(
-                    "pool id {:?} must be 1..=64 chars of [A-Za-z0-9_-]",
-                    p.id
-                ));
+                bad(format!("{at}.id"), "must be 1..=64 chars of [A-Za-z0-9_-]");
             }
             if !seen.insert(p.id.as_str()) {
-                return bad(format!("duplicate pool id {:?}", p.id));
+                bad(format!("{at}.id"), &format!("duplicate pool id {:?}", p.id));
             }
             if p.model.trim().is_empty() {
-                return bad(format!("pool {}: model must not be empty", p.id));
+                bad(format!("{at}.model"), "must not be empty");
             }
             if p.replicas == 0 || p.replicas > 64 {
-                return bad(format!("pool {}: replicas must be 1..=64", p.id));
+                bad(format!("{at}.replicas"), "must be 1..=64");
             }
             if p.queue_capacity == 0 {
-                return bad(format!("pool {}: queue_capacity must be at least 1", p.id));
+                bad(format!("{at}.queue_capacity"), "must be at least 1");
             }
             if p.metrics_frame_interval_ms > 0 && p.metrics_frame_interval_ms < 50 {
-                return bad(format!(
-                    "pool {}: metrics_frame_interval_ms must be 0 (off) or at least 50",
-                    p.id
-                ));
+                bad(
+                    format!("{at}.metrics_frame_interval_ms"),
+                    "must be 0 (off) or at least 50",
+                );
             }
             if p.max_tokens_out == 0 {
-                return bad(format!("pool {}: max_tokens_out must be at least 1", p.id));
+                bad(format!("{at}.max_tokens_out"), "must be at least 1");
             }
-            if p.openai.is_some() && p.engine != EngineChoice::Openai {
-                return bad(format!(
-                    "pool {}: [pools.openai] given for a {:?} pool",
-                    p.id, p.engine
-                ));
+            let sections = [
+                ("mock", p.mock.is_some(), EngineChoice::Mock),
+                ("llamacpp", p.llamacpp.is_some(), EngineChoice::Llamacpp),
+                ("openai", p.openai.is_some(), EngineChoice::Openai),
+            ];
+            for (name, present, engine) in sections {
+                if present && p.engine != engine {
+                    bad(
+                        format!("{at}.{name}"),
+                        &format!("given for a {:?} pool", p.engine),
+                    );
+                }
             }
             match p.engine {
-                EngineChoice::Openai => {
-                    let Some(o) = &p.openai else {
-                        return bad(format!(
-                            "pool {}: engine \"openai\" needs [pools.openai] with urls",
-                            p.id
-                        ));
-                    };
-                    if p.mock.is_some() || p.llamacpp.is_some() {
-                        return bad(format!(
-                            "pool {}: only [pools.openai] applies to an openai pool",
-                            p.id
-                        ));
+                EngineChoice::Openai => match &p.openai {
+                    None => bad(
+                        format!("{at}.openai"),
+                        "engine \"openai\" needs [pools.openai] with urls",
+                    ),
+                    Some(o) => {
+                        if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
+                            bad(
+                                format!("{at}.openai.urls"),
+                                &format!(
+                                    "one URL per replica: replicas is {}, urls has {}",
+                                    p.replicas,
+                                    o.urls.len()
+                                ),
+                            );
+                        }
+                        for (j, u) in o.urls.iter().enumerate() {
+                            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                                bad(
+                                    format!("{at}.openai.urls[{j}]"),
+                                    "must start with http:// or https://",
+                                );
+                            }
+                        }
+                        if o.slots == 0 {
+                            bad(format!("{at}.openai.slots"), "must be at least 1");
+                        }
                     }
-                    if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
-                        return bad(format!(
-                            "pool {}: replicas ({}) must equal the number of openai.urls ({})",
-                            p.id,
-                            p.replicas,
-                            o.urls.len()
-                        ));
-                    }
-                    if let Some(u) = o
-                        .urls
-                        .iter()
-                        .find(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-                    {
-                        return bad(format!(
-                            "pool {}: openai url {u:?} must start with http://",
-                            p.id
-                        ));
-                    }
-                    if o.slots == 0 {
-                        return bad(format!("pool {}: openai.slots must be at least 1", p.id));
-                    }
-                }
+                },
                 EngineChoice::Mock => {
-                    if p.llamacpp.is_some() {
-                        return bad(format!(
-                            "pool {}: [pools.llamacpp] given for a mock pool",
-                            p.id
-                        ));
-                    }
-                    let m = p.mock.clone().unwrap_or_default();
-                    if m.slots == 0 {
-                        return bad(format!("pool {}: mock.slots must be at least 1", p.id));
+                    if p.mock.as_ref().is_some_and(|m| m.slots == 0) {
+                        bad(format!("{at}.mock.slots"), "must be at least 1");
                     }
                 }
                 EngineChoice::Llamacpp => {
-                    if p.mock.is_some() {
-                        return bad(format!(
-                            "pool {}: [pools.mock] given for a llamacpp pool",
-                            p.id
-                        ));
+                    if let Some(l) = &p.llamacpp {
+                        if l.slots == 0 {
+                            bad(format!("{at}.llamacpp.slots"), "must be at least 1");
+                        }
+                        if l.ctx < 64 {
+                            bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
+                        }
                     }
                 }
             }
         }
-        Ok(())
+        out
     }
 }
 

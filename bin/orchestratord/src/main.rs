@@ -1,5 +1,6 @@
 //! `orchestratord --config PATH [--addr HOST:PORT] [--log-format json|pretty]`
 //! `orchestratord keys new --tenant NAME --role client|admin`
+//! `orchestratord check-config PATH`
 
 use clap::{Parser, Subcommand};
 use orchestratord::telemetry::{self, LogFormat};
@@ -31,6 +32,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Check a config file and name every problem by its place in the file (exit 0/1).
+    CheckConfig { path: PathBuf },
     /// API keys.
     Keys {
         #[command(subcommand)]
@@ -80,6 +83,27 @@ fn keys_new(tenant: &str, role: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::CheckConfig { path }) = &args.command {
+        return match Config::check_file(path) {
+            Ok(cfg) => {
+                let keys = cfg.key_ring().map(|r| r.len()).unwrap_or(0);
+                println!(
+                    "{}: ok ({} pools, {} keys, {} tenants)",
+                    path.display(),
+                    cfg.pools.len(),
+                    keys,
+                    cfg.tenants.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for p in &problems {
+                    println!("{}: {p}", path.display());
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Command::Keys {
         action: KeysAction::New { tenant, role },
     }) = &args.command

@@ -179,7 +179,8 @@ fn tells_systemd_when_it_is_ready_and_when_it_stops() {
     let sock_path = std::env::temp_dir().join(format!("orch-notify-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock_path);
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let p = write_config(
         "notify",
         "[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n[pools.mock]\ntokens_per_sec = 200.0\n",
@@ -204,4 +205,42 @@ fn tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_file(&sock_path);
+}
+
+#[test]
+fn check_config_names_every_problem_by_its_place_in_the_file() {
+    let bad = write_config(
+        "check-bad",
+        "[[pools]]\nid = 'a b'\nengine = 'mock'\nmodel = ''\nqueue_capacity = 0\n[tenants.x]\nweight = 0\n[[auth.keys]]\nsha256 = 'zz'\ntenant = 't'\nrole = 'root'\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "pools[0].id",
+        "pools[0].model",
+        "pools[0].queue_capacity",
+        "tenants.x.weight",
+        "auth.keys[0].role",
+        "auth.keys[0].sha256",
+    ] {
+        assert!(
+            text.contains(&format!(": {path}: ")),
+            "{path} named: {text}"
+        );
+    }
+    let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["check-config", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 pools, 4 keys, 3 tenants)"));
 }
