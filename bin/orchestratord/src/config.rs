@@ -607,6 +607,6 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(Config::parse("").is_err());
         let e = Config::parse("[[pools]]\nid='a b'\nengine='mock'\nmodel='x'\n").unwrap_err();
-        assert!(e.to_string().contains("pool id"), "{e}");
+        assert!(e.to_string().contains("pools[0].id"), "{e}");
     }
 }
