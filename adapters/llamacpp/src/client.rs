@@ -311,11 +311,31 @@ impl WorkerAdapter for LlamaCppAdapter {
     fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>> {
         Box::pin(async move {
             let p: Props = self.get_json("/props").await?;
+            // a replica added by URL names no digest: read the model file it reports
+            // (an engine on this machine), or refuse to guess its identity
+            let model_digest = if self.model_digest.is_empty() {
+                let path = p.model_path.clone().ok_or_else(|| {
+                    WorkerError::Protocol(
+                        "/props names no model_path: the model's identity is unknown".into(),
+                    )
+                })?;
+                tokio::task::spawn_blocking(move || crate::model::digest(std::path::Path::new(&path)))
+                    .await
+                    .map_err(|e| WorkerError::Protocol(e.to_string()))?
+                    .map_err(|e| {
+                        WorkerError::Protocol(format!(
+                            "cannot read the model file the engine reports ({e}): its identity is unknown; \
+                             configure model_digest for remote engines"
+                        ))
+                    })?
+            } else {
+                self.model_digest.clone()
+            };
             Ok(Properties {
                 engine: ENGINE.into(),
                 engine_version: p.build_info.unwrap_or_else(|| "unknown".into()),
                 model: self.model.clone(),
-                model_digest: self.model_digest.clone(),
+                model_digest,
                 slots: p.total_slots.unwrap_or(1).max(1),
                 ctx_max: p
                     .default_generation_settings

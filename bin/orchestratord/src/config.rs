@@ -37,6 +37,9 @@ pub struct Config {
     /// Directory of the config file (relative paths in it are resolved from here).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
+    /// The file it was read from (what a reconfiguration re-reads).
+    #[serde(skip)]
+    pub source: Option<std::path::PathBuf>,
 }
 
 /// `[auth]`: API keys (digests only) and what `/metrics` needs.
@@ -348,6 +351,7 @@ impl Config {
             other => other,
         })?;
         cfg.base_dir = path.parent().map(Path::to_path_buf);
+        cfg.source = Some(path.to_path_buf());
         // the keys file is read (and its entries checked) at load time
         cfg.key_entries()?;
         Ok(cfg)
@@ -415,6 +419,7 @@ impl Config {
             other => vec![other.to_string()],
         })?;
         cfg.base_dir = path.parent().map(Path::to_path_buf);
+        cfg.source = Some(path.to_path_buf());
         let mut problems = cfg.problems();
         // inline keys are among the problems; a keys file is read here
         if cfg.auth.keys_file.is_some() {

@@ -67,27 +67,7 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
                 .openai
                 .clone()
                 .ok_or_else(|| format!("pool {}: [pools.openai] missing", p.id))?;
-            let api_key = match &o.api_key_env {
-                Some(var) => Some(std::env::var(var).map_err(|_| {
-                    format!(
-                        "pool {}: openai.api_key_env names {var}, which is not set",
-                        p.id
-                    )
-                })?),
-                None => None,
-            };
-            let mut t = OpenAiConfig::new("", o.model.as_deref().unwrap_or(&p.model));
-            t.api_key = api_key;
-            t.slots = o.slots;
-            t.ctx = o.ctx;
-            t.model_digest = o.model_digest.clone();
-            t.engine_version = o.engine_version.clone();
-            t.connect_timeout = Duration::from_millis(o.connect_timeout_ms);
-            t.read_timeout = Duration::from_millis(p.idle_timeout_ms.max(p.first_token_timeout_ms));
-            Ok(Arc::new(OpenAiLauncher {
-                template: t,
-                urls: o.urls.clone(),
-            }))
+            openai_launcher(p, o.urls.clone())
         }
         EngineChoice::Llamacpp => {
             let l = p.llamacpp.clone().unwrap_or_default();
@@ -119,6 +99,53 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
             LlamaServerLauncher::new(cfg)
                 .map(|x| Arc::new(x) as Arc<dyn ReplicaLauncher>)
                 .map_err(|e| format!("pool {}: {e}", p.id))
+        }
+    }
+}
+
+/// An openai pool's launcher for `urls` (one replica each).
+fn openai_launcher(p: &PoolConfig, urls: Vec<String>) -> Result<Arc<dyn ReplicaLauncher>, String> {
+    let o = p
+        .openai
+        .clone()
+        .ok_or_else(|| format!("pool {}: [pools.openai] missing", p.id))?;
+    let api_key = match &o.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            format!(
+                "pool {}: openai.api_key_env names {var}, which is not set",
+                p.id
+            )
+        })?),
+        None => None,
+    };
+    let mut t = OpenAiConfig::new("", o.model.as_deref().unwrap_or(&p.model));
+    t.api_key = api_key;
+    t.slots = o.slots;
+    t.ctx = o.ctx;
+    t.model_digest = o.model_digest.clone();
+    t.engine_version = o.engine_version.clone();
+    t.connect_timeout = Duration::from_millis(o.connect_timeout_ms);
+    t.read_timeout = Duration::from_millis(p.idle_timeout_ms.max(p.first_token_timeout_ms));
+    Ok(Arc::new(OpenAiLauncher { template: t, urls }))
+}
+
+/// The launcher of one replica reached by `url`, added to pool `p` at runtime: its
+/// identity is read from the engine (llama.cpp: the model file it reports).
+pub fn remote_launcher(p: &PoolConfig, url: &str) -> Result<Arc<dyn ReplicaLauncher>, String> {
+    match p.engine {
+        EngineChoice::Mock => Err(format!(
+            "pool {} is a mock pool: it has no replicas by URL",
+            p.id
+        )),
+        EngineChoice::Openai => openai_launcher(p, vec![url.to_string()]),
+        EngineChoice::Llamacpp => {
+            let l = p.llamacpp.clone().unwrap_or_default();
+            Ok(Arc::new(RemoteLauncher {
+                url: url.trim_end_matches('/').to_string(),
+                model: p.model.clone(),
+                model_digest: String::new(),
+                client: client(&l, p),
+            }))
         }
     }
 }

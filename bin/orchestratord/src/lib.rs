@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engines;
 pub mod notify;
+pub mod reconfig;
 pub mod selftest;
 pub mod server;
 pub mod telemetry;

@@ -151,8 +151,11 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
-    // install the signal handlers before anyone can learn we are up
+    // install the signal handlers before anyone can learn we are up (an unhandled
+    // SIGHUP would terminate the process)
     let stop = shutdown_signal();
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let opts = orchestratord::StartOptions { skip_self_test };
     let server = match orchestratord::start_with(cfg, listener, telemetry::metrics(), opts).await {
         Ok(s) => s,
@@ -161,6 +164,23 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(unix)]
+    if let Ok(mut hup) = hup {
+        let r = server.reconfig.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                orchestratord::notify::notify("RELOADING=1");
+                match r.reload().await {
+                    Ok(report) => tracing::info!(%report, "SIGHUP: configuration applied"),
+                    Err(problems) => tracing::error!(
+                        ?problems,
+                        "SIGHUP: config refused; the running configuration stays"
+                    ),
+                }
+                orchestratord::notify::notify("READY=1");
+            }
+        });
+    }
     eprintln!("orchestratord: listening on http://{}", server.addr);
     orchestratord::notify::notify(&format!(
         "READY=1\nSTATUS=serving on {}\nMAINPID={}",

@@ -33,12 +33,18 @@ pub struct Server {
     pub addr: SocketAddr,
     pub orch: Orchestrator,
     pub manager: PoolManager,
+    pub reconfig: std::sync::Arc<crate::reconfig::Reconfig>,
     shutdown_tx: watch::Sender<bool>,
     handle: JoinHandle<()>,
     shutdown_grace: Duration,
 }
 
 impl Server {
+    /// Re-read the config file and apply it (see [`crate::reconfig`]).
+    pub async fn reconfigure(&self) -> Result<serde_json::Value, Vec<String>> {
+        self.reconfig.reload().await
+    }
+
     /// Graceful stop: refuse new work (503), let running tasks finish within the
     /// configured grace, end what is left with a retriable error, then close.
     pub async fn shutdown(self) {
@@ -185,6 +191,38 @@ pub async fn start_with(
         }
     }
     orch.set_self_tests_passed(true);
+    let auth = auth.shared();
+    let pools = std::sync::Arc::new(std::sync::RwLock::new(cfg.pools.clone()));
+    {
+        let pools = pools.clone();
+        manager.set_remote_factory(std::sync::Arc::new(move |pool_id: &str, url: &str| {
+            let p = pools
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|p| p.id == pool_id)
+                .cloned()
+                .ok_or_else(|| format!("unknown pool {pool_id}"))?;
+            crate::engines::remote_launcher(&p, url)
+        }));
+    }
+    let addr = listener.local_addr()?;
+    let reconfig = std::sync::Arc::new(crate::reconfig::Reconfig {
+        path: cfg.source.clone(),
+        current: tokio::sync::Mutex::new(cfg.clone()),
+        orch: orch.clone(),
+        manager: manager.clone(),
+        auth: auth.clone(),
+        addr,
+        pools,
+    });
+    let hook: orch_api::ReconfigureHook = {
+        let r = reconfig.clone();
+        std::sync::Arc::new(move || {
+            let r = r.clone();
+            Box::pin(async move { r.reload().await })
+        })
+    };
     let state = AppState {
         orch: orch.clone(),
         manager: Some(manager.clone()),
@@ -192,9 +230,9 @@ pub async fn start_with(
         keepalive: Duration::from_millis(cfg.server.keepalive_ms.max(10)),
         body_limit: cfg.server.body_limit_bytes,
         auth,
+        reconfigure: Some(hook),
     };
     let app = orch_api::router(state);
-    let addr = listener.local_addr()?;
     let (shutdown_tx, mut rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
         let stop = async move {
@@ -221,6 +259,7 @@ pub async fn start_with(
         addr,
         orch,
         manager,
+        reconfig,
         shutdown_tx,
         handle,
         shutdown_grace: Duration::from_millis(cfg.server.shutdown_grace_ms),
@@ -229,10 +268,7 @@ pub async fn start_with(
 
 /// API keys from the config. Without keys the server is open, which is allowed only on
 /// a loopback address.
-fn auth_config(
-    cfg: &Config,
-    addr: SocketAddr,
-) -> Result<std::sync::Arc<orch_api::auth::AuthConfig>, StartError> {
+fn auth_config(cfg: &Config, addr: SocketAddr) -> Result<orch_api::auth::AuthConfig, StartError> {
     let keys = cfg
         .key_ring()
         .map_err(|e| StartError::Auth(e.to_string()))?;
@@ -242,10 +278,10 @@ fn auth_config(
     } else {
         tracing::info!(keys = keys.len(), tenants = ?keys.tenants(), "API keys loaded");
     }
-    Ok(std::sync::Arc::new(orch_api::auth::AuthConfig {
+    Ok(orch_api::auth::AuthConfig {
         keys,
         metrics_admin_only: cfg.auth.metrics == MetricsAccess::Admin,
-    }))
+    })
 }
 
 /// Refuse to serve without keys on anything but a loopback address.

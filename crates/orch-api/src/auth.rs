@@ -33,9 +33,16 @@ pub struct AuthConfig {
     pub metrics_admin_only: bool,
 }
 
+/// The live key ring: replaced as a whole by a reconfiguration, read per request.
+pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
+
 impl AuthConfig {
-    pub fn open() -> Arc<Self> {
-        Arc::new(Self::default())
+    pub fn open() -> SharedAuth {
+        Self::default().shared()
+    }
+
+    pub fn shared(self) -> SharedAuth {
+        Arc::new(std::sync::RwLock::new(Arc::new(self)))
     }
 }
 
@@ -89,7 +96,7 @@ fn unauthenticated(path: &str, message: &str, cid: &CorrelationId) -> Response {
 }
 
 pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let auth = app.auth.clone();
+    let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
     let cid = req
         .extensions()
         .get::<CorrelationId>()

@@ -4,6 +4,7 @@
 //! middleware, strict JSON bodies and the single error → HTTP mapping ([`error::status_of`]).
 //! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod control;
@@ -35,9 +36,20 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Largest request body accepted (413 above).
     pub body_limit: usize,
-    /// API keys and which routes need which role.
-    pub auth: Arc<auth::AuthConfig>,
+    /// API keys and which routes need which role (swapped by a reconfiguration).
+    pub auth: auth::SharedAuth,
+    /// Re-reads the config file and applies it (`POST /v1/admin/reload-config`);
+    /// `None` when the server was not started from a file.
+    pub reconfigure: Option<ReconfigureHook>,
 }
+
+/// Re-read and apply the configuration: a report of what changed, or every problem
+/// that made it refuse the file (then nothing changed).
+pub type ReconfigureHook = Arc<
+    dyn Fn() -> futures_util::future::BoxFuture<'static, Result<serde_json::Value, Vec<String>>>
+        + Send
+        + Sync,
+>;
 
 impl AppState {
     pub fn new(orch: Orchestrator) -> Self {
@@ -48,6 +60,7 @@ impl AppState {
             keepalive: Duration::from_secs(15),
             body_limit: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
             auth: auth::AuthConfig::open(),
+            reconfigure: None,
         }
     }
 }
@@ -74,6 +87,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/pools/{id}/drain", post(control::drain_pool))
         .route("/v1/pools/{id}/reload", post(control::reload_pool))
         .route("/v1/replicasets", get(control::replica_sets))
+        .route(
+            "/v1/pools/{id}/replicas",
+            get(admin::list_replicas).post(admin::add_replica),
+        )
+        .route(
+            "/v1/pools/{id}/replicas/{replica}",
+            axum::routing::delete(admin::remove_replica),
+        )
+        .route("/v1/admin/reload-config", post(admin::reload_config))
         .route("/v1/capabilities", get(control::capabilities))
         .route("/openapi/data.yaml", get(openapi::serve_data))
         .route("/openapi/control.yaml", get(openapi::serve_control))

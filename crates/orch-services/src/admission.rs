@@ -71,7 +71,7 @@ pub(crate) async fn admit(
     let deadline_ms = req.deadline_ms;
     let flow = Flow {
         id: tenant.ix,
-        weight: tenant.weight,
+        weight: tenant.weight(),
         cost: u64::from(req.expected_tokens.unwrap_or(req.max_tokens)).max(1),
     };
     let rec = Arc::new(TaskRecord::new(

@@ -46,6 +46,23 @@ impl Orchestrator {
         self.core.pools.clone()
     }
 
+    /// Apply a new tenancy at once (live reconfiguration); what changed, per tenant.
+    pub fn update_tenancy(&self, t: &crate::config::Tenancy) -> Vec<String> {
+        self.core.tenants.update(t)
+    }
+
+    /// Apply new pool settings at once (queue limits and policy, fairness, timeouts,
+    /// output limit); queued and running tasks are not touched.
+    pub fn update_pool_spec(&self, spec: PoolSpec) -> Result<(), OrchError> {
+        let pool = self
+            .core
+            .pools
+            .get(&spec.id)
+            .ok_or_else(|| OrchError::not_found("pool", &spec.id))?;
+        pool.update_spec(spec);
+        Ok(())
+    }
+
     /// Register an empty pool and start its actor.
     pub fn create_pool(&self, spec: PoolSpec) -> Result<PoolHandle, PoolError> {
         self.core.pools.create(spec)

@@ -22,11 +22,11 @@ pub struct Tenant {
     pub name: Arc<str>,
     /// Small dense number (the flow id in queues).
     pub ix: u32,
-    pub weight: u32,
-    pub quotas: Quotas,
+    /// Weight and quotas: replaced as a whole by a live reconfiguration.
+    spec: RwLock<(u32, Quotas)>,
     in_flight: AtomicU32,
     queued: AtomicU32,
-    bucket: Option<Mutex<TokenBucket>>,
+    bucket: Mutex<Option<TokenBucket>>,
     epoch: Instant,
 }
 
@@ -34,7 +34,7 @@ impl std::fmt::Debug for Tenant {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tenant")
             .field("name", &self.name)
-            .field("weight", &self.weight)
+            .field("weight", &self.weight())
             .finish()
     }
 }
@@ -70,14 +70,14 @@ impl Tenant {
         Self {
             name: name.into(),
             ix,
-            weight: spec.weight.max(1),
-            quotas: spec.quotas,
+            spec: RwLock::new((spec.weight.max(1), spec.quotas)),
             in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
-            bucket: spec
-                .quotas
-                .tokens_per_minute
-                .map(|tpm| Mutex::new(TokenBucket::per_minute(tpm, 0))),
+            bucket: Mutex::new(
+                spec.quotas
+                    .tokens_per_minute
+                    .map(|tpm| TokenBucket::per_minute(tpm, 0)),
+            ),
             epoch,
         }
     }
@@ -86,10 +86,37 @@ impl Tenant {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn bucket(&self) -> Option<std::sync::MutexGuard<'_, TokenBucket>> {
-        self.bucket
-            .as_ref()
-            .map(|b| b.lock().unwrap_or_else(|p| p.into_inner()))
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Option<TokenBucket>> {
+        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Share weight in fair queuing.
+    pub fn weight(&self) -> u32 {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    pub fn quotas(&self) -> Quotas {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// Apply a new weight and quotas (live reconfiguration). Tasks already admitted
+    /// keep what they reserved; a new per-minute budget starts with no more than the
+    /// tokens available under the old one.
+    fn update(&self, spec: &TenantSpec) {
+        let old = self.quotas();
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = (spec.weight.max(1), spec.quotas);
+        if old.tokens_per_minute != spec.quotas.tokens_per_minute {
+            let now = self.now_ms();
+            let mut b = self.bucket();
+            let had = b.as_mut().map(|b| b.available(now));
+            *b = spec.quotas.tokens_per_minute.map(|tpm| {
+                let mut nb = TokenBucket::per_minute(tpm, now);
+                if let Some(had) = had.filter(|h| *h < tpm) {
+                    let _ = nb.try_take(tpm - had, now);
+                }
+                nb
+            });
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -97,18 +124,18 @@ impl Tenant {
         Usage {
             in_flight: self.in_flight.load(Ordering::Acquire),
             queued: self.queued.load(Ordering::Acquire),
-            tokens_available: self.bucket().map(|mut b| b.available(now)),
+            tokens_available: self.bucket().as_mut().map(|b| b.available(now)),
         }
     }
 
     /// What `GET /v1/capabilities` shows the tenant.
     pub fn caps(&self, role: crate::auth::Role) -> orch_domain::control::TenantCaps {
         let u = self.usage();
-        let q = &self.quotas;
+        let q = &self.quotas();
         orch_domain::control::TenantCaps {
             tenant: self.name.to_string(),
             role: role.as_str().to_string(),
-            weight: self.weight,
+            weight: self.weight(),
             quotas: orch_domain::control::QuotaCaps {
                 max_concurrent: q.max_concurrent,
                 max_queued: q.max_queued,
@@ -132,7 +159,7 @@ impl Tenant {
         max_tokens: u32,
         busy_retry_ms: u64,
     ) -> Result<(Reservation, QueuedLease), OrchError> {
-        let q = &self.quotas;
+        let q = &self.quotas();
         if let Some(m) = q.max_tokens_per_task {
             if max_tokens > m {
                 return Err(OrchError::invalid(
@@ -187,10 +214,11 @@ impl Tenant {
         }
         let lease = QueuedLease(self.clone());
         let now = self.now_ms();
-        if let Some(mut b) = self.bucket() {
+        let mut guard = self.bucket();
+        if let Some(b) = guard.as_mut() {
             if let Err(short) = b.try_take(u64::from(max_tokens), now) {
                 let tpm = b.capacity();
-                drop(b);
+                drop(guard);
                 return Err(quota_error(
                     PolicyLabel::QuotaTokensPerMinute,
                     format!(
@@ -232,7 +260,7 @@ impl Drop for Reservation {
         let refund = self.tokens.saturating_sub(self.used);
         if refund > 0 {
             let now = t.now_ms();
-            if let Some(mut b) = t.bucket() {
+            if let Some(b) = t.bucket().as_mut() {
                 b.give_back(refund, now);
             }
         }
@@ -252,7 +280,7 @@ impl Drop for QueuedLease {
 /// Every tenant, by name. Tenants not configured get the defaults on first use.
 pub struct Tenants {
     map: RwLock<HashMap<Arc<str>, Arc<Tenant>>>,
-    defaults: TenantSpec,
+    defaults: RwLock<TenantSpec>,
 }
 
 impl Tenants {
@@ -264,8 +292,44 @@ impl Tenants {
         }
         Self {
             map: RwLock::new(map),
-            defaults: cfg.defaults.clone(),
+            defaults: RwLock::new(cfg.defaults.clone()),
         }
+    }
+
+    /// Apply a new tenancy (live reconfiguration): listed tenants get their new weight
+    /// and quotas, tenants no longer listed fall back to the defaults, new ones are
+    /// added. Returns what changed, one line per tenant.
+    pub fn update(&self, cfg: &Tenancy) -> Vec<String> {
+        let mut changed = Vec::new();
+        let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
+        *self.defaults.write().unwrap_or_else(|p| p.into_inner()) = cfg.defaults.clone();
+        for (name, t) in m.iter() {
+            let spec = cfg
+                .tenants
+                .iter()
+                .find(|s| *s.name == **name)
+                .unwrap_or(&cfg.defaults);
+            let before = (t.weight(), t.quotas());
+            if before != (spec.weight.max(1), spec.quotas) {
+                t.update(spec);
+                changed.push(format!(
+                    "tenant {name}: weight {} → {}, quotas {:?} → {:?}",
+                    before.0,
+                    spec.weight.max(1),
+                    before.1,
+                    spec.quotas
+                ));
+            }
+        }
+        for spec in &cfg.tenants {
+            if !m.contains_key(spec.name.as_str()) {
+                let ix = m.len() as u32;
+                let t = Arc::new(Tenant::new(spec, &spec.name, ix));
+                m.insert(t.name.clone(), t);
+                changed.push(format!("tenant {} added", spec.name));
+            }
+        }
+        changed
     }
 
     /// The tenant called `name`, created with the defaults if it is new.
@@ -275,8 +339,13 @@ impl Tenants {
         }
         let mut m = self.map.write().unwrap_or_else(|p| p.into_inner());
         let ix = m.len() as u32;
+        let defaults = self
+            .defaults
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         m.entry(name.into())
-            .or_insert_with(|| Arc::new(Tenant::new(&self.defaults, name, ix)))
+            .or_insert_with(|| Arc::new(Tenant::new(&defaults, name, ix)))
             .clone()
     }
 }
@@ -336,6 +405,26 @@ mod tests {
         assert_eq!(
             t.reserve(101, 1).err().unwrap().code,
             ErrorCode::InvalidParams
+        );
+    }
+
+    #[test]
+    fn a_new_tenancy_applies_to_known_tenants() {
+        let ts = Tenants::new(&Tenancy::default());
+        let a = ts.get("a");
+        assert_eq!(a.weight(), 1);
+        let mut spec = TenantSpec::new("a");
+        spec.weight = 4;
+        spec.quotas.max_queued = Some(0);
+        let changed = ts.update(&Tenancy {
+            tenants: vec![spec],
+            defaults: TenantSpec::new("d"),
+        });
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        assert_eq!(a.weight(), 4);
+        assert!(
+            a.reserve(1, 1).is_err(),
+            "the new queue quota applies at once"
         );
     }
 

@@ -112,6 +112,10 @@ struct Live {
     lane: usize,
     seq: u64,
     flow: u32,
+    /// Its flow's weight and its cost as pushed (for re-tagging on a policy change).
+    weight: u32,
+    cost: u64,
+    at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -183,6 +187,48 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
 
     pub fn config(&self) -> QueueConfig {
         self.cfg
+    }
+
+    /// Apply new settings to a live queue. Capacity, full-policy, class weight and
+    /// aging apply from the next operation (a smaller capacity evicts nothing: it
+    /// refuses arrivals until the queue is below it). A change of fairness re-tags every
+    /// queued task under the new policy in arrival order, so order stays consistent.
+    pub fn set_config(&mut self, cfg: QueueConfig) {
+        let fairness_changed = cfg.fairness != self.cfg.fairness;
+        self.cfg = QueueConfig {
+            interactive_weight: cfg.interactive_weight.max(1),
+            ..cfg
+        };
+        if !fairness_changed {
+            return;
+        }
+        let mut live: Vec<(K, Live)> = self.live.drain().collect();
+        live.sort_by_key(|(_, at)| at.seq);
+        self.lanes = [Lane::new(), Lane::new()];
+        self.counts = [0; LANES];
+        for (key, at) in live {
+            let flow = Flow {
+                id: at.flow,
+                weight: at.weight,
+                cost: at.cost,
+            };
+            // capacity cannot refuse these: they were all queued already
+            let _ = self.push_unbounded(key, priority_of(at.lane), flow, at.at_ms);
+        }
+    }
+
+    fn push_unbounded(
+        &mut self,
+        key: K,
+        priority: Priority,
+        flow: Flow,
+        now_ms: u64,
+    ) -> Result<Admitted<K>, QueueFull> {
+        let cap = self.cfg.capacity;
+        self.cfg.capacity = usize::MAX;
+        let r = self.push(key, priority, flow, now_ms);
+        self.cfg.capacity = cap;
+        r
     }
 
     pub fn len(&self) -> usize {
@@ -269,6 +315,9 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 lane: l,
                 seq,
                 flow: flow.id,
+                weight: flow.weight,
+                cost: flow.cost,
+                at_ms: now_ms,
             },
         );
         self.counts[l] += 1;
@@ -542,6 +591,44 @@ mod tests {
         assert!(q.enqueue(3, Priority::Batch).is_err());
         let a = q.enqueue(4, Priority::Interactive).unwrap();
         assert_eq!(a.evicted, Some(2));
+    }
+
+    #[test]
+    fn a_new_policy_re_tags_what_is_queued() {
+        let mut q = q(16, FullPolicy::Reject);
+        let heavy = Flow {
+            id: 1,
+            weight: 1,
+            cost: 100,
+        };
+        let light = Flow {
+            id: 2,
+            weight: 1,
+            cost: 1,
+        };
+        q.push(1, Priority::Batch, heavy, 0).unwrap();
+        q.push(2, Priority::Batch, heavy, 0).unwrap();
+        q.push(3, Priority::Batch, light, 0).unwrap();
+        q.set_config(QueueConfig {
+            fairness: Fairness::Fifo,
+            ..q.config()
+        });
+        let order: Vec<u32> = std::iter::from_fn(|| q.dequeue().map(|(k, _)| k)).collect();
+        assert_eq!(
+            order,
+            vec![1, 2, 3],
+            "arrival order after switching to fifo"
+        );
+        q.push(4, Priority::Batch, heavy, 0).unwrap();
+        q.set_config(QueueConfig {
+            capacity: 1,
+            ..q.config()
+        });
+        assert!(
+            q.push(5, Priority::Batch, light, 0).is_err(),
+            "smaller capacity refuses"
+        );
+        assert_eq!(q.len(), 1, "and evicts nothing");
     }
 
     #[test]

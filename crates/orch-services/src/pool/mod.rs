@@ -177,6 +177,15 @@ pub(crate) enum Cmd {
         id: TaskId,
         reply: oneshot::Sender<Option<u32>>,
     },
+    /// New settings (live reconfiguration); the pinned sampler profile stays.
+    UpdateSpec {
+        spec: PoolSpec,
+    },
+    /// Take no new work on this replica (before removing it).
+    DrainReplica {
+        replica_id: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// A pool, from outside its actor. Cheap to clone.
@@ -307,6 +316,22 @@ impl PoolHandle {
     /// Ask every running task to stop.
     pub fn stop_running(&self, reason: CancelReason) {
         let _ = self.tx.send(Cmd::StopRunning { reason });
+    }
+
+    /// Apply new settings: queue limits and policy, timeouts, output limit and the
+    /// metrics interval apply to what comes next; nothing running is touched.
+    pub fn update_spec(&self, spec: PoolSpec) {
+        let _ = self.tx.send(Cmd::UpdateSpec { spec });
+    }
+
+    /// Stop giving new work to one replica; false when the pool has no such replica.
+    pub async fn drain_replica(&self, replica_id: &str) -> bool {
+        self.ask(|reply| Cmd::DrainReplica {
+            replica_id: replica_id.to_string(),
+            reply,
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Queue position of a queued task (None when not queued).

@@ -223,6 +223,22 @@ impl Actor {
                     rec.request_cancel(reason);
                 }
             }
+            Cmd::UpdateSpec { mut spec } => {
+                spec.sampler_profile_version = self.st.spec.sampler_profile_version.clone();
+                self.st.queue.set_config(spec.queue);
+                self.st.spec = Arc::new(spec);
+                self.publish_depth();
+            }
+            Cmd::DrainReplica { replica_id, reply } => {
+                let found = match self.st.replica_mut(&replica_id) {
+                    Some(r) => {
+                        r.draining = true;
+                        true
+                    }
+                    None => false,
+                };
+                let _ = reply.send(found);
+            }
             Cmd::Position { id, reply } => {
                 let free = self.st.free_slots();
                 let pos = self

@@ -1,0 +1,352 @@
+//! Operating a running server, over real processes and HTTP (mock pools): SIGHUP and
+//! `POST /v1/admin/reload-config` apply a new quota, queue limit and replica count with
+//! streams in flight (none dropped), a broken file is refused with its problems while
+//! the old configuration keeps serving, shrinking drains first; replicas are added by
+//! URL at runtime, serve, and are removed after draining.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "oqk_ops-admin";
+const CLIENT: &str = "oqk_ops-client";
+
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn key(k: &str, tenant: &str, role: &str) -> String {
+    format!(
+        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
+        orch_services::auth::digest_hex(k)
+    )
+}
+
+fn config(max_queued: u32, replicas: u32, queue_capacity: u32, weight: u32) -> String {
+    format!(
+        "{}{}\n[server]\nkeepalive_ms = 200\n\n[tenants.t]\nweight = {weight}\nmax_queued = {max_queued}\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nreplicas = {replicas}\nqueue_capacity = {queue_capacity}\n[pools.mock]\nslots = 2\ntokens_per_sec = 20.0\nttft_ms = 2\ntokens = 30\n",
+        key(ADMIN, "ops", "admin"),
+        key(CLIENT, "t", "client"),
+    )
+}
+
+/// Start the binary on the config at `path`; its child and base URL.
+fn spawn(path: &std::path::Path) -> (Reap, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    let t0 = Instant::now();
+    let done = |s: &str| {
+        s.split("listening on http://")
+            .nth(1)
+            .is_some_and(|r| r.contains('\n'))
+    };
+    while !done(&seen) && t0.elapsed() < Duration::from_secs(30) {
+        let n = err.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = err.read_to_end(&mut sink);
+    });
+    let addr = seen
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no startup line: {seen}"))
+        .to_string();
+    (Reap(child), format!("http://{addr}"))
+}
+
+async fn get(http: &reqwest::Client, base: &str, key: &str, path: &str) -> Value {
+    http.get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Submit a task as the client and read its stream to the end, in the background.
+fn stream_task(
+    http: &reqwest::Client,
+    base: &str,
+    max_tokens: u32,
+) -> tokio::task::JoinHandle<Vec<SseFrame>> {
+    let (http, base) = (http.clone(), base.to_string());
+    tokio::spawn(async move {
+        let r = http
+            .post(format!("{base}/v1/tasks"))
+            .bearer_auth(CLIENT)
+            .json(&task("in flight", max_tokens, "interactive"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        let id = r.json::<Value>().await.unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = http
+            .get(format!("{base}/v1/tasks/{id}/stream"))
+            .bearer_auth(CLIENT)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        parse_sse(&text)
+    })
+}
+
+async fn replica_ids(http: &reqwest::Client, base: &str) -> Vec<String> {
+    let v = get(http, base, ADMIN, "/v1/pools").await;
+    v["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn wait_replicas(http: &reqwest::Client, base: &str, n: usize) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let ids = replica_ids(http, base).await;
+        if ids.len() == n {
+            return ids;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "replicas {ids:?}, want {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn hup(child: &Reap) {
+    let st = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_quotas_limits_and_replicas_without_dropping_a_stream() {
+    let dir = std::env::temp_dir().join(format!("orch-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("orchestratord.toml");
+    std::fs::write(&path, config(8, 1, 64, 1)).unwrap();
+    let (child, base) = spawn(&path);
+    let http = reqwest::Client::new();
+    let caps = get(&http, &base, CLIENT, "/v1/capabilities").await;
+    assert_eq!(caps["tenant"]["quotas"]["max_queued"], 8);
+    // four streams in flight (2 slots: two run, two wait)
+    let streams: Vec<_> = (0..4).map(|_| stream_task(&http, &base, 30)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(&path, config(3, 2, 16, 5)).unwrap();
+    hup(&child);
+    let ids = wait_replicas(&http, &base, 2).await;
+    assert_eq!(ids, ["p-r0", "p-r1"]);
+    let caps = get(&http, &base, CLIENT, "/v1/capabilities").await;
+    assert_eq!(caps["tenant"]["quotas"]["max_queued"], 3, "{caps}");
+    assert_eq!(caps["tenant"]["weight"], 5);
+    assert_eq!(caps["engines"][0]["queue"]["capacity"], 16);
+    for s in streams {
+        let frames = s.await.unwrap();
+        assert_eq!(
+            frames.last().unwrap().event,
+            "end",
+            "no stream dropped: {frames:?}"
+        );
+        assert_eq!(frames.last().unwrap().data["tokens_out"], 30);
+    }
+
+    // a broken file is refused with its problems; the running configuration stays
+    std::fs::write(&path, config(1, 1, 0, 0)).unwrap();
+    hup(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http
+        .post(format!("{base}/v1/admin/reload-config"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let v = envelope(r, 409, "CONFLICT").await;
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("pools[0].queue_capacity") && msg.contains("tenants.t.weight"),
+        "{msg}"
+    );
+    let caps = get(&http, &base, CLIENT, "/v1/capabilities").await;
+    assert_eq!(
+        caps["tenant"]["quotas"]["max_queued"], 3,
+        "old config still applies"
+    );
+    assert_eq!(replica_ids(&http, &base).await.len(), 2);
+    // a client key may not reload
+    let r = http
+        .post(format!("{base}/v1/admin/reload-config"))
+        .bearer_auth(CLIENT)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // shrinking drains first: tasks running on the removed replica finish normally
+    let streams: Vec<_> = (0..4).map(|_| stream_task(&http, &base, 30)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pools = get(&http, &base, ADMIN, "/v1/pools").await;
+    let busy_r1 = pools["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "p-r1")
+        .map(|r| r["slots_total"].as_u64().unwrap() - r["slots_free"].as_u64().unwrap())
+        .unwrap();
+    assert!(
+        busy_r1 > 0,
+        "a task runs on the replica that will go: {pools}"
+    );
+    std::fs::write(&path, config(3, 1, 16, 5)).unwrap();
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1/admin/reload-config"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert!(
+        report["applied"].to_string().contains("replicas 2 → 1"),
+        "{report}"
+    );
+    eprintln!(
+        "shrink returned after {} ms (drained first)",
+        t0.elapsed().as_millis()
+    );
+    for s in streams {
+        let frames = s.await.unwrap();
+        assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    }
+    assert_eq!(wait_replicas(&http, &base, 1).await, ["p-r0"]);
+    drop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_added_by_url_serve_and_are_removed_after_draining() {
+    // two OpenAI-compatible upstreams (orchestratord's own door over mock pools)
+    let up = mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 2\ntokens = 20",
+    );
+    let (a, b) = (start(&up).await, start(&up).await);
+    let front = start(&format!(
+        "{}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\n[pools.openai]\nurls = [\"{}\"]\nslots = 1\n",
+        key(ADMIN, "ops", "admin"),
+        a.base
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(front.url("/v1/pools/up/replicas"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": b.base}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let added: Value = r.json().await.unwrap();
+    assert_eq!(added["replica_id"], "up-x1");
+    let list = get(&http, &front.base, ADMIN, "/v1/pools/up/replicas").await;
+    assert_eq!(list["replicas"].as_array().unwrap().len(), 2, "{list}");
+    // two tasks at once: one slot each, so one runs on the added replica
+    let run = |http: reqwest::Client, base: String| async move {
+        let r = http
+            .post(format!("{base}/v1/tasks"))
+            .bearer_auth(ADMIN)
+            .json(&task("x", 20, "interactive"))
+            .send()
+            .await
+            .unwrap();
+        let id = r.json::<Value>().await.unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let text = http
+            .get(format!("{base}/v1/tasks/{id}/stream"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        parse_sse(&text)
+    };
+    let (f1, f2) = tokio::join!(
+        run(http.clone(), front.base.clone()),
+        run(http.clone(), front.base.clone())
+    );
+    let replicas: Vec<_> = [&f1, &f2]
+        .iter()
+        .map(|f| f[0].data["replica_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(replicas.contains(&"up-x1".to_string()), "{replicas:?}");
+    assert!(f1.last().unwrap().event == "end" && f2.last().unwrap().event == "end");
+    // removal drains first: a task running on it ends normally, then it is gone
+    let running = tokio::spawn(run(http.clone(), front.base.clone()));
+    let hold = tokio::spawn(run(http.clone(), front.base.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http
+        .delete(front.url("/v1/pools/up/replicas/up-x1"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for h in [running, hold] {
+        let f = h.await.unwrap();
+        assert_eq!(f.last().unwrap().event, "end", "{f:?}");
+    }
+    let t0 = Instant::now();
+    loop {
+        let list = get(&http, &front.base, ADMIN, "/v1/pools/up/replicas").await;
+        if list["replicas"].as_array().unwrap().len() == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a URL with nothing behind it is refused and nothing is added
+    let r = http
+        .post(front.url("/v1/pools/up/replicas"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": "ftp://x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
