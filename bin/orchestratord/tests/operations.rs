@@ -215,19 +215,25 @@ async fn sighup_applies_quotas_limits_and_replicas_without_dropping_a_stream() {
 
     // shrinking drains first: tasks running on the removed replica finish normally
     let streams: Vec<_> = (0..4).map(|_| stream_task(&http, &base, 30)).collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pools = get(&http, &base, ADMIN, "/v1/pools").await;
-    let busy_r1 = pools["pools"][0]["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["id"] == "p-r1")
-        .map(|r| r["slots_total"].as_u64().unwrap() - r["slots_free"].as_u64().unwrap())
-        .unwrap();
-    assert!(
-        busy_r1 > 0,
-        "a task runs on the replica that will go: {pools}"
-    );
+    let t0 = Instant::now();
+    loop {
+        let pools = get(&http, &base, ADMIN, "/v1/pools").await;
+        let busy_r1 = pools["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == "p-r1")
+            .map(|r| r["slots_total"].as_u64().unwrap() - r["slots_free"].as_u64().unwrap())
+            .unwrap();
+        if busy_r1 > 0 {
+            break; // a task runs on the replica that will go
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "nothing ran on p-r1: {pools}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     std::fs::write(&path, config(3, 1, 16, 5)).unwrap();
     let t0 = Instant::now();
     let r = http
