@@ -771,3 +771,130 @@ async fn no_engine_survives_kill_9_of_orchestratord() {
     let _ = child.wait();
     assert!(gone, "the stray engine was stopped at start");
 }
+
+/// A llama-server added to a pool by URL at runtime: its identity is read from the
+/// engine (the model file it reports) and checked against the pool's pin. The same
+/// model serves tasks; another model file (another digest) is refused with the
+/// difference; removal drains it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_server_added_at_runtime_serves_and_another_model_is_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let front = start(&llama_config(1, 1, 1, "")).await;
+    let host = start(&llama_config(1, 1, 1, "")).await;
+    let endpoint = pools(&host).await["pools"][0]["replicas"][0]["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = front
+        .http
+        .post(front.url("/v1/pools/llama/replicas"))
+        .json(&json!({"url": endpoint}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    // one slot per replica, two tasks at once: one runs on the added replica
+    let (a, _) = front.submit(&llama_task(LONG, 24)).await;
+    let (b, _) = front.submit(&llama_task(LONG, 24)).await;
+    let (fa, fb) = tokio::join!(front.stream(&a, None), front.stream(&b, None));
+    let on: Vec<_> = [&fa, &fb]
+        .iter()
+        .map(|f| f[0].data["replica_id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(on.contains(&"llama-x1".to_string()), "{on:?}");
+    assert!(fa.last().unwrap().event == "end" && fb.last().unwrap().event == "end");
+
+    // the same engine with another model file: refused, naming the digests
+    let other = std::env::temp_dir().join(format!("orch-other-{}.gguf", std::process::id()));
+    std::fs::copy(orchestratord::engines::default_model(), &other).unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&other)
+            .unwrap();
+        f.write_all(b"another model").unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut stray = std::process::Command::new(orchestratord::engines::default_llama_server())
+        .args(["--model", other.to_str().unwrap(), "--host", "127.0.0.1"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--ctx-size",
+            "1024",
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while reqwest::get(format!("{url}/health"))
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "stray engine not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = front
+        .http
+        .post(front.url("/v1/pools/llama/replicas"))
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap();
+    let v = envelope(r, 409, "CONFLICT").await;
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("model_digest"),
+        "the difference is named: {msg}"
+    );
+    let _ = stray.kill();
+    let _ = stray.wait();
+    let _ = std::fs::remove_file(&other);
+    let mut sidecar = other.into_os_string();
+    sidecar.push(".sha256");
+    let _ = std::fs::remove_file(sidecar);
+
+    // removal drains: a task running on the added replica still ends normally
+    let (a, _) = front.submit(&llama_task(LONG, 24)).await;
+    let (b, _) = front.submit(&llama_task(LONG, 24)).await;
+    wait_tokens(&front, &a, 1).await;
+    wait_tokens(&front, &b, 1).await;
+    let r = front
+        .http
+        .delete(front.url("/v1/pools/llama/replicas/llama-x1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for id in [&a, &b] {
+        let f = front.stream(id, None).await;
+        assert_eq!(f.last().unwrap().event, "end", "{f:?}");
+    }
+    let t0 = Instant::now();
+    while pools(&front).await["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .len()
+        != 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "removed replica still listed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    front.assert_all_terminated().await;
+}
