@@ -530,6 +530,30 @@ async fn every_operation_and_documented_status_conforms() {
         ),
         ("get", "/v1/replicasets", "/v1/replicasets".into(), None),
         ("get", "/metrics", "/metrics".into(), None),
+        (
+            "get",
+            "/v1/pools/{id}/replicas",
+            format!("/v1/pools/{pool}/replicas"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/pools/{id}/replicas",
+            format!("/v1/pools/{pool}/replicas"),
+            Some(json!({"url": "http://127.0.0.1:9"})),
+        ),
+        (
+            "delete",
+            "/v1/pools/{id}/replicas/{replica}",
+            format!("/v1/pools/{pool}/replicas/{pool}-r0"),
+            None,
+        ),
+        (
+            "post",
+            "/v1/admin/reload-config",
+            "/v1/admin/reload-config".into(),
+            None,
+        ),
     ];
     for (m, tmpl, path, body) in &ops {
         let (st, b) = c.call(m, tmpl, path, body.clone().map(Json), &[]).await;
@@ -545,8 +569,10 @@ async fn every_operation_and_documented_status_conforms() {
             )
             .await;
         assert_eq!(st, 401, "{tmpl} with a wrong key");
-        let admin_only =
-            tmpl.starts_with("/v1/pools") || *tmpl == "/v1/replicasets" || *tmpl == "/metrics";
+        let admin_only = tmpl.starts_with("/v1/pools")
+            || tmpl.starts_with("/v1/admin")
+            || *tmpl == "/v1/replicasets"
+            || *tmpl == "/metrics";
         if admin_only {
             let (st, b) = c
                 .call(
@@ -575,6 +601,104 @@ async fn every_operation_and_documented_status_conforms() {
         )
         .await;
     assert_eq!(st, 200);
+
+    // replicas at runtime and re-reading the config, on a server started from a file
+    // with an openai pool whose upstream is another server
+    let upstream = live(MOCK).await;
+    let other = live(&MOCK.replace("mock-model", "other-model")).await;
+    let file = std::env::temp_dir().join(format!("orch-conformance-{}.toml", std::process::id()));
+    let ops_cfg = format!(
+        "{MOCK}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\n[pools.openai]\nurls = [\"{}\"]\nslots = 1\n",
+        upstream.base
+    );
+    std::fs::write(&file, &ops_cfg).unwrap();
+    let opsrv = live_file(&file).await;
+    c.base = opsrv.base.clone();
+    let reps = "/v1/pools/{id}/replicas";
+    let (st, _) = c
+        .call("get", reps, "/v1/pools/up/replicas", None, &[])
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = c
+        .call("get", reps, "/v1/pools/nope/replicas", None, &[])
+        .await;
+    assert_eq!(st, 404);
+    let (st, b) = c
+        .call(
+            "post",
+            reps,
+            "/v1/pools/up/replicas",
+            Some(Json(json!({"url": upstream.base}))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, _) = c
+        .call(
+            "post",
+            reps,
+            "/v1/pools/up/replicas",
+            Some(Json(json!({"url": "ftp://x"}))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = c
+        .call(
+            "post",
+            reps,
+            "/v1/pools/nope/replicas",
+            Some(Json(json!({"url": upstream.base}))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 404);
+    let (st, b) = c
+        .call(
+            "post",
+            reps,
+            "/v1/pools/up/replicas",
+            Some(Json(json!({"url": other.base}))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 409, "an upstream without the pool's model: {b}");
+    let rep = "/v1/pools/{id}/replicas/{replica}";
+    let (st, _) = c
+        .call(
+            "delete",
+            rep,
+            "/v1/pools/up/replicas/up-x1?deadline_ms=soon",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = c
+        .call("delete", rep, "/v1/pools/up/replicas/nope", None, &[])
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = c
+        .call(
+            "delete",
+            rep,
+            "/v1/pools/up/replicas/up-x1?deadline_ms=100",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(st, 202);
+    let rc = "/v1/admin/reload-config";
+    let (st, b) = c.call("post", rc, rc, None, &[]).await;
+    assert_eq!(st, 200, "{b}");
+    std::fs::write(
+        &file,
+        ops_cfg.replace("queue_capacity = 1", "queue_capacity = 0"),
+    )
+    .unwrap();
+    let (st, b) = c.call("post", rc, rc, None, &[]).await;
+    assert_eq!(st, 409, "{b}");
+    let _ = std::fs::remove_file(&file);
 
     let missing: Vec<_> = c.documented().difference(&c.seen).cloned().collect();
     assert!(

@@ -48,6 +48,10 @@ struct DataApi;
         control::reload_pool,
         control::replica_sets,
         control::capabilities,
+        crate::admin::list_replicas,
+        crate::admin::add_replica,
+        crate::admin::remove_replica,
+        crate::admin::reload_config,
         ops::livez,
         ops::readyz,
         ops::metrics
@@ -71,6 +75,8 @@ fn req_id(op: &str) -> Option<&'static str> {
         "listPools" => "ORCH-2104",
         "getCapabilities" => "OC-CTRL-2060",
         "livez" | "readyz" | "metrics" => "ORCH-2103",
+        "listReplicas" | "addReplica" | "removeReplica" => "ORCH-2105",
+        "reloadConfig" => "ORCH-2106",
         _ => return None,
     })
 }
@@ -190,6 +196,10 @@ fn security(mut doc: Value) -> Value {
                     | "reloadPool"
                     | "listReplicaSets"
                     | "metrics"
+                    | "listReplicas"
+                    | "addReplica"
+                    | "removeReplica"
+                    | "reloadConfig"
             );
             if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
                 r.insert("401".into(), json!({

@@ -237,3 +237,52 @@ pub const FEATURES: &[&str] = &[
     "tenant_quotas",
     "weighted_fair_queuing",
 ];
+
+/// `POST /v1/pools/{id}/replicas`: an engine running elsewhere joins the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddReplicaRequest {
+    /// Where the engine listens: `http://host:port` (at most 2048 bytes).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 8, max_length = 2048, pattern = "^https?://")
+    )]
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AddReplicaResponse {
+    pub pool_id: String,
+    /// `<pool>-x<N>`.
+    pub replica_id: String,
+    pub url: String,
+}
+
+/// `GET /v1/pools/{id}/replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReplicaList {
+    pub pool_id: String,
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// `DELETE /v1/pools/{id}/replicas/{replica}`: draining, then detached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RemoveReplicaResponse {
+    pub pool_id: String,
+    pub replica_id: String,
+    pub draining: bool,
+    pub deadline_ms: u64,
+}
+
+/// `POST /v1/admin/reload-config`: what the new file changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReloadConfigReport {
+    pub applied: Vec<String>,
+    /// Changes that need a restart (`[server]`, removing a pool) or that failed.
+    pub not_applied: Vec<String>,
+}

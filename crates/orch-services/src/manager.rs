@@ -300,6 +300,24 @@ impl PoolManager {
             m.next_remote += 1;
             format!("{pool_id}-x{}", m.next_remote)
         };
+        // an engine that is unreachable or refuses (e.g. does not serve the model) is
+        // refused at once rather than after the load timeout
+        let refused = |why: String| {
+            OrchError::new(
+                ErrorCode::Conflict,
+                format!("replica at {url} refused: {why}"),
+            )
+            .with_pool(pool_id)
+        };
+        let probe = launcher
+            .launch(&id, &LaunchOverrides::default())
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let health = probe.adapter().health().await;
+        probe.stop().await;
+        if let Err(e) = health {
+            return Err(refused(e.to_string()));
+        }
         let (sups, waits) = self.spawn_all(
             pool_id,
             &launcher,

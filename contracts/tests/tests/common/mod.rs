@@ -40,6 +40,22 @@ pub async fn live(toml: &str) -> Live {
     }
 }
 
+/// A server started from a config file (so it can re-read it).
+pub async fn live_file(path: &std::path::Path) -> Live {
+    let cfg = orchestratord::Config::load(path).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let opts = orchestratord::StartOptions {
+        skip_self_test: true,
+    };
+    let server = orchestratord::start_with(cfg, l, orchestratord::telemetry::metrics(), opts)
+        .await
+        .unwrap();
+    Live {
+        base: format!("http://{}", server.addr),
+        server,
+    }
+}
+
 pub fn docs() -> (Value, Value) {
     (
         orch_api::openapi::data_document(),
