@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod eta;
 pub mod fair;
 pub mod placement;
+pub mod prefix;
 pub mod queue;
 
 pub use queue::{Admitted, BoundedQueue, Fairness, Flow, QueueConfig, QueueFull};
