@@ -41,6 +41,10 @@ pub struct MockConfig {
     pub ctx_max: u32,
     pub model: String,
     pub engine_version: String,
+    /// A KV-cache model: prompt blocks (64 bytes) this replica has not seen recently
+    /// cost this many ms each before the first token; seen ones are free and reported
+    /// as cached tokens. 0 = no cache model.
+    pub prefill_ms_per_block: u64,
 }
 
 impl Default for MockConfig {
@@ -57,6 +61,7 @@ impl Default for MockConfig {
             ctx_max: 4096,
             model: "mock-model".into(),
             engine_version: "mock-0.1.0".into(),
+            prefill_ms_per_block: 0,
         }
     }
 }
@@ -99,6 +104,28 @@ pub struct MockEngine {
     busy: Arc<AtomicU32>,
     ready: AtomicBool,
     running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
+    /// Prompt blocks in this replica's modelled KV cache (bounded; cleared when full).
+    kv: Mutex<std::collections::HashSet<u64>>,
+}
+
+/// Blocks the modelled KV cache holds before it starts over.
+const KV_BLOCKS: usize = 65_536;
+
+/// Chained hashes of a prompt's whole 64-byte blocks (a block's hash covers all
+/// before it).
+fn prompt_blocks(prompt: &str) -> Vec<u64> {
+    let mut prev = 0xcbf2_9ce4_8422_2325u64;
+    prompt
+        .as_bytes()
+        .chunks_exact(64)
+        .map(|b| {
+            for x in b {
+                prev = (prev ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3);
+            }
+            prev = splitmix64(prev);
+            prev
+        })
+        .collect()
 }
 
 impl MockEngine {
@@ -108,7 +135,22 @@ impl MockEngine {
             busy: Arc::new(AtomicU32::new(0)),
             ready: AtomicBool::new(true),
             running: Arc::new(Mutex::new(HashMap::new())),
+            kv: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Blocks of `prompt` already cached (leading run), caching the rest.
+    fn prefill(&self, prompt: &str) -> (u64, u64) {
+        let blocks = prompt_blocks(prompt);
+        let Ok(mut kv) = self.kv.lock() else {
+            return (0, blocks.len() as u64);
+        };
+        let cached = blocks.iter().take_while(|b| kv.contains(b)).count() as u64;
+        if kv.len() + blocks.len() > KV_BLOCKS {
+            kv.clear();
+        }
+        kv.extend(blocks.iter().copied());
+        (cached, blocks.len() as u64 - cached)
     }
 
     pub fn config(&self) -> &MockConfig {
@@ -146,6 +188,9 @@ struct Gen {
     cfg: MockConfig,
     req: EngineRequest,
     start: Instant,
+    /// Prefill time of the uncached part of the prompt.
+    prefill: Duration,
+    tokens_cached: Option<u32>,
     next: u32,
     total: u32,
     finish: FinishReason,
@@ -156,7 +201,7 @@ struct Gen {
 
 impl Gen {
     fn due(&self, i: u32) -> Instant {
-        let mut d = Duration::from_millis(self.cfg.ttft_ms);
+        let mut d = Duration::from_millis(self.cfg.ttft_ms) + self.prefill;
         if self.cfg.tokens_per_sec > 0.0 {
             d += Duration::from_secs_f64(f64::from(i) / self.cfg.tokens_per_sec);
         }
@@ -201,7 +246,7 @@ impl Gen {
         let end = EngineEnd {
             tokens_in: self.req.prompt.split_whitespace().count() as u32 + 1,
             tokens_out: self.total,
-            tokens_cached: None,
+            tokens_cached: self.tokens_cached,
             finish_reason: self.finish,
             decode_time_ms: self.start.elapsed().as_millis() as u64,
             slot: None,
@@ -270,10 +315,21 @@ impl WorkerAdapter for MockEngine {
             } else {
                 (self.cfg.tokens, FinishReason::Eos)
             };
+            let (prefill, tokens_cached) = if self.cfg.prefill_ms_per_block > 0 {
+                let (cached, fresh) = self.prefill(&req.prompt);
+                (
+                    Duration::from_millis(fresh * self.cfg.prefill_ms_per_block),
+                    Some((cached * 16) as u32),
+                )
+            } else {
+                (Duration::ZERO, None)
+            };
             let gen = Gen {
                 cfg: self.cfg.clone(),
                 req,
                 start: Instant::now(),
+                prefill,
+                tokens_cached,
                 next: 0,
                 total,
                 finish,

@@ -196,6 +196,14 @@ pub struct PoolConfig {
     /// How often waiting and running tasks get a `metrics` frame (0 = never).
     #[serde(default = "metrics_frame_interval_ms")]
     pub metrics_frame_interval_ms: u64,
+    /// How a replica is picked: `prefix` (default: session, then the replica holding
+    /// the prompt's prefix within a load slack, then least loaded), `session`, or
+    /// `least-loaded`.
+    #[serde(default)]
+    pub placement: PlacementChoice,
+    /// Prompt blocks (64 bytes each) the prefix index remembers per pool.
+    #[serde(default = "prefix_index_blocks")]
+    pub prefix_index_blocks: usize,
     /// Settings of the mock engine (engine = "mock").
     #[serde(default)]
     pub mock: Option<MockConfig>,
@@ -248,6 +256,15 @@ fn openai_connect_ms() -> u64 {
 }
 fn openai_load_ms() -> u64 {
     60_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlacementChoice {
+    LeastLoaded,
+    Session,
+    #[default]
+    Prefix,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -328,6 +345,9 @@ fn aging_ms() -> u64 {
 }
 fn metrics_frame_interval_ms() -> u64 {
     1_000
+}
+fn prefix_index_blocks() -> usize {
+    100_000
 }
 
 fn valid_id(s: &str) -> bool {
@@ -523,6 +543,9 @@ impl Config {
             }
             if p.max_tokens_out == 0 {
                 bad(format!("{at}.max_tokens_out"), "must be at least 1");
+            }
+            if p.prefix_index_blocks == 0 || p.prefix_index_blocks > 10_000_000 {
+                bad(format!("{at}.prefix_index_blocks"), "must be 1..=10000000");
             }
             let sections = [
                 ("mock", p.mock.is_some(), EngineChoice::Mock),

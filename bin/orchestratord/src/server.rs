@@ -1,11 +1,11 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
-use crate::config::{Config, FairnessChoice, MetricsAccess, PoolConfig};
+use crate::config::{Config, FairnessChoice, MetricsAccess, PlacementChoice, PoolConfig};
 use axum::serve::ListenerExt;
 use orch_api::{AppState, MetricsRender};
 use orch_services::{
-    ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Quotas, Retention,
-    ServiceConfig, Tenancy, TenantSpec,
+    config::PlacementMode, ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Quotas,
+    Retention, ServiceConfig, Tenancy, TenantSpec,
 };
 use orchestrator_core::{Fairness, QueueConfig};
 use std::net::SocketAddr;
@@ -121,6 +121,12 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
         queue_wait_limit: Duration::from_millis(p.queue_wait_limit_ms),
         retries_before_first_token: p.retries_before_first_token,
         metrics_frame_interval: Duration::from_millis(p.metrics_frame_interval_ms),
+        placement: match p.placement {
+            PlacementChoice::LeastLoaded => PlacementMode::LeastLoaded,
+            PlacementChoice::Session => PlacementMode::Session,
+            PlacementChoice::Prefix => PlacementMode::Prefix,
+        },
+        prefix_index_blocks: p.prefix_index_blocks,
     }
 }
 

@@ -164,6 +164,9 @@ pub struct EngineCaps {
     /// Concurrent decodes across ready replicas.
     pub concurrency: u32,
     pub queue: QueueCaps,
+    /// How a replica is picked: `prefix`, `session` or `least-loaded`.
+    #[serde(default)]
+    pub placement: String,
     pub ready: bool,
 }
 
@@ -236,6 +239,10 @@ pub const FEATURES: &[&str] = &[
     "api_keys",
     "tenant_quotas",
     "weighted_fair_queuing",
+    "prefix_cache_placement",
+    "openai_compatible",
+    "runtime_replicas",
+    "live_reconfiguration",
 ];
 
 /// `POST /v1/pools/{id}/replicas`: an engine running elsewhere joins the pool.

@@ -38,6 +38,10 @@ pub struct StartedFrame {
     pub replica_id: String,
     pub sampler_profile_version: String,
     pub seed: i64,
+    /// Why this replica: `session`, `prefix` (it holds the prompt's prefix), `load`,
+    /// or `retry` (additive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

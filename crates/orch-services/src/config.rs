@@ -118,6 +118,29 @@ impl Default for Retention {
     }
 }
 
+/// How a pool picks the replica for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PlacementMode {
+    /// The least loaded replica, ignoring sessions and prompts.
+    LeastLoaded,
+    /// A session's replica when it can take work, else the least loaded.
+    Session,
+    /// Session affinity, then the replica holding the longest cached prompt prefix
+    /// (within a load slack), else the least loaded.
+    #[default]
+    Prefix,
+}
+
+impl PlacementMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementMode::LeastLoaded => "least-loaded",
+            PlacementMode::Session => "session",
+            PlacementMode::Prefix => "prefix",
+        }
+    }
+}
+
 /// What a pool is configured to be. Engine facts (version, digest, slots, ctx) come
 /// from its replicas' properties and are pinned by the first replica.
 #[derive(Debug, Clone)]
@@ -142,6 +165,9 @@ pub struct PoolSpec {
     /// How often a waiting or running task's stream gets a `metrics` frame
     /// (zero = never).
     pub metrics_frame_interval: Duration,
+    pub placement: PlacementMode,
+    /// Prompt blocks the prefix index remembers (least recently used go first).
+    pub prefix_index_blocks: usize,
 }
 
 impl PoolSpec {
@@ -158,6 +184,8 @@ impl PoolSpec {
             queue_wait_limit: Duration::from_secs(300),
             retries_before_first_token: 1,
             metrics_frame_interval: Duration::from_secs(1),
+            placement: PlacementMode::Prefix,
+            prefix_index_blocks: 100_000,
         }
     }
 }

@@ -188,6 +188,7 @@ pub(crate) fn capabilities(
                     capacity: v.queue_capacity,
                     policy: v.queue_policy,
                 },
+                placement: s.spec.placement.as_str().to_string(),
                 ready: v.ready,
             }
         })

@@ -22,6 +22,10 @@ pub const LATENCY_DECODE: &str = "latency_decode_ms";
 pub const ADMISSION_SHARE: &str = "admission_share";
 /// Of the tasks with a deadline that ended, the fraction that completed within it.
 pub const DEADLINES_MET_RATIO: &str = "deadlines_met_ratio";
+/// Tasks placed on a replica, by why (`session`, `prefix`, `load`, `retry`).
+pub const TASKS_PLACED: &str = "tasks_placed_total";
+/// Prompt tokens an engine served from its KV cache.
+pub const TOKENS_CACHED: &str = "tokens_cached_total";
 /// Time from dequeue to the engine call: the orchestrator's own added latency.
 pub const DISPATCH_LATENCY: &str = "orchestrator_dispatch_latency_ms";
 
@@ -66,6 +70,10 @@ impl Where {
         counter!(TOKENS_OUT, &self.base())
     }
 
+    pub fn tokens_cached(&self, n: u32) {
+        counter!(TOKENS_CACHED, &self.base()).increment(u64::from(n));
+    }
+
     pub fn tokens_in(&self, n: u32) {
         counter!(TOKENS_IN, &self.base()).increment(u64::from(n));
     }
@@ -104,6 +112,10 @@ pub fn rejected(engine: &str, reason: &str) {
 pub fn backpressure(engine: &str, policy: &str) {
     counter!(BACKPRESSURE, "engine" => engine.to_string(), "policy" => policy.to_string())
         .increment(1);
+}
+
+pub fn placed(pool_id: &str, reason: &'static str) {
+    counter!(TASKS_PLACED, "pool_id" => pool_id.to_string(), "reason" => reason).increment(1);
 }
 
 pub fn pool_ready(pool_id: &str, ready: bool) {

@@ -90,6 +90,7 @@ impl Attempt<'_> {
             replica_id: self.a.replica_id.to_string(),
             sampler_profile_version: p.sampler_profile_version.clone(),
             seed: self.a.request.effective_seed(rec.id),
+            placement: Some(self.a.placement.to_string()),
         }));
     }
 
@@ -373,6 +374,9 @@ fn finish_ok(
         return;
     }
     w.tokens_in(end.tokens_in);
+    if let Some(c) = end.tokens_cached {
+        w.tokens_cached(c);
+    }
     w.decode_ms(rec.priority.as_str(), end.decode_time_ms as f64);
     a.guard.observe(Observed {
         service_ms: t_start.elapsed().as_secs_f64() * 1e3,

@@ -133,7 +133,9 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
 
     /// Forget everything `replica` held (it restarted, reloaded or was removed).
     pub fn forget(&mut self, replica: &R) {
-        let Some(b) = self.bits.remove(replica) else { return };
+        let Some(b) = self.bits.remove(replica) else {
+            return;
+        };
         let bit = 1u64 << b;
         self.entries.retain(|_, e| {
             e.mask &= !bit;
@@ -143,7 +145,9 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
 
     fn evict(&mut self) {
         while self.entries.len() > self.cap {
-            let Some((tick, h)) = self.order.pop_front() else { break };
+            let Some((tick, h)) = self.order.pop_front() else {
+                break;
+            };
             if self.entries.get(&h).is_some_and(|e| e.tick == tick) {
                 self.entries.remove(&h);
             }
@@ -212,8 +216,13 @@ pub fn choose(
             return Some((p, Reason::Session));
         }
     }
-    let open: Vec<usize> = (0..loads.len()).filter(|&i| loads[i].accepts_work()).collect();
-    let least = open.iter().map(|&i| load(&loads[i])).fold(f64::INFINITY, f64::min);
+    let open: Vec<usize> = (0..loads.len())
+        .filter(|&i| loads[i].accepts_work())
+        .collect();
+    let least = open
+        .iter()
+        .map(|&i| load(&loads[i]))
+        .fold(f64::INFINITY, f64::min);
     let cached = open
         .iter()
         .copied()
@@ -269,15 +278,30 @@ mod tests {
     fn prefix_wins_until_load_slack_then_load_wins() {
         let p = PrefixPolicy::default();
         // cached on 0, equally loaded: prefix
-        assert_eq!(choose(&[r(4, 1), r(4, 1)], &[5, 0], None, p, 0), Some((0, Reason::Prefix)));
+        assert_eq!(
+            choose(&[r(4, 1), r(4, 1)], &[5, 0], None, p, 0),
+            Some((0, Reason::Prefix))
+        );
         // cached on 0 but it is 3/4 busy vs 0/4: load wins
-        assert_eq!(choose(&[r(4, 3), r(4, 0)], &[5, 0], None, p, 0), Some((1, Reason::Load)));
+        assert_eq!(
+            choose(&[r(4, 3), r(4, 0)], &[5, 0], None, p, 0),
+            Some((1, Reason::Load))
+        );
         // too little cached: load
-        assert_eq!(choose(&[r(4, 0), r(4, 0)], &[1, 0], None, p, 0).map(|x| x.1), Some(Reason::Load));
+        assert_eq!(
+            choose(&[r(4, 0), r(4, 0)], &[1, 0], None, p, 0).map(|x| x.1),
+            Some(Reason::Load)
+        );
         // session affinity first
-        assert_eq!(choose(&[r(4, 0), r(4, 2)], &[5, 0], Some(1), p, 0), Some((1, Reason::Session)));
+        assert_eq!(
+            choose(&[r(4, 0), r(4, 2)], &[5, 0], Some(1), p, 0),
+            Some((1, Reason::Session))
+        );
         // a full replica is never chosen
-        assert_eq!(choose(&[r(1, 1), r(1, 0)], &[9, 0], None, p, 0), Some((1, Reason::Load)));
+        assert_eq!(
+            choose(&[r(1, 1), r(1, 0)], &[9, 0], None, p, 0),
+            Some((1, Reason::Load))
+        );
     }
 
     #[test]
@@ -291,6 +315,10 @@ mod tests {
         }
         assert!(ix.len() <= cap, "{} entries", ix.len());
         // entries, their map's spare room and the touch order: a few MB at most
-        assert!(ix.approx_bytes() < 16 * 1024 * 1024, "{} bytes", ix.approx_bytes());
+        assert!(
+            ix.approx_bytes() < 16 * 1024 * 1024,
+            "{} bytes",
+            ix.approx_bytes()
+        );
     }
 }

@@ -81,6 +81,8 @@ pub struct Assignment {
     pub dequeued_at: Instant,
     pub pool: PoolHandle,
     pub limits: Limits,
+    /// Why this replica (`session`, `prefix`, `load`; `retry` after a failure).
+    pub placement: &'static str,
 }
 
 /// Where admission placed a task.

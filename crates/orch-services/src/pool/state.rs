@@ -7,6 +7,7 @@ use adapter_api::{Properties, WorkerAdapter};
 use orch_domain::TaskId;
 use orchestrator_core::eta::ServiceTime;
 use orchestrator_core::placement::ReplicaLoad;
+use orchestrator_core::prefix::PrefixIndex;
 use orchestrator_core::BoundedQueue;
 use std::sync::Arc;
 
@@ -79,6 +80,8 @@ pub struct PoolState {
     pub rotate: usize,
     pub last_error: Option<String>,
     pub spec: Arc<PoolSpec>,
+    /// Which replica recently served which prompt prefix (prefix placement).
+    pub prefix: PrefixIndex<Arc<str>>,
 }
 
 impl PoolState {
@@ -92,6 +95,7 @@ impl PoolState {
             draining: false,
             rotate: 0,
             last_error: None,
+            prefix: PrefixIndex::new(spec.prefix_index_blocks),
             spec: Arc::new(spec),
         }
     }

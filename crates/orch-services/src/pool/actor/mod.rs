@@ -13,7 +13,7 @@ use super::admit::check;
 use super::slot::{Observed, SlotGuard};
 use super::state::{Pinned, PoolState, Replica};
 use super::{Assignment, Cmd, Flow, Launch, Limits, Placed, PoolError, PoolHandle, Snapshot};
-use crate::config::PoolSpec;
+use crate::config::{PlacementMode, PoolSpec};
 use crate::lifecycle::{CancelReason, Ending};
 use crate::sessions::SessionStore;
 use crate::task::TaskRecord;
@@ -21,6 +21,10 @@ use crate::tenants::QueuedLease;
 use orch_domain::{ErrorCode, OrchError, TaskId, TaskRequest};
 use orchestrator_core::eta::queue_position;
 use orchestrator_core::placement::pick_replica;
+use orchestrator_core::prefix::{block_hashes, choose, PrefixPolicy};
+
+/// Prompt blocks looked at for prefix placement (the first 128 KiB).
+const PREFIX_MAX_BLOCKS: usize = 2048;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -204,6 +208,8 @@ impl Actor {
                 }
             }
             Cmd::Detach { replica_id } => {
+                let id: Arc<str> = replica_id.as_str().into();
+                self.st.prefix.forget(&id);
                 self.st.replicas.retain(|r| *r.id != *replica_id);
             }
             Cmd::Switch {
@@ -378,6 +384,7 @@ impl Actor {
         request: Arc<TaskRequest>,
         slot_hint: Option<u32>,
         pinned: Arc<Pinned>,
+        placement: &'static str,
     ) -> Option<Assignment> {
         let tx = self.me.upgrade()?;
         let r = &mut self.st.replicas[idx];
@@ -410,6 +417,7 @@ impl Actor {
             dequeued_at: Instant::now(),
             pool,
             limits,
+            placement,
         })
     }
 
@@ -431,25 +439,50 @@ impl Actor {
                 self.end_unstarted(&q.rec, None);
                 continue;
             }
-            let home = q.rec.session.and_then(|s| self.sessions.home(s));
+            let mode = self.st.spec.placement;
+            let home = q
+                .rec
+                .session
+                .filter(|_| mode != PlacementMode::LeastLoaded)
+                .and_then(|s| self.sessions.home(s));
             let preferred = home
                 .as_ref()
                 .filter(|h| *h.pool_id == *self.id)
                 .and_then(|h| self.st.replicas.iter().position(|r| *r.id == *h.replica_id));
             let loads = self.st.loads();
             self.st.rotate = self.st.rotate.wrapping_add(1);
-            let placed = match (
-                pick_replica(&loads, preferred, self.st.rotate),
-                self.st.pinned.clone(),
-            ) {
-                (Some(idx), Some(pinned)) => {
+            let hashes = if mode == PlacementMode::Prefix {
+                block_hashes(q.request.prompt.as_bytes(), PREFIX_MAX_BLOCKS)
+            } else {
+                Vec::new()
+            };
+            let matched = if hashes.is_empty() {
+                vec![0; loads.len()]
+            } else {
+                let ids: Vec<Arc<str>> = self.st.replicas.iter().map(|r| r.id.clone()).collect();
+                self.st.prefix.matched(&hashes, &ids)
+            };
+            let choice = choose(
+                &loads,
+                &matched,
+                preferred,
+                PrefixPolicy::default(),
+                self.st.rotate,
+            );
+            let placed = match (choice, self.st.pinned.clone()) {
+                (Some((idx, why)), Some(pinned)) => {
                     // the session's engine slot is certainly free only on an idle
                     // replica; on a busy one the engine picks a slot itself
                     let idle = self.st.replicas[idx].busy == 0;
                     let hint = home
                         .filter(|_| idle && Some(idx) == preferred)
                         .and_then(|h| h.slot);
-                    self.claim(idx, q.rec.clone(), q.request, hint, pinned)
+                    if !hashes.is_empty() {
+                        let rid = self.st.replicas[idx].id.clone();
+                        self.st.prefix.record(&hashes, &rid);
+                    }
+                    crate::metrics::placed(&self.id, why.as_str());
+                    self.claim(idx, q.rec.clone(), q.request, hint, pinned, why.as_str())
                 }
                 _ => None,
             };
@@ -497,7 +530,7 @@ impl Actor {
             .collect();
         let idx = pick_replica(&loads, None, 0)?;
         let pinned = self.st.pinned.clone()?;
-        self.claim(idx, rec, request, None, pinned)
+        self.claim(idx, rec, request, None, pinned, "retry")
     }
 
     fn attach(&mut self, mut replica: Replica) -> Result<(), PoolError> {
@@ -517,6 +550,8 @@ impl Actor {
         }
         // a restarted replica keeps its slot count (tasks of the dead process still
         // hold slot guards that will give their slots back) and its drain state
+        // a new or restarted engine holds no prompt cache
+        self.st.prefix.forget(&replica.id);
         if let Some(i) = self.st.replicas.iter().position(|r| r.id == replica.id) {
             let old = self.st.replicas.remove(i);
             replica.busy = old.busy;
