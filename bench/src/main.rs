@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|admission|llama|openai|all>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -9,6 +9,7 @@ mod floor;
 mod llama;
 mod mock;
 mod openai;
+mod prefix;
 mod stats;
 
 #[tokio::main]
@@ -34,6 +35,7 @@ async fn main() {
         "admission" => mock::admission::run().await,
         "llama" => llama::throughput().await,
         "openai" => openai::run().await,
+        "prefix" => prefix::run().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -42,7 +44,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | all"
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all"
             );
             std::process::exit(2);
         }
