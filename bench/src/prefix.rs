@@ -12,7 +12,11 @@ const CONVERSATIONS: usize = 4;
 
 fn history(k: usize) -> String {
     (0..60)
-        .map(|i| format!("Entry {k}-{i}: the ledger of harbor {k} lists crate {i} as delivered on time. "))
+        .map(|i| {
+            format!(
+                "Entry {k}-{i}: the ledger of harbor {k} lists crate {i} as delivered on time. "
+            )
+        })
         .collect()
 }
 
@@ -31,7 +35,12 @@ async fn orchqueue_ttft(http: &reqwest::Client, base: &str, prompt: &str) -> Dur
         .await
         .unwrap();
     let sse = v["streams"]["sse"].as_str().unwrap().to_string();
-    let mut s = http.get(format!("{base}{sse}")).send().await.unwrap().bytes_stream();
+    let mut s = http
+        .get(format!("{base}{sse}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
     let (mut ttft, mut buf) = (None, String::new());
     while let Some(Ok(c)) = s.next().await {
         buf.push_str(&String::from_utf8_lossy(&c));
@@ -94,22 +103,53 @@ pub async fn run() {
         cfg.clone(),
         l,
         None,
-        orchestratord::StartOptions { skip_self_test: true },
+        orchestratord::StartOptions {
+            skip_self_test: true,
+        },
     )
     .await
     .expect("llama pool starts (run scripts/provision.sh first)");
     let base = format!("http://{}", server.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let modes = [PlacementMode::Prefix, PlacementMode::LeastLoaded];
+    // `ORCH_BENCH_UNIFORM_ONLY=1` skips the conversations (minutes of cold prefill)
+    if std::env::var_os("ORCH_BENCH_UNIFORM_ONLY").is_none() {
+        conversations(&server, &cfg, &http, &base, &modes).await;
+    }
+    uniform(&server, &cfg, &http, &base, &modes).await;
+    server.shutdown().await;
+}
+
+async fn conversations(
+    server: &orchestratord::Server,
+    cfg: &orchestratord::Config,
+    http: &reqwest::Client,
+    base: &str,
+    modes: &[PlacementMode; 2],
+) {
+    let (http, base) = (http.clone(), base.to_string());
     let mut oq: [Vec<f64>; 2] = [vec![], vec![]];
     let mut door: [Vec<f64>; 2] = [vec![], vec![]];
     for k in 0..CONVERSATIONS * 2 {
         let m = k % 2;
-        set(&server, &cfg, modes[m]);
+        set(server, cfg, modes[m]);
         // OrchQueue: the turn-1 prompt, then the same history plus one more exchange
         let h = history(k);
-        orchqueue_ttft(&http, &base, &format!("{h}Question: which crate came first?")).await;
-        let t = orchqueue_ttft(&http, &base, &format!("{h}Question: which crate came first? Answer: crate 0. Question: and last?")).await;
+        orchqueue_ttft(
+            &http,
+            &base,
+            &format!("{h}Question: which crate came first?"),
+        )
+        .await;
+        let t = orchqueue_ttft(
+            &http,
+            &base,
+            &format!("{h}Question: which crate came first? Answer: crate 0. Question: and last?"),
+        )
+        .await;
         oq[m].push(ms(t));
         // the OpenAI door: the client resends the whole chat
         let hd = history(100 + k);
@@ -128,19 +168,42 @@ pub async fn run() {
     println!("|---|---|---|---|");
     let (op, ol) = (median(oq[0].clone()), median(oq[1].clone()));
     let (dp, dl) = (median(door[0].clone()), median(door[1].clone()));
-    println!("| OrchQueue | {op:.0} ms | {ol:.0} ms | **{:.1}×** |", ol / op);
-    println!("| OpenAI door | {dp:.0} ms | {dl:.0} ms | **{:.1}×** |", dl / dp);
-    println!("  (all: OrchQueue prefix {:?} / least {:?}; door prefix {:?} / least {:?})", oq[0], oq[1], door[0], door[1]);
+    println!(
+        "| OrchQueue | {op:.0} ms | {ol:.0} ms | **{:.1}×** |",
+        ol / op
+    );
+    println!(
+        "| OpenAI door | {dp:.0} ms | {dl:.0} ms | **{:.1}×** |",
+        dl / dp
+    );
+    println!(
+        "  (all: OrchQueue prefix {:?} / least {:?}; door prefix {:?} / least {:?})",
+        oq[0], oq[1], door[0], door[1]
+    );
+}
+
+async fn uniform(
+    server: &orchestratord::Server,
+    cfg: &orchestratord::Config,
+    http: &reqwest::Client,
+    base: &str,
+    modes: &[PlacementMode; 2],
+) {
+    let (http, base) = (http.clone(), base.to_string());
 
     // uniform load of distinct prompts (distinct from their first byte, several blocks
     // long, so the index is consulted and never matches): placement must not cost
     // balance. Runs alternate, the first placement of each pair alternates too.
-    const RUNS: usize = 8;
+    const RUNS: usize = 16;
     const TASKS: usize = 24;
     let mut rate = [0.0f64; 2];
     for run in 0..RUNS {
-        let m = if (run / 2) % 2 == 0 { run % 2 } else { 1 - run % 2 };
-        set(&server, &cfg, modes[m]);
+        let m = if (run / 2) % 2 == 0 {
+            run % 2
+        } else {
+            1 - run % 2
+        };
+        set(server, cfg, modes[m]);
         let t0 = Instant::now();
         let jobs = (0..TASKS).map(|i| {
             let (http, base) = (http.clone(), base.clone());
@@ -149,7 +212,10 @@ pub async fn run() {
                 orchqueue_ttft(&http, &base, &p).await;
             }
         });
-        futures_util::stream::iter(jobs).buffer_unordered(4).collect::<Vec<_>>().await;
+        futures_util::stream::iter(jobs)
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
         rate[m] += TASKS as f64 / t0.elapsed().as_secs_f64() / (RUNS / 2) as f64;
     }
     println!();
@@ -157,6 +223,8 @@ pub async fn run() {
     println!("|---|---|");
     println!("| prefix placement | {:.2} |", rate[0]);
     println!("| least-loaded | {:.2} |", rate[1]);
-    println!("| **ratio prefix / least-loaded** | **{:.3}** |", rate[0] / rate[1]);
-    server.shutdown().await;
+    println!(
+        "| **ratio prefix / least-loaded** | **{:.3}** |",
+        rate[0] / rate[1]
+    );
 }
