@@ -898,3 +898,37 @@ async fn a_llama_server_added_at_runtime_serves_and_another_model_is_refused() {
     }
     front.assert_all_terminated().await;
 }
+
+/// Two real replicas, prefix placement (the default), no session id: a conversation's
+/// second turn lands on the replica that served the first and reuses its KV cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversations_next_turn_lands_on_the_replica_holding_its_prefix() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let s = start(&llama_config(2, 1, 1, "")).await;
+    let history: String = (0..25)
+        .map(|i| format!("Entry {i}: the ledger lists crate {i} as delivered on time. "))
+        .collect();
+    let first = format!("{history}Question: which crate came first?");
+    let (a, _) = s.submit(&llama_task(&first, 4)).await;
+    let fa = s.stream(&a, None).await;
+    let second = format!("{first} Answer: crate 0. Question: and the last?");
+    let (b, _) = s.submit(&llama_task(&second, 4)).await;
+    let fb = s.stream(&b, None).await;
+    let replica = |f: &[SseFrame]| f[0].data["replica_id"].as_str().unwrap().to_string();
+    assert_eq!(replica(&fa), replica(&fb), "{fa:?} {fb:?}");
+    assert_eq!(fb[0].data["placement"], "prefix");
+    let cached = fb.last().unwrap().data["tokens_cached"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        cached > 100,
+        "the engine reused the history's KV: {cached} tokens cached"
+    );
+    eprintln!(
+        "turn 1 ttft {} ms, turn 2 ttft {} ms, {cached} tokens cached",
+        fa.last().unwrap().data["ttft_ms"],
+        fb.last().unwrap().data["ttft_ms"]
+    );
+    s.assert_all_terminated().await;
+}
