@@ -1,0 +1,1 @@
+//! Cucumber journeys live in `tests/`: see `tests/journeys.rs` and `tests/features/`.
