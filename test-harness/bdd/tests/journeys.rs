@@ -753,6 +753,8 @@ async fn main() {
         println!("NOTE: ORCH_SKIP_REAL_ENGINE=1: @real-engine scenarios are left out of this run");
     }
     Orch::cucumber()
+        // `cargo test -- --nocapture` passes libtest flags this runner does not take
+        .with_default_cli()
         .max_concurrent_scenarios(4)
         .fail_on_skipped()
         .filter_run_and_exit(features, move |feature, _, scenario| {
