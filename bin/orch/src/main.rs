@@ -56,7 +56,7 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         max_tokens: u32,
         #[arg(long)]
-        temperature: Option<f32>,
+        temperature: Option<f64>,
         #[arg(long)]
         seed: Option<i64>,
         #[arg(long)]

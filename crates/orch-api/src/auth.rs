@@ -59,17 +59,21 @@ pub fn required_role(path: &str, metrics_admin_only: bool) -> Option<Role> {
     }
 }
 
-/// The key a request presents, if any. `Authorization` must use the Bearer scheme.
+/// The key a request presents, if any: `Authorization: Bearer` first (the standard),
+/// else `X-API-Key`.
 fn presented_key(h: &HeaderMap) -> Option<&str> {
-    if let Some(v) = h.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim());
-    }
-    let v = h.get("authorization")?.to_str().ok()?;
-    let (scheme, rest) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|k| !k.is_empty())
+    let bearer = h
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, k)| k.trim())
+        .filter(|k| !k.is_empty());
+    bearer.or_else(|| {
+        h.get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    })
 }
 
 /// The error response for `path`: OpenAI's shape on the OpenAI door, the envelope
@@ -172,6 +176,8 @@ mod tests {
         h.insert("authorization", HeaderValue::from_static("Bearer  k1 "));
         assert_eq!(presented_key(&h), Some("k1"));
         h.insert("x-api-key", HeaderValue::from_static("k2"));
+        assert_eq!(presented_key(&h), Some("k1"), "Bearer first");
+        h.remove("authorization");
         assert_eq!(presented_key(&h), Some("k2"));
     }
 }

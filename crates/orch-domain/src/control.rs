@@ -69,7 +69,44 @@ pub struct PoolHealth {
 pub struct DrainRequest {
     /// At most [`DRAIN_DEADLINE_MAX_MS`] (one hour).
     #[cfg_attr(feature = "openapi", schema(maximum = 3_600_000))]
+    #[serde(deserialize_with = "integral_u64")]
     pub deadline_ms: u64,
+}
+
+/// A JSON integer, also when written with a zero fraction (`5000.0`): JSON Schema
+/// counts that as an integer, so the server accepts it too.
+fn integral_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    use serde::de::Error;
+    let v = serde_json_number::Number::deserialize(d)?;
+    v.0.ok_or_else(|| D::Error::custom("expected a non-negative integer"))
+}
+
+mod serde_json_number {
+    /// A number that is a non-negative integer, possibly written as `n.0`.
+    pub struct Number(pub Option<u64>);
+
+    impl<'de> serde::Deserialize<'de> for Number {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Number;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a non-negative integer")
+                }
+                fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+                    Ok(Number(Some(v)))
+                }
+                fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+                    Ok(Number(u64::try_from(v).ok()))
+                }
+                fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+                    let ok = v >= 0.0 && v.fract() == 0.0 && v <= u64::MAX as f64;
+                    Ok(Number(ok.then_some(v as u64)))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
 }
 
 /// Longest drain deadline accepted.
@@ -92,8 +129,13 @@ pub struct DrainResponse {
 #[serde(deny_unknown_fields)]
 pub struct ReloadRequest {
     /// A GGUF path, the pool's model name, or `sha256:<digest>` of its current model.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 1024, pattern = r"\S")
+    )]
     pub model_ref: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
     pub sampler_profile_version: Option<String>,
 }
 

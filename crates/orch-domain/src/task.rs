@@ -146,10 +146,10 @@ pub struct TaskRequest {
     pub sampler_profile_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 2.0))]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// At most 8 strings of 1..=256 bytes each.
     #[cfg_attr(feature = "openapi", schema(max_items = 8))]
@@ -274,7 +274,7 @@ impl TaskRequest {
     }
 
     /// Temperature after determinism: `strict` forces 0.
-    pub fn effective_temperature(&self) -> Option<f32> {
+    pub fn effective_temperature(&self) -> Option<f64> {
         match self.determinism {
             Some(Determinism::Strict) => Some(0.0),
             _ => self.temperature,

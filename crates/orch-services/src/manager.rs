@@ -638,6 +638,12 @@ impl PoolManager {
         if req.model_ref.trim().is_empty() {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
+        if req.model_ref.len() > 1024 {
+            return Err(OrchError::invalid(
+                "model_ref",
+                "must be at most 1024 bytes",
+            ));
+        }
         let sampler = req
             .sampler_profile_version
             .clone()

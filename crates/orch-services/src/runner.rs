@@ -127,8 +127,9 @@ impl Attempt<'_> {
             chat: req.chat.clone(),
             max_tokens: req.max_tokens,
             seed: req.effective_seed(rec.id),
-            temperature: req.effective_temperature(),
-            top_p: req.top_p,
+            // engines take f32; a positive top_p stays positive
+            temperature: req.effective_temperature().map(|t| t as f32),
+            top_p: req.top_p.map(|p| (p as f32).max(f32::MIN_POSITIVE)),
             stop: req.stop.clone().unwrap_or_default(),
             slot: a.slot_hint,
             cache_prompt: req.kv_hint != Some(orch_domain::KvHint::Cold),

@@ -77,12 +77,12 @@ fn uint(o: &Obj, key: &str) -> Result<Option<u32>, OpenAiError> {
     }
 }
 
-fn float(o: &Obj, key: &str) -> Result<Option<f32>, OpenAiError> {
+fn float(o: &Obj, key: &str) -> Result<Option<f64>, OpenAiError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_f64()
-            .map(|f| Some(f as f32))
+            .map(Some)
             .ok_or_else(|| OpenAiError::invalid(key, format!("'{key}' must be a number"))),
     }
 }
