@@ -244,3 +244,20 @@ fn check_config_names_every_problem_by_its_place_in_the_file() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 pools, 4 keys, 3 tenants)"));
 }
+
+#[test]
+fn a_failing_startup_self_test_aborts_startup_naming_the_pool_and_the_step() {
+    let p = write_config(
+        "selftest",
+        "[[pools]]\nid = 'broken'\nengine = 'mock'\nmodel = 'mock-model'\nreplicas = 1\nretries_before_first_token = 0\n[pools.mock]\nfail_before_first_token = true\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["--config", p.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("broken"), "names the pool: {err}");
+    assert!(err.contains("self-test"), "names the step: {err}");
+    assert!(!err.contains("listening on"), "it never served: {err}");
+}
