@@ -628,49 +628,10 @@ async fn the_openai_sdk_drives_an_openai_pool_on_a_real_llama_servers_v1() {
 }
 
 /// Spawn the orchestratord binary on `config`; returns the child and its base URL.
-fn spawn_binary(config: &str, name: &str) -> (std::process::Child, String) {
-    use std::io::Read;
+fn spawn_binary(config: &str, name: &str) -> (Reap, String) {
     let path = std::env::temp_dir().join(format!("orch-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
-        .args([
-            "--config",
-            path.to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-            "--skip-self-test",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
-    let t0 = Instant::now();
-    let line_done = |s: &str| {
-        s.split("listening on http://")
-            .nth(1)
-            .is_some_and(|r| r.contains('\n'))
-    };
-    while !line_done(&seen) && t0.elapsed() < Duration::from_secs(120) {
-        let n = err.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    // keep draining stderr so the child never blocks on a full pipe
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
-    });
-    let addr = seen
-        .split("listening on http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no startup line: {seen}"))
-        .to_string();
-    (child, format!("http://{addr}"))
+    spawn_binary_at(&path)
 }
 
 fn alive(pid: u32) -> bool {
@@ -707,8 +668,8 @@ async fn no_engine_survives_kill_9_of_orchestratord() {
         .collect();
     assert_eq!(pids.len(), 2);
     assert!(pids.iter().all(|p| alive(*p)));
-    child.kill().unwrap(); // SIGKILL: no chance to clean up
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.0.wait().unwrap();
     let t0 = Instant::now();
     while pids.iter().any(|p| alive(*p)) && t0.elapsed() < Duration::from_secs(1) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -755,7 +716,7 @@ async fn no_engine_survives_kill_9_of_orchestratord() {
     )
     .unwrap();
     assert!(alive(stray.id()));
-    let (mut child, _) = spawn_binary(&llama_config(1, 1, 1, ""), "orphans2");
+    let (child, _) = spawn_binary(&llama_config(1, 1, 1, ""), "orphans2");
     let mut stray = stray;
     let t0 = Instant::now();
     let mut gone = false;
@@ -767,8 +728,7 @@ async fn no_engine_survives_kill_9_of_orchestratord() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stray.kill();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(gone, "the stray engine was stopped at start");
 }
 

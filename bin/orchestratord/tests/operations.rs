@@ -7,21 +7,11 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const ADMIN: &str = "oqk_ops-admin";
 const CLIENT: &str = "oqk_ops-client";
-
-struct Reap(Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn key(k: &str, tenant: &str, role: &str) -> String {
     format!(
@@ -36,42 +26,6 @@ fn config(max_queued: u32, replicas: u32, queue_capacity: u32, weight: u32) -> S
         key(ADMIN, "ops", "admin"),
         key(CLIENT, "t", "client"),
     )
-}
-
-/// Start the binary on the config at `path`; its child and base URL.
-fn spawn(path: &std::path::Path) -> (Reap, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
-        .args(["--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
-    let t0 = Instant::now();
-    let done = |s: &str| {
-        s.split("listening on http://")
-            .nth(1)
-            .is_some_and(|r| r.contains('\n'))
-    };
-    while !done(&seen) && t0.elapsed() < Duration::from_secs(30) {
-        let n = err.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
-    });
-    let addr = seen
-        .split("listening on http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no startup line: {seen}"))
-        .to_string();
-    (Reap(child), format!("http://{addr}"))
 }
 
 async fn get(http: &reqwest::Client, base: &str, key: &str, path: &str) -> Value {
@@ -157,7 +111,7 @@ async fn sighup_applies_quotas_limits_and_replicas_without_dropping_a_stream() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("orchestratord.toml");
     std::fs::write(&path, config(8, 1, 64, 1)).unwrap();
-    let (child, base) = spawn(&path);
+    let (child, base) = spawn_binary_at(&path);
     let http = reqwest::Client::new();
     let caps = get(&http, &base, CLIENT, "/v1/capabilities").await;
     assert_eq!(caps["tenant"]["quotas"]["max_queued"], 8);

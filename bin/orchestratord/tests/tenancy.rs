@@ -173,16 +173,6 @@ async fn keys_decide_who_may_do_what_and_tenants_see_only_their_tasks() {
     }
 }
 
-/// Kills the child process however the test ends.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn keys_never_appear_in_logs() {
     use std::io::Read;

@@ -239,3 +239,59 @@ pub async fn envelope(r: reqwest::Response, status: u16, code: &str) -> Value {
     );
     v
 }
+
+/// Kills and reaps a child process however the test ends.
+pub struct Reap(pub std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start the orchestratord binary on the config file at `path` (ephemeral loopback
+/// port, no self-tests); its process and base URL once it announced it listens.
+pub fn spawn_binary_at(path: &std::path::Path) -> (Reap, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args([
+            "--config",
+            path.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+            "--skip-self-test",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    let t0 = std::time::Instant::now();
+    // the whole startup line, up to its newline (a read may stop inside it)
+    let done = |s: &str| {
+        s.split("listening on http://")
+            .nth(1)
+            .is_some_and(|r| r.contains('\n'))
+    };
+    while !done(&seen) && t0.elapsed() < Duration::from_secs(120) {
+        let n = err.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // keep draining stderr so the child never blocks on a full pipe
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = err.read_to_end(&mut sink);
+    });
+    let addr = seen
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no startup line: {seen}"))
+        .to_string();
+    (Reap(child), format!("http://{addr}"))
+}
