@@ -240,7 +240,7 @@ fn keys_never_appear_in_logs() {
             .post(format!("{base}/v1/tasks"))
             .header("authorization", bearer(GOLD))
             .header("x-correlation-id", "log-test")
-            .json(&task("hello", 4, "interactive"))
+            .json(&task("PROMPT-TEXT-NEVER-LOGGED-7781", 4, "interactive"))
             .send()
             .await
             .unwrap();

@@ -4,6 +4,7 @@
 //! middleware, strict JSON bodies and the single error → HTTP mapping ([`error::status_of`]).
 //! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
 
+pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -104,6 +105,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
+        // innermost: sees the route template, the correlation id and the caller
+        .layer(axum::middleware::from_fn(access::middleware))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))

@@ -123,9 +123,9 @@ pub(crate) async fn admit(
             return Err(e);
         }
     };
-    tracing::debug!(task_id = %id, tenant = %tenant.name, pool_id = %pool.id,
-        queue_position = placed.queue_position, predicted_start_ms = placed.predicted_start_ms,
-        correlation_id, "admitted");
+    tracing::info!(task_id = %id, tenant = %tenant.name, session_id = ?session.map(|s| s.0),
+        pool_id = %pool.id, priority = priority.as_str(), queue_position = placed.queue_position,
+        predicted_start_ms = placed.predicted_start_ms, correlation_id, "task admitted");
     Ok(AdmissionResponse {
         task_id: id,
         queue_position: placed.queue_position,

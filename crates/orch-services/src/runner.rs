@@ -80,6 +80,10 @@ impl Attempt<'_> {
             .first_token_ms(rec.priority.as_str(), self.t0.elapsed().as_secs_f64() * 1e3);
         let (queue_position, predicted_start_ms) = rec.estimate();
         let p = &self.a.pinned;
+        tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %self.a.pool.id,
+            replica_id = %self.a.replica_id, engine = %p.engine, engine_version = %p.engine_version,
+            priority = rec.priority.as_str(), placement = self.a.placement, ttft_ms = self.ttft_ms,
+            correlation_id = %rec.correlation_id, "task started");
         rec.emit(&StreamEvent::Started(StartedFrame {
             queue_position,
             predicted_start_ms,
@@ -393,7 +397,4 @@ fn finish_ok(
             },
         );
     }
-    tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %a.pool.id, replica_id = %a.replica_id,
-        tokens_in = end.tokens_in, tokens_out = tokens, decode_time_ms = end.decode_time_ms,
-        ttft_ms, correlation_id = %rec.correlation_id, "task finished");
 }

@@ -260,11 +260,31 @@ impl TaskRecord {
             StreamEvent::End(e) => e.tokens_in,
             _ => 0,
         };
+        self.log_ended(&ev);
         self.settle(true, ending.state(), tokens_in);
         if let Some(hook) = &self.on_end {
             hook(self);
         }
         true
+    }
+
+    /// The task's one lifecycle line for its end (spec §6 fields; never its prompt).
+    fn log_ended(&self, ev: &StreamEvent) {
+        let replica = self.replica_id().unwrap_or_default();
+        match ev {
+            StreamEvent::End(e) => tracing::info!(
+                task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
+                pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
+                tokens_in = e.tokens_in, tokens_out = e.tokens_out, decode_time_ms = e.decode_time_ms,
+                ttft_ms = e.ttft_ms, finish_reason = e.finish_reason.as_str(),
+                correlation_id = %self.correlation_id, "task ended"),
+            StreamEvent::Error(e) => tracing::info!(
+                task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
+                pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
+                tokens_out = self.tokens_out(), error_code = e.code.as_str(),
+                correlation_id = %self.correlation_id, "task failed"),
+            _ => {}
+        }
     }
 
     /// End the task as canceled, for `reason` or the one it recorded, with the tokens
