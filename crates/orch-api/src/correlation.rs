@@ -20,6 +20,17 @@ pub fn is_valid(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+tokio::task_local! {
+    /// The correlation id of the request being served on this task (for code that
+    /// has no request at hand, such as the panic handler).
+    static CURRENT: CorrelationId;
+}
+
+/// The correlation id of the request this task serves, if any.
+pub fn current() -> Option<CorrelationId> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
 pub async fn middleware(mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
@@ -29,7 +40,9 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(CorrelationId(id.clone()));
-    let mut resp = next.run(req).await;
+    let mut resp = CURRENT
+        .scope(CorrelationId(id.clone()), next.run(req))
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(HEADER, v);
     }
@@ -38,6 +51,40 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A panicking handler answers 500 INTERNAL whose envelope carries the request's
+    /// correlation id, the same as its header.
+    #[tokio::test]
+    async fn a_panic_keeps_the_requests_correlation_id() {
+        let app = axum::Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    panic!("boom");
+                    #[allow(unreachable_code)]
+                    ""
+                }),
+            )
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                crate::panic_response,
+            ))
+            .layer(axum::middleware::from_fn(super::middleware));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /boom HTTP/1.1\r\nhost: x\r\nx-correlation-id: trace-42\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 500"), "{out}");
+        assert!(out.contains("\"code\":\"INTERNAL\""), "{out}");
+        assert!(out.contains("\"correlation_id\":\"trace-42\""), "{out}");
+    }
+
     #[test]
     fn validates() {
         assert!(super::is_valid("abc-123_x.y:z"));

@@ -118,9 +118,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+/// A handler that panicked answers 500 `INTERNAL` in the envelope, with the request's
+/// own correlation id (so the log line and the client's error can be matched).
+pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    tracing::error!("handler panicked");
-    let cid = correlation::CorrelationId(uuid::Uuid::new_v4().to_string());
+    let cid = correlation::current()
+        .unwrap_or_else(|| correlation::CorrelationId(uuid::Uuid::new_v4().to_string()));
+    tracing::error!(correlation_id = %cid.0, "handler panicked");
     error::ApiError::new(orch_domain::OrchError::internal("internal error"), &cid).into_response()
 }
