@@ -68,6 +68,28 @@ fn net_err(e: reqwest::Error) -> WorkerError {
     }
 }
 
+/// The response when it is a success, else its typed error (503 → unready, other 4xx →
+/// rejected, the rest → reset), with the start of its body.
+async fn refuse_unless_ok(
+    resp: reqwest::Response,
+    what: &str,
+) -> Result<reqwest::Response, WorkerError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let msg = format!(
+        "{what}HTTP {status}: {}",
+        text.chars().take(300).collect::<String>()
+    );
+    Err(match status.as_u16() {
+        503 => WorkerError::Unready(msg),
+        400..=499 => WorkerError::Rejected(msg),
+        _ => WorkerError::Reset(msg),
+    })
+}
+
 fn finish_of(stop_type: Option<&str>) -> FinishReason {
     match stop_type {
         Some("eos") => FinishReason::Eos,
@@ -150,19 +172,7 @@ impl LlamaCppAdapter {
             .send()
             .await
             .map_err(net_err)?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let msg = format!(
-                "apply-template HTTP {status}: {}",
-                text.chars().take(300).collect::<String>()
-            );
-            return Err(match status.as_u16() {
-                503 => WorkerError::Unready(msg),
-                400..=499 => WorkerError::Rejected(msg),
-                _ => WorkerError::Reset(msg),
-            });
-        }
+        let resp = refuse_unless_ok(resp, "apply-template ").await?;
         let v: serde_json::Value = resp
             .json()
             .await
@@ -201,19 +211,7 @@ impl LlamaCppAdapter {
             .send()
             .await
             .map_err(net_err)?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            let msg = format!(
-                "HTTP {status}: {}",
-                text.chars().take(300).collect::<String>()
-            );
-            return Err(match status.as_u16() {
-                503 => WorkerError::Unready(msg),
-                400..=499 => WorkerError::Rejected(msg),
-                _ => WorkerError::Reset(msg),
-            });
-        }
+        let resp = refuse_unless_ok(resp, "").await?;
         self.active.fetch_add(1, Ordering::AcqRel);
         let guard = ActiveGuard(self.active.clone());
         let started = Instant::now();

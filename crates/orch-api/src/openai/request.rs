@@ -287,14 +287,23 @@ pub fn chat(
     };
     let mut t = base(model.clone(), text, max, priority);
     t.chat = Some(chat);
-    t.temperature = float(&o, "temperature")?;
-    t.top_p = float(&o, "top_p")?;
-    t.seed = seed(&o)?;
-    t.stop = stop(&o)?;
+    sampling(&o, model, t)
+}
+
+/// The sampling fields both endpoints share, and the response options.
+fn sampling(
+    o: &Obj,
+    model: String,
+    mut t: TaskRequest,
+) -> Result<(TaskRequest, Options), OpenAiError> {
+    t.temperature = float(o, "temperature")?;
+    t.top_p = float(o, "top_p")?;
+    t.seed = seed(o)?;
+    t.stop = stop(o)?;
     let opts = Options {
         model,
-        stream: boolean(&o, "stream")?,
-        include_usage: include_usage(&o)?,
+        stream: boolean(o, "stream")?,
+        include_usage: include_usage(o)?,
     };
     Ok((t, opts))
 }
@@ -348,22 +357,13 @@ pub fn completion(body: Value, priority: Priority) -> Result<(TaskRequest, Optio
             ))
         }
     };
-    let mut t = base(
+    let t = base(
         model.clone(),
         prompt,
         uint(&o, "max_tokens")?.unwrap_or(16),
         priority,
     );
-    t.temperature = float(&o, "temperature")?;
-    t.top_p = float(&o, "top_p")?;
-    t.seed = seed(&o)?;
-    t.stop = stop(&o)?;
-    let opts = Options {
-        model,
-        stream: boolean(&o, "stream")?,
-        include_usage: include_usage(&o)?,
-    };
-    Ok((t, opts))
+    sampling(&o, model, t)
 }
 
 #[cfg(test)]

@@ -1,0 +1,161 @@
+//! What types cannot catch in a config: every problem, each named by its place in the
+//! file (`pools[1].queue_capacity: must be at least 1`).
+
+use super::{valid_id, Config, ConfigError, EngineChoice};
+
+impl Config {
+    /// The first problem as an error (see [`problems`](Self::problems) for all).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = self.problems();
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p.join("; ")))
+        }
+    }
+
+    /// Every problem types cannot catch, each named by its path in the file
+    /// (`pools[1].queue_capacity: must be at least 1`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, m: &str| out.push(format!("{path}: {m}"));
+        if self.pools.is_empty() {
+            bad("pools".into(), "at least one [[pools]] entry is required");
+        }
+        for (name, t) in std::iter::once(("tenant_defaults", &self.tenant_defaults))
+            .chain(self.tenants.iter().map(|(n, t)| (n.as_str(), t)))
+        {
+            let at = if name == "tenant_defaults" {
+                name.to_string()
+            } else {
+                format!("tenants.{name}")
+            };
+            if name != "tenant_defaults" && !orch_services::auth::valid_tenant(name) {
+                bad(
+                    at.clone(),
+                    "a tenant name is 1..=64 chars of [A-Za-z0-9._-]",
+                );
+            }
+            if t.weight == 0 || t.weight > 1000 {
+                bad(format!("{at}.weight"), "must be 1..=1000");
+            }
+            if t.max_tokens_per_task == Some(0) {
+                bad(
+                    format!("{at}.max_tokens_per_task"),
+                    "0 would refuse everything; leave it out for unlimited",
+                );
+            }
+            if t.tokens_per_minute == Some(0) {
+                bad(
+                    format!("{at}.tokens_per_minute"),
+                    "0 would refuse everything; leave it out for unlimited",
+                );
+            }
+        }
+        for (i, k) in self.auth.keys.iter().enumerate() {
+            let at = format!("auth.keys[{i}]");
+            if orch_services::Role::parse(&k.role).is_none() {
+                bad(format!("{at}.role"), "must be \"client\" or \"admin\"");
+            }
+            let mut ring = orch_services::KeyRing::new();
+            if let Err(e) = ring.add_digest(&k.sha256, &k.tenant, orch_services::Role::Client) {
+                let field = match e {
+                    orch_services::auth::KeyError::BadDigest(_) => "sha256",
+                    orch_services::auth::KeyError::BadTenant(_) => "tenant",
+                };
+                bad(format!("{at}.{field}"), &e.to_string());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let at = format!("pools[{i}]");
+            if !valid_id(&p.id) {
+                bad(format!("{at}.id"), "must be 1..=64 chars of [A-Za-z0-9_-]");
+            }
+            if !seen.insert(p.id.as_str()) {
+                bad(format!("{at}.id"), &format!("duplicate pool id {:?}", p.id));
+            }
+            if p.model.trim().is_empty() {
+                bad(format!("{at}.model"), "must not be empty");
+            }
+            if p.replicas == 0 || p.replicas > 64 {
+                bad(format!("{at}.replicas"), "must be 1..=64");
+            }
+            if p.queue_capacity == 0 {
+                bad(format!("{at}.queue_capacity"), "must be at least 1");
+            }
+            if p.metrics_frame_interval_ms > 0 && p.metrics_frame_interval_ms < 50 {
+                bad(
+                    format!("{at}.metrics_frame_interval_ms"),
+                    "must be 0 (off) or at least 50",
+                );
+            }
+            if p.max_tokens_out == 0 {
+                bad(format!("{at}.max_tokens_out"), "must be at least 1");
+            }
+            if p.prefix_index_blocks == 0 || p.prefix_index_blocks > 10_000_000 {
+                bad(format!("{at}.prefix_index_blocks"), "must be 1..=10000000");
+            }
+            let sections = [
+                ("mock", p.mock.is_some(), EngineChoice::Mock),
+                ("llamacpp", p.llamacpp.is_some(), EngineChoice::Llamacpp),
+                ("openai", p.openai.is_some(), EngineChoice::Openai),
+            ];
+            for (name, present, engine) in sections {
+                if present && p.engine != engine {
+                    bad(
+                        format!("{at}.{name}"),
+                        &format!("given for a {:?} pool", p.engine),
+                    );
+                }
+            }
+            match p.engine {
+                EngineChoice::Openai => match &p.openai {
+                    None => bad(
+                        format!("{at}.openai"),
+                        "engine \"openai\" needs [pools.openai] with urls",
+                    ),
+                    Some(o) => {
+                        if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
+                            bad(
+                                format!("{at}.openai.urls"),
+                                &format!(
+                                    "one URL per replica: replicas is {}, urls has {}",
+                                    p.replicas,
+                                    o.urls.len()
+                                ),
+                            );
+                        }
+                        for (j, u) in o.urls.iter().enumerate() {
+                            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                                bad(
+                                    format!("{at}.openai.urls[{j}]"),
+                                    "must start with http:// or https://",
+                                );
+                            }
+                        }
+                        if o.slots == 0 {
+                            bad(format!("{at}.openai.slots"), "must be at least 1");
+                        }
+                    }
+                },
+                EngineChoice::Mock => {
+                    if p.mock.as_ref().is_some_and(|m| m.slots == 0) {
+                        bad(format!("{at}.mock.slots"), "must be at least 1");
+                    }
+                }
+                EngineChoice::Llamacpp => {
+                    if let Some(l) = &p.llamacpp {
+                        if l.slots == 0 {
+                            bad(format!("{at}.llamacpp.slots"), "must be at least 1");
+                        }
+                        if l.ctx < 64 {
+                            bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
