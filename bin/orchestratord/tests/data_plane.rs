@@ -634,3 +634,43 @@ async fn a_canceled_turn_still_charges_its_streamed_tokens_to_the_session() {
     );
     s.assert_all_terminated().await;
 }
+
+/// A task tried on two replicas counts as started once, and both first-token
+/// histograms (from admission, from dispatch) are exported.
+#[tokio::test]
+async fn a_retried_task_is_counted_as_started_once() {
+    let s = start(
+        r#"
+[server]
+keepalive_ms = 200
+[[pools]]
+id = "retrypool"
+engine = "mock"
+model = "retry-model"
+replicas = 2
+retries_before_first_token = 1
+[pools.mock]
+model = "retry-model"
+fail_before_first_token = true
+"#,
+    )
+    .await;
+    let mut t = task("x", 4, "interactive");
+    t["model_ref"] = serde_json::json!("retry-model");
+    let (id, _) = s.submit(&t).await;
+    let f = s.stream(&id, None).await;
+    assert_eq!(f.last().unwrap().data["code"], "REPLICA_EXHAUSTED", "{f:?}");
+    let m = s.metrics().await;
+    let started: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("tasks_started_total{") && l.contains("pool_id=\"retrypool\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(started, 1.0, "tried on 2 replicas, started once: {m}");
+    let ok = start(&mock_config("", "tokens = 2\ntokens_per_sec = 200.0")).await;
+    let (id, _) = ok.submit(&task("y", 2, "interactive")).await;
+    ok.stream(&id, None).await;
+    let m = ok.metrics().await;
+    assert!(m.contains("latency_first_token_ms_bucket"), "{m}");
+    assert!(m.contains("latency_first_token_dispatch_ms_bucket"), "{m}");
+}

@@ -16,7 +16,10 @@ pub const TOKENS_OUT: &str = "tokens_out_total";
 pub const BACKPRESSURE: &str = "admission_backpressure_events_total";
 pub const QUEUE_DEPTH: &str = "queue_depth";
 pub const POOL_READY: &str = "pool_ready";
+/// Admission → first token (what the client waits, queueing included).
 pub const LATENCY_FIRST_TOKEN: &str = "latency_first_token_ms";
+/// Dispatch → first token (the engine's part).
+pub const LATENCY_FIRST_TOKEN_DISPATCH: &str = "latency_first_token_dispatch_ms";
 pub const LATENCY_DECODE: &str = "latency_decode_ms";
 /// Each tenant's share of the output tokens served per priority, over a sliding window.
 pub const ADMISSION_SHARE: &str = "admission_share";
@@ -85,6 +88,10 @@ impl Where {
             ("pool_id", self.pool_id.clone()),
             ("priority", priority.to_string()),
         ]
+    }
+
+    pub fn first_token_dispatch_ms(&self, priority: &str, ms: f64) {
+        histogram!(LATENCY_FIRST_TOKEN_DISPATCH, &self.per_pool(priority)).record(ms);
     }
 
     pub fn first_token_ms(&self, priority: &str, ms: f64) {

@@ -76,8 +76,13 @@ impl Attempt<'_> {
         self.started = true;
         let rec = &self.a.rec;
         self.ttft_ms = self.t0.elapsed().as_millis() as u64;
+        // the client's wait (from admission, queueing included) and the engine's part
+        // (from this attempt's dispatch), separately
+        let prio = rec.priority.as_str();
         self.w
-            .first_token_ms(rec.priority.as_str(), self.t0.elapsed().as_secs_f64() * 1e3);
+            .first_token_ms(prio, rec.admitted_at.elapsed().as_secs_f64() * 1e3);
+        self.w
+            .first_token_dispatch_ms(prio, self.t0.elapsed().as_secs_f64() * 1e3);
         let (queue_position, predicted_start_ms) = rec.estimate();
         let p = &self.a.pinned;
         tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %self.a.pool.id,
@@ -264,7 +269,10 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
         let w = where_of(&a);
-        w.started(rec.priority.as_str());
+        // a task starts once, however many replicas it is tried on
+        if tried.is_empty() {
+            w.started(rec.priority.as_str());
+        }
         let mut at = Attempt {
             a: &a,
             w: &w,
