@@ -30,16 +30,7 @@ async fn the_openai_sdk_drives_the_door_on_a_mock_pool() {
     assert_eq!(r["chat"]["usage"]["completion_tokens"], 8);
     // the task behind a response is an ordinary OrchQueue task of the key's tenant
     let id = r["chat"]["task_id"].as_str().unwrap();
-    let st: Value = s
-        .http
-        .get(s.url(&format!("/v1/tasks/{id}")))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = s.get_json_as(&format!("/v1/tasks/{id}"), CLIENT_KEY).await;
     assert_eq!(st["tenant"], "door");
     assert_eq!(st["state"], "completed");
     assert_eq!(st["priority"], "interactive");
@@ -219,16 +210,7 @@ async fn an_openai_pool_serves_through_any_openai_compatible_upstream() {
         upstream.base
     ))
     .await;
-    let pools: Value = front
-        .http
-        .get(front.url("/v1/capabilities"))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pools = front.get_json_as("/v1/capabilities", CLIENT_KEY).await;
     let e = &pools["engines"][0];
     assert_eq!(e["engine"], "openai");
     assert_eq!(e["model_digest"], "openai:mock-model");
@@ -243,16 +225,9 @@ async fn an_openai_pool_serves_through_any_openai_compatible_upstream() {
     assert_eq!(r["chat"]["usage"]["completion_tokens"], 8);
     // the front's task ran on its openai replica
     let id = r["chat"]["task_id"].as_str().unwrap();
-    let st: Value = front
-        .http
-        .get(front.url(&format!("/v1/tasks/{id}")))
-        .bearer_auth(CLIENT_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let st = front
+        .get_json_as(&format!("/v1/tasks/{id}"), CLIENT_KEY)
+        .await;
     assert_eq!(st["replica_id"], "up-r0");
     assert_eq!(st["state"], "completed");
 }

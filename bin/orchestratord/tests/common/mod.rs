@@ -150,6 +150,19 @@ impl TestServer {
             .unwrap()
     }
 
+    /// GET a path with an API key and decode its JSON body.
+    pub async fn get_json_as(&self, path: &str, key: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn status(&self, id: &str) -> Value {
         self.get_json(&format!("/v1/tasks/{id}")).await
     }

@@ -26,23 +26,15 @@ seed = 7
 "#;
 
 pub async fn live(toml: &str) -> Live {
-    let cfg = orchestratord::Config::parse(toml).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = orchestratord::StartOptions {
-        skip_self_test: true,
-    };
-    let server = orchestratord::start_with(cfg, l, orchestratord::telemetry::metrics(), opts)
-        .await
-        .unwrap();
-    Live {
-        base: format!("http://{}", server.addr),
-        server,
-    }
+    serve(orchestratord::Config::parse(toml).unwrap()).await
 }
 
 /// A server started from a config file (so it can re-read it).
 pub async fn live_file(path: &std::path::Path) -> Live {
-    let cfg = orchestratord::Config::load(path).unwrap();
+    serve(orchestratord::Config::load(path).unwrap()).await
+}
+
+async fn serve(cfg: orchestratord::Config) -> Live {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {
         skip_self_test: true,

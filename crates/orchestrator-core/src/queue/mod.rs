@@ -213,22 +213,8 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 cost: at.cost,
             };
             // capacity cannot refuse these: they were all queued already
-            let _ = self.push_unbounded(key, priority_of(at.lane), flow, at.at_ms);
+            self.insert(key, at.lane, flow, at.at_ms);
         }
-    }
-
-    fn push_unbounded(
-        &mut self,
-        key: K,
-        priority: Priority,
-        flow: Flow,
-        now_ms: u64,
-    ) -> Result<Admitted<K>, QueueFull> {
-        let cap = self.cfg.capacity;
-        self.cfg.capacity = usize::MAX;
-        let r = self.push(key, priority, flow, now_ms);
-        self.cfg.capacity = cap;
-        r
     }
 
     pub fn len(&self) -> usize {
@@ -285,7 +271,12 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 }
             }
         }
-        let l = lane(priority);
+        let ahead = self.insert(key, lane(priority), flow, now_ms);
+        Ok(Admitted { ahead, evicted })
+    }
+
+    /// Tag and file a task in lane `l` (no capacity check); the tasks ahead of it.
+    fn insert(&mut self, key: K, l: usize, flow: Flow, now_ms: u64) -> usize {
         let seq = self.next_seq;
         self.next_seq += 1;
         let tags = self.tags(l, flow);
@@ -321,7 +312,7 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             },
         );
         self.counts[l] += 1;
-        Ok(Admitted { ahead, evicted })
+        ahead
     }
 
     fn tags(&self, l: usize, flow: Flow) -> Tags {
