@@ -16,6 +16,10 @@ OPENAPI_VALIDATOR_VERSION=0.8.5
 OPENAI_SDK_VERSION=3.57.0
 SCHEMATHESIS_VERSION=4.32.5
 MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+# Debian's prometheus package (prometheus + promtool), unpacked into the cache: the
+# observability tests scrape a live orchestratord with it and run promtool.
+PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6
+PROMETHEUS_DEB_SHA256=3b0e0255b059a7696bd4a139a4a4eb24d71df067936a61ece5093559cbc7991c
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
 VENV=$CACHE/venv
@@ -33,6 +37,7 @@ ENGINE_DIR=$CACHE/engines/llamacpp-b$LLAMA_VERSION-$CPU_FLAVOR
 ENGINE_BIN=$ENGINE_DIR/bin/llama-server
 MODEL_DIR=$CACHE/models
 MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m-$MODEL_SHA256.gguf
+PROM_DIR=$CACHE/tools/prometheus-$PROMETHEUS_DEB_VERSION
 JOBS=${ORCH_BUILD_JOBS:-$(nproc)}
 
 say() { printf '[provision] %s\n' "$*" >&2; }
@@ -43,6 +48,8 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "ORCH_MODEL=$MODEL"
   echo "ORCH_OPENAPI_VALIDATOR=$VENV/bin/openapi-spec-validator"
   echo "ORCH_PYTHON=$VENV/bin/python"
+  echo "ORCH_PROMETHEUS=$PROM_DIR/usr/bin/prometheus"
+  echo "ORCH_PROMTOOL=$PROM_DIR/usr/bin/promtool"
   exit 0
 fi
 
@@ -85,6 +92,26 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
   say "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
   "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" \
     || die "pip install of schemathesis failed (network to PyPI?)"
+fi
+
+# 1e. Prometheus and promtool from Debian's package, unpacked (no service is
+# installed or started; nothing outside the cache changes).
+if [[ ! -x "$PROM_DIR/usr/bin/prometheus" || ! -x "$PROM_DIR/usr/bin/promtool" ]]; then
+  need apt-get "Debian's apt-get is needed to fetch the prometheus package"
+  need dpkg-deb "dpkg-deb is needed to unpack the prometheus package"
+  deb=$CACHE/dl/prometheus_${PROMETHEUS_DEB_VERSION//:/%3a}_amd64.deb
+  if [[ ! -f "$deb" ]]; then
+    say "downloading Debian's prometheus $PROMETHEUS_DEB_VERSION"
+    (cd "$CACHE/dl" && apt-get download -q "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1) \
+      || { apt-get update -q >/dev/null 2>&1 && (cd "$CACHE/dl" && apt-get download -q "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1); } \
+      || die "apt-get download prometheus=$PROMETHEUS_DEB_VERSION failed (Debian mirror reachable?)"
+  fi
+  got=$(sha256sum "$deb" | cut -d' ' -f1)
+  [[ "$got" == "$PROMETHEUS_DEB_SHA256" ]] || die "prometheus package digest mismatch: got $got"
+  rm -rf "$PROM_DIR.tmp" && mkdir -p "$PROM_DIR.tmp"
+  dpkg-deb -x "$deb" "$PROM_DIR.tmp"
+  rm -rf "$PROM_DIR" && mv "$PROM_DIR.tmp" "$PROM_DIR"
+  say "prometheus ready: $("$PROM_DIR/usr/bin/prometheus" --version 2>&1 | head -1)"
 fi
 
 # 2. The model: assemble the chunks, verify the digest.

@@ -397,6 +397,13 @@ impl WorkerAdapter for LlamaCppAdapter {
         })
     }
 
+    fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
+        Box::pin(async move {
+            let slots: Vec<Slot> = self.get_json("/slots").await?;
+            Ok(crate::wire::kv_usage(&slots))
+        })
+    }
+
     fn erase_slot(&self, slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async move {
             let r = self

@@ -62,4 +62,63 @@ pub struct GenerationSettings {
 pub struct Slot {
     pub id: i64,
     pub is_processing: bool,
+    /// Context size of this slot (its share of the KV cache).
+    #[serde(default)]
+    pub n_ctx: u32,
+    /// Tokens of the slot's current (or last) prompt, which stay cached.
+    #[serde(default)]
+    pub n_prompt_tokens: u32,
+    #[serde(default)]
+    pub next_token: Vec<NextToken>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct NextToken {
+    #[serde(default)]
+    pub n_decoded: u32,
+}
+
+impl Slot {
+    /// Cells of the slot's context holding tokens (prompt plus decoded), at most `n_ctx`.
+    pub fn cells_used(&self) -> u32 {
+        let decoded = self.next_token.first().map_or(0, |t| t.n_decoded);
+        self.n_prompt_tokens.saturating_add(decoded).min(self.n_ctx)
+    }
+}
+
+/// Fraction of all slots' context cells in use; `None` when no slot reports a size.
+pub fn kv_usage(slots: &[Slot]) -> Option<f64> {
+    let total: u64 = slots.iter().map(|s| u64::from(s.n_ctx)).sum();
+    let used: u64 = slots.iter().map(|s| u64::from(s.cells_used())).sum();
+    (total > 0).then(|| used as f64 / total as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape llama-server's `GET /slots` answers with (only_metrics form).
+    const SLOTS: &str = r#"[
+      {"id":0,"n_ctx":2048,"speculative":false,"is_processing":true,"id_task":7,
+       "n_prompt_tokens":300,"n_prompt_tokens_processed":300,"n_prompt_tokens_cache":0,
+       "params":{},"next_token":[{"has_next_token":true,"has_new_line":false,"n_remain":90,"n_decoded":100}]},
+      {"id":1,"n_ctx":2048,"speculative":false,"is_processing":false}
+    ]"#;
+
+    #[test]
+    fn kv_usage_counts_prompt_and_decoded_cells_over_all_contexts() {
+        let slots: Vec<Slot> = serde_json::from_str(SLOTS).unwrap();
+        let got = kv_usage(&slots).unwrap();
+        assert!((got - 400.0 / 4096.0).abs() < 1e-9, "{got}");
+    }
+
+    #[test]
+    fn kv_usage_is_capped_per_slot_and_absent_without_sizes() {
+        let full = r#"[{"id":0,"n_ctx":100,"is_processing":true,"n_prompt_tokens":90,
+            "next_token":[{"n_decoded":50}]}]"#;
+        let slots: Vec<Slot> = serde_json::from_str(full).unwrap();
+        assert_eq!(kv_usage(&slots), Some(1.0));
+        let none: Vec<Slot> = serde_json::from_str(r#"[{"id":0,"is_processing":false}]"#).unwrap();
+        assert_eq!(kv_usage(&none), None);
+    }
 }

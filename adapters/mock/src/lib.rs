@@ -271,6 +271,17 @@ impl WorkerAdapter for MockEngine {
         })
     }
 
+    /// With the KV model on: the modelled cache's fill (blocks held / capacity);
+    /// without it: the fraction of slots decoding (each holds its context).
+    fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
+        let ratio = if self.cfg.prefill_ms_per_block > 0 {
+            self.kv.lock().map_or(0, |kv| kv.len()) as f64 / KV_BLOCKS as f64
+        } else {
+            f64::from(self.busy.load(Ordering::Acquire)) / f64::from(self.cfg.slots.max(1))
+        };
+        Box::pin(async move { Ok(Some(ratio)) })
+    }
+
     fn properties(&self) -> BoxFuture<'_, Result<Properties, WorkerError>> {
         let p = Properties {
             engine: ENGINE.into(),

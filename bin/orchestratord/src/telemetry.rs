@@ -1,9 +1,13 @@
 //! Logging (JSON lines or pretty) and the Prometheus recorder.
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use orch_api::MetricsRender;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// A gauge not set for this long drops out of the exposition.
+const GAUGE_IDLE: Duration = Duration::from_secs(15);
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -21,8 +25,12 @@ pub fn metrics() -> Option<MetricsRender> {
             let h = PrometheusBuilder::new()
                 .set_buckets(BUCKETS_MS)
                 .ok()?
+                // gauges are republished every sweep interval; one nobody refreshes
+                // (a removed pool, a replaced engine version) leaves /metrics
+                .idle_timeout(MetricKindMask::GAUGE, Some(GAUGE_IDLE))
                 .install_recorder()
                 .ok()?;
+            orch_services::metrics::describe();
             let up = h.clone();
             tokio::spawn(async move {
                 loop {

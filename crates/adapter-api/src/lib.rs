@@ -134,6 +134,11 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     fn tokens_generated_total(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
         Box::pin(async { Ok(None) })
     }
+    /// Fraction (0..=1) of this replica's KV cache in use, when the engine tells
+    /// (llama-server: its slots' cached tokens over their context); `None` otherwise.
+    fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Forget a session's cached KV in `slot` (best effort; default: nothing to do).
     fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {
         Box::pin(async { Ok(()) })

@@ -47,10 +47,21 @@ pub async fn create_task(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    // a submission refused before admission still counts in tasks_rejected_total
+    let refused = |e: OrchError| {
+        orch_services::metrics::rejected_code("none", e.code);
+        e
+    };
     if !crate::body::is_json(&headers) {
-        return Err(ApiError::media_type(crate::body::not_json(&headers), &cid));
+        return Err(ApiError::media_type(
+            refused(crate::body::not_json(&headers)),
+            &cid,
+        ));
     }
-    let req: TaskRequest = read_json(body, app.body_limit).await.or_api(&cid)?;
+    let req: TaskRequest = read_json(body, app.body_limit)
+        .await
+        .map_err(refused)
+        .or_api(&cid)?;
     let adm = app.orch.admit_as(&caller, req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();

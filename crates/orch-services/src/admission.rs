@@ -7,7 +7,7 @@
 
 use crate::auth::Caller;
 use crate::core::Core;
-use crate::pool::{unready, Flow, PoolHandle, Snapshot};
+use crate::pool::{unready, Flow, Pinned, PoolHandle, Snapshot};
 use crate::sessions::Refusal;
 use crate::task::{Admission, Settled, TaskRecord};
 use orch_domain::{
@@ -17,11 +17,30 @@ use orch_domain::{
 use std::sync::Arc;
 
 /// Admit a task for `caller`'s tenant: 202 data on success, a typed error otherwise.
+/// Every refusal is counted once here in `tasks_rejected_total`, by reason.
 pub(crate) async fn admit(
     core: &Core,
     caller: &Caller,
     req: TaskRequest,
     correlation_id: &str,
+) -> Result<AdmissionResponse, OrchError> {
+    let mut pinned = None;
+    let r = admit_in(core, caller, req, correlation_id, &mut pinned).await;
+    if let Err(e) = &r {
+        let engine = pinned
+            .as_deref()
+            .map_or("none", |p: &Pinned| p.engine.as_str());
+        crate::metrics::rejected_code(engine, e.code);
+    }
+    r
+}
+
+async fn admit_in(
+    core: &Core,
+    caller: &Caller,
+    req: TaskRequest,
+    correlation_id: &str,
+    pinned: &mut Option<Arc<Pinned>>,
 ) -> Result<AdmissionResponse, OrchError> {
     req.validate()?;
     if !core.is_accepting() {
@@ -32,10 +51,8 @@ pub(crate) async fn admit(
     }
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
-    let engine = snap
-        .pinned
-        .as_ref()
-        .map_or("unknown", |p| p.engine.as_str());
+    pinned.clone_from(&snap.pinned);
+    let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
     let (mut reservation, lease) = tenant
         .reserve(req.max_tokens, snap.retry_after_ms)
@@ -82,6 +99,10 @@ pub(crate) async fn admit(
             pool_id: pool.id.to_string(),
             session: req.session_id,
             correlation_id: correlation_id.to_string(),
+            engine: snap.pinned.as_ref().map_or_else(
+                || ("none".into(), "none".into()),
+                |p| (p.engine.clone(), p.engine_version.clone()),
+            ),
         },
         req,
         Some(core.table.end_hook()),
@@ -124,7 +145,7 @@ pub(crate) async fn admit(
         }
     };
     tracing::info!(task_id = %id, tenant = %tenant.name, session_id = ?session.map(|s| s.0),
-        pool_id = %pool.id, priority = priority.as_str(), queue_position = placed.queue_position,
+        engine, pool_id = %pool.id, priority = priority.as_str(), queue_position = placed.queue_position,
         predicted_start_ms = placed.predicted_start_ms, correlation_id, "task admitted");
     Ok(AdmissionResponse {
         task_id: id,
@@ -160,10 +181,10 @@ pub(crate) fn output_limit(core: &Core, model: &str, prompt: &str) -> Option<u32
     best.map(|(_, n)| n)
 }
 
-/// Count a refusal by quota in the rejection and backpressure metrics.
+/// Count a refusal by quota as a backpressure event (the rejection is counted by
+/// [`admit`]).
 fn refused(engine: &str, e: &OrchError) {
     if e.code == ErrorCode::QuotaExceeded {
-        crate::metrics::rejected(engine, "quota");
         if let Some(p) = e.policy_label {
             crate::metrics::backpressure(engine, p.as_str());
         }

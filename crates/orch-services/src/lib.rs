@@ -11,8 +11,9 @@
 //! * [`runner`] — drives one task on an engine (watchdogs, retries, cancel);
 //! * [`table`] — the bounded task table; [`registry`] — the pools;
 //! * `core` — the shared core and the one cancel path;
-//! * [`streaming`], [`admission`], [`control`], [`manager`] — readers, admission,
-//!   control views and drain, replica supervision and reload;
+//! * [`streaming`], [`admission`], [`control`], [`manager`], `gauges` — readers,
+//!   admission, control views and drain, replica supervision and reload, gauges
+//!   republished from pool snapshots and engines;
 //! * [`orchestrator`] — the data-plane facade, which nothing here imports.
 //!
 //! This crate never imports axum or any HTTP type, and never names a concrete engine:
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod config;
 pub mod control;
 mod core;
+mod gauges;
 pub mod lifecycle;
 pub mod manager;
 pub mod metrics;

@@ -1,7 +1,10 @@
 //! Metric names and label sets (spec §5). Names and label keys are a contract; the
 //! lint file `ci/metrics.lint.json` lists them and a test holds `/metrics` to it.
 
-use metrics::{counter, gauge, histogram, Counter};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -29,8 +32,118 @@ pub const DEADLINES_MET_RATIO: &str = "deadlines_met_ratio";
 pub const TASKS_PLACED: &str = "tasks_placed_total";
 /// Prompt tokens an engine served from its KV cache.
 pub const TOKENS_CACHED: &str = "tokens_cached_total";
-/// Time from dequeue to the engine call: the orchestrator's own added latency.
+/// Time from dequeue to the engine call (one part of the added latency).
 pub const DISPATCH_LATENCY: &str = "orchestrator_dispatch_latency_ms";
+/// Admission → dispatch: how long a task waited in its queue.
+pub const QUEUE_WAIT: &str = "queue_wait_ms";
+/// The orchestrator's own part of the client's time to first token: admission → the
+/// first token handed to the client's stream, minus the queue wait and the engine's
+/// time (dispatch → first token from the engine).
+pub const ADDED_LATENCY: &str = "orchestrator_added_latency_ms";
+/// Tasks that ended with an `error` frame, by error code.
+pub const TASKS_FAILED: &str = "tasks_failed_total";
+/// Fraction of a replica's KV cache in use, as the engine reports it.
+pub const KV_CACHE_USAGE: &str = "kv_cache_usage_ratio";
+pub const SLOTS_BUSY: &str = "slots_busy";
+pub const SLOTS_CAPACITY: &str = "slots_capacity";
+/// Replicas of a pool by state (`ready`, `unready`, `draining`, `staged`).
+pub const REPLICAS: &str = "replicas";
+pub const QUEUE_CAPACITY: &str = "queue_capacity";
+/// Replica restarts by why (`exited`: the process died and is being restarted;
+/// `restart_failed`: a restart attempt did not come up and is retried after backoff).
+pub const REPLICA_RESTARTS: &str = "replica_restarts_total";
+/// Reloads by outcome (`switched`, `rolled_back`, `refused`).
+pub const RELOADS: &str = "reloads_total";
+
+/// Why a replica restarted (bounded label values).
+pub const RESTART_REASONS: [&str; 2] = ["exited", "restart_failed"];
+/// How a reload ended (bounded label values).
+pub const RELOAD_OUTCOMES: [&str; 3] = ["switched", "rolled_back", "refused"];
+/// Replica states (bounded label values).
+pub const REPLICA_STATES: [&str; 4] = ["ready", "unready", "draining", "staged"];
+
+/// Register every metric's help text (the `# HELP` lines); call once after the
+/// recorder is installed.
+pub fn describe() {
+    describe_counter!(TASKS_ENQUEUED, "Tasks admitted into a pool's queue.");
+    describe_counter!(
+        TASKS_STARTED,
+        "Tasks dispatched to a replica (once per task, however many replicas it is tried on)."
+    );
+    describe_counter!(
+        TASKS_CANCELED,
+        "Tasks ended by a cancel, by reason (client, abandoned, shutdown, drain)."
+    );
+    describe_counter!(
+        TASKS_REJECTED,
+        "Submissions refused, by reason; engine is none when refused before a pool was chosen."
+    );
+    describe_counter!(
+        TASKS_FAILED,
+        "Tasks that ended with an error frame, by error code."
+    );
+    describe_counter!(
+        TOKENS_IN,
+        "Prompt tokens the engines processed for completed tasks."
+    );
+    describe_counter!(TOKENS_OUT, "Tokens streamed to clients.");
+    describe_counter!(
+        TOKENS_CACHED,
+        "Prompt tokens an engine served from its KV cache."
+    );
+    describe_counter!(
+        BACKPRESSURE,
+        "Backpressure events (429s and drop-lru victims), by policy label."
+    );
+    describe_counter!(
+        TASKS_PLACED,
+        "Tasks placed on a replica, by why (session, prefix, load, retry)."
+    );
+    describe_counter!(
+        REPLICA_RESTARTS,
+        "Replica restarts, by reason (exited, restart_failed)."
+    );
+    describe_counter!(
+        RELOADS,
+        "Pool reloads, by outcome (switched, rolled_back, refused)."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Tasks waiting in a pool's queue, by priority.");
+    describe_gauge!(
+        QUEUE_CAPACITY,
+        "Capacity of a pool's queue (all priorities)."
+    );
+    describe_gauge!(
+        POOL_READY,
+        "1 when the pool has a ready replica and accepts work."
+    );
+    describe_gauge!(REPLICAS, "Replicas of a pool, by state.");
+    describe_gauge!(SLOTS_BUSY, "Engine slots holding a task, per replica.");
+    describe_gauge!(SLOTS_CAPACITY, "Engine slots a replica has.");
+    describe_gauge!(
+        KV_CACHE_USAGE,
+        "Fraction of a replica's KV cache in use, as its engine reports it."
+    );
+    describe_gauge!(
+        ADMISSION_SHARE,
+        "Each tenant's share of the output tokens served in the last 60 s, per priority."
+    );
+    describe_gauge!(DEADLINES_MET_RATIO, "Of the tasks with a deadline that ended, the fraction that completed within it (since start).");
+    describe_histogram!(
+        LATENCY_FIRST_TOKEN,
+        "Admission to first token, in ms (the client's wait, queueing included)."
+    );
+    describe_histogram!(
+        LATENCY_FIRST_TOKEN_DISPATCH,
+        "Dispatch to first token, in ms (the engine's part)."
+    );
+    describe_histogram!(
+        LATENCY_DECODE,
+        "Engine decode time of a completed task, in ms."
+    );
+    describe_histogram!(QUEUE_WAIT, "Admission to dispatch, in ms.");
+    describe_histogram!(ADDED_LATENCY, "The orchestrator's own part of time to first token, in ms: dequeue to engine call plus engine token to the client's stream.");
+    describe_histogram!(DISPATCH_LATENCY, "Dequeue to engine call, in ms.");
+}
 
 /// Labels that identify where a task runs.
 #[derive(Debug, Clone)]
@@ -102,6 +215,24 @@ impl Where {
         histogram!(LATENCY_DECODE, &self.per_pool(priority)).record(ms);
     }
 
+    pub fn queue_wait_ms(&self, priority: &str, ms: f64) {
+        histogram!(QUEUE_WAIT, &self.per_pool(priority)).record(ms);
+    }
+
+    /// The histogram the first reader of a task's stream records its added latency in.
+    pub fn added_latency(&self) -> Histogram {
+        histogram!(ADDED_LATENCY, "engine" => self.engine.clone(), "pool_id" => self.pool_id.clone())
+    }
+
+    pub fn kv_cache_usage(&self, ratio: f64) {
+        gauge!(KV_CACHE_USAGE, &self.base()).set(ratio);
+    }
+
+    pub fn slots(&self, busy: u32, total: u32) {
+        gauge!(SLOTS_BUSY, &self.base()).set(f64::from(busy));
+        gauge!(SLOTS_CAPACITY, &self.base()).set(f64::from(total));
+    }
+
     pub fn dispatch_ms(&self, ms: f64) {
         histogram!(DISPATCH_LATENCY, "engine" => self.engine.clone(), "pool_id" => self.pool_id.clone()).record(ms);
     }
@@ -123,6 +254,68 @@ pub fn backpressure(engine: &str, policy: &str) {
 
 pub fn placed(pool_id: &str, reason: &'static str) {
     counter!(TASKS_PLACED, "pool_id" => pool_id.to_string(), "reason" => reason).increment(1);
+}
+
+/// Count a refused submission. `engine` is the chosen pool's engine, `none` when the
+/// request was refused before a pool was chosen.
+pub fn rejected_code(engine: &str, code: orch_domain::ErrorCode) {
+    rejected(engine, reject_reason(code));
+}
+
+/// The bounded `reason` of `tasks_rejected_total` for a refusal's error code.
+pub fn reject_reason(code: orch_domain::ErrorCode) -> &'static str {
+    use orch_domain::ErrorCode as C;
+    match code {
+        C::InvalidParams | C::PayloadTooLarge => "invalid",
+        C::Conflict => "conflict",
+        C::Forbidden | C::Unauthenticated => "forbidden",
+        C::QuotaExceeded => "quota",
+        C::AdmissionReject | C::QueueFullDropLru => "queue_full",
+        C::DeadlineUnmet => "deadline_unmet",
+        C::PoolUnready => "pool_unready",
+        C::PoolUnavailable => "pool_unavailable",
+        _ => "other",
+    }
+}
+
+/// A task ended with an `error` frame.
+pub fn failed(engine: &str, engine_version: &str, pool_id: &str, code: &'static str) {
+    counter!(TASKS_FAILED, "engine" => engine.to_string(), "engine_version" => engine_version.to_string(),
+        "pool_id" => pool_id.to_string(), "code" => code)
+    .increment(1);
+}
+
+pub fn replica_restart(pool_id: &str, replica_id: &str, reason: &'static str) {
+    counter!(REPLICA_RESTARTS, "pool_id" => pool_id.to_string(), "replica_id" => replica_id.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn reload(pool_id: &str, outcome: &'static str) {
+    counter!(RELOADS, "pool_id" => pool_id.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// Create a pool's counters at zero, so rates and alerts see them before the first
+/// event (a counter that appears only at its first increment hides that increment).
+pub fn pool_counters(pool_id: &str) {
+    for o in RELOAD_OUTCOMES {
+        counter!(RELOADS, "pool_id" => pool_id.to_string(), "outcome" => o).absolute(0);
+    }
+}
+
+/// Create a replica's restart counters at zero.
+pub fn replica_counters(pool_id: &str, replica_id: &str) {
+    for r in RESTART_REASONS {
+        counter!(REPLICA_RESTARTS, "pool_id" => pool_id.to_string(), "replica_id" => replica_id.to_string(), "reason" => r)
+            .absolute(0);
+    }
+}
+
+pub fn replicas(pool_id: &str, state: &'static str, n: usize) {
+    gauge!(REPLICAS, "pool_id" => pool_id.to_string(), "state" => state).set(n as f64);
+}
+
+pub fn queue_capacity(pool_id: &str, capacity: usize) {
+    gauge!(QUEUE_CAPACITY, "pool_id" => pool_id.to_string()).set(capacity as f64);
 }
 
 pub fn pool_ready(pool_id: &str, ready: bool) {
@@ -227,7 +420,18 @@ pub fn deadline_outcome(priority: &str, met: bool) {
     if met {
         m.fetch_add(1, Ordering::AcqRel);
     }
-    let total = n.fetch_add(1, Ordering::AcqRel) + 1;
-    let ratio = m.load(Ordering::Acquire) as f64 / total as f64;
-    gauge!(DEADLINES_MET_RATIO, "priority" => PRIORITIES[i]).set(ratio);
+    n.fetch_add(1, Ordering::AcqRel);
+    publish_deadlines();
+}
+
+/// Set `deadlines_met_ratio` for each priority that has seen a task with a deadline
+/// (the sweep calls it too, so the gauge stays fresh under the exporter's idle timeout).
+pub fn publish_deadlines() {
+    for (i, [m, n]) in DEADLINES.iter().enumerate() {
+        let total = n.load(Ordering::Acquire);
+        if total > 0 {
+            let ratio = m.load(Ordering::Acquire) as f64 / total as f64;
+            gauge!(DEADLINES_MET_RATIO, "priority" => PRIORITIES[i]).set(ratio);
+        }
+    }
 }

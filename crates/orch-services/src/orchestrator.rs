@@ -34,6 +34,10 @@ impl Orchestrator {
     pub fn new(cfg: ServiceConfig) -> Self {
         let core = Arc::new(Core::new(cfg));
         tokio::spawn(sweeper(Arc::downgrade(&core)));
+        tokio::spawn(crate::gauges::run(
+            Arc::downgrade(&core),
+            core.cfg.sweep_interval,
+        ));
         Self { core }
     }
 

@@ -74,6 +74,7 @@ impl PoolRegistry {
             self.inner.sessions.clone(),
             self.inner.launch.clone(),
         );
+        crate::metrics::pool_counters(&h.id);
         pools.push(h.clone());
         Ok(h)
     }
@@ -99,6 +100,7 @@ impl PoolRegistry {
             .properties()
             .await
             .map_err(|e| probe(e.to_string()))?;
+        crate::metrics::replica_counters(pool_id, replica_id);
         pool.attach(Replica {
             id: replica_id.into(),
             adapter,

@@ -11,6 +11,7 @@ use crate::lifecycle::Ending;
 use crate::metrics::Where;
 use crate::pool::{Assignment, Launch, Observed};
 use crate::sessions::{KvHome, SessionStore};
+use crate::task::FirstToken;
 use adapter_api::{EngineEnd, EngineEvent, EngineRequest, WorkerError};
 use futures_util::{FutureExt, StreamExt};
 use orch_domain::{ErrorCode, MetricsFrame, OrchError, StartedFrame, StreamEvent, TokenFrame};
@@ -74,6 +75,7 @@ impl Attempt<'_> {
             return;
         }
         self.started = true;
+        let engine_at = std::time::Instant::now();
         let rec = &self.a.rec;
         self.ttft_ms = self.t0.elapsed().as_millis() as u64;
         // the client's wait (from admission, queueing included) and the engine's part
@@ -101,6 +103,15 @@ impl Attempt<'_> {
             seed: self.a.request.effective_seed(rec.id),
             placement: Some(self.a.placement.to_string()),
         }));
+        rec.mark_first_token(FirstToken {
+            engine_at,
+            before_engine_ms: self
+                .t0
+                .saturating_duration_since(self.a.dequeued_at)
+                .as_secs_f64()
+                * 1e3,
+            histogram: self.w.added_latency(),
+        });
     }
 
     /// A `metrics` frame while running: tokens so far, queue depth behind, and with a
@@ -261,9 +272,19 @@ fn where_of(a: &Assignment) -> Where {
 
 async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let rec = first.rec.clone();
-    if !rec.start(&first.replica_id) {
+    let (engine, version) = (&first.pinned.engine, &first.pinned.engine_version);
+    if !rec.start(&first.replica_id, engine, version) {
         return;
     }
+    where_of(&first).queue_wait_ms(
+        rec.priority.as_str(),
+        first
+            .dequeued_at
+            .into_std()
+            .saturating_duration_since(rec.admitted_at)
+            .as_secs_f64()
+            * 1e3,
+    );
     let t_start = Instant::now();
     let mut a = first;
     let mut tried: Vec<Arc<str>> = Vec::new();
@@ -318,7 +339,8 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             if stopped {
                                 settle_engine(&a).await;
                             }
-                            if rec.start(&next.replica_id) {
+                            let p = &next.pinned;
+                            if rec.start(&next.replica_id, &p.engine, &p.engine_version) {
                                 a = next;
                                 continue;
                             }

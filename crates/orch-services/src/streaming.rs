@@ -3,6 +3,9 @@
 //! unfinished task goes away and none returns within the grace, the task is canceled
 //! and its slot freed.
 //!
+//! The first reader that was waiting when a task's first token arrived records the
+//! orchestrator's added latency as it hands that token out.
+//!
 //! Owns: a reader's position and its keep-alive timer. Frames are visited in place in
 //! the log (no copy per frame); [`StreamReader::next`] copies them for callers that
 //! want owned frames. The keep-alive timer is armed once and re-armed only when it
@@ -71,12 +74,16 @@ pub struct StreamReader {
     /// When something (frames or a keep-alive) was last delivered.
     last: Instant,
     keepalive: Option<Pin<Box<Sleep>>>,
+    /// Joined before the first token: this reader may time the orchestrator's added
+    /// latency when it hands that token out.
+    awaits_first_token: bool,
     _guard: ReaderGuard,
 }
 
 impl StreamReader {
     pub(crate) fn new(core: Arc<Core>, rec: Arc<TaskRecord>, after: u64) -> Self {
         rec.reader_joined();
+        let awaits_first_token = rec.tokens_out() == 0;
         Self {
             _guard: ReaderGuard {
                 core,
@@ -87,6 +94,7 @@ impl StreamReader {
             done: false,
             last: Instant::now(),
             keepalive: None,
+            awaits_first_token,
         }
     }
 
@@ -114,19 +122,29 @@ impl StreamReader {
             done,
             last,
             keepalive: timer,
+            awaits_first_token,
             ..
         } = self;
         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(keepalive)));
         std::future::poll_fn(|cx| {
             let mut n = 0;
             let mut terminal = false;
+            let mut token = false;
             if let Poll::Ready(v) = rec.log.poll_visit(*after, cx, |f| {
                 n += 1;
                 terminal |= f.is_terminal();
+                token |= *awaits_first_token && f.event == "token";
                 visit(f);
             }) {
                 *after = v.last;
                 *last = Instant::now();
+                if token {
+                    *awaits_first_token = false;
+                    if let Some(ft) = rec.take_first_token() {
+                        let ms = ft.before_engine_ms + ft.engine_at.elapsed().as_secs_f64() * 1e3;
+                        ft.histogram.record(ms);
+                    }
+                }
                 if n > 0 {
                     *done = terminal;
                     return Poll::Ready(Some(Read::Frames(n)));

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("admission", 6),
     ("control", 6),
     ("manager", 6),
+    ("gauges", 6),
     ("orchestrator", 7),
 ];
 

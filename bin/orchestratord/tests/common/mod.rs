@@ -2,6 +2,7 @@
 //! a real HTTP client, an SSE parser, and the "every admitted task ended" check.
 #![allow(dead_code)]
 
+pub mod prom;
 pub mod sdk;
 
 use serde_json::{json, Value};
@@ -266,6 +267,16 @@ impl Drop for Reap {
 /// Start the orchestratord binary on the config file at `path` (ephemeral loopback
 /// port, no self-tests); its process and base URL once it announced it listens.
 pub fn spawn_binary_at(path: &std::path::Path) -> (Reap, String) {
+    let (child, base, _) = spawn_binary_logged(path, &[]);
+    (child, base)
+}
+
+/// Like [`spawn_binary_at`], with extra environment and JSON logs; also returns
+/// everything the process writes to stderr, as it writes it.
+pub fn spawn_binary_logged(
+    path: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Reap, String, std::sync::Arc<Mutex<String>>) {
     use std::io::Read;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
         .args([
@@ -274,7 +285,10 @@ pub fn spawn_binary_at(path: &std::path::Path) -> (Reap, String) {
             "--addr",
             "127.0.0.1:0",
             "--skip-self-test",
+            "--log-format",
+            "json",
         ])
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -295,16 +309,23 @@ pub fn spawn_binary_at(path: &std::path::Path) -> (Reap, String) {
         }
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    // keep draining stderr so the child never blocks on a full pipe
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = err.read_to_end(&mut sink);
-    });
     let addr = seen
         .split("listening on http://")
         .nth(1)
-        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.split(|c: char| c.is_whitespace() || c == '"').next())
         .unwrap_or_else(|| panic!("no startup line: {seen}"))
         .to_string();
-    (Reap(child), format!("http://{addr}"))
+    let log = std::sync::Arc::new(Mutex::new(seen));
+    // keep draining stderr so the child never blocks on a full pipe
+    let sink = log.clone();
+    std::thread::spawn(move || loop {
+        match err.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => sink
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    });
+    (Reap(child), format!("http://{addr}"), log)
 }

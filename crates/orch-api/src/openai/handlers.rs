@@ -218,6 +218,27 @@ fn with_task(mut r: Response, id: TaskId) -> Response {
     r
 }
 
+/// The request as a task and the door's options, or why it is refused.
+async fn parse(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    kind: Kind,
+) -> Result<(TaskRequest, Options), OpenAiError> {
+    if !crate::body::is_json(headers) {
+        let mut e: OpenAiError = crate::body::not_json(headers).into();
+        e.status = axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Err(e);
+    }
+    let value: Value = crate::body::read_json(body, app.body_limit).await?;
+    let prio = priority(headers)?;
+    let orch = app.orch.clone();
+    Ok(match kind {
+        Kind::Chat => request::chat(value, prio, |m, p| orch.output_limit(m, p).unwrap_or(256))?,
+        Kind::Completion => request::completion(value, prio)?,
+    })
+}
+
 async fn serve(
     app: AppState,
     cid: CorrelationId,
@@ -226,18 +247,10 @@ async fn serve(
     body: Body,
     kind: Kind,
 ) -> Result<Response, OpenAiError> {
-    if !crate::body::is_json(&headers) {
-        let mut e: OpenAiError = crate::body::not_json(&headers).into();
-        e.status = axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        return Err(e);
-    }
-    let value: Value = crate::body::read_json(body, app.body_limit).await?;
-    let prio = priority(&headers)?;
-    let orch = app.orch.clone();
-    let (req, opts): (TaskRequest, Options) = match kind {
-        Kind::Chat => request::chat(value, prio, |m, p| orch.output_limit(m, p).unwrap_or(256))?,
-        Kind::Completion => request::completion(value, prio)?,
-    };
+    let (req, opts) = parse(&app, &headers, body, kind)
+        .await
+        // a request refused before admission still counts in tasks_rejected_total
+        .inspect_err(|_| orch_services::metrics::rejected("none", "invalid"))?;
     let adm = app.orch.admit_as(&caller, req, &cid.0).await?;
     let id = adm.task_id;
     let reader = app.orch.open_stream_as(&caller, id, 0)?;

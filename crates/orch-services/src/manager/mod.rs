@@ -198,6 +198,7 @@ impl PoolManager {
                 .get_mut(pool_id)
                 .ok_or_else(|| OrchError::not_found("pool", pool_id))?;
             if m.reloading {
+                crate::metrics::reload(pool_id, "refused");
                 return Err(conflict(format!("pool {pool_id} is already reloading")));
             }
             m.reloading = true;
@@ -216,6 +217,7 @@ impl PoolManager {
             if let Some(m) = self.lock().get_mut(pool_id) {
                 m.reloading = false;
             }
+            crate::metrics::reload(pool_id, "rolled_back");
             tracing::warn!(pool_id, error = %e, "reload failed: rolled back, old replicas keep serving");
             return Err(conflict(format!("reload rolled back: {e}")));
         }
@@ -226,6 +228,7 @@ impl PoolManager {
                 if let Some(m) = self.lock().get_mut(pool_id) {
                     m.reloading = false;
                 }
+                crate::metrics::reload(pool_id, "rolled_back");
                 return Err(e);
             }
         };
@@ -251,6 +254,7 @@ impl PoolManager {
                 .await;
             stop_all(old).await;
         });
+        crate::metrics::reload(pool_id, "switched");
         tracing::info!(pool_id, model_digest = %pinned.model_digest, sampler, "reload switched");
         Ok(ReloadResponse {
             pool_id: pool_id.to_string(),
@@ -394,6 +398,7 @@ async fn supervise(mut job: Job) {
                 }
                 tracing::warn!(pool_id = %job.pool_id, replica_id = %job.replica_id, error = %e,
                     backoff_ms = backoff.as_millis() as u64, "restart failed; retrying");
+                crate::metrics::replica_restart(&job.pool_id, &job.replica_id, "restart_failed");
                 job.pools
                     .set_ready(&job.pool_id, &job.replica_id, false, Some(e));
                 tokio::select! {
@@ -418,6 +423,7 @@ async fn supervise(mut job: Job) {
             Some(why) => {
                 tracing::error!(pool_id = %job.pool_id, replica_id = %job.replica_id, reason = %why,
                     "replica died; restarting");
+                crate::metrics::replica_restart(&job.pool_id, &job.replica_id, "exited");
                 job.pools
                     .set_ready(&job.pool_id, &job.replica_id, false, Some(why));
                 tokio::select! {
@@ -473,11 +479,12 @@ impl PoolManager {
             match launcher.and_then(|l| l.model_overrides(&req.model_ref)) {
                 Some(o) => o.model_path,
                 None => {
+                    crate::metrics::reload(pool_id, "refused");
                     return Err(OrchError::new(
                         ErrorCode::Conflict,
                         format!("reload rolled back: unknown model_ref {}", req.model_ref),
                     )
-                    .with_pool(pool_id))
+                    .with_pool(pool_id));
                 }
             }
         };

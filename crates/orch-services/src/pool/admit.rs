@@ -52,7 +52,6 @@ pub(super) fn check(
         let tokens = req.expected_tokens.unwrap_or(req.max_tokens);
         let finish = eta as f64 + st.per_token.mean_ms() * f64::from(tokens);
         if finish > deadline as f64 {
-            crate::metrics::rejected(&pinned.engine, "deadline_unmet");
             return Err(OrchError::new(
                 ErrorCode::DeadlineUnmet,
                 format!(

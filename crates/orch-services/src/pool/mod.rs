@@ -116,6 +116,8 @@ pub struct Snapshot {
     pub ready: bool,
     pub draining: bool,
     pub queue_depth: u32,
+    /// Queued tasks by priority: interactive, batch.
+    pub queue_by_priority: [u32; 2],
     pub slots_total: u32,
     pub slots_free: u32,
     pub busy_total: u32,

@@ -46,6 +46,8 @@ struct Meta {
     /// The request, until the task ends.
     request: Option<Arc<TaskRequest>>,
     replica_id: Option<String>,
+    /// Engine and engine version, for the metrics and the lifecycle lines.
+    engine: (String, String),
     finish: Option<FinishReason>,
     error_code: Option<ErrorCode>,
     cancel_reason: Option<CancelReason>,
@@ -77,6 +79,8 @@ pub struct Admission {
     pub pool_id: String,
     pub session: Option<SessionId>,
     pub correlation_id: String,
+    /// The pool's engine and version when it was admitted (updated when it starts).
+    pub engine: (String, String),
 }
 
 pub struct TaskRecord {
@@ -98,6 +102,17 @@ pub struct TaskRecord {
     meta: Mutex<Meta>,
     on_end: Option<EndHook>,
     settlement: Mutex<Option<Settlement>>,
+    first_token: std::sync::OnceLock<FirstToken>,
+    first_token_taken: std::sync::atomic::AtomicBool,
+}
+
+/// When the engine produced a task's first token, and what the orchestrator had
+/// already added before the engine call (dequeue → submit). The first reader that
+/// hands that token to its client records the added latency from it.
+pub struct FirstToken {
+    pub engine_at: Instant,
+    pub before_engine_ms: f64,
+    pub histogram: metrics::Histogram,
 }
 
 impl std::fmt::Debug for TaskRecord {
@@ -129,6 +144,7 @@ impl TaskRecord {
                 phase: Phase::Queued,
                 request: Some(Arc::new(request)),
                 replica_id: None,
+                engine: a.engine,
                 finish: None,
                 error_code: None,
                 cancel_reason: None,
@@ -138,6 +154,8 @@ impl TaskRecord {
             }),
             on_end,
             settlement: Mutex::new(None),
+            first_token: std::sync::OnceLock::new(),
+            first_token_taken: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -202,13 +220,16 @@ impl TaskRecord {
     }
 
     /// queued/retrying → running on `replica_id`. False when the task already ended.
-    pub fn start(&self, replica_id: &str) -> bool {
+    pub fn start(&self, replica_id: &str, engine: &str, engine_version: &str) -> bool {
         let mut m = self.meta();
         if !matches!(m.phase, Phase::Queued | Phase::Retrying) {
             return false;
         }
         m.phase = Phase::Running;
         m.replica_id = Some(replica_id.to_string());
+        if m.engine.0 != engine || m.engine.1 != engine_version {
+            m.engine = (engine.to_string(), engine_version.to_string());
+        }
         true
     }
 
@@ -225,6 +246,17 @@ impl TaskRecord {
     /// Append a non-terminal frame (dropped if the task already ended).
     pub fn emit(&self, ev: &StreamEvent) -> bool {
         self.log.push(ev)
+    }
+
+    /// Mark the engine's first token (once; a retry that produced none sets nothing).
+    pub fn mark_first_token(&self, f: FirstToken) {
+        let _ = self.first_token.set(f);
+    }
+
+    /// The first-token mark, to the first caller only.
+    pub(crate) fn take_first_token(&self) -> Option<&FirstToken> {
+        let f = self.first_token.get()?;
+        (!self.first_token_taken.swap(true, Ordering::AcqRel)).then_some(f)
     }
 
     /// Count one streamed token; returns its 0-based index.
@@ -260,7 +292,11 @@ impl TaskRecord {
             StreamEvent::End(e) => e.tokens_in,
             _ => 0,
         };
-        self.log_ended(&ev);
+        let (engine, version) = self.meta().engine.clone();
+        if let StreamEvent::Error(e) = &ev {
+            crate::metrics::failed(&engine, &version, &self.pool_id, e.code.as_str());
+        }
+        self.log_ended(&ev, &engine, &version);
         self.settle(true, ending.state(), tokens_in);
         if let Some(hook) = &self.on_end {
             hook(self);
@@ -269,18 +305,19 @@ impl TaskRecord {
     }
 
     /// The task's one lifecycle line for its end (spec §6 fields; never its prompt).
-    fn log_ended(&self, ev: &StreamEvent) {
+    fn log_ended(&self, ev: &StreamEvent, engine: &str, engine_version: &str) {
         let replica = self.replica_id().unwrap_or_default();
         match ev {
             StreamEvent::End(e) => tracing::info!(
                 task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
+                engine, engine_version,
                 pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
                 tokens_in = e.tokens_in, tokens_out = e.tokens_out, decode_time_ms = e.decode_time_ms,
                 ttft_ms = e.ttft_ms, finish_reason = e.finish_reason.as_str(),
                 correlation_id = %self.correlation_id, "task ended"),
             StreamEvent::Error(e) => tracing::info!(
                 task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
-                pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
+                engine, engine_version, pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
                 tokens_out = self.tokens_out(), error_code = e.code.as_str(),
                 correlation_id = %self.correlation_id, "task failed"),
             _ => {}

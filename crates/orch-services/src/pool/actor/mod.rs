@@ -280,7 +280,6 @@ impl Actor {
             Ok(a) => a,
             Err(full) => {
                 let label = full.policy.label();
-                crate::metrics::rejected(&pinned.engine, "queue_full");
                 crate::metrics::backpressure(&pinned.engine, label.as_str());
                 return Err(OrchError::new(
                     ErrorCode::AdmissionReject,

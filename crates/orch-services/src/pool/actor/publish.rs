@@ -19,7 +19,12 @@ impl Actor {
         }
     }
 
+    /// Queue depth as it changes (the sweep republishes it from the snapshot too). No
+    /// series before a replica pins the pool's engine: `engine` would be unknown.
     pub(super) fn publish_depth(&self) {
+        if self.st.pinned.is_none() {
+            return;
+        }
         let w = self.where_queued();
         w.queue_depth("interactive", self.st.queue.len_of(Priority::Interactive));
         w.queue_depth("batch", self.st.queue.len_of(Priority::Batch));
@@ -68,6 +73,10 @@ pub(super) fn snapshot_of(id: &Arc<str>, st: &PoolState, running: usize) -> Snap
         ready: st.is_ready(),
         draining: st.draining,
         queue_depth: st.queue.len() as u32,
+        queue_by_priority: [
+            st.queue.len_of(Priority::Interactive) as u32,
+            st.queue.len_of(Priority::Batch) as u32,
+        ],
         slots_total: st.slots_total(),
         slots_free: st.free_slots(),
         busy_total: st.busy_total(),

@@ -1,0 +1,680 @@
+//! Observability over real processes: the orchestratord binary (mock pools, keyed
+//! tenants) under a workload with admissions, rejections of every kind, cancels, a
+//! failing pool and reloads, scraped by a real Prometheus (Debian's package).
+//!
+//! * `/metrics` holds to `ci/metrics.lint.json` in both directions (every listed
+//!   metric present, nothing unlisted, label keys exact, series within budget, no
+//!   unbounded values) and `promtool check metrics` finds nothing but the unit lint
+//!   the spec's own names contradict;
+//! * Prometheus scrapes it, loads `ci/alerts/*.yml`, and every PromQL of every panel
+//!   of `ci/dashboards/*.json` parses and returns data;
+//! * `promtool test rules` passes the alert unit tests;
+//! * a task's lifecycle lines carry the spec §6 fields, and no line carries a prompt
+//!   or a key.
+//!
+//! `ORCH_OBS_SECONDS` lengthens the workload (default 6 s); with `ORCH_DASHBOARD_PNG`
+//! set, the dashboard test also renders the overview panels to that file through
+//! `scripts/render_dashboard.py` (what `scripts/render-dashboard.sh` does).
+
+mod common;
+use common::prom::{self, promtool, repo};
+use common::*;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ADMIN: &str = "oqk_obs-admin";
+const ALPHA: &str = "oqk_obs-alpha";
+const BETA: &str = "oqk_obs-beta";
+/// A prompt the logs must never show.
+const SECRET_PROMPT: &str = "the-prompt-text-must-not-be-logged";
+
+fn key(k: &str, tenant: &str, role: &str) -> String {
+    format!(
+        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
+        orch_services::auth::digest_hex(k)
+    )
+}
+
+fn config() -> String {
+    format!(
+        r#"{}{}{}
+[server]
+keepalive_ms = 200
+
+[tenants.alpha]
+weight = 1
+
+[tenants.beta]
+weight = 3
+max_queued = 3
+
+[[pools]]
+id = "p"
+engine = "mock"
+model = "mock-model"
+replicas = 2
+queue_capacity = 8
+[pools.mock]
+slots = 2
+tokens_per_sec = 150.0
+ttft_ms = 15
+tokens = 24
+prefill_ms_per_block = 1
+
+[[pools]]
+id = "f"
+engine = "mock"
+model = "mock-faulty"
+[pools.mock]
+slots = 1
+tokens_per_sec = 200.0
+ttft_ms = 5
+fail_after_tokens = 2
+"#,
+        key(ADMIN, "ops", "admin"),
+        key(ALPHA, "alpha", "client"),
+        key(BETA, "beta", "client"),
+    )
+}
+
+fn write_config(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("orch-obs-{name}-{}.toml", std::process::id()));
+    std::fs::write(&p, config()).unwrap();
+    p
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn post(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Submit as `key`; on 202 read the stream to its end in the background.
+    async fn submit(
+        &self,
+        key: &str,
+        body: &Value,
+    ) -> (u16, Option<tokio::task::JoinHandle<Vec<SseFrame>>>) {
+        let r = self.post(key, "/v1/tasks", body).await;
+        let status = r.status().as_u16();
+        if status != 202 {
+            return (status, None);
+        }
+        let id = r.json::<Value>().await.unwrap()["task_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (http, url, key) = (
+            self.http.clone(),
+            format!("{}/v1/tasks/{id}/stream", self.base),
+            key.to_string(),
+        );
+        let h = tokio::spawn(async move {
+            let text = http
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            parse_sse(&text)
+        });
+        (status, Some(h))
+    }
+}
+
+fn work(prompt: &str, max_tokens: u32, priority: &str) -> Value {
+    let mut t = task(prompt, max_tokens, priority);
+    t["prompt"] = json!(format!("{SECRET_PROMPT} {prompt}"));
+    t
+}
+
+/// What the workload saw, by HTTP status.
+#[derive(Default, Debug)]
+struct Seen {
+    statuses: BTreeMap<u16, u32>,
+}
+
+/// Drive admissions from two tenants for `secs`, then a burst over capacity, every
+/// kind of refusal, a cancel, a failing pool, and reloads (one switched, one refused).
+/// Every admitted task's stream is read to its terminal frame.
+async fn workload(c: &Client, secs: u64) -> Seen {
+    let mut seen = Seen::default();
+    let mut streams = Vec::new();
+    let count = |s: u16, seen: &mut Seen| *seen.statuses.entry(s).or_default() += 1;
+    let t0 = Instant::now();
+    let mut i = 0u32;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        i += 1;
+        for (k, prio) in [
+            (ALPHA, "interactive"),
+            (BETA, "batch"),
+            (BETA, "interactive"),
+        ] {
+            let mut body = work(&format!("turn {i}"), 12, prio);
+            if i.is_multiple_of(2) {
+                body["deadline_ms"] = json!(30_000);
+            }
+            let (s, h) = c.submit(k, &body).await;
+            count(s, &mut seen);
+            streams.extend(h);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // refusals before a pool is chosen: wrong content type, bad JSON, unknown model
+    let r = c
+        .http
+        .post(format!("{}/v1/tasks", c.base))
+        .bearer_auth(ALPHA)
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    count(r.status().as_u16(), &mut seen);
+    let r = c
+        .http
+        .post(format!("{}/v1/tasks", c.base))
+        .bearer_auth(ALPHA)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    count(r.status().as_u16(), &mut seen);
+    let mut unknown = work("x", 4, "interactive");
+    unknown["model_ref"] = json!("no-such-model");
+    count(c.submit(ALPHA, &unknown).await.0, &mut seen);
+    // a cancel of a long task
+    let r = c
+        .post(ALPHA, "/v1/tasks", &work("long", 400, "interactive"))
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c
+        .post(ALPHA, &format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    count(r.status().as_u16(), &mut seen);
+    // a pool whose engine fails mid-stream
+    let mut faulty = work("fails", 8, "interactive");
+    faulty["model_ref"] = json!("mock-faulty");
+    let (s, h) = c.submit(ALPHA, &faulty).await;
+    assert_eq!(s, 202);
+    let frames = h.unwrap().await.unwrap();
+    assert_eq!(frames.last().unwrap().event, "error", "{frames:?}");
+    // a burst over the queue's capacity and beta's max_queued: 429s of both kinds
+    let bodies: Vec<Value> = (0..24)
+        .map(|j| work(&format!("burst {j}"), 24, "batch"))
+        .collect();
+    let burst: Vec<_> = bodies
+        .iter()
+        .enumerate()
+        .map(|(j, b)| c.submit(if j % 2 == 0 { ALPHA } else { BETA }, b))
+        .collect();
+    for (s, h) in futures_util::future::join_all(burst).await {
+        count(s, &mut seen);
+        streams.extend(h);
+    }
+    // reloads: one switched, one refused
+    let r = c
+        .post(
+            ADMIN,
+            "/v1/pools/p/reload",
+            &json!({"model_ref": "mock-model"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let r = c
+        .post(
+            ADMIN,
+            "/v1/pools/p/reload",
+            &json!({"model_ref": "/nope/x.gguf"}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    for h in streams {
+        let frames = h.await.unwrap();
+        let last = frames.last().expect("a terminal frame");
+        assert!(last.event == "end" || last.event == "error", "{frames:?}");
+    }
+    seen
+}
+
+fn workload_secs() -> u64 {
+    std::env::var("ORCH_OBS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6)
+}
+
+#[derive(serde::Deserialize)]
+struct Lint {
+    metrics: Vec<LintMetric>,
+}
+
+#[derive(serde::Deserialize)]
+struct LintMetric {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    labels: Vec<String>,
+    max_series: usize,
+}
+
+/// Metric names spec §5 fixes in milliseconds (and their siblings, kept in the same
+/// unit): promtool's advice to use base units is the one lint they may draw.
+const MS_NAMES: [&str; 6] = [
+    "latency_first_token_ms",
+    "latency_first_token_dispatch_ms",
+    "latency_decode_ms",
+    "queue_wait_ms",
+    "orchestrator_added_latency_ms",
+    "orchestrator_dispatch_latency_ms",
+];
+
+#[tokio::test]
+async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
+    let path = write_config("lint");
+    let (_child, base, _log) = spawn_binary_logged(&path, &[]);
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: base.clone(),
+    };
+    let seen = workload(&c, 3).await;
+    for s in [202, 400, 409, 415, 429] {
+        if s != 409 {
+            assert!(seen.statuses.contains_key(&s), "no {s} in {seen:?}");
+        }
+    }
+    // let the gauge sweep run once more after the reload
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = c
+        .http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let lint: Lint = serde_json::from_str(include_str!("../../../ci/metrics.lint.json")).unwrap();
+    let by_name: BTreeMap<&str, &LintMetric> =
+        lint.metrics.iter().map(|m| (m.name.as_str(), m)).collect();
+    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut values: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (n, t) = rest.split_once(' ').unwrap();
+            types.insert(n.to_string(), t.to_string());
+        }
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (head, _) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match head.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        let base_name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suf| {
+                name.strip_suffix(suf)
+                    .filter(|b| by_name.get(b).is_some_and(|m| m.kind == "histogram"))
+            })
+            .unwrap_or(name);
+        let m = by_name
+            .get(base_name)
+            .unwrap_or_else(|| panic!("{base_name} is exposed but not in ci/metrics.lint.json"));
+        assert_eq!(
+            types.get(base_name).map(String::as_str),
+            Some(m.kind.as_str()),
+            "{base_name}: exposed type differs from the lint file"
+        );
+        let mut keys = BTreeSet::new();
+        for kv in labels.split("\",").filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once("=\"").unwrap();
+            let v = v.trim_end_matches('"');
+            assert!(
+                uuid::Uuid::parse_str(v).is_err() && !v.contains(SECRET_PROMPT),
+                "{line}: unbounded label value"
+            );
+            assert_ne!(v, "unknown", "{line}: a series with an unknown label value");
+            if k != "le" {
+                keys.insert(k.to_string());
+                values
+                    .entry((base_name.to_string(), k.to_string()))
+                    .or_default()
+                    .insert(v.to_string());
+            }
+        }
+        let want: BTreeSet<String> = m.labels.iter().cloned().collect();
+        assert_eq!(keys, want, "{line}: label keys differ from the lint file");
+        series
+            .entry(base_name.to_string())
+            .or_default()
+            .insert(labels.to_string());
+    }
+    for m in &lint.metrics {
+        let n = series
+            .get(&m.name)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} is in the lint file but not exposed after the workload",
+                    m.name
+                )
+            })
+            .len();
+        assert!(n <= m.max_series, "{}: {n} series over its budget", m.name);
+    }
+    // the workload's events landed where they belong
+    let reasons = &values[&("tasks_rejected_total".to_string(), "reason".to_string())];
+    for r in ["invalid", "queue_full", "quota"] {
+        assert!(reasons.contains(r), "no rejection reason {r}: {reasons:?}");
+    }
+    let codes = &values[&("tasks_failed_total".to_string(), "code".to_string())];
+    assert!(codes.contains("WORKER_RESET"), "{codes:?}");
+    let outcomes_line = text
+        .lines()
+        .find(|l| {
+            l.starts_with("reloads_total{pool_id=\"p\"") && l.contains("outcome=\"switched\"")
+        })
+        .unwrap();
+    assert!(outcomes_line.ends_with(" 1"), "{outcomes_line}");
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("tasks_canceled_total{") && l.contains("reason=\"client\"")));
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("orchestrator_added_latency_ms_count") && !l.ends_with(" 0")));
+
+    let (code, out) = promtool(&["check", "metrics"], Some(&text));
+    assert!(
+        code == 0 || code == 3,
+        "promtool could not read the exposition ({code}): {out}"
+    );
+    for problem in out.lines().filter(|l| !l.trim().is_empty()) {
+        let allowed = MS_NAMES
+            .iter()
+            .any(|n| problem == format!("{n} metric names should not contain abbreviated units"));
+        assert!(allowed, "promtool check metrics: {problem}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Every target expression of every panel of `file`, with its panel title.
+fn panel_queries(file: &std::path::Path) -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push((
+                    p["title"].as_str().unwrap_or("?").to_string(),
+                    e.to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The dashboards' variables, as the query test and the renderer fill them.
+fn substitute(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "5m")
+        .replace("$pool", ".*")
+}
+
+fn files(dir: &str, ext: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(ext))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
+    let path = write_config("prom");
+    let (_child, base, _log) = spawn_binary_logged(&path, &[]);
+    let target = base.trim_start_matches("http://").to_string();
+    let rules: Vec<PathBuf> = files("ci/alerts", ".yml")
+        .into_iter()
+        .filter(|p| !p.to_string_lossy().ends_with(".test.yml"))
+        .collect();
+    assert!(!rules.is_empty(), "no alert rules in ci/alerts");
+    let p = prom::start("dash", &target, &rules).await;
+    let http = reqwest::Client::new();
+    let c = Client {
+        http: http.clone(),
+        base,
+    };
+    let started = std::time::SystemTime::now();
+    p.wait_scrapes(&http, 2).await;
+    workload(&c, workload_secs()).await;
+    // a few scrapes after the workload, so rates see its last events
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let up = p.query(&http, "up{job=\"orchestratord\"}").await.unwrap();
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+
+    // the alert rules loaded into the live server and evaluate without error
+    let rules_state: Value = http
+        .get(format!("{}/api/v1/rules", p.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let groups = rules_state["data"]["groups"].as_array().unwrap();
+    assert!(!groups.is_empty(), "{rules_state}");
+    for g in groups {
+        for r in g["rules"].as_array().unwrap() {
+            assert_eq!(r["health"], "ok", "rule {} : {}", r["name"], r["lastError"]);
+        }
+    }
+
+    let dashboards = files("ci/dashboards", ".json");
+    assert!(dashboards.len() >= 3, "{dashboards:?}");
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for d in &dashboards {
+        for (title, expr) in panel_queries(d) {
+            n += 1;
+            match p.query(&http, &substitute(&expr)).await {
+                Ok(r) if !r.is_empty() => {}
+                Ok(_) => failures.push(format!("{}: {title}: no data: {expr}", d.display())),
+                Err(e) => failures.push(format!("{}: {title}: {e}: {expr}", d.display())),
+            }
+        }
+    }
+    println!(
+        "[observability] {n} panel queries over {} dashboards",
+        dashboards.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    if let Ok(png) = std::env::var("ORCH_DASHBOARD_PNG") {
+        let end = std::time::SystemTime::now();
+        let unix = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                .to_string()
+        };
+        let python = std::env::var("ORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let status = std::process::Command::new(python)
+            .current_dir(repo())
+            .args([
+                "scripts/render_dashboard.py",
+                "--prometheus",
+                &p.base,
+                "--dashboard",
+                "ci/dashboards/overview.json",
+                "--start",
+                &unix(started),
+                "--end",
+                &unix(end),
+                "--step",
+                "1",
+                "--out",
+                &png,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "render_dashboard.py failed");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn alert_rules_check_and_pass_their_promtool_unit_tests() {
+    let rules = files("ci/alerts", ".yml");
+    let (tests, defs): (Vec<_>, Vec<_>) = rules
+        .iter()
+        .partition(|p| p.to_string_lossy().ends_with(".test.yml"));
+    assert!(!defs.is_empty() && !tests.is_empty(), "{rules:?}");
+    for d in &defs {
+        let (code, out) = promtool(&["check", "rules", d.to_str().unwrap()], None);
+        assert_eq!(code, 0, "promtool check rules {}: {out}", d.display());
+    }
+    for t in &tests {
+        let (code, out) = promtool(&["test", "rules", t.to_str().unwrap()], None);
+        assert_eq!(code, 0, "promtool test rules {}: {out}", t.display());
+        println!(
+            "[observability] promtool test rules {}: {}",
+            t.display(),
+            out.trim()
+        );
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
+    let path = write_config("logs");
+    let (_child, base, log) = spawn_binary_logged(&path, &[("RUST_LOG", "info")]);
+    let c = Client {
+        http: reqwest::Client::new(),
+        base,
+    };
+    let mut body = work("lifecycle", 6, "interactive");
+    body["session_id"] = json!(uuid::Uuid::new_v4().to_string());
+    let r = c
+        .http
+        .post(format!("{}/v1/tasks", c.base))
+        .bearer_auth(ALPHA)
+        .header("x-correlation-id", "obs-corr-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = c
+        .http
+        .get(format!("{}/v1/tasks/{id}/stream", c.base))
+        .bearer_auth(ALPHA)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(parse_sse(&text).last().unwrap().event, "end");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lines = Arc::clone(&log);
+    let all = lines.lock().unwrap().clone();
+    let json_lines: Vec<Value> = all
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of_task: Vec<&Value> = json_lines
+        .iter()
+        .filter(|v| v["task_id"] == id.as_str())
+        .collect();
+    let find = |msg: &str| -> &Value {
+        of_task
+            .iter()
+            .find(|v| v["message"] == msg)
+            .unwrap_or_else(|| panic!("no '{msg}' line for {id}: {of_task:#?}"))
+    };
+    let common = [
+        "task_id",
+        "tenant",
+        "pool_id",
+        "priority",
+        "correlation_id",
+        "engine",
+    ];
+    let admitted = find("task admitted");
+    let started = find("task started");
+    let ended = find("task ended");
+    for (line, extra) in [
+        (
+            admitted,
+            &["queue_position", "predicted_start_ms", "session_id"][..],
+        ),
+        (started, &["replica_id", "engine_version", "ttft_ms"][..]),
+        (
+            ended,
+            &[
+                "replica_id",
+                "engine_version",
+                "session_id",
+                "tokens_in",
+                "tokens_out",
+                "decode_time_ms",
+                "ttft_ms",
+            ][..],
+        ),
+    ] {
+        for f in common.iter().chain(extra) {
+            assert!(!line[f].is_null(), "{f} missing from {line}");
+        }
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["tenant"], "alpha");
+        assert_eq!(line["correlation_id"], "obs-corr-1");
+        assert_eq!(line["engine"], "mock");
+    }
+    assert_eq!(ended["tokens_out"], 6);
+    // one access line for the submit, with its route template and tenant
+    let access = json_lines
+        .iter()
+        .find(|v| v["correlation_id"] == "obs-corr-1" && v["route"] == "/v1/tasks")
+        .unwrap_or_else(|| panic!("no access line: {all}"));
+    for f in ["method", "status", "latency_ms", "tenant"] {
+        assert!(!access[f].is_null(), "{f} missing from {access}");
+    }
+    for secret in [SECRET_PROMPT, ALPHA, &ALPHA["oqk_".len()..]] {
+        assert!(!all.contains(secret), "the log shows {secret:?}");
+    }
+    let _ = std::fs::remove_file(path);
+}
