@@ -274,6 +274,7 @@ impl LlamaCppAdapter {
                     let ev = EngineEvent::Token {
                         text: chunk.content,
                         index,
+                        prompt_tokens: chunk.tokens_evaluated,
                     };
                     index += 1;
                     return Some((Ok(ev), (events, guard, index, false, t0)));

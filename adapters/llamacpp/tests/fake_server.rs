@@ -72,7 +72,7 @@ async fn drain(mut s: EventStream) -> (Vec<(u32, String)>, Result<EngineEnd, Wor
             .await
             .expect("stream ended without End or error")
         {
-            Ok(EngineEvent::Token { text, index }) => {
+            Ok(EngineEvent::Token { text, index, .. }) => {
                 tokens.push((index, text));
                 continue;
             }

@@ -108,6 +108,11 @@ pub struct MockEngine {
     kv: Mutex<std::collections::HashSet<u64>>,
 }
 
+/// The mock's prompt length in tokens: one per whitespace-separated word, plus one.
+fn mock_prompt_tokens(prompt: &str) -> u32 {
+    prompt.split_whitespace().count() as u32 + 1
+}
+
 /// Blocks the modelled KV cache holds before it starts over.
 const KV_BLOCKS: usize = 65_536;
 
@@ -240,11 +245,19 @@ impl Gen {
         if i < self.total {
             self.next += 1;
             let text = token_text(self.cfg.seed, self.req.seed, i);
-            return Some((Ok(EngineEvent::Token { text, index: i }), self));
+            let prompt_tokens = (i == 0).then(|| mock_prompt_tokens(&self.req.prompt));
+            return Some((
+                Ok(EngineEvent::Token {
+                    text,
+                    index: i,
+                    prompt_tokens,
+                }),
+                self,
+            ));
         }
         self.done = true;
         let end = EngineEnd {
-            tokens_in: self.req.prompt.split_whitespace().count() as u32 + 1,
+            tokens_in: mock_prompt_tokens(&self.req.prompt),
             tokens_out: self.total,
             tokens_cached: self.tokens_cached,
             finish_reason: self.finish,

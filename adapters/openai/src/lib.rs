@@ -263,6 +263,8 @@ impl OpenAiAdapter {
                 let ev = EngineEvent::Token {
                     text,
                     index: st.index,
+                    // an OpenAI-compatible server tells usage only at the end
+                    prompt_tokens: None,
                 };
                 st.index += 1;
                 return Some((Ok(ev), (events, st)));

@@ -81,8 +81,12 @@ fail_after_tokens = 2
 }
 
 fn write_config(name: &str) -> PathBuf {
+    write_config_text(name, &config())
+}
+
+fn write_config_text(name: &str, text: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("orch-obs-{name}-{}.toml", std::process::id()));
-    std::fs::write(&p, config()).unwrap();
+    std::fs::write(&p, text).unwrap();
     p
 }
 
@@ -675,6 +679,155 @@ async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
     }
     for secret in [SECRET_PROMPT, ALPHA, &ALPHA["oqk_".len()..]] {
         assert!(!all.contains(secret), "the log shows {secret:?}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Sum of every sample of `name` in an exposition.
+fn sum_of(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_canceled_tasks_prompt_counts_in_tokens_in_once_it_was_processed() {
+    // a slow pool: the cancel lands long before the task could complete
+    let slow = config().replace(
+        "tokens_per_sec = 150.0\ntokens = 24",
+        "tokens_per_sec = 10.0\ntokens = 400",
+    );
+    assert_ne!(slow, config());
+    let path = write_config_text("tokens-in", &slow);
+    let (_child, base, _log) = spawn_binary_logged(&path, &[]);
+    let http = reqwest::Client::new();
+    let c = Client {
+        http: http.clone(),
+        base: base.clone(),
+    };
+    let metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // five words: the mock counts six prompt tokens
+    let mut body = task("one two three four five", 400, "interactive");
+    body["prompt"] = json!("one two three four five");
+    let r = c.post(ALPHA, "/v1/tasks", &body).await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut resp = http
+        .get(format!("{base}/v1/tasks/{id}/stream"))
+        .bearer_auth(ALPHA)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        let chunk = resp.chunk().await.unwrap().expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let r = c
+        .post(ALPHA, &format!("/v1/tasks/{id}/cancel"), &json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    while let Some(chunk) = resp.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("\"canceled\""), "{seen}");
+    let text = metrics().await;
+    assert_eq!(sum_of(&text, "tokens_in_total"), 6.0, "{text}");
+    assert_eq!(sum_of(&text, "tasks_canceled_total"), 1.0);
+    // a completed task adds its prompt once, not twice
+    let (s, h) = c.submit(ALPHA, &body_with_max(&body, 3)).await;
+    assert_eq!(s, 202);
+    assert_eq!(h.unwrap().await.unwrap().last().unwrap().event, "end");
+    assert_eq!(sum_of(&metrics().await, "tokens_in_total"), 12.0);
+    let _ = std::fs::remove_file(path);
+}
+
+fn body_with_max(body: &Value, max_tokens: u32) -> Value {
+    let mut b = body.clone();
+    b["max_tokens"] = json!(max_tokens);
+    b
+}
+
+/// Series of `name` whose labels contain `needle`.
+fn series_with(text: &str, name: &str, needle: &str) -> usize {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(needle))
+        .count()
+}
+
+#[tokio::test]
+async fn series_of_a_replaced_engine_version_leave_the_exposition() {
+    let path = write_config("stale");
+    let (_child, base, _log) = spawn_binary_logged(&path, &[]);
+    let http = reqwest::Client::new();
+    let metrics = || async {
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let old = "engine_version=\"mock-0.1.0\",pool_id=\"p\"";
+    let new = "engine_version=\"mock-9.9.9\",pool_id=\"p\"";
+    // the gauge sweep publishes within a second of start
+    let t0 = Instant::now();
+    let mut text = metrics().await;
+    while series_with(&text, "slots_capacity", old) < 2 && t0.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = metrics().await;
+    }
+    assert_eq!(series_with(&text, "queue_depth", old), 2, "{text}");
+    assert_eq!(series_with(&text, "slots_capacity", old), 2, "{text}");
+    // the same pool on a new engine version (engine settings go through a reload)
+    std::fs::write(
+        &path,
+        config().replacen(
+            "prefill_ms_per_block = 1",
+            "prefill_ms_per_block = 1\nengine_version = \"mock-9.9.9\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let r = http
+        .post(format!("{base}/v1/admin/reload-config"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{:?}", r.text().await);
+    let t0 = Instant::now();
+    loop {
+        let text = metrics().await;
+        let (stale, fresh) = (
+            series_with(&text, "queue_depth", old) + series_with(&text, "slots_capacity", old),
+            series_with(&text, "queue_depth", new) + series_with(&text, "slots_capacity", new),
+        );
+        if stale == 0 && fresh == 4 {
+            println!(
+                "[observability] old version's series gone after {:?}",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "stale {stale}, fresh {fresh} after 40 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _ = std::fs::remove_file(path);
 }

@@ -37,7 +37,14 @@ pub struct EngineRequest {
 /// One event of a generation. Token indices are 0-based and contiguous.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EngineEvent {
-    Token { text: String, index: u32 },
+    Token {
+        text: String,
+        index: u32,
+        /// The prompt's length in tokens, when the engine tells it with a token (at
+        /// least with the first): prompt tokens count as processed from then on,
+        /// whether or not the task completes.
+        prompt_tokens: Option<u32>,
+    },
     End(EngineEnd),
 }
 

@@ -60,6 +60,8 @@ struct Attempt<'a> {
     unflushed: u64,
     /// When the stream next gets a `metrics` frame.
     next_metrics: Option<Instant>,
+    /// `tokens_in_total` already has this attempt's prompt (told with a token).
+    prompt_counted: bool,
 }
 
 impl Drop for Attempt<'_> {
@@ -234,7 +236,17 @@ impl Attempt<'_> {
                         emitted: self.started,
                     }
                 }
-                Some(Ok(EngineEvent::Token { text, .. })) => {
+                Some(Ok(EngineEvent::Token {
+                    text,
+                    prompt_tokens,
+                    ..
+                })) => {
+                    if let (Some(n), false) = (prompt_tokens, self.prompt_counted) {
+                        // the prompt was processed: it counts even if the task
+                        // does not complete
+                        self.w.tokens_in(n);
+                        self.prompt_counted = true;
+                    }
                     if !self.started {
                         self.ensure_started();
                         // from now on the (usually shorter) idle limit applies
@@ -303,13 +315,18 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
             tokens_out: w.tokens_out_counter(),
             unflushed: 0,
             next_metrics: None,
+            prompt_counted: false,
         };
         let outcome = at.drive().await;
         let ttft_ms = at.ttft_ms;
+        let prompt_counted = at.prompt_counted;
         drop(at);
         let pool_id = a.pool.id.to_string();
         match outcome {
             Outcome::Ended(end) => {
+                if !prompt_counted {
+                    w.tokens_in(end.tokens_in);
+                }
                 finish_ok(a, &w, end, ttft_ms, t_start, &sessions);
                 return;
             }
@@ -408,7 +425,6 @@ fn finish_ok(
     if !ended {
         return;
     }
-    w.tokens_in(end.tokens_in);
     if let Some(c) = end.tokens_cached {
         w.tokens_cached(c);
     }
