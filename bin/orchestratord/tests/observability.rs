@@ -694,10 +694,9 @@ fn sum_of(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn a_canceled_tasks_prompt_counts_in_tokens_in_once_it_was_processed() {
     // a slow pool: the cancel lands long before the task could complete
-    let slow = config().replace(
-        "tokens_per_sec = 150.0\ntokens = 24",
-        "tokens_per_sec = 10.0\ntokens = 400",
-    );
+    let slow = config()
+        .replace("tokens_per_sec = 150.0", "tokens_per_sec = 10.0")
+        .replace("tokens = 24", "tokens = 400");
     assert_ne!(slow, config());
     let path = write_config_text("tokens-in", &slow);
     let (_child, base, _log) = spawn_binary_logged(&path, &[]);
