@@ -6,6 +6,7 @@ pub mod engines;
 pub mod notify;
 pub mod reconfig;
 pub mod selftest;
+pub mod serve;
 pub mod server;
 pub mod telemetry;
 

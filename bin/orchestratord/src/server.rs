@@ -1,7 +1,6 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
 use crate::config::{Config, FairnessChoice, MetricsAccess, PlacementChoice, PoolConfig};
-use axum::serve::ListenerExt;
 use orch_api::{AppState, MetricsRender};
 use orch_services::{
     config::PlacementMode, ManagerConfig, Orchestrator, PoolError, PoolManager, PoolSpec, Quotas,
@@ -239,26 +238,18 @@ pub async fn start_with(
         reconfigure: Some(hook),
     };
     let app = orch_api::router(state);
+    let limits = crate::serve::Limits {
+        max_connections: cfg.server.max_connections,
+        header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
+        write_stall_timeout: Duration::from_millis(cfg.server.write_stall_timeout_ms),
+        send_buffer_bytes: cfg.server.send_buffer_bytes,
+    };
     let (shutdown_tx, mut rx) = watch::channel(false);
     let handle = tokio::spawn(async move {
         let stop = async move {
             let _ = rx.wait_for(|v| *v).await;
         };
-        // no Nagle: SSE frames are small writes that must not wait for a delayed ACK
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        // into_make_service turns the routes into services once; serving the Router
-        // itself re-runs that conversion for every connection (about 13 KiB each,
-        // kept for the connection's life: found with massif on 2,000 open streams)
-        if let Err(e) = axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "server error");
-        }
+        crate::serve::serve(listener, app, limits, stop).await;
     });
     tracing::info!(%addr, pools = cfg.pools.len(), "orchestratord listening");
     Ok(Server {

@@ -22,6 +22,21 @@ impl Config {
         if self.pools.is_empty() {
             bad("pools".into(), "at least one [[pools]] entry is required");
         }
+        let s = &self.server;
+        if !(4096..=16 * 1024 * 1024).contains(&s.send_buffer_bytes) {
+            bad("server.send_buffer_bytes".into(), "must be 4096..=16777216");
+        }
+        if s.max_connections == 0 {
+            bad("server.max_connections".into(), "must be at least 1");
+        }
+        for (k, v) in [
+            ("header_read_timeout_ms", s.header_read_timeout_ms),
+            ("write_stall_timeout_ms", s.write_stall_timeout_ms),
+        ] {
+            if v < 100 {
+                bad(format!("server.{k}"), "must be at least 100 (ms)");
+            }
+        }
         for (name, t) in std::iter::once(("tenant_defaults", &self.tenant_defaults))
             .chain(self.tenants.iter().map(|(n, t)| (n.as_str(), t)))
         {

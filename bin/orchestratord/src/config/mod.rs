@@ -126,6 +126,16 @@ pub struct ServerConfig {
     pub session_token_budget: Option<u64>,
     /// On SIGTERM: how long running tasks may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Open connections at most; one more gets a bare 503 and is closed.
+    pub max_connections: usize,
+    /// A request's header block must arrive within this of the connection opening
+    /// or of its previous response (slowloris and idle keep-alive connections).
+    pub header_read_timeout_ms: u64,
+    /// A client that reads nothing for this long while a response waits to be
+    /// written is disconnected (its stream's abandon grace then applies).
+    pub write_stall_timeout_ms: u64,
+    /// Kernel send buffer of each connection, in bytes (fixed; see `write_stall_timeout_ms`).
+    pub send_buffer_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -144,6 +154,10 @@ impl Default for ServerConfig {
             sessions_max: 100_000,
             session_token_budget: None,
             shutdown_grace_ms: 10_000,
+            max_connections: 10_000,
+            header_read_timeout_ms: 10_000,
+            write_stall_timeout_ms: 30_000,
+            send_buffer_bytes: 256 * 1024,
         }
     }
 }

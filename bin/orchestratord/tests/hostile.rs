@@ -1,0 +1,285 @@
+//! Hostile clients against the real binary over raw TCP on loopback: slow headers
+//! (slowloris), connections that never send a byte, idle keep-alive connections, more
+//! connections than the limit, a reader that stops reading its stream, and 2,000
+//! idle connections' memory.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(server: &str, mock: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[server]\nkeepalive_ms = 200\n{server}\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 4000\n[pools.mock]\n{mock}\n"
+    );
+    let p = std::env::temp_dir().join(format!(
+        "orch-hostile-{}-{}.toml",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn addr(base: &str) -> String {
+    base.trim_start_matches("http://").to_string()
+}
+
+/// Read until the peer closes (Ok(bytes)) or `limit` passes (Err(bytes so far)).
+async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Vec<u8>> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return Err(got),
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+const LIVEZ: &[u8] = b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n";
+
+#[tokio::test]
+async fn slow_headers_silent_and_idle_connections_are_closed_after_the_header_timeout() {
+    let path = config("header_read_timeout_ms = 400", "slots = 1");
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let a = addr(&base);
+
+    // a connection that never sends a byte
+    let mut silent = TcpStream::connect(&a).await.unwrap();
+    let t0 = Instant::now();
+    read_to_close(&mut silent, Duration::from_secs(5))
+        .await
+        .expect("a silent connection is closed");
+    let silent_after = t0.elapsed();
+
+    // slowloris: a header trickled one byte every 100 ms never completes in time
+    let mut slow = TcpStream::connect(&a).await.unwrap();
+    let t0 = Instant::now();
+    let head =
+        b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed_after = None;
+    for b in head {
+        if slow.write_all(&[*b]).await.is_err() {
+            closed_after = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_after = match closed_after {
+        Some(t) => t,
+        None => {
+            read_to_close(&mut slow, Duration::from_secs(5))
+                .await
+                .expect("a slowloris connection is closed");
+            t0.elapsed()
+        }
+    };
+    let got = read_to_close(&mut slow, Duration::from_secs(1)).await;
+    let text = String::from_utf8_lossy(got.as_deref().unwrap_or_else(|b| b));
+    assert!(
+        !text.contains("200 OK"),
+        "the trickled request was served: {text}"
+    );
+
+    // a keep-alive connection that goes idle after a response
+    let mut idle = TcpStream::connect(&a).await.unwrap();
+    idle.write_all(LIVEZ).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let t0 = Instant::now();
+    read_to_close(&mut idle, Duration::from_secs(5))
+        .await
+        .expect("an idle keep-alive connection is closed");
+    let idle_after = t0.elapsed();
+
+    println!("[hostile] closed after: silent {silent_after:?}, slowloris {closed_after:?}, idle {idle_after:?} (limit 400 ms)");
+    for t in [silent_after, closed_after, idle_after] {
+        assert!(
+            t >= Duration::from_millis(350) && t < Duration::from_secs(3),
+            "{t:?}"
+        );
+    }
+    // and a prompt client is still served
+    let r = reqwest::get(format!("{base}/livez")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_connection_over_the_limit_gets_a_503_and_a_freed_place_is_reused() {
+    let path = config("max_connections = 8", "slots = 1");
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let a = addr(&base);
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(&a).await.unwrap();
+        s.write_all(LIVEZ).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut over = TcpStream::connect(&a).await.unwrap();
+    let got = read_to_close(&mut over, Duration::from_secs(5))
+        .await
+        .expect("the connection over the limit is closed");
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    // one place freed: the next connection is served
+    drop(held.pop());
+    let t0 = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(&a).await.unwrap();
+        s.write_all(LIVEZ).await.unwrap();
+        let got = read_to_close(&mut s, Duration::from_millis(500)).await;
+        let bytes = got.unwrap_or_else(|b| b);
+        if String::from_utf8_lossy(&bytes).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no place was freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_dropped_and_stalls_neither_the_engine_nor_others() {
+    let path = config(
+        "write_stall_timeout_ms = 500\nstream_grace_ms = 300\nsend_buffer_bytes = 8192",
+        "slots = 4\ntokens_per_sec = 400.0\nttft_ms = 1\ntokens = 4000\nctx_max = 100000",
+    );
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let http = reqwest::Client::new();
+    let submit = |max: u32| {
+        let http = http.clone();
+        let url = format!("{base}/v1/tasks");
+        async move {
+            let v: Value = http
+                .post(url)
+                .json(&task("stall", max, "interactive"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["task_id"].as_str().unwrap().to_string()
+        }
+    };
+    let stuck = submit(4000).await;
+    // a client with a tiny receive window that never reads
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(addr(&base).parse().unwrap()).await.unwrap();
+    s.write_all(format!("GET /v1/tasks/{stuck}/stream HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    // meanwhile another client's stream runs at full speed
+    let other = submit(200).await;
+    let frames = parse_sse(
+        &http
+            .get(format!("{base}/v1/tasks/{other}/stream"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(frames.last().unwrap().event, "end");
+    let other_took = t0.elapsed();
+    // the stalled reader is dropped; with no reader left the task is canceled after
+    // the abandon grace, long before its 4,000 tokens (10 s) would be done
+    let status = loop {
+        let v: Value = http
+            .get(format!("{base}/v1/tasks/{stuck}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["state"] != "running" && v["state"] != "queued" {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(8), "still {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ended_after = t0.elapsed();
+    assert_eq!(status["state"], "canceled", "{status}");
+    // what the stalled client finally reads ends without a terminal frame: the
+    // server closed it
+    let got = read_to_close(&mut s, Duration::from_secs(5))
+        .await
+        .expect("the stalled connection was closed");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("event: token"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(
+        !text.contains("event: end"),
+        "the stalled client got the whole stream"
+    );
+    println!(
+        "[hostile] other stream done in {other_took:?}; stalled task canceled after {ended_after:?}; the stalled client had {} bytes",
+        got.len()
+    );
+    assert!(other_took < Duration::from_secs(3), "{other_took:?}");
+    let _ = std::fs::remove_file(path);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_thousand_idle_keep_alive_connections_cost_bounded_memory() {
+    const N: usize = 2000;
+    let path = config("header_read_timeout_ms = 60000", "slots = 1");
+    let (child, base, _) = spawn_binary_logged(&path, &[]);
+    let pid = child.0.id();
+    let a = addr(&base);
+    // warm up: the first connections allocate the runtime's and allocator's pools
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(&a).await.unwrap();
+        s.write_all(LIVEZ).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut s = TcpStream::connect(&a).await.unwrap();
+        s.write_all(LIVEZ).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib(pid);
+    let per = (after.saturating_sub(before)) as f64 / N as f64;
+    println!("[hostile] {N} idle keep-alive connections: RSS {before} KiB -> {after} KiB, {per:.1} KiB each");
+    assert!(per < 48.0, "{per:.1} KiB per idle connection");
+    // still serving
+    let r = reqwest::get(format!("{base}/livez")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(conns);
+    let _ = std::fs::remove_file(path);
+}
