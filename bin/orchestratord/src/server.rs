@@ -233,7 +233,10 @@ pub async fn start_with(
         manager: Some(manager.clone()),
         metrics,
         keepalive: Duration::from_millis(cfg.server.keepalive_ms.max(10)),
-        body_limit: cfg.server.body_limit_bytes,
+        body: orch_api::body::BodyLimits {
+            max_bytes: cfg.server.body_limit_bytes,
+            read_timeout: Duration::from_millis(cfg.server.body_read_timeout_ms),
+        },
         auth,
         reconfigure: Some(hook),
     };

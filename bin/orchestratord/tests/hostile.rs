@@ -283,3 +283,113 @@ async fn two_thousand_idle_keep_alive_connections_cost_bounded_memory() {
     drop(conns);
     let _ = std::fs::remove_file(path);
 }
+
+/// Send `raw` on a fresh connection (then close our write half when `half_close`),
+/// and return the response's status and JSON body.
+async fn exchange(a: &str, raw: &[u8], half_close: bool) -> (u16, Value) {
+    let mut s = TcpStream::connect(a).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    if half_close {
+        s.shutdown().await.unwrap();
+    }
+    let got = read_until_body(&mut s).await;
+    let text = String::from_utf8_lossy(&got).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Read one response (head plus a content-length body).
+async fn read_until_body(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return got;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return got,
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_body_read_failure_and_a_wrong_method_get_their_own_status_and_code() {
+    let path = config(
+        "body_read_timeout_ms = 300\nbody_limit_bytes = 200000",
+        "slots = 1",
+    );
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let a = addr(&base);
+    let head = |extra: &str| {
+        format!("POST /v1/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-correlation-id: hostile-1\r\n{extra}\r\n")
+    };
+    // a body that stops arriving: 408
+    let mut raw = head("content-length: 100\r\n").into_bytes();
+    raw.extend_from_slice(b"{\"workload\":");
+    let (st, v) = exchange(&a, &raw, false).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (408, Some("REQUEST_TIMEOUT")),
+        "{v}"
+    );
+    assert_eq!(v["correlation_id"], "hostile-1");
+    // a body cut short (the client closed its side): 400
+    let (st, v) = exchange(&a, &raw, true).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("INVALID_PARAMS")),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("could not be read"),
+        "{v}"
+    );
+    // malformed chunked encoding: 400
+    let mut raw = head("transfer-encoding: chunked\r\n").into_bytes();
+    raw.extend_from_slice(b"zz\r\nnot a chunk\r\n0\r\n\r\n");
+    let (st, v) = exchange(&a, &raw, false).await;
+    assert_eq!(st, 400, "{v}");
+    // over the size limit, announced or streamed: 413
+    let (st, v) = exchange(&a, head("content-length: 300000\r\n").as_bytes(), false).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE")),
+        "{v}"
+    );
+    let mut raw = head("transfer-encoding: chunked\r\n").into_bytes();
+    for _ in 0..5 {
+        raw.extend_from_slice(format!("{:x}\r\n{}\r\n", 50_000, "a".repeat(50_000)).as_bytes());
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let (st, v) = exchange(&a, &raw, false).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (413, Some("PAYLOAD_TOO_LARGE")),
+        "{v}"
+    );
+    // a method the route does not serve: 405 with its own code
+    let r = reqwest::Client::new()
+        .delete(format!("{base}/v1/tasks"))
+        .send()
+        .await
+        .unwrap();
+    let v = envelope(r, 405, "METHOD_NOT_ALLOWED").await;
+    assert_eq!(v["retriable"], false);
+    let _ = std::fs::remove_file(path);
+}

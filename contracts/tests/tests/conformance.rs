@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -45,6 +46,13 @@ impl Checker {
             Some(RawBody::Json(v)) => rb.json(&v),
             Some(RawBody::Text(t)) => rb.header("content-type", "application/json").body(t),
             Some(RawBody::Plain(t)) => rb.header("content-type", "text/plain").body(t),
+            Some(RawBody::Stalled) => {
+                // one byte, then nothing: the server's body read timeout answers
+                let s = futures_util::stream::once(async { Ok::<_, std::io::Error>("{") })
+                    .chain(futures_util::stream::pending());
+                rb.header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(s))
+            }
             None => rb,
         };
         let resp = rb.send().await.unwrap();
@@ -146,6 +154,8 @@ enum RawBody {
     /// Sent as `text/plain`.
     Plain(String),
     Text(String),
+    /// A JSON body that stops arriving after its first byte.
+    Stalled,
 }
 
 const CLIENT_KEY_A: &str = "oqk_conformance-client-alice";
@@ -699,6 +709,18 @@ async fn every_operation_and_documented_status_conforms() {
     let (st, b) = c.call("post", rc, rc, None, &[]).await;
     assert_eq!(st, 409, "{b}");
     let _ = std::fs::remove_file(&file);
+
+    // bodies that stop arriving: 408 on every operation that takes one
+    for (tmpl, path) in [
+        ("/v1/tasks", "/v1/tasks"),
+        ("/v1/pools/{id}/drain", "/v1/pools/mockpool/drain"),
+        ("/v1/pools/{id}/reload", "/v1/pools/mockpool/reload"),
+        ("/v1/pools/{id}/replicas", "/v1/pools/up/replicas"),
+    ] {
+        let (st, b) = c.call("post", tmpl, path, Some(Stalled), &[]).await;
+        assert_eq!(st, 408, "{path}: {b}");
+        assert_eq!(b["code"], "REQUEST_TIMEOUT");
+    }
 
     let missing: Vec<_> = c.documented().difference(&c.seen).cloned().collect();
     assert!(

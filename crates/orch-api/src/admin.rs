@@ -70,7 +70,9 @@ pub async fn add_replica(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: AddReplicaRequest = read_json(body, 64 * 1024).await.or_api(&cid)?;
+    let req: AddReplicaRequest = read_json(body, app.body.capped(64 * 1024))
+        .await
+        .or_api(&cid)?;
     if !(req.url.starts_with("http://") || req.url.starts_with("https://")) || req.url.len() > 2048
     {
         return Err(ApiError::new(

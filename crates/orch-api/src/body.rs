@@ -36,15 +36,76 @@ pub fn not_json(headers: &HeaderMap) -> OrchError {
 }
 use serde::de::DeserializeOwned;
 
-/// Read the body (up to `limit` bytes) and decode it strictly.
-pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, OrchError> {
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// How much of a body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Largest body accepted (413 above).
+    pub max_bytes: usize,
+    /// The whole body must arrive within this (408 after).
+    pub read_timeout: std::time::Duration,
+}
+
+impl BodyLimits {
+    /// The same timeout with a smaller size limit (small control-plane bodies).
+    pub fn capped(self, max_bytes: usize) -> Self {
+        Self {
+            max_bytes: self.max_bytes.min(max_bytes),
+            ..self
+        }
+    }
+}
+
+/// Read the body within `limits` and decode it strictly. Each way reading can fail
+/// has its own answer: over the size limit 413, too slow 408, a body the connection
+/// could not deliver (cut short, malformed chunking) 400.
+pub async fn read_json<T: DeserializeOwned>(
+    body: Body,
+    limits: BodyLimits,
+) -> Result<T, OrchError> {
+    let max = limits.max_bytes;
+    let too_large = || {
         OrchError::new(
             ErrorCode::PayloadTooLarge,
-            format!("request body exceeds {limit} bytes"),
+            format!("request body exceeds {max} bytes"),
         )
-    })?;
+    };
+    // an announced length over the limit is refused before anything is read
+    if axum::body::HttpBody::size_hint(&body).lower() > max as u64 {
+        return Err(too_large());
+    }
+    let bytes =
+        match tokio::time::timeout(limits.read_timeout, axum::body::to_bytes(body, max)).await {
+            Err(_) => {
+                return Err(OrchError::new(
+                    ErrorCode::RequestTimeout,
+                    format!(
+                        "request body not received within {} ms",
+                        limits.read_timeout.as_millis()
+                    ),
+                ))
+            }
+            Ok(Err(e)) if over_limit(&e) => return Err(too_large()),
+            Ok(Err(e)) => {
+                return Err(OrchError::invalid(
+                    "body",
+                    format!("could not be read: {e}"),
+                ))
+            }
+            Ok(Ok(b)) => b,
+        };
     decode(&bytes)
+}
+
+/// Whether reading stopped at the size limit (rather than failing on the wire).
+fn over_limit(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OrchError> {

@@ -62,7 +62,7 @@ pub async fn drain_pool(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: DrainRequest = read_json(body, 4096).await.or_api(&cid)?;
+    let req: DrainRequest = read_json(body, app.body.capped(4096)).await.or_api(&cid)?;
     if req.deadline_ms > MAX_DRAIN_MS {
         let e = OrchError::invalid("deadline_ms", format!("must be at most {MAX_DRAIN_MS}"));
         return Err(ApiError::new(e, &cid));
@@ -90,7 +90,7 @@ pub async fn reload_pool(
     Path(id): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    let req: ReloadRequest = read_json(body, 4096).await.or_api(&cid)?;
+    let req: ReloadRequest = read_json(body, app.body.capped(4096)).await.or_api(&cid)?;
     let Some(manager) = app.manager.clone() else {
         let e = OrchError::new(
             ErrorCode::Conflict,
@@ -117,5 +117,5 @@ pub async fn capabilities(
     State(app): State<AppState>,
     Extension(caller): Extension<orch_services::Caller>,
 ) -> Response {
-    Json(app.orch.capabilities_as(&caller, app.body_limit as u64)).into_response()
+    Json(app.orch.capabilities_as(&caller, app.body.max_bytes as u64)).into_response()
 }

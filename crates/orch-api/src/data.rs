@@ -58,7 +58,7 @@ pub async fn create_task(
             &cid,
         ));
     }
-    let req: TaskRequest = read_json(body, app.body_limit)
+    let req: TaskRequest = read_json(body, app.body)
         .await
         .map_err(refused)
         .or_api(&cid)?;

@@ -35,8 +35,8 @@ pub struct AppState {
     pub metrics: Option<MetricsRender>,
     /// SSE comment keep-alive interval while a stream waits.
     pub keepalive: Duration,
-    /// Largest request body accepted (413 above).
-    pub body_limit: usize,
+    /// Largest request body accepted (413 above) and how long it may take (408).
+    pub body: body::BodyLimits,
     /// API keys and which routes need which role (swapped by a reconfiguration).
     pub auth: auth::SharedAuth,
     /// Re-reads the config file and applies it (`POST /v1/admin/reload-config`);
@@ -59,7 +59,10 @@ impl AppState {
             manager: None,
             metrics: None,
             keepalive: Duration::from_secs(15),
-            body_limit: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
+            body: body::BodyLimits {
+                max_bytes: orch_domain::PROMPT_MAX_BYTES + 64 * 1024,
+                read_timeout: Duration::from_secs(30),
+            },
             auth: auth::AuthConfig::open(),
             reconfigure: None,
         }

@@ -157,6 +157,13 @@ fn security(mut doc: Value) -> Value {
     let envelope =
         json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}});
     if let Some(c) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        // every route answers a method it does not serve with this
+        c.insert(
+            "responses".into(),
+            json!({"MethodNotAllowed": {
+                "description": "A path served with another method answers 405 with code METHOD_NOT_ALLOWED",
+                "content": envelope.clone()}}),
+        );
         c.insert(
             "securitySchemes".into(),
             json!({
@@ -201,7 +208,13 @@ fn security(mut doc: Value) -> Value {
                     | "removeReplica"
                     | "reloadConfig"
             );
+            let has_body = op.contains_key("requestBody");
             if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                if has_body {
+                    r.insert("408".into(), json!({
+                        "description": "The request body did not arrive whole within the server's body read timeout (code REQUEST_TIMEOUT)",
+                        "content": envelope}));
+                }
                 r.insert("401".into(), json!({
                     "description": "No API key, or a key that is not valid (code UNAUTHENTICATED); carries WWW-Authenticate: Bearer",
                     "content": envelope}));

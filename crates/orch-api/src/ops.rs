@@ -56,12 +56,12 @@ pub async fn not_found(Extension(cid): Extension<CorrelationId>) -> ApiError {
     ApiError::new(OrchError::new(ErrorCode::NotFound, "no such route"), &cid)
 }
 
-pub async fn method_not_allowed(Extension(cid): Extension<CorrelationId>) -> Response {
-    let mut r = ApiError::new(
-        OrchError::new(ErrorCode::InvalidParams, "method not allowed on this route"),
+pub async fn method_not_allowed(Extension(cid): Extension<CorrelationId>) -> ApiError {
+    ApiError::new(
+        OrchError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
         &cid,
     )
-    .into_response();
-    *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-    r
 }

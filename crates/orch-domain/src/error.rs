@@ -17,6 +17,10 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     PayloadTooLarge,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
+    /// The request body did not arrive within the server's body read timeout (408).
+    RequestTimeout,
     AdmissionReject,
     QuotaExceeded,
     QueueFullDropLru,
@@ -38,6 +42,8 @@ impl ErrorCode {
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
             ErrorCode::AdmissionReject => "ADMISSION_REJECT",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
             ErrorCode::QueueFullDropLru => "QUEUE_FULL_DROP_LRU",

@@ -32,6 +32,7 @@ impl Config {
         for (k, v) in [
             ("header_read_timeout_ms", s.header_read_timeout_ms),
             ("write_stall_timeout_ms", s.write_stall_timeout_ms),
+            ("body_read_timeout_ms", s.body_read_timeout_ms),
         ] {
             if v < 100 {
                 bad(format!("server.{k}"), "must be at least 100 (ms)");

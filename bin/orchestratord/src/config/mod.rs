@@ -134,6 +134,8 @@ pub struct ServerConfig {
     /// A client that reads nothing for this long while a response waits to be
     /// written is disconnected (its stream's abandon grace then applies).
     pub write_stall_timeout_ms: u64,
+    /// A request body must arrive whole within this (408 after).
+    pub body_read_timeout_ms: u64,
     /// Kernel send buffer of each connection, in bytes (fixed; see `write_stall_timeout_ms`).
     pub send_buffer_bytes: usize,
 }
@@ -157,6 +159,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             write_stall_timeout_ms: 30_000,
+            body_read_timeout_ms: 30_000,
             send_buffer_bytes: 256 * 1024,
         }
     }

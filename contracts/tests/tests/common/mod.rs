@@ -12,6 +12,7 @@ pub struct Live {
 pub const MOCK: &str = r#"
 [server]
 keepalive_ms = 200
+body_read_timeout_ms = 500
 [[pools]]
 id = "mockpool"
 engine = "mock"

@@ -230,7 +230,7 @@ async fn parse(
         e.status = axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
         return Err(e);
     }
-    let value: Value = crate::body::read_json(body, app.body_limit).await?;
+    let value: Value = crate::body::read_json(body, app.body).await?;
     let prio = priority(headers)?;
     let orch = app.orch.clone();
     Ok(match kind {
