@@ -1,14 +1,11 @@
 //! The adapter for one llama-server replica, over its native HTTP API.
 
-use crate::wire::{Chunk, CompletionRequest, Props, Slot};
+use crate::wire::{CompletionRequest, Props, Slot};
 use crate::ENGINE;
 use adapter_api::{
-    BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
-    WorkerAdapter, WorkerError,
+    BoxFuture, EngineRequest, EventStream, Health, Properties, WorkerAdapter, WorkerError,
 };
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures_util::StreamExt;
-use orch_domain::{FinishReason, TaskId};
+use orch_domain::TaskId;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,14 +85,6 @@ async fn refuse_unless_ok(
         400..=499 => WorkerError::Rejected(msg),
         _ => WorkerError::Reset(msg),
     })
-}
-
-fn finish_of(stop_type: Option<&str>) -> FinishReason {
-    match stop_type {
-        Some("eos") => FinishReason::Eos,
-        Some("word") => FinishReason::Stop,
-        _ => FinishReason::Length,
-    }
 }
 
 impl LlamaCppAdapter {
@@ -214,74 +203,11 @@ impl LlamaCppAdapter {
         let resp = refuse_unless_ok(resp, "").await?;
         self.active.fetch_add(1, Ordering::AcqRel);
         let guard = ActiveGuard(self.active.clone());
-        let started = Instant::now();
-        let events = resp.bytes_stream().eventsource();
-        let state = (events, guard, 0u32, false, started);
-        let s = futures_util::stream::unfold(
-            state,
-            |(mut events, guard, mut index, done, t0)| async move {
-                if done {
-                    return None;
-                }
-                loop {
-                    let item = match events.next().await {
-                        None => {
-                            let e = WorkerError::Reset(
-                                "llama-server closed the stream before stop".into(),
-                            );
-                            return Some((Err(e), (events, guard, index, true, t0)));
-                        }
-                        // the client's read timeout (no byte for `read_timeout`) is a
-                        // timeout, not a reset: the engine may still be decoding
-                        Some(Err(EventStreamError::Transport(e))) if e.is_timeout() => {
-                            let e = WorkerError::Timeout(format!(
-                                "stream idle past the read timeout: {e}"
-                            ));
-                            return Some((Err(e), (events, guard, index, true, t0)));
-                        }
-                        Some(Err(e)) => {
-                            let e = WorkerError::Reset(format!("stream: {e}"));
-                            return Some((Err(e), (events, guard, index, true, t0)));
-                        }
-                        Some(Ok(ev)) => ev,
-                    };
-                    let chunk: Chunk = match serde_json::from_str(&item.data) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let e = WorkerError::Protocol(format!("bad chunk: {e}"));
-                            return Some((Err(e), (events, guard, index, true, t0)));
-                        }
-                    };
-                    if let Some(err) = chunk.error {
-                        let e = WorkerError::Reset(format!("llama-server error: {err}"));
-                        return Some((Err(e), (events, guard, index, true, t0)));
-                    }
-                    if chunk.stop {
-                        let timings = chunk.timings.unwrap_or_default();
-                        let end = EngineEnd {
-                            tokens_in: chunk.tokens_evaluated.or(timings.prompt_n).unwrap_or(0),
-                            tokens_out: chunk.tokens_predicted.unwrap_or(index),
-                            tokens_cached: timings.cache_n,
-                            finish_reason: finish_of(chunk.stop_type.as_deref()),
-                            decode_time_ms: t0.elapsed().as_millis() as u64,
-                            slot: chunk.id_slot.and_then(|s| u32::try_from(s).ok()),
-                        };
-                        return Some((Ok(EngineEvent::End(end)), (events, guard, index, true, t0)));
-                    }
-                    if chunk.content.is_empty() {
-                        continue; // e.g. a partial UTF-8 sequence held back by the server
-                    }
-                    let ev = EngineEvent::Token {
-                        text: chunk.content,
-                        index,
-                        prompt_tokens: chunk.tokens_evaluated,
-                    };
-                    index += 1;
-                    return Some((Ok(ev), (events, guard, index, false, t0)));
-                }
-            },
-        );
-        Ok(Box::pin(s))
+        Ok(crate::stream::decode(
+            resp.bytes_stream(),
+            guard,
+            reqwest::Error::is_timeout,
+        ))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod launcher;
 pub mod model;
 pub mod orphans;
+pub mod stream;
 mod wire;
 
 pub use client::{ClientOptions, LlamaCppAdapter};
