@@ -85,16 +85,47 @@ impl ReplicaLauncher for MockLauncher {
             }
             None => Ok(()),
         };
+        if cfg
+            .faults_only_on
+            .as_ref()
+            .is_some_and(|only| !only.iter().any(|r| r == replica_id))
+        {
+            cfg.fail_before_first_token = false;
+            cfg.fail_after_tokens = None;
+            cfg.stall_after_tokens = None;
+            cfg.crash_after_ms = None;
+            cfg.hang_after_ms = None;
+        }
         let replica_id = replica_id.to_string();
         Box::pin(async move {
             res?;
             let (tx, rx) = watch::channel(None);
-            self.launched
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((replica_id, tx.clone()));
+            let first_launch = {
+                let mut g = self.launched.lock().unwrap_or_else(|p| p.into_inner());
+                let first = !g.iter().any(|(id, _)| *id == replica_id);
+                g.push((replica_id, tx.clone()));
+                first
+            };
+            let crash = cfg.crash_after_ms;
+            let hang = cfg.hang_after_ms.filter(|_| first_launch);
+            let engine = Arc::new(MockEngine::new(cfg));
+            if let Some(ms) = crash {
+                let (engine, tx) = (engine.clone(), tx.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    engine.die();
+                    let _ = tx.send(Some(format!("mock: crashed {ms} ms after launch")));
+                });
+            }
+            if let Some(ms) = hang {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    engine.hang();
+                });
+            }
             Ok(Box::new(MockProcess {
-                engine: Arc::new(MockEngine::new(cfg)),
+                engine,
                 exit: rx,
                 stop: tx,
             }) as Box<dyn ReplicaProcess>)

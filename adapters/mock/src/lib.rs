@@ -14,7 +14,7 @@ use futures_util::stream;
 use orch_domain::{FinishReason, TaskId};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,6 +45,14 @@ pub struct MockConfig {
     /// cost this many ms each before the first token; seen ones are free and reported
     /// as cached tokens. 0 = no cache model.
     pub prefill_ms_per_block: u64,
+    /// The replica's process exits this long after each launch (a crash loop).
+    pub crash_after_ms: Option<u64>,
+    /// This long after its first launch a replica stops answering anything, health
+    /// checks included, like a process under SIGSTOP (a restarted one answers).
+    pub hang_after_ms: Option<u64>,
+    /// The faults above (and `fail_*`, `stall_after_tokens`) apply only to these
+    /// replica ids; absent = to every replica.
+    pub faults_only_on: Option<Vec<String>>,
 }
 
 impl Default for MockConfig {
@@ -62,6 +70,9 @@ impl Default for MockConfig {
             model: "mock-model".into(),
             engine_version: "mock-0.1.0".into(),
             prefill_ms_per_block: 0,
+            crash_after_ms: None,
+            hang_after_ms: None,
+            faults_only_on: None,
         }
     }
 }
@@ -101,12 +112,18 @@ pub fn mock_digest(model: &str) -> String {
 /// One mock replica.
 pub struct MockEngine {
     cfg: MockConfig,
+    /// `ALIVE`, `HUNG` (answers nothing) or `DEAD` (its process exited).
+    state: Arc<AtomicU8>,
     busy: Arc<AtomicU32>,
     ready: AtomicBool,
     running: Arc<Mutex<HashMap<TaskId, Arc<AtomicBool>>>>,
     /// Prompt blocks in this replica's modelled KV cache (bounded; cleared when full).
     kv: Mutex<std::collections::HashSet<u64>>,
 }
+
+const ALIVE: u8 = 0;
+const HUNG: u8 = 1;
+const DEAD: u8 = 2;
 
 /// The mock's prompt length in tokens: one per whitespace-separated word, plus one.
 fn mock_prompt_tokens(prompt: &str) -> u32 {
@@ -137,6 +154,7 @@ impl MockEngine {
     pub fn new(cfg: MockConfig) -> Self {
         Self {
             cfg,
+            state: Arc::new(AtomicU8::new(ALIVE)),
             busy: Arc::new(AtomicU32::new(0)),
             ready: AtomicBool::new(true),
             running: Arc::new(Mutex::new(HashMap::new())),
@@ -167,6 +185,16 @@ impl MockEngine {
         self.busy.load(Ordering::Acquire)
     }
 
+    /// Stop answering anything (health checks and running streams wait forever).
+    pub fn hang(&self) {
+        self.state.store(HUNG, Ordering::Release);
+    }
+
+    /// The process died: health checks fail and running streams reset.
+    pub fn die(&self) {
+        self.state.store(DEAD, Ordering::Release);
+    }
+
     /// Make `health` report loading (false) or ready (true).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
@@ -191,6 +219,7 @@ impl Drop for SlotGuard {
 
 struct Gen {
     cfg: MockConfig,
+    state: Arc<AtomicU8>,
     req: EngineRequest,
     start: Instant,
     /// Prefill time of the uncached part of the prompt.
@@ -224,6 +253,15 @@ impl Gen {
         }
         if self.canceled.load(Ordering::Acquire) {
             return None;
+        }
+        match self.state.load(Ordering::Acquire) {
+            HUNG => std::future::pending::<()>().await,
+            DEAD => {
+                self.done = true;
+                let e = WorkerError::Reset("mock: the replica's process exited".into());
+                return Some((Err(e), self));
+            }
+            _ => {}
         }
         if i == 0 && self.cfg.fail_before_first_token {
             self.done = true;
@@ -275,7 +313,13 @@ impl WorkerAdapter for MockEngine {
 
     fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>> {
         let ready = self.ready.load(Ordering::Acquire);
+        let state = self.state.load(Ordering::Acquire);
         Box::pin(async move {
+            match state {
+                HUNG => std::future::pending::<()>().await,
+                DEAD => return Err(WorkerError::Reset("mock: process gone".into())),
+                _ => {}
+            }
             Ok(if ready {
                 Health::Ready
             } else {
@@ -350,6 +394,7 @@ impl WorkerAdapter for MockEngine {
             };
             let gen = Gen {
                 cfg: self.cfg.clone(),
+                state: self.state.clone(),
                 req,
                 start: Instant::now(),
                 prefill,

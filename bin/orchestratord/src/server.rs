@@ -177,6 +177,10 @@ pub async fn start_with(
         orch.registry(),
         ManagerConfig {
             load_timeout,
+            health_interval: Duration::from_millis(cfg.supervision.health_interval_ms),
+            health_timeout: Duration::from_millis(cfg.supervision.health_timeout_ms),
+            unhealthy_after: cfg.supervision.unhealthy_after,
+            restart_unresponsive_after: cfg.supervision.restart_unresponsive_after,
             ..ManagerConfig::default()
         },
     );

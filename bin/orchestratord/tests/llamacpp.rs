@@ -197,6 +197,67 @@ async fn kill_9_mid_stream_gives_one_worker_reset_and_the_replica_comes_back() {
     s.assert_all_terminated().await;
 }
 
+/// A replica stopped with SIGSTOP mid-stream: the idle watchdog ends the task with a
+/// retriable `DECODE_TIMEOUT`, the supervisor finds it answers no health check, kills
+/// it and starts a fresh one, which serves.
+#[tokio::test]
+async fn sigstop_mid_stream_gives_a_watchdog_error_and_the_replica_is_restarted() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let cfg = format!(
+        "[supervision]\nhealth_interval_ms = 200\nhealth_timeout_ms = 300\nunhealthy_after = 2\nrestart_unresponsive_after = 5\n{}",
+        llama_config(1, 1, 2, "retries_before_first_token = 0")
+            .replace("idle_timeout_ms = 10000", "idle_timeout_ms = 1500")
+    );
+    let s = start(&cfg).await;
+    let (id, _) = s.submit(&llama_task(LONG, 300)).await;
+    wait_tokens(&s, &id, 3).await;
+    let pid = pools(&s).await["pools"][0]["replicas"][0]["pid"]
+        .as_u64()
+        .expect("local replica pid");
+    let t0 = Instant::now();
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let frames = s.stream(&id, None).await;
+    let elapsed = t0.elapsed();
+    let last = frames.last().unwrap();
+    assert_eq!(last.event, "error", "{frames:?}");
+    assert_eq!(last.data["code"], "DECODE_TIMEOUT", "{last:?}");
+    assert_eq!(last.data["retriable"], true);
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "error frame after {elapsed:?}"
+    );
+    eprintln!("SIGSTOP -> DECODE_TIMEOUT after {elapsed:?}");
+    let mut restarted = None;
+    for _ in 0..300 {
+        let p = pools(&s).await;
+        let r = &p["pools"][0]["replicas"][0];
+        if r["pid"].as_u64().is_some_and(|p| p != pid) && p["pools"][0]["ready"] == true {
+            restarted = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let restarted = restarted.expect("a fresh replica within 30 s");
+    eprintln!("SIGSTOP -> fresh replica ready after {restarted:?}");
+    assert!(!alive(pid as u32), "the stopped process was killed");
+    let (again, _) = s.submit(&llama_task("The capital of France is", 4)).await;
+    let f = s.stream(&again, None).await;
+    assert_eq!(f.last().unwrap().event, "end", "{f:?}");
+    let m = s.metrics().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("replica_restarts_total")
+            && l.contains("reason=\"unresponsive\"")
+            && l.ends_with(" 1")),
+        "{m}"
+    );
+    s.assert_all_terminated().await;
+}
+
 #[tokio::test]
 async fn drain_stops_dispatch_and_ends_in_flight_work_by_the_deadline() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

@@ -50,13 +50,14 @@ pub const SLOTS_CAPACITY: &str = "slots_capacity";
 pub const REPLICAS: &str = "replicas";
 pub const QUEUE_CAPACITY: &str = "queue_capacity";
 /// Replica restarts by why (`exited`: the process died and is being restarted;
+/// `unresponsive`: it answered no health check for a while and was killed;
 /// `restart_failed`: a restart attempt did not come up and is retried after backoff).
 pub const REPLICA_RESTARTS: &str = "replica_restarts_total";
 /// Reloads by outcome (`switched`, `rolled_back`, `refused`).
 pub const RELOADS: &str = "reloads_total";
 
 /// Why a replica restarted (bounded label values).
-pub const RESTART_REASONS: [&str; 2] = ["exited", "restart_failed"];
+pub const RESTART_REASONS: [&str; 3] = ["exited", "unresponsive", "restart_failed"];
 /// How a reload ended (bounded label values).
 pub const RELOAD_OUTCOMES: [&str; 3] = ["switched", "rolled_back", "refused"];
 /// Replica states (bounded label values).
@@ -101,7 +102,7 @@ pub fn describe() {
     );
     describe_counter!(
         REPLICA_RESTARTS,
-        "Replica restarts, by reason (exited, restart_failed)."
+        "Replica restarts, by reason (exited, unresponsive, restart_failed)."
     );
     describe_counter!(
         RELOADS,

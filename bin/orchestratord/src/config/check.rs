@@ -22,6 +22,19 @@ impl Config {
         if self.pools.is_empty() {
             bad("pools".into(), "at least one [[pools]] entry is required");
         }
+        let sv = &self.supervision;
+        if sv.health_interval_ms < 50 || sv.health_timeout_ms < 50 {
+            bad(
+                "supervision".into(),
+                "health_interval_ms and health_timeout_ms must be at least 50",
+            );
+        }
+        if sv.unhealthy_after == 0 || sv.restart_unresponsive_after < sv.unhealthy_after {
+            bad(
+                "supervision.restart_unresponsive_after".into(),
+                "need 1 <= unhealthy_after <= restart_unresponsive_after",
+            );
+        }
         let s = &self.server;
         if !(4096..=16 * 1024 * 1024).contains(&s.send_buffer_bytes) {
             bad("server.send_buffer_bytes".into(), "must be 4096..=16777216");

@@ -28,6 +28,8 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub auth: AuthSection,
+    #[serde(default)]
+    pub supervision: Supervision,
     /// Weight and quotas of tenants not listed under `[tenants]`.
     #[serde(default)]
     pub tenant_defaults: TenantConfig,
@@ -61,6 +63,31 @@ pub enum MetricsAccess {
     #[default]
     Open,
     Admin,
+}
+
+/// `[supervision]`: how replicas are health-checked and when they are restarted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Supervision {
+    pub health_interval_ms: u64,
+    /// A health check not answered within this fails.
+    pub health_timeout_ms: u64,
+    /// Consecutive failed checks before a replica is marked unready (takes no work).
+    pub unhealthy_after: u32,
+    /// Consecutive failed checks before a replica that still runs (hung, stopped) is
+    /// killed and restarted.
+    pub restart_unresponsive_after: u32,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            health_interval_ms: 500,
+            health_timeout_ms: 1000,
+            unhealthy_after: 2,
+            restart_unresponsive_after: 5,
+        }
+    }
 }
 
 /// One accepted key: the SHA-256 of the key (never the key), its tenant and role.

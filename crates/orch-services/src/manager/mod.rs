@@ -25,6 +25,11 @@ pub struct ManagerConfig {
     pub backoff_max: Duration,
     /// Consecutive failed health checks before a replica is marked unready.
     pub unhealthy_after: u32,
+    /// A health check not answered within this fails.
+    pub health_timeout: Duration,
+    /// Consecutive failed health checks before a replica that is still running (hung,
+    /// stopped, wedged) is killed and restarted.
+    pub restart_unresponsive_after: u32,
 }
 
 impl Default for ManagerConfig {
@@ -35,6 +40,8 @@ impl Default for ManagerConfig {
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             unhealthy_after: 2,
+            health_timeout: Duration::from_secs(1),
+            restart_unresponsive_after: 5,
         }
     }
 }
@@ -323,7 +330,9 @@ impl Job {
             tokio::select! {
                 why = proc.exited() => return Err(format!("replica {} exited while loading: {why}", self.replica_id)),
                 _ = self.stop.cancelled() => { proc.stop().await; return Err("stopped".into()) }
-                h = adapter.health() => if let Ok(Health::Ready) = h { break },
+                h = tokio::time::timeout(self.cfg.health_timeout, adapter.health()) => {
+                    if let Ok(Ok(Health::Ready)) = h { break }
+                }
             }
             if Instant::now() >= deadline {
                 proc.stop().await;
@@ -350,20 +359,17 @@ impl Job {
         Ok(proc)
     }
 
-    /// Health-check until the process exits (returns why) or the job is stopped.
-    async fn watch(
-        &self,
-        proc: &dyn ReplicaProcess,
-        adapter: Arc<dyn WorkerAdapter>,
-    ) -> Option<String> {
+    /// Health-check until the process exits, stops answering, or the job is stopped.
+    async fn watch(&self, proc: &dyn ReplicaProcess, adapter: Arc<dyn WorkerAdapter>) -> Watched {
         let mut fails = 0u32;
         loop {
             tokio::select! {
-                why = proc.exited() => return Some(why),
-                _ = self.stop.cancelled() => return None,
+                why = proc.exited() => return Watched::Exited(why),
+                _ = self.stop.cancelled() => return Watched::Stopped,
                 _ = tokio::time::sleep(self.cfg.health_interval) => {}
             }
-            let ok = matches!(adapter.health().await, Ok(Health::Ready));
+            let h = tokio::time::timeout(self.cfg.health_timeout, adapter.health()).await;
+            let ok = matches!(h, Ok(Ok(Health::Ready)));
             if ok {
                 if fails >= self.cfg.unhealthy_after {
                     self.pools
@@ -378,9 +384,26 @@ impl Job {
                     self.pools
                         .set_ready(&self.pool_id, &self.replica_id, false, Some(e));
                 }
+                if fails >= self.cfg.restart_unresponsive_after {
+                    let h = self.cfg.health_interval * fails;
+                    return Watched::Unresponsive(format!(
+                        "replica {} answered no health check for {h:?} ({fails} in a row)",
+                        self.replica_id
+                    ));
+                }
             }
         }
     }
+}
+
+/// How watching a running replica ended.
+enum Watched {
+    /// The process exited, for this reason.
+    Exited(String),
+    /// The process runs but answers nothing: it is killed and restarted.
+    Unresponsive(String),
+    /// The job was stopped.
+    Stopped,
 }
 
 async fn supervise(mut job: Job) {
@@ -415,22 +438,30 @@ async fn supervise(mut job: Job) {
         job.staged = false;
         backoff = job.cfg.backoff_initial;
         let adapter = proc.adapter();
-        match job.watch(proc.as_ref(), adapter).await {
-            None => {
+        let why = match job.watch(proc.as_ref(), adapter).await {
+            Watched::Stopped => {
                 proc.stop().await;
                 break;
             }
-            Some(why) => {
+            Watched::Exited(why) => {
                 tracing::error!(pool_id = %job.pool_id, replica_id = %job.replica_id, reason = %why,
                     "replica died; restarting");
                 crate::metrics::replica_restart(&job.pool_id, &job.replica_id, "exited");
-                job.pools
-                    .set_ready(&job.pool_id, &job.replica_id, false, Some(why));
-                tokio::select! {
-                    _ = job.stop.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
+                why
             }
+            Watched::Unresponsive(why) => {
+                tracing::error!(pool_id = %job.pool_id, replica_id = %job.replica_id, reason = %why,
+                    "replica unresponsive; killing and restarting it");
+                crate::metrics::replica_restart(&job.pool_id, &job.replica_id, "unresponsive");
+                proc.stop().await;
+                why
+            }
+        };
+        job.pools
+            .set_ready(&job.pool_id, &job.replica_id, false, Some(why));
+        tokio::select! {
+            _ = job.stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
         }
     }
     job.pools.detach(&job.pool_id, &job.replica_id);

@@ -171,6 +171,8 @@ impl Actor {
             .collect();
         let idx = pick_replica(&loads, None, 0)?;
         let pinned = self.st.pinned.clone()?;
-        self.claim(idx, rec, request, None, pinned, "retry")
+        let a = self.claim(idx, rec, request, None, pinned, "retry")?;
+        crate::metrics::placed(&self.id, "retry");
+        Some(a)
     }
 }
