@@ -157,6 +157,15 @@ if [[ ! -x "$ENGINE_BIN" ]]; then
   say "engine ready: $("$ENGINE_BIN" --version 2>&1 | grep -m1 version || true)"
 fi
 
+# 3b. Record the engine binary's digest (once, after checking it is the pinned build):
+# the real-engine tests refuse a binary that no longer matches it.
+if [[ ! -f "$ENGINE_BIN.sha256" ]]; then
+  "$ENGINE_BIN" --version 2>&1 | grep -q "(build $LLAMA_VERSION," \
+    || die "$ENGINE_BIN does not report build $LLAMA_VERSION; remove $ENGINE_DIR and rerun"
+  sha256sum "$ENGINE_BIN" > "$ENGINE_BIN.sha256.tmp" && mv "$ENGINE_BIN.sha256.tmp" "$ENGINE_BIN.sha256"
+  say "engine digest recorded: $(cut -d' ' -f1 "$ENGINE_BIN.sha256")"
+fi
+
 # the binary's default engine path (no ORCH_LLAMA_SERVER) follows this link
 ln -sfn "$(basename "$ENGINE_DIR")" "$CACHE/engines/llamacpp-b$LLAMA_VERSION-current"
 say "engine: $ENGINE_BIN"

@@ -39,6 +39,40 @@ pub fn default_llama_server() -> PathBuf {
     ))
 }
 
+/// Check a llama-server binary against the digest `scripts/provision.sh` recorded
+/// when it built it (`<bin>.sha256`, in `sha256sum` format). Returns the digest; a
+/// binary that changed since, or one with no recorded digest, is an error saying so.
+pub fn verify_engine_binary(bin: &std::path::Path) -> Result<String, String> {
+    use sha2::Digest;
+    let mut record = bin.as_os_str().to_owned();
+    record.push(".sha256");
+    let record = PathBuf::from(record);
+    let want = std::fs::read_to_string(&record).map_err(|e| {
+        format!(
+            "no recorded digest at {} ({e}); run scripts/provision.sh",
+            record.display()
+        )
+    })?;
+    let want = want
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let bytes = std::fs::read(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let got: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if got == want {
+        Ok(got)
+    } else {
+        Err(format!(
+            "{} has sha256 {got}, but {want} was recorded when it was built; rebuild it with scripts/provision.sh",
+            bin.display()
+        ))
+    }
+}
+
 pub fn default_model() -> PathBuf {
     if let Some(p) = std::env::var_os("ORCH_MODEL") {
         return PathBuf::from(p);
@@ -160,5 +194,41 @@ pub fn load_timeout(p: &PoolConfig) -> Duration {
         EngineChoice::Llamacpp => {
             Duration::from_millis(p.llamacpp.clone().unwrap_or_default().load_timeout_ms)
         }
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::verify_engine_binary;
+
+    #[test]
+    fn a_binary_is_accepted_only_with_its_recorded_digest() {
+        let dir = std::env::temp_dir().join(format!("orch-engine-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("llama-server");
+        std::fs::write(&bin, b"a binary").unwrap();
+        let record = dir.join("llama-server.sha256");
+        assert!(verify_engine_binary(&bin)
+            .unwrap_err()
+            .contains("no recorded digest"));
+        // a digest of something else
+        let wrong = "9a7e0d5a3a3cbd2c09a1bdb1c8a2e0e8d2a9d5c8a0e4f4dd0c4b5e6d7f8a9b0c";
+        std::fs::write(&record, format!("{wrong}  {}\n", bin.display())).unwrap();
+        let err = verify_engine_binary(&bin).unwrap_err();
+        assert!(err.contains("was recorded when it was built"), "{err}");
+        let got = err
+            .split("sha256 ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        std::fs::write(&record, format!("{got}  {}\n", bin.display())).unwrap();
+        assert_eq!(verify_engine_binary(&bin).unwrap(), got);
+        // one byte changed after it was recorded
+        std::fs::write(&bin, b"a binarY").unwrap();
+        assert!(verify_engine_binary(&bin).is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -24,6 +24,10 @@ fn require_engine() {
     let bin = orchestratord::engines::default_llama_server();
     let model = orchestratord::engines::default_model();
     if bin.is_file() && model.is_file() {
+        // the binary provision.sh built, not just a file of that name
+        if let Err(e) = orchestratord::engines::verify_engine_binary(&bin) {
+            panic!("{e}");
+        }
         return;
     }
     let msg = format!(

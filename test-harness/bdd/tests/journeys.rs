@@ -364,6 +364,17 @@ fn bundled_model(w: &mut Orch) {
         "llama-server missing ({}): run scripts/provision.sh",
         bin.display()
     );
+    // the binary provision.sh built: its digest matches the one recorded then
+    let record = format!("{}.sha256", bin.display());
+    let ok = std::process::Command::new("sha256sum")
+        .args(["--check", "--status", &record])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} does not match its recorded digest ({record}); run scripts/provision.sh",
+        bin.display()
+    );
     w.real_engine = true;
     w.pool.push(("max_tokens_out".into(), "512".into()));
     w.pool
