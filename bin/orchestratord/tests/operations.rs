@@ -2,7 +2,8 @@
 //! `POST /v1/admin/reload-config` apply a new quota, queue limit and replica count with
 //! streams in flight (none dropped), a broken file is refused with its problems while
 //! the old configuration keeps serving, shrinking drains first; replicas are added by
-//! URL at runtime, serve, and are removed after draining.
+//! URL at runtime, serve, and are removed after draining; one of another engine version
+//! is refused by the pool's pin (409 naming both).
 
 mod common;
 use common::*;
@@ -309,4 +310,58 @@ async fn replicas_are_added_by_url_serve_and_are_removed_after_draining() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+}
+
+/// A fake OpenAI-compatible upstream that lists `mock-model`, owned by `version`
+/// (the openai adapter's engine version when the config names none).
+async fn fake_upstream(version: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(move || async move {
+            axum::Json(json!({"object": "list", "data": [
+                {"id": "mock-model", "object": "model", "owned_by": version}
+            ]}))
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_engine_version_is_refused_by_the_pools_pin() {
+    let (one, two) = (
+        fake_upstream("vendor-1.0").await,
+        fake_upstream("vendor-2.0").await,
+    );
+    let front = start(&format!(
+        "{}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\n[pools.openai]\nurls = [\"{one}\"]\nslots = 1\n",
+        key(ADMIN, "ops", "admin"),
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let pools = get(&http, &front.base, ADMIN, "/v1/pools").await;
+    assert_eq!(pools["pools"][0]["engine_version"], "vendor-1.0", "{pools}");
+    let r = http
+        .post(front.url("/v1/pools/up/replicas"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": two}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["code"], "CONFLICT");
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("vendor-2.0") && msg.contains("vendor-1.0"),
+        "{msg}"
+    );
+    let list = get(&http, &front.base, ADMIN, "/v1/pools/up/replicas").await;
+    assert_eq!(
+        list["replicas"].as_array().unwrap().len(),
+        1,
+        "nothing added: {list}"
+    );
 }

@@ -26,7 +26,12 @@ async fn submit(
     http: &reqwest::Client,
     base: &str,
     max_tokens: u32,
-) -> (u16, Duration, Value, Option<tokio::task::JoinHandle<Vec<SseFrame>>>) {
+) -> (
+    u16,
+    Duration,
+    Value,
+    Option<tokio::task::JoinHandle<Vec<SseFrame>>>,
+) {
     let t0 = Instant::now();
     let r = http
         .post(format!("{base}/v1/tasks"))
@@ -166,7 +171,10 @@ async fn sigterm_under_load_refuses_new_work_ends_every_admitted_task_and_exits_
         if let Some(s) = child.0.try_wait().unwrap() {
             break s;
         }
-        assert!(t0.elapsed() < Duration::from_secs(6), "no exit within the grace");
+        assert!(
+            t0.elapsed() < Duration::from_secs(6),
+            "no exit within the grace"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = t0.elapsed();
