@@ -219,14 +219,16 @@ async fn a_crash_looping_replica_ends_every_task_typed_within_a_bound_and_the_po
 async fn a_failure_before_the_first_token_is_retried_on_another_replica() {
     let path = config(
         "replicas = 2\nretries_before_first_token = 1\nplacement = \"least-loaded\"",
-        "slots = 1\ntokens_per_sec = 0.0\nttft_ms = 5\ntokens = 4\nfail_before_first_token = true\nfaults_only_on = [\"p-r0\"]",
+        "slots = 1\ntokens_per_sec = 40.0\nttft_ms = 5\ntokens = 4\nfail_before_first_token = true\nfaults_only_on = [\"p-r0\"]",
     );
     let (_child, base, _) = spawn_binary_logged(&path, &[]);
     let api = Api {
         http: reqwest::Client::new(),
         base,
     };
-    // pairs at once: with one slot each, one of every pair is placed on p-r0
+    // pairs at once: with one slot each, one of every pair is placed on p-r0, fails
+    // there at once, and waits for p-r1 (busy with the other for ~100 ms) instead of
+    // failing
     for _ in 0..3 {
         let (a, b) = (api.submit(4).await, api.submit(4).await);
         for id in [a, b] {

@@ -54,7 +54,9 @@ impl Core {
         if !rec.request_cancel(reason) {
             return;
         }
-        if rec.phase() == Phase::Queued {
+        // a queued task leaves the queue; a retry parked in the pool is let go (the
+        // pool's actor looks at its parked retries after any command)
+        if matches!(rec.phase(), Phase::Queued | Phase::Retrying) {
             if let Some(pool) = self.pools.get(&rec.pool_id) {
                 pool.cancel_queued(rec.id).await;
             }

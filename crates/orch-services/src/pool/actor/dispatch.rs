@@ -11,7 +11,6 @@ use crate::pool::state::Pinned;
 use crate::pool::{Assignment, Limits, PoolHandle};
 use crate::task::TaskRecord;
 use orch_domain::{ErrorCode, OrchError, TaskRequest};
-use orchestrator_core::placement::pick_replica;
 use orchestrator_core::prefix::{block_hashes, choose, PrefixPolicy};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -146,33 +145,5 @@ impl Actor {
         if moved {
             self.publish_depth();
         }
-    }
-
-    pub(super) fn retry(
-        &mut self,
-        rec: Arc<TaskRecord>,
-        request: Arc<TaskRequest>,
-        tried: &[Arc<str>],
-    ) -> Option<Assignment> {
-        if self.st.draining {
-            return None;
-        }
-        let loads: Vec<_> = self
-            .st
-            .replicas
-            .iter()
-            .map(|r| {
-                let mut l = r.load();
-                if tried.contains(&r.id) {
-                    l.ready = false;
-                }
-                l
-            })
-            .collect();
-        let idx = pick_replica(&loads, None, 0)?;
-        let pinned = self.st.pinned.clone()?;
-        let a = self.claim(idx, rec, request, None, pinned, "retry")?;
-        crate::metrics::placed(&self.id, "retry");
-        Some(a)
     }
 }

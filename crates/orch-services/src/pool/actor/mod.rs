@@ -9,6 +9,7 @@ mod dispatch;
 mod expiry;
 mod progress;
 mod publish;
+mod retry;
 
 use super::admit::check;
 use super::slot::Observed;
@@ -65,6 +66,8 @@ struct Actor {
     epoch: Instant,
     /// When waiting tasks next get a `metrics` frame.
     next_progress: Option<Instant>,
+    /// Retries waiting for a replica they have not tried.
+    parked: retry::ParkedRetries,
 }
 
 pub(super) fn spawn(
@@ -91,6 +94,7 @@ pub(super) fn spawn(
         was_ready: Some(false),
         epoch: Instant::now(),
         next_progress: None,
+        parked: retry::ParkedRetries::new(),
     };
     let snap = actor.snap_tx.subscribe();
     tokio::spawn(actor.run(rx));
@@ -113,6 +117,10 @@ impl Actor {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
         loop {
             let next_expiry = self.expiries.peek().map(|Reverse((t, _, _))| *t);
+            let next_expiry = match (next_expiry, self.next_parked_deadline()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let next_timer = match (next_expiry, self.next_progress) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -135,6 +143,7 @@ impl Actor {
                 }
             }
             self.expire();
+            self.serve_parked();
             self.dispatch();
             self.progress();
             self.publish();
@@ -185,8 +194,7 @@ impl Actor {
                 tried,
                 reply,
             } => {
-                // if the runner is gone, the unsent assignment's guard frees its slot
-                let _ = reply.send(self.retry(rec, request, &tried));
+                self.retry_cmd(rec, request, tried, reply);
             }
             Cmd::Attach { replica, reply } => {
                 let _ = reply.send(self.attach(replica));
