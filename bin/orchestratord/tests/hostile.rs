@@ -239,6 +239,28 @@ async fn a_reader_that_stops_reading_is_dropped_and_stalls_neither_the_engine_no
     let _ = std::fs::remove_file(path);
 }
 
+/// Raise the soft open-file limit to at least `want` (up to the hard limit), or fail
+/// saying why.
+fn raise_nofile(want: u64) {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        if l.rlim_cur < want {
+            assert!(
+                l.rlim_max >= want,
+                "the open-file hard limit {} is under the {want} this test needs",
+                l.rlim_max
+            );
+            l.rlim_cur = want;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+        }
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()
@@ -250,6 +272,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn two_thousand_idle_keep_alive_connections_cost_bounded_memory() {
     const N: usize = 2000;
+    // both ends of every connection live in this machine's processes: make sure the
+    // open-file limit allows them (the server inherits this process's limit)
+    raise_nofile(2 * N as u64 + 256);
     let path = config("header_read_timeout_ms = 60000", "slots = 1");
     let (child, base, _) = spawn_binary_logged(&path, &[]);
     let pid = child.0.id();

@@ -1,10 +1,10 @@
 //! Real llama-server replicas (the bundled Gemma 3 270M) behind orchestratord.
 //! Provisioned by `scripts/provision.sh`. A missing engine fails these tests; a run
-//! that means to go without them says so at build time with
-//! `--features orchestratord/skip-real-engine`, which leaves them out entirely (they
-//! never read as passed). Tests run one at a time (they share two CPU cores with the
+//! that means to go without them says so with `ORCH_SKIP_REAL_ENGINE=1` or
+//! `--features orchestratord/skip-real-engine`, which leaves them out entirely with a
+//! SKIP warning in the build output (they never read as passed; see `build.rs`). Tests run one at a time (they share two CPU cores with the
 //! engines).
-#![cfg(not(feature = "skip-real-engine"))]
+#![cfg(not(skip_real_engine))]
 // Each #[tokio::test] has its own runtime on its own thread; the std mutex is held on
 // purpose across awaits to run the real-engine tests one at a time.
 #![allow(clippy::await_holding_lock)]
@@ -35,7 +35,7 @@ fn require_engine() {
         bin.display(),
         model.display()
     );
-    panic!("{msg} (or leave these tests out with --features orchestratord/skip-real-engine)");
+    panic!("{msg} (or leave these tests out with ORCH_SKIP_REAL_ENGINE=1)");
 }
 
 fn llama_config(replicas: u32, slots: u32, threads: u32, extra: &str) -> String {
@@ -486,6 +486,26 @@ async fn back_to_back_tasks_on_one_replica_all_succeed() {
         assert_eq!(f.last().unwrap().event, "end", "task {k}: {f:?}");
     }
     s.assert_all_terminated().await;
+    // the engine's KV cache holds the last prompt: its usage, read from llama-server's
+    // /slots, shows in kv_cache_usage_ratio (republished every second)
+    let t0 = Instant::now();
+    let ratio = loop {
+        let m = s.metrics().await;
+        let v = m
+            .lines()
+            .find(|l| l.starts_with("kv_cache_usage_ratio{") && l.contains("engine=\"llamacpp\""))
+            .and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+        if let Some(v) = v.filter(|v| *v > 0.0) {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no kv_cache_usage_ratio > 0: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("kv_cache_usage_ratio after the last task: {ratio:.4}");
+    assert!(ratio < 1.0, "{ratio}");
 }
 
 fn minute_in_words(m: u32) -> String {

@@ -225,6 +225,31 @@ async fn workload(c: &Client, secs: u64) -> Seen {
     assert_eq!(s, 202);
     let frames = h.unwrap().await.unwrap();
     assert_eq!(frames.last().unwrap().event, "error", "{frames:?}");
+    // a drained pool refuses with 503 (pool_unready); a reload brings it back
+    let r = c
+        .post(ADMIN, "/v1/pools/f/drain", &json!({"deadline_ms": 1000}))
+        .await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let (s, _) = c.submit(ALPHA, &faulty).await;
+    count(s, &mut seen);
+    assert_eq!(s, 503);
+    let r = c
+        .post(
+            ADMIN,
+            "/v1/pools/f/reload",
+            &json!({"model_ref": "mock-faulty"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    // a submission without a key
+    let r = c
+        .http
+        .post(format!("{}/v1/tasks", c.base))
+        .json(&work("no key", 4, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    count(r.status().as_u16(), &mut seen);
     // a burst over the queue's capacity and beta's max_queued: 429s of both kinds
     let bodies: Vec<Value> = (0..24)
         .map(|j| work(&format!("burst {j}"), 24, "batch"))
@@ -238,7 +263,8 @@ async fn workload(c: &Client, secs: u64) -> Seen {
         count(s, &mut seen);
         streams.extend(h);
     }
-    // reloads: one switched, one refused
+    // reloads: one switched, one rolled back (a model file that is not there), one
+    // refused (a model the launcher does not know)
     let r = c
         .post(
             ADMIN,
@@ -252,6 +278,14 @@ async fn workload(c: &Client, secs: u64) -> Seen {
             ADMIN,
             "/v1/pools/p/reload",
             &json!({"model_ref": "/nope/x.gguf"}),
+        )
+        .await;
+    assert_eq!(r.status(), 409);
+    let r = c
+        .post(
+            ADMIN,
+            "/v1/pools/p/reload",
+            &json!({"model_ref": "no-such-model"}),
         )
         .await;
     assert_eq!(r.status(), 409);
@@ -304,7 +338,7 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
         base: base.clone(),
     };
     let seen = workload(&c, 3).await;
-    for s in [202, 400, 409, 415, 429] {
+    for s in [202, 400, 401, 409, 415, 429, 503] {
         if s != 409 {
             assert!(seen.statuses.contains_key(&s), "no {s} in {seen:?}");
         }
@@ -395,18 +429,32 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
     }
     // the workload's events landed where they belong
     let reasons = &values[&("tasks_rejected_total".to_string(), "reason".to_string())];
-    for r in ["invalid", "queue_full", "quota"] {
+    for r in [
+        "invalid",
+        "queue_full",
+        "quota",
+        "pool_unready",
+        "unauthenticated",
+    ] {
         assert!(reasons.contains(r), "no rejection reason {r}: {reasons:?}");
     }
     let codes = &values[&("tasks_failed_total".to_string(), "code".to_string())];
     assert!(codes.contains("WORKER_RESET"), "{codes:?}");
-    let outcomes_line = text
-        .lines()
-        .find(|l| {
-            l.starts_with("reloads_total{pool_id=\"p\"") && l.contains("outcome=\"switched\"")
-        })
-        .unwrap();
-    assert!(outcomes_line.ends_with(" 1"), "{outcomes_line}");
+    for (pool, outcome, n) in [
+        ("p", "switched", 1),
+        ("p", "rolled_back", 1),
+        ("p", "refused", 1),
+        ("f", "switched", 1),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("reloads_total{{pool_id=\"{pool}\""))
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .unwrap();
+        assert!(line.ends_with(&format!(" {n}")), "{line}");
+    }
     assert!(text
         .lines()
         .any(|l| l.starts_with("tasks_canceled_total{") && l.contains("reason=\"client\"")));
@@ -510,9 +558,20 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
     for d in &dashboards {
         for (title, expr) in panel_queries(d) {
             n += 1;
+            // data: at least one series with a number (a quantile over no events is NaN)
+            let finite = |s: &Value| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            };
             match p.query(&http, &substitute(&expr)).await {
-                Ok(r) if !r.is_empty() => {}
-                Ok(_) => failures.push(format!("{}: {title}: no data: {expr}", d.display())),
+                Ok(r) if r.iter().any(finite) => {}
+                Ok(r) => failures.push(format!(
+                    "{}: {title}: no data ({} series, none finite): {expr}",
+                    d.display(),
+                    r.len()
+                )),
                 Err(e) => failures.push(format!("{}: {title}: {e}: {expr}", d.display())),
             }
         }
@@ -586,8 +645,9 @@ async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
         http: reqwest::Client::new(),
         base,
     };
+    let sid = uuid::Uuid::new_v4().to_string();
     let mut body = work("lifecycle", 6, "interactive");
-    body["session_id"] = json!(uuid::Uuid::new_v4().to_string());
+    body["session_id"] = json!(sid);
     let r = c
         .http
         .post(format!("{}/v1/tasks", c.base))
@@ -613,6 +673,46 @@ async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
         .await
         .unwrap();
     assert_eq!(parse_sse(&text).last().unwrap().event, "end");
+    // a task that fails, one the client cancels, and a request without a key
+    let mut faulty = work("fails", 8, "interactive");
+    faulty["model_ref"] = json!("mock-faulty");
+    let r = c.post(ALPHA, "/v1/tasks", &faulty).await;
+    let failed_id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed_frames = parse_sse(
+        &c.http
+            .get(format!("{}/v1/tasks/{failed_id}/stream", c.base))
+            .bearer_auth(ALPHA)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(failed_frames.last().unwrap().event, "error");
+    let r = c
+        .post(ALPHA, "/v1/tasks", &work("to cancel", 400, "batch"))
+        .await;
+    let cancel_id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c
+        .post(ALPHA, &format!("/v1/tasks/{cancel_id}/cancel"), &json!({}))
+        .await;
+    assert!(r.status().is_success());
+    let r = c
+        .http
+        .get(format!("{}/v1/capabilities", c.base))
+        .header("x-correlation-id", "obs-corr-401")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lines = Arc::clone(&log);
     let all = lines.lock().unwrap().clone();
@@ -669,14 +769,50 @@ async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
         assert_eq!(line["engine"], "mock");
     }
     assert_eq!(ended["tokens_out"], 6);
-    // one access line for the submit, with its route template and tenant
-    let access = json_lines
-        .iter()
-        .find(|v| v["correlation_id"] == "obs-corr-1" && v["route"] == "/v1/tasks")
-        .unwrap_or_else(|| panic!("no access line: {all}"));
-    for f in ["method", "status", "latency_ms", "tenant"] {
-        assert!(!access[f].is_null(), "{f} missing from {access}");
+    // the session id is the plain id, as sent
+    assert_eq!(admitted["session_id"], sid.as_str());
+    assert_eq!(ended["session_id"], sid.as_str());
+    // a failed task's line names its code; a canceled one says canceled
+    let by_msg = |task: &str, msg: &str| -> Value {
+        json_lines
+            .iter()
+            .find(|v| v["task_id"] == task && v["message"] == msg)
+            .cloned()
+            .unwrap_or_else(|| panic!("no '{msg}' line for {task}: {all}"))
+    };
+    let failed = by_msg(&failed_id, "task failed");
+    assert_eq!(failed["error_code"], "WORKER_RESET", "{failed}");
+    for f in [
+        "tenant",
+        "engine",
+        "engine_version",
+        "pool_id",
+        "replica_id",
+        "tokens_out",
+    ] {
+        assert!(!failed[f].is_null(), "{f} missing from {failed}");
     }
+    let canceled = by_msg(&cancel_id, "task ended");
+    assert_eq!(canceled["finish_reason"], "canceled", "{canceled}");
+    assert_eq!(canceled["tenant"], "alpha");
+    // one access line per request, with its route template and tenant; a refusal
+    // before any key was known has one too
+    let access = |cid: &str| -> Value {
+        json_lines
+            .iter()
+            .find(|v| v["correlation_id"] == cid && v["route"].is_string())
+            .cloned()
+            .unwrap_or_else(|| panic!("no access line for {cid}: {all}"))
+    };
+    let submit = access("obs-corr-1");
+    assert_eq!(submit["route"], "/v1/tasks");
+    assert_eq!(submit["method"], "POST");
+    assert_eq!(submit["status"], 202);
+    assert_eq!(submit["tenant"], "alpha");
+    assert!(submit["latency_ms"].as_f64().is_some());
+    let refused = access("obs-corr-401");
+    assert_eq!(refused["status"], 401);
+    assert_eq!(refused["tenant"], "-");
     for secret in [SECRET_PROMPT, ALPHA, &ALPHA["oqk_".len()..]] {
         assert!(!all.contains(secret), "the log shows {secret:?}");
     }

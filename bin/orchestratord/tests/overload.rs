@@ -180,6 +180,11 @@ async fn sigterm_under_load_refuses_new_work_ends_every_admitted_task_and_exits_
     let took = t0.elapsed();
     println!("[overload] SIGTERM under load: {ended} ended, {failed} ended with a retriable error, exit {status:?} after {took:?} (grace 1.5 s)");
     assert!(status.success(), "{status:?}");
+    // the grace, plus closing connections and stopping the pool
+    assert!(
+        took < Duration::from_millis(2500),
+        "exit {took:?} after SIGTERM, grace 1.5 s"
+    );
     // the short tasks that held the slots finished; the long ones and those queued
     // behind them could not within the grace
     assert!(ended >= 2 && failed >= 1, "{ended} ended, {failed} failed");

@@ -99,7 +99,25 @@ fn unauthenticated(path: &str, message: &str, cid: &CorrelationId) -> Response {
     r
 }
 
-pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Authenticate, then hand the request on. The caller also rides on the response (for
+/// the access log, which runs outside this layer so it sees refusals too).
+pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let submission = req.method() == axum::http::Method::POST
+        && matches!(
+            req.uri().path(),
+            "/v1/tasks" | "/v1/chat/completions" | "/v1/completions"
+        );
+    let (caller, mut resp) = authenticate(app, req, next).await;
+    if let Some(c) = caller {
+        resp.extensions_mut().insert(c);
+    } else if submission && resp.status() == axum::http::StatusCode::UNAUTHORIZED {
+        // a submission refused for want of a key still counts as a rejection
+        orch_services::metrics::rejected("none", "unauthenticated");
+    }
+    resp
+}
+
+async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Caller>, Response) {
     let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
     let cid = req
         .extensions()
@@ -108,26 +126,31 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
         .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
     let need = required_role(req.uri().path(), auth.metrics_admin_only);
     if auth.keys.is_empty() {
-        req.extensions_mut().insert(Caller::open());
-        return next.run(req).await;
+        let c = Caller::open();
+        req.extensions_mut().insert(c.clone());
+        return (Some(c), next.run(req).await);
     }
     let Some(need) = need else {
-        return next.run(req).await;
+        return (None, next.run(req).await);
     };
     let path = req.uri().path().to_string();
     let caller = match presented_key(req.headers()) {
-        None => {
-            return unauthenticated(
+        None => return (
+            None,
+            unauthenticated(
                 &path,
                 "an API key is required: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
                 &cid,
-            )
-        }
+            ),
+        ),
         Some(k) => match auth.keys.authenticate(k) {
             Some(c) => c,
             None => {
                 tracing::info!(correlation_id = %cid.0, path = %req.uri().path(), "unknown API key refused");
-                return unauthenticated(&path, "the API key is not valid", &cid);
+                return (
+                    None,
+                    unauthenticated(&path, "the API key is not valid", &cid),
+                );
             }
         },
     };
@@ -135,7 +158,7 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
         tracing::info!(correlation_id = %cid.0, tenant = %caller.tenant,
             key = caller.key_fingerprint.as_deref().unwrap_or("-"), path = %req.uri().path(),
             "forbidden: admin route with a client key");
-        return refuse(
+        let resp = refuse(
             &path,
             OrchError::new(
                 ErrorCode::Forbidden,
@@ -146,9 +169,10 @@ pub async fn middleware(State(app): State<AppState>, mut req: Request, next: Nex
             ),
             &cid,
         );
+        return (Some(caller), resp);
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    (Some(caller), next.run(req).await)
 }
 
 #[cfg(test)]

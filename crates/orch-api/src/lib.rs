@@ -108,15 +108,16 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        // innermost: sees the route template, the correlation id and the caller
-        .layer(axum::middleware::from_fn(access::middleware))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
+        // from the inside out: authentication (the caller), the panic catcher, the
+        // access log (sees refusals and panics too), the correlation id
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
         ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn(access::middleware))
         .layer(axum::middleware::from_fn(correlation::middleware))
         .with_state(state)
 }

@@ -144,7 +144,7 @@ async fn admit_in(
             return Err(e);
         }
     };
-    tracing::info!(task_id = %id, tenant = %tenant.name, session_id = ?session.map(|s| s.0),
+    tracing::info!(task_id = %id, tenant = %tenant.name, session_id = session.map(|s| tracing::field::display(s.0)),
         engine, pool_id = %pool.id, priority = priority.as_str(), queue_position = placed.queue_position,
         predicted_start_ms = placed.predicted_start_ms, correlation_id, "task admitted");
     Ok(AdmissionResponse {

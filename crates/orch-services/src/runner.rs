@@ -107,9 +107,11 @@ impl Attempt<'_> {
         }));
         rec.mark_first_token(FirstToken {
             engine_at,
+            // admission → this attempt's engine call (queue wait included)
             before_engine_ms: self
                 .t0
-                .saturating_duration_since(self.a.dequeued_at)
+                .into_std()
+                .saturating_duration_since(rec.admitted_at)
                 .as_secs_f64()
                 * 1e3,
             histogram: self.w.added_latency(),

@@ -106,9 +106,10 @@ pub struct TaskRecord {
     first_token_taken: std::sync::atomic::AtomicBool,
 }
 
-/// When the engine produced a task's first token, and what the orchestrator had
-/// already added before the engine call (dequeue → submit). The first reader that
-/// hands that token to its client records the added latency from it.
+/// When the engine produced a task's first token, and how long the task took from
+/// admission to the engine call. The first reader that hands that token to its client
+/// records the added latency from it: admission → first token to the client, minus the
+/// engine's time (engine call → first token).
 pub struct FirstToken {
     pub engine_at: Instant,
     pub before_engine_ms: f64,
@@ -309,14 +310,14 @@ impl TaskRecord {
         let replica = self.replica_id().unwrap_or_default();
         match ev {
             StreamEvent::End(e) => tracing::info!(
-                task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
+                task_id = %self.id, tenant = %self.tenant, session_id = self.session.map(tracing::field::display),
                 engine, engine_version,
                 pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
                 tokens_in = e.tokens_in, tokens_out = e.tokens_out, decode_time_ms = e.decode_time_ms,
                 ttft_ms = e.ttft_ms, finish_reason = e.finish_reason.as_str(),
                 correlation_id = %self.correlation_id, "task ended"),
             StreamEvent::Error(e) => tracing::info!(
-                task_id = %self.id, tenant = %self.tenant, session_id = ?self.session,
+                task_id = %self.id, tenant = %self.tenant, session_id = self.session.map(tracing::field::display),
                 engine, engine_version, pool_id = %self.pool_id, replica_id = %replica, priority = self.priority.as_str(),
                 tokens_out = self.tokens_out(), error_code = e.code.as_str(),
                 correlation_id = %self.correlation_id, "task failed"),

@@ -6,7 +6,6 @@ use metrics::{
     Histogram,
 };
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -26,7 +25,8 @@ pub const LATENCY_FIRST_TOKEN_DISPATCH: &str = "latency_first_token_dispatch_ms"
 pub const LATENCY_DECODE: &str = "latency_decode_ms";
 /// Each tenant's share of the output tokens served per priority, over a sliding window.
 pub const ADMISSION_SHARE: &str = "admission_share";
-/// Of the tasks with a deadline that ended, the fraction that completed within it.
+/// Of the tasks with a deadline that ended in the last five minutes, the fraction that
+/// completed within it.
 pub const DEADLINES_MET_RATIO: &str = "deadlines_met_ratio";
 /// Tasks placed on a replica, by why (`session`, `prefix`, `load`, `retry`).
 pub const TASKS_PLACED: &str = "tasks_placed_total";
@@ -36,9 +36,9 @@ pub const TOKENS_CACHED: &str = "tokens_cached_total";
 pub const DISPATCH_LATENCY: &str = "orchestrator_dispatch_latency_ms";
 /// Admission → dispatch: how long a task waited in its queue.
 pub const QUEUE_WAIT: &str = "queue_wait_ms";
-/// The orchestrator's own part of the client's time to first token: admission → the
-/// first token handed to the client's stream, minus the queue wait and the engine's
-/// time (dispatch → first token from the engine).
+/// The orchestrator's part of the client's time to first token: admission → the first
+/// token handed to the client's stream, minus the engine's time (engine call → its
+/// first token). Queue wait is included; `queue_wait_ms` has it on its own.
 pub const ADDED_LATENCY: &str = "orchestrator_added_latency_ms";
 /// Tasks that ended with an `error` frame, by error code.
 pub const TASKS_FAILED: &str = "tasks_failed_total";
@@ -128,7 +128,7 @@ pub fn describe() {
         ADMISSION_SHARE,
         "Each tenant's share of the output tokens served in the last 60 s, per priority."
     );
-    describe_gauge!(DEADLINES_MET_RATIO, "Of the tasks with a deadline that ended, the fraction that completed within it (since start).");
+    describe_gauge!(DEADLINES_MET_RATIO, "Of the tasks with a deadline that ended in the last 5 minutes, the fraction that completed within it.");
     describe_histogram!(
         LATENCY_FIRST_TOKEN,
         "Admission to first token, in ms (the client's wait, queueing included)."
@@ -142,7 +142,7 @@ pub fn describe() {
         "Engine decode time of a completed task, in ms."
     );
     describe_histogram!(QUEUE_WAIT, "Admission to dispatch, in ms.");
-    describe_histogram!(ADDED_LATENCY, "The orchestrator's own part of time to first token, in ms: dequeue to engine call plus engine token to the client's stream.");
+    describe_histogram!(ADDED_LATENCY, "Admission to the first token handed to the client's stream, minus the engine's time (engine call to first token), in ms; includes queue wait.");
     describe_histogram!(DISPATCH_LATENCY, "Dequeue to engine call, in ms.");
 }
 
@@ -269,7 +269,8 @@ pub fn reject_reason(code: orch_domain::ErrorCode) -> &'static str {
     match code {
         C::InvalidParams | C::PayloadTooLarge => "invalid",
         C::Conflict => "conflict",
-        C::Forbidden | C::Unauthenticated => "forbidden",
+        C::Forbidden => "forbidden",
+        C::Unauthenticated => "unauthenticated",
         C::QuotaExceeded => "quota",
         C::AdmissionReject | C::QueueFullDropLru => "queue_full",
         C::DeadlineUnmet => "deadline_unmet",
@@ -409,30 +410,5 @@ fn refresh(w: &mut ShareWindow) {
     }
 }
 
-static DEADLINES: [[AtomicU64; 2]; 2] = [
-    [AtomicU64::new(0), AtomicU64::new(0)],
-    [AtomicU64::new(0), AtomicU64::new(0)],
-];
-
-/// A task with a deadline ended: completed within it (`met`) or not.
-pub fn deadline_outcome(priority: &str, met: bool) {
-    let i = usize::from(priority != "interactive");
-    let [m, n] = &DEADLINES[i];
-    if met {
-        m.fetch_add(1, Ordering::AcqRel);
-    }
-    n.fetch_add(1, Ordering::AcqRel);
-    publish_deadlines();
-}
-
-/// Set `deadlines_met_ratio` for each priority that has seen a task with a deadline
-/// (the sweep calls it too, so the gauge stays fresh under the exporter's idle timeout).
-pub fn publish_deadlines() {
-    for (i, [m, n]) in DEADLINES.iter().enumerate() {
-        let total = n.load(Ordering::Acquire);
-        if total > 0 {
-            let ratio = m.load(Ordering::Acquire) as f64 / total as f64;
-            gauge!(DEADLINES_MET_RATIO, "priority" => PRIORITIES[i]).set(ratio);
-        }
-    }
-}
+mod deadlines;
+pub use deadlines::{deadline_outcome, publish_deadlines, DEADLINE_WINDOW_SECS};
