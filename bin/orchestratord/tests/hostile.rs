@@ -231,6 +231,13 @@ async fn a_reader_that_stops_reading_is_dropped_and_stalls_neither_the_engine_no
         !text.contains("event: end"),
         "the stalled client got the whole stream"
     );
+    // the engine went on well past what the stalled client could take in
+    let delivered = text.matches("event: token").count() as u64;
+    let produced = status["tokens_out"].as_u64().unwrap();
+    assert!(
+        produced > delivered,
+        "produced {produced}, delivered {delivered}"
+    );
     println!(
         "[hostile] other stream done in {other_took:?}; stalled task canceled after {ended_after:?}; the stalled client had {} bytes",
         got.len()

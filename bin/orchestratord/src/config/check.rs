@@ -169,6 +169,18 @@ impl Config {
                     }
                 },
                 EngineChoice::Mock => {
+                    if let Some(m) = p.mock.as_ref().filter(|m| {
+                        let t = m.tokens_per_sec;
+                        !(t == 0.0 || (0.001..=1_000_000.0).contains(&t))
+                    }) {
+                        bad(
+                            format!("{at}.mock.tokens_per_sec"),
+                            &format!(
+                                "must be 0 (unpaced) or 0.001..=1000000, got {}",
+                                m.tokens_per_sec
+                            ),
+                        );
+                    }
                     if p.mock.as_ref().is_some_and(|m| m.slots == 0) {
                         bad(format!("{at}.mock.slots"), "must be at least 1");
                     }
