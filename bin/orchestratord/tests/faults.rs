@@ -15,13 +15,7 @@ fn config(pool: &str, mock: &str) -> std::path::PathBuf {
     let text = format!(
         "[server]\nkeepalive_ms = 200\n{SUPERVISION}\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\n{pool}\n[pools.mock]\n{mock}\n"
     );
-    let p = std::env::temp_dir().join(format!(
-        "orch-faults-{}-{}.toml",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::write(&p, text).unwrap();
-    p
+    temp_config("faults", &text)
 }
 
 struct Api {

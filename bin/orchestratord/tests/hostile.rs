@@ -14,13 +14,7 @@ fn config(server: &str, mock: &str) -> std::path::PathBuf {
     let text = format!(
         "[server]\nkeepalive_ms = 200\n{server}\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 4000\n[pools.mock]\n{mock}\n"
     );
-    let p = std::env::temp_dir().join(format!(
-        "orch-hostile-{}-{}.toml",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::write(&p, text).unwrap();
-    p
+    temp_config("hostile", &text)
 }
 
 fn addr(base: &str) -> String {

@@ -31,13 +31,6 @@ const BETA: &str = "oqk_obs-beta";
 /// A prompt the logs must never show.
 const SECRET_PROMPT: &str = "the-prompt-text-must-not-be-logged";
 
-fn key(k: &str, tenant: &str, role: &str) -> String {
-    format!(
-        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
-        orch_services::auth::digest_hex(k)
-    )
-}
-
 fn config() -> String {
     format!(
         r#"{}{}{}
@@ -74,9 +67,9 @@ tokens_per_sec = 200.0
 ttft_ms = 5
 fail_after_tokens = 2
 "#,
-        key(ADMIN, "ops", "admin"),
-        key(ALPHA, "alpha", "client"),
-        key(BETA, "beta", "client"),
+        key_entry(ADMIN, "ops", "admin"),
+        key_entry(ALPHA, "alpha", "client"),
+        key_entry(BETA, "beta", "client"),
     )
 }
 
@@ -85,9 +78,7 @@ fn write_config(name: &str) -> PathBuf {
 }
 
 fn write_config_text(name: &str, text: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("orch-obs-{name}-{}.toml", std::process::id()));
-    std::fs::write(&p, text).unwrap();
-    p
+    temp_config(&format!("obs-{name}"), text)
 }
 
 struct Client {
@@ -157,13 +148,14 @@ struct Seen {
 /// Drive admissions from two tenants for `secs`, then a burst over capacity, every
 /// kind of refusal, a cancel, a failing pool, and reloads (one switched, one refused).
 /// Every admitted task's stream is read to its terminal frame.
-async fn workload(c: &Client, secs: u64) -> Seen {
-    let mut seen = Seen::default();
-    let mut streams = Vec::new();
-    let count = |s: u16, seen: &mut Seen| *seen.statuses.entry(s).or_default() += 1;
+type Streams = Vec<tokio::task::JoinHandle<Vec<SseFrame>>>;
+
+/// Three submissions every 150 ms for `length`: alpha interactive, beta batch and
+/// interactive, every other round with a deadline.
+async fn steady(c: &Client, length: Duration, seen: &mut Seen, streams: &mut Streams) {
     let t0 = Instant::now();
     let mut i = 0u32;
-    while t0.elapsed() < Duration::from_secs(secs) {
+    while t0.elapsed() < length {
         i += 1;
         for (k, prio) in [
             (ALPHA, "interactive"),
@@ -175,11 +167,21 @@ async fn workload(c: &Client, secs: u64) -> Seen {
                 body["deadline_ms"] = json!(30_000);
             }
             let (s, h) = c.submit(k, &body).await;
-            count(s, &mut seen);
+            *seen.statuses.entry(s).or_default() += 1;
             streams.extend(h);
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
+}
+
+async fn workload(c: &Client, secs: u64) -> Seen {
+    let mut seen = Seen::default();
+    let mut streams = Vec::new();
+    let count = |s: u16, seen: &mut Seen| *seen.statuses.entry(s).or_default() += 1;
+    // steady admissions from both tenants for half the time, the events below, then
+    // steady again (so a dashboard over the run shows the events mid-way)
+    let half = Duration::from_millis(secs * 500);
+    steady(c, half, &mut seen, &mut streams).await;
     // refusals before a pool is chosen: wrong content type, bad JSON, unknown model
     let r = c
         .http
@@ -289,6 +291,7 @@ async fn workload(c: &Client, secs: u64) -> Seen {
         )
         .await;
     assert_eq!(r.status(), 409);
+    steady(c, half, &mut seen, &mut streams).await;
     for h in streams {
         let frames = h.await.unwrap();
         let last = frames.last().expect("a terminal frame");

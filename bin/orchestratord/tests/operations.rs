@@ -14,12 +14,7 @@ use std::time::{Duration, Instant};
 const ADMIN: &str = "oqk_ops-admin";
 const CLIENT: &str = "oqk_ops-client";
 
-fn key(k: &str, tenant: &str, role: &str) -> String {
-    format!(
-        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
-        orch_services::auth::digest_hex(k)
-    )
-}
+use common::key_entry as key;
 
 fn config(max_queued: u32, replicas: u32, queue_capacity: u32, weight: u32) -> String {
     format!(

@@ -12,13 +12,7 @@ fn config(extra_server: &str, pool: &str, mock: &str) -> std::path::PathBuf {
     let text = format!(
         "[server]\nkeepalive_ms = 200\n{extra_server}\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\n{pool}\n[pools.mock]\n{mock}\n"
     );
-    let p = std::env::temp_dir().join(format!(
-        "orch-overload-{}-{}.toml",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::write(&p, text).unwrap();
-    p
+    temp_config("overload", &text)
 }
 
 /// Submit and, on 202, read the stream to its end in the background.

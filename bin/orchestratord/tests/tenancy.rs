@@ -23,13 +23,6 @@ fn example() -> String {
     .expect("examples/tenants.toml")
 }
 
-fn key_entry(key: &str, tenant: &str, role: &str) -> String {
-    format!(
-        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
-        orch_services::auth::digest_hex(key)
-    )
-}
-
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }

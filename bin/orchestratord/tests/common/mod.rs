@@ -329,3 +329,22 @@ pub fn spawn_binary_logged(
     });
     (Reap(child), format!("http://{addr}"), log)
 }
+
+/// An `[[auth.keys]]` entry accepting `key` (only its digest is written).
+pub fn key_entry(key: &str, tenant: &str, role: &str) -> String {
+    format!(
+        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"{tenant}\"\nrole = \"{role}\"\n",
+        orch_services::auth::digest_hex(key)
+    )
+}
+
+/// Write `text` to a fresh config file under the temp dir (named after `name`).
+pub fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!(
+        "orch-{name}-{}-{}.toml",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::write(&p, text).unwrap();
+    p
+}
