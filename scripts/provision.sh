@@ -20,6 +20,9 @@ MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 # observability tests scrape a live orchestratord with it and run promtool.
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6
 PROMETHEUS_DEB_SHA256=3b0e0255b059a7696bd4a139a4a4eb24d71df067936a61ece5093559cbc7991c
+# Debian's nats-server (JetStream) for the cluster-mode tests.
+NATS_DEB_VERSION=2.9.10-1+b3
+NATS_DEB_SHA256=9f69ebb6f612e652382fde175622160dcd81fd97f2356f5da80bb5c3f48513dd
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
 VENV=$CACHE/venv
@@ -38,6 +41,7 @@ ENGINE_BIN=$ENGINE_DIR/bin/llama-server
 MODEL_DIR=$CACHE/models
 MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m-$MODEL_SHA256.gguf
 PROM_DIR=$CACHE/tools/prometheus-$PROMETHEUS_DEB_VERSION
+NATS_DIR=$CACHE/tools/nats-server-$NATS_DEB_VERSION
 JOBS=${ORCH_BUILD_JOBS:-$(nproc)}
 
 say() { printf '[provision] %s\n' "$*" >&2; }
@@ -50,6 +54,7 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "ORCH_PYTHON=$VENV/bin/python"
   echo "ORCH_PROMETHEUS=$PROM_DIR/usr/bin/prometheus"
   echo "ORCH_PROMTOOL=$PROM_DIR/usr/bin/promtool"
+  echo "ORCH_NATS_SERVER=$NATS_DIR/usr/sbin/nats-server"
   exit 0
 fi
 
@@ -94,25 +99,33 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
     || die "pip install of schemathesis failed (network to PyPI?)"
 fi
 
-# 1e. Prometheus and promtool from Debian's package, unpacked (no service is
-# installed or started; nothing outside the cache changes).
-if [[ ! -x "$PROM_DIR/usr/bin/prometheus" || ! -x "$PROM_DIR/usr/bin/promtool" ]]; then
-  need apt-get "Debian's apt-get is needed to fetch the prometheus package"
-  need dpkg-deb "dpkg-deb is needed to unpack the prometheus package"
-  deb=$CACHE/dl/prometheus_${PROMETHEUS_DEB_VERSION//:/%3a}_amd64.deb
+# 1e. Tools from Debian's packages, unpacked into the cache (no service is installed or
+# started; nothing outside the cache changes): prometheus + promtool for the
+# observability tests, nats-server for the cluster tests.
+# unpack_deb PACKAGE VERSION SHA256 DIR CHECK_BINARY
+unpack_deb() {
+  local pkg=$1 version=$2 sha=$3 dir=$4 check=$5
+  [[ -x "$dir/$check" ]] && return 0
+  need apt-get "Debian's apt-get is needed to fetch the $pkg package"
+  need dpkg-deb "dpkg-deb is needed to unpack the $pkg package"
+  local deb=$CACHE/dl/${pkg}_${version//:/%3a}_amd64.deb
   if [[ ! -f "$deb" ]]; then
-    say "downloading Debian's prometheus $PROMETHEUS_DEB_VERSION"
-    (cd "$CACHE/dl" && apt-get download -q "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1) \
-      || { apt-get update -q >/dev/null 2>&1 && (cd "$CACHE/dl" && apt-get download -q "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1); } \
-      || die "apt-get download prometheus=$PROMETHEUS_DEB_VERSION failed (Debian mirror reachable?)"
+    say "downloading Debian's $pkg $version"
+    (cd "$CACHE/dl" && apt-get download -q "$pkg=$version" >/dev/null 2>&1) \
+      || { apt-get update -q >/dev/null 2>&1 && (cd "$CACHE/dl" && apt-get download -q "$pkg=$version" >/dev/null 2>&1); } \
+      || die "apt-get download $pkg=$version failed (Debian mirror reachable?)"
   fi
+  local got
   got=$(sha256sum "$deb" | cut -d' ' -f1)
-  [[ "$got" == "$PROMETHEUS_DEB_SHA256" ]] || die "prometheus package digest mismatch: got $got"
-  rm -rf "$PROM_DIR.tmp" && mkdir -p "$PROM_DIR.tmp"
-  dpkg-deb -x "$deb" "$PROM_DIR.tmp"
-  rm -rf "$PROM_DIR" && mv "$PROM_DIR.tmp" "$PROM_DIR"
-  say "prometheus ready: $("$PROM_DIR/usr/bin/prometheus" --version 2>&1 | head -1)"
-fi
+  [[ "$got" == "$sha" ]] || die "$pkg package digest mismatch: got $got"
+  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+  dpkg-deb -x "$deb" "$dir.tmp"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  say "$pkg ready: $("$dir/$check" --version 2>&1 | head -1)"
+}
+unpack_deb prometheus "$PROMETHEUS_DEB_VERSION" "$PROMETHEUS_DEB_SHA256" "$PROM_DIR" usr/bin/prometheus
+[[ -x "$PROM_DIR/usr/bin/promtool" ]] || die "promtool missing from $PROM_DIR"
+unpack_deb nats-server "$NATS_DEB_VERSION" "$NATS_DEB_SHA256" "$NATS_DIR" usr/sbin/nats-server
 
 # 2. The model: assemble the chunks, verify the digest.
 if [[ ! -f "$MODEL" ]]; then

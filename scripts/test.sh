@@ -17,3 +17,6 @@ cargo test --locked -- --nocapture
 # the pact crate on its own, so its reqwest features do not leak into the product crates
 echo "[test] cargo test -p orch-pacts" >&2
 cargo test -p orch-pacts --locked -- --nocapture
+# cluster mode (in progress, issue 13) on its own, against three real nats-servers
+echo "[test] cargo test -p orch-cluster" >&2
+cargo test -p orch-cluster --locked -- --nocapture

@@ -1,0 +1,126 @@
+//! Pool-leader leases in a replicated KV bucket whose values expire by age: the first
+//! `create` of a key holds it, the holder renews by revision (a compare-and-set, so a
+//! holder that lost the lease cannot take it back), and a lease not renewed within the
+//! bucket's TTL disappears so another instance can create it. Lease keys are never
+//! deleted: async-nats's `create` is not atomic after a delete.
+
+use crate::{Cluster, ClusterError};
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use std::time::Duration;
+
+/// The bucket of leases, with their time to live.
+#[derive(Clone)]
+pub struct Leases {
+    kv: Store,
+    pub ttl: Duration,
+}
+
+/// A held lease: its key, who holds it, and the revision its next renewal must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub holder: String,
+    pub revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// Someone else holds it.
+    #[error("lease {0} is held by another instance")]
+    Held(String),
+    /// A renewal failed: the lease expired or was taken; the holder must stop (fence).
+    #[error("lease {key} lost: {reason}")]
+    Lost { key: String, reason: String },
+    /// The bucket could not be reached (no quorum, timeout).
+    #[error("lease {key}: the cluster did not answer: {reason}")]
+    Unavailable { key: String, reason: String },
+}
+
+const BUCKET: &str = "orch_leases";
+
+impl Cluster {
+    /// The lease bucket, created if missing, whose values live `ttl` unless renewed.
+    ///
+    /// The bucket's stream is made here with the settings async-nats's
+    /// `create_key_value` would use: that call first reads the account info, whose
+    /// 2.9 answer async-nats 0.46 cannot parse (seen against nats-server 2.9.10).
+    pub async fn leases(&self, ttl: Duration) -> Result<Leases, ClusterError> {
+        let setup = |e: String| ClusterError::Setup {
+            what: format!("KV bucket {BUCKET}"),
+            reason: e,
+        };
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{BUCKET}"),
+                subjects: vec![format!("$KV.{BUCKET}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                storage: StorageType::File,
+                num_replicas: self.cfg.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let kv = self
+            .js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(Leases { kv, ttl })
+    }
+}
+
+impl Leases {
+    /// Take the lease `key` for `holder` if nobody holds it.
+    pub async fn acquire(&self, key: &str, holder: &str) -> Result<Lease, LeaseError> {
+        match self.kv.create(key, holder.to_string().into()).await {
+            Ok(revision) => Ok(Lease {
+                key: key.to_string(),
+                holder: holder.to_string(),
+                revision,
+            }),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                Err(LeaseError::Held(key.into()))
+            }
+            Err(e) => Err(LeaseError::Unavailable {
+                key: key.into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Renew a held lease (compare-and-set on its revision).
+    pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
+        match self
+            .kv
+            .update(&lease.key, lease.holder.clone().into(), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                Ok(())
+            }
+            Err(e) => Err(LeaseError::Lost {
+                key: lease.key.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Who holds `key` now, if anyone (may lag the leader by a moment).
+    pub async fn holder(&self, key: &str) -> Result<Option<String>, LeaseError> {
+        self.kv
+            .get(key)
+            .await
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| LeaseError::Unavailable {
+                key: key.into(),
+                reason: e.to_string(),
+            })
+    }
+}

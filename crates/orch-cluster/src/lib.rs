@@ -1,0 +1,79 @@
+//! Cluster mode on NATS JetStream: the pieces several orchestratord instances share.
+//!
+//! This is step 1 of `docs/cluster-plan.md`: connecting to a JetStream cluster, each
+//! pool's replicated task queue (file storage, R3, bounded, discard-new, work-queue
+//! retention, the task id as the dedupe id) and pool-leader leases in a KV bucket
+//! (create, renew by revision, expire by age). What each JetStream answer means for a
+//! client is decided here, once: a full queue is a 429, a cluster without quorum a 503.
+//!
+//! Owns: the NATS connection and the JetStream names. Never: HTTP, tasks' frames (next
+//! steps), or anything of orch-services (this crate depends on no other of ours yet).
+
+mod lease;
+mod queue;
+
+pub use lease::{Lease, LeaseError, Leases};
+pub use queue::{PublishError, Published, TaskQueue};
+
+use async_nats::jetstream;
+use std::time::Duration;
+
+/// How a cluster is reached and how its streams are made.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `nats://host:port` of each server (any one suffices to connect).
+    pub urls: Vec<String>,
+    /// Copies of every stream and bucket (3 survives one server's loss).
+    pub replicas: usize,
+    /// How long a JetStream request may take before it counts as unavailable.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["nats://127.0.0.1:4222".into()],
+            replicas: 3,
+            request_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot reach the NATS cluster at {urls:?}: {reason}")]
+    Connect { urls: Vec<String>, reason: String },
+    #[error("JetStream refused to set up {what}: {reason}")]
+    Setup { what: String, reason: String },
+}
+
+/// A connection to the cluster and its JetStream context.
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) js: jetstream::Context,
+    pub(crate) cfg: ClusterConfig,
+}
+
+impl Cluster {
+    pub async fn connect(cfg: ClusterConfig) -> Result<Self, ClusterError> {
+        let err = |e: String| ClusterError::Connect {
+            urls: cfg.urls.clone(),
+            reason: e,
+        };
+        let addrs = cfg
+            .urls
+            .iter()
+            .map(|u| u.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name("orchestratord")
+            .connection_timeout(cfg.request_timeout.max(Duration::from_secs(1)))
+            .connect(addrs)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(cfg.request_timeout);
+        Ok(Self { js, cfg })
+    }
+}

@@ -1,0 +1,121 @@
+//! A pool's replicated task queue: one JetStream stream per pool (file storage, R3,
+//! at most the pool's queue capacity, discard-new, work-queue retention). A task is
+//! published with its id as `Nats-Msg-Id`, so a repeated submission within the dedupe
+//! window is recognised instead of queued twice; it counts as admitted only once the
+//! publish is acknowledged (stored on a quorum).
+
+use crate::{Cluster, ClusterError};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+use bytes::Bytes;
+use std::time::Duration;
+
+/// How long a task id is remembered for deduplication.
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+/// A pool's queue in the cluster.
+#[derive(Clone)]
+pub struct TaskQueue {
+    cluster: Cluster,
+    pool: String,
+    subject: String,
+}
+
+/// A stored task: its place in the stream, and whether it was already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub sequence: u64,
+    pub duplicate: bool,
+}
+
+/// Why a task was not stored, as a client would be told.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The queue holds its capacity (answer 429).
+    #[error("the queue of pool {pool} is full")]
+    Full { pool: String },
+    /// No quorum, a timeout, or another storage failure (answer 503, retriable).
+    #[error("the cluster cannot store tasks of pool {pool} now: {reason}")]
+    Unavailable { pool: String, reason: String },
+}
+
+/// JetStream's description for a discard-new stream at its message limit (code 10077,
+/// which also covers other store failures: only this description means "full").
+const FULL: &str = "maximum messages exceeded";
+
+impl Cluster {
+    /// The queue of `pool`, created if missing, holding at most `capacity` tasks.
+    pub async fn task_queue(&self, pool: &str, capacity: usize) -> Result<TaskQueue, ClusterError> {
+        let name = format!("ORCH_TASKS_{pool}");
+        let subject = format!("orch.tasks.{pool}");
+        let cfg = Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            storage: StorageType::File,
+            num_replicas: self.cfg.replicas,
+            max_messages: i64::try_from(capacity).unwrap_or(i64::MAX),
+            discard: DiscardPolicy::New,
+            duplicate_window: DEDUPE_WINDOW,
+            retention: RetentionPolicy::WorkQueue,
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(cfg)
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("stream {name}"),
+                reason: e.to_string(),
+            })?;
+        Ok(TaskQueue {
+            cluster: self.clone(),
+            pool: pool.to_string(),
+            subject,
+        })
+    }
+}
+
+impl TaskQueue {
+    /// Store a task (dedupe id `task_id`); returns once a quorum has it.
+    pub async fn publish(&self, task_id: &str, payload: Bytes) -> Result<Published, PublishError> {
+        let msg = PublishMessage::build().payload(payload).message_id(task_id);
+        let ack = self
+            .cluster
+            .js
+            .send_publish(self.subject.clone(), msg)
+            .await
+            .map_err(|e| self.refusal(e))?
+            .await
+            .map_err(|e| self.refusal(e))?;
+        Ok(Published {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    fn refusal(&self, e: async_nats::jetstream::context::PublishError) -> PublishError {
+        let reason = error_chain(&e);
+        if e.kind() == PublishErrorKind::Other && reason.contains(FULL) {
+            PublishError::Full {
+                pool: self.pool.clone(),
+            }
+        } else {
+            PublishError::Unavailable {
+                pool: self.pool.clone(),
+                reason,
+            }
+        }
+    }
+}
+
+/// An error and its sources, joined (the JetStream description sits in a source).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

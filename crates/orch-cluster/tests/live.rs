@@ -1,0 +1,267 @@
+//! orch-cluster against three real nats-servers (Debian's 2.9.10, unpacked by
+//! `scripts/provision.sh`) clustered with JetStream on loopback ports: a full queue
+//! refuses with `Full`, a repeated task id is a duplicate, a lease is held by one
+//! instance, renewed by revision and expires, one server's loss loses nothing, and
+//! without quorum a publish is `Unavailable` at once. A missing nats-server fails.
+
+use bytes::Bytes;
+use orch_cluster::{Cluster, ClusterConfig, LeaseError, PublishError};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn nats_server() -> PathBuf {
+    let p = std::env::var_os("ORCH_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/orchestratord/tools/nats-server-2.9.10-1+b3/usr/sbin/nats-server")
+        });
+    assert!(
+        p.is_file(),
+        "nats-server not found at {} — run scripts/provision.sh or set ORCH_NATS_SERVER",
+        p.display()
+    );
+    p
+}
+
+/// `n` distinct free loopback ports (all held until every one is chosen).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// One cluster at a time: three servers each already share the machine's two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three clustered nats-servers; killed and their stores removed when dropped.
+struct Nats {
+    dir: PathBuf,
+    procs: Vec<Option<Child>>,
+    client_ports: Vec<u16>,
+    http_ports: Vec<u16>,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nats {
+    async fn start(name: &str) -> Self {
+        let bin = nats_server();
+        let dir = std::env::temp_dir().join(format!("orch-nats-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let all = free_ports(9);
+        let (client, http, route) = (all[0..3].to_vec(), all[3..6].to_vec(), all[6..9].to_vec());
+        let routes = route
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut procs = Vec::new();
+        for i in 0..3 {
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                client[i],
+                http[i],
+                dir.join(format!("js{i}")),
+                route[i]
+            );
+            let path = dir.join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let child = Command::new(&bin)
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            procs.push(Some(child));
+        }
+        let n = Nats {
+            dir,
+            procs,
+            client_ports: client,
+            http_ports: http,
+        };
+        // JetStream is usable once every server has a meta leader: bare /healthz is 200
+        let t0 = Instant::now();
+        for p in n.http_ports.clone() {
+            while http_status(p, "/healthz").await != Some(200) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "nats-server on {p} not healthy in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        n
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The status code of `GET path` on a loopback port (a bare HTTP/1.0 exchange).
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn connect(n: &Nats) -> Cluster {
+    Cluster::connect(ClusterConfig {
+        urls: n.urls(),
+        ..ClusterConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_with_full_and_a_repeated_task_id_is_a_duplicate() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("queue").await;
+    let c = connect(&n).await;
+    let q = c.task_queue("p", 3).await.unwrap();
+    let mut seqs = Vec::new();
+    for id in ["t1", "t2", "t3"] {
+        let p = q.publish(id, Bytes::from_static(b"{}")).await.unwrap();
+        assert!(!p.duplicate);
+        seqs.push(p.sequence);
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    match q.publish("t4", Bytes::from_static(b"{}")).await {
+        Err(PublishError::Full { pool }) => assert_eq!(pool, "p"),
+        other => panic!("a fourth task in a queue of 3: {other:?}"),
+    }
+    // the same id again is recognised, not queued twice (nor refused as full)
+    let again = q.publish("t2", Bytes::from_static(b"{}")).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.sequence, 2);
+}
+
+#[tokio::test]
+async fn a_lease_is_held_by_one_renewed_by_revision_and_expires_unrenewed() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("lease").await;
+    let c = connect(&n).await;
+    let leases = c.leases(Duration::from_secs(2)).await.unwrap();
+    let mut a = leases.acquire("pool.p", "instance-a").await.unwrap();
+    assert!(matches!(
+        leases.acquire("pool.p", "instance-b").await,
+        Err(LeaseError::Held(_))
+    ));
+    assert_eq!(
+        leases.holder("pool.p").await.unwrap().as_deref(),
+        Some("instance-a")
+    );
+    let stale = a.clone();
+    leases.renew(&mut a).await.unwrap();
+    assert!(a.revision > stale.revision);
+    // a renewal naming an old revision is refused: whoever lost it cannot take it back
+    let mut stale = stale;
+    assert!(matches!(
+        leases.renew(&mut stale).await,
+        Err(LeaseError::Lost { .. })
+    ));
+    // not renewed past its TTL: gone, and another instance takes it
+    let t0 = Instant::now();
+    let b = loop {
+        match leases.acquire("pool.p", "instance-b").await {
+            Ok(b) => break b,
+            Err(LeaseError::Held(_)) => {
+                assert!(t0.elapsed() < Duration::from_secs(8), "lease never expired");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "expired after {waited:?}"
+    );
+    assert_eq!(b.holder, "instance-b");
+    assert!(matches!(
+        leases.renew(&mut a).await,
+        Err(LeaseError::Lost { .. })
+    ));
+    println!("[cluster] an unrenewed 2 s lease was taken over after {waited:?}");
+}
+
+#[tokio::test]
+async fn one_server_down_loses_nothing_and_without_quorum_publishing_is_unavailable() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut n = Nats::start("quorum").await;
+    let c = connect(&n).await;
+    let q = c.task_queue("p", 100).await.unwrap();
+    q.publish("before", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    n.kill(2);
+    // R3 keeps a quorum of two: stores go on (after a leader change, if it was one)
+    let t0 = Instant::now();
+    let stored = loop {
+        match q.publish("one-down", Bytes::from_static(b"{}")).await {
+            Ok(p) => break p,
+            Err(e) => {
+                assert!(t0.elapsed() < Duration::from_secs(15), "{e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    assert_eq!(
+        stored.sequence, 2,
+        "the task stored before the loss is still there"
+    );
+    println!(
+        "[cluster] one of three down: stored after {:?}",
+        t0.elapsed()
+    );
+    n.kill(1);
+    let t0 = Instant::now();
+    match q.publish("no-quorum", Bytes::from_static(b"{}")).await {
+        Err(PublishError::Unavailable { .. }) => {}
+        other => panic!("two of three down: {other:?}"),
+    }
+    let took = t0.elapsed();
+    println!("[cluster] two of three down: unavailable after {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
