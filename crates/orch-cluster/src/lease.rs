@@ -124,3 +124,43 @@ impl Leases {
             })
     }
 }
+
+/// Keep trying to lead `key` as `holder`: acquire when free, renew every third of the
+/// TTL while leading, and step down (fence) as soon as a renewal fails or could not
+/// finish within half the TTL, before anyone else could take the lease. The receiver
+/// says whether this instance leads now; the task runs until the returned handle is
+/// aborted or dropped with the runtime.
+pub fn lead(
+    leases: Leases,
+    key: String,
+    holder: String,
+) -> (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(async move {
+        let tick = leases.ttl / 3;
+        loop {
+            let mut lease = match leases.acquire(&key, &holder).await {
+                Ok(l) => l,
+                Err(_) => {
+                    tokio::time::sleep(tick).await;
+                    continue;
+                }
+            };
+            tracing::info!(key, holder, "leading");
+            tx.send_replace(true);
+            loop {
+                tokio::time::sleep(tick).await;
+                let renewed = tokio::time::timeout(leases.ttl / 2, leases.renew(&mut lease)).await;
+                if !matches!(renewed, Ok(Ok(()))) {
+                    tracing::warn!(key, holder, "lease renewal failed: stepping down");
+                    tx.send_replace(false);
+                    break;
+                }
+            }
+        }
+    });
+    (rx, handle)
+}

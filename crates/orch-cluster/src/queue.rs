@@ -17,8 +17,9 @@ pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 /// A pool's queue in the cluster.
 #[derive(Clone)]
 pub struct TaskQueue {
-    cluster: Cluster,
-    pool: String,
+    pub(crate) cluster: Cluster,
+    pub(crate) pool: String,
+    pub(crate) stream: String,
     subject: String,
 }
 
@@ -70,6 +71,7 @@ impl Cluster {
         Ok(TaskQueue {
             cluster: self.clone(),
             pool: pool.to_string(),
+            stream: name,
             subject,
         })
     }

@@ -265,3 +265,113 @@ async fn one_server_down_loses_nothing_and_without_quorum_publishing_is_unavaila
     println!("[cluster] two of three down: unavailable after {took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+#[tokio::test]
+async fn a_new_leader_gets_the_unfinished_tasks_in_admission_order_and_done_frees_a_place() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("dispatch").await;
+    let c = connect(&n).await;
+    let q = c.task_queue("p", 5).await.unwrap();
+    for id in ["t1", "t2", "t3", "t4", "t5"] {
+        q.publish(id, Bytes::from(id.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        q.publish("t6", Bytes::new()).await,
+        Err(PublishError::Full { .. })
+    ));
+    let a = q.take_over().await.unwrap();
+    let got = a.next(3, Duration::from_secs(2)).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|t| t.task_id.clone()).collect();
+    assert_eq!(ids, ["t1", "t2", "t3"]);
+    assert_eq!(got[0].payload, Bytes::from_static(b"t1"));
+    let mut got = got.into_iter();
+    a.done(got.next().unwrap()).await.unwrap();
+    // t1 left the queue: its place is free
+    q.publish("t6", Bytes::from_static(b"t6")).await.unwrap();
+    // the leader dies with t2 and t3 handed out but unfinished
+    drop(got);
+    drop(a);
+    let b = q.take_over().await.unwrap();
+    let got = b.next(10, Duration::from_secs(2)).await.unwrap();
+    let ids: Vec<_> = got.iter().map(|t| t.task_id.clone()).collect();
+    assert_eq!(ids, ["t2", "t3", "t4", "t5", "t6"], "in admission order");
+    for t in got {
+        b.done(t).await.unwrap();
+    }
+    let rest = b.next(10, Duration::from_millis(300)).await.unwrap();
+    assert!(rest.is_empty(), "{} left", rest.len());
+}
+
+#[tokio::test]
+async fn one_instance_leads_at_a_time_and_another_takes_over_within_the_ttl() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("leaders").await;
+    let c = connect(&n).await;
+    let ttl = Duration::from_millis(1500);
+    let leases = c.leases(ttl).await.unwrap();
+    let (ra, ha) = orch_cluster::lead(leases.clone(), "pool.p".into(), "a".into());
+    let (rb, hb) = orch_cluster::lead(leases.clone(), "pool.p".into(), "b".into());
+    let both = |ra: &tokio::sync::watch::Receiver<bool>,
+                rb: &tokio::sync::watch::Receiver<bool>| {
+        (*ra.borrow(), *rb.borrow())
+    };
+    let t0 = Instant::now();
+    let first = loop {
+        match both(&ra, &rb) {
+            (true, true) => panic!("two leaders"),
+            (true, false) => break 'a',
+            (false, true) => break 'b',
+            _ => {}
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "nobody leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // the leader dies (its task stops renewing)
+    let (dead, survivor) = if first == 'a' { (ha, &rb) } else { (hb, &ra) };
+    dead.abort();
+    let t1 = Instant::now();
+    while !*survivor.borrow() {
+        assert!(
+            t1.elapsed() < ttl + ttl / 3 + Duration::from_secs(1),
+            "no takeover after {:?}",
+            t1.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "[cluster] leader {first} died; the other led {:?} later (ttl {ttl:?})",
+        t1.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_quorum_steps_down_within_the_ttl() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut n = Nats::start("fence").await;
+    let c = connect(&n).await;
+    let ttl = Duration::from_millis(1500);
+    let leases = c.leases(ttl).await.unwrap();
+    let (r, _h) = orch_cluster::lead(leases, "pool.p".into(), "a".into());
+    let t0 = Instant::now();
+    while !*r.borrow() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never led");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n.kill(2);
+    n.kill(1);
+    let t1 = Instant::now();
+    while *r.borrow() {
+        assert!(
+            t1.elapsed() < ttl,
+            "still leading {:?} after losing quorum",
+            t1.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "[cluster] without quorum the leader stepped down after {:?} (ttl {ttl:?})",
+        t1.elapsed()
+    );
+}
