@@ -1,0 +1,165 @@
+//! Tasks' frames in the cluster: one replicated stream for all tasks, one subject per
+//! task. The running task's leader appends frames in batches (one message per batch),
+//! each conditional on the subject's last sequence being the one it wrote last, so a
+//! leader that was replaced cannot add a frame after its successor (it is fenced). Any
+//! instance reads a task's frames by direct get (answered by any replica, even without
+//! quorum), from the start or after a `Last-Event-ID`.
+
+use crate::{Cluster, ClusterError};
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{self, Config, DirectGetErrorKind, StorageType};
+use std::time::Duration;
+
+const STREAM: &str = "ORCH_FRAMES";
+
+/// One SSE frame: its id (`Last-Event-ID`), event name and JSON data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Frame {
+    pub id: u64,
+    pub event: String,
+    pub data: String,
+}
+
+/// The frames of every task.
+#[derive(Clone)]
+pub struct FrameLog {
+    cluster: Cluster,
+    stream: stream::Stream,
+}
+
+/// Appends one task's frames (held by the task's current leader).
+pub struct FrameWriter {
+    log: FrameLog,
+    subject: String,
+    /// Stream sequence of the last batch this writer stored on the subject (0: none).
+    last: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Someone else wrote this task's frames since: this writer no longer leads it.
+    #[error("frames of task {0}: another leader has written since; this writer is fenced")]
+    Fenced(String),
+    #[error("frames of task {task}: the cluster did not store or answer: {reason}")]
+    Unavailable { task: String, reason: String },
+}
+
+fn subject(task_id: &str) -> String {
+    format!("orch.frames.{task_id}")
+}
+
+impl Cluster {
+    /// The frame stream, created if missing; frames are kept for `keep`.
+    pub async fn frame_log(&self, keep: Duration) -> Result<FrameLog, ClusterError> {
+        let stream = self
+            .js
+            .get_or_create_stream(Config {
+                name: STREAM.into(),
+                subjects: vec!["orch.frames.*".into()],
+                storage: StorageType::File,
+                num_replicas: self.cfg.replicas,
+                allow_direct: true,
+                max_age: keep,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: format!("stream {STREAM}"),
+                reason: e.to_string(),
+            })?;
+        Ok(FrameLog {
+            cluster: self.clone(),
+            stream,
+        })
+    }
+}
+
+impl FrameLog {
+    /// A writer for a task nobody has written frames of yet.
+    pub fn writer(&self, task_id: &str) -> FrameWriter {
+        FrameWriter {
+            log: self.clone(),
+            subject: subject(task_id),
+            last: 0,
+        }
+    }
+
+    /// A writer that continues a task's frames (a new leader taking a task over).
+    pub async fn resume_writer(&self, task_id: &str) -> Result<FrameWriter, FrameError> {
+        let subject = subject(task_id);
+        let last = match self
+            .stream
+            .direct_get_last_for_subject(subject.clone())
+            .await
+        {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(unavailable(task_id, e)),
+        };
+        Ok(FrameWriter {
+            log: self.clone(),
+            subject,
+            last,
+        })
+    }
+
+    /// The stored frames of `task_id` with an id above `after`, in order.
+    pub async fn read_after(&self, task_id: &str, after: u64) -> Result<Vec<Frame>, FrameError> {
+        let subject = subject(task_id);
+        let mut out = Vec::new();
+        let mut seq = 1;
+        loop {
+            let m = match self
+                .stream
+                .direct_get_next_for_subject(subject.clone(), Some(seq))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(unavailable(task_id, e)),
+            };
+            let batch: Vec<Frame> =
+                serde_json::from_slice(&m.payload).map_err(|e| unavailable(task_id, e))?;
+            out.extend(batch.into_iter().filter(|f| f.id > after));
+            seq = m.sequence + 1;
+        }
+    }
+}
+
+impl FrameWriter {
+    /// Store `frames` (one message), only if nobody else wrote this task's frames since
+    /// this writer last did. Returns once a quorum has them.
+    pub async fn append(&mut self, frames: &[Frame]) -> Result<(), FrameError> {
+        let task = self.subject.trim_start_matches("orch.frames.").to_string();
+        let payload = serde_json::to_vec(frames).map_err(|e| unavailable(&task, e))?;
+        let msg = PublishMessage::build()
+            .payload(payload.into())
+            .expected_last_subject_sequence(self.last);
+        let refusal = |e: async_nats::jetstream::context::PublishError| {
+            if e.kind() == PublishErrorKind::WrongLastSequence {
+                FrameError::Fenced(task.clone())
+            } else {
+                unavailable(&task, e)
+            }
+        };
+        let ack = self
+            .log
+            .cluster
+            .js
+            .send_publish(self.subject.clone(), msg)
+            .await
+            .map_err(&refusal)?
+            .await
+            .map_err(&refusal)?;
+        self.last = ack.sequence;
+        Ok(())
+    }
+}
+
+fn unavailable(task: &str, e: impl std::fmt::Display) -> FrameError {
+    FrameError::Unavailable {
+        task: task.to_string(),
+        reason: e.to_string(),
+    }
+}
