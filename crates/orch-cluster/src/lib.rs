@@ -4,9 +4,9 @@
 //! each pool's replicated task queue (file storage, R3, bounded, discard-new, work-queue
 //! retention, the task id as the dedupe id), pool-leader leases in a KV bucket (create,
 //! renew by revision, expire by age; [`lead`] keeps one and steps down when it cannot
-//! renew), the leader's dispatch consumer ([`Dispatch`]) and tasks' frames
-//! ([`FrameLog`]: batched, fenced appends; reads by direct get after any id). Not wired
-//! into orchestratord yet. What each JetStream answer means for a
+//! renew), the leader's dispatch consumer ([`Dispatch`]), tasks' frames
+//! ([`FrameLog`]: batched, fenced appends; reads by direct get after any id) and tasks'
+//! statuses and cancel requests ([`TaskStates`]). Not wired into orchestratord yet. What each JetStream answer means for a
 //! client is decided here, once: a full queue is a 429, a cluster without quorum a 503.
 //!
 //! Owns: the NATS connection and the JetStream names. Never: HTTP, tasks' frames (next
@@ -16,11 +16,13 @@ mod dispatch;
 mod frames;
 mod lease;
 mod queue;
+mod tasks;
 
 pub use dispatch::{Dispatch, QueuedTask};
 pub use frames::{Frame, FrameError, FrameLog, FrameWriter};
 pub use lease::{lead, Lease, LeaseError, Leases};
 pub use queue::{PublishError, Published, TaskQueue};
+pub use tasks::{TaskStateError, TaskStates};
 
 use async_nats::jetstream;
 use std::time::Duration;

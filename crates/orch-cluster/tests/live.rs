@@ -440,3 +440,37 @@ async fn frames_resume_after_any_id_and_a_replaced_writer_is_fenced() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn any_instance_reads_a_tasks_status_and_a_cancel_reaches_the_pools_leader() {
+    use futures_util::StreamExt;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("tasks").await;
+    // two instances, each with its own connection
+    let (leader, other) = (connect(&n).await, connect(&n).await);
+    let keep = Duration::from_secs(600);
+    let (at_leader, at_other) = (
+        leader.task_states(keep).await.unwrap(),
+        other.task_states(keep).await.unwrap(),
+    );
+    assert_eq!(at_other.status("t1").await.unwrap(), None);
+    at_leader
+        .set_status("t1", r#"{"state":"running","tokens_out":3}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        at_other.status("t1").await.unwrap().as_deref(),
+        Some(r#"{"state":"running","tokens_out":3}"#)
+    );
+    let mut cancels = at_leader.cancels("p").await.unwrap();
+    assert!(!at_leader.cancel_requested("t1").await.unwrap());
+    at_other.request_cancel("p", "t1").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), cancels.next())
+        .await
+        .expect("the leader hears the cancel")
+        .unwrap();
+    assert_eq!(got, "t1");
+    // a leader that takes the task over later still sees the flag
+    assert!(at_leader.cancel_requested("t1").await.unwrap());
+    assert!(!at_leader.cancel_requested("t2").await.unwrap());
+}

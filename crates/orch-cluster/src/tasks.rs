@@ -1,0 +1,138 @@
+//! What any instance can ask about any task: its status (a KV bucket written by the
+//! task's leader at each change) and a cancel request (a KV flag, so a leader that
+//! takes the task over later still sees it, plus a core message to whoever leads the
+//! task's pool now, so a running task stops at once).
+
+use crate::{Cluster, ClusterError};
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+const BUCKET: &str = "orch_tasks";
+
+/// Tasks' statuses and cancel flags.
+#[derive(Clone)]
+pub struct TaskStates {
+    kv: Store,
+    client: async_nats::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("task {task}: the cluster did not answer: {reason}")]
+pub struct TaskStateError {
+    pub task: String,
+    pub reason: String,
+}
+
+fn status_key(task: &str) -> String {
+    format!("status.{task}")
+}
+
+fn cancel_key(task: &str) -> String {
+    format!("cancel.{task}")
+}
+
+/// The core subject a pool's leader hears cancels on.
+fn cancel_subject(pool: &str) -> String {
+    format!("orch.cancel.{pool}")
+}
+
+impl Cluster {
+    /// The task-state bucket, created if missing; entries live `keep`.
+    pub async fn task_states(&self, keep: Duration) -> Result<TaskStates, ClusterError> {
+        let setup = |e: String| ClusterError::Setup {
+            what: format!("KV bucket {BUCKET}"),
+            reason: e,
+        };
+        // made directly: see `leases` for why not `create_key_value`
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{BUCKET}"),
+                subjects: vec![format!("$KV.{BUCKET}.>")],
+                max_messages_per_subject: 1,
+                max_age: keep,
+                storage: StorageType::File,
+                num_replicas: self.cfg.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        let kv = self
+            .js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(TaskStates {
+            kv,
+            client: self.js.client(),
+        })
+    }
+}
+
+impl TaskStates {
+    /// Record a task's status (the leader, at each change).
+    pub async fn set_status(&self, task: &str, status_json: &str) -> Result<(), TaskStateError> {
+        self.kv
+            .put(status_key(task), status_json.to_string().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| err(task, e))
+    }
+
+    /// A task's last recorded status, if any.
+    pub async fn status(&self, task: &str) -> Result<Option<String>, TaskStateError> {
+        self.kv
+            .get(status_key(task))
+            .await
+            .map(|v| v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+            .map_err(|e| err(task, e))
+    }
+
+    /// Ask for a task of `pool` to be canceled: the flag first (stored), then the
+    /// message to the pool's current leader.
+    pub async fn request_cancel(&self, pool: &str, task: &str) -> Result<(), TaskStateError> {
+        self.kv
+            .put(cancel_key(task), "1".into())
+            .await
+            .map_err(|e| err(task, e))?;
+        self.client
+            .publish(cancel_subject(pool), task.to_string().into())
+            .await
+            .map_err(|e| err(task, e))?;
+        self.client.flush().await.map_err(|e| err(task, e))
+    }
+
+    /// Whether a cancel was requested (a leader taking a task over checks this).
+    pub async fn cancel_requested(&self, task: &str) -> Result<bool, TaskStateError> {
+        self.kv
+            .get(cancel_key(task))
+            .await
+            .map(|v| v.is_some())
+            .map_err(|e| err(task, e))
+    }
+
+    /// Task ids whose cancel is requested from now on, for the leader of `pool`.
+    pub async fn cancels(
+        &self,
+        pool: &str,
+    ) -> Result<impl futures_util::Stream<Item = String>, TaskStateError> {
+        let sub = self
+            .client
+            .subscribe(cancel_subject(pool))
+            .await
+            .map_err(|e| err(pool, e))?;
+        Ok(sub.map(|m| String::from_utf8_lossy(&m.payload).into_owned()))
+    }
+}
+
+fn err(task: &str, e: impl std::fmt::Display) -> TaskStateError {
+    TaskStateError {
+        task: task.to_string(),
+        reason: e.to_string(),
+    }
+}
