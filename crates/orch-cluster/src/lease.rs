@@ -6,7 +6,6 @@
 
 use crate::{Cluster, ClusterError};
 use async_nats::jetstream::kv::{CreateErrorKind, Store};
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use std::time::Duration;
 
 /// The bucket of leases, with their time to live.
@@ -41,36 +40,8 @@ const BUCKET: &str = "orch_leases";
 
 impl Cluster {
     /// The lease bucket, created if missing, whose values live `ttl` unless renewed.
-    ///
-    /// The bucket's stream is made here with the settings async-nats's
-    /// `create_key_value` would use: that call first reads the account info, whose
-    /// 2.9 answer async-nats 0.46 cannot parse (seen against nats-server 2.9.10).
     pub async fn leases(&self, ttl: Duration) -> Result<Leases, ClusterError> {
-        let setup = |e: String| ClusterError::Setup {
-            what: format!("KV bucket {BUCKET}"),
-            reason: e,
-        };
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{BUCKET}"),
-                subjects: vec![format!("$KV.{BUCKET}.>")],
-                max_messages_per_subject: 1,
-                max_age: ttl,
-                storage: StorageType::File,
-                num_replicas: self.cfg.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let kv = self
-            .js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
+        let kv = self.kv_bucket(BUCKET, ttl).await?;
         Ok(Leases { kv, ttl })
     }
 }

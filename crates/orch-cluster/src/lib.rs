@@ -64,6 +64,42 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A KV bucket whose values live `max_age`, created if missing. Its stream is made
+    /// here with the settings async-nats's `create_key_value` would use: that call
+    /// first reads the account info, whose 2.9 answer async-nats 0.46 cannot parse
+    /// (seen against nats-server 2.9.10).
+    pub(crate) async fn kv_bucket(
+        &self,
+        bucket: &str,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, ClusterError> {
+        use jetstream::stream::{Config, DiscardPolicy, StorageType};
+        let setup = |e: String| ClusterError::Setup {
+            what: format!("KV bucket {bucket}"),
+            reason: e,
+        };
+        self.js
+            .get_or_create_stream(Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age,
+                storage: StorageType::File,
+                num_replicas: self.cfg.replicas,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(e.to_string()))?;
+        self.js
+            .get_key_value(bucket)
+            .await
+            .map_err(|e| setup(e.to_string()))
+    }
+
     pub async fn connect(cfg: ClusterConfig) -> Result<Self, ClusterError> {
         let err = |e: String| ClusterError::Connect {
             urls: cfg.urls.clone(),

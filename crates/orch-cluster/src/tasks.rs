@@ -5,7 +5,6 @@
 
 use crate::{Cluster, ClusterError};
 use async_nats::jetstream::kv::Store;
-use async_nats::jetstream::stream::{self, DiscardPolicy, StorageType};
 use futures_util::StreamExt;
 use std::time::Duration;
 
@@ -41,32 +40,7 @@ fn cancel_subject(pool: &str) -> String {
 impl Cluster {
     /// The task-state bucket, created if missing; entries live `keep`.
     pub async fn task_states(&self, keep: Duration) -> Result<TaskStates, ClusterError> {
-        let setup = |e: String| ClusterError::Setup {
-            what: format!("KV bucket {BUCKET}"),
-            reason: e,
-        };
-        // made directly: see `leases` for why not `create_key_value`
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{BUCKET}"),
-                subjects: vec![format!("$KV.{BUCKET}.>")],
-                max_messages_per_subject: 1,
-                max_age: keep,
-                storage: StorageType::File,
-                num_replicas: self.cfg.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        let kv = self
-            .js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| setup(e.to_string()))?;
+        let kv = self.kv_bucket(BUCKET, keep).await?;
         Ok(TaskStates {
             kv,
             client: self.js.client(),
