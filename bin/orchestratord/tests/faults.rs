@@ -241,3 +241,50 @@ async fn a_failure_before_the_first_token_is_retried_on_another_replica() {
     );
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test]
+async fn while_a_retry_waits_the_replica_it_failed_on_gives_its_slot_back() {
+    let path = config(
+        "replicas = 2\nretries_before_first_token = 1\nplacement = \"least-loaded\"",
+        "slots = 1\ntokens_per_sec = 40.0\nttft_ms = 5\ntokens = 60\nfail_before_first_token = true\nfaults_only_on = [\"p-r0\"]",
+    );
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let api = Api {
+        http: reqwest::Client::new(),
+        base,
+    };
+    // a long task ends up on p-r1 (placed on p-r0 first, it is retried there)
+    let long = api.submit(60).await;
+    let t0 = Instant::now();
+    loop {
+        let s = api.get(&format!("/v1/tasks/{long}")).await;
+        if s["replica_id"] == "p-r1" && s["tokens_out"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // the next one fails on p-r0 and waits for p-r1; p-r0's slot is free meanwhile
+    let waiting = api.submit(4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = api.get(&format!("/v1/tasks/{waiting}")).await;
+    assert_eq!(s["state"], "running", "retrying counts as running: {s}");
+    let pools = api.get("/v1/pools").await;
+    let r0 = pools["pools"][0]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == "p-r0")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        r0["slots_free"], 1,
+        "p-r0 holds no slot for the waiting retry: {r0}"
+    );
+    let frames = api.stream(&waiting).await;
+    assert_eq!(last(&frames).event, "end", "{frames:?}");
+    let started = frames.iter().find(|f| f.event == "started").unwrap();
+    assert_eq!(started.data["replica_id"], "p-r1");
+    assert_eq!(last(&api.stream(&long).await).event, "end");
+    let _ = std::fs::remove_file(path);
+}

@@ -340,6 +340,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 return;
             }
             Outcome::Failed { err, emitted } => {
+                let mut settled = false;
                 // a watchdog abandoned a live engine stream: its slot is checked
                 let stopped = matches!(err, WorkerError::Timeout(_));
                 tracing::warn!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %pool_id, replica_id = %a.replica_id,
@@ -348,6 +349,13 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 if !emitted && err.retriable_elsewhere() && a.limits.retries > 0 {
                     tried.push(a.replica_id.clone());
                     if (tried.len() as u32) <= a.limits.retries && rec.retrying() {
+                        // the failed replica is not tried again: once its engine is
+                        // idle, its slot goes back while the retry waits for another
+                        if stopped && !settled {
+                            settle_engine(&a).await;
+                            settled = true;
+                        }
+                        a.guard.release();
                         let next = a
                             .pool
                             .retry(rec.clone(), a.request.clone(), tried.clone())
@@ -355,9 +363,6 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                         if let Some(next) = next {
                             tracing::info!(task_id = %rec.id, tenant = %rec.tenant, from = %a.replica_id, to = %next.replica_id,
                                 "retrying on another replica before the first token");
-                            if stopped {
-                                settle_engine(&a).await;
-                            }
                             let p = &next.pinned;
                             if rec.start(&next.replica_id, &p.engine, &p.engine_version) {
                                 a = next;
@@ -388,7 +393,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             .with_pool(pool_id.as_str()),
                     ));
                 }
-                if stopped {
+                if stopped && !settled {
                     settle_engine(&a).await;
                 }
                 return;

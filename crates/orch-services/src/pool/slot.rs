@@ -19,6 +19,7 @@ pub struct SlotGuard {
     replica_id: Arc<str>,
     task: TaskId,
     observed: Option<Observed>,
+    released: bool,
 }
 
 impl SlotGuard {
@@ -28,6 +29,18 @@ impl SlotGuard {
             replica_id,
             task,
             observed: None,
+            released: false,
+        }
+    }
+
+    /// Give the slot back now (once; dropping the guard then does nothing).
+    pub fn release(&mut self) {
+        if !std::mem::replace(&mut self.released, true) {
+            let _ = self.tx.send(Cmd::SlotFreed {
+                replica_id: self.replica_id.clone(),
+                task: self.task,
+                observed: self.observed.take(),
+            });
         }
     }
 
@@ -44,10 +57,6 @@ impl SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         // a stopped actor has nothing left to account for
-        let _ = self.tx.send(Cmd::SlotFreed {
-            replica_id: self.replica_id.clone(),
-            task: self.task,
-            observed: self.observed.take(),
-        });
+        self.release();
     }
 }

@@ -2,8 +2,8 @@
 //! anything is placed again on a replica it has not tried. When every such replica is
 //! busy, the retry waits (parked, ahead of the queue) for one to free a slot, up to the
 //! pool's queue-wait limit (at most [`PARK_MAX`]); it fails at once only when no other
-//! replica could ever take it, or the pool drains. The failed attempt keeps its slot on
-//! the replica it failed on while it waits (that replica is excluded anyway).
+//! replica could ever take it, or the pool drains. The runner gives back the failed
+//! replica's slot before it asks, so that replica serves other tasks meanwhile.
 
 use super::Actor;
 use crate::pool::Assignment;
