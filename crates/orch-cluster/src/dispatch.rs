@@ -67,7 +67,8 @@ impl TaskQueue {
 }
 
 impl Dispatch {
-    /// Up to `max` tasks in admission order, waiting at most `wait` for the first.
+    /// Up to `max` tasks in admission order, waiting at most `wait`. A fetch may hand
+    /// out fewer than are queued (seen on 2.9.10 right after a takeover): call again.
     pub async fn next(&self, max: usize, wait: Duration) -> Result<Vec<QueuedTask>, ClusterError> {
         let err = |e: String| ClusterError::Setup {
             what: "a fetch from the pool's queue".into(),
