@@ -584,6 +584,21 @@ async fn stop(w: &mut Orch) {
         .status()
         .unwrap();
     assert!(st.success());
+    // the signal is handled asynchronously: the stop has begun once readiness says so
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = w.http.get(format!("{}/readyz", w.base)).send().await;
+        match r {
+            Ok(r) if r.status() == 503 => break,
+            Err(_) => break,
+            Ok(_) => {}
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "SIGTERM not acted on in 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 // ---------------------------------------------------------------- then
