@@ -1,6 +1,8 @@
 //! orchestratord as a library: config parsing and wiring, so integration tests and
 //! embedders start the same server the binary runs.
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod engines;
 pub mod notify;

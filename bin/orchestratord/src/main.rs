@@ -28,6 +28,10 @@ struct Args {
     /// Skip the startup self-tests (development only; /readyz still needs a ready pool).
     #[arg(long)]
     skip_self_test: bool,
+    /// Cluster mode: comma-separated nats:// URLs (sets or overrides `[cluster] urls`;
+    /// needs a build with the `cluster` feature).
+    #[arg(long, env = "ORCH_CLUSTER")]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,7 +119,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     telemetry::init_logging(args.log_format);
-    let cfg = match Config::load(config) {
+    let cfg = match Config::load(config).and_then(|c| c.with_cluster_flag(args.cluster.as_deref()))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("orchestratord: {e}");

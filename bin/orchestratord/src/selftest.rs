@@ -56,7 +56,7 @@ async fn run_to_end(
     id: orch_domain::TaskId,
     limit: Duration,
 ) -> Result<(Vec<&'static str>, String), String> {
-    let mut reader = orch.open_stream(id, 0).map_err(|e| e.to_string())?;
+    let mut reader = orch.open_stream(id, 0).await.map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     let deadline = Instant::now() + limit;
     loop {
@@ -130,6 +130,7 @@ pub async fn self_test_pool(
         .map_err(|e| fail("cancel", e.to_string()))?;
     let mut reader = orch
         .open_stream(adm.task_id, 0)
+        .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let t0 = Instant::now();
     let mut ended_first = None;

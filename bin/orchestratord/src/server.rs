@@ -25,6 +25,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Auth(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A running server.
@@ -200,6 +202,14 @@ pub async fn start_with(
         }
     }
     orch.set_self_tests_passed(true);
+    let addr = listener.local_addr()?;
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &cfg.cluster {
+        if let Err(e) = crate::cluster::join(&orch, &cfg, c, addr).await {
+            manager.stop_all().await;
+            return Err(StartError::Cluster(e));
+        }
+    }
     let auth = auth.shared();
     let pools = std::sync::Arc::new(std::sync::RwLock::new(cfg.pools.clone()));
     {
@@ -215,7 +225,6 @@ pub async fn start_with(
             crate::engines::remote_launcher(&p, url)
         }));
     }
-    let addr = listener.local_addr()?;
     let reconfig = std::sync::Arc::new(crate::reconfig::Reconfig {
         path: cfg.source.clone(),
         current: tokio::sync::Mutex::new(cfg.clone()),

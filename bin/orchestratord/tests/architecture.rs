@@ -103,9 +103,8 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
         "orch-client" => &["orch-domain"],
         // the CLI is a client too: it reaches the server only over HTTP
         "orch-cli" => &["orch-client", "orch-domain"],
-        // cluster mode's NATS side depends on none of ours (yet: the plan's seam into
-        // orch-services is a trait defined there)
-        "orch-cluster" => &[],
+        // cluster mode implements orch-services' seam (a trait defined there)
+        "orch-cluster" => &["orch-services", "orch-domain"],
         "orchestratord" => WORKSPACE,
         _ => &[],
     }
@@ -196,7 +195,20 @@ fn inner_layers_stay_free_of_io_and_http() {
             "async-nats",
         ],
     );
-    // cluster mode stays out of the standalone binary until its feature exists
+    // cluster mode never reaches HTTP or an engine
+    forbid(
+        "orch-cluster",
+        &[
+            "axum",
+            "hyper",
+            "orch-api",
+            "adapter-mock",
+            "adapter-llamacpp",
+            "adapter-openai",
+        ],
+    );
+    // the standalone build (default features) has no NATS in it: cluster mode is the
+    // optional `cluster` feature
     forbid("orchestratord", &["async-nats", "orch-cluster"]);
 }
 

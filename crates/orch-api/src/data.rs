@@ -103,7 +103,11 @@ pub async fn stream_task(
                 )
             })?,
     };
-    let reader = app.orch.open_stream_as(&caller, id, last).or_api(&cid)?;
+    let reader = app
+        .orch
+        .open_stream_as(&caller, id, last)
+        .await
+        .or_api(&cid)?;
     let body = Body::from_stream(crate::sse::body_stream(reader, app.keepalive));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();

@@ -49,6 +49,12 @@ fn subject(task_id: &str) -> String {
     format!("orch.frames.{task_id}")
 }
 
+/// The core subject a task's stored batches are announced on (not persisted: a reader
+/// that misses one reads the stored frames).
+pub fn tail_subject(task_id: &str) -> String {
+    format!("orch.tail.{task_id}")
+}
+
 impl Cluster {
     /// The frame stream, created if missing; frames are kept for `keep`.
     pub async fn frame_log(&self, keep: Duration) -> Result<FrameLog, ClusterError> {
@@ -129,12 +135,14 @@ impl FrameLog {
 
 impl FrameWriter {
     /// Store `frames` (one message), only if nobody else wrote this task's frames since
-    /// this writer last did. Returns once a quorum has them.
+    /// this writer last did. Returns once a quorum has them, after announcing them on
+    /// the task's tail subject for live readers.
     pub async fn append(&mut self, frames: &[Frame]) -> Result<(), FrameError> {
         let task = self.subject.trim_start_matches("orch.frames.").to_string();
         let payload = serde_json::to_vec(frames).map_err(|e| unavailable(&task, e))?;
+        let payload = bytes::Bytes::from(payload);
         let msg = PublishMessage::build()
-            .payload(payload.into())
+            .payload(payload.clone())
             .expected_last_subject_sequence(self.last);
         let refusal = |e: async_nats::jetstream::context::PublishError| {
             if e.kind() == PublishErrorKind::WrongLastSequence {
@@ -153,7 +161,20 @@ impl FrameWriter {
             .await
             .map_err(&refusal)?;
         self.last = ack.sequence;
+        // best effort: a reader that misses it reads the stored batch
+        let _ = self
+            .log
+            .cluster
+            .js
+            .client()
+            .publish(tail_subject(&task), payload)
+            .await;
         Ok(())
+    }
+
+    /// Stream sequence of the last batch this writer stored (0: none yet).
+    pub fn last_sequence(&self) -> u64 {
+        self.last
     }
 }
 

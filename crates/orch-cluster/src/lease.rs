@@ -100,17 +100,20 @@ impl Leases {
 /// TTL while leading, and step down (fence) as soon as a renewal fails or could not
 /// finish within half the TTL, before anyone else could take the lease. The receiver
 /// says whether this instance leads now; the task runs until the returned handle is
-/// aborted or dropped with the runtime.
+/// aborted or dropped with the runtime. The first bid waits `first_bid_after` (so
+/// that, at start, the instance that prefers a key gets it).
 pub fn lead(
     leases: Leases,
     key: String,
     holder: String,
+    first_bid_after: Duration,
 ) -> (
     tokio::sync::watch::Receiver<bool>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let handle = tokio::spawn(async move {
+        tokio::time::sleep(first_bid_after).await;
         let tick = leases.ttl / 3;
         loop {
             let mut lease = match leases.acquire(&key, &holder).await {

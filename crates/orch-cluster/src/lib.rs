@@ -1,26 +1,32 @@
 //! Cluster mode on NATS JetStream: the pieces several orchestratord instances share.
 //!
-//! Steps 1 and part of 2 of `docs/cluster-plan.md`: connecting to a JetStream cluster,
+//! Cluster mode of `docs/cluster-plan.md`: connecting to a JetStream cluster,
 //! each pool's replicated task queue (file storage, R3, bounded, discard-new, work-queue
 //! retention, the task id as the dedupe id), pool-leader leases in a KV bucket (create,
 //! renew by revision, expire by age; [`lead`] keeps one and steps down when it cannot
 //! renew), the leader's dispatch consumer ([`Dispatch`]), tasks' frames
 //! ([`FrameLog`]: batched, fenced appends; reads by direct get after any id) and tasks'
-//! statuses and cancel requests ([`TaskStates`]). Not wired into orchestratord yet. What each JetStream answer means for a
-//! client is decided here, once: a full queue is a 429, a cluster without quorum a 503.
+//! statuses and cancel requests ([`TaskStates`]), and an instance's membership
+//! ([`Node`]): the services' cluster port and its pool leadership. What each JetStream
+//! answer means for a client is decided here, once: a full queue is a 429, a cluster
+//! without quorum a 503.
 //!
-//! Owns: the NATS connection and the JetStream names. Never: HTTP, tasks' frames (next
-//! steps), or anything of orch-services (this crate depends on no other of ours yet).
+//! Owns: the NATS connection and the JetStream names. Never: HTTP (it reaches the
+//! services only through `orch-services`' facade and its `ClusterPort` seam).
 
 mod dispatch;
 mod frames;
 mod lease;
+mod node;
 mod queue;
 mod tasks;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use dispatch::{Dispatch, QueuedTask};
 pub use frames::{Frame, FrameError, FrameLog, FrameWriter};
 pub use lease::{lead, Lease, LeaseError, Leases};
+pub use node::{Node, NodeConfig, PoolQueue};
 pub use queue::{PublishError, Published, TaskQueue};
 pub use tasks::{TaskStateError, TaskStates};
 

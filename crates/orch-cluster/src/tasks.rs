@@ -58,6 +58,21 @@ impl TaskStates {
             .map_err(|e| err(task, e))
     }
 
+    /// Record a task's first status unless one exists (admission; its leader may
+    /// already have recorded a later one).
+    pub async fn init_status(&self, task: &str, status_json: &str) -> Result<(), TaskStateError> {
+        use async_nats::jetstream::kv::CreateErrorKind;
+        match self
+            .kv
+            .create(status_key(task), status_json.to_string().into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(err(task, e)),
+        }
+    }
+
     /// A task's last recorded status, if any.
     pub async fn status(&self, task: &str) -> Result<Option<String>, TaskStateError> {
         self.kv

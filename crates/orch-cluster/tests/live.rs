@@ -5,145 +5,12 @@
 //! without quorum a publish is `Unavailable` at once. A missing nats-server fails.
 
 use bytes::Bytes;
+use orch_cluster::testing::Nats;
 use orch_cluster::{Cluster, ClusterConfig, LeaseError, PublishError};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn nats_server() -> PathBuf {
-    let p = std::env::var_os("ORCH_NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/orchestratord/tools/nats-server-2.9.10-1+b3/usr/sbin/nats-server")
-        });
-    assert!(
-        p.is_file(),
-        "nats-server not found at {} — run scripts/provision.sh or set ORCH_NATS_SERVER",
-        p.display()
-    );
-    p
-}
-
-/// `n` distinct free loopback ports (all held until every one is chosen).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
 
 /// One cluster at a time: three servers each already share the machine's two cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Three clustered nats-servers; killed and their stores removed when dropped.
-struct Nats {
-    dir: PathBuf,
-    procs: Vec<Option<Child>>,
-    client_ports: Vec<u16>,
-    http_ports: Vec<u16>,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        for c in self.procs.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Nats {
-    async fn start(name: &str) -> Self {
-        let bin = nats_server();
-        let dir = std::env::temp_dir().join(format!("orch-nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let all = free_ports(9);
-        let (client, http, route) = (all[0..3].to_vec(), all[3..6].to_vec(), all[6..9].to_vec());
-        let routes = route
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut procs = Vec::new();
-        for i in 0..3 {
-            let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
-                client[i],
-                http[i],
-                dir.join(format!("js{i}")),
-                route[i]
-            );
-            let path = dir.join(format!("n{i}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&path)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            procs.push(Some(child));
-        }
-        let n = Nats {
-            dir,
-            procs,
-            client_ports: client,
-            http_ports: http,
-        };
-        // JetStream is usable once every server has a meta leader: bare /healthz is 200
-        let t0 = Instant::now();
-        for p in n.http_ports.clone() {
-            while http_status(p, "/healthz").await != Some(200) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(30),
-                    "nats-server on {p} not healthy in 30 s"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        n
-    }
-
-    fn urls(&self) -> Vec<String> {
-        self.client_ports
-            .iter()
-            .map(|p| format!("nats://127.0.0.1:{p}"))
-            .collect()
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.procs[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The status code of `GET path` on a loopback port (a bare HTTP/1.0 exchange).
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 async fn connect(n: &Nats) -> Cluster {
     Cluster::connect(ClusterConfig {
@@ -320,8 +187,8 @@ async fn one_instance_leads_at_a_time_and_another_takes_over_within_the_ttl() {
     let c = connect(&n).await;
     let ttl = Duration::from_millis(1500);
     let leases = c.leases(ttl).await.unwrap();
-    let (ra, ha) = orch_cluster::lead(leases.clone(), "pool.p".into(), "a".into());
-    let (rb, hb) = orch_cluster::lead(leases.clone(), "pool.p".into(), "b".into());
+    let (ra, ha) = orch_cluster::lead(leases.clone(), "pool.p".into(), "a".into(), Duration::ZERO);
+    let (rb, hb) = orch_cluster::lead(leases.clone(), "pool.p".into(), "b".into(), Duration::ZERO);
     let both = |ra: &tokio::sync::watch::Receiver<bool>,
                 rb: &tokio::sync::watch::Receiver<bool>| {
         (*ra.borrow(), *rb.borrow())
@@ -362,7 +229,7 @@ async fn a_leader_that_loses_quorum_steps_down_within_the_ttl() {
     let c = connect(&n).await;
     let ttl = Duration::from_millis(1500);
     let leases = c.leases(ttl).await.unwrap();
-    let (r, _h) = orch_cluster::lead(leases, "pool.p".into(), "a".into());
+    let (r, _h) = orch_cluster::lead(leases, "pool.p".into(), "a".into(), Duration::ZERO);
     let t0 = Instant::now();
     while !*r.borrow() {
         assert!(t0.elapsed() < Duration::from_secs(5), "never led");

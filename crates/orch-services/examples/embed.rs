@@ -37,7 +37,7 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
     // 2. submit and stream to the end
     let req = TaskRequest::completion("mock-model", "Hello", 5, Priority::Interactive);
     let adm = orch.admit(req, "embed-example").await?;
-    let mut reader = orch.open_stream(adm.task_id, 0)?;
+    let mut reader = orch.open_stream(adm.task_id, 0).await?;
     let mut first = Vec::new();
     while let Some(item) = reader
         .next_with(Duration::from_secs(5), |f| {
@@ -53,7 +53,7 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
     // 3. a long task, canceled after its third token
     let req = TaskRequest::completion("mock-model", "Count to a thousand", 1000, Priority::Batch);
     let adm = orch.admit(req, "embed-example").await?;
-    let mut reader = orch.open_stream(adm.task_id, 0)?;
+    let mut reader = orch.open_stream(adm.task_id, 0).await?;
     let (mut tokens, mut canceled, mut asked) = (0, String::new(), false);
     while let Some(_item) = reader
         .next_with(Duration::from_secs(5), |f| match f.event {

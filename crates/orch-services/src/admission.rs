@@ -4,12 +4,16 @@
 //! (409 on a known id), and hand it to the pool's actor, which decides its place in
 //! the fair queue, position, ETA, deadline feasibility and the queue's full-policy.
 //! Whatever was reserved is given back by the task's settlement when it ends.
+//! In cluster mode the last step stores the task in its pool's replicated queue
+//! instead, and the record becomes a mirror of what the pool's leader runs.
 
 use crate::auth::Caller;
+use crate::cluster::{ClusterPort, ReplicatedTask};
 use crate::core::Core;
-use crate::pool::{unready, Flow, Pinned, PoolHandle, Snapshot};
+use crate::pool::{unready, Flow, Pinned, Placed, PoolHandle, Snapshot};
 use crate::sessions::Refusal;
 use crate::task::{Admission, Settled, TaskRecord};
+use crate::tenants::QueuedLease;
 use orch_domain::{
     AdmissionResponse, ErrorCode, OrchError, PolicyLabel, StreamLinks, TaskId, TaskRequest,
     TaskState,
@@ -51,6 +55,11 @@ async fn admit_in(
     }
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
+    let cluster = core.cluster.get();
+    if cluster.is_some() {
+        // the leader's actor checks again; refuse what it would refuse before storing
+        crate::pool::check_fits_snapshot(&snap, &req)?;
+    }
     pinned.clone_from(&snap.pinned);
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
@@ -103,6 +112,7 @@ async fn admit_in(
                 || ("none".into(), "none".into()),
                 |p| (p.engine.clone(), p.engine_version.clone()),
             ),
+            mirror: cluster.is_some(),
         },
         req,
         Some(core.table.end_hook()),
@@ -135,7 +145,11 @@ async fn admit_in(
         core.table.remove_unadmitted(&rec);
         return Err(OrchError::internal("admitted task lost its request"));
     };
-    let placed = match pool.admit(rec.clone(), request, flow, lease).await {
+    let placed = match cluster {
+        Some(port) => enqueue(port, &rec, &request, lease).await,
+        None => pool.admit(rec.clone(), request, flow, Some(lease)).await,
+    };
+    let placed = match placed {
         Ok(p) => p,
         Err(e) => {
             // a reader that attached meanwhile sees the refusal and ends
@@ -156,6 +170,27 @@ async fn admit_in(
             sse: AdmissionResponse::stream_path(id),
         },
     })
+}
+
+/// Cluster mode: store the task in its pool's replicated queue, then follow what its
+/// leader stores of it into the (mirror) record.
+async fn enqueue(
+    port: &Arc<dyn ClusterPort>,
+    rec: &Arc<TaskRecord>,
+    request: &TaskRequest,
+    lease: QueuedLease,
+) -> Result<Placed, OrchError> {
+    let task = ReplicatedTask {
+        task_id: rec.id,
+        tenant: rec.tenant.to_string(),
+        pool_id: rec.pool_id.clone(),
+        correlation_id: rec.correlation_id.clone(),
+        chat: request.chat.clone(),
+        request: request.clone(),
+    };
+    let placed = port.enqueue(&task).await?;
+    port.follow(rec.clone(), Some(lease));
+    Ok(placed)
 }
 
 /// See [`crate::orchestrator::Orchestrator::output_limit`].

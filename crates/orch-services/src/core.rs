@@ -23,6 +23,8 @@ pub(crate) struct Core {
     pub tenants: Tenants,
     pub accepting: AtomicBool,
     pub self_tests_passed: AtomicBool,
+    /// Cluster mode's backend (set once, before serving); standalone has none.
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::ClusterPort>>,
 }
 
 impl Core {
@@ -41,6 +43,7 @@ impl Core {
             cfg,
             accepting: AtomicBool::new(true),
             self_tests_passed: AtomicBool::new(true),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -55,8 +58,9 @@ impl Core {
             return;
         }
         // a queued task leaves the queue; a retry parked in the pool is let go (the
-        // pool's actor looks at its parked retries after any command)
-        if matches!(rec.phase(), Phase::Queued | Phase::Retrying) {
+        // pool's actor looks at its parked retries after any command). A mirror's
+        // task is queued with its leader: its follower passes the cancel on.
+        if !rec.mirror && matches!(rec.phase(), Phase::Queued | Phase::Retrying) {
             if let Some(pool) = self.pools.get(&rec.pool_id) {
                 pool.cancel_queued(rec.id).await;
             }

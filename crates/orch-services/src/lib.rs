@@ -9,6 +9,7 @@
 //!   [`tenants`] — weights, quotas and what each tenant has in flight;
 //! * [`pool`] — one actor per pool owning its queue, replicas and slots;
 //! * [`runner`] — drives one task on an engine (watchdogs, retries, cancel);
+//!   [`cluster`] — cluster mode's seam (a trait; no NATS here);
 //! * [`table`] — the bounded task table; [`registry`] — the pools;
 //! * `core` — the shared core and the one cancel path;
 //! * [`streaming`], [`admission`], [`control`], [`manager`], `gauges` — readers,
@@ -21,6 +22,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 mod core;
@@ -39,6 +41,7 @@ pub mod task;
 pub mod tenants;
 
 pub use auth::{Caller, KeyRing, Role};
+pub use cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
 pub use config::{PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec};
 pub use lifecycle::{CancelReason, Ending, Phase};
 pub use manager::{ManagerConfig, PoolManager};

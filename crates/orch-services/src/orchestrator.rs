@@ -6,6 +6,7 @@
 //! Nothing in this crate imports this module (enforced by `tests/module_graph.rs`).
 
 use crate::auth::Caller;
+use crate::cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
 use crate::config::{PoolSpec, ServiceConfig};
 use crate::core::Core;
 use crate::lifecycle::CancelReason;
@@ -13,6 +14,7 @@ use crate::pool::{PoolError, PoolHandle};
 use crate::registry::{PoolRegistry, ReplicaOrigin};
 use crate::streaming::StreamReader;
 use crate::table::{Lookup, TableStats};
+use crate::task::TaskRecord;
 use adapter_api::WorkerAdapter;
 use orch_domain::control::{Capabilities, DrainResponse, PoolHealth, PoolView, ReplicaSetView};
 use orch_domain::{
@@ -39,6 +41,78 @@ impl Orchestrator {
             core.cfg.sweep_interval,
         ));
         Self { core }
+    }
+
+    /// Run in cluster mode on `port` (before serving; once). Admission then stores
+    /// tasks in their pool's replicated queue, and tasks this instance has no record
+    /// of are found through the cluster.
+    pub fn set_cluster(&self, port: Arc<dyn ClusterPort>) -> Result<(), OrchError> {
+        self.core
+            .cluster
+            .set(port)
+            .map_err(|_| OrchError::internal("cluster mode was already set"))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.core.cluster.get().is_some()
+    }
+
+    /// Cluster mode, on a pool's leader: run a task another instance admitted (or
+    /// this one, before a failover) on this instance's pool. The record is not in the
+    /// task table (readers follow the cluster's copy of its frames); a refusal by the
+    /// pool ends it with its error frame. No quota is taken here: the admitting
+    /// instance holds it.
+    pub async fn run_replicated(&self, t: ReplicatedTask) -> Arc<TaskRecord> {
+        let tenant = self.core.tenants.get(&t.tenant);
+        let mut request = t.request;
+        request.chat = t.chat;
+        let pool = self.core.pools.get(&t.pool_id);
+        let engine = pool
+            .as_ref()
+            .and_then(|p| p.snapshot().pinned.clone())
+            .map_or_else(
+                || ("none".into(), "none".into()),
+                |p| (p.engine.clone(), p.engine_version.clone()),
+            );
+        let flow = crate::pool::Flow {
+            id: tenant.ix,
+            weight: tenant.weight(),
+            cost: u64::from(request.expected_tokens.unwrap_or(request.max_tokens)).max(1),
+        };
+        let rec = Arc::new(TaskRecord::new(
+            crate::task::Admission {
+                id: t.task_id,
+                tenant: tenant.name.clone(),
+                priority: request.priority,
+                pool_id: t.pool_id.clone(),
+                session: request.session_id,
+                correlation_id: t.correlation_id,
+                engine,
+                mirror: false,
+            },
+            request,
+            None,
+        ));
+        let admitted = match (&pool, rec.request()) {
+            (Some(pool), Some(req)) => pool.admit(rec.clone(), req, flow, None).await,
+            _ => Err(OrchError::not_found("pool", &t.pool_id)),
+        };
+        if let Err(e) = admitted {
+            rec.end(crate::lifecycle::Ending::Failed(e));
+        }
+        rec
+    }
+
+    /// Whether this instance's pool `id` serves now (a leader waits for it before
+    /// taking tasks from the cluster's queue).
+    pub fn pool_ready(&self, id: &str) -> bool {
+        self.core.pools.get(id).is_some_and(|p| p.snapshot().ready)
+    }
+
+    /// Cancel a task record this instance runs for the cluster (see
+    /// [`run_replicated`](Self::run_replicated)).
+    pub async fn cancel_replicated(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {
+        self.core.cancel(rec, reason).await;
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -134,21 +208,79 @@ impl Orchestrator {
         }
     }
 
-    /// Open a reader of a task's events after sequence `last_event_id` (0 = start).
-    pub fn open_stream(&self, id: TaskId, last_event_id: u64) -> Result<StreamReader, OrchError> {
-        self.open_stream_as(&Caller::open(), id, last_event_id)
+    /// Cluster mode: the recorded status of a task this instance has no record of,
+    /// if `caller` may see it (404 otherwise, like an unknown id). Standalone: 404.
+    async fn remote(&self, caller: &Caller, id: TaskId) -> Result<ClusterStatus, OrchError> {
+        let port = self
+            .core
+            .cluster
+            .get()
+            .ok_or_else(|| OrchError::not_found("task", id))?;
+        match port.status(id).await? {
+            Some(s) if caller.may_see(&s.tenant) => Ok(s),
+            _ => Err(OrchError::not_found("task", id)),
+        }
     }
 
-    pub fn open_stream_as(
+    /// Cluster mode: a mirror record for a task another instance admitted, following
+    /// its stored frames (the one already in the table if a reader made it first).
+    fn mirror(&self, id: TaskId, s: &ClusterStatus) -> Result<Arc<TaskRecord>, OrchError> {
+        let port = self
+            .core
+            .cluster
+            .get()
+            .ok_or_else(|| OrchError::not_found("task", id))?;
+        let rec = Arc::new(TaskRecord::new(
+            crate::task::Admission {
+                id,
+                tenant: self.core.tenants.get(&s.tenant).name.clone(),
+                priority: s.priority,
+                pool_id: s.pool_id.clone(),
+                session: None,
+                correlation_id: String::new(),
+                engine: ("none".into(), "none".into()),
+                mirror: true,
+            },
+            TaskRequest::completion("", "", 1, s.priority),
+            Some(self.core.table.end_hook()),
+        ));
+        if self.core.table.insert(rec.clone()).is_err() {
+            return self.core.table.record(id);
+        }
+        port.follow(rec.clone(), None);
+        Ok(rec)
+    }
+
+    /// Open a reader of a task's events after sequence `last_event_id` (0 = start).
+    pub async fn open_stream(
+        &self,
+        id: TaskId,
+        last_event_id: u64,
+    ) -> Result<StreamReader, OrchError> {
+        self.open_stream_as(&Caller::open(), id, last_event_id)
+            .await
+    }
+
+    /// In cluster mode a task admitted elsewhere is read from the cluster's copy of
+    /// its frames (its stored frames only, so a resume elsewhere never sees a frame
+    /// twice or misses one).
+    pub async fn open_stream_as(
         &self,
         caller: &Caller,
         id: TaskId,
         last_event_id: u64,
     ) -> Result<StreamReader, OrchError> {
-        self.lookup(caller, id)?;
-        let rec = self.core.table.record(id)?;
+        let rec = match self.lookup(caller, id) {
+            Ok(_) => self.core.table.record(id)?,
+            Err(e) if !self.is_cluster() => return Err(e),
+            Err(_) => {
+                let s = self.remote(caller, id).await?;
+                self.mirror(id, &s)?
+            }
+        };
         let len = rec.log.len();
-        if last_event_id > len {
+        // a mirror may not have caught up yet: it checks nothing here
+        if !rec.mirror && last_event_id > len {
             return Err(OrchError::invalid(
                 "Last-Event-ID",
                 format!("{last_event_id} is past the last frame ({len}) of this task"),
@@ -163,9 +295,23 @@ impl Orchestrator {
         self.cancel_as(&Caller::open(), id).await
     }
 
+    /// In cluster mode the cancel is stored and sent to the task's leader before this
+    /// returns.
     pub async fn cancel_as(&self, caller: &Caller, id: TaskId) -> Result<(), OrchError> {
-        if let Lookup::Record(rec) = self.lookup(caller, id)? {
-            self.core.cancel(&rec, CancelReason::Client).await;
+        let pool_id = match self.lookup(caller, id) {
+            Ok(Lookup::Record(rec)) => {
+                self.core.cancel(&rec, CancelReason::Client).await;
+                (rec.mirror && !rec.is_ended()).then(|| rec.pool_id.clone())
+            }
+            Ok(Lookup::Expired(_)) => None,
+            Err(e) if !self.is_cluster() => return Err(e),
+            Err(_) => {
+                let s = self.remote(caller, id).await?;
+                (!s.state.is_terminal()).then_some(s.pool_id)
+            }
+        };
+        if let (Some(pool_id), Some(port)) = (pool_id, self.core.cluster.get()) {
+            port.cancel(&pool_id, id).await?;
         }
         Ok(())
     }
@@ -176,9 +322,11 @@ impl Orchestrator {
     }
 
     pub async fn status_as(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
-        let (s, queued) = match self.lookup(caller, id)? {
-            Lookup::Record(rec) => (rec.summary(), rec.state() == TaskState::Queued),
-            Lookup::Expired(s) => (s, false),
+        let (s, queued) = match self.lookup(caller, id) {
+            Ok(Lookup::Record(rec)) => (rec.summary(), rec.state() == TaskState::Queued),
+            Ok(Lookup::Expired(s)) => (s, false),
+            Err(e) if !self.is_cluster() => return Err(e),
+            Err(_) => return Ok(self.remote(caller, id).await?.to_status(id)),
         };
         let position = match (queued, self.core.pools.get(&s.pool_id)) {
             (true, Some(pool)) => pool.position(id).await,
@@ -328,8 +476,11 @@ impl Orchestrator {
 
     /// Wait up to `bound` for live tasks to finish (without polling), then end the
     /// rest with a retriable error. Returns how many had to be ended.
+    ///
+    /// In cluster mode the tasks belong to the cluster: nothing is ended here (their
+    /// leader runs them; a client resumes its stream on another instance).
     pub async fn drain_all(&self, bound: Duration) -> usize {
-        if self.core.table.wait_idle(bound).await {
+        if self.core.table.wait_idle(bound).await || self.is_cluster() {
             return 0;
         }
         let live = self.core.table.live_records();

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("tenants", 1),
     ("pool", 2),
     ("runner", 3),
+    ("cluster", 3),
     ("table", 4),
     ("registry", 4),
     ("core", 5),

@@ -52,6 +52,7 @@ async fn oldest_finished_records_lose_their_frames_first_past_the_count_bound() 
     for old in &ids[..2] {
         let err = o
             .open_stream(*old, 0)
+            .await
             .err()
             .expect("frames of the oldest are gone");
         assert_eq!(err.code, ErrorCode::NotFound);
@@ -120,7 +121,7 @@ async fn the_record_ttl_drops_frames_and_keeps_the_summary() {
     let o = orch_with(cfg, spec(), &[mock(1)]).await;
     let id = run_one(&o, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let err = o.open_stream(id, 0).err().expect("expired");
+    let err = o.open_stream(id, 0).await.err().expect("expired");
     assert!(err.message.contains("expired"), "{}", err.message);
     assert_eq!(o.status(id).await.unwrap().state, TaskState::Completed);
 }

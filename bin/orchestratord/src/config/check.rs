@@ -35,6 +35,34 @@ impl Config {
                 "need 1 <= unhealthy_after <= restart_unresponsive_after",
             );
         }
+        if let Some(c) = &self.cluster {
+            if !cfg!(feature = "cluster") {
+                bad(
+                    "cluster".into(),
+                    "this orchestratord was built without cluster mode (cargo feature `cluster`)",
+                );
+            }
+            if c.urls.is_empty() || c.urls.iter().any(|u| !u.starts_with("nats://")) {
+                bad("cluster.urls".into(), "one or more nats://host:port URLs");
+            }
+            if c.lease_ttl_ms < 500 || c.request_timeout_ms < 100 {
+                bad(
+                    "cluster".into(),
+                    "lease_ttl_ms must be at least 500 and request_timeout_ms at least 100",
+                );
+            }
+            if !(1..=5).contains(&c.replicas) {
+                bad("cluster.replicas".into(), "must be 1..=5");
+            }
+            for (i, p) in self.pools.iter().enumerate() {
+                if p.queue_policy != orch_domain::FullPolicy::Reject {
+                    bad(
+                        format!("pools[{i}].queue_policy"),
+                        "cluster mode serves only `reject` (a full queue refuses with 429)",
+                    );
+                }
+            }
+        }
         let s = &self.server;
         if !(4096..=16 * 1024 * 1024).contains(&s.send_buffer_bytes) {
             bad("server.send_buffer_bytes".into(), "must be 4096..=16777216");

@@ -38,6 +38,9 @@ pub struct Config {
     pub tenants: std::collections::BTreeMap<String, TenantConfig>,
     #[serde(default)]
     pub pools: Vec<PoolConfig>,
+    /// Cluster mode (needs the `cluster` build feature); absent: standalone.
+    #[serde(default)]
+    pub cluster: Option<ClusterSection>,
     /// Directory of the config file (relative paths in it are resolved from here).
     #[serde(skip)]
     pub base_dir: Option<std::path::PathBuf>,
@@ -63,6 +66,42 @@ pub enum MetricsAccess {
     #[default]
     Open,
     Admin,
+}
+
+/// `[cluster]`: join a NATS JetStream cluster with other instances (see README,
+/// "Cluster mode").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `nats://host:port` of each server.
+    pub urls: Vec<String>,
+    /// This instance's name, unique in the cluster (default: the listen address).
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// A pool leader that cannot renew its lease loses the pool after this long.
+    #[serde(default = "lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// A JetStream request not answered within this is a 503.
+    #[serde(default = "request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Copies of every stream and bucket (3 survives the loss of one server).
+    #[serde(default = "cluster_replicas")]
+    pub replicas: usize,
+    /// Pools this instance bids to lead first (empty: every pool).
+    #[serde(default)]
+    pub prefer_pools: Vec<String>,
+}
+
+fn lease_ttl_ms() -> u64 {
+    3000
+}
+
+fn request_timeout_ms() -> u64 {
+    1500
+}
+
+fn cluster_replicas() -> usize {
+    3
 }
 
 /// `[supervision]`: how replicas are health-checked and when they are restarted.
@@ -362,6 +401,45 @@ impl Default for LlamaCppConfig {
 fn one() -> u32 {
     1
 }
+impl Config {
+    /// Apply `--cluster URLS` (comma-separated): cluster mode with these servers and
+    /// the `[cluster]` section's other settings (or their defaults); checked again.
+    pub fn with_cluster_flag(mut self, urls: Option<&str>) -> Result<Self, ConfigError> {
+        let Some(urls) = urls else { return Ok(self) };
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        match &mut self.cluster {
+            Some(c) => c.urls = urls,
+            None => {
+                self.cluster = Some(ClusterSection {
+                    urls,
+                    instance_id: None,
+                    lease_ttl_ms: lease_ttl_ms(),
+                    request_timeout_ms: request_timeout_ms(),
+                    replicas: cluster_replicas(),
+                    prefer_pools: Vec::new(),
+                })
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+}
+
+impl PoolConfig {
+    /// Slots of one replica (what its engine serves at once).
+    pub fn slots_per_replica(&self) -> u32 {
+        match self.engine {
+            EngineChoice::Mock => self.mock.clone().unwrap_or_default().slots,
+            EngineChoice::Llamacpp => self.llamacpp.as_ref().map_or(2, |l| l.slots),
+            EngineChoice::Openai => self.openai.as_ref().map_or(openai_slots(), |o| o.slots),
+        }
+    }
+}
+
 fn queue_capacity() -> usize {
     64
 }

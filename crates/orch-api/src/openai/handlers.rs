@@ -253,7 +253,7 @@ async fn serve(
         .inspect_err(|_| orch_services::metrics::rejected("none", "invalid"))?;
     let adm = app.orch.admit_as(&caller, req, &cid.0).await?;
     let id = adm.task_id;
-    let reader = app.orch.open_stream_as(&caller, id, 0)?;
+    let reader = app.orch.open_stream_as(&caller, id, 0).await?;
     let guard = CancelOnDrop {
         orch: app.orch.clone(),
         caller,

@@ -3,6 +3,7 @@
 
 use super::state::{Pinned, PoolState};
 use super::{Flow, Placed};
+use crate::config::PoolSpec;
 use orch_domain::{ErrorCode, OrchError, TaskRequest};
 use orchestrator_core::eta::{predicted_start_ms, queue_position};
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub(super) fn check(
         .with_pool(pool_id)
         .with_retry_after_ms(1000)
     })?;
-    check_fits(req, st, pinned.ctx_max)?;
+    check_fits(req, &st.spec, pinned.ctx_max)?;
     let ahead = st.queue.ahead_if_pushed(req.priority, flow);
     let position = queue_position(ahead, st.free_slots());
     let eta = predicted_start_ms(position, st.slots_total(), st.service.mean_ms());
@@ -71,7 +72,18 @@ pub(super) fn check(
     ))
 }
 
-fn check_fits(req: &TaskRequest, st: &PoolState, ctx_max: u32) -> Result<(), OrchError> {
+/// Readiness and fit against a published snapshot (cluster mode's admission, where the
+/// pool's queue lives with its leader, maybe on another instance).
+pub(crate) fn check_fits_snapshot(s: &super::Snapshot, req: &TaskRequest) -> Result<(), OrchError> {
+    let pinned = s
+        .pinned
+        .as_ref()
+        .filter(|_| s.ready)
+        .ok_or_else(|| unready(&s.pool_id))?;
+    check_fits(req, &s.spec, pinned.ctx_max)
+}
+
+fn check_fits(req: &TaskRequest, spec: &PoolSpec, ctx_max: u32) -> Result<(), OrchError> {
     if let Some(ctx) = req.ctx {
         if ctx > ctx_max {
             return Err(OrchError::invalid(
@@ -80,12 +92,12 @@ fn check_fits(req: &TaskRequest, st: &PoolState, ctx_max: u32) -> Result<(), Orc
             ));
         }
     }
-    if req.max_tokens > st.spec.max_tokens_out {
+    if req.max_tokens > spec.max_tokens_out {
         return Err(OrchError::invalid(
             "max_tokens",
             format!(
                 "{} exceeds the pool's max_tokens_out {}",
-                req.max_tokens, st.spec.max_tokens_out
+                req.max_tokens, spec.max_tokens_out
             ),
         ));
     }
@@ -101,12 +113,12 @@ fn check_fits(req: &TaskRequest, st: &PoolState, ctx_max: u32) -> Result<(), Orc
         ));
     }
     if let Some(v) = &req.sampler_profile_version {
-        if v != &st.spec.sampler_profile_version {
+        if v != &spec.sampler_profile_version {
             return Err(OrchError::invalid(
                 "sampler_profile_version",
                 format!(
                     "{v} does not match the pool's {}",
-                    st.spec.sampler_profile_version
+                    spec.sampler_profile_version
                 ),
             ));
         }

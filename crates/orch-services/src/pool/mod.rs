@@ -13,7 +13,7 @@ mod admit;
 mod slot;
 pub mod state;
 
-pub(crate) use admit::unready;
+pub(crate) use admit::{check_fits_snapshot, unready};
 pub use admit::{estimate_prompt_tokens, BYTES_PER_TOKEN_ESTIMATE};
 pub use slot::{Observed, SlotGuard};
 pub use state::{Pinned, Replica};
@@ -136,7 +136,7 @@ pub(crate) enum Cmd {
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
         flow: Flow,
-        lease: QueuedLease,
+        lease: Option<QueuedLease>,
         reply: oneshot::Sender<Result<Placed, OrchError>>,
     },
     CancelQueued {
@@ -230,13 +230,14 @@ impl PoolHandle {
 
     /// Enqueue a registered task of `flow` (its tenant, weight and expected cost),
     /// holding its tenant's queue place `lease` while it waits (re-checks readiness,
-    /// fit and deadline).
+    /// fit and deadline). A task run for another instance's admission (cluster mode)
+    /// holds no lease here: its admitting instance holds it.
     pub async fn admit(
         &self,
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
         flow: Flow,
-        lease: QueuedLease,
+        lease: Option<QueuedLease>,
     ) -> Result<Placed, OrchError> {
         self.ask(|reply| Cmd::Admit {
             rec,

@@ -188,6 +188,37 @@ impl TaskLog {
         })
     }
 
+    /// Append a frame already serialized elsewhere (cluster mode: a frame another
+    /// instance stored), by its event name. False when the log is closed or the event
+    /// is not one of the five.
+    pub fn push_frame(&self, event: &str, data: &str) -> bool {
+        let Some(code) = EVENTS.iter().position(|e| *e == event) else {
+            return false;
+        };
+        let waiters = {
+            let mut g = self.lock();
+            if g.closed {
+                return false;
+            }
+            g.data.extend_from_slice(data.as_bytes());
+            let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
+            g.index.push(Entry {
+                end,
+                event: code as u8,
+            });
+            if matches!(event, "end" | "error") {
+                g.closed = true;
+                g.data.shrink_to_fit();
+                g.index.shrink_to_fit();
+            }
+            std::mem::take(&mut g.waiters)
+        };
+        for w in waiters {
+            w.wake();
+        }
+        true
+    }
+
     /// Call `f` on each frame with `seq > after`, in order, without copying them.
     pub fn visit_since(&self, after: u64, mut f: impl FnMut(FrameRef<'_>)) -> Visited {
         self.lock().visit(after, &mut f)

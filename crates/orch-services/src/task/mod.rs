@@ -81,6 +81,9 @@ pub struct Admission {
     pub correlation_id: String,
     /// The pool's engine and version when it was admitted (updated when it starts).
     pub engine: (String, String),
+    /// Cluster mode: this record mirrors a task its pool's leader runs (maybe on
+    /// another instance); its frames come from the cluster.
+    pub mirror: bool,
 }
 
 pub struct TaskRecord {
@@ -91,6 +94,8 @@ pub struct TaskRecord {
     pub pool_id: String,
     pub session: Option<SessionId>,
     pub correlation_id: String,
+    /// See [`Admission::mirror`].
+    pub mirror: bool,
     pub admitted_at: Instant,
     pub log: TaskLog,
     pub cancel: CancelSignal,
@@ -135,6 +140,7 @@ impl TaskRecord {
             pool_id: a.pool_id,
             session: a.session,
             correlation_id: a.correlation_id,
+            mirror: a.mirror,
             admitted_at: Instant::now(),
             log: TaskLog::new(),
             cancel: CancelSignal::default(),
@@ -301,6 +307,66 @@ impl TaskRecord {
         self.settle(true, ending.state(), tokens_in);
         if let Some(hook) = &self.on_end {
             hook(self);
+        }
+        true
+    }
+
+    /// Cluster mode: append a frame of this task that its pool's leader (on any
+    /// instance) stored, moving this mirror's phase, token count and ending the way the
+    /// leader's own record moved. The leader logs the task's lifecycle and counts its
+    /// failures; a mirror only settles what its own admission reserved. False when the
+    /// frame was not appended (the mirror had ended, or the event is unknown).
+    pub fn mirror_frame(self: &Arc<Self>, event: &str, data: &str) -> bool {
+        use orch_domain::{EndFrame, ErrorFrame, StartedFrame};
+        let ended = {
+            let mut m = self.meta();
+            if m.phase.is_ended() {
+                return false;
+            }
+            let state = match event {
+                "started" => {
+                    if let Ok(f) = serde_json::from_str::<StartedFrame>(data) {
+                        m.replica_id = Some(f.replica_id);
+                        m.engine = (f.engine, f.engine_version);
+                    }
+                    m.phase = Phase::Running;
+                    None
+                }
+                "token" => {
+                    self.add_token();
+                    None
+                }
+                "end" => {
+                    let f = serde_json::from_str::<EndFrame>(data).ok();
+                    m.finish = f.as_ref().map(|f| f.finish_reason);
+                    Some(match m.finish {
+                        Some(FinishReason::Canceled) => TaskState::Canceled,
+                        _ => TaskState::Completed,
+                    })
+                }
+                "error" => {
+                    m.error_code = serde_json::from_str::<ErrorFrame>(data)
+                        .ok()
+                        .map(|f| f.code);
+                    Some(TaskState::Failed)
+                }
+                _ => None,
+            };
+            if let Some(state) = state {
+                m.phase = Phase::Ended(state);
+                m.request = None;
+                m.finished_at = Some(Instant::now());
+            }
+            if !self.log.push_frame(event, data) {
+                return false;
+            }
+            state
+        };
+        if let Some(state) = ended {
+            self.settle(true, state, 0);
+            if let Some(hook) = &self.on_end {
+                hook(self);
+            }
         }
         true
     }

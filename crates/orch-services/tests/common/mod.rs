@@ -67,7 +67,7 @@ pub async fn submit(o: &Orchestrator, r: TaskRequest) -> TaskId {
 
 /// Every frame of a task up to and including its terminal one.
 pub async fn frames(o: &Orchestrator, id: TaskId) -> Vec<Frame> {
-    let mut rd = o.open_stream(id, 0).expect("open stream");
+    let mut rd = o.open_stream(id, 0).await.expect("open stream");
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -92,7 +92,7 @@ pub fn terminal(fs: &[Frame]) -> (&'static str, serde_json::Value) {
 
 /// Wait until the first frame of a task exists (it started).
 pub async fn wait_started(o: &Orchestrator, id: TaskId) {
-    let mut rd = o.open_stream(id, 0).expect("open stream");
+    let mut rd = o.open_stream(id, 0).await.expect("open stream");
     let got = tokio::time::timeout(Duration::from_secs(10), rd.next(Duration::from_secs(5)))
         .await
         .expect("a first frame within 10 s");

@@ -41,7 +41,7 @@ struct Queued {
     /// The expiry entry that belongs to this stay in the queue.
     expires_at: Instant,
     /// The tenant's place in its queue allowance, given back when this is dropped.
-    _lease: QueuedLease,
+    _lease: Option<QueuedLease>,
 }
 
 /// Why a queued task expires.
@@ -274,7 +274,7 @@ impl Actor {
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
         flow: Flow,
-        lease: QueuedLease,
+        lease: Option<QueuedLease>,
     ) -> Result<Placed, OrchError> {
         let (pinned, placed) = check(&self.st, &self.id, &request, flow)?;
         let id = rec.id;

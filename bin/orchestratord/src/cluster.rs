@@ -1,0 +1,42 @@
+//! Cluster mode's wiring (cargo feature `cluster`): `[cluster]` to an `orch-cluster`
+//! node, set as the services' cluster port after the self-tests passed on this
+//! instance's own pools.
+
+use crate::config::{ClusterSection, Config};
+use orch_cluster::{ClusterConfig, Node, NodeConfig, PoolQueue};
+use orch_services::Orchestrator;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Join the cluster named by `c`: make its streams and buckets, bid for the pools'
+/// leadership, and route admission, streams, status and cancel through it.
+pub async fn join(
+    orch: &Orchestrator,
+    cfg: &Config,
+    c: &ClusterSection,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let pools = cfg
+        .pools
+        .iter()
+        .map(|p| PoolQueue {
+            pool_id: p.id.clone(),
+            capacity: p.queue_capacity + (p.replicas * p.slots_per_replica()) as usize,
+        })
+        .collect();
+    let node_cfg = NodeConfig {
+        cluster: ClusterConfig {
+            urls: c.urls.clone(),
+            replicas: c.replicas,
+            request_timeout: Duration::from_millis(c.request_timeout_ms),
+        },
+        instance: c.instance_id.clone().unwrap_or_else(|| addr.to_string()),
+        lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+        keep: Duration::from_millis(cfg.server.record_ttl_ms.max(60_000)),
+        prefer_pools: c.prefer_pools.clone(),
+    };
+    let node = Node::start(node_cfg, orch.clone(), pools)
+        .await
+        .map_err(|e| e.to_string())?;
+    orch.set_cluster(node).map_err(|e| e.message)
+}

@@ -1,0 +1,432 @@
+//! Cluster mode, end to end on one box: three clustered nats-servers (Debian's 2.9.10,
+//! provisioned), three orchestratord binaries built with `--features cluster-tests`,
+//! mock pools, real HTTP on loopback, and `kill -9`.
+//!
+//! Run: `cargo test -p orchestratord --features cluster-tests --test cluster`
+//! (scripts/test.sh does). A missing nats-server fails.
+#![cfg(feature = "cluster-tests")]
+
+mod common;
+
+use common::{parse_sse, task, Reap, SseFrame};
+use futures_util::StreamExt;
+use orch_cluster::testing::Nats;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One scenario at a time: three nats-servers and three instances share two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const LEASE_TTL_MS: u64 = 1500;
+
+struct Instance {
+    proc: Option<Reap>,
+    base: String,
+    log: Arc<Mutex<String>>,
+}
+
+struct Cluster {
+    nats: Nats,
+    inst: Vec<Instance>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// Three instances `a`, `b`, `c` of one mock pool; `a` prefers to lead it.
+    async fn start(name: &str, pool_extra: &str, mock: &str) -> Self {
+        let nats = Nats::start(name).await;
+        let urls = nats
+            .urls()
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut inst = Vec::new();
+        for (i, id) in ["a", "b", "c"].iter().enumerate() {
+            // a bids for the pool at once; b and c one lease TTL later
+            let prefer = if i == 0 {
+                r#"["mockpool"]"#
+            } else {
+                r#"["none"]"#
+            };
+            let toml = format!(
+                "{}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n",
+                common::mock_config(pool_extra, mock)
+            );
+            let path = common::temp_config(&format!("cluster-{name}-{id}"), &toml);
+            let (proc, base, log) = common::spawn_binary_logged(&path, &[]);
+            inst.push(Instance {
+                proc: Some(proc),
+                base,
+                log,
+            });
+        }
+        let c = Cluster {
+            nats,
+            inst,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+        };
+        c.wait_leader(0, Duration::from_secs(15)).await;
+        c
+    }
+
+    fn leads(&self, i: usize) -> bool {
+        self.inst[i]
+            .log
+            .lock()
+            .unwrap()
+            .contains("leading the pool")
+    }
+
+    async fn wait_leader(&self, i: usize, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        while !self.leads(i) {
+            assert!(
+                t0.elapsed() < limit,
+                "instance {i} did not lead within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t0.elapsed()
+    }
+
+    fn url(&self, i: usize, path: &str) -> String {
+        format!("{}{path}", self.inst[i].base)
+    }
+
+    async fn submit(&self, i: usize, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(i, "/v1/tasks"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn admit(&self, i: usize, body: &Value) -> String {
+        let r = self.submit(i, body).await;
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        let v: Value = r.json().await.unwrap();
+        v["task_id"].as_str().unwrap().to_string()
+    }
+
+    async fn stream_response(&self, i: usize, id: &str, last: Option<u64>) -> reqwest::Response {
+        let mut rb = self
+            .http
+            .get(self.url(i, &format!("/v1/tasks/{id}/stream")));
+        if let Some(l) = last {
+            rb = rb.header("Last-Event-ID", l.to_string());
+        }
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200, "stream of {id} on instance {i}");
+        r
+    }
+
+    /// A task's whole stream read through instance `i` (after `last`).
+    async fn stream(&self, i: usize, id: &str, last: Option<u64>) -> Vec<SseFrame> {
+        let r = self.stream_response(i, id, last).await;
+        let text = tokio::time::timeout(Duration::from_secs(60), r.text())
+            .await
+            .expect("stream ends in time")
+            .unwrap();
+        parse_sse(&text)
+    }
+
+    async fn status(&self, i: usize, id: &str) -> Value {
+        self.http
+            .get(self.url(i, &format!("/v1/tasks/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn kill(&mut self, i: usize) {
+        self.inst[i].proc.take();
+    }
+}
+
+/// Frames of a response until `n` have come (the connection stays open).
+async fn first_frames(r: reqwest::Response, n: usize) -> Vec<SseFrame> {
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    while parse_sse(&text).len() < n {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await
+            .expect("frames in time")
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    parse_sse(&text)
+}
+
+fn frame_ids(frames: &[SseFrame]) -> Vec<u64> {
+    frames.iter().map(|f| f.id).collect()
+}
+
+fn one_terminal(frames: &[SseFrame]) -> &SseFrame {
+    let terminals: Vec<_> = frames
+        .iter()
+        .filter(|f| f.event == "end" || f.event == "error")
+        .collect();
+    assert_eq!(terminals.len(), 1, "exactly one terminal frame: {frames:?}");
+    assert!(std::ptr::eq(terminals[0], frames.last().unwrap()));
+    terminals[0]
+}
+
+#[tokio::test]
+async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(
+        "serve",
+        "replicas = 1\nqueue_capacity = 2",
+        "slots = 1\ntokens_per_sec = 50.0\ntokens = 100",
+    )
+    .await;
+    // admitted on a non-leader, read on the other non-leader and on the leader
+    let id = c.admit(1, &task("hello cluster", 12, "interactive")).await;
+    let on_c = c.stream(2, &id, None).await;
+    assert_eq!(on_c.first().unwrap().event, "started");
+    assert_eq!(one_terminal(&on_c).event, "end");
+    assert_eq!(on_c.iter().filter(|f| f.event == "token").count(), 12);
+    assert_eq!(
+        frame_ids(&on_c),
+        (1..=on_c.len() as u64).collect::<Vec<_>>()
+    );
+    for i in [0, 1] {
+        assert_eq!(
+            c.stream(i, &id, None).await,
+            on_c,
+            "instance {i} serves the same frames"
+        );
+    }
+    // resume after every id, on every instance: no gap, no duplicate
+    for last in 0..on_c.len() as u64 {
+        let i = last as usize % 3;
+        let rest = c.stream(i, &id, Some(last)).await;
+        assert_eq!(rest, on_c[last as usize..], "resume after {last} on {i}");
+    }
+    // status from any instance
+    for i in 0..3 {
+        let s = c.status(i, &id).await;
+        assert_eq!(s["state"], "completed", "{s}");
+        assert_eq!(s["tokens_out"], 12, "{s}");
+    }
+    // a cancel on one instance stops a task admitted on another
+    let long = c.admit(2, &task("long", 100, "batch")).await;
+    let r = c.stream_response(0, &long, None).await;
+    let seen = first_frames(r, 3).await;
+    assert_eq!(seen[0].event, "started");
+    let cancel = c
+        .http
+        .post(c.url(1, &format!("/v1/tasks/{long}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 204);
+    let frames = c.stream(2, &long, None).await;
+    let end = one_terminal(&frames);
+    assert_eq!(end.event, "end");
+    assert_eq!(end.data["finish_reason"], "canceled");
+    // full: the queue holds capacity 2 + 1 slot; more are refused with 429
+    let mut admitted = Vec::new();
+    let mut refused = None;
+    for n in 0..8 {
+        let r = c.submit(n % 3, &task("fill", 100, "batch")).await;
+        match r.status().as_u16() {
+            202 => admitted.push(
+                r.json::<Value>().await.unwrap()["task_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            ),
+            429 => {
+                refused = Some(r.json::<Value>().await.unwrap());
+                break;
+            }
+            s => panic!("submit into a full queue: {s} {:?}", r.text().await),
+        }
+    }
+    let refused = refused.expect("a full cluster queue refuses");
+    assert_eq!(refused["code"], "ADMISSION_REJECT", "{refused}");
+    assert_eq!(refused["policy_label"], "reject", "{refused}");
+    assert_eq!(admitted.len(), 3, "queue capacity + slots were admitted");
+    for id in &admitted {
+        let _ = c
+            .http
+            .post(c.url(0, &format!("/v1/tasks/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+    }
+    for id in &admitted {
+        one_terminal(&c.stream(1, id, None).await);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_leader_is_replaced_within_the_lease_and_the_queue_keeps_its_order() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(
+        "failover",
+        "replicas = 1\nqueue_capacity = 8",
+        "slots = 1\ntokens_per_sec = 20.0\ntokens = 40",
+    )
+    .await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(
+            c.admit(1 + n % 2, &task(&format!("task {n}"), 40, "interactive"))
+                .await,
+        );
+    }
+    // the first is streaming on the leader (a); the others wait in the queue
+    let seen = first_frames(c.stream_response(1, &ids[0], None).await, 3).await;
+    assert_eq!(seen[1].event, "token");
+    c.kill(0);
+    let killed = Instant::now();
+    let took = c.wait_leader_any(&[1, 2], Duration::from_secs(10)).await;
+    let took_ms = killed.elapsed().as_millis();
+    eprintln!("new leader after {took_ms} ms (lease TTL {LEASE_TTL_MS} ms; {took:?} of waiting)");
+    assert!(
+        took_ms < u128::from(LEASE_TTL_MS) + 1000,
+        "takeover took {took_ms} ms"
+    );
+    // the task that had streamed ends with a retriable error; no frame is lost or doubled
+    let first = c.stream(2, &ids[0], None).await;
+    let err = one_terminal(&first);
+    assert_eq!(err.event, "error", "{first:?}");
+    assert_eq!(err.data["code"], "WORKER_RESET");
+    assert_eq!(err.data["retriable"], true);
+    assert_eq!(
+        frame_ids(&first),
+        (1..=first.len() as u64).collect::<Vec<_>>()
+    );
+    // the queued ones run on the new leader, in admission order
+    let mut started = Vec::new();
+    for id in &ids[1..] {
+        let frames = c.stream(1, id, None).await;
+        assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+        assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 40);
+        started.push(c.started_at(id).await);
+    }
+    eprintln!("queued tasks started in order: {started:?}");
+    let mut sorted = started.clone();
+    sorted.sort();
+    assert_eq!(started, sorted, "queued tasks keep their order");
+}
+
+impl Cluster {
+    async fn wait_leader_any(&self, among: &[usize], limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        while !among.iter().any(|i| self.leads(*i)) {
+            assert!(t0.elapsed() < limit, "no new leader within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        t0.elapsed()
+    }
+
+    /// The order in which the leader started a task: its `started` frame's position
+    /// in the leader's log (the lifecycle line "task started" comes in start order).
+    async fn started_at(&self, id: &str) -> usize {
+        for inst in &self.inst {
+            let log = inst.log.lock().unwrap();
+            let mut at = None;
+            for (n, line) in log.lines().enumerate() {
+                if line.contains("task started") && line.contains(id) {
+                    at = Some(n);
+                }
+            }
+            if let Some(n) = at {
+                return n;
+            }
+        }
+        panic!("no instance logged the start of {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_whose_instance_dies_resumes_on_another_with_no_gap_or_duplicate() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(
+        "resume",
+        "replicas = 1",
+        "slots = 2\ntokens_per_sec = 50.0\ntokens = 40",
+    )
+    .await;
+    let id = c.admit(1, &task("resume me", 40, "interactive")).await;
+    let seen = first_frames(c.stream_response(1, &id, None).await, 6).await;
+    let last = seen.last().unwrap().id;
+    c.kill(1);
+    let rest = c.stream(2, &id, Some(last)).await;
+    assert_eq!(rest.first().unwrap().id, last + 1, "no gap");
+    let mut all = seen.clone();
+    all.extend(rest);
+    assert_eq!(frame_ids(&all), (1..=all.len() as u64).collect::<Vec<_>>());
+    assert_eq!(one_terminal(&all).event, "end");
+    assert_eq!(all.iter().filter(|f| f.event == "token").count(), 40);
+    assert_eq!(
+        all,
+        c.stream(0, &id, None).await,
+        "what the client pieced together is the task's stream"
+    );
+}
+
+#[tokio::test]
+async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(
+        "nats-down",
+        "replicas = 1",
+        "slots = 2\ntokens_per_sec = 100.0\ntokens = 10",
+    )
+    .await;
+    c.nats.kill(2);
+    let id = c
+        .admit(1, &task("one server down", 10, "interactive"))
+        .await;
+    let frames = c.stream(2, &id, None).await;
+    assert_eq!(one_terminal(&frames).event, "end");
+    assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 10);
+    // a second server down: no quorum, submits are refused at once with a retriable 503
+    c.nats.kill(1);
+    let t0 = Instant::now();
+    let r = c.submit(1, &task("no quorum", 10, "interactive")).await;
+    let waited = t0.elapsed();
+    let v = common::envelope(r, 503, "POOL_UNAVAILABLE").await;
+    assert_eq!(v["retriable"], true);
+    eprintln!("503 without quorum after {waited:?}");
+    assert!(waited < Duration::from_secs(3), "refused in {waited:?}");
+    // quorum back: submits are admitted and served again
+    c.nats.restart(1);
+    c.nats.restart(2);
+    for i in 0..3 {
+        c.nats.wait_healthy(i).await;
+    }
+    let t0 = Instant::now();
+    let id = loop {
+        let r = c
+            .submit(1, &task("after recovery", 10, "interactive"))
+            .await;
+        if r.status() == 202 {
+            break r.json::<Value>().await.unwrap()["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no recovery in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let frames = c.stream(0, &id, None).await;
+    assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+}

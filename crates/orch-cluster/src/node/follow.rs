@@ -1,0 +1,88 @@
+//! A mirror's follower: copies a task's stored frames into the mirror record, in
+//! order, each once, until the terminal frame.
+//!
+//! It subscribes to the task's tail subject first, then reads what is stored after
+//! the mirror's last frame, then takes the announced batches as they come. A batch
+//! that does not continue the mirror (a missed announcement) sends it back to the
+//! stored frames, and so does a quiet spell, so nothing is skipped and nothing is
+//! shown before it is stored. While the cluster cannot answer, the stream pauses
+//! (its readers get keep-alives) and the follower retries.
+
+use crate::{Frame, FrameLog};
+use futures_util::StreamExt;
+use orch_services::lifecycle::Phase;
+use orch_services::task::TaskRecord;
+use orch_services::tenants::QueuedLease;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Read the stored frames again after this long without an announcement.
+const QUIET: Duration = Duration::from_secs(2);
+/// Wait this long before trying again when the cluster did not answer.
+const RETRY: Duration = Duration::from_millis(250);
+
+pub(super) async fn follow(
+    frames: FrameLog,
+    client: async_nats::Client,
+    mirror: Arc<TaskRecord>,
+    mut lease: Option<QueuedLease>,
+) {
+    let task = mirror.id.to_string();
+    let mut tail = loop {
+        match client.subscribe(crate::frames::tail_subject(&task)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(task_id = %task, error = %e, "tail subscription failed; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    let mut catch_up = true;
+    while !mirror.is_ended() {
+        if catch_up {
+            match frames.read_after(&task, mirror.log.len()).await {
+                Ok(stored) => {
+                    apply(&mirror, &stored);
+                }
+                Err(e) => {
+                    tracing::debug!(task_id = %task, error = %e, "stored frames unreadable; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
+        if mirror.phase() != Phase::Queued {
+            lease.take();
+        }
+        if mirror.is_ended() {
+            break;
+        }
+        match tokio::time::timeout(QUIET, tail.next()).await {
+            Ok(Some(msg)) => {
+                let batch: Vec<Frame> = serde_json::from_slice(&msg.payload).unwrap_or_default();
+                catch_up = !apply(&mirror, &batch);
+            }
+            Ok(None) => return,
+            Err(_) => catch_up = true,
+        }
+    }
+    drop(lease);
+}
+
+/// Append the frames that continue the mirror (skipping ones it has). False when the
+/// batch starts past the mirror's next frame (something was missed).
+fn apply(mirror: &Arc<TaskRecord>, batch: &[Frame]) -> bool {
+    for f in batch {
+        let next = mirror.log.len() + 1;
+        if f.id < next {
+            continue;
+        }
+        if f.id > next {
+            return false;
+        }
+        if !mirror.mirror_frame(&f.event, &f.data) {
+            return true;
+        }
+    }
+    true
+}

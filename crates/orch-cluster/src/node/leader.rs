@@ -1,0 +1,382 @@
+//! Leading a pool: while this instance holds the pool's lease it takes the pool's
+//! queue over and runs its tasks on its own replicas, in admission order (the pool's
+//! actor applies the same fair order as standalone).
+//!
+//! Each task gets one writer that stores its frames in batches: one store in flight,
+//! and the frames that arrive meanwhile go together in the next (batched behind the
+//! pending acknowledgment). When the terminal frame is stored the task leaves the
+//! queue (acknowledged) and its status is recorded.
+//!
+//! Taking a task over from a failed leader: a task whose last stored frame is
+//! terminal only leaves the queue; one with a cancel request ends canceled; one that
+//! streamed a token ends with a retriable `WORKER_RESET` (a half-finished generation
+//! is not continued); any other is run again here, its frames continuing the ids the
+//! old leader stored.
+//!
+//! Losing the lease stops everything this term started at once: no frame of it is
+//! stored after that (and a store racing the new leader is fenced by the subject's
+//! sequence).
+
+use super::{Node, PoolQueue};
+use crate::{lead, Dispatch, Frame, FrameError, Leases, QueuedTask};
+use futures_util::StreamExt;
+use orch_domain::{ErrorCode, OrchError, StreamEvent, TaskId, TaskState};
+use orch_services::cluster::{ClusterStatus, ReplicatedTask};
+use orch_services::lifecycle::{CancelReason, Ending};
+use orch_services::task::TaskRecord;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Tasks this term runs, by id (for cancels).
+type Running = Arc<Mutex<HashMap<TaskId, Arc<TaskRecord>>>>;
+
+/// Bid for the pool's lease for as long as the process runs; lead while holding it.
+/// An instance that does not prefer the pool bids one lease TTL later at start, so
+/// preferred leaders spread the pools over the instances.
+pub(super) fn spawn(node: Arc<Node>, leases: Leases, pool: PoolQueue, preferred: bool) {
+    tokio::spawn(async move {
+        let key = format!("pool.{}", pool.pool_id);
+        let delay = if preferred {
+            Duration::ZERO
+        } else {
+            leases.ttl
+        };
+        let (mut leading, _bid) = lead(leases, key, node.instance.clone(), delay);
+        loop {
+            if leading.wait_for(|l| *l).await.is_err() {
+                return;
+            }
+            term(&node, &pool, &mut leading).await;
+        }
+    });
+}
+
+/// One term as the pool's leader: until the lease is lost.
+async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<bool>) {
+    let Some(queue) = node.queues.get(&pool.pool_id) else {
+        return;
+    };
+    let dispatch = match queue.take_over().await {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::warn!(pool_id = %pool.pool_id, error = %e, "could not take the queue over");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+    };
+    let mut cancels = match node.states.cancels(&pool.pool_id).await {
+        Ok(c) => c.boxed(),
+        Err(e) => {
+            tracing::warn!(pool_id = %pool.pool_id, error = %e, "cannot hear cancels");
+            return;
+        }
+    };
+    tracing::info!(pool_id = %pool.pool_id, instance = %node.instance, "leading the pool");
+    let running: Running = Arc::default();
+    let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
+    let fetcher = tokio::spawn(fetch(
+        node.clone(),
+        pool.pool_id.clone(),
+        dispatch.clone(),
+        room.clone(),
+        running.clone(),
+    ));
+    loop {
+        tokio::select! {
+            changed = leading.changed() => {
+                if changed.is_err() || !*leading.borrow() {
+                    break;
+                }
+            }
+            Some(id) = cancels.next() => {
+                let rec = id.parse().ok().and_then(|id: TaskId| {
+                    running.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+                });
+                if let Some(rec) = rec {
+                    node.orch.cancel_replicated(&rec, CancelReason::Client).await;
+                }
+            }
+        }
+    }
+    // stepped down: nothing of this term may be stored any more (aborting the fetcher
+    // drops its tasks, which aborts them)
+    fetcher.abort();
+    let _ = fetcher.await;
+    let left: Vec<_> = running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .map(|(_, r)| r)
+        .collect();
+    for rec in &left {
+        node.orch
+            .cancel_replicated(rec, CancelReason::Shutdown)
+            .await;
+    }
+    tracing::warn!(pool_id = %pool.pool_id, stopped = left.len(), "no longer leading the pool");
+}
+
+/// Hand queued tasks out while the pool has room (its queue and slots), each to its
+/// own task that runs it and stores its frames.
+async fn fetch(
+    node: Arc<Node>,
+    pool_id: String,
+    dispatch: Arc<Dispatch>,
+    room: Arc<Semaphore>,
+    running: Running,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if !node.orch.pool_ready(&pool_id) {
+            // tasks wait in the queue until this instance's replicas serve
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let Ok(first) = room.clone().acquire_owned().await else {
+            return;
+        };
+        let want = 1 + room.available_permits();
+        let batch = match dispatch.next(want, Duration::from_secs(1)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(pool_id, error = %e, "fetch failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        let mut permit = Some(first);
+        for qt in batch {
+            let p = match permit.take() {
+                Some(p) => p,
+                None => match room.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            // taken one after another: the pool queues them in admission order
+            let Some(taken) = take(&node, &dispatch, qt).await else {
+                continue;
+            };
+            let (node, dispatch, running) = (node.clone(), dispatch.clone(), running.clone());
+            tasks.spawn(async move {
+                serve(&node, &dispatch, &running, taken).await;
+                drop(p);
+            });
+        }
+    }
+}
+
+/// A task handed to this term, ready for its writer.
+struct Taken {
+    qt: QueuedTask,
+    rec: Arc<TaskRecord>,
+    writer: crate::FrameWriter,
+    base: u64,
+    status: ClusterStatus,
+}
+
+/// Take one queued task: settle what a failed leader left of it, or hand it to the
+/// pool (in the order tasks come, so the pool queues them in admission order). None
+/// when nothing is left to run.
+async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<Taken> {
+    let t: ReplicatedTask = match serde_json::from_slice(&qt.payload) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(task_id = %qt.task_id, error = %e, "unreadable queued task dropped");
+            let _ = dispatch.done(qt).await;
+            return None;
+        }
+    };
+    let id = t.task_id;
+    let key = id.to_string();
+    let (mut writer, prior) = loop {
+        let got = async {
+            let w = node.frames.resume_writer(&key).await?;
+            let prior = if w.last_sequence() > 0 {
+                node.frames.read_after(&key, 0).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, FrameError>((w, prior))
+        };
+        match got.await {
+            Ok(x) => break x,
+            Err(e) => {
+                tracing::debug!(task_id = %id, error = %e, "cannot read the task's frames; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let base = prior.last().map_or(0, |f| f.id);
+    let status = ClusterStatus {
+        tenant: t.tenant.clone(),
+        pool_id: t.pool_id.clone(),
+        priority: t.request.priority,
+        state: TaskState::Queued,
+        replica_id: None,
+        tokens_out: 0,
+        finish_reason: None,
+        error_code: None,
+    };
+    if prior
+        .last()
+        .is_some_and(|f| matches!(f.event.as_str(), "end" | "error"))
+    {
+        let _ = dispatch.done(qt).await;
+        return None;
+    }
+    let tokens = prior.iter().filter(|f| f.event == "token").count() as u32;
+    let canceled = node.states.cancel_requested(&key).await.unwrap_or(false);
+    let ending = if canceled {
+        Some(Ending::Canceled {
+            reason: CancelReason::Client,
+            tokens_out: tokens,
+            pool_id: t.pool_id.clone(),
+        })
+    } else if tokens > 0 {
+        Some(Ending::Failed(
+            OrchError::new(
+                ErrorCode::WorkerReset,
+                "the pool's leader failed over after the task had streamed; retry",
+            )
+            .with_pool(t.pool_id.as_str())
+            .with_retry_after_ms(0),
+        ))
+    } else {
+        None
+    };
+    if let Some(ending) = ending {
+        let ev = ending.frame();
+        if writer.append(&[to_frame(base + 1, &ev)]).await.is_ok() {
+            let mut s = status;
+            s.state = ending.state();
+            s.tokens_out = tokens;
+            record_end(&mut s, &ev);
+            node.set_status(id, &s).await;
+            let _ = dispatch.done(qt).await;
+        }
+        return None;
+    }
+    let rec = node.orch.run_replicated(t).await;
+    Some(Taken {
+        qt,
+        rec,
+        writer,
+        base,
+        status,
+    })
+}
+
+/// Store a taken task's frames until its terminal one, then let it leave the queue.
+async fn serve(node: &Arc<Node>, dispatch: &Dispatch, running: &Running, mut t: Taken) {
+    let id = t.rec.id;
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, t.rec.clone());
+    let stored = write_frames(node, &t.rec, &mut t.writer, t.base, &t.status).await;
+    running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    if stored {
+        if let Err(e) = dispatch.done(t.qt).await {
+            tracing::warn!(task_id = %id, error = %e, "the ended task could not leave the queue");
+        }
+    }
+}
+
+/// Store the record's frames as they come (ids after `base`) until its terminal frame
+/// is stored (true), or this writer is fenced (false).
+async fn write_frames(
+    node: &Node,
+    rec: &Arc<TaskRecord>,
+    writer: &mut crate::FrameWriter,
+    base: u64,
+    status: &ClusterStatus,
+) -> bool {
+    let mut after = 0;
+    loop {
+        let mut batch = Vec::new();
+        let v = std::future::poll_fn(|cx| {
+            rec.log.poll_visit(after, cx, |f| {
+                batch.push(Frame {
+                    id: base + f.seq,
+                    event: f.event.to_string(),
+                    data: f.data.to_string(),
+                })
+            })
+        })
+        .await;
+        after = v.last;
+        loop {
+            match writer.append(&batch).await {
+                Ok(()) => break,
+                Err(FrameError::Fenced(_)) => return false,
+                Err(e) => {
+                    // no quorum: the stream pauses here; the lease decides how long
+                    tracing::debug!(task_id = %rec.id, error = %e, "frames not stored; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        if let Some(f) = batch.iter().find(|f| f.event == "started") {
+            let mut s = status.clone();
+            s.state = TaskState::Running;
+            s.replica_id = serde_json::from_str::<orch_domain::StartedFrame>(&f.data)
+                .ok()
+                .map(|s| s.replica_id);
+            node.set_status(rec.id, &s).await;
+        }
+        if let Some(last) = batch
+            .last()
+            .filter(|f| matches!(f.event.as_str(), "end" | "error"))
+        {
+            let mut s = status.clone();
+            s.state = rec.state();
+            s.tokens_out = rec.tokens_out();
+            s.replica_id = rec.replica_id();
+            if let Some(ev) = parse_terminal(last) {
+                record_end(&mut s, &ev);
+            }
+            node.set_status(rec.id, &s).await;
+            return true;
+        }
+    }
+}
+
+fn parse_terminal(f: &Frame) -> Option<StreamEvent> {
+    match f.event.as_str() {
+        "end" => serde_json::from_str(&f.data).ok().map(StreamEvent::End),
+        "error" => serde_json::from_str(&f.data).ok().map(StreamEvent::Error),
+        _ => None,
+    }
+}
+
+fn record_end(s: &mut ClusterStatus, ev: &StreamEvent) {
+    match ev {
+        StreamEvent::End(e) => s.finish_reason = Some(e.finish_reason),
+        StreamEvent::Error(e) => s.error_code = Some(e.code.as_str().to_string()),
+        _ => {}
+    }
+}
+
+/// A terminal event as a stored frame.
+fn to_frame(id: u64, ev: &StreamEvent) -> Frame {
+    let (event, data) = match ev {
+        StreamEvent::End(f) => ("end", serde_json::to_string(f)),
+        StreamEvent::Error(f) => ("error", serde_json::to_string(f)),
+        StreamEvent::Started(f) => ("started", serde_json::to_string(f)),
+        StreamEvent::Token(f) => ("token", serde_json::to_string(f)),
+        StreamEvent::Metrics(f) => ("metrics", serde_json::to_string(f)),
+    };
+    Frame {
+        id,
+        event: event.into(),
+        data: data.unwrap_or_else(|_| "{}".into()),
+    }
+}

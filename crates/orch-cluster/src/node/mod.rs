@@ -1,0 +1,226 @@
+//! One orchestratord instance in a cluster: the [`ClusterPort`] the services call
+//! (admission stores tasks in their pool's queue; mirrors follow stored frames; status
+//! and cancel through the task-state bucket) and, for every pool, a bid to lead it
+//! ([`leader`]): the leader runs the pool's queued tasks on its own replicas and
+//! stores their frames.
+//!
+//! Owns: the instance's JetStream handles and its leadership loops. Never: HTTP.
+
+mod follow;
+mod leader;
+
+use crate::{
+    Cluster, ClusterConfig, ClusterError, FrameLog, Leases, PublishError, TaskQueue, TaskStates,
+};
+use futures_util::future::BoxFuture;
+use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId, TaskState};
+use orch_services::cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
+use orch_services::pool::Placed;
+use orch_services::task::TaskRecord;
+use orch_services::tenants::QueuedLease;
+use orch_services::Orchestrator;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What an instance needs to join a cluster.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub cluster: ClusterConfig,
+    /// This instance's name (unique in the cluster; holds leases under it).
+    pub instance: String,
+    /// A pool leader that stops renewing loses its pool after this long.
+    pub lease_ttl: Duration,
+    /// How long frames and statuses are kept.
+    pub keep: Duration,
+    /// Pools this instance bids for first (the others one lease TTL later at start).
+    pub prefer_pools: Vec<String>,
+}
+
+/// A pool as the cluster stores it: its id and how many tasks its queue holds (its
+/// queue capacity plus its slots: a task stays in the queue until it ends).
+#[derive(Debug, Clone)]
+pub struct PoolQueue {
+    pub pool_id: String,
+    pub capacity: usize,
+}
+
+/// This instance's membership in the cluster.
+pub struct Node {
+    pub(crate) instance: String,
+    pub(crate) orch: Orchestrator,
+    pub(crate) queues: HashMap<String, TaskQueue>,
+    pub(crate) frames: FrameLog,
+    pub(crate) states: TaskStates,
+    pub(crate) client: async_nats::Client,
+    request_timeout: Duration,
+}
+
+/// Pause between tries of a store the cluster could not answer.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl Node {
+    /// Connect, make (or check) every stream and bucket, and start bidding for the
+    /// leadership of each pool. The returned node is also the services' port.
+    pub async fn start(
+        cfg: NodeConfig,
+        orch: Orchestrator,
+        pools: Vec<PoolQueue>,
+    ) -> Result<Arc<Node>, ClusterError> {
+        let cluster = Cluster::connect(cfg.cluster.clone()).await?;
+        let frames = cluster.frame_log(cfg.keep).await?;
+        let states = cluster.task_states(cfg.keep).await?;
+        let leases: Leases = cluster.leases(cfg.lease_ttl).await?;
+        let mut queues = HashMap::new();
+        for p in &pools {
+            let q = cluster.task_queue(&p.pool_id, p.capacity).await?;
+            queues.insert(p.pool_id.clone(), q);
+        }
+        let node = Arc::new(Node {
+            instance: cfg.instance.clone(),
+            orch,
+            queues,
+            frames,
+            states,
+            client: cluster.js.client(),
+            request_timeout: cfg.cluster.request_timeout,
+        });
+        for p in pools {
+            let preferred = cfg.prefer_pools.is_empty() || cfg.prefer_pools.contains(&p.pool_id);
+            leader::spawn(node.clone(), leases.clone(), p, preferred);
+        }
+        tracing::info!(instance = %cfg.instance, urls = ?cfg.cluster.urls, "joined the cluster");
+        Ok(node)
+    }
+
+    /// Store a task, trying again for up to the request timeout while the cluster
+    /// cannot answer (a stream electing a new leader after a server's loss answers
+    /// "no responders" for a moment). Also says whether it was tried more than once.
+    async fn publish(
+        &self,
+        queue: &TaskQueue,
+        id: &str,
+        payload: bytes::Bytes,
+    ) -> Result<(crate::Published, bool), PublishError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match queue.publish(id, payload.clone()).await {
+                Ok(p) => return Ok((p, tries > 1)),
+                Err(PublishError::Unavailable { .. })
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) fn status_json(s: &ClusterStatus) -> String {
+        serde_json::to_string(s).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Record a task's status; a failure is logged (the status is advisory: frames
+    /// are the record of what happened).
+    pub(crate) async fn set_status(&self, id: TaskId, s: &ClusterStatus) {
+        if let Err(e) = self
+            .states
+            .set_status(&id.to_string(), &Self::status_json(s))
+            .await
+        {
+            tracing::warn!(task_id = %id, error = %e, "could not record the task's status");
+        }
+    }
+}
+
+/// 503 `POOL_UNAVAILABLE`, retriable (spec §3: always): the cluster cannot store or
+/// answer now.
+fn unavailable(what: impl std::fmt::Display) -> OrchError {
+    let mut e = OrchError::new(
+        ErrorCode::PoolUnavailable,
+        format!("the cluster cannot serve this now: {what}"),
+    )
+    .with_retry_after_ms(1000);
+    e.retriable = true;
+    e
+}
+
+impl ClusterPort for Node {
+    fn enqueue<'a>(&'a self, t: &'a ReplicatedTask) -> BoxFuture<'a, Result<Placed, OrchError>> {
+        Box::pin(async move {
+            let queue = self
+                .queues
+                .get(&t.pool_id)
+                .ok_or_else(|| OrchError::not_found("pool", &t.pool_id))?;
+            let payload = serde_json::to_vec(t).map_err(|e| OrchError::internal(e.to_string()))?;
+            let id = t.task_id.to_string();
+            let status = Self::status_json(&ClusterStatus {
+                tenant: t.tenant.clone(),
+                pool_id: t.pool_id.clone(),
+                priority: t.request.priority,
+                state: TaskState::Queued,
+                replica_id: None,
+                tokens_out: 0,
+                finish_reason: None,
+                error_code: None,
+            });
+            let (published, recorded) = tokio::join!(
+                self.publish(queue, &id, payload.into()),
+                self.states.init_status(&id, &status)
+            );
+            let (published, retried) = published.map_err(|e| match e {
+                PublishError::Full { pool } => OrchError::new(
+                    ErrorCode::AdmissionReject,
+                    format!("queue of pool {pool} is full"),
+                )
+                .with_policy(PolicyLabel::Reject)
+                .with_pool(pool.as_str())
+                .with_retry_after_ms(1000),
+                PublishError::Unavailable { pool, reason } => {
+                    unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())
+                }
+            })?;
+            // a duplicate after a retry is this admission's own earlier store
+            if published.duplicate && !retried {
+                return Err(OrchError::new(
+                    ErrorCode::Conflict,
+                    format!("task {id} is already known to the cluster"),
+                ));
+            }
+            if let Err(e) = recorded {
+                tracing::warn!(task_id = %id, error = %e, "could not record the queued status");
+            }
+            Ok(Placed {
+                queue_position: 0,
+                predicted_start_ms: 0,
+            })
+        })
+    }
+
+    fn follow(&self, mirror: Arc<TaskRecord>, lease: Option<QueuedLease>) {
+        let (frames, client) = (self.frames.clone(), self.client.clone());
+        tokio::spawn(follow::follow(frames, client, mirror, lease));
+    }
+
+    fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>> {
+        Box::pin(async move {
+            let raw = self
+                .states
+                .status(&id.to_string())
+                .await
+                .map_err(unavailable)?;
+            Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+        })
+    }
+
+    fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>> {
+        Box::pin(async move {
+            self.states
+                .request_cancel(pool_id, &id.to_string())
+                .await
+                .map_err(unavailable)
+        })
+    }
+}

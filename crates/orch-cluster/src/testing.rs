@@ -1,0 +1,163 @@
+//! A test harness (feature `testing`): three clustered nats-servers with JetStream on
+//! free loopback ports, from the provisioned binary. Used by this crate's tests and by
+//! orchestratord's cluster scenarios; never by the product.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn spawn(bin: &Path, conf: &Path) -> Child {
+    Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
+}
+
+/// The provisioned nats-server (`ORCH_NATS_SERVER`, else the cache path); panics
+/// with what to run when it is missing.
+pub fn nats_server() -> PathBuf {
+    let p = std::env::var_os("ORCH_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/orchestratord/tools/nats-server-2.9.10-1+b3/usr/sbin/nats-server")
+        });
+    assert!(
+        p.is_file(),
+        "nats-server not found at {} — run scripts/provision.sh or set ORCH_NATS_SERVER",
+        p.display()
+    );
+    p
+}
+
+/// `n` distinct free loopback ports (all held until every one is chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Three clustered nats-servers; killed and their stores removed when dropped.
+pub struct Nats {
+    dir: PathBuf,
+    confs: Vec<PathBuf>,
+    procs: Vec<Option<Child>>,
+    pub client_ports: Vec<u16>,
+    pub http_ports: Vec<u16>,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for c in self.procs.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nats {
+    /// Start three clustered servers and wait until JetStream has a meta leader.
+    pub async fn start(name: &str) -> Self {
+        let bin = nats_server();
+        let dir = std::env::temp_dir().join(format!("orch-nats-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let all = free_ports(9);
+        let (client, http, route) = (all[0..3].to_vec(), all[3..6].to_vec(), all[6..9].to_vec());
+        let routes = route
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut procs = Vec::new();
+        let mut confs = Vec::new();
+        for i in 0..3 {
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                client[i],
+                http[i],
+                dir.join(format!("js{i}")),
+                route[i]
+            );
+            let path = dir.join(format!("n{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            procs.push(Some(spawn(&bin, &path)));
+            confs.push(path);
+        }
+        let n = Nats {
+            dir,
+            confs,
+            procs,
+            client_ports: client,
+            http_ports: http,
+        };
+        for i in 0..3 {
+            n.wait_healthy(i).await;
+        }
+        n
+    }
+
+    /// Wait until server `i` answers bare `/healthz` with 200 (JetStream has a meta
+    /// leader and its streams are current), at most 30 s.
+    pub async fn wait_healthy(&self, i: usize) {
+        let p = self.http_ports[i];
+        let t0 = Instant::now();
+        while http_status(p, "/healthz").await != Some(200) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "nats-server on {p} not healthy in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Start server `i` again (after [`kill`](Self::kill)), with its store.
+    pub fn restart(&mut self, i: usize) {
+        if self.procs[i].is_none() {
+            self.procs[i] = Some(spawn(&nats_server(), &self.confs[i]));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// `kill -9` server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The status code of `GET path` on a loopback port (a bare HTTP/1.0 exchange).
+pub async fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf)
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

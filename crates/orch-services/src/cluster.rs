@@ -1,0 +1,89 @@
+//! Cluster mode's seam: what the services need from a replicated backend, with no
+//! NATS type in sight (the backend is `orch-cluster`; the binary wires it in).
+//!
+//! In cluster mode an instance that admits a task does not queue it on its own pool:
+//! it stores it in the pool's replicated queue ([`ClusterPort::enqueue`]) and keeps a
+//! *mirror* record in its task table, fed with the frames the pool's leader stored
+//! ([`ClusterPort::follow`]); readers, status and cancel on this instance work on that
+//! mirror exactly as on a local task. The leader (any instance) runs the task on its
+//! pool through [`crate::Orchestrator::run_replicated`].
+//!
+//! Owns: the wire forms ([`ReplicatedTask`], [`ClusterStatus`]). Never: a connection.
+
+use crate::pool::Placed;
+use crate::task::TaskRecord;
+use crate::tenants::QueuedLease;
+use futures_util::future::BoxFuture;
+use orch_domain::{
+    ChatMessage, FinishReason, OrchError, Priority, TaskId, TaskRequest, TaskState, TaskStatus,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// A task as its pool's replicated queue stores it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicatedTask {
+    pub task_id: TaskId,
+    pub tenant: String,
+    pub pool_id: String,
+    pub correlation_id: String,
+    pub request: TaskRequest,
+    /// The OpenAI door's chat (not part of the request's wire form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<Vec<ChatMessage>>,
+}
+
+/// A task's status as the cluster records it (written at admission, start and end).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub tenant: String,
+    pub pool_id: String,
+    pub priority: Priority,
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+    #[serde(default)]
+    pub tokens_out: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+}
+
+impl ClusterStatus {
+    /// Status as a client sees it (no queue position: the queue is the leader's).
+    pub fn to_status(&self, id: TaskId) -> TaskStatus {
+        TaskStatus {
+            task_id: id,
+            tenant: self.tenant.clone(),
+            state: self.state,
+            priority: self.priority,
+            pool_id: self.pool_id.clone(),
+            replica_id: self.replica_id.clone(),
+            queue_position: None,
+            tokens_out: self.tokens_out,
+            finish_reason: self.finish_reason,
+            error_code: self.error_code.clone(),
+        }
+    }
+}
+
+/// What the services ask of the cluster. Every error is already typed for clients: a
+/// full queue is 429 `ADMISSION_REJECT`, a cluster that cannot store is 503.
+pub trait ClusterPort: Send + Sync {
+    /// Store an admitted task in its pool's queue; returns once it is stored on a
+    /// quorum (the 202 follows), with the place the cluster expects it to take. A task
+    /// id stored before is not stored twice.
+    fn enqueue<'a>(&'a self, task: &'a ReplicatedTask) -> BoxFuture<'a, Result<Placed, OrchError>>;
+
+    /// Feed `mirror` with its task's stored frames until the terminal one; `lease`
+    /// (the tenant's queue place, when this instance admitted it) is given back when
+    /// the task starts. A cancel of the mirror is passed on to the task's leader.
+    fn follow(&self, mirror: Arc<TaskRecord>, lease: Option<QueuedLease>);
+
+    /// The recorded status of a task this instance has no record of.
+    fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>>;
+
+    /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
+    fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;
+}
