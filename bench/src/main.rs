@@ -1,10 +1,12 @@
-//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all|cluster>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
 //! `orch-bench floor-server --addr HOST:PORT --tokens-per-sec X --tokens N [--ttft-ms M]`
 //! runs the floor server (see `floor.rs`); the mock scenarios spawn it themselves.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod floor;
 mod llama;
 mod mock;
@@ -36,6 +38,8 @@ async fn main() {
         "llama" => llama::throughput().await,
         "openai" => openai::run().await,
         "prefix" => prefix::run().await,
+        #[cfg(feature = "cluster")]
+        "cluster" => cluster::run().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -44,7 +48,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all"
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all (| cluster, built with --features cluster)"
             );
             std::process::exit(2);
         }
