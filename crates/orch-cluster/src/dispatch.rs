@@ -12,6 +12,22 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
 
+fn queued(msg: Message) -> QueuedTask {
+    let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let task_id = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    QueuedTask {
+        task_id,
+        sequence,
+        payload: msg.payload.clone(),
+        msg,
+    }
+}
+
 /// The consumer's name (one per pool stream).
 const CONSUMER: &str = "dispatch";
 /// How long a handed-out task may stay unacknowledged before JetStream offers it
@@ -67,8 +83,35 @@ impl TaskQueue {
 }
 
 impl Dispatch {
-    /// Up to `max` tasks in admission order, waiting at most `wait`. A fetch may hand
-    /// out fewer than are queued (seen on 2.9.10 right after a takeover): call again.
+    /// The queued tasks in admission order, as they come: one long pull (the server
+    /// holds it open and delivers each task when it is stored; idle heartbeats tell a
+    /// lost pull). Tasks not yet taken from the stream are this consumer's until it is
+    /// replaced, so a new leader gets them again. The stream ends with an error when
+    /// the consumer is replaced or the cluster cannot answer.
+    pub async fn tasks(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = Result<QueuedTask, ClusterError>>, ClusterError>
+    {
+        let err = |e: String| ClusterError::Setup {
+            what: "the pull from the pool's queue".into(),
+            reason: e,
+        };
+        let stream = self
+            .consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(1))
+            .messages()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(stream.map(move |m| m.map(queued).map_err(|e| err(e.to_string()))))
+    }
+
+    /// Up to `max` tasks in admission order, answered at once (JetStream's `no_wait`
+    /// fetch: it returns what the server hands out right away, possibly fewer than
+    /// are queued, and waits for nothing; `wait` bounds the request). For tests and
+    /// tools; a dispatcher uses [`tasks`](Self::tasks).
     pub async fn next(&self, max: usize, wait: Duration) -> Result<Vec<QueuedTask>, ClusterError> {
         let err = |e: String| ClusterError::Setup {
             what: "a fetch from the pool's queue".into(),
@@ -84,20 +127,7 @@ impl Dispatch {
             .map_err(|e| err(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            let msg = m.map_err(|e| err(e.to_string()))?;
-            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-            let task_id = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default();
-            out.push(QueuedTask {
-                task_id,
-                sequence,
-                payload: msg.payload.clone(),
-                msg,
-            });
+            out.push(queued(m.map_err(|e| err(e.to_string()))?));
         }
         Ok(out)
     }

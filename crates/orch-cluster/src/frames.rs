@@ -51,7 +51,7 @@ fn subject(task_id: &str) -> String {
 
 /// The core subject a task's stored batches are announced on (not persisted: a reader
 /// that misses one reads the stored frames).
-pub fn tail_subject(task_id: &str) -> String {
+fn tail_subject(task_id: &str) -> String {
     format!("orch.tail.{task_id}")
 }
 
@@ -108,6 +108,24 @@ impl FrameLog {
             subject,
             last,
         })
+    }
+
+    /// The batches of `task_id` announced from now on, each once it is stored (a
+    /// batch that cannot be read as frames comes as an empty one). Not persisted: a
+    /// reader that may have missed one reads the stored frames.
+    pub async fn tail(
+        &self,
+        task_id: &str,
+    ) -> Result<impl futures_util::Stream<Item = Vec<Frame>> + Unpin, FrameError> {
+        use futures_util::StreamExt;
+        let sub = self
+            .cluster
+            .js
+            .client()
+            .subscribe(tail_subject(task_id))
+            .await
+            .map_err(|e| unavailable(task_id, e))?;
+        Ok(sub.map(|m| serde_json::from_slice(&m.payload).unwrap_or_default()))
     }
 
     /// The stored frames of `task_id` with an id above `after`, in order.

@@ -23,13 +23,12 @@ const RETRY: Duration = Duration::from_millis(250);
 
 pub(super) async fn follow(
     frames: FrameLog,
-    client: async_nats::Client,
     mirror: Arc<TaskRecord>,
     mut lease: Option<QueuedLease>,
 ) {
     let task = mirror.id.to_string();
     let mut tail = loop {
-        match client.subscribe(crate::frames::tail_subject(&task)).await {
+        match frames.tail(&task).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::debug!(task_id = %task, error = %e, "tail subscription failed; retrying");
@@ -58,10 +57,7 @@ pub(super) async fn follow(
             break;
         }
         match tokio::time::timeout(QUIET, tail.next()).await {
-            Ok(Some(msg)) => {
-                let batch: Vec<Frame> = serde_json::from_slice(&msg.payload).unwrap_or_default();
-                catch_up = !apply(&mirror, &batch);
-            }
+            Ok(Some(batch)) => catch_up = !apply(&mirror, &batch),
             Ok(None) => return,
             Err(_) => catch_up = true,
         }

@@ -119,8 +119,8 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     tracing::warn!(pool_id = %pool.pool_id, stopped = left.len(), "no longer leading the pool");
 }
 
-/// Hand queued tasks out while the pool has room (its queue and slots), each to its
-/// own task that runs it and stores its frames.
+/// Hand queued tasks out while the pool has room (its queue and slots), each taken in
+/// turn (so the pool queues them in admission order) and then given its own writer.
 async fn fetch(
     node: Arc<Node>,
     pool_id: String,
@@ -130,43 +130,41 @@ async fn fetch(
 ) {
     let mut tasks = JoinSet::new();
     loop {
-        while tasks.try_join_next().is_some() {}
-        if !node.orch.pool_ready(&pool_id) {
+        while !node.orch.pool_ready(&pool_id) {
             // tasks wait in the queue until this instance's replicas serve
             tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
         }
-        let Ok(first) = room.clone().acquire_owned().await else {
-            return;
-        };
-        let want = 1 + room.available_permits();
-        let batch = match dispatch.next(want, Duration::from_secs(1)).await {
-            Ok(b) => b,
+        let mut queued = match dispatch.tasks().await {
+            Ok(s) => Box::pin(s),
             Err(e) => {
-                tracing::debug!(pool_id, error = %e, "fetch failed; retrying");
+                tracing::debug!(pool_id, error = %e, "cannot pull from the queue; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
         };
-        let mut permit = Some(first);
-        for qt in batch {
-            let p = match permit.take() {
-                Some(p) => p,
-                None => match room.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return;
             };
-            // taken one after another: the pool queues them in admission order
+            let qt = match queued.next().await {
+                Some(Ok(qt)) => qt,
+                Some(Err(e)) => {
+                    tracing::debug!(pool_id, error = %e, "the pull from the queue failed; pulling again");
+                    break;
+                }
+                None => break,
+            };
             let Some(taken) = take(&node, &dispatch, qt).await else {
                 continue;
             };
             let (node, dispatch, running) = (node.clone(), dispatch.clone(), running.clone());
             tasks.spawn(async move {
                 serve(&node, &dispatch, &running, taken).await;
-                drop(p);
+                drop(permit);
             });
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -193,8 +191,10 @@ async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<T
     };
     let id = t.task_id;
     let key = id.to_string();
-    let (mut writer, prior) = loop {
-        let got = async {
+    // what a failed leader left of it, and whether it was canceled meanwhile (one
+    // round trip each, together)
+    let (mut writer, prior, canceled) = loop {
+        let frames = async {
             let w = node.frames.resume_writer(&key).await?;
             let prior = if w.last_sequence() > 0 {
                 node.frames.read_after(&key, 0).await?
@@ -203,8 +203,9 @@ async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<T
             };
             Ok::<_, FrameError>((w, prior))
         };
-        match got.await {
-            Ok(x) => break x,
+        let (frames, canceled) = tokio::join!(frames, node.states.cancel_requested(&key));
+        match frames {
+            Ok((w, prior)) => break (w, prior, canceled.unwrap_or(false)),
             Err(e) => {
                 tracing::debug!(task_id = %id, error = %e, "cannot read the task's frames; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -230,7 +231,6 @@ async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<T
         return None;
     }
     let tokens = prior.iter().filter(|f| f.event == "token").count() as u32;
-    let canceled = node.states.cancel_requested(&key).await.unwrap_or(false);
     let ending = if canceled {
         Some(Ending::Canceled {
             reason: CancelReason::Client,
@@ -293,13 +293,14 @@ async fn serve(node: &Arc<Node>, dispatch: &Dispatch, running: &Running, mut t: 
 /// Store the record's frames as they come (ids after `base`) until its terminal frame
 /// is stored (true), or this writer is fenced (false).
 async fn write_frames(
-    node: &Node,
+    node: &Arc<Node>,
     rec: &Arc<TaskRecord>,
     writer: &mut crate::FrameWriter,
     base: u64,
     status: &ClusterStatus,
 ) -> bool {
     let mut after = 0;
+    let mut running_put = None;
     loop {
         let mut batch = Vec::new();
         let v = std::future::poll_fn(|cx| {
@@ -330,7 +331,10 @@ async fn write_frames(
             s.replica_id = serde_json::from_str::<orch_domain::StartedFrame>(&f.data)
                 .ok()
                 .map(|s| s.replica_id);
-            node.set_status(rec.id, &s).await;
+            // off the frames' path: the next batch does not wait for it (the terminal
+            // status waits for it, so it cannot land last)
+            let (node, id) = (node.clone(), rec.id);
+            running_put = Some(tokio::spawn(async move { node.set_status(id, &s).await }));
         }
         if let Some(last) = batch
             .last()
@@ -342,6 +346,9 @@ async fn write_frames(
             s.replica_id = rec.replica_id();
             if let Some(ev) = parse_terminal(last) {
                 record_end(&mut s, &ev);
+            }
+            if let Some(put) = running_put.take() {
+                let _ = put.await;
             }
             node.set_status(rec.id, &s).await;
             return true;

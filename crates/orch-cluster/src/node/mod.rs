@@ -52,7 +52,6 @@ pub struct Node {
     pub(crate) queues: HashMap<String, TaskQueue>,
     pub(crate) frames: FrameLog,
     pub(crate) states: TaskStates,
-    pub(crate) client: async_nats::Client,
     request_timeout: Duration,
 }
 
@@ -82,7 +81,6 @@ impl Node {
             queues,
             frames,
             states,
-            client: cluster.js.client(),
             request_timeout: cfg.cluster.request_timeout,
         });
         for p in pools {
@@ -200,8 +198,7 @@ impl ClusterPort for Node {
     }
 
     fn follow(&self, mirror: Arc<TaskRecord>, lease: Option<QueuedLease>) {
-        let (frames, client) = (self.frames.clone(), self.client.clone());
-        tokio::spawn(follow::follow(frames, client, mirror, lease));
+        tokio::spawn(follow::follow(self.frames.clone(), mirror, lease));
     }
 
     fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>> {
