@@ -430,3 +430,98 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     let frames = c.stream(0, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
 }
+
+#[tokio::test]
+async fn a_task_running_before_its_first_token_is_run_again_by_the_new_leader() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(
+        "rerun",
+        "replicas = 1",
+        "slots = 1\nttft_ms = 3000\ntokens_per_sec = 50.0\ntokens = 10",
+    )
+    .await;
+    let id = c.admit(1, &task("caught early", 10, "interactive")).await;
+    // running on the leader's engine (its slot is taken), no frame yet: `started`
+    // comes with the first token, 3 s after the engine call
+    let t0 = Instant::now();
+    loop {
+        let v: Value = c
+            .http
+            .get(c.url(0, "/v1/pools"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["pools"][0]["slots_free"] == 0 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "never dispatched: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kill(0);
+    c.wait_leader_any(&[1, 2], Duration::from_secs(10)).await;
+    let frames = c.stream(2, &id, None).await;
+    assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+    assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 10);
+    assert_eq!(frames.iter().filter(|f| f.event == "started").count(), 1);
+    assert_eq!(
+        frame_ids(&frames),
+        (1..=frames.len() as u64).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Cluster::start(
+        "paused",
+        "replicas = 1",
+        "slots = 1\ntokens_per_sec = 20.0\ntokens = 60",
+    )
+    .await;
+    let id = c.admit(1, &task("paused leader", 60, "interactive")).await;
+    let seen = first_frames(c.stream_response(2, &id, None).await, 3).await;
+    assert_eq!(seen[2].event, "token");
+    let pid = c.inst[0].proc.as_ref().unwrap().0.id() as i32;
+    // SAFETY: kill(2) on a child process this test started
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    c.wait_leader_any(&[1, 2], Duration::from_secs(10)).await;
+    // the new leader ended the task it found streamed
+    let frames = c.stream(2, &id, None).await;
+    assert_eq!(
+        one_terminal(&frames).data["code"],
+        "WORKER_RESET",
+        "{frames:?}"
+    );
+    // SAFETY: as above
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let t0 = Instant::now();
+    while !c.inst[0]
+        .log
+        .lock()
+        .unwrap()
+        .contains("no longer leading the pool")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the woken leader did not step down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // nothing the old leader did after waking was stored
+    let after = c.stream(1, &id, None).await;
+    assert_eq!(after, frames, "the stored frames did not change");
+    assert_eq!(
+        frame_ids(&after),
+        (1..=after.len() as u64).collect::<Vec<_>>()
+    );
+    // and the pool still serves, through the new leader
+    let next = c.admit(0, &task("after the pause", 5, "interactive")).await;
+    assert_eq!(one_terminal(&c.stream(0, &next, None).await).event, "end");
+}
