@@ -219,6 +219,32 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
         assert_eq!(s["state"], "completed", "{s}");
         assert_eq!(s["tokens_out"], 12, "{s}");
     }
+    // the same Idempotency-Key on two instances names one task, run once
+    let keyed = |i: usize| {
+        c.http
+            .post(c.url(i, "/v1/tasks"))
+            .header("Idempotency-Key", "cluster-order-1")
+            .json(&task("keyed", 12, "interactive"))
+            .send()
+    };
+    let k0: Value = keyed(0).await.unwrap().json().await.unwrap();
+    let k2: Value = keyed(2).await.unwrap().json().await.unwrap();
+    assert_eq!(k0["task_id"], k2["task_id"], "{k0} {k2}");
+    let kid = k0["task_id"].as_str().unwrap();
+    let kf = c.stream(1, kid, None).await;
+    assert_eq!(
+        kf.iter().filter(|f| f.event == "started").count(),
+        1,
+        "{kf:?}"
+    );
+    assert_eq!(one_terminal(&kf).event, "end");
+    // a task id is unique in the cluster: reusing one admitted on another instance
+    // (which this one has no record of) is 409
+    let solo = c.admit(1, &task("solo", 4, "interactive")).await;
+    let mut reuse = task("reuse", 4, "interactive");
+    reuse["task_id"] = Value::String(solo);
+    let r = c.submit(0, &reuse).await;
+    common::envelope(r, 409, "CONFLICT").await;
     // a cancel on one instance stops a task admitted on another
     let long = c.admit(2, &task("long", 100, "batch")).await;
     let r = c.stream_response(0, &long, None).await;

@@ -674,3 +674,69 @@ fail_before_first_token = true
     assert!(m.contains("latency_first_token_ms_bucket"), "{m}");
     assert!(m.contains("latency_first_token_dispatch_ms_bucket"), "{m}");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_names_the_task_admitted_before_and_runs_it_once() {
+    let s = start(&mock_config("", "tokens_per_sec = 200.0\ntokens = 4")).await;
+    let post = |key: &'static str, body: serde_json::Value| {
+        let (http, url) = (s.http.clone(), s.url("/v1/tasks"));
+        async move {
+            http.post(url)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = post("order-42", task("hi", 4, "interactive")).await;
+    assert_eq!(first.status(), 202);
+    let id = first.json::<serde_json::Value>().await.unwrap()["task_id"].clone();
+    let again = post("order-42", task("hi", 4, "interactive")).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again.json::<serde_json::Value>().await.unwrap()["task_id"],
+        id
+    );
+    let orch = &s.server.as_ref().unwrap().orch;
+    assert_eq!(
+        orch.table_stats().live + orch.table_stats().finished_with_frames,
+        1
+    );
+    let frames = s.stream(id.as_str().unwrap(), None).await;
+    assert_terminated(&frames, id.as_str().unwrap());
+    assert_eq!(frames.iter().filter(|f| f.event == "started").count(), 1);
+    // after it ended, still the same task, nothing new runs
+    let later = post("order-42", task("hi", 4, "interactive")).await;
+    assert_eq!(
+        later.json::<serde_json::Value>().await.unwrap()["task_id"],
+        id
+    );
+    let other = post("order-43", task("hi", 4, "interactive")).await;
+    assert_ne!(
+        other.json::<serde_json::Value>().await.unwrap()["task_id"],
+        id
+    );
+    assert_eq!(
+        orch.table_stats().live + orch.table_stats().finished_with_frames,
+        2
+    );
+    // refused: empty, not visible ASCII, over 255 bytes, or together with a task_id
+    let long: &'static str = Box::leak("k".repeat(256).into_boxed_str());
+    for key in ["", "a b", long] {
+        let e = envelope(
+            post(key, task("hi", 4, "interactive")).await,
+            400,
+            "INVALID_PARAMS",
+        )
+        .await;
+        assert!(
+            e["message"].as_str().unwrap().contains("Idempotency-Key"),
+            "{e}"
+        );
+    }
+    let mut with_id = task("hi", 4, "interactive");
+    with_id["task_id"] = json!(uuid::Uuid::new_v4().to_string());
+    let e = envelope(post("order-44", with_id).await, 400, "INVALID_PARAMS").await;
+    assert!(e["message"].as_str().unwrap().contains("not both"), "{e}");
+}

@@ -31,6 +31,9 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
 /// `POST /v1/tasks` → 202 `AdmissionResponse` with `Location`.
 #[utoipa::path(post, path = "/v1/tasks", tag = "data", operation_id = "createTask",
     request_body = TaskRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. The task id is derived from it and the caller's tenant (the body then names no task_id): a repeated submission is answered with the task admitted before (202, nothing is run twice) while the server (or, in cluster mode, the cluster) knows it"),
+    ),
     responses(
         (status = 202, description = "Admitted into the queue", body = AdmissionResponse),
         (status = 400, description = "Invalid parameters (including a model_ref no pool serves), malformed JSON, unknown field, or deadline infeasible", body = ErrorEnvelope),
@@ -58,10 +61,14 @@ pub async fn create_task(
             &cid,
         ));
     }
-    let req: TaskRequest = read_json(body, app.body)
+    let mut req: TaskRequest = read_json(body, app.body)
         .await
         .map_err(refused)
         .or_api(&cid)?;
+    if let Some(v) = headers.get("idempotency-key") {
+        // not visible ASCII: the services refuse it by name (400)
+        req.idempotency_key = Some(v.to_str().unwrap_or("").to_string());
+    }
     let adm = app.orch.admit_as(&caller, req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();

@@ -169,6 +169,11 @@ pub struct TaskRequest {
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub chat: Option<Vec<ChatMessage>>,
+    /// The submission's `Idempotency-Key` header (not part of the body): the task id
+    /// is derived from it and the tenant, so a repeated submission names the same task.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub idempotency_key: Option<String>,
 }
 
 impl TaskRequest {
@@ -195,11 +200,26 @@ impl TaskRequest {
             kv_hint: None,
             placement: None,
             chat: None,
+            idempotency_key: None,
         }
     }
 
     /// Pool-independent validation. Each failure names the field at fault.
     pub fn validate(&self) -> Result<(), OrchError> {
+        if let Some(k) = &self.idempotency_key {
+            if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                return Err(OrchError::invalid(
+                    "Idempotency-Key",
+                    "must be 1 to 255 visible ASCII characters",
+                ));
+            }
+            if self.task_id.is_some() {
+                return Err(OrchError::invalid(
+                    "Idempotency-Key",
+                    "give either a task_id or an Idempotency-Key, not both",
+                ));
+            }
+        }
         if self.workload != Workload::Completion {
             return Err(OrchError::invalid(
                 "workload",

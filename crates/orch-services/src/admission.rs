@@ -12,6 +12,7 @@ use crate::cluster::{ClusterPort, ReplicatedTask};
 use crate::core::Core;
 use crate::pool::{unready, Flow, Pinned, Placed, PoolHandle, Snapshot};
 use crate::sessions::Refusal;
+use crate::table::Lookup;
 use crate::task::{Admission, Settled, TaskRecord};
 use crate::tenants::QueuedLease;
 use orch_domain::{
@@ -42,7 +43,7 @@ pub(crate) async fn admit(
 async fn admit_in(
     core: &Core,
     caller: &Caller,
-    req: TaskRequest,
+    mut req: TaskRequest,
     correlation_id: &str,
     pinned: &mut Option<Arc<Pinned>>,
 ) -> Result<AdmissionResponse, OrchError> {
@@ -52,6 +53,15 @@ async fn admit_in(
             OrchError::new(ErrorCode::PoolUnready, "server is shutting down")
                 .with_retry_after_ms(1000),
         );
+    }
+    if let Some(key) = &req.idempotency_key {
+        let id = idempotent_id(&caller.tenant, key);
+        if let Some(known) = already_admitted(core, id).await? {
+            tracing::debug!(task_id = %id, tenant = %caller.tenant, correlation_id,
+                "repeated submission (same Idempotency-Key): the task admitted before");
+            return Ok(known);
+        }
+        req.task_id = Some(id);
     }
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
@@ -170,6 +180,45 @@ async fn admit_in(
             sse: AdmissionResponse::stream_path(id),
         },
     })
+}
+
+/// The task id of a submission with an `Idempotency-Key`: the same for the same tenant
+/// and key, different across tenants (a version-8 UUID from SHA-256).
+fn idempotent_id(tenant: &str, key: &str) -> TaskId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"orchestratord idempotency v1\0");
+    h.update(tenant.as_bytes());
+    h.update(b"\0");
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x80;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    TaskId(uuid::Uuid::from_bytes(b))
+}
+
+/// The 202 of a task admitted before under the same id (live, finished or
+/// summarized here, or known to the cluster), if any. Nothing is reserved again.
+async fn already_admitted(core: &Core, id: TaskId) -> Result<Option<AdmissionResponse>, OrchError> {
+    let (queue_position, predicted_start_ms) = match core.table.get(id) {
+        Some(Lookup::Record(r)) if r.state() == TaskState::Queued => r.estimate(),
+        Some(_) => (0, 0),
+        None => match core.cluster.get() {
+            Some(port) if port.status(id).await?.is_some() => (0, 0),
+            _ => return Ok(None),
+        },
+    };
+    Ok(Some(AdmissionResponse {
+        task_id: id,
+        queue_position,
+        predicted_start_ms,
+        backoff_ms: 0,
+        streams: StreamLinks {
+            sse: AdmissionResponse::stream_path(id),
+        },
+    }))
 }
 
 /// Cluster mode: store the task in its pool's replicated queue, then follow what its
@@ -311,5 +360,21 @@ fn select_pool(core: &Core, req: &TaskRequest) -> Result<PoolHandle, OrchError> 
     match ready {
         Some(m) => Ok(m.0.clone()),
         None => Err(unready(&matching[0].0.id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotent_id;
+
+    #[test]
+    fn an_idempotency_key_gives_one_id_per_tenant() {
+        let a = idempotent_id("acme", "order-42");
+        assert_eq!(a, idempotent_id("acme", "order-42"));
+        assert_ne!(a, idempotent_id("globex", "order-42"));
+        assert_ne!(a, idempotent_id("acme", "order-43"));
+        // the separator keeps ("ab","c") and ("a","bc") apart
+        assert_ne!(idempotent_id("ab", "c"), idempotent_id("a", "bc"));
+        assert_eq!(a.0.get_version_num(), 8);
     }
 }

@@ -68,6 +68,8 @@ pub struct Orch {
     admissions: HashMap<String, Value>,
     frames: HashMap<String, Vec<Event>>,
     readers: Vec<Vec<Event>>,
+    /// Headers for the next request only.
+    next_headers: Vec<(String, String)>,
 }
 
 fn toml_value(v: &str) -> String {
@@ -236,6 +238,9 @@ impl Orch {
         };
         if let Some(k) = who.and_then(|w| self.key_of(w)) {
             rb = rb.bearer_auth(k);
+        }
+        for (name, value) in std::mem::take(&mut self.next_headers) {
+            rb = rb.header(name, value);
         }
         rb = match body {
             Some(Body::Json(v)) => rb.json(&v),
@@ -415,6 +420,12 @@ async fn submit_deadline(w: &mut Orch, alias: String, ms: u64) {
     let mut t = task(4, "interactive");
     t["deadline_ms"] = json!(ms);
     w.submit(&alias, t, None).await;
+}
+
+#[when(expr = "I submit a task {string} with {int} tokens and Idempotency-Key {string}")]
+async fn submit_idempotent(w: &mut Orch, alias: String, n: u32, key: String) {
+    w.next_headers.push(("Idempotency-Key".into(), key));
+    w.submit(&alias, task(n, "interactive"), None).await;
 }
 
 #[when(expr = "I submit a task {string} with the same id as {string}")]
@@ -731,6 +742,16 @@ fn same_frames(w: &mut Orch) {
     assert_eq!(w.readers.len(), 2);
     assert_eq!(w.readers[0], w.readers[1]);
     assert!(w.readers[0].last().unwrap().event.is_terminal());
+}
+
+#[then(expr = "{string} and {string} are the same task")]
+async fn same_task(w: &mut Orch, a: String, b: String) {
+    assert_eq!(w.id(&a), w.id(&b));
+}
+
+#[then(expr = "{string} and {string} are different tasks")]
+async fn different_tasks(w: &mut Orch, a: String, b: String) {
+    assert_ne!(w.id(&a), w.id(&b));
 }
 
 #[then(expr = "{string} is {word}")]

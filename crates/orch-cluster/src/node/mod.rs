@@ -180,8 +180,9 @@ impl ClusterPort for Node {
                     unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())
                 }
             })?;
-            // a duplicate after a retry is this admission's own earlier store
-            if published.duplicate && !retried {
+            // a duplicate after a retry is this admission's own earlier store; one of an
+            // idempotent submission is the same task submitted meanwhile elsewhere
+            if published.duplicate && !retried && t.request.idempotency_key.is_none() {
                 return Err(OrchError::new(
                     ErrorCode::Conflict,
                     format!("task {id} is already known to the cluster"),

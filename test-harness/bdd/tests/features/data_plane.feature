@@ -29,6 +29,19 @@ Feature: Submitting tasks and reading their streams
     When I read the stream of "second"
     Then the stream of "second" ends with end
 
+  Scenario: A submission repeated with the same Idempotency-Key names the task admitted before
+    Given a mock pool
+    When I submit a task "a" with 4 tokens and Idempotency-Key "order-42"
+    Then the response status is 202
+    When I submit a task "again" with 4 tokens and Idempotency-Key "order-42"
+    Then the response status is 202
+    And "a" and "again" are the same task
+    When I submit a task "other" with 4 tokens and Idempotency-Key "order-43"
+    Then "a" and "other" are different tasks
+    When I read the stream of "again"
+    Then the stream of "again" has 4 tokens
+    And the stream of "again" ends with end
+
   Scenario: A reader that reconnects resumes after the last frame it saw
     Given a mock pool
     When I submit a task "a" with 6 tokens
