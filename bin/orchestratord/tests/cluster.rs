@@ -250,6 +250,17 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
     let r = c.stream_response(0, &long, None).await;
     let seen = first_frames(r, 3).await;
     assert_eq!(seen[0].event, "started");
+    // a task behind it, admitted on another instance once the leader's queue hint
+    // has caught up, is told its place: the one slot is taken, so position 1
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let behind = c.submit(0, &task("behind", 4, "interactive")).await;
+    assert_eq!(behind.status(), 202);
+    let behind: Value = behind.json().await.unwrap();
+    assert_eq!(behind["queue_position"], 1, "{behind}");
+    assert!(
+        behind["predicted_start_ms"].as_u64().unwrap() > 0,
+        "{behind}"
+    );
     let cancel = c
         .http
         .post(c.url(1, &format!("/v1/tasks/{long}/cancel")))
@@ -261,6 +272,8 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
     let end = one_terminal(&frames);
     assert_eq!(end.event, "end");
     assert_eq!(end.data["finish_reason"], "canceled");
+    let behind = c.stream(0, behind["task_id"].as_str().unwrap(), None).await;
+    assert_eq!(one_terminal(&behind).event, "end");
     // full: the queue holds capacity 2 + 1 slot; more are refused with 429
     let mut admitted = Vec::new();
     let mut refused = None;

@@ -68,12 +68,36 @@ impl ClusterStatus {
     }
 }
 
+/// A pool's queue as its leader last saw it (published a few times a second), for the
+/// position and ETA a 202 on another instance reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct QueueHint {
+    pub queue_depth: u32,
+    pub slots_free: u32,
+    pub slots_total: u32,
+    pub service_ms: f64,
+}
+
+impl QueueHint {
+    /// Where a task joining this queue now is expected to stand (as standalone
+    /// admission estimates it, with every queued task counted ahead).
+    pub fn placed(&self) -> Placed {
+        use orchestrator_core::eta::{predicted_start_ms, queue_position};
+        let position = queue_position(self.queue_depth as usize, self.slots_free);
+        Placed {
+            queue_position: position,
+            predicted_start_ms: predicted_start_ms(position, self.slots_total, self.service_ms),
+        }
+    }
+}
+
 /// What the services ask of the cluster. Every error is already typed for clients: a
 /// full queue is 429 `ADMISSION_REJECT`, a cluster that cannot store is 503.
 pub trait ClusterPort: Send + Sync {
     /// Store an admitted task in its pool's queue; returns once it is stored on a
-    /// quorum (the 202 follows), with the place the cluster expects it to take. A task
-    /// id stored before is not stored twice.
+    /// quorum (the 202 follows), with the place the cluster expects it to take (from
+    /// the leader's last [`QueueHint`]; 0 when none is known). A task id stored before
+    /// is not stored twice.
     fn enqueue<'a>(&'a self, task: &'a ReplicatedTask) -> BoxFuture<'a, Result<Placed, OrchError>>;
 
     /// Feed `mirror` with its task's stored frames until the terminal one; `lease`

@@ -41,7 +41,7 @@ pub mod task;
 pub mod tenants;
 
 pub use auth::{Caller, KeyRing, Role};
-pub use cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
+pub use cluster::{ClusterPort, ClusterStatus, QueueHint, ReplicatedTask};
 pub use config::{PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec};
 pub use lifecycle::{CancelReason, Ending, Phase};
 pub use manager::{ManagerConfig, PoolManager};

@@ -109,6 +109,18 @@ impl Orchestrator {
         self.core.pools.get(id).is_some_and(|p| p.snapshot().ready)
     }
 
+    /// Cluster mode, on a pool's leader: the pool's queue as it stands, for the other
+    /// instances' estimates.
+    pub fn queue_hint(&self, pool_id: &str) -> Option<crate::cluster::QueueHint> {
+        let s = self.core.pools.get(pool_id)?.snapshot();
+        Some(crate::cluster::QueueHint {
+            queue_depth: s.queue_depth,
+            slots_free: s.slots_free,
+            slots_total: s.slots_total,
+            service_ms: s.service_ms,
+        })
+    }
+
     /// Cancel a task record this instance runs for the cluster (see
     /// [`run_replicated`](Self::run_replicated)).
     pub async fn cancel_replicated(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {

@@ -77,6 +77,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     tracing::info!(pool_id = %pool.pool_id, instance = %node.instance, "leading the pool");
     let running: Running = Arc::default();
     let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
+    let hints = node.hints.publish(node.orch.clone(), pool.pool_id.clone());
     let fetcher = tokio::spawn(fetch(
         node.clone(),
         pool.pool_id.clone(),
@@ -104,6 +105,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     // stepped down: nothing of this term may be stored any more (aborting the fetcher
     // drops its tasks, which aborts them)
     fetcher.abort();
+    hints.abort();
     let _ = fetcher.await;
     let left: Vec<_> = running
         .lock()

@@ -7,6 +7,7 @@
 //! Owns: the instance's JetStream handles and its leadership loops. Never: HTTP.
 
 mod follow;
+mod hints;
 mod leader;
 
 use crate::{
@@ -52,6 +53,7 @@ pub struct Node {
     pub(crate) queues: HashMap<String, TaskQueue>,
     pub(crate) frames: FrameLog,
     pub(crate) states: TaskStates,
+    pub(crate) hints: hints::Hints,
     request_timeout: Duration,
 }
 
@@ -81,6 +83,7 @@ impl Node {
             queues,
             frames,
             states,
+            hints: hints::Hints::start(cluster.js.client()).await?,
             request_timeout: cfg.cluster.request_timeout,
         });
         for p in pools {
@@ -191,10 +194,13 @@ impl ClusterPort for Node {
             if let Err(e) = recorded {
                 tracing::warn!(task_id = %id, error = %e, "could not record the queued status");
             }
-            Ok(Placed {
-                queue_position: 0,
-                predicted_start_ms: 0,
-            })
+            Ok(self.hints.join(&t.pool_id).map_or(
+                Placed {
+                    queue_position: 0,
+                    predicted_start_ms: 0,
+                },
+                |h| h.placed(),
+            ))
         })
     }
 

@@ -127,6 +127,8 @@ pub struct Snapshot {
     pub retry_after_ms: u64,
     /// Observed decode time per output token (mean, ms).
     pub per_token_ms: f64,
+    /// Observed time a task holds a slot (mean, ms): the queue's ETA unit.
+    pub service_ms: f64,
     pub replicas: Vec<ReplicaSnap>,
     pub last_error: Option<String>,
 }

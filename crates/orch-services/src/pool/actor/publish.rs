@@ -83,6 +83,7 @@ pub(super) fn snapshot_of(id: &Arc<str>, st: &PoolState, running: usize) -> Snap
         running: running as u32,
         retry_after_ms: st.retry_after_ms(),
         per_token_ms: st.per_token.mean_ms(),
+        service_ms: st.service.mean_ms(),
         replicas,
         last_error: st.last_error.clone(),
     }
