@@ -34,6 +34,7 @@ pub async fn join(
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),
         keep: Duration::from_millis(cfg.server.record_ttl_ms.max(60_000)),
         prefer_pools: c.prefer_pools.clone(),
+        store_retry: Duration::from_millis(c.store_retry_ms),
     };
     let node = Node::start(node_cfg, orch.clone(), pools)
         .await

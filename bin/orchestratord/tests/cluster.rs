@@ -35,6 +35,24 @@ struct Cluster {
 impl Cluster {
     /// Three instances `a`, `b`, `c` of one mock pool; `a` prefers to lead it.
     async fn start(name: &str, pool_extra: &str, mock: &str) -> Self {
+        let base = common::mock_config(pool_extra, mock);
+        // a bids for the pool at once; b and c one lease TTL later
+        let c = Self::start_with(name, |i| {
+            let prefer = if i == 0 {
+                r#"["mockpool"]"#
+            } else {
+                r#"["none"]"#
+            };
+            (base.clone(), prefer.to_string())
+        })
+        .await;
+        c.wait_leader(0, Duration::from_secs(15)).await;
+        c
+    }
+
+    /// Three instances; `config(i)` gives instance i's config (without `[cluster]`)
+    /// and its `prefer_pools` list.
+    async fn start_with(name: &str, config: impl Fn(usize) -> (String, String)) -> Self {
         let nats = Nats::start(name).await;
         let urls = nats
             .urls()
@@ -44,15 +62,9 @@ impl Cluster {
             .join(", ");
         let mut inst = Vec::new();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
-            // a bids for the pool at once; b and c one lease TTL later
-            let prefer = if i == 0 {
-                r#"["mockpool"]"#
-            } else {
-                r#"["none"]"#
-            };
+            let (body, prefer) = config(i);
             let toml = format!(
-                "{}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n",
-                common::mock_config(pool_extra, mock)
+                "{body}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n"
             );
             let path = common::temp_config(&format!("cluster-{name}-{id}"), &toml);
             let (proc, base, log) = common::spawn_binary_logged(&path, &[]);
@@ -62,16 +74,14 @@ impl Cluster {
                 log,
             });
         }
-        let c = Cluster {
+        Cluster {
             nats,
             inst,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
                 .unwrap(),
-        };
-        c.wait_leader(0, Duration::from_secs(15)).await;
-        c
+        }
     }
 
     fn leads(&self, i: usize) -> bool {
@@ -80,6 +90,16 @@ impl Cluster {
             .lock()
             .unwrap()
             .contains("leading the pool")
+    }
+
+    /// The pools instance `i` has led (from its "leading the pool" lines).
+    fn led_pools(&self, i: usize) -> Vec<String> {
+        let log = self.inst[i].log.lock().unwrap();
+        log.lines()
+            .filter(|l| l.contains("\"leading the pool\""))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["pool_id"].as_str().map(str::to_string))
+            .collect()
     }
 
     async fn wait_leader(&self, i: usize, limit: Duration) -> Duration {
@@ -114,16 +134,31 @@ impl Cluster {
         v["task_id"].as_str().unwrap().to_string()
     }
 
+    /// The stream of `id` on instance `i`; a retriable 503 (the cluster cannot answer
+    /// for a moment, as while a stream elects a leader) is retried, as a client would.
     async fn stream_response(&self, i: usize, id: &str, last: Option<u64>) -> reqwest::Response {
-        let mut rb = self
-            .http
-            .get(self.url(i, &format!("/v1/tasks/{id}/stream")));
-        if let Some(l) = last {
-            rb = rb.header("Last-Event-ID", l.to_string());
+        let t0 = Instant::now();
+        loop {
+            let mut rb = self
+                .http
+                .get(self.url(i, &format!("/v1/tasks/{id}/stream")));
+            if let Some(l) = last {
+                rb = rb.header("Last-Event-ID", l.to_string());
+            }
+            let r = rb.send().await.unwrap();
+            if r.status() == 503 && t0.elapsed() < Duration::from_secs(15) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            if r.status() != 200 {
+                panic!(
+                    "stream of {id} on instance {i}: {} {:?}",
+                    r.status(),
+                    r.text().await
+                );
+            }
+            return r;
         }
-        let r = rb.send().await.unwrap();
-        assert_eq!(r.status(), 200, "stream of {id} on instance {i}");
-        r
     }
 
     /// A task's whole stream read through instance `i` (after `last`).
@@ -149,6 +184,32 @@ impl Cluster {
 
     fn kill(&mut self, i: usize) {
         self.inst[i].proc.take();
+    }
+
+    /// `GET /readyz` on instance `i` is 200.
+    async fn ready(&self, i: usize) -> bool {
+        self.http
+            .get(self.url(i, "/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    }
+}
+
+impl Drop for Cluster {
+    /// A failed scenario shows what each instance logged (its last lines).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (n, inst) in self.inst.iter().enumerate() {
+            let log = inst.log.lock().unwrap();
+            let lines: Vec<_> = log.lines().filter(|l| !l.contains("/healthz")).collect();
+            eprintln!("--- instance {n}: last {} lines", lines.len().min(60));
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{}", &l[..l.len().min(400)]);
+            }
+        }
     }
 }
 
@@ -424,7 +485,7 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     let mut c = Cluster::start(
         "nats-down",
         "replicas = 1",
-        "slots = 2\ntokens_per_sec = 100.0\ntokens = 10",
+        "slots = 2\ntokens_per_sec = 20.0\ntokens = 60",
     )
     .await;
     c.nats.kill(2);
@@ -434,6 +495,12 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     let frames = c.stream(2, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end");
     assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 10);
+    // a task streaming when quorum goes
+    let long = c
+        .admit(1, &task("through the outage", 60, "interactive"))
+        .await;
+    let seen = first_frames(c.stream_response(2, &long, None).await, 3).await;
+    assert_eq!(seen[2].event, "token");
     // a second server down: no quorum, submits are refused at once with a retriable 503
     c.nats.kill(1);
     let t0 = Instant::now();
@@ -442,12 +509,30 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     let v = common::envelope(r, 503, "POOL_UNAVAILABLE").await;
     assert_eq!(v["retriable"], true);
     eprintln!("503 without quorum after {waited:?}");
-    assert!(waited < Duration::from_secs(3), "refused in {waited:?}");
-    // quorum back: submits are admitted and served again
-    c.nats.restart(1);
-    c.nats.restart(2);
+    // after store_retry_ms (10 s by default) of "no responders"
+    assert!(waited < Duration::from_secs(12), "refused in {waited:?}");
+    // the last server gone too: the instances report unready
+    c.nats.kill(0);
+    let t0 = Instant::now();
+    while c.ready(1).await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("unready {:?} after the last nats-server died", t0.elapsed());
+    // all back: ready again, submits are admitted and served again
+    for i in 0..3 {
+        c.nats.restart(i);
+    }
     for i in 0..3 {
         c.nats.wait_healthy(i).await;
+    }
+    let t0 = Instant::now();
+    while !c.ready(1).await {
+        assert!(t0.elapsed() < Duration::from_secs(15), "not ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let t0 = Instant::now();
     let id = loop {
@@ -466,6 +551,22 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    eprintln!(
+        "admitting again {:?} after the servers were healthy",
+        t0.elapsed()
+    );
+    // the stream that paused ends once, with nothing lost or doubled
+    let frames = c.stream(0, &long, None).await;
+    let end = one_terminal(&frames);
+    eprintln!(
+        "the task caught by the outage ended with {} {}",
+        end.event, end.data
+    );
+    assert_eq!(
+        frame_ids(&frames),
+        (1..=frames.len() as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(&frames[..3], &seen[..]);
     let frames = c.stream(0, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
 }
@@ -563,4 +664,64 @@ async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
     // and the pool still serves, through the new leader
     let next = c.admit(0, &task("after the pause", 5, "interactive")).await;
     assert_eq!(one_terminal(&c.stream(0, &next, None).await).event, "end");
+}
+
+#[tokio::test]
+async fn pool_leaders_spread_over_the_instances_that_prefer_them() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let two_pools = format!(
+        "{}\n[[pools]]\nid = \"otherpool\"\nengine = \"mock\"\nmodel = \"other-model\"\n[pools.mock]\nmodel = \"other-model\"\n",
+        common::mock_config("", "")
+    );
+    let c = Cluster::start_with("spread", |i| {
+        let prefer = [r#"["mockpool"]"#, r#"["otherpool"]"#, r#"["none"]"#][i];
+        (two_pools.clone(), prefer.to_string())
+    })
+    .await;
+    let t0 = Instant::now();
+    while c.led_pools(0).is_empty() || c.led_pools(1).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "pools not led in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2 * LEASE_TTL_MS)).await;
+    assert_eq!(c.led_pools(0), ["mockpool"]);
+    assert_eq!(c.led_pools(1), ["otherpool"]);
+    assert!(c.led_pools(2).is_empty());
+    // each pool serves through its own leader, from any instance
+    let mut other = task("other", 4, "interactive");
+    other["model_ref"] = "other-model".into();
+    for (i, body) in [task("mine", 4, "interactive"), other].iter().enumerate() {
+        let id = c.admit(2, body).await;
+        let frames = c.stream(2, &id, None).await;
+        assert_eq!(one_terminal(&frames).event, "end");
+        assert_eq!(frames[0].data["pool_id"], ["mockpool", "otherpool"][i]);
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_cannot_reach_the_cluster_does_not_start() {
+    let port = orch_cluster::testing::free_ports(1)[0];
+    let toml = format!(
+        "{}\n[cluster]\nurls = [\"nats://127.0.0.1:{port}\"]\n",
+        common::mock_config("", "")
+    );
+    let path = common::temp_config("cluster-unreachable", &toml);
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"])
+        .args(["--skip-self-test", "--log-format", "json"])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("exits within 30 s")
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("startup failed: cluster:"), "{err}");
+    assert!(!err.contains("listening on"), "{err}");
+    eprintln!("refused to start after {:?}", t0.elapsed());
 }

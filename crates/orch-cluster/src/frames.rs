@@ -59,8 +59,7 @@ impl Cluster {
     /// The frame stream, created if missing; frames are kept for `keep`.
     pub async fn frame_log(&self, keep: Duration) -> Result<FrameLog, ClusterError> {
         let stream = self
-            .js
-            .get_or_create_stream(Config {
+            .ensure_stream(Config {
                 name: STREAM.into(),
                 subjects: vec!["orch.frames.*".into()],
                 storage: StorageType::File,
@@ -69,11 +68,7 @@ impl Cluster {
                 max_age: keep,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| ClusterError::Setup {
-                what: format!("stream {STREAM}"),
-                reason: e.to_string(),
-            })?;
+            .await?;
         Ok(FrameLog {
             cluster: self.clone(),
             stream,

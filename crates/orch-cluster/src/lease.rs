@@ -41,7 +41,7 @@ const BUCKET: &str = "orch_leases";
 impl Cluster {
     /// The lease bucket, created if missing, whose values live `ttl` unless renewed.
     pub async fn leases(&self, ttl: Duration) -> Result<Leases, ClusterError> {
-        let kv = self.kv_bucket(BUCKET, ttl).await?;
+        let kv = self.kv_bucket(BUCKET, ttl, true).await?;
         Ok(Leases { kv, ttl })
     }
 }
@@ -76,7 +76,13 @@ impl Leases {
                 lease.revision = revision;
                 Ok(())
             }
-            Err(e) => Err(LeaseError::Lost {
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                Err(LeaseError::Lost {
+                    key: lease.key.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(e) => Err(LeaseError::Unavailable {
                 key: lease.key.clone(),
                 reason: e.to_string(),
             }),
@@ -96,9 +102,28 @@ impl Leases {
     }
 }
 
+/// Renew within half the TTL, trying again while the bucket cannot answer (its stream
+/// may be electing a leader); false when the lease was lost (someone else's revision)
+/// or that time ran out. Called a third of the TTL after the last renewal, so a
+/// leader gives up a sixth of the TTL before its lease can expire.
+async fn renew_in_time(leases: &Leases, lease: &mut Lease) -> bool {
+    let deadline = tokio::time::Instant::now() + leases.ttl / 2;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, leases.renew(lease)).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(LeaseError::Unavailable { .. })) if !left.is_zero() => {
+                tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+            }
+            _ => return false,
+        }
+    }
+}
+
 /// Keep trying to lead `key` as `holder`: acquire when free, renew every third of the
-/// TTL while leading, and step down (fence) as soon as a renewal fails or could not
-/// finish within half the TTL, before anyone else could take the lease. The receiver
+/// TTL while leading, and step down (fence) as soon as the lease is lost or could not
+/// be renewed within half the TTL (see `renew_in_time`), before anyone else could take
+/// it. The receiver
 /// says whether this instance leads now; the task runs until the returned handle is
 /// aborted or dropped with the runtime. The first bid waits `first_bid_after` (so
 /// that, at start, the instance that prefers a key gets it).
@@ -127,8 +152,7 @@ pub fn lead(
             tx.send_replace(true);
             loop {
                 tokio::time::sleep(tick).await;
-                let renewed = tokio::time::timeout(leases.ttl / 2, leases.renew(&mut lease)).await;
-                if !matches!(renewed, Ok(Ok(()))) {
+                if !renew_in_time(&leases, &mut lease).await {
                     tracing::warn!(key, holder, "lease renewal failed: stepping down");
                     tx.send_replace(false);
                     break;

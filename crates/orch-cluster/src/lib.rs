@@ -69,41 +69,77 @@ pub struct Cluster {
     pub(crate) cfg: ClusterConfig,
 }
 
+/// How long setting up a stream (at start, or when a leader takes a queue over) keeps
+/// trying: right after the servers start, or while a meta leader is elected, the
+/// JetStream API does not answer for seconds (seen on this 2-core machine).
+const SETUP_RETRY: Duration = Duration::from_secs(20);
+
 impl Cluster {
+    /// Make (or find) a stream, trying again while the JetStream API does not answer.
+    pub(crate) async fn ensure_stream(
+        &self,
+        cfg: jetstream::stream::Config,
+    ) -> Result<jetstream::stream::Stream, ClusterError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.js.get_or_create_stream(cfg.clone()).await {
+                Ok(s) => return Ok(s),
+                Err(e) if t0.elapsed() < SETUP_RETRY => {
+                    tracing::debug!(stream = %cfg.name, error = %e, "stream setup not answered; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(ClusterError::Setup {
+                        what: format!("stream {}", cfg.name),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    }
+
     /// A KV bucket whose values live `max_age`, created if missing. Its stream is made
     /// here with the settings async-nats's `create_key_value` would use: that call
     /// first reads the account info, whose 2.9 answer async-nats 0.46 cannot parse
-    /// (seen against nats-server 2.9.10).
+    /// (seen against nats-server 2.9.10). With `direct` reads any replica answers a
+    /// get (fast, and even without quorum, but maybe a moment behind); without it the
+    /// stream's leader answers (a value just written elsewhere is seen).
     pub(crate) async fn kv_bucket(
         &self,
         bucket: &str,
         max_age: Duration,
+        direct: bool,
     ) -> Result<jetstream::kv::Store, ClusterError> {
         use jetstream::stream::{Config, DiscardPolicy, StorageType};
         let setup = |e: String| ClusterError::Setup {
             what: format!("KV bucket {bucket}"),
             reason: e,
         };
-        self.js
-            .get_or_create_stream(Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age,
-                storage: StorageType::File,
-                num_replicas: self.cfg.replicas,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| setup(e.to_string()))?;
-        self.js
-            .get_key_value(bucket)
-            .await
-            .map_err(|e| setup(e.to_string()))
+        self.ensure_stream(Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: StorageType::File,
+            num_replicas: self.cfg.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: direct,
+            discard: DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await?;
+        let t0 = std::time::Instant::now();
+        loop {
+            match self.js.get_key_value(bucket).await {
+                Ok(kv) => return Ok(kv),
+                Err(e) if t0.elapsed() < SETUP_RETRY => {
+                    tracing::debug!(bucket, error = %e, "bucket not answered; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(setup(e.to_string())),
+            }
+        }
     }
 
     pub async fn connect(cfg: ClusterConfig) -> Result<Self, ClusterError> {

@@ -1,8 +1,9 @@
 //! A pool's replicated task queue: one JetStream stream per pool (file storage, R3,
 //! at most the pool's queue capacity, discard-new, work-queue retention). A task is
-//! published with its id as `Nats-Msg-Id`, so a repeated submission within the dedupe
-//! window is recognised instead of queued twice; it counts as admitted only once the
-//! publish is acknowledged (stored on a quorum).
+//! published on its own subject (`orch.tasks.<pool>.<task>`, so any instance can find
+//! a queued task by id) with its id as `Nats-Msg-Id`, so a repeated submission within
+//! the dedupe window is recognised instead of queued twice; it counts as admitted only
+//! once the publish is acknowledged (stored on a quorum).
 
 use crate::{Cluster, ClusterError};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -20,7 +21,7 @@ pub struct TaskQueue {
     pub(crate) cluster: Cluster,
     pub(crate) pool: String,
     pub(crate) stream: String,
-    subject: String,
+    handle: async_nats::jetstream::stream::Stream,
 }
 
 /// A stored task: its place in the stream, and whether it was already there.
@@ -49,10 +50,9 @@ impl Cluster {
     /// The queue of `pool`, created if missing, holding at most `capacity` tasks.
     pub async fn task_queue(&self, pool: &str, capacity: usize) -> Result<TaskQueue, ClusterError> {
         let name = format!("ORCH_TASKS_{pool}");
-        let subject = format!("orch.tasks.{pool}");
         let cfg = Config {
             name: name.clone(),
-            subjects: vec![subject.clone()],
+            subjects: vec![format!("orch.tasks.{pool}.*")],
             storage: StorageType::File,
             num_replicas: self.cfg.replicas,
             max_messages: i64::try_from(capacity).unwrap_or(i64::MAX),
@@ -61,30 +61,52 @@ impl Cluster {
             retention: RetentionPolicy::WorkQueue,
             ..Default::default()
         };
-        self.js
-            .get_or_create_stream(cfg)
-            .await
-            .map_err(|e| ClusterError::Setup {
-                what: format!("stream {name}"),
-                reason: e.to_string(),
-            })?;
+        let handle = self.ensure_stream(cfg).await?;
         Ok(TaskQueue {
             cluster: self.clone(),
             pool: pool.to_string(),
             stream: name,
-            subject,
+            handle,
         })
     }
 }
 
 impl TaskQueue {
+    /// The pool this queue holds tasks of.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    fn subject(&self, task_id: &str) -> String {
+        format!("orch.tasks.{}.{task_id}", self.pool)
+    }
+
+    /// A task still in the queue (waiting or running, not yet acknowledged), by id: its
+    /// payload. Answered by the stream's leader, so a task stored a moment ago on
+    /// another instance is found.
+    pub async fn find(&self, task_id: &str) -> Result<Option<Bytes>, PublishError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        match self
+            .handle
+            .get_last_raw_message_by_subject(&self.subject(task_id))
+            .await
+        {
+            Ok(m) => Ok(Some(m.payload)),
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(PublishError::Unavailable {
+                pool: self.pool.clone(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
     /// Store a task (dedupe id `task_id`); returns once a quorum has it.
     pub async fn publish(&self, task_id: &str, payload: Bytes) -> Result<Published, PublishError> {
         let msg = PublishMessage::build().payload(payload).message_id(task_id);
         let ack = self
             .cluster
             .js
-            .send_publish(self.subject.clone(), msg)
+            .send_publish(self.subject(task_id), msg)
             .await
             .map_err(|e| self.refusal(e))?
             .await

@@ -40,7 +40,9 @@ fn cancel_subject(pool: &str) -> String {
 impl Cluster {
     /// The task-state bucket, created if missing; entries live `keep`.
     pub async fn task_states(&self, keep: Duration) -> Result<TaskStates, ClusterError> {
-        let kv = self.kv_bucket(BUCKET, keep).await?;
+        // read from the leader: a status or cancel flag written a moment ago on another
+        // instance is seen (a task just admitted elsewhere is not a 404)
+        let kv = self.kv_bucket(BUCKET, keep, false).await?;
         Ok(TaskStates {
             kv,
             client: self.js.client(),
@@ -56,21 +58,6 @@ impl TaskStates {
             .await
             .map(|_| ())
             .map_err(|e| err(task, e))
-    }
-
-    /// Record a task's first status unless one exists (admission; its leader may
-    /// already have recorded a later one).
-    pub async fn init_status(&self, task: &str, status_json: &str) -> Result<(), TaskStateError> {
-        use async_nats::jetstream::kv::CreateErrorKind;
-        match self
-            .kv
-            .create(status_key(task), status_json.to_string().into())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(err(task, e)),
-        }
     }
 
     /// A task's last recorded status, if any.

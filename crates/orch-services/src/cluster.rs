@@ -33,7 +33,8 @@ pub struct ReplicatedTask {
     pub chat: Option<Vec<ChatMessage>>,
 }
 
-/// A task's status as the cluster records it (written at admission, start and end).
+/// A task's status as the cluster knows it: recorded by its leader when it starts and
+/// when it ends; a task still waiting is read from its pool's queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     pub tenant: String,
@@ -107,6 +108,9 @@ pub trait ClusterPort: Send + Sync {
 
     /// The recorded status of a task this instance has no record of.
     fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>>;
+
+    /// Whether this instance reaches the cluster now (readiness).
+    fn is_connected(&self) -> bool;
 
     /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;

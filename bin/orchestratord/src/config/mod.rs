@@ -81,9 +81,14 @@ pub struct ClusterSection {
     /// A pool leader that cannot renew its lease loses the pool after this long.
     #[serde(default = "lease_ttl_ms")]
     pub lease_ttl_ms: u64,
-    /// A JetStream request not answered within this is a 503.
+    /// One JetStream request not answered within this has failed.
     #[serde(default = "request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// How long a submission keeps trying to store its task while the cluster does not
+    /// answer (a stream whose leader was lost elects another within about 4–9 s on
+    /// nats-server 2.9); then 503.
+    #[serde(default = "store_retry_ms")]
+    pub store_retry_ms: u64,
     /// Copies of every stream and bucket (3 survives the loss of one server).
     #[serde(default = "cluster_replicas")]
     pub replicas: usize,
@@ -98,6 +103,10 @@ fn lease_ttl_ms() -> u64 {
 
 fn request_timeout_ms() -> u64 {
     1500
+}
+
+fn store_retry_ms() -> u64 {
+    10_000
 }
 
 fn cluster_replicas() -> usize {
@@ -419,6 +428,7 @@ impl Config {
                     instance_id: None,
                     lease_ttl_ms: lease_ttl_ms(),
                     request_timeout_ms: request_timeout_ms(),
+                    store_retry_ms: store_retry_ms(),
                     replicas: cluster_replicas(),
                     prefer_pools: Vec::new(),
                 })

@@ -157,17 +157,38 @@ async fn fetch(
                 }
                 None => break,
             };
-            let Some(taken) = take(&node, &dispatch, qt).await else {
+            // taken one after another: the pool queues them in admission order; what
+            // follows (frames, acknowledgments) runs beside the next
+            let Some(next) = take(&node, qt).await else {
                 continue;
             };
             let (node, dispatch, running) = (node.clone(), dispatch.clone(), running.clone());
             tasks.spawn(async move {
-                serve(&node, &dispatch, &running, taken).await;
+                match next {
+                    Next::Run(taken) => serve(&node, &dispatch, &running, *taken).await,
+                    Next::Settle(settle) => {
+                        let (qt, status) = *settle;
+                        if let Some((id, s)) = status {
+                            node.set_status(id, &s).await;
+                        }
+                        if let Err(e) = dispatch.done(qt).await {
+                            tracing::warn!(error = %e, "a settled task could not leave the queue");
+                        }
+                    }
+                }
                 drop(permit);
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What a taken task needs next.
+enum Next {
+    /// Run it: its writer stores its frames.
+    Run(Box<Taken>),
+    /// Nothing to run: record its status (if given) and let it leave the queue.
+    Settle(Box<(QueuedTask, Option<(TaskId, ClusterStatus)>)>),
 }
 
 /// A task handed to this term, ready for its writer.
@@ -181,14 +202,13 @@ struct Taken {
 
 /// Take one queued task: settle what a failed leader left of it, or hand it to the
 /// pool (in the order tasks come, so the pool queues them in admission order). None
-/// when nothing is left to run.
-async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<Taken> {
+/// when this writer was fenced (another leader has the task).
+async fn take(node: &Arc<Node>, qt: QueuedTask) -> Option<Next> {
     let t: ReplicatedTask = match serde_json::from_slice(&qt.payload) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(task_id = %qt.task_id, error = %e, "unreadable queued task dropped");
-            let _ = dispatch.done(qt).await;
-            return None;
+            return Some(Next::Settle(Box::new((qt, None))));
         }
     };
     let id = t.task_id;
@@ -225,14 +245,21 @@ async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<T
         finish_reason: None,
         error_code: None,
     };
-    if prior
-        .last()
-        .is_some_and(|f| matches!(f.event.as_str(), "end" | "error"))
-    {
-        let _ = dispatch.done(qt).await;
-        return None;
-    }
     let tokens = prior.iter().filter(|f| f.event == "token").count() as u32;
+    if let Some(ev) = prior.last().and_then(parse_terminal) {
+        // a failed leader stored the end but may not have recorded it
+        let mut s = status;
+        s.state = match &ev {
+            StreamEvent::End(e) if e.finish_reason == orch_domain::FinishReason::Canceled => {
+                TaskState::Canceled
+            }
+            StreamEvent::End(_) => TaskState::Completed,
+            _ => TaskState::Failed,
+        };
+        s.tokens_out = tokens;
+        record_end(&mut s, &ev);
+        return Some(Next::Settle(Box::new((qt, Some((id, s))))));
+    }
     let ending = if canceled {
         Some(Ending::Canceled {
             reason: CancelReason::Client,
@@ -253,24 +280,38 @@ async fn take(node: &Arc<Node>, dispatch: &Dispatch, qt: QueuedTask) -> Option<T
     };
     if let Some(ending) = ending {
         let ev = ending.frame();
-        if writer.append(&[to_frame(base + 1, &ev)]).await.is_ok() {
-            let mut s = status;
-            s.state = ending.state();
-            s.tokens_out = tokens;
-            record_end(&mut s, &ev);
-            node.set_status(id, &s).await;
-            let _ = dispatch.done(qt).await;
+        if !store(&mut writer, &[to_frame(base + 1, &ev)], id).await {
+            return None;
         }
-        return None;
+        let mut s = status;
+        s.state = ending.state();
+        s.tokens_out = tokens;
+        record_end(&mut s, &ev);
+        return Some(Next::Settle(Box::new((qt, Some((id, s))))));
     }
     let rec = node.orch.run_replicated(t).await;
-    Some(Taken {
+    Some(Next::Run(Box::new(Taken {
         qt,
         rec,
         writer,
         base,
         status,
-    })
+    })))
+}
+
+/// Store a batch, trying again while the cluster cannot store it (the stream pauses;
+/// the lease decides for how long). False when this writer was fenced.
+async fn store(writer: &mut crate::FrameWriter, batch: &[Frame], id: TaskId) -> bool {
+    loop {
+        match writer.append(batch).await {
+            Ok(()) => return true,
+            Err(FrameError::Fenced(_)) => return false,
+            Err(e) => {
+                tracing::debug!(task_id = %id, error = %e, "frames not stored; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 /// Store a taken task's frames until its terminal one, then let it leave the queue.
@@ -316,16 +357,8 @@ async fn write_frames(
         })
         .await;
         after = v.last;
-        loop {
-            match writer.append(&batch).await {
-                Ok(()) => break,
-                Err(FrameError::Fenced(_)) => return false,
-                Err(e) => {
-                    // no quorum: the stream pauses here; the lease decides how long
-                    tracing::debug!(task_id = %rec.id, error = %e, "frames not stored; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
+        if !store(writer, &batch, rec.id).await {
+            return false;
         }
         if let Some(f) = batch.iter().find(|f| f.event == "started") {
             let mut s = status.clone();

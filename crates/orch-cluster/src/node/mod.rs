@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub keep: Duration,
     /// Pools this instance bids for first (the others one lease TTL later at start).
     pub prefer_pools: Vec<String>,
+    /// How long a submission keeps trying to store its task while the cluster does
+    /// not answer (a stream electing a new leader after a server's loss takes seconds)
+    /// before it is refused with 503.
+    pub store_retry: Duration,
 }
 
 /// A pool as the cluster stores it: its id and how many tasks its queue holds (its
@@ -54,7 +58,8 @@ pub struct Node {
     pub(crate) frames: FrameLog,
     pub(crate) states: TaskStates,
     pub(crate) hints: hints::Hints,
-    request_timeout: Duration,
+    client: async_nats::Client,
+    store_retry: Duration,
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -84,7 +89,8 @@ impl Node {
             frames,
             states,
             hints: hints::Hints::start(cluster.js.client()).await?,
-            request_timeout: cfg.cluster.request_timeout,
+            client: cluster.js.client(),
+            store_retry: cfg.store_retry,
         });
         for p in pools {
             let preferred = cfg.prefer_pools.is_empty() || cfg.prefer_pools.contains(&p.pool_id);
@@ -94,20 +100,28 @@ impl Node {
         Ok(node)
     }
 
-    /// Store a task, trying again for up to the request timeout while the cluster
-    /// cannot answer (a stream electing a new leader after a server's loss answers
-    /// "no responders" for a moment). Also says whether it was tried more than once.
+    /// Store a task, trying again for up to `store_retry` while the cluster cannot
+    /// answer (a stream electing a new leader after a server's loss answers "no
+    /// responders" for seconds). Also says whether it was tried more than once.
     async fn publish(
         &self,
         queue: &TaskQueue,
         id: &str,
         payload: bytes::Bytes,
     ) -> Result<(crate::Published, bool), PublishError> {
-        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let deadline = tokio::time::Instant::now() + self.store_retry;
         let mut tries = 0;
         loop {
             tries += 1;
-            match queue.publish(id, payload.clone()).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let unavailable = |reason: String| PublishError::Unavailable {
+                pool: queue.pool().to_string(),
+                reason,
+            };
+            let r = tokio::time::timeout(left, queue.publish(id, payload.clone()))
+                .await
+                .unwrap_or_else(|_| Err(unavailable("no answer within store_retry".into())));
+            match r {
                 Ok(p) => return Ok((p, tries > 1)),
                 Err(PublishError::Unavailable { .. })
                     if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
@@ -157,20 +171,9 @@ impl ClusterPort for Node {
                 .ok_or_else(|| OrchError::not_found("pool", &t.pool_id))?;
             let payload = serde_json::to_vec(t).map_err(|e| OrchError::internal(e.to_string()))?;
             let id = t.task_id.to_string();
-            let status = Self::status_json(&ClusterStatus {
-                tenant: t.tenant.clone(),
-                pool_id: t.pool_id.clone(),
-                priority: t.request.priority,
-                state: TaskState::Queued,
-                replica_id: None,
-                tokens_out: 0,
-                finish_reason: None,
-                error_code: None,
-            });
-            let (published, recorded) = tokio::join!(
-                self.publish(queue, &id, payload.into()),
-                self.states.init_status(&id, &status)
-            );
+            // the stored task is its record while it waits: other instances find it in
+            // the queue by id; its leader records its status from its start on
+            let published = self.publish(queue, &id, payload.into()).await;
             let (published, retried) = published.map_err(|e| match e {
                 PublishError::Full { pool } => OrchError::new(
                     ErrorCode::AdmissionReject,
@@ -191,9 +194,6 @@ impl ClusterPort for Node {
                     format!("task {id} is already known to the cluster"),
                 ));
             }
-            if let Err(e) = recorded {
-                tracing::warn!(task_id = %id, error = %e, "could not record the queued status");
-            }
             Ok(self.hints.join(&t.pool_id).map_or(
                 Placed {
                     queue_position: 0,
@@ -208,14 +208,38 @@ impl ClusterPort for Node {
         tokio::spawn(follow::follow(self.frames.clone(), mirror, lease));
     }
 
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The recorded status (from its start on), else the task as it waits in its
+    /// pool's queue.
     fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>> {
         Box::pin(async move {
-            let raw = self
-                .states
-                .status(&id.to_string())
-                .await
-                .map_err(unavailable)?;
-            Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+            let key = id.to_string();
+            let raw = self.states.status(&key).await.map_err(unavailable)?;
+            if let Some(s) = raw.and_then(|r| serde_json::from_str(&r).ok()) {
+                return Ok(Some(s));
+            }
+            for q in self.queues.values() {
+                let Some(payload) = q.find(&key).await.map_err(unavailable)? else {
+                    continue;
+                };
+                let Ok(t) = serde_json::from_slice::<ReplicatedTask>(&payload) else {
+                    continue;
+                };
+                return Ok(Some(ClusterStatus {
+                    tenant: t.tenant,
+                    pool_id: t.pool_id,
+                    priority: t.request.priority,
+                    state: TaskState::Queued,
+                    replica_id: None,
+                    tokens_out: 0,
+                    finish_reason: None,
+                    error_code: None,
+                }));
+            }
+            Ok(None)
         })
     }
 
