@@ -210,12 +210,7 @@ fn ms(d: f64) -> String {
 pub async fn run() {
     println!("== cluster: standalone vs 3 instances on 3 nats-servers (R3), ~{STREAMS} open streams x {RATE} tokens/s ==");
     let nats = Nats::start("bench").await;
-    let urls = nats
-        .urls()
-        .iter()
-        .map(|u| format!("{u:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let urls = nats.urls_toml();
     let mock = format!("slots = 256\ntokens_per_sec = {RATE}\nttft_ms = 0\ntokens = {TOKENS}");
     let pool = "queue_capacity = 100000";
     let standalone = Server::orchestratord_with("standalone", "", &mock, pool);

@@ -54,12 +54,7 @@ impl Cluster {
     /// and its `prefer_pools` list.
     async fn start_with(name: &str, config: impl Fn(usize) -> (String, String)) -> Self {
         let nats = Nats::start(name).await;
-        let urls = nats
-            .urls()
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let urls = nats.urls_toml();
         let mut inst = Vec::new();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let (body, prefer) = config(i);

@@ -126,6 +126,15 @@ impl Nats {
         }
     }
 
+    /// The URLs as a TOML array's items (`"nats://…", "nats://…", …`).
+    pub fn urls_toml(&self) -> String {
+        self.urls()
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.client_ports
             .iter()

@@ -163,50 +163,23 @@ impl TaskLog {
             let mut scratch = s.borrow_mut();
             scratch.clear();
             write_data(ev, &mut scratch);
-            let waiters = {
-                let mut g = self.lock();
-                if g.closed {
-                    return false;
-                }
-                g.data.extend_from_slice(&scratch);
-                let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
-                g.index.push(Entry {
-                    end,
-                    event: event_code(ev),
-                });
-                if ev.is_terminal() {
-                    g.closed = true;
-                    g.data.shrink_to_fit();
-                    g.index.shrink_to_fit();
-                }
-                std::mem::take(&mut g.waiters)
-            };
-            for w in waiters {
-                w.wake();
-            }
-            true
+            self.append(event_code(ev), &scratch)
         })
     }
 
-    /// Append a frame already serialized elsewhere (cluster mode: a frame another
-    /// instance stored), by its event name. False when the log is closed or the event
-    /// is not one of the five.
-    pub fn push_frame(&self, event: &str, data: &str) -> bool {
-        let Some(code) = EVENTS.iter().position(|e| *e == event) else {
-            return false;
-        };
+    /// Append one frame's data under event `code` (a terminal one closes the log) and
+    /// wake the waiting readers. False when the log is closed.
+    fn append(&self, code: u8, data: &[u8]) -> bool {
         let waiters = {
             let mut g = self.lock();
             if g.closed {
                 return false;
             }
-            g.data.extend_from_slice(data.as_bytes());
+            g.data.extend_from_slice(data);
             let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
-            g.index.push(Entry {
-                end,
-                event: code as u8,
-            });
-            if matches!(event, "end" | "error") {
+            g.index.push(Entry { end, event: code });
+            // codes 3 and 4: `end` and `error` (see EVENTS)
+            if code >= 3 {
                 g.closed = true;
                 g.data.shrink_to_fit();
                 g.index.shrink_to_fit();
@@ -217,6 +190,16 @@ impl TaskLog {
             w.wake();
         }
         true
+    }
+
+    /// Append a frame already serialized elsewhere (cluster mode: a frame another
+    /// instance stored), by its event name. False when the log is closed or the event
+    /// is not one of the five.
+    pub fn push_frame(&self, event: &str, data: &str) -> bool {
+        match EVENTS.iter().position(|e| *e == event) {
+            Some(code) => self.append(code as u8, data.as_bytes()),
+            None => false,
+        }
     }
 
     /// Call `f` on each frame with `seq > after`, in order, without copying them.
