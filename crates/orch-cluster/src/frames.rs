@@ -86,23 +86,41 @@ impl FrameLog {
         }
     }
 
-    /// A writer that continues a task's frames (a new leader taking a task over).
-    pub async fn resume_writer(&self, task_id: &str) -> Result<FrameWriter, FrameError> {
+    /// A writer that continues a task's frames (a new leader taking a task over), and
+    /// every frame stored so far. The subject's last sequence is read from the stream's
+    /// leader (a replica may lag), and the frames are read until they reach it, so
+    /// the writer's condition and the frames agree.
+    pub async fn resume_writer(
+        &self,
+        task_id: &str,
+    ) -> Result<(FrameWriter, Vec<Frame>), FrameError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
         let subject = subject(task_id);
-        let last = match self
-            .stream
-            .direct_get_last_for_subject(subject.clone())
-            .await
-        {
+        let last = match self.stream.get_last_raw_message_by_subject(&subject).await {
             Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
             Err(e) => return Err(unavailable(task_id, e)),
         };
-        Ok(FrameWriter {
-            log: self.clone(),
-            subject,
-            last,
-        })
+        let mut tries = 0;
+        let frames = loop {
+            let (frames, seen) = self.read_all(task_id).await?;
+            if seen >= last {
+                break frames;
+            }
+            tries += 1;
+            if tries > 100 {
+                return Err(unavailable(task_id, "the replicas did not catch up in 5 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        Ok((
+            FrameWriter {
+                log: self.clone(),
+                subject,
+                last,
+            },
+            frames,
+        ))
     }
 
     /// The batches of `task_id` announced from now on, each once it is stored (a
@@ -123,11 +141,19 @@ impl FrameLog {
         Ok(sub.map(|m| serde_json::from_slice(&m.payload).unwrap_or_default()))
     }
 
-    /// The stored frames of `task_id` with an id above `after`, in order.
+    /// The stored frames of `task_id` with an id above `after`, in order (read from
+    /// any replica: a moment behind at worst).
     pub async fn read_after(&self, task_id: &str, after: u64) -> Result<Vec<Frame>, FrameError> {
+        let (frames, _) = self.read_all(task_id).await?;
+        Ok(frames.into_iter().filter(|f| f.id > after).collect())
+    }
+
+    /// Every stored frame of `task_id`, and the stream sequence of the last batch read.
+    async fn read_all(&self, task_id: &str) -> Result<(Vec<Frame>, u64), FrameError> {
         let subject = subject(task_id);
         let mut out = Vec::new();
         let mut seq = 1;
+        let mut last = 0;
         loop {
             let m = match self
                 .stream
@@ -135,12 +161,13 @@ impl FrameLog {
                 .await
             {
                 Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(out),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((out, last)),
                 Err(e) => return Err(unavailable(task_id, e)),
             };
             let batch: Vec<Frame> =
                 serde_json::from_slice(&m.payload).map_err(|e| unavailable(task_id, e))?;
-            out.extend(batch.into_iter().filter(|f| f.id > after));
+            out.extend(batch);
+            last = m.sequence;
             seq = m.sequence + 1;
         }
     }

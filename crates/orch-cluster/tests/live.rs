@@ -292,7 +292,12 @@ async fn frames_resume_after_any_id_and_a_replaced_writer_is_fenced() {
     }
     assert!(log.read_after("task-2", 0).await.unwrap().is_empty());
     // a new leader takes the task over and writes on; the old one is fenced
-    let mut b = log.resume_writer("task-1").await.unwrap();
+    let (mut b, stored) = log.resume_writer("task-1").await.unwrap();
+    assert_eq!(
+        stored,
+        frames(1..=6),
+        "the new leader sees every stored frame"
+    );
     b.append(&frames(7..=7)).await.unwrap();
     assert!(matches!(
         a.append(&frames(7..=7)).await,

@@ -4,6 +4,8 @@
 use adapter_mock::MockConfig;
 
 mod check;
+mod cluster;
+pub use cluster::ClusterSection;
 use orch_domain::FullPolicy;
 use serde::Deserialize;
 use std::path::Path;
@@ -66,51 +68,6 @@ pub enum MetricsAccess {
     #[default]
     Open,
     Admin,
-}
-
-/// `[cluster]`: join a NATS JetStream cluster with other instances (see README,
-/// "Cluster mode").
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClusterSection {
-    /// `nats://host:port` of each server.
-    pub urls: Vec<String>,
-    /// This instance's name, unique in the cluster (default: the listen address).
-    #[serde(default)]
-    pub instance_id: Option<String>,
-    /// A pool leader that cannot renew its lease loses the pool after this long.
-    #[serde(default = "lease_ttl_ms")]
-    pub lease_ttl_ms: u64,
-    /// One JetStream request not answered within this has failed.
-    #[serde(default = "request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// How long a submission keeps trying to store its task while the cluster does not
-    /// answer (a stream whose leader was lost elects another within about 4–9 s on
-    /// nats-server 2.9); then 503.
-    #[serde(default = "store_retry_ms")]
-    pub store_retry_ms: u64,
-    /// Copies of every stream and bucket (3 survives the loss of one server).
-    #[serde(default = "cluster_replicas")]
-    pub replicas: usize,
-    /// Pools this instance bids to lead first (empty: every pool).
-    #[serde(default)]
-    pub prefer_pools: Vec<String>,
-}
-
-fn lease_ttl_ms() -> u64 {
-    3000
-}
-
-fn request_timeout_ms() -> u64 {
-    1500
-}
-
-fn store_retry_ms() -> u64 {
-    10_000
-}
-
-fn cluster_replicas() -> usize {
-    3
 }
 
 /// `[supervision]`: how replicas are health-checked and when they are restarted.
@@ -410,35 +367,6 @@ impl Default for LlamaCppConfig {
 fn one() -> u32 {
     1
 }
-impl Config {
-    /// Apply `--cluster URLS` (comma-separated): cluster mode with these servers and
-    /// the `[cluster]` section's other settings (or their defaults); checked again.
-    pub fn with_cluster_flag(mut self, urls: Option<&str>) -> Result<Self, ConfigError> {
-        let Some(urls) = urls else { return Ok(self) };
-        let urls: Vec<String> = urls
-            .split(',')
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-            .collect();
-        match &mut self.cluster {
-            Some(c) => c.urls = urls,
-            None => {
-                self.cluster = Some(ClusterSection {
-                    urls,
-                    instance_id: None,
-                    lease_ttl_ms: lease_ttl_ms(),
-                    request_timeout_ms: request_timeout_ms(),
-                    store_retry_ms: store_retry_ms(),
-                    replicas: cluster_replicas(),
-                    prefer_pools: Vec::new(),
-                })
-            }
-        }
-        self.validate()?;
-        Ok(self)
-    }
-}
-
 impl PoolConfig {
     /// Slots of one replica (what its engine serves at once).
     pub fn slots_per_replica(&self) -> u32 {

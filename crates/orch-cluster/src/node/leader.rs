@@ -159,9 +159,7 @@ async fn fetch(
             };
             // taken one after another: the pool queues them in admission order; what
             // follows (frames, acknowledgments) runs beside the next
-            let Some(next) = take(&node, qt).await else {
-                continue;
-            };
+            let next = take(&node, qt).await;
             let (node, dispatch, running) = (node.clone(), dispatch.clone(), running.clone());
             tasks.spawn(async move {
                 match next {
@@ -201,14 +199,29 @@ struct Taken {
 }
 
 /// Take one queued task: settle what a failed leader left of it, or hand it to the
-/// pool (in the order tasks come, so the pool queues them in admission order). None
-/// when this writer was fenced (another leader has the task).
-async fn take(node: &Arc<Node>, qt: QueuedTask) -> Option<Next> {
+/// pool (in the order tasks come, so the pool queues them in admission order). A store
+/// refused as fenced means the frames moved since they were read: read them again
+/// (if another leader really took over, this term ends and stops this).
+async fn take(node: &Arc<Node>, mut qt: QueuedTask) -> Next {
+    loop {
+        match take_once(node, qt).await {
+            Ok(next) => return next,
+            Err(again) => {
+                tracing::debug!(task_id = %again.task_id, "task's frames moved while taking it; reading again");
+                qt = again;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One try of [`take`]: `Err` gives the task back when the ending's store was fenced.
+async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask> {
     let t: ReplicatedTask = match serde_json::from_slice(&qt.payload) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(task_id = %qt.task_id, error = %e, "unreadable queued task dropped");
-            return Some(Next::Settle(Box::new((qt, None))));
+            return Ok(Next::Settle(Box::new((qt, None))));
         }
     };
     let id = t.task_id;
@@ -216,16 +229,10 @@ async fn take(node: &Arc<Node>, qt: QueuedTask) -> Option<Next> {
     // what a failed leader left of it, and whether it was canceled meanwhile (one
     // round trip each, together)
     let (mut writer, prior, canceled) = loop {
-        let frames = async {
-            let w = node.frames.resume_writer(&key).await?;
-            let prior = if w.last_sequence() > 0 {
-                node.frames.read_after(&key, 0).await?
-            } else {
-                Vec::new()
-            };
-            Ok::<_, FrameError>((w, prior))
-        };
-        let (frames, canceled) = tokio::join!(frames, node.states.cancel_requested(&key));
+        let (frames, canceled) = tokio::join!(
+            node.frames.resume_writer(&key),
+            node.states.cancel_requested(&key)
+        );
         match frames {
             Ok((w, prior)) => break (w, prior, canceled.unwrap_or(false)),
             Err(e) => {
@@ -258,7 +265,7 @@ async fn take(node: &Arc<Node>, qt: QueuedTask) -> Option<Next> {
         };
         s.tokens_out = tokens;
         record_end(&mut s, &ev);
-        return Some(Next::Settle(Box::new((qt, Some((id, s))))));
+        return Ok(Next::Settle(Box::new((qt, Some((id, s))))));
     }
     let ending = if canceled {
         Some(Ending::Canceled {
@@ -281,16 +288,16 @@ async fn take(node: &Arc<Node>, qt: QueuedTask) -> Option<Next> {
     if let Some(ending) = ending {
         let ev = ending.frame();
         if !store(&mut writer, &[to_frame(base + 1, &ev)], id).await {
-            return None;
+            return Err(qt);
         }
         let mut s = status;
         s.state = ending.state();
         s.tokens_out = tokens;
         record_end(&mut s, &ev);
-        return Some(Next::Settle(Box::new((qt, Some((id, s))))));
+        return Ok(Next::Settle(Box::new((qt, Some((id, s))))));
     }
     let rec = node.orch.run_replicated(t).await;
-    Some(Next::Run(Box::new(Taken {
+    Ok(Next::Run(Box::new(Taken {
         qt,
         rec,
         writer,
@@ -330,6 +337,11 @@ async fn serve(node: &Arc<Node>, dispatch: &Dispatch, running: &Running, mut t: 
         if let Err(e) = dispatch.done(t.qt).await {
             tracing::warn!(task_id = %id, error = %e, "the ended task could not leave the queue");
         }
+    } else {
+        // fenced: another leader has it; stop running it here
+        node.orch
+            .cancel_replicated(&t.rec, CancelReason::Shutdown)
+            .await;
     }
 }
 
