@@ -166,15 +166,20 @@ impl Cluster {
         parse_sse(&text)
     }
 
-    async fn status(&self, i: usize, id: &str) -> Value {
+    /// `GET path` on instance `i`, decoded as JSON.
+    async fn get_json(&self, i: usize, path: &str) -> Value {
         self.http
-            .get(self.url(i, &format!("/v1/tasks/{id}")))
+            .get(self.url(i, path))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    async fn status(&self, i: usize, id: &str) -> Value {
+        self.get_json(i, &format!("/v1/tasks/{id}")).await
     }
 
     fn kill(&mut self, i: usize) {
@@ -580,15 +585,7 @@ async fn a_task_running_before_its_first_token_is_run_again_by_the_new_leader() 
     // comes with the first token, 3 s after the engine call
     let t0 = Instant::now();
     loop {
-        let v: Value = c
-            .http
-            .get(c.url(0, "/v1/pools"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = c.get_json(0, "/v1/pools").await;
         if v["pools"][0]["slots_free"] == 0 {
             break;
         }

@@ -87,6 +87,18 @@ pub struct EndFrame {
     pub tokens_cached: Option<u32>,
 }
 
+impl EndFrame {
+    /// The state a task is in after this frame: canceled when it says so, else
+    /// completed (an `error` frame means failed).
+    pub fn state(&self) -> crate::TaskState {
+        if self.finish_reason == FinishReason::Canceled {
+            crate::TaskState::Canceled
+        } else {
+            crate::TaskState::Completed
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorFrame {

@@ -27,6 +27,19 @@ impl AdmissionResponse {
     pub fn stream_path(id: TaskId) -> String {
         format!("/v1/tasks/{id}/stream")
     }
+
+    /// The 202 of an admitted task at this place in its queue.
+    pub fn accepted(task_id: TaskId, queue_position: u32, predicted_start_ms: u64) -> Self {
+        Self {
+            task_id,
+            queue_position,
+            predicted_start_ms,
+            backoff_ms: 0,
+            streams: StreamLinks {
+                sse: Self::stream_path(task_id),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,8 +16,7 @@ use crate::table::Lookup;
 use crate::task::{Admission, Settled, TaskRecord};
 use crate::tenants::QueuedLease;
 use orch_domain::{
-    AdmissionResponse, ErrorCode, OrchError, PolicyLabel, StreamLinks, TaskId, TaskRequest,
-    TaskState,
+    AdmissionResponse, ErrorCode, OrchError, PolicyLabel, TaskId, TaskRequest, TaskState,
 };
 use std::sync::Arc;
 
@@ -171,15 +170,11 @@ async fn admit_in(
     tracing::info!(task_id = %id, tenant = %tenant.name, session_id = session.map(|s| tracing::field::display(s.0)),
         engine, pool_id = %pool.id, priority = priority.as_str(), queue_position = placed.queue_position,
         predicted_start_ms = placed.predicted_start_ms, correlation_id, "task admitted");
-    Ok(AdmissionResponse {
-        task_id: id,
-        queue_position: placed.queue_position,
-        predicted_start_ms: placed.predicted_start_ms,
-        backoff_ms: 0,
-        streams: StreamLinks {
-            sse: AdmissionResponse::stream_path(id),
-        },
-    })
+    Ok(AdmissionResponse::accepted(
+        id,
+        placed.queue_position,
+        placed.predicted_start_ms,
+    ))
 }
 
 /// The task id of a submission with an `Idempotency-Key`: the same for the same tenant
@@ -210,15 +205,11 @@ async fn already_admitted(core: &Core, id: TaskId) -> Result<Option<AdmissionRes
             _ => return Ok(None),
         },
     };
-    Ok(Some(AdmissionResponse {
-        task_id: id,
+    Ok(Some(AdmissionResponse::accepted(
+        id,
         queue_position,
         predicted_start_ms,
-        backoff_ms: 0,
-        streams: StreamLinks {
-            sse: AdmissionResponse::stream_path(id),
-        },
-    }))
+    )))
 }
 
 /// Cluster mode: store the task in its pool's replicated queue, then follow what its

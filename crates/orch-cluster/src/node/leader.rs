@@ -257,10 +257,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         // a failed leader stored the end but may not have recorded it
         let mut s = status;
         s.state = match &ev {
-            StreamEvent::End(e) if e.finish_reason == orch_domain::FinishReason::Canceled => {
-                TaskState::Canceled
-            }
-            StreamEvent::End(_) => TaskState::Completed,
+            StreamEvent::End(e) => e.state(),
             _ => TaskState::Failed,
         };
         s.tokens_out = tokens;
@@ -419,18 +416,11 @@ fn record_end(s: &mut ClusterStatus, ev: &StreamEvent) {
     }
 }
 
-/// A terminal event as a stored frame.
+/// An event as a stored frame, encoded as the task log encodes it.
 fn to_frame(id: u64, ev: &StreamEvent) -> Frame {
-    let (event, data) = match ev {
-        StreamEvent::End(f) => ("end", serde_json::to_string(f)),
-        StreamEvent::Error(f) => ("error", serde_json::to_string(f)),
-        StreamEvent::Started(f) => ("started", serde_json::to_string(f)),
-        StreamEvent::Token(f) => ("token", serde_json::to_string(f)),
-        StreamEvent::Metrics(f) => ("metrics", serde_json::to_string(f)),
-    };
     Frame {
         id,
-        event: event.into(),
-        data: data.unwrap_or_else(|_| "{}".into()),
+        event: ev.name().into(),
+        data: orch_services::task::log::encode(ev),
     }
 }

@@ -138,6 +138,13 @@ fn write_data(ev: &StreamEvent, out: &mut Vec<u8>) {
     }
 }
 
+/// A frame's data as the log stores it: one line of JSON.
+pub fn encode(ev: &StreamEvent) -> String {
+    let mut out = Vec::new();
+    write_data(ev, &mut out);
+    String::from_utf8(out).unwrap_or_else(|_| "{}".into())
+}
+
 /// What a visit saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Visited {

@@ -339,10 +339,7 @@ impl TaskRecord {
                 "end" => {
                     let f = serde_json::from_str::<EndFrame>(data).ok();
                     m.finish = f.as_ref().map(|f| f.finish_reason);
-                    Some(match m.finish {
-                        Some(FinishReason::Canceled) => TaskState::Canceled,
-                        _ => TaskState::Completed,
-                    })
+                    Some(f.map_or(TaskState::Completed, |f| f.state()))
                 }
                 "error" => {
                     m.error_code = serde_json::from_str::<ErrorFrame>(data)
