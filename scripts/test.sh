@@ -5,6 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A one-shot build gains nothing from incremental compilation, and its cache more than
+# doubles the target dir (a CI run once failed with "No space left on device").
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+avail_mb=$(( $(df -Pk "$target_dir" | awk 'NR==2 {print $4}') / 1024 ))
+echo "[test] $avail_mb MiB free for $target_dir (a build from scratch takes about 5 GiB)" >&2
+if (( avail_mb < 5 * 1024 )); then
+  echo "[test] warning: less than 5 GiB free; the build may fail with 'No space left on device'" >&2
+fi
+
 scripts/provision.sh
 eval "$(scripts/provision.sh --print | sed 's/^/export /')"
 
@@ -24,3 +35,4 @@ echo "[test] cluster mode: clippy, orch-cluster, three-instance scenarios" >&2
 cargo clippy -p orch-cluster -p orchestratord --features orchestratord/cluster-tests --all-targets --locked -- -D warnings
 cargo test -p orch-cluster --locked -- --nocapture
 timeout 900 cargo test -p orchestratord --features cluster-tests --test cluster --locked -- --nocapture
+echo "[test] all passed; $target_dir takes $(du -sh "$target_dir" | cut -f1)" >&2
