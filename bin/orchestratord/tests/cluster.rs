@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{parse_sse, task, Reap, SseFrame};
+use common::{lint, parse_sse, task, Reap, SseFrame};
 use futures_util::StreamExt;
 use orch_cluster::testing::Nats;
 use serde_json::Value;
@@ -184,6 +184,24 @@ impl Cluster {
 
     fn kill(&mut self, i: usize) {
         self.inst[i].proc.take();
+    }
+
+    /// Instance `i`'s `/metrics`, held to both lint files (standalone and cluster)
+    /// and passed by promtool.
+    async fn metrics(&self, i: usize) -> String {
+        let text = self
+            .http
+            .get(self.url(i, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (standalone, cluster) = (lint::standalone(), lint::cluster());
+        lint::check(&text, &[&standalone, &cluster], "hello cluster");
+        lint::promtool_clean(&text);
+        text
     }
 
     /// `GET /readyz` on instance `i` is 200.
@@ -369,6 +387,28 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
     for id in &admitted {
         one_terminal(&c.stream(1, id, None).await);
     }
+    // every instance's metrics hold to the lint files and show who leads, what the
+    // stores took and what the leader took (store errors and leadership losses are
+    // checked in the scenarios that make them)
+    let texts = [c.metrics(0).await, c.metrics(1).await, c.metrics(2).await];
+    let mp = [("pool_id", "mockpool")];
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(lint::sum(t, "cluster_connected", &[]), 1.0, "{i}");
+        assert_eq!(lint::sum(t, "cluster_quorum", &[]), 1.0, "{i}");
+        let leads = if i == 0 { 1.0 } else { 0.0 };
+        assert_eq!(lint::sum(t, "cluster_pool_leader", &mp), leads, "{i}");
+    }
+    let acquired = [("pool_id", "mockpool"), ("change", "acquired")];
+    assert_eq!(
+        lint::sum(&texts[0], "cluster_leadership_changes_total", &acquired),
+        1.0
+    );
+    assert!(lint::sum(&texts[0], "cluster_frame_store_ms_count", &mp) >= 1.0);
+    let run = [("pool_id", "mockpool"), ("outcome", "run")];
+    let taken = lint::sum(&texts[0], "cluster_tasks_taken_total", &run);
+    assert!(taken >= 5.0, "tasks taken: {taken}");
+    // the first task and a fill task were admitted on b
+    assert!(lint::sum(&texts[1], "cluster_task_store_ms_count", &mp) >= 2.0);
 }
 
 #[tokio::test]
@@ -421,6 +461,14 @@ async fn a_dead_leader_is_replaced_within_the_lease_and_the_queue_keeps_its_orde
     let mut sorted = started.clone();
     sorted.sort();
     assert_eq!(started, sorted, "queued tasks keep their order");
+    // the new leader's metrics: it leads, it ended the streamed task, it ran the rest
+    let new = (1..3).find(|i| c.leads(*i)).unwrap();
+    let m = c.metrics(new).await;
+    let mp = [("pool_id", "mockpool")];
+    assert_eq!(lint::sum(&m, "cluster_pool_leader", &mp), 1.0, "{m}");
+    let outcome = |o| lint::sum(&m, "cluster_tasks_taken_total", &[("outcome", o)]);
+    assert_eq!(outcome("worker_reset"), 1.0, "{m}");
+    assert_eq!(outcome("run"), 3.0, "{m}");
 }
 
 impl Cluster {
@@ -495,6 +543,7 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     let frames = c.stream(2, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end");
     assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 10);
+    assert!(c.ready(1).await, "one server down: still ready");
     // a task streaming when quorum goes
     let long = c
         .admit(1, &task("through the outage", 60, "interactive"))
@@ -511,17 +560,42 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     eprintln!("503 without quorum after {waited:?}");
     // after store_retry_ms (10 s by default) of "no responders"
     assert!(waited < Duration::from_secs(12), "refused in {waited:?}");
-    // the last server gone too: the instances report unready
-    c.nats.kill(0);
+    let m = c.metrics(1).await;
+    let failed = [("pool_id", "mockpool"), ("what", "task")];
+    assert!(
+        lint::sum(&m, "cluster_store_errors_total", &failed) >= 1.0,
+        "{m}"
+    );
+    // still connected (to the last server), but nothing it wrote was stored for
+    // store_retry_ms: unready, as submits are refused
     let t0 = Instant::now();
     while c.ready(1).await {
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "still ready without NATS"
+            t0.elapsed() < Duration::from_secs(5),
+            "still ready without quorum"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eprintln!("unready {:?} after the last nats-server died", t0.elapsed());
+    eprintln!("unready {:?} after the 503 without quorum", t0.elapsed());
+    // the gauges follow within a check (every second)
+    let t0 = Instant::now();
+    loop {
+        let m = c.metrics(1).await;
+        assert_eq!(lint::sum(&m, "cluster_connected", &[]), 1.0, "{m}");
+        if lint::sum(&m, "cluster_quorum", &[]) == 0.0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // the last server gone too: still unready
+    c.nats.kill(0);
+    let t0 = Instant::now();
+    while lint::sum(&c.metrics(1).await, "cluster_connected", &[]) != 0.0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!c.ready(1).await, "ready without NATS");
     // all back: ready again, submits are admitted and served again
     for i in 0..3 {
         c.nats.restart(i);
@@ -531,9 +605,13 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     }
     let t0 = Instant::now();
     while !c.ready(1).await {
-        assert!(t0.elapsed() < Duration::from_secs(15), "not ready again");
+        assert!(t0.elapsed() < Duration::from_secs(30), "not ready again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eprintln!(
+        "ready again {:?} after the servers were healthy",
+        t0.elapsed()
+    );
     let t0 = Instant::now();
     let id = loop {
         let r = c
@@ -646,6 +724,14 @@ async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = c.metrics(0).await;
+    let lost = [("pool_id", "mockpool"), ("change", "lost")];
+    assert_eq!(
+        lint::sum(&m, "cluster_leadership_changes_total", &lost),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(lint::sum(&m, "cluster_pool_leader", &[]), 0.0, "{m}");
     // nothing the old leader did after waking was stored
     let after = c.stream(1, &id, None).await;
     assert_eq!(after, frames, "the stored frames did not change");

@@ -20,7 +20,7 @@ mod common;
 use common::prom::{self, promtool, repo};
 use common::*;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -307,31 +307,6 @@ fn workload_secs() -> u64 {
         .unwrap_or(6)
 }
 
-#[derive(serde::Deserialize)]
-struct Lint {
-    metrics: Vec<LintMetric>,
-}
-
-#[derive(serde::Deserialize)]
-struct LintMetric {
-    name: String,
-    #[serde(rename = "type")]
-    kind: String,
-    labels: Vec<String>,
-    max_series: usize,
-}
-
-/// Metric names spec §5 fixes in milliseconds (and their siblings, kept in the same
-/// unit): promtool's advice to use base units is the one lint they may draw.
-const MS_NAMES: [&str; 6] = [
-    "latency_first_token_ms",
-    "latency_first_token_dispatch_ms",
-    "latency_decode_ms",
-    "queue_wait_ms",
-    "orchestrator_added_latency_ms",
-    "orchestrator_dispatch_latency_ms",
-];
-
 #[tokio::test]
 async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
     let path = write_config("lint");
@@ -358,78 +333,10 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
         .await
         .unwrap();
 
-    let lint: Lint = serde_json::from_str(include_str!("../../../ci/metrics.lint.json")).unwrap();
-    let by_name: BTreeMap<&str, &LintMetric> =
-        lint.metrics.iter().map(|m| (m.name.as_str(), m)).collect();
-    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut values: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (n, t) = rest.split_once(' ').unwrap();
-            types.insert(n.to_string(), t.to_string());
-        }
-    }
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-    {
-        let (head, _) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match head.split_once('{') {
-            Some((n, l)) => (n, l.trim_end_matches('}')),
-            None => (head, ""),
-        };
-        let base_name = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|suf| {
-                name.strip_suffix(suf)
-                    .filter(|b| by_name.get(b).is_some_and(|m| m.kind == "histogram"))
-            })
-            .unwrap_or(name);
-        let m = by_name
-            .get(base_name)
-            .unwrap_or_else(|| panic!("{base_name} is exposed but not in ci/metrics.lint.json"));
-        assert_eq!(
-            types.get(base_name).map(String::as_str),
-            Some(m.kind.as_str()),
-            "{base_name}: exposed type differs from the lint file"
-        );
-        let mut keys = BTreeSet::new();
-        for kv in labels.split("\",").filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once("=\"").unwrap();
-            let v = v.trim_end_matches('"');
-            assert!(
-                uuid::Uuid::parse_str(v).is_err() && !v.contains(SECRET_PROMPT),
-                "{line}: unbounded label value"
-            );
-            assert_ne!(v, "unknown", "{line}: a series with an unknown label value");
-            if k != "le" {
-                keys.insert(k.to_string());
-                values
-                    .entry((base_name.to_string(), k.to_string()))
-                    .or_default()
-                    .insert(v.to_string());
-            }
-        }
-        let want: BTreeSet<String> = m.labels.iter().cloned().collect();
-        assert_eq!(keys, want, "{line}: label keys differ from the lint file");
-        series
-            .entry(base_name.to_string())
-            .or_default()
-            .insert(labels.to_string());
-    }
-    for m in &lint.metrics {
-        let n = series
-            .get(&m.name)
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} is in the lint file but not exposed after the workload",
-                    m.name
-                )
-            })
-            .len();
-        assert!(n <= m.max_series, "{}: {n} series over its budget", m.name);
-    }
+    let lint = lint::standalone();
+    let checked = lint::check(&text, &[&lint], SECRET_PROMPT);
+    lint::all_exposed(&checked, &lint);
+    let values = checked.values;
     // the workload's events landed where they belong
     let reasons = &values[&("tasks_rejected_total".to_string(), "reason".to_string())];
     for r in [
@@ -465,17 +372,7 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
         .lines()
         .any(|l| l.starts_with("orchestrator_added_latency_ms_count") && !l.ends_with(" 0")));
 
-    let (code, out) = promtool(&["check", "metrics"], Some(&text));
-    assert!(
-        code == 0 || code == 3,
-        "promtool could not read the exposition ({code}): {out}"
-    );
-    for problem in out.lines().filter(|l| !l.trim().is_empty()) {
-        let allowed = MS_NAMES
-            .iter()
-            .any(|n| problem == format!("{n} metric names should not contain abbreviated units"));
-        assert!(allowed, "promtool check metrics: {problem}");
-    }
+    lint::promtool_clean(&text);
     let _ = std::fs::remove_file(path);
 }
 
@@ -822,14 +719,6 @@ async fn lifecycle_lines_carry_the_spec_fields_and_never_a_prompt_or_key() {
     let _ = std::fs::remove_file(path);
 }
 
-/// Sum of every sample of `name` in an exposition.
-fn sum_of(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_canceled_tasks_prompt_counts_in_tokens_in_once_it_was_processed() {
     // a slow pool: the cancel lands long before the task could complete
@@ -882,13 +771,13 @@ async fn a_canceled_tasks_prompt_counts_in_tokens_in_once_it_was_processed() {
     }
     assert!(seen.contains("\"canceled\""), "{seen}");
     let text = metrics().await;
-    assert_eq!(sum_of(&text, "tokens_in_total"), 6.0, "{text}");
-    assert_eq!(sum_of(&text, "tasks_canceled_total"), 1.0);
+    assert_eq!(lint::sum(&text, "tokens_in_total", &[]), 6.0, "{text}");
+    assert_eq!(lint::sum(&text, "tasks_canceled_total", &[]), 1.0);
     // a completed task adds its prompt once, not twice
     let (s, h) = c.submit(ALPHA, &body_with_max(&body, 3)).await;
     assert_eq!(s, 202);
     assert_eq!(h.unwrap().await.unwrap().last().unwrap().event, "end");
-    assert_eq!(sum_of(&metrics().await, "tokens_in_total"), 12.0);
+    assert_eq!(lint::sum(&metrics().await, "tokens_in_total", &[]), 12.0);
     let _ = std::fs::remove_file(path);
 }
 

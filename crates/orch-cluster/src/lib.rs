@@ -17,6 +17,7 @@
 mod dispatch;
 mod frames;
 mod lease;
+pub mod metrics;
 mod node;
 mod queue;
 mod tasks;

@@ -109,8 +109,9 @@ pub trait ClusterPort: Send + Sync {
     /// The recorded status of a task this instance has no record of.
     fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>>;
 
-    /// Whether this instance reaches the cluster now (readiness).
-    fn is_connected(&self) -> bool;
+    /// Whether this instance can admit through the cluster now (readiness): it
+    /// reaches the cluster and its pools' queues answer.
+    fn is_available(&self) -> bool;
 
     /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;

@@ -443,11 +443,11 @@ impl Orchestrator {
     }
 
     /// Whether at least one pool is ready and startup self-tests passed.
-    /// In cluster mode, also that this instance reaches the cluster.
+    /// In cluster mode, also that the cluster can store this instance's submissions.
     pub fn is_ready(&self) -> bool {
         self.core.self_tests_passed.load(Ordering::Acquire)
             && self.core.pools.all().iter().any(|p| p.snapshot().ready)
-            && self.core.cluster.get().is_none_or(|c| c.is_connected())
+            && self.core.cluster.get().is_none_or(|c| c.is_available())
     }
 
     pub fn set_self_tests_passed(&self, passed: bool) {

@@ -2,6 +2,7 @@
 //! a real HTTP client, an SSE parser, and the "every admitted task ended" check.
 #![allow(dead_code)]
 
+pub mod lint;
 pub mod prom;
 pub mod sdk;
 

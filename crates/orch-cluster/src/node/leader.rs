@@ -18,7 +18,7 @@
 //! sequence).
 
 use super::{Node, PoolQueue};
-use crate::{lead, Dispatch, Frame, FrameError, Leases, QueuedTask};
+use crate::{lead, metrics, Dispatch, Frame, FrameError, Leases, QueuedTask};
 use futures_util::StreamExt;
 use orch_domain::{ErrorCode, OrchError, StreamEvent, TaskId, TaskState};
 use orch_services::cluster::{ClusterStatus, ReplicatedTask};
@@ -75,6 +75,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
         }
     };
     tracing::info!(pool_id = %pool.pool_id, instance = %node.instance, "leading the pool");
+    node.health.set_leading(&pool.pool_id, true);
     let running: Running = Arc::default();
     let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
     let hints = node.hints.publish(node.orch.clone(), pool.pool_id.clone());
@@ -118,6 +119,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
             .cancel_replicated(rec, CancelReason::Shutdown)
             .await;
     }
+    node.health.set_leading(&pool.pool_id, false);
     tracing::warn!(pool_id = %pool.pool_id, stopped = left.len(), "no longer leading the pool");
 }
 
@@ -262,6 +264,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         };
         s.tokens_out = tokens;
         record_end(&mut s, &ev);
+        metrics::taken(&t.pool_id, "settled");
         return Ok(Next::Settle(Box::new((qt, Some((id, s))))));
     }
     let ending = if canceled {
@@ -284,15 +287,20 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
     };
     if let Some(ending) = ending {
         let ev = ending.frame();
-        if !store(&mut writer, &[to_frame(base + 1, &ev)], id).await {
+        if !store(&mut writer, &[to_frame(base + 1, &ev)], &t.pool_id, id).await {
             return Err(qt);
         }
+        metrics::taken(
+            &t.pool_id,
+            if canceled { "canceled" } else { "worker_reset" },
+        );
         let mut s = status;
         s.state = ending.state();
         s.tokens_out = tokens;
         record_end(&mut s, &ev);
         return Ok(Next::Settle(Box::new((qt, Some((id, s))))));
     }
+    metrics::taken(&t.pool_id, if prior.is_empty() { "run" } else { "rerun" });
     let rec = node.orch.run_replicated(t).await;
     Ok(Next::Run(Box::new(Taken {
         qt,
@@ -305,12 +313,22 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
 
 /// Store a batch, trying again while the cluster cannot store it (the stream pauses;
 /// the lease decides for how long). False when this writer was fenced.
-async fn store(writer: &mut crate::FrameWriter, batch: &[Frame], id: TaskId) -> bool {
+async fn store(
+    writer: &mut crate::FrameWriter,
+    batch: &[Frame],
+    pool_id: &str,
+    id: TaskId,
+) -> bool {
     loop {
+        let t0 = std::time::Instant::now();
         match writer.append(batch).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                metrics::frames_stored(pool_id, t0.elapsed());
+                return true;
+            }
             Err(FrameError::Fenced(_)) => return false,
             Err(e) => {
+                metrics::store_failed(pool_id, "frames");
                 tracing::debug!(task_id = %id, error = %e, "frames not stored; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -366,7 +384,7 @@ async fn write_frames(
         })
         .await;
         after = v.last;
-        if !store(writer, &batch, rec.id).await {
+        if !store(writer, &batch, &status.pool_id, rec.id).await {
             return false;
         }
         if let Some(f) = batch.iter().find(|f| f.event == "started") {

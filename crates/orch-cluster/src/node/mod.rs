@@ -7,6 +7,7 @@
 //! Owns: the instance's JetStream handles and its leadership loops. Never: HTTP.
 
 mod follow;
+mod health;
 mod hints;
 mod leader;
 
@@ -58,7 +59,9 @@ pub struct Node {
     pub(crate) frames: FrameLog,
     pub(crate) states: TaskStates,
     pub(crate) hints: hints::Hints,
+    pub(crate) health: health::Health,
     client: async_nats::Client,
+    js: async_nats::jetstream::Context,
     store_retry: Duration,
 }
 
@@ -73,6 +76,7 @@ impl Node {
         orch: Orchestrator,
         pools: Vec<PoolQueue>,
     ) -> Result<Arc<Node>, ClusterError> {
+        crate::metrics::describe();
         let cluster = Cluster::connect(cfg.cluster.clone()).await?;
         let frames = cluster.frame_log(cfg.keep).await?;
         let states = cluster.task_states(cfg.keep).await?;
@@ -89,9 +93,18 @@ impl Node {
             frames,
             states,
             hints: hints::Hints::start(cluster.js.client()).await?,
+            health: health::Health::start(
+                &cluster,
+                &cfg.instance,
+                pools.iter().map(|p| &p.pool_id),
+                cfg.store_retry,
+            )
+            .await?,
             client: cluster.js.client(),
+            js: cluster.js.clone(),
             store_retry: cfg.store_retry,
         });
+        health::spawn(Arc::downgrade(&node));
         for p in pools {
             let preferred = cfg.prefer_pools.is_empty() || cfg.prefer_pools.contains(&p.pool_id);
             leader::spawn(node.clone(), leases.clone(), p, preferred);
@@ -109,7 +122,8 @@ impl Node {
         id: &str,
         payload: bytes::Bytes,
     ) -> Result<(crate::Published, bool), PublishError> {
-        let deadline = tokio::time::Instant::now() + self.store_retry;
+        let t0 = tokio::time::Instant::now();
+        let deadline = t0 + self.store_retry;
         let mut tries = 0;
         loop {
             tries += 1;
@@ -122,15 +136,29 @@ impl Node {
                 .await
                 .unwrap_or_else(|_| Err(unavailable("no answer within store_retry".into())));
             match r {
-                Ok(p) => return Ok((p, tries > 1)),
+                Ok(p) => {
+                    self.health.stored();
+                    crate::metrics::task_stored(queue.pool(), t0.elapsed());
+                    return Ok((p, tries > 1));
+                }
                 Err(PublishError::Unavailable { .. })
                     if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
                 {
+                    crate::metrics::store_failed(queue.pool(), "task");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if matches!(e, PublishError::Unavailable { .. }) {
+                        crate::metrics::store_failed(queue.pool(), "task");
+                    }
+                    return Err(e);
+                }
             }
         }
+    }
+
+    fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     pub(crate) fn status_json(s: &ClusterStatus) -> String {
@@ -145,6 +173,7 @@ impl Node {
             .set_status(&id.to_string(), &Self::status_json(s))
             .await
         {
+            crate::metrics::store_failed(&s.pool_id, "status");
             tracing::warn!(task_id = %id, error = %e, "could not record the task's status");
         }
     }
@@ -208,8 +237,10 @@ impl ClusterPort for Node {
         tokio::spawn(follow::follow(self.frames.clone(), mirror, lease));
     }
 
-    fn is_connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+    /// Connected, and the cluster stored a write of this instance within
+    /// `store_retry` (see [`health`]).
+    fn is_available(&self) -> bool {
+        self.is_connected() && self.health.storing()
     }
 
     /// The recorded status (from its start on), else the task as it waits in its
