@@ -340,6 +340,13 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
         behind["predicted_start_ms"].as_u64().unwrap() > 0,
         "{behind}"
     );
+    // and its status on any instance says so: the leader answers where it waits
+    let behind_id = behind["task_id"].as_str().unwrap();
+    for i in 0..3 {
+        let s = c.status(i, behind_id).await;
+        assert_eq!(s["state"], "queued", "{s}");
+        assert_eq!(s["queue_position"], 1, "instance {i}: {s}");
+    }
     let cancel = c
         .http
         .post(c.url(1, &format!("/v1/tasks/{long}/cancel")))

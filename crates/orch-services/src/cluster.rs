@@ -113,6 +113,11 @@ pub trait ClusterPort: Send + Sync {
     /// reaches the cluster and its pools' queues answer.
     fn is_available(&self) -> bool;
 
+    /// Where a waiting task stands in its pool's queue, as the pool's leader has it
+    /// queued (`None` when no leader answers at once, or it does not hold the task
+    /// queued: not yet taken from the cluster's queue, or already started).
+    fn position<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<u32>>;
+
     /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;
 }

@@ -121,6 +121,12 @@ impl Orchestrator {
         })
     }
 
+    /// Cluster mode, on a pool's leader: where a task it runs waits in the pool's
+    /// queue (for status asked on another instance).
+    pub async fn queue_position(&self, pool_id: &str, id: TaskId) -> Option<u32> {
+        self.core.pools.get(pool_id)?.position(id).await
+    }
+
     /// Cancel a task record this instance runs for the cluster (see
     /// [`run_replicated`](Self::run_replicated)).
     pub async fn cancel_replicated(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {
@@ -333,16 +339,26 @@ impl Orchestrator {
         self.status_as(&Caller::open(), id).await
     }
 
+    /// In cluster mode a waiting task's position is asked of its pool's leader.
     pub async fn status_as(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
+        let port = self.core.cluster.get();
         let (s, queued) = match self.lookup(caller, id) {
             Ok(Lookup::Record(rec)) => (rec.summary(), rec.state() == TaskState::Queued),
             Ok(Lookup::Expired(s)) => (s, false),
-            Err(e) if !self.is_cluster() => return Err(e),
-            Err(_) => return Ok(self.remote(caller, id).await?.to_status(id)),
+            Err(e) if port.is_none() => return Err(e),
+            Err(_) => {
+                let mut st = self.remote(caller, id).await?.to_status(id);
+                if let (TaskState::Queued, Some(port)) = (st.state, port) {
+                    st.queue_position = port.position(&st.pool_id, id).await;
+                }
+                return Ok(st);
+            }
         };
-        let position = match (queued, self.core.pools.get(&s.pool_id)) {
-            (true, Some(pool)) => pool.position(id).await,
-            _ => None,
+        let position = match (queued, port, self.core.pools.get(&s.pool_id)) {
+            (false, ..) => None,
+            (true, Some(port), _) => port.position(&s.pool_id, id).await,
+            (true, None, Some(pool)) => pool.position(id).await,
+            (true, None, None) => None,
         };
         Ok(TaskStatus {
             task_id: id,

@@ -79,6 +79,9 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     let running: Running = Arc::default();
     let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
     let hints = node.hints.publish(node.orch.clone(), pool.pool_id.clone());
+    let positions = node
+        .hints
+        .answer_positions(node.orch.clone(), pool.pool_id.clone());
     let fetcher = tokio::spawn(fetch(
         node.clone(),
         pool.pool_id.clone(),
@@ -107,6 +110,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     // drops its tasks, which aborts them)
     fetcher.abort();
     hints.abort();
+    positions.abort();
     let _ = fetcher.await;
     let left: Vec<_> = running
         .lock()

@@ -274,6 +274,10 @@ impl ClusterPort for Node {
         })
     }
 
+    fn position<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<u32>> {
+        Box::pin(self.hints.position(pool_id, id))
+    }
+
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>> {
         Box::pin(async move {
             self.states
