@@ -69,6 +69,30 @@ impl ClusterStatus {
     }
 }
 
+/// A task as the leader running it sees it now (the task-state bucket has it only as
+/// it started and ended).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveStatus {
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    pub tokens_out: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+}
+
+impl LiveStatus {
+    /// `s` with what the leader knows now.
+    pub fn apply(self, s: &mut TaskStatus) {
+        s.state = self.state;
+        s.queue_position = self.queue_position;
+        s.tokens_out = self.tokens_out;
+        if self.replica_id.is_some() {
+            s.replica_id = self.replica_id;
+        }
+    }
+}
+
 /// A pool's queue as its leader last saw it (published a few times a second), for the
 /// position and ETA a 202 on another instance reports.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -113,10 +137,10 @@ pub trait ClusterPort: Send + Sync {
     /// reaches the cluster and its pools' queues answer.
     fn is_available(&self) -> bool;
 
-    /// Where a waiting task stands in its pool's queue, as the pool's leader has it
-    /// queued (`None` when no leader answers at once, or it does not hold the task
-    /// queued: not yet taken from the cluster's queue, or already started).
-    fn position<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<u32>>;
+    /// A task as its pool's leader runs it now: its state, its place while it waits,
+    /// its tokens so far (`None` when no leader answers at once, or the leader does
+    /// not hold the task: not yet taken from the cluster's queue, or already ended).
+    fn live<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<LiveStatus>>;
 
     /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;

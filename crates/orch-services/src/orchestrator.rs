@@ -121,10 +121,20 @@ impl Orchestrator {
         })
     }
 
-    /// Cluster mode, on a pool's leader: where a task it runs waits in the pool's
-    /// queue (for status asked on another instance).
-    pub async fn queue_position(&self, pool_id: &str, id: TaskId) -> Option<u32> {
-        self.core.pools.get(pool_id)?.position(id).await
+    /// Cluster mode, on a pool's leader: a task it runs as it stands now (for a
+    /// status asked on another instance).
+    pub async fn live_status(&self, rec: &TaskRecord) -> crate::cluster::LiveStatus {
+        let s = rec.summary();
+        let queue_position = match (s.state, self.core.pools.get(&s.pool_id)) {
+            (TaskState::Queued, Some(pool)) => pool.position(rec.id).await,
+            _ => None,
+        };
+        crate::cluster::LiveStatus {
+            state: s.state,
+            queue_position,
+            tokens_out: s.tokens_out,
+            replica_id: s.replica_id,
+        }
     }
 
     /// Cancel a task record this instance runs for the cluster (see
@@ -339,7 +349,9 @@ impl Orchestrator {
         self.status_as(&Caller::open(), id).await
     }
 
-    /// In cluster mode a waiting task's position is asked of its pool's leader.
+    /// In cluster mode a task not ended is asked of its pool's leader: its place while
+    /// it waits, and (for a task this instance has no record of) its state and tokens
+    /// now.
     pub async fn status_as(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
         let port = self.core.cluster.get();
         let (s, queued) = match self.lookup(caller, id) {
@@ -348,15 +360,20 @@ impl Orchestrator {
             Err(e) if port.is_none() => return Err(e),
             Err(_) => {
                 let mut st = self.remote(caller, id).await?.to_status(id);
-                if let (TaskState::Queued, Some(port)) = (st.state, port) {
-                    st.queue_position = port.position(&st.pool_id, id).await;
+                if let (false, Some(port)) = (st.state.is_terminal(), port) {
+                    if let Some(live) = port.live(&st.pool_id, id).await {
+                        live.apply(&mut st);
+                    }
                 }
                 return Ok(st);
             }
         };
         let position = match (queued, port, self.core.pools.get(&s.pool_id)) {
             (false, ..) => None,
-            (true, Some(port), _) => port.position(&s.pool_id, id).await,
+            (true, Some(port), _) => port
+                .live(&s.pool_id, id)
+                .await
+                .and_then(|l| l.queue_position),
             (true, None, Some(pool)) => pool.position(id).await,
             (true, None, None) => None,
         };

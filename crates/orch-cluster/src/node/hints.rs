@@ -1,13 +1,10 @@
 //! Queue hints: each pool's leader publishes its queue (depth, free slots, service
 //! time) a few times a second on a core subject; every instance keeps the latest, so
 //! a 202 on any instance reports a position and an ETA as standalone admission does.
-//! Not persisted: a hint older than [`FRESH`] is not used. The leader also answers
-//! where a task waits in its queue (a core request on `orch.position.<pool>`), for a
-//! status asked on any instance.
+//! Not persisted: a hint older than [`FRESH`] is not used.
 
 use crate::ClusterError;
 use futures_util::StreamExt;
-use orch_domain::TaskId;
 use orch_services::cluster::QueueHint;
 use orch_services::Orchestrator;
 use std::collections::HashMap;
@@ -19,15 +16,8 @@ pub(super) const EVERY: Duration = Duration::from_millis(250);
 /// A hint older than this is ignored (its leader is gone or cut off).
 const FRESH: Duration = Duration::from_secs(2);
 
-/// How long a status waits for the leader's answer about a position.
-const ASK: Duration = Duration::from_millis(300);
-
 fn subject(pool_id: &str) -> String {
     format!("orch.hint.{pool_id}")
-}
-
-fn position_subject(pool_id: &str) -> String {
-    format!("orch.position.{pool_id}")
 }
 
 /// A pool's latest hint: when it came, and how many tasks this instance stored for
@@ -82,43 +72,6 @@ impl Hints {
         h.queue_depth = ahead - took;
         *since += 1;
         Some(h)
-    }
-
-    /// Where task `id` waits in `pool_id`'s queue, as its leader answers within
-    /// [`ASK`] (`None`: no answer, or not queued there).
-    pub(super) async fn position(&self, pool_id: &str, id: TaskId) -> Option<u32> {
-        let ask = self
-            .client
-            .request(position_subject(pool_id), id.to_string().into());
-        let answer = tokio::time::timeout(ASK, ask).await.ok()?.ok()?;
-        serde_json::from_slice::<Option<u32>>(&answer.payload).ok()?
-    }
-
-    /// Answer where tasks wait in the pool's queue (a leader, for its term).
-    pub(super) fn answer_positions(
-        &self,
-        orch: Orchestrator,
-        pool_id: String,
-    ) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let Ok(mut asks) = client.subscribe(position_subject(&pool_id)).await else {
-                tracing::warn!(pool_id, "cannot answer queue positions");
-                return;
-            };
-            while let Some(m) = asks.next().await {
-                let Some(reply) = m.reply else { continue };
-                let id = std::str::from_utf8(&m.payload)
-                    .ok()
-                    .and_then(|s| s.parse::<TaskId>().ok());
-                let at = match id {
-                    Some(id) => orch.queue_position(&pool_id, id).await,
-                    None => None,
-                };
-                let body = serde_json::to_vec(&at).unwrap_or_else(|_| b"null".to_vec());
-                let _ = client.publish(reply, body.into()).await;
-            }
-        })
     }
 
     /// Publish the pool's hint every [`EVERY`] (a leader, for its term).

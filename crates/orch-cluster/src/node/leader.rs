@@ -30,8 +30,8 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-/// Tasks this term runs, by id (for cancels).
-type Running = Arc<Mutex<HashMap<TaskId, Arc<TaskRecord>>>>;
+/// Tasks this term runs, by id (for cancels and live status).
+pub(super) type Running = Arc<Mutex<HashMap<TaskId, Arc<TaskRecord>>>>;
 
 /// Bid for the pool's lease for as long as the process runs; lead while holding it.
 /// An instance that does not prefer the pool bids one lease TTL later at start, so
@@ -79,9 +79,12 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     let running: Running = Arc::default();
     let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
     let hints = node.hints.publish(node.orch.clone(), pool.pool_id.clone());
-    let positions = node
-        .hints
-        .answer_positions(node.orch.clone(), pool.pool_id.clone());
+    let live = super::live::answer(
+        node.client.clone(),
+        node.orch.clone(),
+        pool.pool_id.clone(),
+        running.clone(),
+    );
     let fetcher = tokio::spawn(fetch(
         node.clone(),
         pool.pool_id.clone(),
@@ -110,7 +113,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     // drops its tasks, which aborts them)
     fetcher.abort();
     hints.abort();
-    positions.abort();
+    live.abort();
     let _ = fetcher.await;
     let left: Vec<_> = running
         .lock()

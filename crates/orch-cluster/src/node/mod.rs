@@ -10,13 +10,14 @@ mod follow;
 mod health;
 mod hints;
 mod leader;
+mod live;
 
 use crate::{
     Cluster, ClusterConfig, ClusterError, FrameLog, Leases, PublishError, TaskQueue, TaskStates,
 };
 use futures_util::future::BoxFuture;
 use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId, TaskState};
-use orch_services::cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
+use orch_services::cluster::{ClusterPort, ClusterStatus, LiveStatus, ReplicatedTask};
 use orch_services::pool::Placed;
 use orch_services::task::TaskRecord;
 use orch_services::tenants::QueuedLease;
@@ -60,7 +61,7 @@ pub struct Node {
     pub(crate) states: TaskStates,
     pub(crate) hints: hints::Hints,
     pub(crate) health: health::Health,
-    client: async_nats::Client,
+    pub(crate) client: async_nats::Client,
     js: async_nats::jetstream::Context,
     store_retry: Duration,
 }
@@ -274,8 +275,8 @@ impl ClusterPort for Node {
         })
     }
 
-    fn position<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<u32>> {
-        Box::pin(self.hints.position(pool_id, id))
+    fn live<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<LiveStatus>> {
+        Box::pin(live::ask(&self.client, pool_id, id))
     }
 
     fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>> {

@@ -1,0 +1,66 @@
+//! Live answers about a pool's tasks: its leader answers, for the tasks it runs (each
+//! term's running set), a core request on `orch.live.<pool>` with the task as it
+//! stands now (state, place in the queue, tokens so far). Any instance asks it for a
+//! status: the task-state bucket only records a task's start and its end.
+//!
+//! Owns: the request's subject and wire form. Never: a store (nothing here persists).
+
+use super::leader::Running;
+use futures_util::StreamExt;
+use orch_domain::TaskId;
+use orch_services::cluster::LiveStatus;
+use orch_services::Orchestrator;
+use std::time::Duration;
+
+/// How long a status waits for the leader's answer.
+const ASK: Duration = Duration::from_millis(300);
+
+fn subject(pool_id: &str) -> String {
+    format!("orch.live.{pool_id}")
+}
+
+/// Task `id` as `pool_id`'s leader answers within [`ASK`] (`None`: no answer, or the
+/// leader does not run it).
+pub(super) async fn ask(
+    client: &async_nats::Client,
+    pool_id: &str,
+    id: TaskId,
+) -> Option<LiveStatus> {
+    let ask = client.request(subject(pool_id), id.to_string().into());
+    let answer = tokio::time::timeout(ASK, ask).await.ok()?.ok()?;
+    serde_json::from_slice::<Option<LiveStatus>>(&answer.payload).ok()?
+}
+
+/// Answer for the tasks in `running` (a leader, for its term).
+pub(super) fn answer(
+    client: async_nats::Client,
+    orch: Orchestrator,
+    pool_id: String,
+    running: Running,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut asks) = client.subscribe(subject(&pool_id)).await else {
+            tracing::warn!(pool_id, "cannot answer live status requests");
+            return;
+        };
+        while let Some(m) = asks.next().await {
+            let Some(reply) = m.reply else { continue };
+            let rec = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|s| s.parse::<TaskId>().ok())
+                .and_then(|id| {
+                    running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&id)
+                        .cloned()
+                });
+            let live = match rec {
+                Some(rec) => Some(orch.live_status(&rec).await),
+                None => None,
+            };
+            let body = serde_json::to_vec(&live).unwrap_or_else(|_| b"null".to_vec());
+            let _ = client.publish(reply, body.into()).await;
+        }
+    })
+}
