@@ -140,11 +140,14 @@ pub fn lead(
     let handle = tokio::spawn(async move {
         tokio::time::sleep(first_bid_after).await;
         let tick = leases.ttl / 3;
+        // a bid is one create request: bidding twice per renewal tick takes a dead
+        // holder's key sooner (failover is the TTL plus at most one bid interval)
+        let bid = leases.ttl / 6;
         loop {
             let mut lease = match leases.acquire(&key, &holder).await {
                 Ok(l) => l,
                 Err(_) => {
-                    tokio::time::sleep(tick).await;
+                    tokio::time::sleep(bid).await;
                     continue;
                 }
             };
