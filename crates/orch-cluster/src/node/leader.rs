@@ -171,15 +171,29 @@ async fn fetch(
             let next = take(&node, qt).await;
             let (node, dispatch, running) = (node.clone(), dispatch.clone(), running.clone());
             tasks.spawn(async move {
-                match next {
-                    Next::Run(taken) => serve(&node, &dispatch, &running, *taken).await,
-                    Next::Settle(settle) => {
-                        let (qt, status) = *settle;
-                        if let Some((id, s)) = status {
-                            node.set_status(id, &s).await;
+                let mut next = next;
+                loop {
+                    match next {
+                        Next::Run(taken) => {
+                            let Some(qt) = serve(&node, &dispatch, &running, *taken).await else {
+                                break;
+                            };
+                            // fenced while it ran: another leader stored frames of it.
+                            // If that one is stale, it steps down within a lease TTL
+                            // and this one takes the task again from what is stored;
+                            // if this one is stale, its term ends first and aborts this
+                            tokio::time::sleep(node.lease_ttl).await;
+                            next = take(&node, qt).await;
                         }
-                        if let Err(e) = dispatch.done(qt).await {
-                            tracing::warn!(error = %e, "a settled task could not leave the queue");
+                        Next::Settle(settle) => {
+                            let (qt, status) = *settle;
+                            if let Some((id, s)) = status {
+                                node.set_status(id, &s).await;
+                            }
+                            if let Err(e) = dispatch.done(qt).await {
+                                tracing::warn!(error = %e, "a settled task could not leave the queue");
+                            }
+                            break;
                         }
                     }
                 }
@@ -344,7 +358,14 @@ async fn store(
 }
 
 /// Store a taken task's frames until its terminal one, then let it leave the queue.
-async fn serve(node: &Arc<Node>, dispatch: &Dispatch, running: &Running, mut t: Taken) {
+/// Fenced (someone else stored frames of it meanwhile): its run here is stopped and
+/// the task given back, to be taken again from what is stored.
+async fn serve(
+    node: &Arc<Node>,
+    dispatch: &Dispatch,
+    running: &Running,
+    mut t: Taken,
+) -> Option<QueuedTask> {
     let id = t.rec.id;
     running
         .lock()
@@ -359,11 +380,13 @@ async fn serve(node: &Arc<Node>, dispatch: &Dispatch, running: &Running, mut t: 
         if let Err(e) = dispatch.done(t.qt).await {
             tracing::warn!(task_id = %id, error = %e, "the ended task could not leave the queue");
         }
+        None
     } else {
-        // fenced: another leader has it; stop running it here
+        tracing::warn!(task_id = %id, "the task's frames were written by another leader; taking it again");
         node.orch
             .cancel_replicated(&t.rec, CancelReason::Shutdown)
             .await;
+        Some(t.qt)
     }
 }
 

@@ -64,6 +64,7 @@ pub struct Node {
     pub(crate) client: async_nats::Client,
     js: async_nats::jetstream::Context,
     store_retry: Duration,
+    pub(crate) lease_ttl: Duration,
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -103,6 +104,7 @@ impl Node {
             .await?,
             client: cluster.js.client(),
             js: cluster.js.clone(),
+            lease_ttl: cfg.lease_ttl,
             store_retry: cfg.store_retry,
         });
         health::spawn(Arc::downgrade(&node));
