@@ -34,5 +34,5 @@ cargo test -p orch-pacts --locked -- --nocapture
 echo "[test] cluster mode: clippy, orch-cluster, three-instance scenarios" >&2
 cargo clippy -p orch-cluster -p orchestratord --features orchestratord/cluster-tests --all-targets --locked -- -D warnings
 cargo test -p orch-cluster --locked -- --nocapture
-timeout 900 cargo test -p orchestratord --features cluster-tests --test cluster --locked -- --nocapture
+timeout 900 cargo test -p orchestratord --features cluster-tests --lib --test cluster --locked -- --nocapture
 echo "[test] all passed; $target_dir takes $(du -sh "$target_dir" | cut -f1)" >&2

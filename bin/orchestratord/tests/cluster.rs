@@ -347,7 +347,7 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
         let t0 = Instant::now();
         let s = loop {
             let s = c.status(i, behind_id).await;
-            if !s["queue_position"].is_null() || t0.elapsed() > Duration::from_secs(1) {
+            if !s["queue_position"].is_null() || t0.elapsed() > Duration::from_secs(2) {
                 break s;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -357,7 +357,14 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
     }
     // a running task's status on an instance with no record of it is live: its
     // tokens so far (the task-state bucket has it as it started, with none)
-    let s = c.status(1, &long).await;
+    let t0 = Instant::now();
+    let s = loop {
+        let s = c.status(1, &long).await;
+        if s["tokens_out"].as_u64() >= Some(2) || t0.elapsed() > Duration::from_secs(2) {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(s["state"], "running", "{s}");
     assert!(s["tokens_out"].as_u64().unwrap() >= 2, "{s}");
     let cancel = c
@@ -416,6 +423,7 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
         assert_eq!(lint::sum(t, "cluster_connected", &[]), 1.0, "{i}");
         assert_eq!(lint::sum(t, "cluster_quorum", &[]), 1.0, "{i}");
         let leads = if i == 0 { 1.0 } else { 0.0 };
+        assert!(lint::has(t, "cluster_pool_leader", &mp), "{i}: {t}");
         assert_eq!(lint::sum(t, "cluster_pool_leader", &mp), leads, "{i}");
     }
     let acquired = [("pool_id", "mockpool"), ("change", "acquired")];
@@ -587,11 +595,11 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
         "{m}"
     );
     // still connected (to the last server), but nothing it wrote was stored for
-    // store_retry_ms: unready, as submits are refused
+    // store_retry_ms plus an election's 10 s: unready (submits are refused already)
     let t0 = Instant::now();
     while c.ready(1).await {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(15),
             "still ready without quorum"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -667,6 +675,20 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     assert_eq!(&frames[..3], &seen[..]);
     let frames = c.stream(0, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+    // every server gone at once, from a ready state: unready at once (no connection)
+    assert!(c.ready(1).await, "ready after the recovery");
+    for i in 0..3 {
+        c.nats.kill(i);
+    }
+    let t0 = Instant::now();
+    while c.ready(1).await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "still ready without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("unready {:?} after every nats-server died", t0.elapsed());
 }
 
 #[tokio::test]
@@ -751,6 +773,7 @@ async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
         1.0,
         "{m}"
     );
+    assert!(lint::has(&m, "cluster_pool_leader", &[]), "{m}");
     assert_eq!(lint::sum(&m, "cluster_pool_leader", &[]), 0.0, "{m}");
     // nothing the old leader did after waking was stored
     let after = c.stream(1, &id, None).await;

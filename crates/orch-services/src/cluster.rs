@@ -134,7 +134,7 @@ pub trait ClusterPort: Send + Sync {
     fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>>;
 
     /// Whether this instance can admit through the cluster now (readiness): it
-    /// reaches the cluster and its pools' queues answer.
+    /// reaches the cluster, and the cluster stored a write of it recently.
     fn is_available(&self) -> bool;
 
     /// A task as its pool's leader runs it now: its state, its place while it waits,

@@ -122,19 +122,23 @@ impl Orchestrator {
     }
 
     /// Cluster mode, on a pool's leader: a task it runs as it stands now (for a
-    /// status asked on another instance).
-    pub async fn live_status(&self, rec: &TaskRecord) -> crate::cluster::LiveStatus {
+    /// status asked on another instance). `None` once it ended here: its end counts
+    /// once it is stored, and the recorded status says it then.
+    pub async fn live_status(&self, rec: &TaskRecord) -> Option<crate::cluster::LiveStatus> {
         let s = rec.summary();
+        if s.state.is_terminal() {
+            return None;
+        }
         let queue_position = match (s.state, self.core.pools.get(&s.pool_id)) {
             (TaskState::Queued, Some(pool)) => pool.position(rec.id).await,
             _ => None,
         };
-        crate::cluster::LiveStatus {
+        Some(crate::cluster::LiveStatus {
             state: s.state,
             queue_position,
             tokens_out: s.tokens_out,
             replica_id: s.replica_id,
-        }
+        })
     }
 
     /// Cancel a task record this instance runs for the cluster (see

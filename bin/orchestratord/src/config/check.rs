@@ -45,10 +45,13 @@ impl Config {
             if c.urls.is_empty() || c.urls.iter().any(|u| !u.starts_with("nats://")) {
                 bad("cluster.urls".into(), "one or more nats://host:port URLs");
             }
-            if c.lease_ttl_ms < 500 || c.request_timeout_ms < 100 || c.store_retry_ms > 60_000 {
+            if c.lease_ttl_ms < 500
+                || c.request_timeout_ms < 100
+                || !(100..=60_000).contains(&c.store_retry_ms)
+            {
                 bad(
                     "cluster".into(),
-                    "lease_ttl_ms must be at least 500, request_timeout_ms at least 100, store_retry_ms at most 60000",
+                    "lease_ttl_ms must be at least 500, request_timeout_ms at least 100, store_retry_ms 100..=60000",
                 );
             }
             if !(1..=5).contains(&c.replicas) {

@@ -77,3 +77,39 @@ impl Config {
         Ok(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_cluster(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            "[[pools]]\nid='m'\nengine='mock'\nmodel='x'\n[cluster]\nurls=['nats://127.0.0.1:4222']\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn cluster_timings_outside_their_ranges_are_refused() {
+        for (extra, named) in [
+            ("store_retry_ms = 0", "store_retry_ms 100..=60000"),
+            ("store_retry_ms = 60001", "store_retry_ms 100..=60000"),
+            ("lease_ttl_ms = 499", "lease_ttl_ms must be at least 500"),
+            ("request_timeout_ms = 99", "request_timeout_ms at least 100"),
+            ("replicas = 0", "cluster.replicas"),
+        ] {
+            let e = with_cluster(extra).unwrap_err().to_string();
+            assert!(e.contains(named), "{extra}: {e}");
+        }
+        // in range: only the build's own refusal, if it has no cluster mode
+        let r = with_cluster("store_retry_ms = 100\nlease_ttl_ms = 500");
+        if cfg!(feature = "cluster") {
+            assert!(r.is_ok(), "{r:?}");
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("built without cluster mode") && !e.contains("100..=60000"),
+                "{e}"
+            );
+        }
+    }
+}

@@ -4,11 +4,14 @@
 //! answered by a stream leader that lost its quorum and has not stepped down yet
 //! (seen: still answering 15 s after two of three servers died), a write needs a
 //! quorum. The cluster counts as storing while the last acknowledged write (the
-//! probe's, or an admitted task's) is younger than `store_retry`: a stream electing a
-//! new leader after a server's loss (seconds) does not make the instance unready; a
-//! cluster without quorum does, from the moment its submits are refused anyway. The
-//! cluster gauges (connection, quorum, leadership) are set from here, so they stay
-//! fresh.
+//! probe's, or an admitted task's) is younger than `store_retry` plus [`ELECTION`]: a
+//! stream electing a new leader after one server's loss (4–9 s on nats-server 2.9,
+//! the heartbeat stream's own election included) does not make the instance unready;
+//! a cluster without quorum does, [`ELECTION`] after its submits began to be refused.
+//! It is one stream's view: with more than three servers a pool's queue can lose its
+//! quorum while the heartbeat stream keeps its own (submits to that pool then get 503
+//! while the instance stays ready). The cluster gauges (connection, quorum,
+//! leadership) are set from here, so they stay fresh.
 //!
 //! Owns: the instance's readiness in cluster mode. Never: a task's store.
 
@@ -21,6 +24,10 @@ use std::time::{Duration, Instant};
 
 /// How often the connection and the quorum are checked.
 const EVERY: Duration = Duration::from_secs(1);
+
+/// How long past `store_retry` an instance stays ready without a stored write: the
+/// longest election seen after one server's loss, with a beat's margin.
+pub(crate) const ELECTION: Duration = Duration::from_secs(10);
 
 /// The heartbeat stream: one subject per instance, its last heartbeat kept.
 const STREAM: &str = "ORCH_HEALTH";
@@ -58,7 +65,7 @@ impl Health {
             .await?;
         Ok(Self {
             stored: Mutex::new(Instant::now()),
-            window,
+            window: window + ELECTION,
             leading: pools.map(|p| (p.clone(), AtomicBool::new(false))).collect(),
             subject: format!("orch.health.{}", subject_token(instance)),
         })

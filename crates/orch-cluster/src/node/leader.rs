@@ -111,6 +111,7 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     }
     // stepped down: nothing of this term may be stored any more (aborting the fetcher
     // drops its tasks, which aborts them)
+    node.health.set_leading(&pool.pool_id, false);
     fetcher.abort();
     hints.abort();
     live.abort();
@@ -126,7 +127,6 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
             .cancel_replicated(rec, CancelReason::Shutdown)
             .await;
     }
-    node.health.set_leading(&pool.pool_id, false);
     tracing::warn!(pool_id = %pool.pool_id, stopped = left.len(), "no longer leading the pool");
 }
 

@@ -3,6 +3,9 @@
 //! stands now (state, place in the queue, tokens so far). Any instance asks it for a
 //! status: the task-state bucket only records a task's start and its end.
 //!
+//! Not fenced: a stale leader that has not yet noticed it lost its lease may still
+//! answer for the tasks it ran, for up to a renewal interval.
+//!
 //! Owns: the request's subject and wire form. Never: a store (nothing here persists).
 
 use super::leader::Running;
@@ -10,10 +13,15 @@ use futures_util::StreamExt;
 use orch_domain::TaskId;
 use orch_services::cluster::LiveStatus;
 use orch_services::Orchestrator;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 /// How long a status waits for the leader's answer.
 const ASK: Duration = Duration::from_millis(300);
+/// Answers being made at once (each asks the pool's actor where a task waits).
+const IN_FLIGHT: usize = 64;
 
 fn subject(pool_id: &str) -> String {
     format!("orch.live.{pool_id}")
@@ -43,8 +51,15 @@ pub(super) fn answer(
             tracing::warn!(pool_id, "cannot answer live status requests");
             return;
         };
+        let busy = Arc::new(Semaphore::new(IN_FLIGHT));
+        let mut answers = JoinSet::new();
         while let Some(m) = asks.next().await {
+            while answers.try_join_next().is_some() {}
             let Some(reply) = m.reply else { continue };
+            // beyond the bound, no answer: the asker reads the recorded status
+            let Ok(permit) = busy.clone().try_acquire_owned() else {
+                continue;
+            };
             let rec = std::str::from_utf8(&m.payload)
                 .ok()
                 .and_then(|s| s.parse::<TaskId>().ok())
@@ -55,12 +70,16 @@ pub(super) fn answer(
                         .get(&id)
                         .cloned()
                 });
-            let live = match rec {
-                Some(rec) => Some(orch.live_status(&rec).await),
-                None => None,
-            };
-            let body = serde_json::to_vec(&live).unwrap_or_else(|_| b"null".to_vec());
-            let _ = client.publish(reply, body.into()).await;
+            let (client, orch) = (client.clone(), orch.clone());
+            answers.spawn(async move {
+                let live = match rec {
+                    Some(rec) => orch.live_status(&rec).await,
+                    None => None,
+                };
+                let body = serde_json::to_vec(&live).unwrap_or_else(|_| b"null".to_vec());
+                let _ = client.publish(reply, body.into()).await;
+                drop(permit);
+            });
         }
     })
 }
