@@ -2,7 +2,9 @@
 //! (explicit acks, replicated like the stream) that hands queued tasks out in
 //! admission order. A task leaves the queue, and frees its place, when the leader
 //! acknowledges it (once the task has ended). A new leader drops the old consumer and
-//! makes its own, and so gets every task not yet acknowledged again, in order.
+//! makes its own, and so gets every task not yet acknowledged again, in order. A task
+//! stored after the old consumer was gone is *fresh*: no earlier leader can have had
+//! it, so nothing of it needs to be read before it runs.
 
 use crate::queue::TaskQueue;
 use crate::ClusterError;
@@ -12,7 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
 
-fn queued(msg: Message) -> QueuedTask {
+fn queued(msg: Message, fresh_after: u64) -> QueuedTask {
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let task_id = msg
         .headers
@@ -23,6 +25,7 @@ fn queued(msg: Message) -> QueuedTask {
     QueuedTask {
         task_id,
         sequence,
+        fresh: sequence > fresh_after,
         payload: msg.payload.clone(),
         msg,
     }
@@ -37,6 +40,10 @@ const ACK_WAIT: Duration = Duration::from_secs(3600);
 /// The leader's handle on its pool's queue.
 pub struct Dispatch {
     consumer: PullConsumer,
+    pool: String,
+    /// The stream's last sequence once the earlier consumer was gone: later tasks
+    /// were never handed to another leader.
+    fresh_after: u64,
 }
 
 /// A task handed to the leader; acknowledge it with [`Dispatch::done`] when it ends.
@@ -45,6 +52,9 @@ pub struct QueuedTask {
     pub task_id: String,
     /// Its place in the queue (admission order).
     pub sequence: u64,
+    /// Stored after this leader's consumer replaced the earlier one: no other leader
+    /// had it (no frames, no status). False for a task taken again.
+    pub fresh: bool,
     pub payload: Bytes,
     msg: Message,
 }
@@ -58,12 +68,19 @@ impl TaskQueue {
             what: format!("the dispatch consumer of {}", self.stream),
             reason: e,
         };
-        // absent is fine: nobody led this pool yet
-        let _ = js.delete_consumer_from_stream(CONSUMER, &self.stream).await;
+        // absent is fine (nobody led this pool yet); any other failure is not: the old
+        // consumer must be gone before this one hands tasks out
+        match js.delete_consumer_from_stream(CONSUMER, &self.stream).await {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(setup(format!("deleting the earlier consumer: {e}"))),
+        }
         let stream = js
             .get_stream(&self.stream)
             .await
             .map_err(|e| setup(e.to_string()))?;
+        // read after the delete: every later task is fresh
+        let fresh_after = stream.cached_info().state.last_sequence;
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,
@@ -77,12 +94,21 @@ impl TaskQueue {
             )
             .await
             .map_err(|e| setup(e.to_string()))?;
-        tracing::info!(pool_id = %self.pool, "took over the pool's queue");
-        Ok(Dispatch { consumer })
+        tracing::info!(pool_id = %self.pool, fresh_after, "took over the pool's queue");
+        Ok(Dispatch {
+            consumer,
+            pool: self.pool.clone(),
+            fresh_after,
+        })
     }
 }
 
 impl Dispatch {
+    /// The pool whose queue this hands out.
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
     /// The queued tasks in admission order, as they come: one long pull (the server
     /// holds it open and delivers each task when it is stored; idle heartbeats tell a
     /// lost pull). Tasks not yet taken from the stream are this consumer's until it is
@@ -105,7 +131,11 @@ impl Dispatch {
             .messages()
             .await
             .map_err(|e| err(e.to_string()))?;
-        Ok(stream.map(move |m| m.map(queued).map_err(|e| err(e.to_string()))))
+        let fresh_after = self.fresh_after;
+        Ok(stream.map(move |m| {
+            m.map(|m| queued(m, fresh_after))
+                .map_err(|e| err(e.to_string()))
+        }))
     }
 
     /// Up to `max` tasks in admission order, answered at once (JetStream's `no_wait`
@@ -127,13 +157,14 @@ impl Dispatch {
             .map_err(|e| err(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            out.push(queued(m.map_err(|e| err(e.to_string()))?));
+            out.push(queued(m.map_err(|e| err(e.to_string()))?, self.fresh_after));
         }
         Ok(out)
     }
 
-    /// The task ended: it leaves the queue (the server confirms the ack).
-    pub async fn done(&self, task: QueuedTask) -> Result<(), ClusterError> {
+    /// The task ended: it leaves the queue (the server confirms the ack). May be tried
+    /// again when the confirmation does not come.
+    pub async fn done(&self, task: &QueuedTask) -> Result<(), ClusterError> {
         task.msg
             .double_ack()
             .await
@@ -142,4 +173,11 @@ impl Dispatch {
                 reason: e.to_string(),
             })
     }
+}
+
+/// JetStream's "consumer not found" (10014).
+fn not_found(e: &async_nats::jetstream::stream::ConsumerError) -> bool {
+    use async_nats::jetstream::stream::ConsumerErrorKind;
+    use async_nats::jetstream::ErrorCode;
+    matches!(e.kind(), ConsumerErrorKind::JetStream(j) if j.error_code() == ErrorCode::CONSUMER_NOT_FOUND)
 }

@@ -31,8 +31,9 @@ pub const TASKS_TAKEN: &str = "cluster_tasks_taken_total";
 
 /// `change` values: the lease won and the queue taken over; the lease lost.
 pub const CHANGES: [&str; 2] = ["acquired", "lost"];
-/// `what` values: an admitted task, a batch of frames, a task's status.
-pub const STORES: [&str; 3] = ["task", "frames", "status"];
+/// `what` values: an admitted task, a batch of frames, a task's status, an ended
+/// task's acknowledgment (it leaves the queue).
+pub const STORES: [&str; 4] = ["task", "frames", "status", "ack"];
 /// `outcome` values of a taken task: run for the first time here (`run`); run again
 /// after a failed leader stored frames but no token (`rerun`); only removed, its end
 /// already stored (`settled`); ended canceled, a cancel was requested (`canceled`);

@@ -11,7 +11,9 @@
 //! terminal only leaves the queue; one with a cancel request ends canceled; one that
 //! streamed a token ends with a retriable `WORKER_RESET` (a half-finished generation
 //! is not continued); any other is run again here, its frames continuing the ids the
-//! old leader stored.
+//! old leader stored. A *fresh* task (stored after this term took the queue over: no
+//! earlier leader had it) runs at once, with nothing read first; its cancel flag is
+//! read beside the run, once it is in the running set.
 //!
 //! Losing the lease stops everything this term started at once: no frame of it is
 //! stored after that (and a store racing the new leader is fenced by the subject's
@@ -175,9 +177,11 @@ async fn fetch(
                 loop {
                     match next {
                         Next::Run(taken) => {
-                            let Some(qt) = serve(&node, &dispatch, &running, *taken).await else {
+                            let Some(mut qt) = serve(&node, &dispatch, &running, *taken).await
+                            else {
                                 break;
                             };
+                            qt.fresh = false;
                             // fenced while it ran: another leader stored frames of it.
                             // If that one is stale, it steps down within a lease TTL
                             // and this one takes the task again from what is stored;
@@ -190,9 +194,7 @@ async fn fetch(
                             if let Some((id, s)) = status {
                                 node.set_status(id, &s).await;
                             }
-                            if let Err(e) = dispatch.done(qt).await {
-                                tracing::warn!(error = %e, "a settled task could not leave the queue");
-                            }
+                            node.leave(&dispatch, &qt).await;
                             break;
                         }
                     }
@@ -219,6 +221,9 @@ struct Taken {
     writer: crate::FrameWriter,
     base: u64,
     status: ClusterStatus,
+    /// A fresh task's cancel flag was not read before it ran: read it once it is in
+    /// the running set (a cancel sent earlier found no task to stop).
+    check_cancel: bool,
 }
 
 /// Take one queued task: settle what a failed leader left of it, or hand it to the
@@ -249,6 +254,31 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
     };
     let id = t.task_id;
     let key = id.to_string();
+    let status = ClusterStatus {
+        tenant: t.tenant.clone(),
+        pool_id: t.pool_id.clone(),
+        priority: t.request.priority,
+        state: TaskState::Queued,
+        replica_id: None,
+        tokens_out: 0,
+        finish_reason: None,
+        error_code: None,
+    };
+    if qt.fresh {
+        // no earlier leader had it: nothing to read before it runs (its first token
+        // waits for no round trip); its cancel flag is read beside the run
+        metrics::taken(&t.pool_id, "run");
+        let writer = node.frames.writer(&key);
+        let rec = node.orch.run_replicated(t).await;
+        return Ok(Next::Run(Box::new(Taken {
+            qt,
+            rec,
+            writer,
+            base: 0,
+            status,
+            check_cancel: true,
+        })));
+    }
     // what a failed leader left of it, and whether it was canceled meanwhile (one
     // round trip each, together)
     let (mut writer, prior, canceled) = loop {
@@ -265,16 +295,6 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         }
     };
     let base = prior.last().map_or(0, |f| f.id);
-    let status = ClusterStatus {
-        tenant: t.tenant.clone(),
-        pool_id: t.pool_id.clone(),
-        priority: t.request.priority,
-        state: TaskState::Queued,
-        replica_id: None,
-        tokens_out: 0,
-        finish_reason: None,
-        error_code: None,
-    };
     let tokens = prior.iter().filter(|f| f.event == "token").count() as u32;
     if let Some(ev) = prior.last().and_then(parse_terminal) {
         // a failed leader stored the end but may not have recorded it
@@ -329,6 +349,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         writer,
         base,
         status,
+        check_cancel: false,
     })))
 }
 
@@ -371,15 +392,36 @@ async fn serve(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, t.rec.clone());
+    // a cancel requested before the task was in the running set is seen here: its
+    // flag was stored before its message was sent
+    let check = t.check_cancel.then(|| {
+        let (node, rec) = (node.clone(), t.rec.clone());
+        tokio::spawn(async move {
+            // until the bucket answers (this ends with the task at the latest)
+            loop {
+                match node.states.cancel_requested(&id.to_string()).await {
+                    Ok(true) => {
+                        node.orch
+                            .cancel_replicated(&rec, CancelReason::Client)
+                            .await;
+                        return;
+                    }
+                    Ok(false) => return,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+        })
+    });
     let stored = write_frames(node, &t.rec, &mut t.writer, t.base, &t.status).await;
+    if let Some(check) = check {
+        check.abort();
+    }
     running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
     if stored {
-        if let Err(e) = dispatch.done(t.qt).await {
-            tracing::warn!(task_id = %id, error = %e, "the ended task could not leave the queue");
-        }
+        node.leave(dispatch, &t.qt).await;
         None
     } else {
         tracing::warn!(task_id = %id, "the task's frames were written by another leader; taking it again");

@@ -63,7 +63,7 @@ pub struct Node {
     pub(crate) health: health::Health,
     pub(crate) client: async_nats::Client,
     js: async_nats::jetstream::Context,
-    store_retry: Duration,
+    pub(crate) store_retry: Duration,
     pub(crate) lease_ttl: Duration,
 }
 
@@ -168,16 +168,41 @@ impl Node {
         serde_json::to_string(s).unwrap_or_else(|_| "{}".into())
     }
 
-    /// Record a task's status; a failure is logged (the status is advisory: frames
-    /// are the record of what happened).
+    /// Record a task's status, trying again for up to `store_retry` while the cluster
+    /// cannot store it (a bucket electing a leader after a server's loss): once its
+    /// task leaves the queue, the status is how other instances find it. A failure
+    /// after that is logged (frames stay the record of what happened).
     pub(crate) async fn set_status(&self, id: TaskId, s: &ClusterStatus) {
-        if let Err(e) = self
-            .states
-            .set_status(&id.to_string(), &Self::status_json(s))
-            .await
-        {
+        let deadline = tokio::time::Instant::now() + self.store_retry;
+        let (key, json) = (id.to_string(), Self::status_json(s));
+        loop {
+            let Err(e) = self.states.set_status(&key, &json).await else {
+                return;
+            };
             crate::metrics::store_failed(&s.pool_id, "status");
-            tracing::warn!(task_id = %id, error = %e, "could not record the task's status");
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                tracing::warn!(task_id = %id, error = %e, "could not record the task's status");
+                return;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+    }
+
+    /// Let an ended task leave its pool's queue, trying again for up to `store_retry`
+    /// while the cluster does not confirm (after that it stays until the next leader
+    /// settles it from its stored end).
+    pub(crate) async fn leave(&self, dispatch: &crate::Dispatch, qt: &crate::QueuedTask) {
+        let deadline = tokio::time::Instant::now() + self.store_retry;
+        loop {
+            let Err(e) = dispatch.done(qt).await else {
+                return;
+            };
+            crate::metrics::store_failed(dispatch.pool(), "ack");
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                tracing::warn!(task_id = %qt.task_id, error = %e, "the ended task could not leave the queue");
+                return;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
 }
