@@ -416,8 +416,7 @@ async fn any_instance_admits_serves_resumes_cancels_and_refuses_when_full() {
     }
     // a cancel sent before the leader took the task: the leader, paused for 300 ms
     // (under half the lease TTL, so it keeps leading), takes it after the cancel's
-    // message went by; its stored cancel flag stops it (fresh tasks read it beside
-    // the run)
+    // message went by; its stored cancel flag (read as the task is taken) stops it
     let pid = c.inst[0].proc.as_ref().unwrap().0.id() as i32;
     let paused = Instant::now();
     // SAFETY: kill(2) on a child process this test started

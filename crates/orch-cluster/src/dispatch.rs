@@ -2,9 +2,7 @@
 //! (explicit acks, replicated like the stream) that hands queued tasks out in
 //! admission order. A task leaves the queue, and frees its place, when the leader
 //! acknowledges it (once the task has ended). A new leader drops the old consumer and
-//! makes its own, and so gets every task not yet acknowledged again, in order. A task
-//! stored after the old consumer was gone is *fresh*: no earlier leader can have had
-//! it, so nothing of it needs to be read before it runs.
+//! makes its own, and so gets every task not yet acknowledged again, in order.
 
 use crate::queue::TaskQueue;
 use crate::ClusterError;
@@ -14,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
 
-fn queued(msg: Message, fresh_after: u64) -> QueuedTask {
+fn queued(msg: Message) -> QueuedTask {
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let task_id = msg
         .headers
@@ -25,7 +23,6 @@ fn queued(msg: Message, fresh_after: u64) -> QueuedTask {
     QueuedTask {
         task_id,
         sequence,
-        fresh: sequence > fresh_after,
         payload: msg.payload.clone(),
         msg,
     }
@@ -41,9 +38,6 @@ const ACK_WAIT: Duration = Duration::from_secs(3600);
 pub struct Dispatch {
     consumer: PullConsumer,
     pool: String,
-    /// The stream's last sequence once the earlier consumer was gone: later tasks
-    /// were never handed to another leader.
-    fresh_after: u64,
 }
 
 /// A task handed to the leader; acknowledge it with [`Dispatch::done`] when it ends.
@@ -52,9 +46,6 @@ pub struct QueuedTask {
     pub task_id: String,
     /// Its place in the queue (admission order).
     pub sequence: u64,
-    /// Stored after this leader's consumer replaced the earlier one: no other leader
-    /// had it (no frames, no status). False for a task taken again.
-    pub fresh: bool,
     pub payload: Bytes,
     msg: Message,
 }
@@ -79,8 +70,6 @@ impl TaskQueue {
             .get_stream(&self.stream)
             .await
             .map_err(|e| setup(e.to_string()))?;
-        // read after the delete: every later task is fresh
-        let fresh_after = stream.cached_info().state.last_sequence;
         let consumer = stream
             .get_or_create_consumer(
                 CONSUMER,
@@ -94,11 +83,10 @@ impl TaskQueue {
             )
             .await
             .map_err(|e| setup(e.to_string()))?;
-        tracing::info!(pool_id = %self.pool, fresh_after, "took over the pool's queue");
+        tracing::info!(pool_id = %self.pool, "took over the pool's queue");
         Ok(Dispatch {
             consumer,
             pool: self.pool.clone(),
-            fresh_after,
         })
     }
 }
@@ -131,11 +119,7 @@ impl Dispatch {
             .messages()
             .await
             .map_err(|e| err(e.to_string()))?;
-        let fresh_after = self.fresh_after;
-        Ok(stream.map(move |m| {
-            m.map(|m| queued(m, fresh_after))
-                .map_err(|e| err(e.to_string()))
-        }))
+        Ok(stream.map(move |m| m.map(queued).map_err(|e| err(e.to_string()))))
     }
 
     /// Up to `max` tasks in admission order, answered at once (JetStream's `no_wait`
@@ -157,7 +141,7 @@ impl Dispatch {
             .map_err(|e| err(e.to_string()))?;
         let mut out = Vec::new();
         while let Some(m) = batch.next().await {
-            out.push(queued(m.map_err(|e| err(e.to_string()))?, self.fresh_after));
+            out.push(queued(m.map_err(|e| err(e.to_string()))?));
         }
         Ok(out)
     }

@@ -157,8 +157,6 @@ async fn a_new_leader_gets_the_unfinished_tasks_in_admission_order_and_done_free
     let ids: Vec<_> = got.iter().map(|t| t.task_id.clone()).collect();
     assert_eq!(ids, ["t1", "t2", "t3"]);
     assert_eq!(got[0].payload, Bytes::from_static(b"t1"));
-    // stored before this leader took the queue over: maybe had by an earlier one
-    assert!(got.iter().all(|t| !t.fresh));
     let mut got = got.into_iter();
     a.done(&got.next().unwrap()).await.unwrap();
     // t1 left the queue: its place is free (the stream removes it a moment after the
@@ -185,22 +183,9 @@ async fn a_new_leader_gets_the_unfinished_tasks_in_admission_order_and_done_free
     }
     let ids: Vec<_> = got.iter().map(|t| t.task_id.clone()).collect();
     assert_eq!(ids, ["t2", "t3", "t4", "t5", "t6"], "in admission order");
-    // t6 came after a's take-over but before b's: a could have had it
-    assert!(got.iter().all(|t| !t.fresh));
     for t in got {
         b.done(&t).await.unwrap();
     }
-    // stored after b took over: no earlier leader can have had it
-    let t0 = Instant::now();
-    while q.publish("t7", Bytes::from_static(b"t7")).await.is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(2), "no place for t7");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let t7 = b.next(1, Duration::from_secs(2)).await.unwrap();
-    assert_eq!(t7.len(), 1);
-    assert_eq!(t7[0].task_id, "t7");
-    assert!(t7[0].fresh, "a task stored after the take-over is fresh");
-    b.done(&t7[0]).await.unwrap();
     let rest = b.next(10, Duration::from_millis(300)).await.unwrap();
     assert!(rest.is_empty(), "{} left", rest.len());
 }

@@ -11,9 +11,7 @@
 //! terminal only leaves the queue; one with a cancel request ends canceled; one that
 //! streamed a token ends with a retriable `WORKER_RESET` (a half-finished generation
 //! is not continued); any other is run again here, its frames continuing the ids the
-//! old leader stored. A *fresh* task (stored after this term took the queue over: no
-//! earlier leader had it) runs at once, with nothing read first; its cancel flag is
-//! read beside the run, once it is in the running set.
+//! old leader stored.
 //!
 //! Losing the lease stops everything this term started at once: no frame of it is
 //! stored after that (and a store racing the new leader is fenced by the subject's
@@ -177,11 +175,9 @@ async fn fetch(
                 loop {
                     match next {
                         Next::Run(taken) => {
-                            let Some(mut qt) = serve(&node, &dispatch, &running, *taken).await
-                            else {
+                            let Some(qt) = serve(&node, &dispatch, &running, *taken).await else {
                                 break;
                             };
-                            qt.fresh = false;
                             // fenced while it ran: another leader stored frames of it.
                             // If that one is stale, it steps down within a lease TTL
                             // and this one takes the task again from what is stored;
@@ -221,9 +217,6 @@ struct Taken {
     writer: crate::FrameWriter,
     base: u64,
     status: ClusterStatus,
-    /// A fresh task's cancel flag was not read before it ran: read it once it is in
-    /// the running set (a cancel sent earlier found no task to stop).
-    check_cancel: bool,
 }
 
 /// Take one queued task: settle what a failed leader left of it, or hand it to the
@@ -264,21 +257,6 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         finish_reason: None,
         error_code: None,
     };
-    if qt.fresh {
-        // no earlier leader had it: nothing to read before it runs (its first token
-        // waits for no round trip); its cancel flag is read beside the run
-        metrics::taken(&t.pool_id, "run");
-        let writer = node.frames.writer(&key);
-        let rec = node.orch.run_replicated(t).await;
-        return Ok(Next::Run(Box::new(Taken {
-            qt,
-            rec,
-            writer,
-            base: 0,
-            status,
-            check_cancel: true,
-        })));
-    }
     // what a failed leader left of it, and whether it was canceled meanwhile (one
     // round trip each, together)
     let (mut writer, prior, canceled) = loop {
@@ -349,7 +327,6 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         writer,
         base,
         status,
-        check_cancel: false,
     })))
 }
 
@@ -392,30 +369,7 @@ async fn serve(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(id, t.rec.clone());
-    // a cancel requested before the task was in the running set is seen here: its
-    // flag was stored before its message was sent
-    let check = t.check_cancel.then(|| {
-        let (node, rec) = (node.clone(), t.rec.clone());
-        tokio::spawn(async move {
-            // until the bucket answers (this ends with the task at the latest)
-            loop {
-                match node.states.cancel_requested(&id.to_string()).await {
-                    Ok(true) => {
-                        node.orch
-                            .cancel_replicated(&rec, CancelReason::Client)
-                            .await;
-                        return;
-                    }
-                    Ok(false) => return,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            }
-        })
-    });
     let stored = write_frames(node, &t.rec, &mut t.writer, t.base, &t.status).await;
-    if let Some(check) = check {
-        check.abort();
-    }
     running
         .lock()
         .unwrap_or_else(|p| p.into_inner())
