@@ -52,6 +52,20 @@ pub struct ClusterStatus {
 }
 
 impl ClusterStatus {
+    /// A stored task as it waits in its pool's queue.
+    pub fn queued(t: &ReplicatedTask) -> Self {
+        Self {
+            tenant: t.tenant.clone(),
+            pool_id: t.pool_id.clone(),
+            priority: t.request.priority,
+            state: TaskState::Queued,
+            replica_id: None,
+            tokens_out: 0,
+            finish_reason: None,
+            error_code: None,
+        }
+    }
+
     /// Status as a client sees it (no queue position: the queue is the leader's).
     pub fn to_status(&self, id: TaskId) -> TaskStatus {
         TaskStatus {

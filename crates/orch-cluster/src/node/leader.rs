@@ -247,16 +247,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
     };
     let id = t.task_id;
     let key = id.to_string();
-    let status = ClusterStatus {
-        tenant: t.tenant.clone(),
-        pool_id: t.pool_id.clone(),
-        priority: t.request.priority,
-        state: TaskState::Queued,
-        replica_id: None,
-        tokens_out: 0,
-        finish_reason: None,
-        error_code: None,
-    };
+    let status = ClusterStatus::queued(&t);
     // what a failed leader left of it, and whether it was canceled meanwhile (one
     // round trip each, together)
     let (mut writer, prior, canceled) = loop {

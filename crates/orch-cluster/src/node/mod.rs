@@ -16,7 +16,7 @@ use crate::{
     Cluster, ClusterConfig, ClusterError, FrameLog, Leases, PublishError, TaskQueue, TaskStates,
 };
 use futures_util::future::BoxFuture;
-use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId, TaskState};
+use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId};
 use orch_services::cluster::{ClusterPort, ClusterStatus, LiveStatus, ReplicatedTask};
 use orch_services::pool::Placed;
 use orch_services::task::TaskRecord;
@@ -287,16 +287,7 @@ impl ClusterPort for Node {
                 let Ok(t) = serde_json::from_slice::<ReplicatedTask>(&payload) else {
                     continue;
                 };
-                return Ok(Some(ClusterStatus {
-                    tenant: t.tenant,
-                    pool_id: t.pool_id,
-                    priority: t.request.priority,
-                    state: TaskState::Queued,
-                    replica_id: None,
-                    tokens_out: 0,
-                    finish_reason: None,
-                    error_code: None,
-                }));
+                return Ok(Some(ClusterStatus::queued(&t)));
             }
             Ok(None)
         })
