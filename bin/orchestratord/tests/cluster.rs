@@ -204,6 +204,17 @@ impl Cluster {
         text
     }
 
+    /// Wait until instance `i`'s readiness is `want`, failing with `what` after
+    /// `limit`; how long it took.
+    async fn wait_ready(&self, i: usize, want: bool, limit: Duration, what: &str) -> Duration {
+        let t0 = Instant::now();
+        while self.ready(i).await != want {
+            assert!(t0.elapsed() < limit, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        t0.elapsed()
+    }
+
     /// `GET /readyz` on instance `i` is 200.
     async fn ready(&self, i: usize) -> bool {
         self.http
@@ -623,15 +634,15 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     );
     // still connected (to the last server), but nothing it wrote was stored for
     // store_retry_ms plus an election's 10 s: unready (submits are refused already)
-    let t0 = Instant::now();
-    while c.ready(1).await {
-        assert!(
-            t0.elapsed() < Duration::from_secs(15),
-            "still ready without quorum"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!("unready {:?} after the 503 without quorum", t0.elapsed());
+    let took = c
+        .wait_ready(
+            1,
+            false,
+            Duration::from_secs(15),
+            "still ready without quorum",
+        )
+        .await;
+    eprintln!("unready {took:?} after the 503 without quorum");
     // the gauges follow within a check (every second)
     let t0 = Instant::now();
     loop {
@@ -658,15 +669,10 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     for i in 0..3 {
         c.nats.wait_healthy(i).await;
     }
-    let t0 = Instant::now();
-    while !c.ready(1).await {
-        assert!(t0.elapsed() < Duration::from_secs(30), "not ready again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "ready again {:?} after the servers were healthy",
-        t0.elapsed()
-    );
+    let took = c
+        .wait_ready(1, true, Duration::from_secs(30), "not ready again")
+        .await;
+    eprintln!("ready again {took:?} after the servers were healthy");
     let t0 = Instant::now();
     let id = loop {
         let r = c
@@ -707,15 +713,10 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     for i in 0..3 {
         c.nats.kill(i);
     }
-    let t0 = Instant::now();
-    while c.ready(1).await {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "still ready without NATS"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    eprintln!("unready {:?} after every nats-server died", t0.elapsed());
+    let took = c
+        .wait_ready(1, false, Duration::from_secs(3), "still ready without NATS")
+        .await;
+    eprintln!("unready {took:?} after every nats-server died");
 }
 
 #[tokio::test]
