@@ -2,8 +2,9 @@
 //! task. The running task's leader appends frames in batches (one message per batch),
 //! each conditional on the subject's last sequence being the one it wrote last, so a
 //! leader that was replaced cannot add a frame after its successor (it is fenced). Any
-//! instance reads a task's frames by direct get (answered by any replica, even without
-//! quorum), from the start or after a `Last-Event-ID`.
+//! instance reads a task's frames by direct get (answered by the nearest replica, even
+//! without quorum), from the start or after a `Last-Event-ID`, or from the stream's
+//! leader when a replica may lag (a new leader taking a task over always does).
 
 use crate::{Cluster, ClusterError};
 use async_nats::jetstream::context::PublishErrorKind;
@@ -19,6 +20,16 @@ pub struct Frame {
     pub id: u64,
     pub event: String,
     pub data: String,
+}
+
+/// Which copy of the frames a read asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// Any replica (direct get; the nearest answers): cheap and spread out, but one
+    /// that lags shows fewer frames until it catches up.
+    Replica,
+    /// The stream's leader: every frame a quorum stored.
+    Leader,
 }
 
 /// The frames of every task.
@@ -87,9 +98,9 @@ impl FrameLog {
     }
 
     /// A writer that continues a task's frames (a new leader taking a task over), and
-    /// every frame stored so far. The subject's last sequence is read from the stream's
-    /// leader (a replica may lag), and the frames are read until they reach it, so
-    /// the writer's condition and the frames agree.
+    /// every frame stored so far. The subject's last sequence and the frames are read
+    /// from the stream's leader (a replica may lag, or after a whole-cluster crash on
+    /// nats-server 2.9 even disagree), so the writer's condition and the frames agree.
     pub async fn resume_writer(
         &self,
         task_id: &str,
@@ -101,18 +112,15 @@ impl FrameLog {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => 0,
             Err(e) => return Err(unavailable(task_id, e)),
         };
-        let mut tries = 0;
-        let frames = loop {
-            let (frames, seen) = self.read_all(task_id).await?;
-            if seen >= last {
-                break frames;
-            }
-            tries += 1;
-            if tries > 100 {
-                return Err(unavailable(task_id, "the replicas did not catch up in 5 s"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        // from the leader too: a replica that lags (one that was down, catching up)
+        // could miss frames the condition counts
+        let (frames, seen) = self.read_all(task_id, ReadFrom::Leader).await?;
+        if seen < last {
+            return Err(unavailable(
+                task_id,
+                "the stream's leader changed while reading",
+            ));
+        }
         Ok((
             FrameWriter {
                 log: self.clone(),
@@ -141,28 +149,58 @@ impl FrameLog {
         Ok(sub.map(|m| serde_json::from_slice(&m.payload).unwrap_or_default()))
     }
 
-    /// The stored frames of `task_id` with an id above `after`, in order (read from
-    /// any replica: a moment behind at worst).
+    /// The stored frames of `task_id` with an id above `after`, in order, read from
+    /// any replica (the nearest answers; it may lag behind, for as long as it takes to
+    /// catch up).
     pub async fn read_after(&self, task_id: &str, after: u64) -> Result<Vec<Frame>, FrameError> {
-        let (frames, _) = self.read_all(task_id).await?;
+        self.read_after_from(task_id, after, ReadFrom::Replica)
+            .await
+    }
+
+    /// [`read_after`](Self::read_after), from the replica or the stream's leader.
+    pub async fn read_after_from(
+        &self,
+        task_id: &str,
+        after: u64,
+        from: ReadFrom,
+    ) -> Result<Vec<Frame>, FrameError> {
+        let (frames, _) = self.read_all(task_id, from).await?;
         Ok(frames.into_iter().filter(|f| f.id > after).collect())
     }
 
     /// Every stored frame of `task_id`, and the stream sequence of the last batch read.
-    async fn read_all(&self, task_id: &str) -> Result<(Vec<Frame>, u64), FrameError> {
+    async fn read_all(
+        &self,
+        task_id: &str,
+        from: ReadFrom,
+    ) -> Result<(Vec<Frame>, u64), FrameError> {
+        use async_nats::jetstream::stream::RawMessageErrorKind;
         let subject = subject(task_id);
         let mut out = Vec::new();
         let mut seq = 1;
         let mut last = 0;
         loop {
-            let m = match self
-                .stream
-                .direct_get_next_for_subject(subject.clone(), Some(seq))
-                .await
-            {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((out, last)),
-                Err(e) => return Err(unavailable(task_id, e)),
+            let m = match from {
+                ReadFrom::Replica => match self
+                    .stream
+                    .direct_get_next_for_subject(subject.clone(), Some(seq))
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((out, last)),
+                    Err(e) => return Err(unavailable(task_id, e)),
+                },
+                ReadFrom::Leader => match self
+                    .stream
+                    .get_first_raw_message_by_subject(&subject, seq)
+                    .await
+                {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                        return Ok((out, last))
+                    }
+                    Err(e) => return Err(unavailable(task_id, e)),
+                },
             };
             let batch: Vec<Frame> =
                 serde_json::from_slice(&m.payload).map_err(|e| unavailable(task_id, e))?;

@@ -25,7 +25,7 @@ mod tasks;
 pub mod testing;
 
 pub use dispatch::{Dispatch, QueuedTask};
-pub use frames::{Frame, FrameError, FrameLog, FrameWriter};
+pub use frames::{Frame, FrameError, FrameLog, FrameWriter, ReadFrom};
 pub use lease::{lead, Lease, LeaseError, Leases};
 pub use node::{Node, NodeConfig, PoolQueue};
 pub use queue::{PublishError, Published, TaskQueue};

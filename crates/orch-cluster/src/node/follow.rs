@@ -7,8 +7,12 @@
 //! stored frames, and so does a quiet spell, so nothing is skipped and nothing is
 //! shown before it is stored. While the cluster cannot answer, the stream pauses
 //! (its readers get keep-alives) and the follower retries.
+//!
+//! Reads go to the nearest replica, which may lag (one that was down catches up for a
+//! while). When an announcement shows frames that read did not have, or after a few
+//! quiet spells without a new frame, the read goes to the stream's leader instead.
 
-use crate::{Frame, FrameLog};
+use crate::{Frame, FrameLog, ReadFrom};
 use futures_util::StreamExt;
 use orch_services::lifecycle::Phase;
 use orch_services::task::TaskRecord;
@@ -20,6 +24,8 @@ use std::time::Duration;
 const QUIET: Duration = Duration::from_secs(2);
 /// Wait this long before trying again when the cluster did not answer.
 const RETRY: Duration = Duration::from_millis(250);
+/// Quiet spells without a new frame after which the read goes to the leader.
+const QUIET_TO_LEADER: u32 = 3;
 
 pub(super) async fn follow(
     frames: FrameLog,
@@ -37,11 +43,29 @@ pub(super) async fn follow(
         }
     };
     let mut catch_up = true;
+    // the replica read lacked frames an announcement showed, or quiet spells in a row
+    let (mut behind, mut quiet) = (false, 0);
     while !mirror.is_ended() {
         if catch_up {
-            match frames.read_after(&task, mirror.log.len()).await {
+            let from = if behind || quiet >= QUIET_TO_LEADER {
+                ReadFrom::Leader
+            } else {
+                ReadFrom::Replica
+            };
+            let had = mirror.log.len();
+            match frames.read_after_from(&task, had, from).await {
                 Ok(stored) => {
                     apply(&mirror, &stored);
+                    if mirror.log.len() > had {
+                        quiet = 0;
+                    }
+                    if from == ReadFrom::Leader {
+                        if behind && mirror.log.len() > had {
+                            tracing::debug!(task_id = %task, frames = mirror.log.len() - had, "the nearest replica lagged; read from the stream's leader");
+                        }
+                        behind = false;
+                        quiet = 0;
+                    }
                 }
                 Err(e) => {
                     tracing::debug!(task_id = %task, error = %e, "stored frames unreadable; retrying");
@@ -57,9 +81,17 @@ pub(super) async fn follow(
             break;
         }
         match tokio::time::timeout(QUIET, tail.next()).await {
-            Ok(Some(batch)) => catch_up = !apply(&mirror, &batch),
+            Ok(Some(batch)) => {
+                // a batch past the mirror's next frame: what was read lacked frames
+                behind = !apply(&mirror, &batch);
+                catch_up = behind;
+                quiet = 0;
+            }
             Ok(None) => return,
-            Err(_) => catch_up = true,
+            Err(_) => {
+                catch_up = true;
+                quiet += 1;
+            }
         }
     }
     drop(lease);
