@@ -38,8 +38,14 @@ pub enum PublishError {
     #[error("the queue of pool {pool} is full")]
     Full { pool: String },
     /// No quorum, a timeout, or another storage failure (answer 503, retriable).
+    /// `maybe_stored`: no answer came (a timeout), so the task may still be stored
+    /// later, when the stream's quorum returns.
     #[error("the cluster cannot store tasks of pool {pool} now: {reason}")]
-    Unavailable { pool: String, reason: String },
+    Unavailable {
+        pool: String,
+        reason: String,
+        maybe_stored: bool,
+    },
 }
 
 /// JetStream's description for a discard-new stream at its message limit (code 10077,
@@ -96,6 +102,7 @@ impl TaskQueue {
             Err(e) => Err(PublishError::Unavailable {
                 pool: self.pool.clone(),
                 reason: e.to_string(),
+                maybe_stored: false,
             }),
         }
     }
@@ -127,9 +134,20 @@ impl TaskQueue {
             PublishError::Unavailable {
                 pool: self.pool.clone(),
                 reason,
+                maybe_stored: maybe_stored(e.kind()),
             }
         }
     }
+}
+
+/// Whether a publish that failed this way may still be stored: a refusal or "no
+/// responders" is an answer (not stored); no answer may be a store that waits in the
+/// stream leader's log for its quorum.
+fn maybe_stored(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+    )
 }
 
 /// An error and its sources, joined (the JetStream description sits in a source).
@@ -142,4 +160,24 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unanswered_publish_may_still_be_stored() {
+        assert!(maybe_stored(PublishErrorKind::TimedOut));
+        assert!(maybe_stored(PublishErrorKind::BrokenPipe));
+        for answered in [
+            PublishErrorKind::StreamNotFound,
+            PublishErrorKind::WrongLastMessageId,
+            PublishErrorKind::WrongLastSequence,
+            PublishErrorKind::MaxAckPending,
+            PublishErrorKind::Other,
+        ] {
+            assert!(!maybe_stored(answered), "{answered:?}");
+        }
+    }
 }

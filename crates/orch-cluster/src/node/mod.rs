@@ -11,6 +11,7 @@ mod health;
 mod hints;
 mod leader;
 mod live;
+mod withdraw;
 
 use crate::{
     Cluster, ClusterConfig, ClusterError, FrameLog, Leases, PublishError, TaskQueue, TaskStates,
@@ -65,6 +66,7 @@ pub struct Node {
     js: async_nats::jetstream::Context,
     pub(crate) store_retry: Duration,
     pub(crate) lease_ttl: Duration,
+    withdrawals: withdraw::Withdrawals,
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -88,6 +90,7 @@ impl Node {
             let q = cluster.task_queue(&p.pool_id, p.capacity).await?;
             queues.insert(p.pool_id.clone(), q);
         }
+        let withdrawals = withdraw::Withdrawals::start(states.clone());
         let node = Arc::new(Node {
             instance: cfg.instance.clone(),
             orch,
@@ -106,6 +109,7 @@ impl Node {
             js: cluster.js.clone(),
             lease_ttl: cfg.lease_ttl,
             store_retry: cfg.store_retry,
+            withdrawals,
         });
         health::spawn(Arc::downgrade(&node));
         for p in pools {
@@ -128,34 +132,46 @@ impl Node {
         let t0 = tokio::time::Instant::now();
         let deadline = t0 + self.store_retry;
         let mut tries = 0;
+        // whether any try went unanswered (that store may still land)
+        let mut unanswered = false;
         loop {
             tries += 1;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let unavailable = |reason: String| PublishError::Unavailable {
-                pool: queue.pool().to_string(),
-                reason,
-            };
             let r = tokio::time::timeout(left, queue.publish(id, payload.clone()))
                 .await
-                .unwrap_or_else(|_| Err(unavailable("no answer within store_retry".into())));
+                .unwrap_or_else(|_| {
+                    Err(PublishError::Unavailable {
+                        pool: queue.pool().to_string(),
+                        reason: "no answer within store_retry".into(),
+                        maybe_stored: true,
+                    })
+                });
             match r {
                 Ok(p) => {
                     self.health.stored();
                     crate::metrics::task_stored(queue.pool(), t0.elapsed());
                     return Ok((p, tries > 1));
                 }
-                Err(PublishError::Unavailable { .. })
+                Err(PublishError::Unavailable { maybe_stored, .. })
                     if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
                 {
+                    unanswered |= maybe_stored;
                     crate::metrics::store_failed(queue.pool(), "task");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                Err(e) => {
-                    if matches!(e, PublishError::Unavailable { .. }) {
-                        crate::metrics::store_failed(queue.pool(), "task");
-                    }
-                    return Err(e);
+                Err(PublishError::Unavailable {
+                    pool,
+                    reason,
+                    maybe_stored,
+                }) => {
+                    crate::metrics::store_failed(queue.pool(), "task");
+                    return Err(PublishError::Unavailable {
+                        pool,
+                        reason,
+                        maybe_stored: unanswered || maybe_stored,
+                    });
                 }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -239,7 +255,16 @@ impl ClusterPort for Node {
                 .with_policy(PolicyLabel::Reject)
                 .with_pool(pool.as_str())
                 .with_retry_after_ms(1000),
-                PublishError::Unavailable { pool, reason } => {
+                PublishError::Unavailable {
+                    pool,
+                    reason,
+                    maybe_stored,
+                } => {
+                    // told "not admitted", the client may retry: a store that lands
+                    // later must not run (with an Idempotency-Key, the retry is it)
+                    if maybe_stored && t.request.idempotency_key.is_none() {
+                        self.withdrawals.withdraw(&pool, &id);
+                    }
                     unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())
                 }
             })?;
