@@ -90,3 +90,48 @@ async fn run(states: TaskStates, mut rx: mpsc::Receiver<(String, String)>) {
         }
     }
 }
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use super::*;
+    use crate::testing::Nats;
+    use crate::{Cluster, ClusterConfig};
+
+    /// Against three real nats-servers: the flag cannot be stored while two are down;
+    /// once they are back, the pending withdrawal is stored (and nothing else is).
+    #[tokio::test]
+    async fn a_withdrawal_made_without_quorum_is_stored_once_quorum_returns() {
+        let mut n = Nats::start("withdraw").await;
+        let c = Cluster::connect(ClusterConfig {
+            urls: n.urls(),
+            ..ClusterConfig::default()
+        })
+        .await
+        .unwrap();
+        let states = c.task_states(Duration::from_secs(600)).await.unwrap();
+        let w = Withdrawals::start(states.clone());
+        n.kill(2);
+        n.kill(1);
+        w.withdraw("p", "refused-1");
+        // quorum stays lost past a few tries of the worker
+        tokio::time::sleep(PAUSE * 3).await;
+        n.restart(1);
+        n.restart(2);
+        for i in 0..3 {
+            n.wait_healthy(i).await;
+        }
+        let t0 = Instant::now();
+        while !matches!(states.cancel_requested("refused-1").await, Ok(true)) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the withdrawal was not stored 30 s after quorum returned"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "[cluster] withdrawal stored {:?} after quorum returned",
+            t0.elapsed()
+        );
+        assert!(!states.cancel_requested("never-refused").await.unwrap());
+    }
+}
