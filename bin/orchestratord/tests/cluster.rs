@@ -547,6 +547,16 @@ impl Cluster {
         t0.elapsed()
     }
 
+    /// The `task_id` of instance `i`'s last log line that says `what`, if any.
+    fn logged_task_id(&self, i: usize, what: &str) -> Option<String> {
+        let log = self.inst[i].log.lock().unwrap();
+        log.lines()
+            .rev()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|v| v["task_id"].as_str().map(String::from))
+    }
+
     /// The order in which the leader started a task: its `started` frame's position
     /// in the leader's log (the lifecycle line "task started" comes in start order).
     async fn started_at(&self, id: &str) -> usize {
@@ -603,10 +613,10 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     )
     .await;
     c.nats.kill(2);
-    let id = c
+    let first = c
         .admit(1, &task("one server down", 10, "interactive"))
         .await;
-    let frames = c.stream(2, &id, None).await;
+    let frames = c.stream(2, &first, None).await;
     assert_eq!(one_terminal(&frames).event, "end");
     assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 10);
     assert!(c.ready(1).await, "one server down: still ready");
@@ -618,13 +628,10 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     assert_eq!(seen[2].event, "token");
     // a second server down: no quorum, submits are refused with a retriable 503. The
     // first one's store may wait in the stream leader's log and land when quorum
-    // returns: it is withdrawn (it must not run), so its id is the client's own
+    // returns: then it is withdrawn (it must not run)
     c.nats.kill(1);
-    let refused = "5e1f0a2c-0000-4000-8000-000000000503";
-    let mut no_quorum = task("no quorum", 10, "interactive");
-    no_quorum["task_id"] = refused.into();
     let t0 = Instant::now();
-    let r = c.submit(1, &no_quorum).await;
+    let r = c.submit(1, &task("no quorum", 10, "interactive")).await;
     let waited = t0.elapsed();
     let v = common::envelope(r, 503, "POOL_UNAVAILABLE").await;
     assert_eq!(v["retriable"], true);
@@ -707,35 +714,56 @@ async fn one_nats_server_down_loses_nothing_and_without_quorum_submits_get_503()
     assert_eq!(&frames[..3], &seen[..]);
     let frames = c.stream(0, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
-    // the refused task did not run: never stored (404), or stored late and withdrawn
-    // (canceled when its leader took it, or at once if that came first)
-    let t0 = Instant::now();
-    let outcome = loop {
-        let r = c
-            .http
-            .get(c.url(2, &format!("/v1/tasks/{refused}")))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == 404 {
-            break "never stored".to_string();
-        }
-        let v: Value = r.json().await.unwrap();
-        match v["state"].as_str() {
-            Some("canceled") => {
-                let frames = c.stream(2, refused, None).await;
-                assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
-                let tokens = frames.iter().filter(|f| f.event == "token").count();
-                // taken before the withdrawal was stored, it is stopped at once
-                assert!(tokens < 10, "{frames:?}");
-                break format!("stored late and withdrawn ({tokens} tokens)");
+    // the refused task did not run. If its store went unanswered, the instance
+    // withdrew it: never stored (404), or stored late and canceled when its leader took
+    // it (or at once, if the leader took it before the withdrawal was stored)
+    let withdrawn = c.logged_task_id(1, "withdrawing it");
+    let outcome = match &withdrawn {
+        None => "answered (nothing to withdraw)".to_string(),
+        Some(refused) => {
+            let t0 = Instant::now();
+            loop {
+                let r = c
+                    .http
+                    .get(c.url(2, &format!("/v1/tasks/{refused}")))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 404 {
+                    break "withdrawn, never stored".to_string();
+                }
+                let v: Value = r.json().await.unwrap();
+                match v["state"].as_str() {
+                    Some("canceled") => {
+                        let frames = c.stream(2, refused, None).await;
+                        assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+                        let tokens = frames.iter().filter(|f| f.event == "token").count();
+                        assert!(tokens < 10, "{frames:?}");
+                        break format!("stored late and withdrawn ({tokens} tokens)");
+                    }
+                    Some("queued" | "running") if t0.elapsed() < Duration::from_secs(15) => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    _ => panic!("the refused task was not withdrawn: {v}"),
+                }
             }
-            Some("queued" | "running") if t0.elapsed() < Duration::from_secs(15) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            _ => panic!("the refused task was not withdrawn: {v}"),
         }
     };
+    // and no instance ran a task that was not admitted (the withdrawn one aside: it
+    // may have been stopped at once)
+    let admitted = [first.as_str(), long.as_str(), id.as_str()];
+    for (n, inst) in c.inst.iter().enumerate() {
+        let log = inst.log.lock().unwrap();
+        for line in log.lines().filter(|l| l.contains("\"task started\"")) {
+            assert!(
+                admitted.iter().any(|a| line.contains(a))
+                    || withdrawn
+                        .as_ref()
+                        .is_some_and(|w| line.contains(w.as_str())),
+                "instance {n} ran a task that was not admitted: {line}"
+            );
+        }
+    }
     eprintln!("the submit refused without quorum: {outcome}");
     // every server gone at once, from a ready state: unready at once (no connection)
     assert!(c.ready(1).await, "ready after the recovery");

@@ -261,8 +261,10 @@ impl ClusterPort for Node {
                     maybe_stored,
                 } => {
                     // told "not admitted", the client may retry: a store that lands
-                    // later must not run (with an Idempotency-Key, the retry is it)
-                    if maybe_stored && t.request.idempotency_key.is_none() {
+                    // later must not run. A task id the client chose (its own, or
+                    // from an Idempotency-Key) is not withdrawn: a retry with it is
+                    // that task (the same one, or 409 naming it)
+                    if maybe_stored && t.request.task_id.is_none() {
                         self.withdrawals.withdraw(&pool, &id);
                     }
                     unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())

@@ -5,8 +5,9 @@
 //! soon as the cluster takes it, and the pool's leader ends the task `canceled` when it
 //! takes it (or stops it at once if it already runs).
 //!
-//! Submits with an `Idempotency-Key` are not withdrawn: the client's retry with the
-//! key is the same task and runs once.
+//! Only tasks whose id the server generated are withdrawn. A task id the client chose
+//! (its `task_id`, or one derived from an `Idempotency-Key`) is the client's handle:
+//! its retry with that id reaches that task, which runs once.
 //!
 //! Owns: the withdrawals not yet stored (at most [`MAX_PENDING`]).
 
