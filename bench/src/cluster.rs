@@ -134,7 +134,7 @@ async fn probe(urls: Vec<String>, stop: Arc<AtomicBool>) -> Vec<Duration> {
         id += 1;
         let f = orch_cluster::Frame {
             id,
-            event: "token".into(),
+            kind: orch_domain::EventKind::Token,
             data: format!("{{\"t\":\"x\",\"i\":{id}}}"),
         };
         let t = Instant::now();

@@ -152,15 +152,9 @@ async fn follow(c: &Client, id: TaskId, json: bool) -> Result<(), Fail> {
     while let Some(ev) = s.next().await {
         let ev = ev?;
         if json {
-            let (name, data) = match &ev.event {
-                StreamEvent::Started(d) => ("started", serde_json::to_value(d)),
-                StreamEvent::Token(d) => ("token", serde_json::to_value(d)),
-                StreamEvent::Metrics(d) => ("metrics", serde_json::to_value(d)),
-                StreamEvent::End(d) => ("end", serde_json::to_value(d)),
-                StreamEvent::Error(d) => ("error", serde_json::to_value(d)),
-            };
-            let line =
-                serde_json::json!({"event": name, "id": ev.id, "data": data.unwrap_or_default()});
+            // the frame serializes as {"event": kind, "data": ...}; its data is taken
+            let data = serde_json::to_value(&ev.event).map(|mut v| v["data"].take());
+            let line = serde_json::json!({"event": ev.event.name(), "id": ev.id, "data": data.unwrap_or_default()});
             println!("{line}");
         }
         match &ev.event {

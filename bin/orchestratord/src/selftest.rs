@@ -4,7 +4,7 @@
 //! metrics moved. Any failure names the pool and the step.
 
 use adapter_api::sum_samples;
-use orch_domain::{Placement, Priority, TaskRequest};
+use orch_domain::{EventKind, Placement, Priority, TaskRequest};
 use orch_services::{Orchestrator, PoolHandle, ReadItem};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,12 +50,12 @@ fn request(model: &str, pool_id: &str, prompt: &str, max_tokens: u32) -> TaskReq
     r
 }
 
-/// Read frames until the terminal one; returns (event names, terminal data).
+/// Read frames until the terminal one; returns (frame kinds, terminal data).
 async fn run_to_end(
     orch: &Orchestrator,
     id: orch_domain::TaskId,
     limit: Duration,
-) -> Result<(Vec<&'static str>, String), String> {
+) -> Result<(Vec<EventKind>, String), String> {
     let mut reader = orch.open_stream(id, 0).await.map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     let deadline = Instant::now() + limit;
@@ -67,8 +67,8 @@ async fn run_to_end(
             Ok(Some(ReadItem::KeepAlive)) => {}
             Ok(Some(ReadItem::Frames(fs))) => {
                 for f in fs {
-                    names.push(f.event);
-                    if matches!(f.event, "end" | "error") {
+                    names.push(f.kind);
+                    if f.is_terminal() {
                         return Ok((names, f.data.clone()));
                     }
                 }
@@ -108,7 +108,7 @@ pub async fn self_test_pool(
     let (names, data) = run_to_end(orch, adm.task_id, Duration::from_secs(60))
         .await
         .map_err(|e| fail("decode", e))?;
-    if names.last() != Some(&"end") || !names.contains(&"token") {
+    if names.last() != Some(&EventKind::End) || !names.contains(&EventKind::Token) {
         return Err(fail(
             "decode",
             format!("expected started, token, end; got {names:?} {data}"),
@@ -139,9 +139,9 @@ pub async fn self_test_pool(
             .await
         {
             Ok(Some(ReadItem::Frames(fs))) => {
-                if let Some(t) = fs.iter().find(|f| matches!(f.event, "end" | "error")) {
+                if let Some(t) = fs.iter().find(|f| f.is_terminal()) {
                     ended_first = Some(t.data.clone());
-                } else if fs.iter().any(|f| f.event == "token") {
+                } else if fs.iter().any(|f| f.kind == EventKind::Token) {
                     break;
                 }
             }
@@ -158,13 +158,13 @@ pub async fn self_test_pool(
         .map_err(|e| fail("cancel", e))?;
     match ended_first {
         // an engine faster than the cancel: nothing to stop, the slot check still runs
-        Some(d) if names.last() == Some(&"end") => {
+        Some(d) if names.last() == Some(&EventKind::End) => {
             tracing::warn!(
                 pool_id,
                 "self-test task finished before its cancel landed: {d}"
             )
         }
-        _ if names.last() != Some(&"end") || !data.contains("\"canceled\"") => {
+        _ if names.last() != Some(&EventKind::End) || !data.contains("\"canceled\"") => {
             return Err(fail("cancel", format!("expected end canceled, got {data}")));
         }
         _ => {}

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
-/// Append one frame. Event names are static identifiers and `data` is one JSON line
+/// Append one frame. Event names are static identifiers (`EventKind`) and `data` is one JSON line
 /// (serde_json never emits raw newlines), so no field can break the framing.
 pub fn write_frame(out: &mut String, f: &FrameRef<'_>) {
     let _ = write!(
         out,
         "event: {}\nid: {}\ndata: {}\n\n",
-        f.event, f.seq, f.data
+        f.kind, f.seq, f.data
     );
 }
 

@@ -17,8 +17,8 @@ use orch_domain::control::{
     ReplicaSetList,
 };
 use orch_domain::{
-    AdmissionResponse, EndFrame, ErrorEnvelope, ErrorFrame, MetricsFrame, SessionId, SessionInfo,
-    StartedFrame, StreamEvent, TaskId, TaskRequest, TaskStatus, TokenFrame,
+    AdmissionResponse, EndFrame, ErrorEnvelope, ErrorFrame, EventKind, MetricsFrame, SessionId,
+    SessionInfo, StartedFrame, StreamEvent, TaskId, TaskRequest, TaskStatus, TokenFrame,
 };
 use serde::de::DeserializeOwned;
 use std::pin::Pin;
@@ -63,13 +63,23 @@ fn transport(e: reqwest::Error) -> ClientError {
 /// Decode one SSE frame into a typed event.
 pub fn parse_event(name: &str, id: &str, data: &str) -> Result<Event, ClientError> {
     let bad = |e: serde_json::Error| ClientError::Decode(format!("{name} frame: {e}"));
-    let event = match name {
-        "started" => StreamEvent::Started(serde_json::from_str::<StartedFrame>(data).map_err(bad)?),
-        "token" => StreamEvent::Token(serde_json::from_str::<TokenFrame>(data).map_err(bad)?),
-        "metrics" => StreamEvent::Metrics(serde_json::from_str::<MetricsFrame>(data).map_err(bad)?),
-        "end" => StreamEvent::End(serde_json::from_str::<EndFrame>(data).map_err(bad)?),
-        "error" => StreamEvent::Error(serde_json::from_str::<ErrorFrame>(data).map_err(bad)?),
-        other => return Err(ClientError::Decode(format!("unknown event {other}"))),
+    let kind: EventKind = name
+        .parse()
+        .map_err(|_| ClientError::Decode(format!("unknown event {name}")))?;
+    let event = match kind {
+        EventKind::Started => {
+            StreamEvent::Started(serde_json::from_str::<StartedFrame>(data).map_err(bad)?)
+        }
+        EventKind::Token => {
+            StreamEvent::Token(serde_json::from_str::<TokenFrame>(data).map_err(bad)?)
+        }
+        EventKind::Metrics => {
+            StreamEvent::Metrics(serde_json::from_str::<MetricsFrame>(data).map_err(bad)?)
+        }
+        EventKind::End => StreamEvent::End(serde_json::from_str::<EndFrame>(data).map_err(bad)?),
+        EventKind::Error => {
+            StreamEvent::Error(serde_json::from_str::<ErrorFrame>(data).map_err(bad)?)
+        }
     };
     let id = id
         .parse()

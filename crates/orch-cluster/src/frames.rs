@@ -14,11 +14,13 @@ use std::time::Duration;
 
 const STREAM: &str = "ORCH_FRAMES";
 
-/// One SSE frame: its id (`Last-Event-ID`), event name and JSON data.
+/// One SSE frame: its id (`Last-Event-ID`), kind (stored as its event name) and JSON
+/// data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Frame {
     pub id: u64,
-    pub event: String,
+    #[serde(rename = "event")]
+    pub kind: orch_domain::EventKind,
     pub data: String,
 }
 

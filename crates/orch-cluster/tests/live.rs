@@ -265,7 +265,7 @@ async fn a_leader_that_loses_quorum_steps_down_within_the_ttl() {
 fn frames(ids: std::ops::RangeInclusive<u64>) -> Vec<orch_cluster::Frame> {
     ids.map(|id| orch_cluster::Frame {
         id,
-        event: "token".into(),
+        kind: orch_domain::EventKind::Token,
         data: format!("{{\"t\":\"w{id}\",\"i\":{}}}", id - 1),
     })
     .collect()

@@ -2,12 +2,45 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Where a replica stands in its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Serves new work.
+    Ready,
+    /// Probed unhealthy, starting or restarting: no new work.
+    Unready,
+    /// Finishing its running tasks; no new work.
+    Draining,
+    /// Started by a reload, waiting for the switch to the new pin.
+    Staged,
+}
+
+impl ReplicaState {
+    /// Every state (the `state` label values of the replica gauge).
+    pub const ALL: [ReplicaState; 4] = [
+        ReplicaState::Ready,
+        ReplicaState::Unready,
+        ReplicaState::Draining,
+        ReplicaState::Staged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Ready => "ready",
+            ReplicaState::Unready => "unready",
+            ReplicaState::Draining => "draining",
+            ReplicaState::Staged => "staged",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaView {
     pub id: String,
-    /// `ready`, `unready`, `draining` or `staged`.
-    pub state: String,
+    pub state: ReplicaState,
     pub slots_total: u32,
     pub slots_free: u32,
     pub engine_version: String,

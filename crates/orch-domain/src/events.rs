@@ -38,10 +38,43 @@ pub struct StartedFrame {
     pub replica_id: String,
     pub sampler_profile_version: String,
     pub seed: i64,
-    /// Why this replica: `session`, `prefix` (it holds the prompt's prefix), `load`,
-    /// or `retry` (additive).
+    /// Why this replica (additive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<String>,
+    pub placement: Option<PlacementReason>,
+}
+
+/// Why a task went to the replica it runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementReason {
+    /// The replica holding the task's session.
+    Session,
+    /// The replica that holds the prompt's prefix in its cache.
+    Prefix,
+    /// The least loaded replica.
+    Load,
+    /// Another replica after the first failed before the first token.
+    Retry,
+}
+
+impl PlacementReason {
+    /// Every reason (the `reason` label values of `tasks_placed_total`).
+    pub const ALL: [PlacementReason; 4] = [
+        PlacementReason::Session,
+        PlacementReason::Prefix,
+        PlacementReason::Load,
+        PlacementReason::Retry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementReason::Session => "session",
+            PlacementReason::Prefix => "prefix",
+            PlacementReason::Load => "load",
+            PlacementReason::Retry => "retry",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +150,20 @@ pub struct ErrorFrame {
     pub pool_id: Option<String>,
 }
 
+impl From<ErrorFrame> for OrchError {
+    /// The error a stored `error` frame carried (a client library, or an instance
+    /// that reads another's frames, gets back the error the server sent).
+    fn from(f: ErrorFrame) -> Self {
+        let mut e = OrchError::new(f.code, f.message);
+        e.retriable = f.retriable;
+        e.retry_after_ms = f.retry_after_ms;
+        e.policy_label = f.policy_label;
+        e.engine = f.engine;
+        e.pool_id = f.pool_id;
+        e
+    }
+}
+
 impl From<OrchError> for ErrorFrame {
     fn from(e: OrchError) -> Self {
         Self {
@@ -143,18 +190,117 @@ pub enum StreamEvent {
 }
 
 impl StreamEvent {
-    pub fn name(&self) -> &'static str {
+    /// What kind of frame this is.
+    pub fn kind(&self) -> EventKind {
         match self {
-            StreamEvent::Started(_) => "started",
-            StreamEvent::Token(_) => "token",
-            StreamEvent::Metrics(_) => "metrics",
-            StreamEvent::End(_) => "end",
-            StreamEvent::Error(_) => "error",
+            StreamEvent::Started(_) => EventKind::Started,
+            StreamEvent::Token(_) => EventKind::Token,
+            StreamEvent::Metrics(_) => EventKind::Metrics,
+            StreamEvent::End(_) => EventKind::End,
+            StreamEvent::Error(_) => EventKind::Error,
         }
+    }
+
+    /// The SSE `event:` name.
+    pub fn name(&self) -> &'static str {
+        self.kind().as_str()
     }
 
     /// `end` and `error` close a stream; nothing follows them.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, StreamEvent::End(_) | StreamEvent::Error(_))
+        self.kind().is_terminal()
+    }
+}
+
+/// The kind of a stream frame: the SSE `event:` name, typed. Every place that decides
+/// by a frame's kind matches on this; its name is written and read only by
+/// [`EventKind::as_str`] and [`FromStr`](std::str::FromStr) (and serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    Token,
+    Metrics,
+    End,
+    Error,
+}
+
+impl EventKind {
+    /// Every kind, in the order a stream can carry them.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Started,
+        EventKind::Token,
+        EventKind::Metrics,
+        EventKind::End,
+        EventKind::Error,
+    ];
+
+    /// The SSE `event:` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Started => "started",
+            EventKind::Token => "token",
+            EventKind::Metrics => "metrics",
+            EventKind::End => "end",
+            EventKind::Error => "error",
+        }
+    }
+
+    /// `end` and `error` close a stream; nothing follows them.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::End | EventKind::Error)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An SSE `event:` name that is not a frame kind of this contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown stream event {0:?}")]
+pub struct UnknownEvent(pub String);
+
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEvent;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownEvent(s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_kind_reads_back_its_own_name_and_nothing_else() {
+        for k in EventKind::ALL {
+            assert_eq!(k.as_str().parse::<EventKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert_eq!(
+            "tokens".parse::<EventKind>(),
+            Err(UnknownEvent("tokens".into()))
+        );
+        let terminal: Vec<_> = EventKind::ALL
+            .into_iter()
+            .filter(|k| k.is_terminal())
+            .collect();
+        assert_eq!(terminal, [EventKind::End, EventKind::Error]);
+    }
+
+    #[test]
+    fn an_error_frame_gives_back_the_error_it_was_made_from() {
+        let e = OrchError::new(crate::ErrorCode::AdmissionReject, "full")
+            .with_retry_after_ms(250)
+            .with_policy(crate::PolicyLabel::Reject)
+            .with_pool("p0");
+        assert_eq!(OrchError::from(ErrorFrame::from(e.clone())), e);
     }
 }

@@ -15,7 +15,8 @@ pub mod views;
 
 pub use error::{ErrorCode, ErrorEnvelope, OrchError};
 pub use events::{
-    EndFrame, ErrorFrame, FinishReason, MetricsFrame, StartedFrame, StreamEvent, TokenFrame,
+    EndFrame, ErrorFrame, EventKind, FinishReason, MetricsFrame, PlacementReason, StartedFrame,
+    StreamEvent, TokenFrame, UnknownEvent,
 };
 pub use ids::{SessionId, TaskId};
 pub use policy::{FullPolicy, PolicyLabel};

@@ -6,7 +6,7 @@
 //! (tests/embed_example.rs runs the same code and checks what it returns.)
 
 use adapter_mock::{MockConfig, MockEngine};
-use orch_domain::{Priority, TaskRequest};
+use orch_domain::{EventKind, Priority, TaskRequest};
 use orch_services::{Orchestrator, PoolSpec, Read, ServiceConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
     let mut first = Vec::new();
     while let Some(item) = reader
         .next_with(Duration::from_secs(5), |f| {
-            first.push(format!("{}: {}", f.event, f.data))
+            first.push(format!("{}: {}", f.kind, f.data))
         })
         .await
     {
@@ -56,10 +56,10 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
     let mut reader = orch.open_stream(adm.task_id, 0).await?;
     let (mut tokens, mut canceled, mut asked) = (0, String::new(), false);
     while let Some(_item) = reader
-        .next_with(Duration::from_secs(5), |f| match f.event {
-            "token" => tokens += 1,
-            "end" | "error" => canceled = format!("{}: {}", f.event, f.data),
-            _ => {}
+        .next_with(Duration::from_secs(5), |f| match f.kind {
+            EventKind::Token => tokens += 1,
+            EventKind::End | EventKind::Error => canceled = format!("{}: {}", f.kind, f.data),
+            EventKind::Started | EventKind::Metrics => {}
         })
         .await
     {

@@ -5,14 +5,16 @@
 use crate::core::Core;
 use crate::lifecycle::CancelReason;
 use crate::pool::{ReplicaSnap, Snapshot};
-use orch_domain::control::{DrainResponse, PoolHealth, PoolView, ReplicaSetView, ReplicaView};
+use orch_domain::control::{
+    DrainResponse, PoolHealth, PoolView, ReplicaSetView, ReplicaState, ReplicaView,
+};
 use orch_domain::OrchError;
 use std::time::Duration;
 
 fn replica_view(r: &ReplicaSnap) -> ReplicaView {
     ReplicaView {
         id: r.id.to_string(),
-        state: r.state.into(),
+        state: r.state,
         slots_total: r.props.slots,
         slots_free: r.props.slots.saturating_sub(r.busy),
         engine_version: r.props.engine_version.clone(),
@@ -78,7 +80,11 @@ pub(crate) fn pool_health(core: &Core, id: &str) -> Result<PoolHealth, OrchError
         queue_capacity: v.queue_capacity,
         slots_total: v.slots_total,
         slots_free: v.slots_free,
-        replicas_ready: v.replicas.iter().filter(|r| r.state == "ready").count() as u32,
+        replicas_ready: v
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .count() as u32,
         replicas_total: v.replicas.len() as u32,
     })
 }

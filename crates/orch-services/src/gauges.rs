@@ -8,8 +8,9 @@
 //! lingering at its last value.
 
 use crate::core::Core;
-use crate::metrics::{self, Where, REPLICA_STATES};
+use crate::metrics::{self, Where};
 use crate::pool::Snapshot;
+use orch_domain::control::ReplicaState;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -31,15 +32,12 @@ pub(crate) fn publish_pool(s: &Snapshot) {
         w.queue_depth("interactive", s.queue_by_priority[0] as usize);
         w.queue_depth("batch", s.queue_by_priority[1] as usize);
     }
-    let mut by_state = [0usize; REPLICA_STATES.len()];
     for r in &s.replicas {
-        if let Some(i) = REPLICA_STATES.iter().position(|st| *st == r.state) {
-            by_state[i] += 1;
-        }
         replica_where(s, r).slots(r.busy, r.props.slots);
     }
-    for (state, n) in REPLICA_STATES.iter().zip(by_state) {
-        metrics::replicas(pool, state, n);
+    for state in ReplicaState::ALL {
+        let n = s.replicas.iter().filter(|r| r.state == state).count();
+        metrics::replicas(pool, state.as_str(), n);
     }
 }
 

@@ -91,7 +91,7 @@ impl Attempt<'_> {
         let p = &self.a.pinned;
         tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %self.a.pool.id,
             replica_id = %self.a.replica_id, engine = %p.engine, engine_version = %p.engine_version,
-            priority = rec.priority.as_str(), placement = self.a.placement, ttft_ms = self.ttft_ms,
+            priority = rec.priority.as_str(), placement = self.a.placement.as_str(), ttft_ms = self.ttft_ms,
             correlation_id = %rec.correlation_id, "task started");
         rec.emit(&StreamEvent::Started(StartedFrame {
             queue_position,
@@ -103,7 +103,7 @@ impl Attempt<'_> {
             replica_id: self.a.replica_id.to_string(),
             sampler_profile_version: p.sampler_profile_version.clone(),
             seed: self.a.request.effective_seed(rec.id),
-            placement: Some(self.a.placement.to_string()),
+            placement: Some(self.a.placement),
         }));
         rec.mark_first_token(FirstToken {
             engine_at,

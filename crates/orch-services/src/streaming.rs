@@ -133,7 +133,7 @@ impl StreamReader {
             if let Poll::Ready(v) = rec.log.poll_visit(*after, cx, |f| {
                 n += 1;
                 terminal |= f.is_terminal();
-                token |= *awaits_first_token && f.event == "token";
+                token |= *awaits_first_token && f.kind == orch_domain::EventKind::Token;
                 visit(f);
             }) {
                 *after = v.last;

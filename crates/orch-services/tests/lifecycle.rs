@@ -24,10 +24,10 @@ async fn failure_before_first_token_is_retried_on_another_replica() {
         let (ev, data) = terminal(&fs);
         assert_eq!(ev, "end", "{data}");
         let started: serde_json::Value = serde_json::from_str(&fs[0].data).unwrap();
-        assert_eq!(fs[0].event, "started");
+        assert_eq!(fs[0].kind.as_str(), "started");
         assert_eq!(started["replica_id"], "p-r1", "ran on the healthy replica");
         assert_eq!(
-            fs.iter().filter(|f| f.event == "started").count(),
+            fs.iter().filter(|f| f.kind.as_str() == "started").count(),
             1,
             "the failed attempt is invisible to the client"
         );
@@ -79,7 +79,7 @@ async fn wall_clock_limit_ends_a_slow_generation() {
         "{data}"
     );
     assert!(
-        fs.iter().any(|f| f.event == "token"),
+        fs.iter().any(|f| f.kind.as_str() == "token"),
         "tokens flowed before the limit"
     );
 }
@@ -102,7 +102,7 @@ async fn idle_watchdog_ends_a_stalled_generation() {
         (ev, data["code"].as_str()),
         ("error", Some("DECODE_TIMEOUT"))
     );
-    assert_eq!(fs.iter().filter(|f| f.event == "token").count(), 2);
+    assert_eq!(fs.iter().filter(|f| f.kind.as_str() == "token").count(), 2);
 }
 
 #[tokio::test]

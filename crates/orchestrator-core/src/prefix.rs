@@ -161,23 +161,8 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
     }
 }
 
-/// Why a replica was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Session,
-    Prefix,
-    Load,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Session => "session",
-            Reason::Prefix => "prefix",
-            Reason::Load => "load",
-        }
-    }
-}
+/// Why a replica was chosen (this module chooses by session, prefix or load).
+pub use orch_domain::PlacementReason as Reason;
 
 /// How much cache outweighs load.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -15,7 +15,8 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use orch_domain::{
-    EndFrame, ErrorCode, ErrorFrame, FinishReason, OrchError, Priority, TaskId, TaskRequest,
+    EndFrame, ErrorCode, ErrorFrame, EventKind, FinishReason, OrchError, Priority, TaskId,
+    TaskRequest,
 };
 use orch_services::{Caller, FrameRef, Orchestrator, Read, StreamReader};
 use serde_json::{json, Value};
@@ -122,8 +123,8 @@ impl Conv {
     }
 
     fn on_frame(&mut self, f: &FrameRef<'_>, out: &mut String) {
-        match f.event {
-            "started" if self.stream && self.kind == Kind::Chat && !self.role_sent => {
+        match f.kind {
+            EventKind::Started if self.stream && self.kind == Kind::Chat && !self.role_sent => {
                 self.role_sent = true;
                 let c = self.chunk(
                     json!({"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -131,7 +132,7 @@ impl Conv {
                 );
                 data(out, &c);
             }
-            "token" => {
+            EventKind::Token => {
                 let Ok(tok) = serde_json::from_str::<Tok<'_>>(f.data) else {
                     return;
                 };
@@ -142,7 +143,7 @@ impl Conv {
                     self.text.push_str(&tok.t);
                 }
             }
-            "end" => {
+            EventKind::End => {
                 self.done = true;
                 let Ok(end) = serde_json::from_str::<EndFrame>(f.data) else {
                     self.error = Some(OrchError::internal("unreadable end frame").into());
@@ -161,15 +162,10 @@ impl Conv {
                 }
                 self.end = Some(end);
             }
-            "error" => {
+            EventKind::Error => {
                 self.done = true;
                 let e: OpenAiError = match serde_json::from_str::<ErrorFrame>(f.data) {
-                    Ok(fr) => {
-                        let mut o = OrchError::new(fr.code, fr.message);
-                        o.retry_after_ms = fr.retry_after_ms;
-                        o.policy_label = fr.policy_label;
-                        o.into()
-                    }
+                    Ok(fr) => OrchError::from(fr).into(),
                     Err(_) => OrchError::internal("unreadable error frame").into(),
                 };
                 if self.stream {
@@ -177,7 +173,7 @@ impl Conv {
                 }
                 self.error = Some(e);
             }
-            _ => {}
+            EventKind::Started | EventKind::Metrics => {}
         }
     }
 

@@ -108,7 +108,7 @@ fn apply(mirror: &Arc<TaskRecord>, batch: &[Frame]) -> bool {
         if f.id > next {
             return false;
         }
-        if !mirror.mirror_frame(&f.event, &f.data) {
+        if !mirror.apply_stored(f.kind, &f.data) {
             return true;
         }
     }

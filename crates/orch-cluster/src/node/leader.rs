@@ -20,7 +20,7 @@
 use super::{Node, PoolQueue};
 use crate::{lead, metrics, Dispatch, Frame, FrameError, Leases, QueuedTask};
 use futures_util::StreamExt;
-use orch_domain::{ErrorCode, OrchError, StreamEvent, TaskId, TaskState};
+use orch_domain::{ErrorCode, EventKind, OrchError, StreamEvent, TaskId, TaskState};
 use orch_services::cluster::{ClusterStatus, ReplicatedTask};
 use orch_services::lifecycle::{CancelReason, Ending};
 use orch_services::task::TaskRecord;
@@ -264,7 +264,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         }
     };
     let base = prior.last().map_or(0, |f| f.id);
-    let tokens = prior.iter().filter(|f| f.event == "token").count() as u32;
+    let tokens = prior.iter().filter(|f| f.kind == EventKind::Token).count() as u32;
     if let Some(ev) = prior.last().and_then(parse_terminal) {
         // a failed leader stored the end but may not have recorded it
         let mut s = status;
@@ -394,7 +394,7 @@ async fn write_frames(
             rec.log.poll_visit(after, cx, |f| {
                 batch.push(Frame {
                     id: base + f.seq,
-                    event: f.event.to_string(),
+                    kind: f.kind,
                     data: f.data.to_string(),
                 })
             })
@@ -404,7 +404,7 @@ async fn write_frames(
         if !store(writer, &batch, &status.pool_id, rec.id).await {
             return false;
         }
-        if let Some(f) = batch.iter().find(|f| f.event == "started") {
+        if let Some(f) = batch.iter().find(|f| f.kind == EventKind::Started) {
             let mut s = status.clone();
             s.state = TaskState::Running;
             s.replica_id = serde_json::from_str::<orch_domain::StartedFrame>(&f.data)
@@ -415,10 +415,7 @@ async fn write_frames(
             let (node, id) = (node.clone(), rec.id);
             running_put = Some(tokio::spawn(async move { node.set_status(id, &s).await }));
         }
-        if let Some(last) = batch
-            .last()
-            .filter(|f| matches!(f.event.as_str(), "end" | "error"))
-        {
+        if let Some(last) = batch.last().filter(|f| f.kind.is_terminal()) {
             let mut s = status.clone();
             s.state = rec.state();
             s.tokens_out = rec.tokens_out();
@@ -436,10 +433,10 @@ async fn write_frames(
 }
 
 fn parse_terminal(f: &Frame) -> Option<StreamEvent> {
-    match f.event.as_str() {
-        "end" => serde_json::from_str(&f.data).ok().map(StreamEvent::End),
-        "error" => serde_json::from_str(&f.data).ok().map(StreamEvent::Error),
-        _ => None,
+    match f.kind {
+        EventKind::End => serde_json::from_str(&f.data).ok().map(StreamEvent::End),
+        EventKind::Error => serde_json::from_str(&f.data).ok().map(StreamEvent::Error),
+        EventKind::Started | EventKind::Token | EventKind::Metrics => None,
     }
 }
 
@@ -455,7 +452,7 @@ fn record_end(s: &mut ClusterStatus, ev: &StreamEvent) {
 fn to_frame(id: u64, ev: &StreamEvent) -> Frame {
     Frame {
         id,
-        event: ev.name().into(),
+        kind: ev.kind(),
         data: orch_services::task::log::encode(ev),
     }
 }

@@ -60,8 +60,6 @@ pub const RELOADS: &str = "reloads_total";
 pub const RESTART_REASONS: [&str; 3] = ["exited", "unresponsive", "restart_failed"];
 /// How a reload ended (bounded label values).
 pub const RELOAD_OUTCOMES: [&str; 3] = ["switched", "rolled_back", "refused"];
-/// Replica states (bounded label values).
-pub const REPLICA_STATES: [&str; 4] = ["ready", "unready", "draining", "staged"];
 
 /// Register every metric's help text (the `# HELP` lines); call once after the
 /// recorder is installed.
@@ -253,8 +251,9 @@ pub fn backpressure(engine: &str, policy: &str) {
         .increment(1);
 }
 
-pub fn placed(pool_id: &str, reason: &'static str) {
-    counter!(TASKS_PLACED, "pool_id" => pool_id.to_string(), "reason" => reason).increment(1);
+pub fn placed(pool_id: &str, reason: orch_domain::PlacementReason) {
+    counter!(TASKS_PLACED, "pool_id" => pool_id.to_string(), "reason" => reason.as_str())
+        .increment(1);
 }
 
 /// Count a refused submission. `engine` is the chosen pool's engine, `none` when the

@@ -82,7 +82,7 @@ pub struct Assignment {
     pub pool: PoolHandle,
     pub limits: Limits,
     /// Why this replica (`session`, `prefix`, `load`; `retry` after a failure).
-    pub placement: &'static str,
+    pub placement: orch_domain::PlacementReason,
 }
 
 /// Where admission placed a task.
@@ -98,8 +98,7 @@ pub struct ReplicaSnap {
     pub id: Arc<str>,
     pub adapter: Arc<dyn WorkerAdapter>,
     pub props: Arc<Properties>,
-    /// `ready`, `unready`, `draining` or `staged`.
-    pub state: &'static str,
+    pub state: orch_domain::control::ReplicaState,
     pub serving: bool,
     pub busy: u32,
     pub endpoint: Option<String>,

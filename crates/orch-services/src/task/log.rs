@@ -12,17 +12,17 @@
 //! in place ([`TaskLog::poll_visit`]): no copy per frame on the relay path, and one
 //! lock per append and per read (waiting readers' wakers live under the same lock).
 
-use orch_domain::StreamEvent;
+use orch_domain::{EventKind, StreamEvent};
 use std::cell::RefCell;
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// One frame, borrowed from the log: `id: seq`, `event: event`, `data: data`.
+/// One frame, borrowed from the log: `id: seq`, `event: kind`, `data: data`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameRef<'a> {
     /// 1-based sequence number (the SSE `id`).
     pub seq: u64,
-    pub event: &'static str,
+    pub kind: EventKind,
     /// The payload as one line of JSON.
     pub data: &'a str,
 }
@@ -30,13 +30,13 @@ pub struct FrameRef<'a> {
 impl FrameRef<'_> {
     /// Whether this frame ends the stream.
     pub fn is_terminal(&self) -> bool {
-        matches!(self.event, "end" | "error")
+        self.kind.is_terminal()
     }
 
     pub fn to_owned(&self) -> Frame {
         Frame {
             seq: self.seq,
-            event: self.event,
+            kind: self.kind,
             data: self.data.to_string(),
         }
     }
@@ -46,33 +46,21 @@ impl FrameRef<'_> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     pub seq: u64,
-    pub event: &'static str,
+    pub kind: EventKind,
     pub data: String,
 }
 
 impl Frame {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.event, "end" | "error")
+        self.kind.is_terminal()
     }
 }
 
-const EVENTS: [&str; 5] = ["started", "token", "metrics", "end", "error"];
-
-fn event_code(ev: &StreamEvent) -> u8 {
-    match ev {
-        StreamEvent::Started(_) => 0,
-        StreamEvent::Token(_) => 1,
-        StreamEvent::Metrics(_) => 2,
-        StreamEvent::End(_) => 3,
-        StreamEvent::Error(_) => 4,
-    }
-}
-
-/// Where a frame's data ends in the buffer, and its event.
+/// Where a frame's data ends in the buffer, and its kind.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     end: u32,
-    event: u8,
+    kind: EventKind,
 }
 
 #[derive(Debug, Default)]
@@ -95,7 +83,7 @@ impl LogInner {
         let bytes = &self.data[start..e.end as usize];
         FrameRef {
             seq: i as u64 + 1,
-            event: EVENTS[usize::from(e.event)],
+            kind: e.kind,
             // written from serde_json output, which is UTF-8
             data: std::str::from_utf8(bytes).unwrap_or("{}"),
         }
@@ -170,13 +158,13 @@ impl TaskLog {
             let mut scratch = s.borrow_mut();
             scratch.clear();
             write_data(ev, &mut scratch);
-            self.append(event_code(ev), &scratch)
+            self.append(ev.kind(), &scratch)
         })
     }
 
-    /// Append one frame's data under event `code` (a terminal one closes the log) and
+    /// Append one frame's data of kind `kind` (a terminal one closes the log) and
     /// wake the waiting readers. False when the log is closed.
-    fn append(&self, code: u8, data: &[u8]) -> bool {
+    fn append(&self, kind: EventKind, data: &[u8]) -> bool {
         let waiters = {
             let mut g = self.lock();
             if g.closed {
@@ -184,9 +172,8 @@ impl TaskLog {
             }
             g.data.extend_from_slice(data);
             let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
-            g.index.push(Entry { end, event: code });
-            // codes 3 and 4: `end` and `error` (see EVENTS)
-            if code >= 3 {
+            g.index.push(Entry { end, kind });
+            if kind.is_terminal() {
                 g.closed = true;
                 g.data.shrink_to_fit();
                 g.index.shrink_to_fit();
@@ -199,14 +186,10 @@ impl TaskLog {
         true
     }
 
-    /// Append a frame already serialized elsewhere (cluster mode: a frame another
-    /// instance stored), by its event name. False when the log is closed or the event
-    /// is not one of the five.
-    pub fn push_frame(&self, event: &str, data: &str) -> bool {
-        match EVENTS.iter().position(|e| *e == event) {
-            Some(code) => self.append(code as u8, data.as_bytes()),
-            None => false,
-        }
+    /// Append a frame already serialized elsewhere (a frame stored by the instance
+    /// that ran the task). False when the log is closed.
+    pub fn push_stored(&self, kind: EventKind, data: &str) -> bool {
+        self.append(kind, data.as_bytes())
     }
 
     /// Call `f` on each frame with `seq > after`, in order, without copying them.
@@ -291,7 +274,7 @@ mod tests {
         assert!(closed);
         assert_eq!(f.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![3, 4]);
         assert_eq!(f[0].data, r#"{"t":"t2","i":2}"#);
-        assert_eq!(f[1].event, "end");
+        assert_eq!(f[1].kind, EventKind::End);
         assert!(f[1].is_terminal());
         assert_eq!(log.since(100).0.len(), 0);
         let (all, _) = log.since(0);

@@ -14,7 +14,8 @@ use crate::lifecycle::{CancelReason, Ending, Phase};
 use cancel::CancelSignal;
 use log::TaskLog;
 use orch_domain::{
-    ErrorCode, FinishReason, Priority, SessionId, StreamEvent, TaskId, TaskRequest, TaskState,
+    ErrorCode, EventKind, FinishReason, Priority, SessionId, StreamEvent, TaskId, TaskRequest,
+    TaskState,
 };
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -311,20 +312,20 @@ impl TaskRecord {
         true
     }
 
-    /// Cluster mode: append a frame of this task that its pool's leader (on any
-    /// instance) stored, moving this mirror's phase, token count and ending the way the
-    /// leader's own record moved. The leader logs the task's lifecycle and counts its
-    /// failures; a mirror only settles what its own admission reserved. False when the
-    /// frame was not appended (the mirror had ended, or the event is unknown).
-    pub fn mirror_frame(self: &Arc<Self>, event: &str, data: &str) -> bool {
+    /// Append a frame of this task that was stored by the instance running it (its
+    /// pool's leader, in cluster mode), moving this record's phase, token count and
+    /// ending the way the running record moved. The runner logs the task's lifecycle
+    /// and counts its failures; this record only settles what its own admission
+    /// reserved. False when the frame was not appended (the record had ended).
+    pub fn apply_stored(self: &Arc<Self>, kind: EventKind, data: &str) -> bool {
         use orch_domain::{EndFrame, ErrorFrame, StartedFrame};
         let ended = {
             let mut m = self.meta();
             if m.phase.is_ended() {
                 return false;
             }
-            let state = match event {
-                "started" => {
+            let state = match kind {
+                EventKind::Started => {
                     if let Ok(f) = serde_json::from_str::<StartedFrame>(data) {
                         m.replica_id = Some(f.replica_id);
                         m.engine = (f.engine, f.engine_version);
@@ -332,29 +333,29 @@ impl TaskRecord {
                     m.phase = Phase::Running;
                     None
                 }
-                "token" => {
+                EventKind::Token => {
                     self.add_token();
                     None
                 }
-                "end" => {
+                EventKind::Metrics => None,
+                EventKind::End => {
                     let f = serde_json::from_str::<EndFrame>(data).ok();
                     m.finish = f.as_ref().map(|f| f.finish_reason);
                     Some(f.map_or(TaskState::Completed, |f| f.state()))
                 }
-                "error" => {
+                EventKind::Error => {
                     m.error_code = serde_json::from_str::<ErrorFrame>(data)
                         .ok()
                         .map(|f| f.code);
                     Some(TaskState::Failed)
                 }
-                _ => None,
             };
             if let Some(state) = state {
                 m.phase = Phase::Ended(state);
                 m.request = None;
                 m.finished_at = Some(Instant::now());
             }
-            if !self.log.push_frame(event, data) {
+            if !self.log.push_stored(kind, data) {
                 return false;
             }
             state

@@ -87,7 +87,10 @@ pub fn terminal(fs: &[Frame]) -> (&'static str, serde_json::Value) {
     assert!(last.is_terminal(), "last frame is not terminal: {fs:?}");
     let n = fs.iter().filter(|f| f.is_terminal()).count();
     assert_eq!(n, 1, "exactly one terminal frame: {fs:?}");
-    (last.event, serde_json::from_str(&last.data).expect("json"))
+    (
+        last.kind.as_str(),
+        serde_json::from_str(&last.data).expect("json"),
+    )
 }
 
 /// Wait until the first frame of a task exists (it started).

@@ -10,7 +10,7 @@ use crate::pool::slot::SlotGuard;
 use crate::pool::state::Pinned;
 use crate::pool::{Assignment, Limits, PoolHandle};
 use crate::task::TaskRecord;
-use orch_domain::{ErrorCode, OrchError, TaskRequest};
+use orch_domain::{ErrorCode, OrchError, PlacementReason, TaskRequest};
 use orchestrator_core::prefix::{block_hashes, choose, PrefixPolicy};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -24,7 +24,7 @@ impl Actor {
         request: Arc<TaskRequest>,
         slot_hint: Option<u32>,
         pinned: Arc<Pinned>,
-        placement: &'static str,
+        placement: PlacementReason,
     ) -> Option<Assignment> {
         let tx = self.me.upgrade()?;
         let r = &mut self.st.replicas[idx];
@@ -121,8 +121,8 @@ impl Actor {
                         let rid = self.st.replicas[idx].id.clone();
                         self.st.prefix.record(&hashes, &rid);
                     }
-                    crate::metrics::placed(&self.id, why.as_str());
-                    self.claim(idx, q.rec.clone(), q.request, hint, pinned, why.as_str())
+                    crate::metrics::placed(&self.id, why);
+                    self.claim(idx, q.rec.clone(), q.request, hint, pinned, why)
                 }
                 _ => None,
             };

@@ -5,6 +5,7 @@ use super::Actor;
 use crate::metrics::Where;
 use crate::pool::state::PoolState;
 use crate::pool::{ReplicaSnap, Snapshot};
+use orch_domain::control::ReplicaState;
 use orch_domain::Priority;
 use std::sync::Arc;
 
@@ -51,13 +52,13 @@ pub(super) fn snapshot_of(id: &Arc<str>, st: &PoolState, running: usize) -> Snap
             adapter: r.adapter.clone(),
             props: r.props.clone(),
             state: if r.staged {
-                "staged"
+                ReplicaState::Staged
             } else if r.draining {
-                "draining"
+                ReplicaState::Draining
             } else if r.ready {
-                "ready"
+                ReplicaState::Ready
             } else {
-                "unready"
+                ReplicaState::Unready
             },
             serving: r.serving(),
             busy: r.busy,

@@ -8,7 +8,7 @@
 use super::Actor;
 use crate::pool::Assignment;
 use crate::task::TaskRecord;
-use orch_domain::TaskRequest;
+use orch_domain::{PlacementReason, TaskRequest};
 use orchestrator_core::placement::pick_replica;
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -89,8 +89,15 @@ impl Actor {
             .collect();
         let idx = pick_replica(&loads, None, 0)?;
         let pinned = self.st.pinned.clone()?;
-        let a = self.claim(idx, rec.clone(), request.clone(), None, pinned, "retry")?;
-        crate::metrics::placed(&self.id, "retry");
+        let a = self.claim(
+            idx,
+            rec.clone(),
+            request.clone(),
+            None,
+            pinned,
+            PlacementReason::Retry,
+        )?;
+        crate::metrics::placed(&self.id, PlacementReason::Retry);
         Some(a)
     }
 
