@@ -80,9 +80,9 @@ async fn door_ttft(http: &reqwest::Client, base: &str, messages: &serde_json::Va
 }
 
 fn set(server: &orchestratord::Server, cfg: &orchestratord::Config, mode: PlacementMode) {
-    let mut spec = orchestratord::server::pool_spec(&cfg.pools[0]);
+    let mut spec = orchestratord::settings::pool_spec(&cfg.pools[0]);
     spec.placement = mode;
-    server.orch.update_pool_spec(spec).unwrap();
+    server.orch.registry().update_spec(spec).unwrap();
 }
 
 fn ms(d: Duration) -> f64 {

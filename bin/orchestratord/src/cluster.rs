@@ -36,8 +36,8 @@ pub async fn join(
         prefer_pools: c.prefer_pools.clone(),
         store_retry: Duration::from_millis(c.store_retry_ms),
     };
-    let node = Node::start(node_cfg, orch.clone(), pools)
+    let node = Node::start(node_cfg, orch.local_pools(), pools)
         .await
         .map_err(|e| e.to_string())?;
-    orch.set_cluster(node).map_err(|e| e.message)
+    orch.set_home(node).map_err(|e| e.message)
 }

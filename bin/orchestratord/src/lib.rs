@@ -10,6 +10,7 @@ pub mod reconfig;
 pub mod selftest;
 pub mod serve;
 pub mod server;
+pub mod settings;
 pub mod telemetry;
 
 pub use config::Config;

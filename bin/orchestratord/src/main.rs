@@ -144,7 +144,7 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
     let addr = addr.unwrap_or_else(|| cfg.server.addr.clone());
     // refuse an open server off loopback before binding anything
     if let (Ok(sock), Ok(ring)) = (addr.parse::<std::net::SocketAddr>(), cfg.key_ring()) {
-        if let Err(e) = orchestratord::server::check_open_address(ring.is_empty(), sock) {
+        if let Err(e) = orchestratord::settings::check_open_address(ring.is_empty(), sock) {
             eprintln!("orchestratord: {e}");
             return ExitCode::from(2);
         }

@@ -16,7 +16,7 @@
 //! Reconfigurations run one at a time.
 
 use crate::config::{Config, MetricsAccess, PoolConfig};
-use crate::server::{check_open_address, pool_spec, tenancy};
+use crate::settings::{check_open_address, pool_spec, tenancy};
 use orch_api::auth::{AuthConfig, SharedAuth};
 use orch_services::{Orchestrator, PoolManager};
 use serde_json::{json, Value};
@@ -98,7 +98,7 @@ impl Reconfig {
                 let Some(l) = launchers.remove(&p.id) else {
                     continue;
                 };
-                match self.orch.create_pool(pool_spec(p)) {
+                match self.orch.registry().create(pool_spec(p)) {
                     Ok(_) => match self.manager.start_pool(&p.id, l, p.replicas).await {
                         Ok(()) => applied.push(format!("pool {}: added", p.id)),
                         Err(e) => not_applied.push(format!("pool {}: could not start: {e}", p.id)),
@@ -109,9 +109,9 @@ impl Reconfig {
             };
             let spec = pool_spec(p);
             if format!("{:?}", pool_spec(&old)) != format!("{spec:?}") {
-                match self.orch.update_pool_spec(spec.clone()) {
+                match self.orch.registry().update_spec(spec.clone()) {
                     Ok(()) => applied.push(format!("pool {}: settings applied", p.id)),
-                    Err(e) => not_applied.push(format!("pool {}: {}", p.id, e.message)),
+                    Err(e) => not_applied.push(format!("pool {}: {e}", p.id)),
                 }
             }
             if let Some(l) = launchers.remove(&p.id) {

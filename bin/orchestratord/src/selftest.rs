@@ -5,7 +5,7 @@
 
 use adapter_api::sum_samples;
 use orch_domain::{EventKind, Placement, Priority, TaskRequest};
-use orch_services::{Orchestrator, PoolHandle, ReadItem};
+use orch_services::{Caller, Orchestrator, PoolHandle, ReadItem};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -56,7 +56,10 @@ async fn run_to_end(
     id: orch_domain::TaskId,
     limit: Duration,
 ) -> Result<(Vec<EventKind>, String), String> {
-    let mut reader = orch.open_stream(id, 0).await.map_err(|e| e.to_string())?;
+    let mut reader = orch
+        .open_stream(&Caller::open(), id, 0)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut names = Vec::new();
     let deadline = Instant::now() + limit;
     loop {
@@ -102,7 +105,11 @@ pub async fn self_test_pool(
 
     // one-token decode
     let adm = orch
-        .admit(request(&model, pool_id, "Hello", 1), "self-test")
+        .admit(
+            &Caller::open(),
+            request(&model, pool_id, "Hello", 1),
+            "self-test",
+        )
         .await
         .map_err(|e| fail("decode", e.to_string()))?;
     let (names, data) = run_to_end(orch, adm.task_id, Duration::from_secs(60))
@@ -118,6 +125,7 @@ pub async fn self_test_pool(
     // cancel frees the slot
     let adm = orch
         .admit(
+            &Caller::open(),
             request(
                 &model,
                 pool_id,
@@ -129,7 +137,7 @@ pub async fn self_test_pool(
         .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let mut reader = orch
-        .open_stream(adm.task_id, 0)
+        .open_stream(&Caller::open(), adm.task_id, 0)
         .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let t0 = Instant::now();
@@ -150,7 +158,7 @@ pub async fn self_test_pool(
         }
     }
     drop(reader);
-    orch.cancel(adm.task_id)
+    orch.cancel(&Caller::open(), adm.task_id)
         .await
         .map_err(|e| fail("cancel", e.to_string()))?;
     let (names, data) = run_to_end(orch, adm.task_id, Duration::from_secs(10))

@@ -700,7 +700,7 @@ async fn an_idempotency_key_names_the_task_admitted_before_and_runs_it_once() {
     );
     let orch = &s.server.as_ref().unwrap().orch;
     assert_eq!(
-        orch.table_stats().live + orch.table_stats().finished_with_frames,
+        orch.stats().table.live + orch.stats().table.finished_with_frames,
         1
     );
     let frames = s.stream(id.as_str().unwrap(), None).await;
@@ -718,7 +718,7 @@ async fn an_idempotency_key_names_the_task_admitted_before_and_runs_it_once() {
         id
     );
     assert_eq!(
-        orch.table_stats().live + orch.table_stats().finished_with_frames,
+        orch.stats().table.live + orch.stats().table.finished_with_frames,
         2
     );
     // refused: empty, not visible ASCII, over 255 bytes, or together with a task_id

@@ -6,6 +6,7 @@
 use axum::routing::post;
 use axum::Json;
 use orch_domain::{TaskId, TaskRequest, TaskState};
+use orch_services::Caller;
 use orchestratord::Server;
 use pact_verifier::callback_executors::HttpRequestProviderStateExecutor;
 use pact_verifier::{
@@ -56,7 +57,7 @@ fn request(prompt: &str, max_tokens: u32) -> TaskRequest {
 /// End every live task and wait until the pool is idle.
 async fn reset(orch: &orch_services::Orchestrator) {
     for id in orch.live_task_ids() {
-        let _ = orch.cancel(id).await;
+        let _ = orch.cancel(&Caller::open(), id).await;
     }
     for _ in 0..250 {
         if orch.live_task_ids().is_empty() {
@@ -70,7 +71,7 @@ async fn reset(orch: &orch_services::Orchestrator) {
 async fn wait_state(orch: &orch_services::Orchestrator, id: TaskId, done: fn(TaskState) -> bool) {
     for _ in 0..250 {
         if orch
-            .status(id)
+            .status(&Caller::open(), id)
             .await
             .map(|s| done(s.state))
             .unwrap_or(false)
@@ -95,7 +96,7 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
             // fill until every slot runs and the queue is at capacity (dispatch is async)
             for _ in 0..100 {
                 while orch
-                    .admit(request("filler", 40), "pact-state")
+                    .admit(&Caller::open(), request("filler", 40), "pact-state")
                     .await
                     .is_ok()
                 {}
@@ -114,7 +115,7 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
                 .map_err(|_| "bad id")?;
             let mut r = request("state task", if s.ends_with("is running") { 40 } else { 2 });
             r.task_id = Some(id);
-            orch.admit(r, "pact-state")
+            orch.admit(&Caller::open(), r, "pact-state")
                 .await
                 .map_err(|e| e.to_string())?;
             if s.ends_with("is running") {
@@ -128,11 +129,11 @@ async fn set_state(orch: orch_services::Orchestrator, state: &str) -> Result<(),
                 .ok_or("no session id")?
                 .parse()
                 .map_err(|_| "bad id")?;
-            let _ = orch.delete_session(sid).await;
+            let _ = orch.delete_session(&Caller::open(), sid).await;
             let mut r = request("a turn", 2);
             r.session_id = Some(sid);
             let adm = orch
-                .admit(r, "pact-state")
+                .admit(&Caller::open(), r, "pact-state")
                 .await
                 .map_err(|e| e.to_string())?;
             wait_state(&orch, adm.task_id, TaskState::is_terminal).await;

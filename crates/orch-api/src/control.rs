@@ -117,5 +117,5 @@ pub async fn capabilities(
     State(app): State<AppState>,
     Extension(caller): Extension<orch_services::Caller>,
 ) -> Response {
-    Json(app.orch.capabilities_as(&caller, app.body.max_bytes as u64)).into_response()
+    Json(app.orch.capabilities(&caller, app.body.max_bytes as u64)).into_response()
 }

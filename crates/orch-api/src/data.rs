@@ -69,7 +69,7 @@ pub async fn create_task(
         // not visible ASCII: the services refuse it by name (400)
         req.idempotency_key = Some(v.to_str().unwrap_or("").to_string());
     }
-    let adm = app.orch.admit_as(&caller, req, &cid.0).await.or_api(&cid)?;
+    let adm = app.orch.admit(&caller, req, &cid.0).await.or_api(&cid)?;
     let location = format!("/v1/tasks/{}", adm.task_id);
     let mut resp = (StatusCode::ACCEPTED, Json(adm)).into_response();
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -110,11 +110,7 @@ pub async fn stream_task(
                 )
             })?,
     };
-    let reader = app
-        .orch
-        .open_stream_as(&caller, id, last)
-        .await
-        .or_api(&cid)?;
+    let reader = app.orch.open_stream(&caller, id, last).await.or_api(&cid)?;
     let body = Body::from_stream(crate::sse::body_stream(reader, app.keepalive));
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
@@ -141,7 +137,7 @@ pub async fn cancel_task(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = task_id(&id, &cid)?;
-    app.orch.cancel_as(&caller, id).await.or_api(&cid)?;
+    app.orch.cancel(&caller, id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -159,7 +155,7 @@ pub async fn task_status(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = task_id(&id, &cid)?;
-    let st = app.orch.status_as(&caller, id).await.or_api(&cid)?;
+    let st = app.orch.status(&caller, id).await.or_api(&cid)?;
     Ok(Json(st).into_response())
 }
 
@@ -177,7 +173,7 @@ pub async fn get_session(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = session_id(&id, &cid)?;
-    let info = app.orch.session_as(&caller, id).or_api(&cid)?;
+    let info = app.orch.session(&caller, id).or_api(&cid)?;
     Ok(Json(info).into_response())
 }
 
@@ -195,6 +191,6 @@ pub async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = session_id(&id, &cid)?;
-    app.orch.delete_session_as(&caller, id).await.or_api(&cid)?;
+    app.orch.delete_session(&caller, id).await.or_api(&cid)?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -266,11 +266,22 @@ fn decorate(mut doc: Value) -> Value {
                 op.insert("x-examples".into(), ex);
             }
             if id == "streamTask" {
-                let frame = |s: &str| json!({"$ref": format!("#/components/schemas/{s}")});
-                op.insert("x-sse-events".into(), json!({
-                    "started": frame("StartedFrame"), "token": frame("TokenFrame"), "metrics": frame("MetricsFrame"),
-                    "end": frame("EndFrame"), "error": frame("ErrorFrame")
-                }));
+                // every frame kind, with the schema of its data
+                let events: serde_json::Map<String, Value> = orch_domain::EventKind::ALL
+                    .into_iter()
+                    .map(|k| {
+                        let schema = match k {
+                            orch_domain::EventKind::Started => "StartedFrame",
+                            orch_domain::EventKind::Token => "TokenFrame",
+                            orch_domain::EventKind::Metrics => "MetricsFrame",
+                            orch_domain::EventKind::End => "EndFrame",
+                            orch_domain::EventKind::Error => "ErrorFrame",
+                        };
+                        let r = json!({"$ref": format!("#/components/schemas/{schema}")});
+                        (k.as_str().to_string(), r)
+                    })
+                    .collect();
+                op.insert("x-sse-events".into(), Value::Object(events));
             }
             let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                 continue;

@@ -6,13 +6,14 @@
 //! renew by revision, expire by age; [`lead`] keeps one and steps down when it cannot
 //! renew), the leader's dispatch consumer ([`Dispatch`]), tasks' frames
 //! ([`FrameLog`]: batched, fenced appends; reads by direct get after any id) and tasks'
-//! statuses and cancel requests ([`TaskStates`]), and an instance's membership
-//! ([`Node`]): the services' cluster port and its pool leadership. What each JetStream
-//! answer means for a client is decided here, once: a full queue is a 429, a cluster
-//! without quorum a 503.
+//! statuses and cancel requests ([`TaskStates`]), what instances store and send each
+//! other about tasks ([`wire`]), and an instance's membership ([`Node`]): the services'
+//! task home and its pool leadership. What each JetStream answer means for a client is
+//! decided here, once: a full queue is a 429, a cluster without quorum a 503.
 //!
-//! Owns: the NATS connection and the JetStream names. Never: HTTP (it reaches the
-//! services only through `orch-services`' facade and its `ClusterPort` seam).
+//! Owns: the NATS connection, the JetStream names and the wire forms. Never: HTTP (it
+//! reaches the services only through `orch-services`' `TaskHome` seam, and runs tasks
+//! through the narrow `LocalPools` handle).
 
 mod dispatch;
 mod frames;
@@ -23,6 +24,7 @@ mod queue;
 mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wire;
 
 pub use dispatch::{Dispatch, QueuedTask};
 pub use frames::{Frame, FrameError, FrameLog, FrameWriter, ReadFrom};

@@ -7,7 +7,7 @@
 
 use adapter_mock::{MockConfig, MockEngine};
 use orch_domain::{EventKind, Priority, TaskRequest};
-use orch_services::{Orchestrator, PoolSpec, Read, ServiceConfig};
+use orch_services::{Caller, Orchestrator, PoolSpec, Read, ServiceConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,20 +24,22 @@ pub struct Transcript {
 pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
     // 1. the services and one pool with one in-process mock replica
     let orch = Orchestrator::new(ServiceConfig::default());
-    orch.create_pool(PoolSpec::new("local", "mock-model"))?;
+    orch.registry()
+        .create(PoolSpec::new("local", "mock-model"))?;
     let engine = MockEngine::new(MockConfig {
         slots: 2,
         tokens_per_sec: 200.0,
         tokens: 1000,
         ..MockConfig::default()
     });
-    orch.attach_replica("local", "local-r0", Arc::new(engine))
+    orch.registry()
+        .add_replica("local", "local-r0", Arc::new(engine))
         .await?;
 
     // 2. submit and stream to the end
     let req = TaskRequest::completion("mock-model", "Hello", 5, Priority::Interactive);
-    let adm = orch.admit(req, "embed-example").await?;
-    let mut reader = orch.open_stream(adm.task_id, 0).await?;
+    let adm = orch.admit(&Caller::open(), req, "embed-example").await?;
+    let mut reader = orch.open_stream(&Caller::open(), adm.task_id, 0).await?;
     let mut first = Vec::new();
     while let Some(item) = reader
         .next_with(Duration::from_secs(5), |f| {
@@ -52,8 +54,8 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
 
     // 3. a long task, canceled after its third token
     let req = TaskRequest::completion("mock-model", "Count to a thousand", 1000, Priority::Batch);
-    let adm = orch.admit(req, "embed-example").await?;
-    let mut reader = orch.open_stream(adm.task_id, 0).await?;
+    let adm = orch.admit(&Caller::open(), req, "embed-example").await?;
+    let mut reader = orch.open_stream(&Caller::open(), adm.task_id, 0).await?;
     let (mut tokens, mut canceled, mut asked) = (0, String::new(), false);
     while let Some(_item) = reader
         .next_with(Duration::from_secs(5), |f| match f.kind {
@@ -64,7 +66,7 @@ pub async fn walkthrough() -> Result<Transcript, Box<dyn std::error::Error>> {
         .await
     {
         if tokens >= 3 && !asked {
-            orch.cancel(adm.task_id).await?;
+            orch.cancel(&Caller::open(), adm.task_id).await?;
             asked = true;
         }
     }

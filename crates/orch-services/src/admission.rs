@@ -4,17 +4,17 @@
 //! (409 on a known id), and hand it to the pool's actor, which decides its place in
 //! the fair queue, position, ETA, deadline feasibility and the queue's full-policy.
 //! Whatever was reserved is given back by the task's settlement when it ends.
-//! In cluster mode the last step stores the task in its pool's replicated queue
-//! instead, and the record becomes a mirror of what the pool's leader runs.
+//! The last step hands the task to its home (`crate::home`): this instance's pool,
+//! or a backend that stores it where the pool's leader runs it.
 
 use crate::auth::Caller;
-use crate::cluster::{ClusterPort, ReplicatedTask};
 use crate::core::Core;
-use crate::pool::{unready, Flow, Pinned, Placed, PoolHandle, Snapshot};
+use crate::home::Admitted;
+use crate::local::{flow_of, new_record};
+use crate::pool::{unready, Pinned, PoolHandle, Snapshot};
 use crate::sessions::Refusal;
 use crate::table::Lookup;
-use crate::task::{Admission, Settled, TaskRecord};
-use crate::tenants::QueuedLease;
+use crate::task::Settled;
 use orch_domain::{
     AdmissionResponse, ErrorCode, OrchError, PolicyLabel, TaskId, TaskRequest, TaskState,
 };
@@ -64,11 +64,6 @@ async fn admit_in(
     }
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
-    let cluster = core.cluster.get();
-    if cluster.is_some() {
-        // the leader's actor checks again; refuse what it would refuse before storing
-        crate::pool::check_fits_snapshot(&snap, &req)?;
-    }
     pinned.clone_from(&snap.pinned);
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
@@ -104,28 +99,16 @@ async fn admit_in(
     let id = req.task_id.unwrap_or_else(TaskId::new_random);
     let priority = req.priority;
     let deadline_ms = req.deadline_ms;
-    let flow = Flow {
-        id: tenant.ix,
-        weight: tenant.weight(),
-        cost: u64::from(req.expected_tokens.unwrap_or(req.max_tokens)).max(1),
-    };
-    let rec = Arc::new(TaskRecord::new(
-        Admission {
-            id,
-            tenant: tenant.name.clone(),
-            priority,
-            pool_id: pool.id.to_string(),
-            session: req.session_id,
-            correlation_id: correlation_id.to_string(),
-            engine: snap.pinned.as_ref().map_or_else(
-                || ("none".into(), "none".into()),
-                |p| (p.engine.clone(), p.engine_version.clone()),
-            ),
-            mirror: cluster.is_some(),
-        },
-        req,
+    let flow = flow_of(&tenant, &req);
+    let rec = new_record(
+        id,
+        &tenant,
+        (&pool.id, Some(&snap)),
+        correlation_id,
+        priority,
+        Some(req),
         Some(core.table.end_hook()),
-    ));
+    );
     let sessions = core.sessions.clone();
     rec.set_settlement(Box::new(move |s: Settled| {
         reservation.used(u64::from(s.tokens_out));
@@ -154,10 +137,17 @@ async fn admit_in(
         core.table.remove_unadmitted(&rec);
         return Err(OrchError::internal("admitted task lost its request"));
     };
-    let placed = match cluster {
-        Some(port) => enqueue(port, &rec, &request, lease).await,
-        None => pool.admit(rec.clone(), request, flow, Some(lease)).await,
-    };
+    let placed = core
+        .home()
+        .place(Admitted {
+            rec: rec.clone(),
+            request,
+            pool: pool.clone(),
+            snap: snap.clone(),
+            flow,
+            lease,
+        })
+        .await;
     let placed = match placed {
         Ok(p) => p,
         Err(e) => {
@@ -195,42 +185,19 @@ fn idempotent_id(tenant: &str, key: &str) -> TaskId {
 }
 
 /// The 202 of a task admitted before under the same id (live, finished or
-/// summarized here, or known to the cluster), if any. Nothing is reserved again.
+/// summarized here, or known to the task home), if any. Nothing is reserved again.
 async fn already_admitted(core: &Core, id: TaskId) -> Result<Option<AdmissionResponse>, OrchError> {
     let (queue_position, predicted_start_ms) = match core.table.get(id) {
         Some(Lookup::Record(r)) if r.state() == TaskState::Queued => r.estimate(),
         Some(_) => (0, 0),
-        None => match core.cluster.get() {
-            Some(port) if port.status(id).await?.is_some() => (0, 0),
-            _ => return Ok(None),
-        },
+        None if core.home().find(id).await?.is_some() => (0, 0),
+        None => return Ok(None),
     };
     Ok(Some(AdmissionResponse::accepted(
         id,
         queue_position,
         predicted_start_ms,
     )))
-}
-
-/// Cluster mode: store the task in its pool's replicated queue, then follow what its
-/// leader stores of it into the (mirror) record.
-async fn enqueue(
-    port: &Arc<dyn ClusterPort>,
-    rec: &Arc<TaskRecord>,
-    request: &TaskRequest,
-    lease: QueuedLease,
-) -> Result<Placed, OrchError> {
-    let task = ReplicatedTask {
-        task_id: rec.id,
-        tenant: rec.tenant.to_string(),
-        pool_id: rec.pool_id.clone(),
-        correlation_id: rec.correlation_id.clone(),
-        chat: request.chat.clone(),
-        request: request.clone(),
-    };
-    let placed = port.enqueue(&task).await?;
-    port.follow(rec.clone(), Some(lease));
-    Ok(placed)
 }
 
 /// See [`crate::orchestrator::Orchestrator::output_limit`].

@@ -1,30 +1,35 @@
-//! The shared core of the services: configuration, the task table, sessions, tenants
-//! and the pool registry, plus the one cancel path every caller uses.
+//! The shared core of the services: configuration, the task table, sessions, tenants,
+//! the pool registry and the task home, plus the one cancel path every caller uses.
 //!
-//! Owns: the `accepting` and `self_tests_passed` flags. Everything else it holds owns
-//! its own state (see each module).
+//! Owns: the `accepting` and `self_tests_passed` flags, and which [`TaskHome`] tasks
+//! go to (set once; the local one until then). Everything else it holds owns its own
+//! state (see each module).
 //! Never: holds a lock across an `await` (it holds none of its own).
 
 use crate::config::ServiceConfig;
-use crate::lifecycle::{CancelReason, Phase};
+use crate::home::TaskHome;
+use crate::lifecycle::CancelReason;
+use crate::local::{LocalHome, LocalPools};
 use crate::registry::PoolRegistry;
 use crate::sessions::SessionStore;
 use crate::table::TaskTable;
 use crate::task::TaskRecord;
 use crate::tenants::Tenants;
+use orch_domain::OrchError;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub(crate) struct Core {
     pub cfg: ServiceConfig,
     pub table: TaskTable,
     pub sessions: Arc<SessionStore>,
     pub pools: PoolRegistry,
-    pub tenants: Tenants,
+    pub tenants: Arc<Tenants>,
     pub accepting: AtomicBool,
     pub self_tests_passed: AtomicBool,
-    /// Cluster mode's backend (set once, before serving); standalone has none.
-    pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::ClusterPort>>,
+    local: LocalHome,
+    /// Where tasks go when not to this instance's pools (set once, before serving).
+    home: OnceLock<Arc<dyn TaskHome>>,
 }
 
 impl Core {
@@ -35,16 +40,38 @@ impl Core {
             cfg.max_sessions,
         ));
         let launch = crate::runner::launcher(sessions.clone());
+        let pools = PoolRegistry::new(sessions.clone(), cfg.prior_service_ms, launch);
         Self {
             table: TaskTable::new(cfg.retention, cfg.record_ttl),
-            pools: PoolRegistry::new(sessions.clone(), cfg.prior_service_ms, launch),
+            local: LocalHome::new(pools.clone()),
+            pools,
             sessions,
-            tenants: Tenants::new(&cfg.tenancy),
+            tenants: Arc::new(Tenants::new(&cfg.tenancy)),
             cfg,
             accepting: AtomicBool::new(true),
             self_tests_passed: AtomicBool::new(true),
-            cluster: std::sync::OnceLock::new(),
+            home: OnceLock::new(),
         }
+    }
+
+    /// Where tasks live.
+    pub fn home(&self) -> &dyn TaskHome {
+        match self.home.get() {
+            Some(h) => h.as_ref(),
+            None => &self.local,
+        }
+    }
+
+    /// Send tasks to `home` from now on (once).
+    pub fn set_home(&self, home: Arc<dyn TaskHome>) -> Result<(), OrchError> {
+        self.home
+            .set(home)
+            .map_err(|_| OrchError::internal("the task home was already set"))
+    }
+
+    /// This instance's pools, for a home that runs tasks here for other instances.
+    pub fn local_pools(&self) -> LocalPools {
+        LocalPools::new(self.pools.clone(), self.tenants.clone())
     }
 
     pub fn is_accepting(&self) -> bool {
@@ -52,18 +79,17 @@ impl Core {
     }
 
     /// Cancel a task: its reason is recorded and its token fired first, so whoever
-    /// holds it next (the pool actor if queued, its runner if running) ends it.
-    pub async fn cancel(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {
+    /// holds it next (the pool actor if queued, its runner if running) ends it; then
+    /// its home acts on it (a queued task leaves its queue). A task that ended is
+    /// left alone.
+    pub async fn cancel(
+        &self,
+        rec: &Arc<TaskRecord>,
+        reason: CancelReason,
+    ) -> Result<(), OrchError> {
         if !rec.request_cancel(reason) {
-            return;
+            return Ok(());
         }
-        // a queued task leaves the queue; a retry parked in the pool is let go (the
-        // pool's actor looks at its parked retries after any command). A mirror's
-        // task is queued with its leader: its follower passes the cancel on.
-        if !rec.mirror && matches!(rec.phase(), Phase::Queued | Phase::Retrying) {
-            if let Some(pool) = self.pools.get(&rec.pool_id) {
-                pool.cancel_queued(rec.id).await;
-            }
-        }
+        self.home().cancel(rec, reason).await
     }
 }

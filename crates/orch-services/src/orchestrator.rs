@@ -1,21 +1,22 @@
 //! The data-plane facade: what the HTTP layer (or an embedding program) calls — admit,
 //! stream, cancel, status, sessions, views, readiness and shutdown. Each method
 //! delegates to the module that owns the work; this module holds no state of its own.
+//! Every call made for a client names its [`Caller`] (tenant and role): what it may
+//! see and what it is charged to; trusted in-process callers pass [`Caller::open`].
 //! Replica management is not here: the pool manager uses [`PoolRegistry`].
 //!
 //! Nothing in this crate imports this module (enforced by `tests/module_graph.rs`).
 
 use crate::auth::Caller;
-use crate::cluster::{ClusterPort, ClusterStatus, ReplicatedTask};
-use crate::config::{PoolSpec, ServiceConfig};
+use crate::config::ServiceConfig;
 use crate::core::Core;
+use crate::home::TaskHome;
 use crate::lifecycle::CancelReason;
-use crate::pool::{PoolError, PoolHandle};
-use crate::registry::{PoolRegistry, ReplicaOrigin};
+use crate::local::{new_record, LocalPools};
+use crate::registry::PoolRegistry;
 use crate::streaming::StreamReader;
 use crate::table::{Lookup, TableStats};
 use crate::task::TaskRecord;
-use adapter_api::WorkerAdapter;
 use orch_domain::control::{Capabilities, DrainResponse, PoolHealth, PoolView, ReplicaSetView};
 use orch_domain::{
     AdmissionResponse, OrchError, SessionId, SessionInfo, TaskId, TaskRequest, TaskState,
@@ -25,6 +26,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+/// What the services hold now (for operators, tests and benchmarks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks admitted and not yet ended.
+    pub live_tasks: usize,
+    /// What the task table retains.
+    pub table: TableStats,
+    /// Sessions tracked.
+    pub sessions: usize,
+}
+
 /// The orchestrator services. Cheap to clone; all clones share state.
 #[derive(Clone)]
 pub struct Orchestrator {
@@ -33,6 +45,7 @@ pub struct Orchestrator {
 
 impl Orchestrator {
     /// Create the services and start the retention sweeper (needs a tokio runtime).
+    /// Tasks are queued and run on this instance's pools until [`set_home`](Self::set_home).
     pub fn new(cfg: ServiceConfig) -> Self {
         let core = Arc::new(Core::new(cfg));
         tokio::spawn(sweeper(Arc::downgrade(&core)));
@@ -43,115 +56,21 @@ impl Orchestrator {
         Self { core }
     }
 
-    /// Run in cluster mode on `port` (before serving; once). Admission then stores
-    /// tasks in their pool's replicated queue, and tasks this instance has no record
-    /// of are found through the cluster.
-    pub fn set_cluster(&self, port: Arc<dyn ClusterPort>) -> Result<(), OrchError> {
-        self.core
-            .cluster
-            .set(port)
-            .map_err(|_| OrchError::internal("cluster mode was already set"))
+    /// Send admitted tasks to `home` from now on (once, before serving): a backend
+    /// that stores them where a pool's leader runs them (cluster mode). Tasks this
+    /// instance holds no record of are then looked up there too.
+    pub fn set_home(&self, home: Arc<dyn TaskHome>) -> Result<(), OrchError> {
+        self.core.set_home(home)
     }
 
-    pub fn is_cluster(&self) -> bool {
-        self.core.cluster.get().is_some()
+    /// This instance's pools, for a home that runs here tasks other instances
+    /// admitted (it holds no reference to these services).
+    pub fn local_pools(&self) -> LocalPools {
+        self.core.local_pools()
     }
 
-    /// Cluster mode, on a pool's leader: run a task another instance admitted (or
-    /// this one, before a failover) on this instance's pool. The record is not in the
-    /// task table (readers follow the cluster's copy of its frames); a refusal by the
-    /// pool ends it with its error frame. No quota is taken here: the admitting
-    /// instance holds it.
-    pub async fn run_replicated(&self, t: ReplicatedTask) -> Arc<TaskRecord> {
-        let tenant = self.core.tenants.get(&t.tenant);
-        let mut request = t.request;
-        request.chat = t.chat;
-        let pool = self.core.pools.get(&t.pool_id);
-        let engine = pool
-            .as_ref()
-            .and_then(|p| p.snapshot().pinned.clone())
-            .map_or_else(
-                || ("none".into(), "none".into()),
-                |p| (p.engine.clone(), p.engine_version.clone()),
-            );
-        let flow = crate::pool::Flow {
-            id: tenant.ix,
-            weight: tenant.weight(),
-            cost: u64::from(request.expected_tokens.unwrap_or(request.max_tokens)).max(1),
-        };
-        let rec = Arc::new(TaskRecord::new(
-            crate::task::Admission {
-                id: t.task_id,
-                tenant: tenant.name.clone(),
-                priority: request.priority,
-                pool_id: t.pool_id.clone(),
-                session: request.session_id,
-                correlation_id: t.correlation_id,
-                engine,
-                mirror: false,
-            },
-            request,
-            None,
-        ));
-        let admitted = match (&pool, rec.request()) {
-            (Some(pool), Some(req)) => pool.admit(rec.clone(), req, flow, None).await,
-            _ => Err(OrchError::not_found("pool", &t.pool_id)),
-        };
-        if let Err(e) = admitted {
-            rec.end(crate::lifecycle::Ending::Failed(e));
-        }
-        rec
-    }
-
-    /// Whether this instance's pool `id` serves now (a leader waits for it before
-    /// taking tasks from the cluster's queue).
-    pub fn pool_ready(&self, id: &str) -> bool {
-        self.core.pools.get(id).is_some_and(|p| p.snapshot().ready)
-    }
-
-    /// Cluster mode, on a pool's leader: the pool's queue as it stands, for the other
-    /// instances' estimates.
-    pub fn queue_hint(&self, pool_id: &str) -> Option<crate::cluster::QueueHint> {
-        let s = self.core.pools.get(pool_id)?.snapshot();
-        Some(crate::cluster::QueueHint {
-            queue_depth: s.queue_depth,
-            slots_free: s.slots_free,
-            slots_total: s.slots_total,
-            service_ms: s.service_ms,
-        })
-    }
-
-    /// Cluster mode, on a pool's leader: a task it runs as it stands now (for a
-    /// status asked on another instance). `None` once it ended here: its end counts
-    /// once it is stored, and the recorded status says it then.
-    pub async fn live_status(&self, rec: &TaskRecord) -> Option<crate::cluster::LiveStatus> {
-        let s = rec.summary();
-        if s.state.is_terminal() {
-            return None;
-        }
-        let queue_position = match (s.state, self.core.pools.get(&s.pool_id)) {
-            (TaskState::Queued, Some(pool)) => pool.position(rec.id).await,
-            _ => None,
-        };
-        Some(crate::cluster::LiveStatus {
-            state: s.state,
-            queue_position,
-            tokens_out: s.tokens_out,
-            replica_id: s.replica_id,
-        })
-    }
-
-    /// Cancel a task record this instance runs for the cluster (see
-    /// [`run_replicated`](Self::run_replicated)).
-    pub async fn cancel_replicated(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {
-        self.core.cancel(rec, reason).await;
-    }
-
-    pub fn config(&self) -> &ServiceConfig {
-        &self.core.cfg
-    }
-
-    /// The pool registry, for the pool manager (replicas come and go through it).
+    /// The pool registry, for the pool manager and embedders (pools are created,
+    /// replicas attached and pool settings applied through it).
     pub fn registry(&self) -> PoolRegistry {
         self.core.pools.clone()
     }
@@ -161,55 +80,8 @@ impl Orchestrator {
         self.core.tenants.update(t)
     }
 
-    /// Apply new pool settings at once (queue limits and policy, fairness, timeouts,
-    /// output limit); queued and running tasks are not touched.
-    pub fn update_pool_spec(&self, spec: PoolSpec) -> Result<(), OrchError> {
-        let pool = self
-            .core
-            .pools
-            .get(&spec.id)
-            .ok_or_else(|| OrchError::not_found("pool", &spec.id))?;
-        pool.update_spec(spec);
-        Ok(())
-    }
-
-    /// Register an empty pool and start its actor.
-    pub fn create_pool(&self, spec: PoolSpec) -> Result<PoolHandle, PoolError> {
-        self.core.pools.create(spec)
-    }
-
-    /// Probe a serving replica and add it to a pool (embedders and tests; the pool
-    /// manager attaches through the registry).
-    pub async fn attach_replica(
-        &self,
-        pool_id: &str,
-        replica_id: &str,
-        adapter: Arc<dyn WorkerAdapter>,
-    ) -> Result<(), PoolError> {
-        self.core
-            .pools
-            .attach(
-                pool_id,
-                replica_id,
-                adapter,
-                ReplicaOrigin::default(),
-                false,
-            )
-            .await
-    }
-
-    /// Admit a task as the open caller (an admin of the `anonymous` tenant): for
-    /// trusted in-process callers. Servers with keys use [`admit_as`](Self::admit_as).
-    pub async fn admit(
-        &self,
-        req: TaskRequest,
-        correlation_id: &str,
-    ) -> Result<AdmissionResponse, OrchError> {
-        self.admit_as(&Caller::open(), req, correlation_id).await
-    }
-
     /// Admit a task for `caller`'s tenant (its quotas, weight and sessions).
-    pub async fn admit_as(
+    pub async fn admit(
         &self,
         caller: &Caller,
         req: TaskRequest,
@@ -240,79 +112,56 @@ impl Orchestrator {
         }
     }
 
-    /// Cluster mode: the recorded status of a task this instance has no record of,
-    /// if `caller` may see it (404 otherwise, like an unknown id). Standalone: 404.
-    async fn remote(&self, caller: &Caller, id: TaskId) -> Result<ClusterStatus, OrchError> {
-        let port = self
-            .core
-            .cluster
-            .get()
-            .ok_or_else(|| OrchError::not_found("task", id))?;
-        match port.status(id).await? {
+    /// A task this instance has no record of, as its home recorded it, if `caller`
+    /// may see it (404 otherwise, like an unknown id).
+    async fn find(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
+        match self.core.home().find(id).await? {
             Some(s) if caller.may_see(&s.tenant) => Ok(s),
             _ => Err(OrchError::not_found("task", id)),
         }
     }
 
-    /// Cluster mode: a mirror record for a task another instance admitted, following
-    /// its stored frames (the one already in the table if a reader made it first).
-    fn mirror(&self, id: TaskId, s: &ClusterStatus) -> Result<Arc<TaskRecord>, OrchError> {
-        let port = self
-            .core
-            .cluster
-            .get()
-            .ok_or_else(|| OrchError::not_found("task", id))?;
-        let rec = Arc::new(TaskRecord::new(
-            crate::task::Admission {
-                id,
-                tenant: self.core.tenants.get(&s.tenant).name.clone(),
-                priority: s.priority,
-                pool_id: s.pool_id.clone(),
-                session: None,
-                correlation_id: String::new(),
-                engine: ("none".into(), "none".into()),
-                mirror: true,
-            },
-            TaskRequest::completion("", "", 1, s.priority),
+    /// A record for a task found in its home, fed with the frames stored there (the
+    /// one already in the table if a reader made it first).
+    fn follow(&self, s: &TaskStatus) -> Result<Arc<TaskRecord>, OrchError> {
+        let rec = new_record(
+            s.task_id,
+            &self.core.tenants.get(&s.tenant),
+            (&s.pool_id, None),
+            "",
+            s.priority,
+            None,
             Some(self.core.table.end_hook()),
-        ));
+        );
         if self.core.table.insert(rec.clone()).is_err() {
-            return self.core.table.record(id);
+            return self.core.table.record(s.task_id);
         }
-        port.follow(rec.clone(), None);
+        self.core.home().follow(rec.clone());
         Ok(rec)
     }
 
     /// Open a reader of a task's events after sequence `last_event_id` (0 = start).
+    /// A task this instance has no record of is read from its home's copy of its
+    /// frames (stored frames only, so a resume elsewhere never sees a frame twice or
+    /// misses one).
     pub async fn open_stream(
-        &self,
-        id: TaskId,
-        last_event_id: u64,
-    ) -> Result<StreamReader, OrchError> {
-        self.open_stream_as(&Caller::open(), id, last_event_id)
-            .await
-    }
-
-    /// In cluster mode a task admitted elsewhere is read from the cluster's copy of
-    /// its frames (its stored frames only, so a resume elsewhere never sees a frame
-    /// twice or misses one).
-    pub async fn open_stream_as(
         &self,
         caller: &Caller,
         id: TaskId,
         last_event_id: u64,
     ) -> Result<StreamReader, OrchError> {
+        let home = self.core.home();
         let rec = match self.lookup(caller, id) {
             Ok(_) => self.core.table.record(id)?,
-            Err(e) if !self.is_cluster() => return Err(e),
+            Err(e) if !home.tasks_outlive_instance() => return Err(e),
             Err(_) => {
-                let s = self.remote(caller, id).await?;
-                self.mirror(id, &s)?
+                let s = self.find(caller, id).await?;
+                self.follow(&s)?
             }
         };
         let len = rec.log.len();
-        // a mirror may not have caught up yet: it checks nothing here
-        if !rec.mirror && last_event_id > len {
+        // frames copied from elsewhere may not have caught up: nothing to check here
+        if !home.tasks_outlive_instance() && last_event_id > len {
             return Err(OrchError::invalid(
                 "Last-Event-ID",
                 format!("{last_event_id} is past the last frame ({len}) of this task"),
@@ -322,77 +171,44 @@ impl Orchestrator {
     }
 
     /// Cancel a task: a queued one is removed, a running one is stopped on its engine.
-    /// Canceling a finished (or expired) task is a no-op.
-    pub async fn cancel(&self, id: TaskId) -> Result<(), OrchError> {
-        self.cancel_as(&Caller::open(), id).await
-    }
-
-    /// In cluster mode the cancel is stored and sent to the task's leader before this
-    /// returns.
-    pub async fn cancel_as(&self, caller: &Caller, id: TaskId) -> Result<(), OrchError> {
-        let pool_id = match self.lookup(caller, id) {
-            Ok(Lookup::Record(rec)) => {
-                self.core.cancel(&rec, CancelReason::Client).await;
-                (rec.mirror && !rec.is_ended()).then(|| rec.pool_id.clone())
-            }
-            Ok(Lookup::Expired(_)) => None,
-            Err(e) if !self.is_cluster() => return Err(e),
+    /// Canceling a finished (or expired) task is a no-op. A task run elsewhere is
+    /// canceled there before this returns.
+    pub async fn cancel(&self, caller: &Caller, id: TaskId) -> Result<(), OrchError> {
+        match self.lookup(caller, id) {
+            Ok(Lookup::Record(rec)) => self.core.cancel(&rec, CancelReason::Client).await,
+            Ok(Lookup::Expired(_)) => Ok(()),
+            Err(e) if !self.core.home().tasks_outlive_instance() => Err(e),
             Err(_) => {
-                let s = self.remote(caller, id).await?;
-                (!s.state.is_terminal()).then_some(s.pool_id)
-            }
-        };
-        if let (Some(pool_id), Some(port)) = (pool_id, self.core.cluster.get()) {
-            port.cancel(&pool_id, id).await?;
-        }
-        Ok(())
-    }
-
-    /// `GET /v1/tasks/{id}`: live state, or the summary of an expired task.
-    pub async fn status(&self, id: TaskId) -> Result<TaskStatus, OrchError> {
-        self.status_as(&Caller::open(), id).await
-    }
-
-    /// In cluster mode a task not ended is asked of its pool's leader: its place while
-    /// it waits, and (for a task this instance has no record of) its state and tokens
-    /// now.
-    pub async fn status_as(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
-        let port = self.core.cluster.get();
-        let (s, queued) = match self.lookup(caller, id) {
-            Ok(Lookup::Record(rec)) => (rec.summary(), rec.state() == TaskState::Queued),
-            Ok(Lookup::Expired(s)) => (s, false),
-            Err(e) if port.is_none() => return Err(e),
-            Err(_) => {
-                let mut st = self.remote(caller, id).await?.to_status(id);
-                if let (false, Some(port)) = (st.state.is_terminal(), port) {
-                    if let Some(live) = port.live(&st.pool_id, id).await {
-                        live.apply(&mut st);
-                    }
+                let s = self.find(caller, id).await?;
+                if s.state.is_terminal() {
+                    return Ok(());
                 }
-                return Ok(st);
+                self.core.home().cancel_found(&s).await
+            }
+        }
+    }
+
+    /// `GET /v1/tasks/{id}`: live state, or the summary of an expired task. A task
+    /// not ended is brought up to date by its home: its place while it waits, and
+    /// (run elsewhere) its state and tokens now.
+    pub async fn status(&self, caller: &Caller, id: TaskId) -> Result<TaskStatus, OrchError> {
+        let home = self.core.home();
+        let mut status = match self.lookup(caller, id) {
+            Ok(Lookup::Record(rec)) => rec.summary().to_status(),
+            Ok(Lookup::Expired(s)) => return Ok(s.to_status()),
+            Err(e) if !home.tasks_outlive_instance() => return Err(e),
+            Err(_) => {
+                let mut s = self.find(caller, id).await?;
+                if !s.state.is_terminal() {
+                    home.refresh(&mut s).await;
+                }
+                return Ok(s);
             }
         };
-        let position = match (queued, port, self.core.pools.get(&s.pool_id)) {
-            (false, ..) => None,
-            (true, Some(port), _) => port
-                .live(&s.pool_id, id)
-                .await
-                .and_then(|l| l.queue_position),
-            (true, None, Some(pool)) => pool.position(id).await,
-            (true, None, None) => None,
-        };
-        Ok(TaskStatus {
-            task_id: id,
-            tenant: s.tenant.to_string(),
-            state: s.state,
-            priority: s.priority,
-            pool_id: s.pool_id,
-            replica_id: s.replica_id,
-            queue_position: position,
-            tokens_out: s.tokens_out,
-            finish_reason: s.finish,
-            error_code: s.error_code.map(|c| c.as_str().to_string()),
-        })
+        if status.state == TaskState::Queued {
+            home.refresh(&mut status).await;
+        }
+        Ok(status)
     }
 
     /// A session `caller` may see (404 otherwise, like an unknown one).
@@ -403,11 +219,7 @@ impl Orchestrator {
         }
     }
 
-    pub fn session(&self, id: SessionId) -> Result<SessionInfo, OrchError> {
-        self.session_as(&Caller::open(), id)
-    }
-
-    pub fn session_as(&self, caller: &Caller, id: SessionId) -> Result<SessionInfo, OrchError> {
+    pub fn session(&self, caller: &Caller, id: SessionId) -> Result<SessionInfo, OrchError> {
         self.check_session(caller, id)?;
         self.core
             .sessions
@@ -416,11 +228,7 @@ impl Orchestrator {
     }
 
     /// End a session and ask its replica to forget the session's KV.
-    pub async fn delete_session(&self, id: SessionId) -> Result<(), OrchError> {
-        self.delete_session_as(&Caller::open(), id).await
-    }
-
-    pub async fn delete_session_as(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
+    pub async fn delete_session(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
         self.check_session(caller, id)?;
         let home = self
             .core
@@ -459,14 +267,9 @@ impl Orchestrator {
         crate::control::replica_sets(&self.core)
     }
 
-    /// `GET /v1/capabilities` data for the open caller; `body_max_bytes` comes from
-    /// the HTTP layer.
-    pub fn capabilities(&self, body_max_bytes: u64) -> Capabilities {
-        self.capabilities_as(&Caller::open(), body_max_bytes)
-    }
-
-    /// Capabilities with the calling tenant's weight, quotas and use.
-    pub fn capabilities_as(&self, caller: &Caller, body_max_bytes: u64) -> Capabilities {
+    /// `GET /v1/capabilities` data with the calling tenant's weight, quotas and use;
+    /// `body_max_bytes` comes from the HTTP layer.
+    pub fn capabilities(&self, caller: &Caller, body_max_bytes: u64) -> Capabilities {
         crate::control::capabilities(&self.core, caller, body_max_bytes)
     }
 
@@ -479,12 +282,12 @@ impl Orchestrator {
         crate::control::drain(&self.core, pool_id, deadline).await
     }
 
-    /// Whether at least one pool is ready and startup self-tests passed.
-    /// In cluster mode, also that the cluster can store this instance's submissions.
+    /// Whether at least one pool is ready, startup self-tests passed and the task
+    /// home can take tasks.
     pub fn is_ready(&self) -> bool {
         self.core.self_tests_passed.load(Ordering::Acquire)
             && self.core.pools.all().iter().any(|p| p.snapshot().ready)
-            && self.core.cluster.get().is_none_or(|c| c.is_available())
+            && self.core.home().is_available()
     }
 
     pub fn set_self_tests_passed(&self, passed: bool) {
@@ -500,9 +303,13 @@ impl Orchestrator {
         self.core.accepting.store(false, Ordering::Release);
     }
 
-    /// Tasks admitted and not yet ended.
-    pub fn live_tasks(&self) -> usize {
-        self.core.table.live()
+    /// Live tasks, what the task table retains, sessions tracked.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            live_tasks: self.core.table.live(),
+            table: self.core.table.stats(),
+            sessions: self.core.sessions.len(),
+        }
     }
 
     /// Ids of tasks admitted and not yet ended (for operators and test harnesses).
@@ -515,28 +322,19 @@ impl Orchestrator {
             .collect()
     }
 
-    /// What the task table retains.
-    pub fn table_stats(&self) -> TableStats {
-        self.core.table.stats()
-    }
-
-    /// Sessions currently tracked.
-    pub fn session_count(&self) -> usize {
-        self.core.sessions.len()
-    }
-
     /// Wait up to `bound` for live tasks to finish (without polling), then end the
     /// rest with a retriable error. Returns how many had to be ended.
     ///
-    /// In cluster mode the tasks belong to the cluster: nothing is ended here (their
-    /// leader runs them; a client resumes its stream on another instance).
+    /// Tasks that outlive this instance (their home runs them elsewhere) are left to
+    /// it: nothing is ended here (a client resumes its stream on another instance).
     pub async fn drain_all(&self, bound: Duration) -> usize {
-        if self.core.table.wait_idle(bound).await || self.is_cluster() {
+        if self.core.table.wait_idle(bound).await || self.core.home().tasks_outlive_instance() {
             return 0;
         }
         let live = self.core.table.live_records();
         for rec in &live {
-            self.core.cancel(rec, CancelReason::Shutdown).await;
+            // the local home takes every cancel
+            let _ = self.core.cancel(rec, CancelReason::Shutdown).await;
         }
         // give running tasks a moment to write their terminal frame
         self.core.table.wait_idle(Duration::from_secs(2)).await;

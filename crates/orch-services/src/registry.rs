@@ -116,6 +116,31 @@ impl PoolRegistry {
         .await
     }
 
+    /// Probe a serving replica and add it to a pool, ready for work (embedders and
+    /// tests; the pool manager attaches with its origin through [`attach`](Self::attach)).
+    pub async fn add_replica(
+        &self,
+        pool_id: &str,
+        replica_id: &str,
+        adapter: Arc<dyn WorkerAdapter>,
+    ) -> Result<(), PoolError> {
+        self.attach(
+            pool_id,
+            replica_id,
+            adapter,
+            ReplicaOrigin::default(),
+            false,
+        )
+        .await
+    }
+
+    /// Apply new pool settings at once (queue limits and policy, fairness, timeouts,
+    /// output limit); queued and running tasks are not touched.
+    pub fn update_spec(&self, spec: PoolSpec) -> Result<(), PoolError> {
+        self.need(&spec.id)?.update_spec(spec);
+        Ok(())
+    }
+
     /// Mark a replica ready or not (health checks, crashes, restarts).
     pub fn set_ready(&self, pool_id: &str, replica_id: &str, ready: bool, error: Option<String>) {
         if let Some(p) = self.get(pool_id) {

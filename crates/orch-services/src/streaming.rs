@@ -61,7 +61,9 @@ impl Drop for ReaderGuard {
             if rec.still_abandoned(generation) && !rec.is_ended() {
                 tracing::info!(task_id = %rec.id, tenant = %rec.tenant, grace_ms = grace.as_millis() as u64,
                     "no reader within the grace period: canceling abandoned task");
-                core.cancel(&rec, CancelReason::Abandoned).await;
+                if let Err(e) = core.cancel(&rec, CancelReason::Abandoned).await {
+                    tracing::warn!(task_id = %rec.id, error = %e, "the abandoned task's cancel was not taken");
+                }
             }
         });
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use orch_services::{PoolSpec, ServiceConfig};
+use orch_services::{Caller, PoolSpec, ServiceConfig};
 use std::future::Future;
 use std::time::Duration;
 
@@ -127,7 +127,7 @@ async fn queue_wait_limit_ends_a_task_that_never_gets_a_slot() {
         "a task that ends before dispatch sends only its terminal frame"
     );
     assert_eq!(data["retriable"], true);
-    o.cancel(busy).await.unwrap();
+    o.cancel(&Caller::open(), busy).await.unwrap();
     terminal(&frames(&o, busy).await);
 }
 
@@ -151,7 +151,7 @@ async fn a_deadline_passing_in_the_queue_ends_with_deadline_unmet() {
         ("error", Some("DEADLINE_UNMET"))
     );
     assert_eq!(fs.len(), 1);
-    o.cancel(busy).await.unwrap();
+    o.cancel(&Caller::open(), busy).await.unwrap();
     terminal(&frames(&o, busy).await);
 }
 
@@ -183,7 +183,7 @@ async fn drain_deadline_ends_running_work() {
     o.drain("p", Duration::from_millis(100)).await.unwrap();
     let (ev, data) = terminal(&frames(&o, running).await);
     assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
-    assert_eq!(o.live_tasks(), 0);
+    assert_eq!(o.stats().live_tasks, 0);
 }
 
 #[tokio::test]
@@ -192,8 +192,14 @@ async fn canceling_a_queued_task_sends_only_its_terminal_frame() {
     let busy = submit(&o, req(500)).await;
     wait_started(&o, busy).await;
     let queued = submit(&o, req(4)).await;
-    assert_eq!(o.status(queued).await.unwrap().queue_position, Some(1));
-    o.cancel(queued).await.unwrap();
+    assert_eq!(
+        o.status(&Caller::open(), queued)
+            .await
+            .unwrap()
+            .queue_position,
+        Some(1)
+    );
+    o.cancel(&Caller::open(), queued).await.unwrap();
     let fs = frames(&o, queued).await;
     assert_eq!(fs.len(), 1);
     let (ev, data) = terminal(&fs);
@@ -201,7 +207,7 @@ async fn canceling_a_queued_task_sends_only_its_terminal_frame() {
         (ev, data["finish_reason"].as_str()),
         ("end", Some("canceled"))
     );
-    o.cancel(busy).await.unwrap();
+    o.cancel(&Caller::open(), busy).await.unwrap();
     let (ev, data) = terminal(&frames(&o, busy).await);
     assert_eq!(
         (ev, data["finish_reason"].as_str()),
@@ -225,7 +231,7 @@ async fn shutdown_ends_what_is_left_after_the_grace() {
     wait_started(&o, running).await;
     o.begin_shutdown();
     assert!(
-        o.admit(req(1), "t").await.is_err(),
+        o.admit(&Caller::open(), req(1), "t").await.is_err(),
         "no admission after shutdown began"
     );
     let ended = o.drain_all(Duration::from_millis(100)).await;
@@ -234,7 +240,7 @@ async fn shutdown_ends_what_is_left_after_the_grace() {
         let (ev, data) = terminal(&frames(&o, id).await);
         assert_eq!((ev, data["code"].as_str()), ("error", Some("POOL_UNREADY")));
     }
-    assert_eq!(o.live_tasks(), 0);
+    assert_eq!(o.stats().live_tasks, 0);
 }
 
 #[tokio::test]
@@ -245,7 +251,8 @@ async fn a_refused_admission_whose_caller_left_still_ends_the_task() {
     r.task_id = Some(id);
     r.deadline_ms = Some(1); // the pool refuses it: DEADLINE_UNMET
                              // the caller goes away while the pool decides (polled once, then dropped)
-    let mut admit = Box::pin(o.admit(r, "t"));
+    let caller = Caller::open();
+    let mut admit = Box::pin(o.admit(&caller, r, "t"));
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(admit.as_mut().poll(cx))).await;
     assert!(
         first.is_pending(),
@@ -253,14 +260,17 @@ async fn a_refused_admission_whose_caller_left_still_ends_the_task() {
     );
     drop(admit);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while o.live_tasks() > 0 {
+    while o.stats().live_tasks > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the refused task stayed live"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let s = o.status(id).await.expect("the refused task is known");
+    let s = o
+        .status(&Caller::open(), id)
+        .await
+        .expect("the refused task is known");
     assert_eq!(s.error_code.as_deref(), Some("DEADLINE_UNMET"));
 }
 
@@ -269,7 +279,7 @@ async fn a_model_no_pool_serves_is_a_400_and_a_missing_engine_a_503() {
     let o = orch(&[mock(1)]).await;
     let mut r = req(1);
     r.model_ref = "no-such-model".into();
-    let e = o.admit(r, "t").await.unwrap_err();
+    let e = o.admit(&Caller::open(), r, "t").await.unwrap_err();
     assert_eq!(e.code, orch_domain::ErrorCode::InvalidParams);
     assert!(
         e.message.starts_with("model_ref") && e.message.contains("no-such-model"),
@@ -277,8 +287,8 @@ async fn a_model_no_pool_serves_is_a_400_and_a_missing_engine_a_503() {
     );
     let mut r = req(1);
     r.engine = Some(orch_domain::EngineKind::Llamacpp);
-    let e = o.admit(r, "t").await.unwrap_err();
+    let e = o.admit(&Caller::open(), r, "t").await.unwrap_err();
     assert_eq!(e.code, orch_domain::ErrorCode::PoolUnavailable);
     assert!(e.retry_after_ms.is_some());
-    assert_eq!(o.live_tasks(), 0);
+    assert_eq!(o.stats().live_tasks, 0);
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use orch_domain::{ErrorCode, SessionId, TaskId, TaskState};
-use orch_services::{Retention, ServiceConfig};
+use orch_services::{Caller, Retention, ServiceConfig};
 use std::time::Duration;
 
 async fn with_retention(r: Retention) -> orch_services::Orchestrator {
@@ -29,7 +29,7 @@ async fn a_finished_task_id_cannot_be_reused() {
     let id = run_one(&o, 2).await;
     let mut again = req(2);
     again.task_id = Some(id);
-    let err = o.admit(again, "t").await.unwrap_err();
+    let err = o.admit(&Caller::open(), again, "t").await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
     // the original record and its frames are untouched
     let (ev, _) = terminal(&frames(&o, id).await);
@@ -47,22 +47,25 @@ async fn oldest_finished_records_lose_their_frames_first_past_the_count_bound() 
     for _ in 0..5 {
         ids.push(run_one(&o, 2).await);
     }
-    let st = o.table_stats();
+    let st = o.stats().table;
     assert_eq!((st.finished_with_frames, st.summaries), (3, 2), "{st:?}");
     for old in &ids[..2] {
         let err = o
-            .open_stream(*old, 0)
+            .open_stream(&Caller::open(), *old, 0)
             .await
             .err()
             .expect("frames of the oldest are gone");
         assert_eq!(err.code, ErrorCode::NotFound);
         assert!(err.message.contains("expired"), "{}", err.message);
-        let s = o.status(*old).await.expect("the summary answers status");
+        let s = o
+            .status(&Caller::open(), *old)
+            .await
+            .expect("the summary answers status");
         assert_eq!((s.state, s.tokens_out), (TaskState::Completed, 2));
         let mut again = req(1);
         again.task_id = Some(*old);
         assert_eq!(
-            o.admit(again, "t").await.unwrap_err().code,
+            o.admit(&Caller::open(), again, "t").await.unwrap_err().code,
             ErrorCode::Conflict
         );
     }
@@ -81,10 +84,10 @@ async fn retained_frames_stay_within_the_byte_bound() {
     .await;
     for _ in 0..10 {
         run_one(&o, 20).await;
-        let st = o.table_stats();
+        let st = o.stats().table;
         assert!(st.frames_bytes <= bound, "{st:?}");
     }
-    let st = o.table_stats();
+    let st = o.stats().table;
     assert!(st.summaries > 0 && st.finished_with_frames > 0, "{st:?}");
 }
 
@@ -100,14 +103,14 @@ async fn summaries_are_bounded_and_then_forgotten() {
     for _ in 0..5 {
         ids.push(run_one(&o, 1).await);
     }
-    assert_eq!(o.table_stats().summaries, 2);
+    assert_eq!(o.stats().table.summaries, 2);
     for gone in &ids[..2] {
-        let err = o.status(*gone).await.unwrap_err();
+        let err = o.status(&Caller::open(), *gone).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::NotFound);
         assert!(!err.message.contains("expired"), "forgotten, not expired");
     }
     for kept in &ids[2..4] {
-        assert!(o.status(*kept).await.is_ok());
+        assert!(o.status(&Caller::open(), *kept).await.is_ok());
     }
 }
 
@@ -121,9 +124,16 @@ async fn the_record_ttl_drops_frames_and_keeps_the_summary() {
     let o = orch_with(cfg, spec(), &[mock(1)]).await;
     let id = run_one(&o, 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let err = o.open_stream(id, 0).await.err().expect("expired");
+    let err = o
+        .open_stream(&Caller::open(), id, 0)
+        .await
+        .err()
+        .expect("expired");
     assert!(err.message.contains("expired"), "{}", err.message);
-    assert_eq!(o.status(id).await.unwrap().state, TaskState::Completed);
+    assert_eq!(
+        o.status(&Caller::open(), id).await.unwrap().state,
+        TaskState::Completed
+    );
 }
 
 #[tokio::test]
@@ -140,10 +150,10 @@ async fn sessions_are_bounded_least_recently_used_first() {
         let id = submit(&o, r).await;
         terminal(&frames(&o, id).await);
     }
-    assert_eq!(o.session_count(), 2);
+    assert_eq!(o.stats().sessions, 2);
     assert!(
-        o.session(sids[0]).is_err(),
+        o.session(&Caller::open(), sids[0]).is_err(),
         "the least recently used session went"
     );
-    assert!(o.session(sids[2]).is_ok());
+    assert!(o.session(&Caller::open(), sids[2]).is_ok());
 }

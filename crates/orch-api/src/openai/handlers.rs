@@ -51,7 +51,7 @@ impl Drop for CancelOnDrop {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             tracing::info!(task_id = %id, tenant = %caller.tenant, "openai client went away: canceling its task");
             rt.spawn(async move {
-                let _ = orch.cancel_as(&caller, id).await;
+                let _ = orch.cancel(&caller, id).await;
             });
         }
     }
@@ -247,9 +247,9 @@ async fn serve(
         .await
         // a request refused before admission still counts in tasks_rejected_total
         .inspect_err(|_| orch_services::metrics::rejected("none", "invalid"))?;
-    let adm = app.orch.admit_as(&caller, req, &cid.0).await?;
+    let adm = app.orch.admit(&caller, req, &cid.0).await?;
     let id = adm.task_id;
-    let reader = app.orch.open_stream_as(&caller, id, 0).await?;
+    let reader = app.orch.open_stream(&caller, id, 0).await?;
     let guard = CancelOnDrop {
         orch: app.orch.clone(),
         caller,

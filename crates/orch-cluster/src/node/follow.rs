@@ -1,5 +1,5 @@
-//! A mirror's follower: copies a task's stored frames into the mirror record, in
-//! order, each once, until the terminal frame.
+//! A record's follower: copies a task's stored frames into this instance's record of
+//! it, in order, each once, until the terminal frame.
 //!
 //! It subscribes to the task's tail subject first, then reads what is stored after
 //! the mirror's last frame, then takes the announced batches as they come. A batch
@@ -14,9 +14,8 @@
 
 use crate::{Frame, FrameLog, ReadFrom};
 use futures_util::StreamExt;
-use orch_services::lifecycle::Phase;
-use orch_services::task::TaskRecord;
-use orch_services::tenants::QueuedLease;
+use orch_services::home::QueuedLease;
+use orch_services::{Phase, TaskRecord};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,10 +3,10 @@
 //! a 202 on any instance reports a position and an ETA as standalone admission does.
 //! Not persisted: a hint older than [`FRESH`] is not used.
 
+use crate::wire::QueueHint;
 use crate::ClusterError;
 use futures_util::StreamExt;
-use orch_services::cluster::QueueHint;
-use orch_services::Orchestrator;
+use orch_services::LocalPools;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,7 +77,7 @@ impl Hints {
     /// Publish the pool's hint every [`EVERY`] (a leader, for its term).
     pub(super) fn publish(
         &self,
-        orch: Orchestrator,
+        pools: LocalPools,
         pool_id: String,
     ) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
@@ -85,7 +85,7 @@ impl Hints {
             let mut tick = tokio::time::interval(EVERY);
             loop {
                 tick.tick().await;
-                let Some(h) = orch.queue_hint(&pool_id) else {
+                let Some(h) = pools.load(&pool_id).map(QueueHint::from) else {
                     continue;
                 };
                 if let Ok(b) = serde_json::to_vec(&h) {

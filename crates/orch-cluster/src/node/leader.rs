@@ -17,21 +17,17 @@
 //! stored after that (and a store racing the new leader is fenced by the subject's
 //! sequence).
 
+use super::running::Running;
 use super::{Node, PoolQueue};
+use crate::wire::{ClusterStatus, ReplicatedTask};
 use crate::{lead, metrics, Dispatch, Frame, FrameError, Leases, QueuedTask};
 use futures_util::StreamExt;
 use orch_domain::{ErrorCode, EventKind, OrchError, StreamEvent, TaskId, TaskState};
-use orch_services::cluster::{ClusterStatus, ReplicatedTask};
-use orch_services::lifecycle::{CancelReason, Ending};
-use orch_services::task::TaskRecord;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use orch_services::{CancelReason, Ending, TaskRecord};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-
-/// Tasks this term runs, by id (for cancels and live status).
-pub(super) type Running = Arc<Mutex<HashMap<TaskId, Arc<TaskRecord>>>>;
 
 /// Bid for the pool's lease for as long as the process runs; lead while holding it.
 /// An instance that does not prefer the pool bids one lease TTL later at start, so
@@ -76,12 +72,12 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     };
     tracing::info!(pool_id = %pool.pool_id, instance = %node.instance, "leading the pool");
     node.health.set_leading(&pool.pool_id, true);
-    let running: Running = Arc::default();
+    let running = Running::default();
     let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
-    let hints = node.hints.publish(node.orch.clone(), pool.pool_id.clone());
+    let hints = node.hints.publish(node.pools.clone(), pool.pool_id.clone());
     let live = super::live::answer(
         node.client.clone(),
-        node.orch.clone(),
+        node.pools.clone(),
         pool.pool_id.clone(),
         running.clone(),
     );
@@ -100,11 +96,9 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
                 }
             }
             Some(id) = cancels.next() => {
-                let rec = id.parse().ok().and_then(|id: TaskId| {
-                    running.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
-                });
+                let rec = id.parse().ok().and_then(|id: TaskId| running.get(id));
                 if let Some(rec) = rec {
-                    node.orch.cancel_replicated(&rec, CancelReason::Client).await;
+                    node.pools.cancel(&rec, CancelReason::Client).await;
                 }
             }
         }
@@ -116,16 +110,9 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     hints.abort();
     live.abort();
     let _ = fetcher.await;
-    let left: Vec<_> = running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .drain()
-        .map(|(_, r)| r)
-        .collect();
+    let left = running.drain();
     for rec in &left {
-        node.orch
-            .cancel_replicated(rec, CancelReason::Shutdown)
-            .await;
+        node.pools.cancel(rec, CancelReason::Shutdown).await;
     }
     tracing::warn!(pool_id = %pool.pool_id, stopped = left.len(), "no longer leading the pool");
 }
@@ -141,9 +128,13 @@ async fn fetch(
 ) {
     let mut tasks = JoinSet::new();
     loop {
-        while !node.orch.pool_ready(&pool_id) {
-            // tasks wait in the queue until this instance's replicas serve
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        // tasks wait in the queue until this instance's replicas serve
+        if !node.pools.until_ready(&pool_id).await {
+            tracing::warn!(
+                pool_id,
+                "the pool stopped: no more tasks taken from its queue"
+            );
+            return;
         }
         let mut queued = match dispatch.tasks().await {
             Ok(s) => Box::pin(s),
@@ -297,7 +288,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
     };
     if let Some(ending) = ending {
         let ev = ending.frame();
-        if !store(&mut writer, &[to_frame(base + 1, &ev)], &t.pool_id, id).await {
+        if !store(&mut writer, &[to_frame(base + 1, &ending)], &t.pool_id, id).await {
             return Err(qt);
         }
         metrics::taken(
@@ -311,7 +302,7 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         return Ok(Next::Settle(Box::new((qt, Some((id, s))))));
     }
     metrics::taken(&t.pool_id, if prior.is_empty() { "run" } else { "rerun" });
-    let rec = node.orch.run_replicated(t).await;
+    let rec = node.pools.run(t.into_new_task()).await;
     Ok(Next::Run(Box::new(Taken {
         qt,
         rec,
@@ -356,23 +347,15 @@ async fn serve(
     mut t: Taken,
 ) -> Option<QueuedTask> {
     let id = t.rec.id;
-    running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, t.rec.clone());
+    running.insert(t.rec.clone());
     let stored = write_frames(node, &t.rec, &mut t.writer, t.base, &t.status).await;
-    running
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&id);
+    running.remove(id);
     if stored {
         node.leave(dispatch, &t.qt).await;
         None
     } else {
         tracing::warn!(task_id = %id, "the task's frames were written by another leader; taking it again");
-        node.orch
-            .cancel_replicated(&t.rec, CancelReason::Shutdown)
-            .await;
+        node.pools.cancel(&t.rec, CancelReason::Shutdown).await;
         Some(t.qt)
     }
 }
@@ -448,11 +431,8 @@ fn record_end(s: &mut ClusterStatus, ev: &StreamEvent) {
     }
 }
 
-/// An event as a stored frame, encoded as the task log encodes it.
-fn to_frame(id: u64, ev: &StreamEvent) -> Frame {
-    Frame {
-        id,
-        kind: ev.kind(),
-        data: orch_services::task::log::encode(ev),
-    }
+/// An ending as a stored frame, encoded as the task log encodes it.
+fn to_frame(id: u64, ending: &Ending) -> Frame {
+    let (kind, data) = orch_services::home::ending_frame(ending);
+    Frame { id, kind, data }
 }

@@ -8,11 +8,11 @@
 //!
 //! Owns: the request's subject and wire form. Never: a store (nothing here persists).
 
-use super::leader::Running;
+use super::running::Running;
+use crate::wire::LiveStatus;
 use futures_util::StreamExt;
 use orch_domain::TaskId;
-use orch_services::cluster::LiveStatus;
-use orch_services::Orchestrator;
+use orch_services::LocalPools;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -42,7 +42,7 @@ pub(super) async fn ask(
 /// Answer for the tasks in `running` (a leader, for its term).
 pub(super) fn answer(
     client: async_nats::Client,
-    orch: Orchestrator,
+    pools: LocalPools,
     pool_id: String,
     running: Running,
 ) -> tokio::task::JoinHandle<()> {
@@ -63,17 +63,11 @@ pub(super) fn answer(
             let rec = std::str::from_utf8(&m.payload)
                 .ok()
                 .and_then(|s| s.parse::<TaskId>().ok())
-                .and_then(|id| {
-                    running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&id)
-                        .cloned()
-                });
-            let (client, orch) = (client.clone(), orch.clone());
+                .and_then(|id| running.get(id));
+            let (client, pools) = (client.clone(), pools.clone());
             answers.spawn(async move {
                 let live = match rec {
-                    Some(rec) => orch.live_status(&rec).await,
+                    Some(rec) => pools.status(&rec).await.map(LiveStatus::from),
                     None => None,
                 };
                 let body = serde_json::to_vec(&live).unwrap_or_else(|_| b"null".to_vec());

@@ -1,28 +1,29 @@
-//! One orchestratord instance in a cluster: the [`ClusterPort`] the services call
-//! (admission stores tasks in their pool's queue; mirrors follow stored frames; status
+//! One orchestratord instance in a cluster: the [`TaskHome`] the services hold
+//! (admission stores tasks in their pool's queue; records follow stored frames; status
 //! and cancel through the task-state bucket) and, for every pool, a bid to lead it
-//! ([`leader`]): the leader runs the pool's queued tasks on its own replicas and
-//! stores their frames.
+//! ([`leader`]): the leader runs the pool's queued tasks on this instance's replicas
+//! (through [`LocalPools`]) and stores their frames.
 //!
-//! Owns: the instance's JetStream handles and its leadership loops. Never: HTTP.
+//! Owns: the instance's JetStream handles and its leadership loops. Never: HTTP, or
+//! a reference to the services' core (the core holds the node; the node holds only
+//! the pools' handle).
 
 mod follow;
 mod health;
 mod hints;
 mod leader;
 mod live;
+mod running;
 mod withdraw;
 
+use crate::wire::{ClusterStatus, ReplicatedTask};
 use crate::{
     Cluster, ClusterConfig, ClusterError, FrameLog, Leases, PublishError, TaskQueue, TaskStates,
 };
 use futures_util::future::BoxFuture;
-use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId};
-use orch_services::cluster::{ClusterPort, ClusterStatus, LiveStatus, ReplicatedTask};
-use orch_services::pool::Placed;
-use orch_services::task::TaskRecord;
-use orch_services::tenants::QueuedLease;
-use orch_services::Orchestrator;
+use orch_domain::{ErrorCode, OrchError, PolicyLabel, TaskId, TaskRequest, TaskStatus};
+use orch_services::home::Placed;
+use orch_services::{Admitted, CancelReason, LocalPools, TaskHome, TaskRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +57,7 @@ pub struct PoolQueue {
 /// This instance's membership in the cluster.
 pub struct Node {
     pub(crate) instance: String,
-    pub(crate) orch: Orchestrator,
+    pub(crate) pools: LocalPools,
     pub(crate) queues: HashMap<String, TaskQueue>,
     pub(crate) frames: FrameLog,
     pub(crate) states: TaskStates,
@@ -74,10 +75,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Node {
     /// Connect, make (or check) every stream and bucket, and start bidding for the
-    /// leadership of each pool. The returned node is also the services' port.
+    /// leadership of each pool (run on `local`, this instance's pools). The returned
+    /// node is the services' task home.
     pub async fn start(
         cfg: NodeConfig,
-        orch: Orchestrator,
+        local: LocalPools,
         pools: Vec<PoolQueue>,
     ) -> Result<Arc<Node>, ClusterError> {
         crate::metrics::describe();
@@ -93,7 +95,7 @@ impl Node {
         let withdrawals = withdraw::Withdrawals::start(states.clone());
         let node = Arc::new(Node {
             instance: cfg.instance.clone(),
-            orch,
+            pools: local,
             queues,
             frames,
             states,
@@ -235,61 +237,148 @@ fn unavailable(what: impl std::fmt::Display) -> OrchError {
     e
 }
 
-impl ClusterPort for Node {
-    fn enqueue<'a>(&'a self, t: &'a ReplicatedTask) -> BoxFuture<'a, Result<Placed, OrchError>> {
-        Box::pin(async move {
-            let queue = self
-                .queues
-                .get(&t.pool_id)
-                .ok_or_else(|| OrchError::not_found("pool", &t.pool_id))?;
-            let payload = serde_json::to_vec(t).map_err(|e| OrchError::internal(e.to_string()))?;
-            let id = t.task_id.to_string();
-            // the stored task is its record while it waits: other instances find it in
-            // the queue by id; its leader records its status from its start on
-            let published = self.publish(queue, &id, payload.into()).await;
-            let (published, retried) = published.map_err(|e| match e {
-                PublishError::Full { pool } => OrchError::new(
-                    ErrorCode::AdmissionReject,
-                    format!("queue of pool {pool} is full"),
-                )
-                .with_policy(PolicyLabel::Reject)
-                .with_pool(pool.as_str())
-                .with_retry_after_ms(1000),
-                PublishError::Unavailable {
-                    pool,
-                    reason,
-                    maybe_stored,
-                } => {
-                    // told "not admitted", the client may retry: a store that lands
-                    // later must not run. A task id the client chose (its own, or
-                    // from an Idempotency-Key) is not withdrawn: a retry with it is
-                    // that task (the same one, or 409 naming it)
-                    if maybe_stored && t.request.task_id.is_none() {
-                        self.withdrawals.withdraw(&pool, &id);
-                    }
-                    unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())
+impl Node {
+    /// Store a task in its pool's queue; the place the cluster expects it to take
+    /// (from the leader's last queue hint; 0 when none is known). A task id stored
+    /// before is not stored twice.
+    async fn enqueue(&self, t: &ReplicatedTask) -> Result<Placed, OrchError> {
+        let queue = self
+            .queues
+            .get(&t.pool_id)
+            .ok_or_else(|| OrchError::not_found("pool", &t.pool_id))?;
+        let payload = serde_json::to_vec(t).map_err(|e| OrchError::internal(e.to_string()))?;
+        let id = t.task_id.to_string();
+        // the stored task is its record while it waits: other instances find it in
+        // the queue by id; its leader records its status from its start on
+        let published = self.publish(queue, &id, payload.into()).await;
+        let (published, retried) = published.map_err(|e| match e {
+            PublishError::Full { pool } => OrchError::new(
+                ErrorCode::AdmissionReject,
+                format!("queue of pool {pool} is full"),
+            )
+            .with_policy(PolicyLabel::Reject)
+            .with_pool(pool.as_str())
+            .with_retry_after_ms(1000),
+            PublishError::Unavailable {
+                pool,
+                reason,
+                maybe_stored,
+            } => {
+                // told "not admitted", the client may retry: a store that lands
+                // later must not run. A task id the client chose (its own, or
+                // from an Idempotency-Key) is not withdrawn: a retry with it is
+                // that task (the same one, or 409 naming it)
+                if maybe_stored && t.request.task_id.is_none() {
+                    self.withdrawals.withdraw(&pool, &id);
                 }
-            })?;
-            // a duplicate after a retry is this admission's own earlier store; one of an
-            // idempotent submission is the same task submitted meanwhile elsewhere
-            if published.duplicate && !retried && t.request.idempotency_key.is_none() {
-                return Err(OrchError::new(
-                    ErrorCode::Conflict,
-                    format!("task {id} is already known to the cluster"),
-                ));
+                unavailable(format!("pool {pool}: {reason}")).with_pool(pool.as_str())
             }
-            Ok(self.hints.join(&t.pool_id).map_or(
-                Placed {
-                    queue_position: 0,
-                    predicted_start_ms: 0,
-                },
-                |h| h.placed(),
-            ))
+        })?;
+        // a duplicate after a retry is this admission's own earlier store; one of an
+        // idempotent submission is the same task submitted meanwhile elsewhere
+        if published.duplicate && !retried && t.request.idempotency_key.is_none() {
+            return Err(OrchError::new(
+                ErrorCode::Conflict,
+                format!("task {id} is already known to the cluster"),
+            ));
+        }
+        Ok(self.hints.join(&t.pool_id).map_or(
+            Placed {
+                queue_position: 0,
+                predicted_start_ms: 0,
+            },
+            |h| h.placed(),
+        ))
+    }
+
+    /// The recorded status (from its start on), else the task as it waits in its
+    /// pool's queue.
+    async fn recorded(&self, id: TaskId) -> Result<Option<ClusterStatus>, OrchError> {
+        let key = id.to_string();
+        let raw = self.states.status(&key).await.map_err(unavailable)?;
+        if let Some(s) = raw.and_then(|r| serde_json::from_str(&r).ok()) {
+            return Ok(Some(s));
+        }
+        for q in self.queues.values() {
+            let Some(payload) = q.find(&key).await.map_err(unavailable)? else {
+                continue;
+            };
+            let Ok(t) = serde_json::from_slice::<ReplicatedTask>(&payload) else {
+                continue;
+            };
+            return Ok(Some(ClusterStatus::queued(&t)));
+        }
+        Ok(None)
+    }
+
+    /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
+    async fn request_cancel(&self, pool_id: &str, id: TaskId) -> Result<(), OrchError> {
+        self.states
+            .request_cancel(pool_id, &id.to_string())
+            .await
+            .map_err(unavailable)
+    }
+}
+
+impl TaskHome for Node {
+    /// Check what the pool's leader would refuse, store the task in the pool's
+    /// queue (the 202 follows a quorum's store), then follow what its leader stores
+    /// into the record; the tenant's queue place is held until the task starts.
+    fn place(&self, task: Admitted) -> BoxFuture<'_, Result<Placed, OrchError>> {
+        Box::pin(async move {
+            task.check_fits()?;
+            let (rec, req) = (task.record(), task.request());
+            let t = ReplicatedTask {
+                task_id: rec.id,
+                tenant: rec.tenant.to_string(),
+                pool_id: rec.pool_id.clone(),
+                correlation_id: rec.correlation_id.clone(),
+                chat: req.chat.clone(),
+                request: TaskRequest::clone(req),
+            };
+            let placed = self.enqueue(&t).await?;
+            let (rec, lease) = task.into_parts();
+            tokio::spawn(follow::follow(self.frames.clone(), rec, Some(lease)));
+            Ok(placed)
         })
     }
 
-    fn follow(&self, mirror: Arc<TaskRecord>, lease: Option<QueuedLease>) {
-        tokio::spawn(follow::follow(self.frames.clone(), mirror, lease));
+    fn find(&self, id: TaskId) -> BoxFuture<'_, Result<Option<TaskStatus>, OrchError>> {
+        Box::pin(async move { Ok(self.recorded(id).await?.map(|s| s.to_status(id))) })
+    }
+
+    fn follow(&self, rec: Arc<TaskRecord>) {
+        tokio::spawn(follow::follow(self.frames.clone(), rec, None));
+    }
+
+    /// A client's cancel goes to the task's leader. A reader that went away does not
+    /// cancel in cluster mode (a client resumes on any instance), and at shutdown the
+    /// task is left to its leader.
+    fn cancel<'a>(
+        &'a self,
+        rec: &'a Arc<TaskRecord>,
+        reason: CancelReason,
+    ) -> BoxFuture<'a, Result<(), OrchError>> {
+        Box::pin(async move {
+            match reason {
+                CancelReason::Client => self.request_cancel(&rec.pool_id, rec.id).await,
+                CancelReason::Abandoned | CancelReason::Shutdown | CancelReason::Drain => Ok(()),
+            }
+        })
+    }
+
+    fn cancel_found<'a>(&'a self, t: &'a TaskStatus) -> BoxFuture<'a, Result<(), OrchError>> {
+        Box::pin(self.request_cancel(&t.pool_id, t.task_id))
+    }
+
+    /// What the pool's leader knows of the task now (within the live answer's
+    /// budget; unchanged without an answer).
+    fn refresh<'a>(&'a self, s: &'a mut TaskStatus) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(live) = live::ask(&self.client, &s.pool_id, s.task_id).await {
+                live.apply(s);
+            }
+        })
     }
 
     /// Connected, and the cluster stored a write of this instance within
@@ -298,38 +387,7 @@ impl ClusterPort for Node {
         self.is_connected() && self.health.storing()
     }
 
-    /// The recorded status (from its start on), else the task as it waits in its
-    /// pool's queue.
-    fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>> {
-        Box::pin(async move {
-            let key = id.to_string();
-            let raw = self.states.status(&key).await.map_err(unavailable)?;
-            if let Some(s) = raw.and_then(|r| serde_json::from_str(&r).ok()) {
-                return Ok(Some(s));
-            }
-            for q in self.queues.values() {
-                let Some(payload) = q.find(&key).await.map_err(unavailable)? else {
-                    continue;
-                };
-                let Ok(t) = serde_json::from_slice::<ReplicatedTask>(&payload) else {
-                    continue;
-                };
-                return Ok(Some(ClusterStatus::queued(&t)));
-            }
-            Ok(None)
-        })
-    }
-
-    fn live<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<LiveStatus>> {
-        Box::pin(live::ask(&self.client, pool_id, id))
-    }
-
-    fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>> {
-        Box::pin(async move {
-            self.states
-                .request_cancel(pool_id, &id.to_string())
-                .await
-                .map_err(unavailable)
-        })
+    fn tasks_outlive_instance(&self) -> bool {
+        true
     }
 }

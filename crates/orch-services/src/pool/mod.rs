@@ -13,8 +13,8 @@ mod admit;
 mod slot;
 pub mod state;
 
+pub(crate) use admit::estimate_prompt_tokens;
 pub(crate) use admit::{check_fits_snapshot, unready};
-pub use admit::{estimate_prompt_tokens, BYTES_PER_TOKEN_ESTIMATE};
 pub use slot::{Observed, SlotGuard};
 pub use state::{Pinned, Replica};
 
@@ -345,6 +345,11 @@ impl PoolHandle {
         self.ask(|reply| Cmd::Position { id, reply })
             .await
             .flatten()
+    }
+
+    /// Wait until the published state satisfies `pred`; false when the pool stopped.
+    pub async fn until(&self, pred: impl FnMut(&Arc<Snapshot>) -> bool) -> bool {
+        self.snap.clone().wait_for(pred).await.is_ok()
     }
 
     /// Wait until the published state satisfies `pred` or `limit` passes; returns

@@ -72,6 +72,24 @@ pub struct Summary {
     pub tenant: Arc<str>,
 }
 
+impl Summary {
+    /// The task's status as a client reads it (no queue position: its pool knows it).
+    pub fn to_status(&self) -> orch_domain::TaskStatus {
+        orch_domain::TaskStatus {
+            task_id: self.id,
+            tenant: self.tenant.to_string(),
+            state: self.state,
+            priority: self.priority,
+            pool_id: self.pool_id.clone(),
+            replica_id: self.replica_id.clone(),
+            queue_position: None,
+            tokens_out: self.tokens_out,
+            finish_reason: self.finish,
+            error_code: self.error_code.map(|c| c.as_str().to_string()),
+        }
+    }
+}
+
 /// Identity of a task, fixed at admission.
 pub struct Admission {
     pub id: TaskId,
@@ -82,9 +100,6 @@ pub struct Admission {
     pub correlation_id: String,
     /// The pool's engine and version when it was admitted (updated when it starts).
     pub engine: (String, String),
-    /// Cluster mode: this record mirrors a task its pool's leader runs (maybe on
-    /// another instance); its frames come from the cluster.
-    pub mirror: bool,
 }
 
 pub struct TaskRecord {
@@ -95,8 +110,6 @@ pub struct TaskRecord {
     pub pool_id: String,
     pub session: Option<SessionId>,
     pub correlation_id: String,
-    /// See [`Admission::mirror`].
-    pub mirror: bool,
     pub admitted_at: Instant,
     pub log: TaskLog,
     pub cancel: CancelSignal,
@@ -133,7 +146,9 @@ impl std::fmt::Debug for TaskRecord {
 }
 
 impl TaskRecord {
-    pub fn new(a: Admission, request: TaskRequest, on_end: Option<EndHook>) -> Self {
+    /// A record for task `a`. `request` is `None` for a record that follows a task
+    /// run elsewhere (its frames come from [`apply_stored`](Self::apply_stored)).
+    pub fn new(a: Admission, request: Option<TaskRequest>, on_end: Option<EndHook>) -> Self {
         Self {
             id: a.id,
             tenant: a.tenant,
@@ -141,7 +156,6 @@ impl TaskRecord {
             pool_id: a.pool_id,
             session: a.session,
             correlation_id: a.correlation_id,
-            mirror: a.mirror,
             admitted_at: Instant::now(),
             log: TaskLog::new(),
             cancel: CancelSignal::default(),
@@ -150,7 +164,7 @@ impl TaskRecord {
             tokens_out: AtomicU32::new(0),
             meta: Mutex::new(Meta {
                 phase: Phase::Queued,
-                request: Some(Arc::new(request)),
+                request: request.map(Arc::new),
                 replica_id: None,
                 engine: a.engine,
                 finish: None,

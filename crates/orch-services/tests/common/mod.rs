@@ -5,7 +5,7 @@
 
 use adapter_mock::{MockConfig, MockEngine};
 use orch_domain::{Priority, TaskId, TaskRequest};
-use orch_services::{Frame, Orchestrator, PoolSpec, ReadItem, ServiceConfig};
+use orch_services::{Caller, Frame, Orchestrator, PoolSpec, ReadItem, ServiceConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,15 +36,16 @@ pub async fn orch_with(
     replicas: &[MockConfig],
 ) -> Orchestrator {
     let o = Orchestrator::new(cfg);
-    o.create_pool(spec).expect("create pool");
+    o.registry().create(spec).expect("create pool");
     for (i, m) in replicas.iter().enumerate() {
-        o.attach_replica(
-            "p",
-            &format!("p-r{i}"),
-            Arc::new(MockEngine::new(m.clone())),
-        )
-        .await
-        .expect("attach");
+        o.registry()
+            .add_replica(
+                "p",
+                &format!("p-r{i}"),
+                Arc::new(MockEngine::new(m.clone())),
+            )
+            .await
+            .expect("attach");
     }
     o
 }
@@ -62,12 +63,18 @@ pub fn req(max_tokens: u32) -> TaskRequest {
 }
 
 pub async fn submit(o: &Orchestrator, r: TaskRequest) -> TaskId {
-    o.admit(r, "test").await.expect("admitted").task_id
+    o.admit(&Caller::open(), r, "test")
+        .await
+        .expect("admitted")
+        .task_id
 }
 
 /// Every frame of a task up to and including its terminal one.
 pub async fn frames(o: &Orchestrator, id: TaskId) -> Vec<Frame> {
-    let mut rd = o.open_stream(id, 0).await.expect("open stream");
+    let mut rd = o
+        .open_stream(&Caller::open(), id, 0)
+        .await
+        .expect("open stream");
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -95,7 +102,10 @@ pub fn terminal(fs: &[Frame]) -> (&'static str, serde_json::Value) {
 
 /// Wait until the first frame of a task exists (it started).
 pub async fn wait_started(o: &Orchestrator, id: TaskId) {
-    let mut rd = o.open_stream(id, 0).await.expect("open stream");
+    let mut rd = o
+        .open_stream(&Caller::open(), id, 0)
+        .await
+        .expect("open stream");
     let got = tokio::time::timeout(Duration::from_secs(10), rd.next(Duration::from_secs(5)))
         .await
         .expect("a first frame within 10 s");

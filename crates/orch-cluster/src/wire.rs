@@ -1,24 +1,16 @@
-//! Cluster mode's seam: what the services need from a replicated backend, with no
-//! NATS type in sight (the backend is `orch-cluster`; the binary wires it in).
+//! What instances store and send each other about tasks: a task as its pool's queue
+//! holds it, a task's recorded status, a leader's live answer and its queue hint.
+//! Every instance of a cluster runs the same version; these forms are read only by
+//! orchestratord.
 //!
-//! In cluster mode an instance that admits a task does not queue it on its own pool:
-//! it stores it in the pool's replicated queue ([`ClusterPort::enqueue`]) and keeps a
-//! *mirror* record in its task table, fed with the frames the pool's leader stored
-//! ([`ClusterPort::follow`]); readers, status and cancel on this instance work on that
-//! mirror exactly as on a local task. The leader (any instance) runs the task on its
-//! pool through [`crate::Orchestrator::run_replicated`].
-//!
-//! Owns: the wire forms ([`ReplicatedTask`], [`ClusterStatus`]). Never: a connection.
+//! Owns: the serde forms and their conversions to the services' types. Never: I/O.
 
-use crate::pool::Placed;
-use crate::task::TaskRecord;
-use crate::tenants::QueuedLease;
-use futures_util::future::BoxFuture;
 use orch_domain::{
-    ChatMessage, FinishReason, OrchError, Priority, TaskId, TaskRequest, TaskState, TaskStatus,
+    ChatMessage, FinishReason, Priority, TaskId, TaskRequest, TaskState, TaskStatus,
 };
+use orch_services::home::Placed;
+use orch_services::{NewTask, PoolLoad};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// A task as its pool's replicated queue stores it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +23,21 @@ pub struct ReplicatedTask {
     /// The OpenAI door's chat (not part of the request's wire form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<Vec<ChatMessage>>,
+}
+
+impl ReplicatedTask {
+    /// The task as the leader's pool runs it (its chat back in its request).
+    pub fn into_new_task(self) -> NewTask {
+        let mut request = self.request;
+        request.chat = self.chat;
+        NewTask {
+            id: self.task_id,
+            tenant: self.tenant,
+            pool_id: self.pool_id,
+            correlation_id: self.correlation_id,
+            request,
+        }
+    }
 }
 
 /// A task's status as the cluster knows it: recorded by its leader when it starts and
@@ -107,6 +114,17 @@ impl LiveStatus {
     }
 }
 
+impl From<TaskStatus> for LiveStatus {
+    fn from(s: TaskStatus) -> Self {
+        Self {
+            state: s.state,
+            queue_position: s.queue_position,
+            tokens_out: s.tokens_out,
+            replica_id: s.replica_id,
+        }
+    }
+}
+
 /// A pool's queue as its leader last saw it (published a few times a second), for the
 /// position and ETA a 202 on another instance reports.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -118,44 +136,30 @@ pub struct QueueHint {
 }
 
 impl QueueHint {
-    /// Where a task joining this queue now is expected to stand (as standalone
-    /// admission estimates it, with every queued task counted ahead).
+    /// Where a task joining this queue now is expected to stand.
     pub fn placed(&self) -> Placed {
-        use orchestrator_core::eta::{predicted_start_ms, queue_position};
-        let position = queue_position(self.queue_depth as usize, self.slots_free);
-        Placed {
-            queue_position: position,
-            predicted_start_ms: predicted_start_ms(position, self.slots_total, self.service_ms),
+        PoolLoad::from(*self).placed()
+    }
+}
+
+impl From<PoolLoad> for QueueHint {
+    fn from(l: PoolLoad) -> Self {
+        Self {
+            queue_depth: l.queue_depth,
+            slots_free: l.slots_free,
+            slots_total: l.slots_total,
+            service_ms: l.service_ms,
         }
     }
 }
 
-/// What the services ask of the cluster. Every error is already typed for clients: a
-/// full queue is 429 `ADMISSION_REJECT`, a cluster that cannot store is 503.
-pub trait ClusterPort: Send + Sync {
-    /// Store an admitted task in its pool's queue; returns once it is stored on a
-    /// quorum (the 202 follows), with the place the cluster expects it to take (from
-    /// the leader's last [`QueueHint`]; 0 when none is known). A task id stored before
-    /// is not stored twice.
-    fn enqueue<'a>(&'a self, task: &'a ReplicatedTask) -> BoxFuture<'a, Result<Placed, OrchError>>;
-
-    /// Feed `mirror` with its task's stored frames until the terminal one; `lease`
-    /// (the tenant's queue place, when this instance admitted it) is given back when
-    /// the task starts. A cancel of the mirror is passed on to the task's leader.
-    fn follow(&self, mirror: Arc<TaskRecord>, lease: Option<QueuedLease>);
-
-    /// The recorded status of a task this instance has no record of.
-    fn status(&self, id: TaskId) -> BoxFuture<'_, Result<Option<ClusterStatus>, OrchError>>;
-
-    /// Whether this instance can admit through the cluster now (readiness): it
-    /// reaches the cluster, and the cluster stored a write of it recently.
-    fn is_available(&self) -> bool;
-
-    /// A task as its pool's leader runs it now: its state, its place while it waits,
-    /// its tokens so far (`None` when no leader answers at once, or the leader does
-    /// not hold the task: not yet taken from the cluster's queue, or already ended).
-    fn live<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Option<LiveStatus>>;
-
-    /// Ask the leader of `pool_id` to cancel a task (stored, so a later leader sees it).
-    fn cancel<'a>(&'a self, pool_id: &'a str, id: TaskId) -> BoxFuture<'a, Result<(), OrchError>>;
+impl From<QueueHint> for PoolLoad {
+    fn from(h: QueueHint) -> Self {
+        Self {
+            queue_depth: h.queue_depth,
+            slots_free: h.slots_free,
+            slots_total: h.slots_total,
+            service_ms: h.service_ms,
+        }
+    }
 }

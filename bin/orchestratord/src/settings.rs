@@ -1,0 +1,99 @@
+//! The services' settings from the config file: the conversions startup and live
+//! reconfiguration share (so neither imports the other).
+
+use crate::config::{Config, FairnessChoice, PlacementChoice, PoolConfig};
+use orch_services::{
+    config::PlacementMode, PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec,
+};
+use orchestrator_core::{Fairness, QueueConfig};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub fn service_config(cfg: &Config) -> ServiceConfig {
+    let s = &cfg.server;
+    ServiceConfig {
+        stream_grace: Duration::from_millis(s.stream_grace_ms),
+        record_ttl: Duration::from_millis(s.record_ttl_ms),
+        retention: Retention {
+            max_frames_records: s.retained_tasks_max,
+            max_frames_bytes: s.retained_bytes_max,
+            max_summaries: s.summaries_max,
+            summary_ttl: Duration::from_millis(s.summary_ttl_ms),
+        },
+        session_ttl: Duration::from_millis(s.session_ttl_ms),
+        max_sessions: s.sessions_max,
+        session_token_budget: s.session_token_budget,
+        tenancy: tenancy(cfg),
+        ..ServiceConfig::default()
+    }
+}
+
+fn tenant_spec(name: &str, t: &crate::config::TenantConfig) -> TenantSpec {
+    TenantSpec {
+        name: name.to_string(),
+        weight: t.weight,
+        quotas: Quotas {
+            max_concurrent: t.max_concurrent,
+            max_queued: t.max_queued,
+            tokens_per_minute: t.tokens_per_minute,
+            max_tokens_per_task: t.max_tokens_per_task,
+        },
+    }
+}
+
+/// Tenants of the config: listed ones, and the defaults for any other.
+pub fn tenancy(cfg: &Config) -> Tenancy {
+    Tenancy {
+        tenants: cfg.tenants.iter().map(|(n, t)| tenant_spec(n, t)).collect(),
+        defaults: tenant_spec("default", &cfg.tenant_defaults),
+    }
+}
+
+pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
+    PoolSpec {
+        id: p.id.clone(),
+        model: p.model.clone(),
+        queue: QueueConfig {
+            capacity: p.queue_capacity,
+            policy: p.queue_policy,
+            interactive_weight: p.interactive_weight,
+            fairness: match p.fairness {
+                FairnessChoice::Weighted => Fairness::Weighted,
+                FairnessChoice::Fifo => Fairness::Fifo,
+            },
+            aging_ms: p.aging_ms,
+        },
+        max_tokens_out: p.max_tokens_out,
+        sampler_profile_version: p.sampler_profile_version.clone(),
+        first_token_timeout: Duration::from_millis(p.first_token_timeout_ms),
+        idle_timeout: Duration::from_millis(p.idle_timeout_ms),
+        decode_timeout: Duration::from_millis(p.decode_timeout_ms),
+        queue_wait_limit: Duration::from_millis(p.queue_wait_limit_ms),
+        retries_before_first_token: p.retries_before_first_token,
+        metrics_frame_interval: Duration::from_millis(p.metrics_frame_interval_ms),
+        placement: match p.placement {
+            PlacementChoice::LeastLoaded => PlacementMode::LeastLoaded,
+            PlacementChoice::Session => PlacementMode::Session,
+            PlacementChoice::Prefix => PlacementMode::Prefix,
+        },
+        prefix_index_blocks: p.prefix_index_blocks,
+    }
+}
+
+/// Serving without keys on an address other than loopback.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OpenAddress(String);
+
+/// Refuse to serve without keys on anything but a loopback address.
+pub fn check_open_address(no_keys: bool, addr: SocketAddr) -> Result<(), OpenAddress> {
+    if no_keys && !addr.ip().is_loopback() {
+        return Err(OpenAddress(format!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could \
+             submit work, drain or reload pools. Create a key with \
+             `orchestratord keys new --tenant NAME --role admin`, add the printed \
+             [[auth.keys]] entry to the config, or listen on 127.0.0.1"
+        )));
+    }
+    Ok(())
+}

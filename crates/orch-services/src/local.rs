@@ -1,0 +1,226 @@
+//! This instance's pools as a task home: [`LocalHome`] queues admitted tasks on their
+//! pool's actor (the default home), and [`LocalPools`] is the narrow handle a
+//! replicated home gets to run, on this instance's pools, tasks that another instance
+//! admitted (a pool's leader in cluster mode).
+//!
+//! Owns: nothing of its own (the pools own their queues; records own their phases).
+//! Never: holds the services' core (a home the core holds reaches back only through
+//! [`LocalPools`], so no reference cycle forms).
+
+use crate::home::{Admitted, PoolLoad, TaskHome};
+use crate::lifecycle::{CancelReason, Ending, Phase};
+use crate::pool::{Flow, Placed};
+use crate::registry::PoolRegistry;
+use crate::task::{Admission, EndHook, TaskRecord};
+use crate::tenants::{Tenant, Tenants};
+use futures_util::future::BoxFuture;
+use orch_domain::{OrchError, Priority, TaskId, TaskRequest, TaskState, TaskStatus};
+use std::sync::Arc;
+
+/// Tasks queued and run on this instance's pools.
+#[derive(Clone)]
+pub(crate) struct LocalHome {
+    pools: PoolRegistry,
+}
+
+impl LocalHome {
+    pub fn new(pools: PoolRegistry) -> Self {
+        Self { pools }
+    }
+
+    /// A queued task leaves its queue (ended with its recorded reason); a retry
+    /// parked in the pool is let go. A running task's runner ends it on its token.
+    async fn cancel_local(&self, rec: &Arc<TaskRecord>) {
+        if matches!(rec.phase(), Phase::Queued | Phase::Retrying) {
+            if let Some(pool) = self.pools.get(&rec.pool_id) {
+                pool.cancel_queued(rec.id).await;
+            }
+        }
+    }
+}
+
+impl TaskHome for LocalHome {
+    fn place(&self, t: Admitted) -> BoxFuture<'_, Result<Placed, OrchError>> {
+        Box::pin(async move { t.pool.admit(t.rec, t.request, t.flow, Some(t.lease)).await })
+    }
+
+    fn find(&self, _id: TaskId) -> BoxFuture<'_, Result<Option<TaskStatus>, OrchError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn follow(&self, rec: Arc<TaskRecord>) {
+        // nothing is found here that has no record
+        tracing::error!(task_id = %rec.id, "the local home was asked to follow a task");
+    }
+
+    fn cancel<'a>(
+        &'a self,
+        rec: &'a Arc<TaskRecord>,
+        _reason: CancelReason,
+    ) -> BoxFuture<'a, Result<(), OrchError>> {
+        Box::pin(async move {
+            self.cancel_local(rec).await;
+            Ok(())
+        })
+    }
+
+    fn cancel_found<'a>(&'a self, _task: &'a TaskStatus) -> BoxFuture<'a, Result<(), OrchError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn refresh<'a>(&'a self, s: &'a mut TaskStatus) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if s.state == TaskState::Queued {
+                if let Some(pool) = self.pools.get(&s.pool_id) {
+                    s.queue_position = pool.position(s.task_id).await;
+                }
+            }
+        })
+    }
+
+    fn is_available(&self) -> bool {
+        true
+    }
+
+    fn tasks_outlive_instance(&self) -> bool {
+        false
+    }
+}
+
+/// What identifies a task to run (fixed at its admission, maybe on another
+/// instance).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub id: TaskId,
+    pub tenant: String,
+    pub pool_id: String,
+    pub correlation_id: String,
+    /// The request (with its chat, if it came through the OpenAI door).
+    pub request: TaskRequest,
+}
+
+/// The record of a task admitted for `tenant` on the pool `pool_id` whose last
+/// published state is `snap` (it names the engine until the task starts): the one
+/// constructor that admission, a run for another instance and a record that follows a
+/// task run elsewhere share.
+pub(crate) fn new_record(
+    id: TaskId,
+    tenant: &Tenant,
+    (pool_id, snap): (&str, Option<&crate::pool::Snapshot>),
+    correlation_id: &str,
+    priority: Priority,
+    request: Option<TaskRequest>,
+    on_end: Option<EndHook>,
+) -> Arc<TaskRecord> {
+    let engine = snap.and_then(|s| s.pinned.as_ref()).map_or_else(
+        || ("none".into(), "none".into()),
+        |p| (p.engine.clone(), p.engine_version.clone()),
+    );
+    let session = request.as_ref().and_then(|r| r.session_id);
+    Arc::new(TaskRecord::new(
+        Admission {
+            id,
+            tenant: tenant.name.clone(),
+            priority,
+            pool_id: pool_id.to_string(),
+            session,
+            correlation_id: correlation_id.to_string(),
+            engine,
+        },
+        request,
+        on_end,
+    ))
+}
+
+/// The flow a task of `tenant` is queued as: its tenant, weight and expected cost.
+pub(crate) fn flow_of(tenant: &Tenant, request: &TaskRequest) -> Flow {
+    Flow {
+        id: tenant.ix,
+        weight: tenant.weight(),
+        cost: u64::from(request.expected_tokens.unwrap_or(request.max_tokens)).max(1),
+    }
+}
+
+/// This instance's pools, for a home that runs here the tasks another instance
+/// admitted. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalPools {
+    home: LocalHome,
+    tenants: Arc<Tenants>,
+}
+
+impl LocalPools {
+    pub(crate) fn new(pools: PoolRegistry, tenants: Arc<Tenants>) -> Self {
+        Self {
+            home: LocalHome::new(pools),
+            tenants,
+        }
+    }
+
+    /// Run `t` on this instance's pool. The record is in no task table (its frames
+    /// are read from the record by whoever stores them); a refusal by the pool ends
+    /// it with its error frame. No quota is taken here: the admitting instance holds
+    /// its tenant's places.
+    pub async fn run(&self, t: NewTask) -> Arc<TaskRecord> {
+        let tenant = self.tenants.get(&t.tenant);
+        let pool = self.home.pools.get(&t.pool_id);
+        let snap = pool.as_ref().map(|p| p.snapshot());
+        let flow = flow_of(&tenant, &t.request);
+        let rec = new_record(
+            t.id,
+            &tenant,
+            (&t.pool_id, snap.as_deref()),
+            &t.correlation_id,
+            t.request.priority,
+            Some(t.request),
+            None,
+        );
+        let admitted = match (&pool, rec.request()) {
+            (Some(pool), Some(req)) => pool.admit(rec.clone(), req, flow, None).await,
+            _ => Err(OrchError::not_found("pool", &t.pool_id)),
+        };
+        if let Err(e) = admitted {
+            rec.end(Ending::Failed(e));
+        }
+        rec
+    }
+
+    /// Wait until the pool `id` serves (from its published state, no polling).
+    /// False when there is no such pool or it stopped.
+    pub async fn until_ready(&self, id: &str) -> bool {
+        match self.home.pools.get(id) {
+            Some(p) => p.until(|s| s.ready).await,
+            None => false,
+        }
+    }
+
+    /// The pool's queue and slots as they stand.
+    pub fn load(&self, pool_id: &str) -> Option<PoolLoad> {
+        let s = self.home.pools.get(pool_id)?.snapshot();
+        Some(PoolLoad {
+            queue_depth: s.queue_depth,
+            slots_free: s.slots_free,
+            slots_total: s.slots_total,
+            service_ms: s.service_ms,
+        })
+    }
+
+    /// A task run here as it stands now: its state, place while queued, tokens so
+    /// far. `None` once it ended (its end counts once it is stored elsewhere).
+    pub async fn status(&self, rec: &TaskRecord) -> Option<TaskStatus> {
+        let s = rec.summary();
+        if s.state.is_terminal() {
+            return None;
+        }
+        let mut st = s.to_status();
+        self.home.refresh(&mut st).await;
+        Some(st)
+    }
+
+    /// Cancel a task run here, for `reason`.
+    pub async fn cancel(&self, rec: &Arc<TaskRecord>, reason: CancelReason) {
+        if rec.request_cancel(reason) {
+            self.home.cancel_local(rec).await;
+        }
+    }
+}
