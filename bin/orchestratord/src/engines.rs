@@ -1,7 +1,7 @@
 //! Engine wiring: one [`ReplicaLauncher`] per pool from its config, with the defaults
 //! that make the bundled model work out of the box (paths from `scripts/provision.sh`).
 
-use crate::config::{EngineChoice, LlamaCppConfig, PoolConfig};
+use crate::config::{EngineConfig, LlamaCppConfig, OpenAiPoolConfig, PoolConfig};
 use adapter_api::ReplicaLauncher;
 use adapter_llamacpp::{ClientOptions, LlamaServerConfig, LlamaServerLauncher, RemoteLauncher};
 use adapter_mock::MockLauncher;
@@ -92,25 +92,16 @@ fn client(l: &LlamaCppConfig, p: &PoolConfig) -> ClientOptions {
 
 /// The launcher for a pool, or a readable reason why it cannot be built.
 pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> {
-    match p.engine {
-        EngineChoice::Mock => Ok(Arc::new(MockLauncher::new(
-            p.mock.clone().unwrap_or_default(),
-        ))),
-        EngineChoice::Openai => {
-            let o = p
-                .openai
-                .clone()
-                .ok_or_else(|| format!("pool {}: [pools.openai] missing", p.id))?;
-            openai_launcher(p, o.urls.clone())
-        }
-        EngineChoice::Llamacpp => {
-            let l = p.llamacpp.clone().unwrap_or_default();
+    match &p.engine {
+        EngineConfig::Mock(m) => Ok(Arc::new(MockLauncher::new(m.clone()))),
+        EngineConfig::Openai(o) => openai_launcher(p, o, o.urls.clone()),
+        EngineConfig::Llamacpp(l) => {
             if let Some(url) = &l.url {
                 return Ok(Arc::new(RemoteLauncher {
                     url: url.clone(),
                     model: p.model.clone(),
                     model_digest: l.model_digest.clone().unwrap_or_default(),
-                    client: client(&l, p),
+                    client: client(l, p),
                 }));
             }
             let cfg = LlamaServerConfig {
@@ -127,7 +118,7 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
                 slots: l.slots,
                 threads: l.threads,
                 extra_args: l.extra_args.clone(),
-                client: client(&l, p),
+                client: client(l, p),
                 pid_dir: Some(pid_dir()),
             };
             LlamaServerLauncher::new(cfg)
@@ -138,11 +129,11 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
 }
 
 /// An openai pool's launcher for `urls` (one replica each).
-fn openai_launcher(p: &PoolConfig, urls: Vec<String>) -> Result<Arc<dyn ReplicaLauncher>, String> {
-    let o = p
-        .openai
-        .clone()
-        .ok_or_else(|| format!("pool {}: [pools.openai] missing", p.id))?;
+fn openai_launcher(
+    p: &PoolConfig,
+    o: &OpenAiPoolConfig,
+    urls: Vec<String>,
+) -> Result<Arc<dyn ReplicaLauncher>, String> {
     let api_key = match &o.api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| {
             format!(
@@ -166,34 +157,27 @@ fn openai_launcher(p: &PoolConfig, urls: Vec<String>) -> Result<Arc<dyn ReplicaL
 /// The launcher of one replica reached by `url`, added to pool `p` at runtime: its
 /// identity is read from the engine (llama.cpp: the model file it reports).
 pub fn remote_launcher(p: &PoolConfig, url: &str) -> Result<Arc<dyn ReplicaLauncher>, String> {
-    match p.engine {
-        EngineChoice::Mock => Err(format!(
+    match &p.engine {
+        EngineConfig::Mock(_) => Err(format!(
             "pool {} is a mock pool: it has no replicas by URL",
             p.id
         )),
-        EngineChoice::Openai => openai_launcher(p, vec![url.to_string()]),
-        EngineChoice::Llamacpp => {
-            let l = p.llamacpp.clone().unwrap_or_default();
-            Ok(Arc::new(RemoteLauncher {
-                url: url.trim_end_matches('/').to_string(),
-                model: p.model.clone(),
-                model_digest: String::new(),
-                client: client(&l, p),
-            }))
-        }
+        EngineConfig::Openai(o) => openai_launcher(p, o, vec![url.to_string()]),
+        EngineConfig::Llamacpp(l) => Ok(Arc::new(RemoteLauncher {
+            url: url.trim_end_matches('/').to_string(),
+            model: p.model.clone(),
+            model_digest: String::new(),
+            client: client(l, p),
+        })),
     }
 }
 
 /// Load timeout of a pool's replicas.
 pub fn load_timeout(p: &PoolConfig) -> Duration {
-    match p.engine {
-        EngineChoice::Mock => Duration::from_secs(10),
-        EngineChoice::Openai => {
-            Duration::from_millis(p.openai.as_ref().map_or(60_000, |o| o.load_timeout_ms))
-        }
-        EngineChoice::Llamacpp => {
-            Duration::from_millis(p.llamacpp.clone().unwrap_or_default().load_timeout_ms)
-        }
+    match &p.engine {
+        EngineConfig::Mock(_) => Duration::from_secs(10),
+        EngineConfig::Openai(o) => Duration::from_millis(o.load_timeout_ms),
+        EngineConfig::Llamacpp(l) => Duration::from_millis(l.load_timeout_ms),
     }
 }
 

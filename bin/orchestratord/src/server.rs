@@ -84,7 +84,7 @@ pub async fn start_with(
     if cfg
         .pools
         .iter()
-        .any(|p| p.engine == crate::config::EngineChoice::Llamacpp)
+        .any(|p| matches!(p.engine, crate::config::EngineConfig::Llamacpp(_)))
     {
         let stopped = adapter_llamacpp::orphans::reap(&crate::engines::pid_dir());
         if !stopped.is_empty() {
@@ -137,28 +137,24 @@ pub async fn start_with(
         }
     }
     let auth = auth.shared();
-    let pools = std::sync::Arc::new(std::sync::RwLock::new(cfg.pools.clone()));
+    let running: crate::reconfig::Running =
+        std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(cfg.clone())));
     {
-        let pools = pools.clone();
+        let running = running.clone();
         manager.set_remote_factory(std::sync::Arc::new(move |pool_id: &str, url: &str| {
-            let p = pools
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|p| p.id == pool_id)
-                .cloned()
+            let p = crate::reconfig::pool_of(&running, pool_id)
                 .ok_or_else(|| format!("unknown pool {pool_id}"))?;
             crate::engines::remote_launcher(&p, url)
         }));
     }
     let reconfig = std::sync::Arc::new(crate::reconfig::Reconfig {
         path: cfg.source.clone(),
-        current: tokio::sync::Mutex::new(cfg.clone()),
+        running,
         orch: orch.clone(),
         manager: manager.clone(),
         auth: auth.clone(),
         addr,
-        pools,
+        lock: tokio::sync::Mutex::new(()),
     });
     let hook: orch_api::ReconfigureHook = {
         let r = reconfig.clone();

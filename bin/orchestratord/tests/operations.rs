@@ -35,26 +35,27 @@ async fn get(http: &reqwest::Client, base: &str, key: &str, path: &str) -> Value
         .unwrap()
 }
 
-/// Submit a task as the client and read its stream to the end, in the background.
-fn stream_task(
+/// Submit a task as the client (admitted before this returns) and read its stream to
+/// the end in the background.
+async fn stream_task(
     http: &reqwest::Client,
     base: &str,
     max_tokens: u32,
 ) -> tokio::task::JoinHandle<Vec<SseFrame>> {
     let (http, base) = (http.clone(), base.to_string());
+    let r = http
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(CLIENT)
+        .json(&task("in flight", max_tokens, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     tokio::spawn(async move {
-        let r = http
-            .post(format!("{base}/v1/tasks"))
-            .bearer_auth(CLIENT)
-            .json(&task("in flight", max_tokens, "interactive"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202, "{:?}", r.text().await);
-        let id = r.json::<Value>().await.unwrap()["task_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
         let text = http
             .get(format!("{base}/v1/tasks/{id}/stream"))
             .bearer_auth(CLIENT)
@@ -66,6 +67,20 @@ fn stream_task(
             .unwrap();
         parse_sse(&text)
     })
+}
+
+/// `n` tasks in flight: each admitted before the next is submitted.
+async fn stream_tasks(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    max_tokens: u32,
+) -> Vec<tokio::task::JoinHandle<Vec<SseFrame>>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(stream_task(http, base, max_tokens).await);
+    }
+    out
 }
 
 async fn replica_ids(http: &reqwest::Client, base: &str) -> Vec<String> {
@@ -112,7 +127,7 @@ async fn sighup_applies_quotas_limits_and_replicas_without_dropping_a_stream() {
     let caps = get(&http, &base, CLIENT, "/v1/capabilities").await;
     assert_eq!(caps["tenant"]["quotas"]["max_queued"], 8);
     // four streams in flight (2 slots: two run, two wait)
-    let streams: Vec<_> = (0..4).map(|_| stream_task(&http, &base, 30)).collect();
+    let streams = stream_tasks(&http, &base, 4, 30).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     std::fs::write(&path, config(3, 2, 16, 5)).unwrap();
     hup(&child);
@@ -164,7 +179,7 @@ async fn sighup_applies_quotas_limits_and_replicas_without_dropping_a_stream() {
     assert_eq!(r.status(), 403);
 
     // shrinking drains first: tasks running on the removed replica finish normally
-    let streams: Vec<_> = (0..4).map(|_| stream_task(&http, &base, 30)).collect();
+    let streams = stream_tasks(&http, &base, 4, 30).await;
     let t0 = Instant::now();
     loop {
         let pools = get(&http, &base, ADMIN, "/v1/pools").await;

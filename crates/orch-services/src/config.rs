@@ -143,7 +143,7 @@ impl PlacementMode {
 
 /// What a pool is configured to be. Engine facts (version, digest, slots, ctx) come
 /// from its replicas' properties and are pinned by the first replica.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolSpec {
     pub id: String,
     /// Catalog name clients use as `model_ref` (the digest form also matches).

@@ -134,7 +134,9 @@ fn facade_problems(methods: &[String]) -> Vec<String> {
         ));
     }
     for m in methods.iter().filter(|m| m.ends_with("_as")) {
-        out.push(format!("`{m}` is a twin: pass the caller to the one method"));
+        out.push(format!(
+            "`{m}` is a twin: pass the caller to the one method"
+        ));
     }
     out
 }

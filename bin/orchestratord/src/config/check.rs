@@ -1,7 +1,7 @@
 //! What types cannot catch in a config: every problem, each named by its place in the
 //! file (`pools[1].queue_capacity: must be at least 1`).
 
-use super::{valid_id, Config, ConfigError, EngineChoice};
+use super::{valid_id, Config, ConfigError, EngineConfig};
 
 impl Config {
     /// The first problem as an error (see [`problems`](Self::problems) for all).
@@ -156,74 +156,48 @@ impl Config {
             if p.prefix_index_blocks == 0 || p.prefix_index_blocks > 10_000_000 {
                 bad(format!("{at}.prefix_index_blocks"), "must be 1..=10000000");
             }
-            let sections = [
-                ("mock", p.mock.is_some(), EngineChoice::Mock),
-                ("llamacpp", p.llamacpp.is_some(), EngineChoice::Llamacpp),
-                ("openai", p.openai.is_some(), EngineChoice::Openai),
-            ];
-            for (name, present, engine) in sections {
-                if present && p.engine != engine {
-                    bad(
-                        format!("{at}.{name}"),
-                        &format!("given for a {:?} pool", p.engine),
-                    );
-                }
-            }
-            match p.engine {
-                EngineChoice::Openai => match &p.openai {
-                    None => bad(
-                        format!("{at}.openai"),
-                        "engine \"openai\" needs [pools.openai] with urls",
-                    ),
-                    Some(o) => {
-                        if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
-                            bad(
-                                format!("{at}.openai.urls"),
-                                &format!(
-                                    "one URL per replica: replicas is {}, urls has {}",
-                                    p.replicas,
-                                    o.urls.len()
-                                ),
-                            );
-                        }
-                        for (j, u) in o.urls.iter().enumerate() {
-                            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                                bad(
-                                    format!("{at}.openai.urls[{j}]"),
-                                    "must start with http:// or https://",
-                                );
-                            }
-                        }
-                        if o.slots == 0 {
-                            bad(format!("{at}.openai.slots"), "must be at least 1");
-                        }
-                    }
-                },
-                EngineChoice::Mock => {
-                    if let Some(m) = p.mock.as_ref().filter(|m| {
-                        let t = m.tokens_per_sec;
-                        !(t == 0.0 || (0.001..=1_000_000.0).contains(&t))
-                    }) {
+            match &p.engine {
+                EngineConfig::Openai(o) => {
+                    if o.urls.is_empty() || o.urls.len() != p.replicas as usize {
                         bad(
-                            format!("{at}.mock.tokens_per_sec"),
+                            format!("{at}.openai.urls"),
                             &format!(
-                                "must be 0 (unpaced) or 0.001..=1000000, got {}",
-                                m.tokens_per_sec
+                                "one URL per replica: replicas is {}, urls has {}",
+                                p.replicas,
+                                o.urls.len()
                             ),
                         );
                     }
-                    if p.mock.as_ref().is_some_and(|m| m.slots == 0) {
+                    for (j, u) in o.urls.iter().enumerate() {
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            bad(
+                                format!("{at}.openai.urls[{j}]"),
+                                "must start with http:// or https://",
+                            );
+                        }
+                    }
+                    if o.slots == 0 {
+                        bad(format!("{at}.openai.slots"), "must be at least 1");
+                    }
+                }
+                EngineConfig::Mock(m) => {
+                    let t = m.tokens_per_sec;
+                    if !(t == 0.0 || (0.001..=1_000_000.0).contains(&t)) {
+                        bad(
+                            format!("{at}.mock.tokens_per_sec"),
+                            &format!("must be 0 (unpaced) or 0.001..=1000000, got {t}"),
+                        );
+                    }
+                    if m.slots == 0 {
                         bad(format!("{at}.mock.slots"), "must be at least 1");
                     }
                 }
-                EngineChoice::Llamacpp => {
-                    if let Some(l) = &p.llamacpp {
-                        if l.slots == 0 {
-                            bad(format!("{at}.llamacpp.slots"), "must be at least 1");
-                        }
-                        if l.ctx < 64 {
-                            bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
-                        }
+                EngineConfig::Llamacpp(l) => {
+                    if l.slots == 0 {
+                        bad(format!("{at}.llamacpp.slots"), "must be at least 1");
+                    }
+                    if l.ctx < 64 {
+                        bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
                     }
                 }
             }

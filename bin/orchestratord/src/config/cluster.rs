@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 /// `[cluster]`: join a NATS JetStream cluster with other instances (see README,
 /// "Cluster mode").
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
     /// `nats://host:port` of each server.

@@ -5,6 +5,7 @@ use adapter_mock::MockConfig;
 
 mod check;
 mod cluster;
+mod file;
 pub use cluster::ClusterSection;
 use orch_domain::FullPolicy;
 use serde::Deserialize;
@@ -23,7 +24,7 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -52,7 +53,7 @@ pub struct Config {
 }
 
 /// `[auth]`: API keys (digests only) and what `/metrics` needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// A TOML file with more `[[keys]]` entries (relative to the config file).
@@ -71,7 +72,7 @@ pub enum MetricsAccess {
 }
 
 /// `[supervision]`: how replicas are health-checked and when they are restarted.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Supervision {
     pub health_interval_ms: u64,
@@ -96,7 +97,7 @@ impl Default for Supervision {
 }
 
 /// One accepted key: the SHA-256 of the key (never the key), its tenant and role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyEntry {
     pub sha256: String,
@@ -114,7 +115,7 @@ pub struct KeysFile {
 }
 
 /// A tenant's weight and quotas (absent quota = unlimited).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
     pub weight: u32,
@@ -136,7 +137,7 @@ impl Default for TenantConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub addr: String,
@@ -197,77 +198,67 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineChoice {
-    Mock,
-    Llamacpp,
-    /// Any OpenAI-compatible server by URL (`[pools.openai]`).
-    Openai,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A pool: its id and model, queue and timing settings, and its engine with that
+/// engine's own settings. Read from the file's form ([`file::PoolFile`]): `engine = "…"`
+/// picks the variant and `[pools.<engine>]` holds its settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "file::PoolFile")]
 pub struct PoolConfig {
     pub id: String,
-    pub engine: EngineChoice,
+    pub engine: EngineConfig,
     /// Catalog name clients send as `model_ref`.
     pub model: String,
-    #[serde(default = "one")]
     pub replicas: u32,
-    #[serde(default = "queue_capacity")]
     pub queue_capacity: usize,
-    #[serde(default)]
     pub queue_policy: FullPolicy,
-    #[serde(default = "interactive_weight")]
     pub interactive_weight: u32,
-    #[serde(default = "max_tokens_out")]
     pub max_tokens_out: u32,
-    #[serde(default = "sampler_profile")]
     pub sampler_profile_version: String,
-    #[serde(default = "first_token_timeout_ms")]
     pub first_token_timeout_ms: u64,
-    #[serde(default = "idle_timeout_ms")]
     pub idle_timeout_ms: u64,
     /// Wall-clock limit on one generation.
-    #[serde(default = "decode_timeout_ms")]
     pub decode_timeout_ms: u64,
     /// Longest a task may wait in the queue (then it ends with POOL_UNAVAILABLE).
-    #[serde(default = "queue_wait_limit_ms")]
     pub queue_wait_limit_ms: u64,
-    #[serde(default = "one")]
     pub retries_before_first_token: u32,
-    /// Sharing among tenants inside each priority class: `weighted` (weighted fair
-    /// queuing by expected tokens) or `fifo`.
-    #[serde(default)]
+    /// Sharing among tenants inside each priority class.
     pub fairness: FairnessChoice,
     /// A task that waited this long is served next in its class (0 = never).
-    #[serde(default = "aging_ms")]
     pub aging_ms: u64,
     /// How often waiting and running tasks get a `metrics` frame (0 = never).
-    #[serde(default = "metrics_frame_interval_ms")]
     pub metrics_frame_interval_ms: u64,
-    /// How a replica is picked: `prefix` (default: session, then the replica holding
-    /// the prompt's prefix within a load slack, then least loaded), `session`, or
-    /// `least-loaded`.
-    #[serde(default)]
+    /// How a replica is picked.
     pub placement: PlacementChoice,
     /// Prompt blocks (64 bytes each) the prefix index remembers per pool.
-    #[serde(default = "prefix_index_blocks")]
     pub prefix_index_blocks: usize,
-    /// Settings of the mock engine (engine = "mock").
-    #[serde(default)]
-    pub mock: Option<MockConfig>,
-    /// Settings of llama-server replicas (engine = "llamacpp").
-    #[serde(default)]
-    pub llamacpp: Option<LlamaCppConfig>,
-    /// Upstream OpenAI-compatible servers (engine = "openai").
-    #[serde(default)]
-    pub openai: Option<OpenAiPoolConfig>,
+}
+
+/// A pool's engine with its own settings (`engine = "…"` and `[pools.<engine>]`).
+/// A new engine is a variant here and its launcher in `engines.rs`; every place that
+/// depends on the engine matches on this enum, so the compiler lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineConfig {
+    /// The scriptable mock engine (tests and benchmarks; it names itself `mock`).
+    Mock(MockConfig),
+    /// llama.cpp's llama-server, spawned or reached by URL.
+    Llamacpp(LlamaCppConfig),
+    /// Any OpenAI-compatible server by URL.
+    Openai(OpenAiPoolConfig),
+}
+
+impl EngineConfig {
+    /// The `engine` value that selects this variant.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EngineConfig::Mock(_) => "mock",
+            EngineConfig::Llamacpp(_) => "llamacpp",
+            EngineConfig::Openai(_) => "openai",
+        }
+    }
 }
 
 /// `[pools.openai]`: replicas that are OpenAI-compatible servers someone else runs.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiPoolConfig {
     /// One base URL per replica (`http://host:port`; `/v1/...` is appended).
@@ -327,7 +318,7 @@ pub enum FairnessChoice {
 }
 
 /// `[pools.llamacpp]`: how to run (or reach) llama-server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LlamaCppConfig {
     /// llama-server binary; default `$ORCH_LLAMA_SERVER`, else the provisioned cache.
@@ -370,10 +361,10 @@ fn one() -> u32 {
 impl PoolConfig {
     /// Slots of one replica (what its engine serves at once).
     pub fn slots_per_replica(&self) -> u32 {
-        match self.engine {
-            EngineChoice::Mock => self.mock.clone().unwrap_or_default().slots,
-            EngineChoice::Llamacpp => self.llamacpp.as_ref().map_or(2, |l| l.slots),
-            EngineChoice::Openai => self.openai.as_ref().map_or(openai_slots(), |o| o.slots),
+        match &self.engine {
+            EngineConfig::Mock(m) => m.slots,
+            EngineConfig::Llamacpp(l) => l.slots,
+            EngineConfig::Openai(o) => o.slots,
         }
     }
 }
@@ -543,5 +534,34 @@ mod tests {
         assert!(Config::parse("").is_err());
         let e = Config::parse("[[pools]]\nid='a b'\nengine='mock'\nmodel='x'\n").unwrap_err();
         assert!(e.to_string().contains("pools[0].id"), "{e}");
+    }
+
+    #[test]
+    fn the_engine_key_selects_the_variant_and_only_its_section() {
+        let pool = |engine: &str, section: &str| {
+            Config::parse(&format!(
+                "[[pools]]\nid='p'\nengine='{engine}'\nmodel='x'\n{section}"
+            ))
+        };
+        let c = pool("mock", "[pools.mock]\nslots = 3\n").unwrap();
+        assert!(matches!(&c.pools[0].engine, EngineConfig::Mock(m) if m.slots == 3));
+        assert_eq!(c.pools[0].slots_per_replica(), 3);
+        // a section is optional where its engine has defaults
+        let c = pool("llamacpp", "").unwrap();
+        assert_eq!(
+            c.pools[0].engine,
+            EngineConfig::Llamacpp(LlamaCppConfig::default())
+        );
+        assert_eq!(c.pools[0].engine.name(), "llamacpp");
+        // another engine's section, or a required one missing, refuses the file
+        let e = pool("mock", "[pools.llamacpp]\nslots = 1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[pools.llamacpp] given for a Mock pool"),
+            "{e}"
+        );
+        let e = pool("openai", "").unwrap_err();
+        assert!(e.to_string().contains("needs [pools.openai]"), "{e}");
+        assert!(pool("tpu", "").is_err());
     }
 }
