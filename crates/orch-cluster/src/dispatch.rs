@@ -12,6 +12,12 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
 
+/// How long one long pull waits for tasks before the server ends it (the pull is then
+/// made again at once: an empty queue costs one request per this).
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// The server's heartbeat on an idle pull (a pull that misses two is made again).
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
 fn queued(msg: Message) -> QueuedTask {
     let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let task_id = msg
@@ -114,8 +120,8 @@ impl Dispatch {
             .consumer
             .stream()
             .max_messages_per_batch(64)
-            .expires(Duration::from_secs(5))
-            .heartbeat(Duration::from_secs(1))
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
             .messages()
             .await
             .map_err(|e| err(e.to_string()))?;

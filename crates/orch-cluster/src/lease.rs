@@ -106,6 +106,9 @@ impl Leases {
 /// may be electing a leader); false when the lease was lost (someone else's revision)
 /// or that time ran out. Called a third of the TTL after the last renewal, so a
 /// leader gives up a sixth of the TTL before its lease can expire.
+/// Pause between renewals the bucket did not answer.
+const RENEW_RETRY: Duration = Duration::from_millis(50);
+
 async fn renew_in_time(leases: &Leases, lease: &mut Lease) -> bool {
     let deadline = tokio::time::Instant::now() + leases.ttl / 2;
     loop {
@@ -113,7 +116,7 @@ async fn renew_in_time(leases: &Leases, lease: &mut Lease) -> bool {
         match tokio::time::timeout(left, leases.renew(lease)).await {
             Ok(Ok(())) => return true,
             Ok(Err(LeaseError::Unavailable { .. })) if !left.is_zero() => {
-                tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+                tokio::time::sleep(RENEW_RETRY.min(left)).await;
             }
             _ => return false,
         }

@@ -76,6 +76,8 @@ pub struct Cluster {
 /// trying: right after the servers start, or while a meta leader is elected, the
 /// JetStream API does not answer for seconds (seen on this 2-core machine).
 const SETUP_RETRY: Duration = Duration::from_secs(20);
+/// Pause between setup tries.
+const SETUP_PAUSE: Duration = Duration::from_millis(250);
 
 impl Cluster {
     /// Make (or find) a stream, trying again while the JetStream API does not answer.
@@ -89,7 +91,7 @@ impl Cluster {
                 Ok(s) => return Ok(s),
                 Err(e) if t0.elapsed() < SETUP_RETRY => {
                     tracing::debug!(stream = %cfg.name, error = %e, "stream setup not answered; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(SETUP_PAUSE).await;
                 }
                 Err(e) => {
                     return Err(ClusterError::Setup {
@@ -138,7 +140,7 @@ impl Cluster {
                 Ok(kv) => return Ok(kv),
                 Err(e) if t0.elapsed() < SETUP_RETRY => {
                     tracing::debug!(bucket, error = %e, "bucket not answered; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tokio::time::sleep(SETUP_PAUSE).await;
                 }
                 Err(e) => return Err(setup(e.to_string())),
             }

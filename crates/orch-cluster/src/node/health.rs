@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+/// How long a heartbeat is kept in its stream (only the latest per instance counts).
+const HEARTBEAT_KEEP: Duration = Duration::from_secs(60);
 /// How often the connection and the quorum are checked.
 const EVERY: Duration = Duration::from_secs(1);
 
@@ -57,7 +59,7 @@ impl Health {
                 name: STREAM.into(),
                 subjects: vec!["orch.health.*".into()],
                 max_messages_per_subject: 1,
-                max_age: Duration::from_secs(60),
+                max_age: HEARTBEAT_KEEP,
                 num_replicas: cluster.cfg.replicas,
                 discard: DiscardPolicy::Old,
                 ..Default::default()

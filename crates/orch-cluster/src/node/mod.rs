@@ -12,8 +12,7 @@ mod follow;
 mod health;
 mod hints;
 mod leader;
-mod live;
-mod running;
+
 mod withdraw;
 
 use crate::wire::{ClusterStatus, ReplicatedTask};
@@ -375,7 +374,7 @@ impl TaskHome for Node {
     /// budget; unchanged without an answer).
     fn refresh<'a>(&'a self, s: &'a mut TaskStatus) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Some(live) = live::ask(&self.client, &s.pool_id, s.task_id).await {
+            if let Some(live) = leader::live::ask(&self.client, &s.pool_id, s.task_id).await {
                 live.apply(s);
             }
         })

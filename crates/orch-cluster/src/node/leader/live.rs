@@ -8,7 +8,7 @@
 //!
 //! Owns: the request's subject and wire form. Never: a store (nothing here persists).
 
-use super::running::Running;
+use super::Term;
 use crate::wire::LiveStatus;
 use futures_util::StreamExt;
 use orch_domain::TaskId;
@@ -29,7 +29,7 @@ fn subject(pool_id: &str) -> String {
 
 /// Task `id` as `pool_id`'s leader answers within [`ASK`] (`None`: no answer, or the
 /// leader does not run it).
-pub(super) async fn ask(
+pub(in crate::node) async fn ask(
     client: &async_nats::Client,
     pool_id: &str,
     id: TaskId,
@@ -39,12 +39,12 @@ pub(super) async fn ask(
     serde_json::from_slice::<Option<LiveStatus>>(&answer.payload).ok()?
 }
 
-/// Answer for the tasks in `running` (a leader, for its term).
+/// Answer for the tasks `term` runs (a leader, for its term).
 pub(super) fn answer(
     client: async_nats::Client,
     pools: LocalPools,
     pool_id: String,
-    running: Running,
+    term: Term,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut asks) = client.subscribe(subject(&pool_id)).await else {
@@ -60,12 +60,15 @@ pub(super) fn answer(
             let Ok(permit) = busy.clone().try_acquire_owned() else {
                 continue;
             };
-            let rec = std::str::from_utf8(&m.payload)
+            let id = std::str::from_utf8(&m.payload)
                 .ok()
-                .and_then(|s| s.parse::<TaskId>().ok())
-                .and_then(|id| running.get(id));
-            let (client, pools) = (client.clone(), pools.clone());
+                .and_then(|s| s.parse::<TaskId>().ok());
+            let (client, pools, term) = (client.clone(), pools.clone(), term.clone());
             answers.spawn(async move {
+                let rec = match id {
+                    Some(id) => term.find(id).await,
+                    None => None,
+                };
                 let live = match rec {
                     Some(rec) => pools.status(&rec).await.map(LiveStatus::from),
                     None => None,
