@@ -82,21 +82,15 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        if let Some(group) = tail.strip_prefix('{') {
-            let end = group.find('}').unwrap_or(group.len());
-            for item in group[..end].split(',') {
-                let segs: Vec<String> = item
-                    .trim()
-                    .split("::")
-                    .map(ident)
-                    .take_while(|s| !s.is_empty())
-                    .collect();
-                if !segs.is_empty() {
-                    out.push(segs);
-                }
-            }
-        } else {
-            let segs: Vec<String> = tail
+        let items: Vec<&str> = match tail.strip_prefix('{') {
+            Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                .split(',')
+                .collect(),
+            None => vec![tail],
+        };
+        for item in items {
+            let segs: Vec<String> = item
+                .trim()
                 .split("::")
                 .map(ident)
                 .take_while(|s| !s.is_empty())
