@@ -65,6 +65,9 @@ async fn admit_in(
     let pool = select_pool(core, &req)?;
     let snap = pool.snapshot();
     pinned.clone_from(&snap.pinned);
+    // refuse what the pool would refuse before anything is reserved (the pool checks
+    // again when it queues the task; a home that stores it elsewhere relies on this)
+    crate::pool::check_fits_snapshot(&snap, &req)?;
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
     let (mut reservation, lease) = tenant
@@ -143,7 +146,6 @@ async fn admit_in(
             rec: rec.clone(),
             request,
             pool: pool.clone(),
-            snap: snap.clone(),
             flow,
             lease,
         })

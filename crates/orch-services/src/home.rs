@@ -14,7 +14,7 @@
 
 use crate::lifecycle::CancelReason;
 pub use crate::pool::Placed;
-use crate::pool::{check_fits_snapshot, Flow, PoolHandle, Snapshot};
+use crate::pool::{Flow, PoolHandle};
 use crate::task::TaskRecord;
 pub use crate::tenants::QueuedLease;
 use futures_util::future::BoxFuture;
@@ -62,12 +62,12 @@ pub trait TaskHome: Send + Sync {
     fn tasks_outlive_instance(&self) -> bool;
 }
 
-/// An admitted task on its way to its home.
+/// An admitted task on its way to its home (admission checked it fits its pool's last
+/// published state: readiness, context and limits).
 pub struct Admitted {
     pub(crate) rec: Arc<TaskRecord>,
     pub(crate) request: Arc<TaskRequest>,
     pub(crate) pool: PoolHandle,
-    pub(crate) snap: Arc<Snapshot>,
     pub(crate) flow: Flow,
     pub(crate) lease: QueuedLease,
 }
@@ -81,12 +81,6 @@ impl Admitted {
     /// The request as admitted.
     pub fn request(&self) -> &Arc<TaskRequest> {
         &self.request
-    }
-
-    /// Refuse what the chosen pool would refuse (readiness and fit, from its last
-    /// published state): for a home that stores a task before any pool sees it.
-    pub fn check_fits(&self) -> Result<(), OrchError> {
-        check_fits_snapshot(&self.snap, &self.request)
     }
 
     /// The record and the tenant's queue place (to hold until the task starts).

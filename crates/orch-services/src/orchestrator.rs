@@ -206,7 +206,10 @@ impl Orchestrator {
             }
         };
         if status.state == TaskState::Queued {
-            home.refresh(&mut status).await;
+            // a record here follows its own frames: only its place is asked for
+            let mut now = status.clone();
+            home.refresh(&mut now).await;
+            status.queue_position = now.queue_position;
         }
         Ok(status)
     }

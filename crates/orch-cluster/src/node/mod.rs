@@ -320,12 +320,11 @@ impl Node {
 }
 
 impl TaskHome for Node {
-    /// Check what the pool's leader would refuse, store the task in the pool's
-    /// queue (the 202 follows a quorum's store), then follow what its leader stores
-    /// into the record; the tenant's queue place is held until the task starts.
+    /// Store the task in the pool's queue (the 202 follows a quorum's store), then
+    /// follow what its leader stores into the record; the tenant's queue place is held
+    /// until the task starts.
     fn place(&self, task: Admitted) -> BoxFuture<'_, Result<Placed, OrchError>> {
         Box::pin(async move {
-            task.check_fits()?;
             let (rec, req) = (task.record(), task.request());
             let t = ReplicatedTask {
                 task_id: rec.id,

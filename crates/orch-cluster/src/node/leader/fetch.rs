@@ -55,6 +55,11 @@ pub(super) async fn fetch(
             // taken one after another: the pool queues them in admission order; what
             // follows (frames, acknowledgments) runs beside the next
             let next = take(&node, qt).await;
+            // registered before its driver runs: a cancel that comes now finds it, and
+            // a term that ends now stops it even if its driver never ran
+            if let Next::Run(t) = &next {
+                term.running(t.rec.clone());
+            }
             let (node, dispatch, term) = (node.clone(), dispatch.clone(), term.clone());
             tasks.spawn(async move {
                 drive(&node, &dispatch, &term, next).await;
@@ -79,6 +84,9 @@ async fn drive(node: &Arc<Node>, dispatch: &Dispatch, term: &Term, mut next: Nex
                 // first and aborts this
                 tokio::time::sleep(node.lease_ttl).await;
                 next = take(node, qt).await;
+                if let Next::Run(t) = &next {
+                    term.running(t.rec.clone());
+                }
             }
             Next::Settle(settle) => {
                 let (qt, status) = *settle;

@@ -151,19 +151,22 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     ));
     drop(me);
     loop {
+        // in this order: stepping down first, then what the term's tasks told it (a
+        // task registered before a cancel for it came is found by that cancel)
         tokio::select! {
+            biased;
             changed = leading.changed() => {
                 if changed.is_err() || !*leading.borrow() {
                     break;
                 }
             }
+            Some(cmd) = cmds.recv() => apply(&mut running, cmd),
             Some(id) = cancels.next() => {
                 let rec = id.parse().ok().and_then(|id: TaskId| running.get(&id).cloned());
                 if let Some(rec) = rec {
                     node.pools.cancel(&rec, CancelReason::Client).await;
                 }
             }
-            Some(cmd) = cmds.recv() => apply(&mut running, cmd),
         }
     }
     // stepped down: nothing of this term may be stored any more (aborting the fetcher

@@ -48,7 +48,8 @@ pub(super) async fn store(
     }
 }
 
-/// Store a taken task's frames until its terminal one, then let it leave the queue.
+/// Store a taken task's frames until its terminal one, then let it leave the queue
+/// (the term was told it runs when it was taken, and is told here when it is done).
 /// Fenced (someone else stored frames of it meanwhile): its run here is stopped and
 /// the task given back, to be taken again from what is stored.
 pub(super) async fn serve(
@@ -58,7 +59,6 @@ pub(super) async fn serve(
     mut t: Taken,
 ) -> Option<QueuedTask> {
     let id = t.rec.id;
-    term.running(t.rec.clone());
     let stored = write_frames(node, &t.rec, &mut t.writer, t.base, &t.status).await;
     term.done(id);
     if stored {
