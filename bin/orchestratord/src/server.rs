@@ -174,6 +174,11 @@ pub async fn start_with(
         },
         auth,
         reconfigure: Some(hook),
+        browser: std::sync::Arc::new(orch_api::browser::BrowserPolicy {
+            bound: Some(addr),
+            allowed_hosts: cfg.server.allowed_hosts.clone(),
+            allowed_origins: cfg.server.allowed_origins.clone(),
+        }),
     };
     let app = orch_api::router(state);
     let limits = crate::serve::Limits {

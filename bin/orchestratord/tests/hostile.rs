@@ -36,7 +36,7 @@ async fn read_to_close(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>, Ve
     }
 }
 
-const LIVEZ: &[u8] = b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n";
+const LIVEZ: &[u8] = b"GET /livez HTTP/1.1\r\nhost: localhost\r\n\r\n";
 
 #[tokio::test]
 async fn slow_headers_silent_and_idle_connections_are_closed_after_the_header_timeout() {
@@ -56,7 +56,7 @@ async fn slow_headers_silent_and_idle_connections_are_closed_after_the_header_ti
     let mut slow = TcpStream::connect(&a).await.unwrap();
     let t0 = Instant::now();
     let head =
-        b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        b"GET /livez HTTP/1.1\r\nhost: localhost\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let mut closed_after = None;
     for b in head {
         if slow.write_all(&[*b]).await.is_err() {
@@ -173,9 +173,11 @@ async fn a_reader_that_stops_reading_is_dropped_and_stalls_neither_the_engine_no
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     let mut s = sock.connect(addr(&base).parse().unwrap()).await.unwrap();
-    s.write_all(format!("GET /v1/tasks/{stuck}/stream HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET /v1/tasks/{stuck}/stream HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let t0 = Instant::now();
     // meanwhile another client's stream runs at full speed
     let other = submit(200).await;
@@ -363,7 +365,7 @@ async fn every_body_read_failure_and_a_wrong_method_get_their_own_status_and_cod
     let (_child, base, _) = spawn_binary_logged(&path, &[]);
     let a = addr(&base);
     let head = |extra: &str| {
-        format!("POST /v1/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-correlation-id: hostile-1\r\n{extra}\r\n")
+        format!("POST /v1/tasks HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\nx-correlation-id: hostile-1\r\n{extra}\r\n")
     };
     // a body that stops arriving: 408
     let mut raw = head("content-length: 100\r\n").into_bytes();

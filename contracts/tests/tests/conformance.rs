@@ -722,6 +722,28 @@ async fn every_operation_and_documented_status_conforms() {
         assert_eq!(b["code"], "REQUEST_TIMEOUT");
     }
 
+    // what a web page could send: a cross-site Origin is 403 on every operation, and a
+    // state change with a body that is not JSON is 415 (browser.rs)
+    let mut ops = operations(&c.data);
+    ops.extend(operations(&c.control));
+    for (tmpl, method, _) in ops {
+        let path = tmpl
+            .replace("{id}", "3c8e5d2f-0b52-4a1f-9e4c-6d7b8f9a0b21")
+            .replace("{replica}", "r0");
+        let hostile = [("origin", "http://evil.example")];
+        let (st, b) = c.call(&method, &tmpl, &path, None, &hostile).await;
+        assert_eq!(
+            (st, &b["code"]),
+            (403, &json!("FORBIDDEN")),
+            "{method} {path}: {b}"
+        );
+        if method != "get" {
+            let form = Some(Plain("deadline_ms=1".into()));
+            let (st, b) = c.call(&method, &tmpl, &path, form, &[]).await;
+            assert_eq!(st, 415, "{method} {path}: {b}");
+        }
+    }
+
     let missing: Vec<_> = c.documented().difference(&c.seen).cloned().collect();
     assert!(
         missing.is_empty(),

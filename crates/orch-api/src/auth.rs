@@ -78,7 +78,7 @@ fn presented_key(h: &HeaderMap) -> Option<&str> {
 
 /// The error response for `path`: OpenAI's shape on the OpenAI door, the envelope
 /// elsewhere.
-fn refuse(path: &str, e: OrchError, cid: &CorrelationId) -> Response {
+pub(crate) fn refuse(path: &str, e: OrchError, cid: &CorrelationId) -> Response {
     if crate::openai::is_openai_path(path) {
         crate::openai::error::OpenAiError::from(e).into_response()
     } else {

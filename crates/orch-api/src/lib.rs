@@ -8,6 +8,7 @@ pub mod access;
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod browser;
 pub mod control;
 pub mod correlation;
 pub mod data;
@@ -42,6 +43,8 @@ pub struct AppState {
     /// Re-reads the config file and applies it (`POST /v1/admin/reload-config`);
     /// `None` when the server was not started from a file.
     pub reconfigure: Option<ReconfigureHook>,
+    /// Which hosts and origins may reach the server from a browser.
+    pub browser: Arc<browser::BrowserPolicy>,
 }
 
 /// Re-read and apply the configuration: a report of what changed, or every problem
@@ -65,6 +68,7 @@ impl AppState {
             },
             auth: auth::AuthConfig::open(),
             reconfigure: None,
+            browser: Arc::default(),
         }
     }
 }
@@ -108,11 +112,16 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        // from the inside out: authentication (the caller), the panic catcher, the
-        // access log (sees refusals and panics too), the correlation id
+        // from the inside out: authentication (the caller), browser safety (before
+        // any key is looked at), the panic catcher, the access log (sees refusals and
+        // panics too), the correlation id
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            browser::middleware,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,

@@ -178,13 +178,29 @@ fn security(mut doc: Value) -> Value {
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
     };
+    // what a web page could send is refused before anything else (browser.rs)
+    const BROWSER: &str = "A request from a page of another site (its Origin is not this server's or a listed one), or through a name that is not this server's (its Host: DNS rebinding), is refused (code FORBIDDEN)";
     for item in paths.values_mut().filter_map(Value::as_object_mut) {
-        for op in item.values_mut().filter_map(Value::as_object_mut) {
+        for (method, op) in item.iter_mut() {
+            let Some(op) = op.as_object_mut() else {
+                continue;
+            };
             let id = op
                 .get("operationId")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
+            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+                r.insert(
+                    "403".into(),
+                    json!({"description": BROWSER, "content": envelope}),
+                );
+                if !matches!(method.as_str(), "get" | "head" | "options") {
+                    r.entry("415").or_insert_with(|| json!({
+                        "description": "A body (or Content-Type) that is not application/json: what a form post or a text/plain fetch would send (code INVALID_PARAMS)",
+                        "content": envelope}));
+                }
+            }
             if is_open(&id) {
                 op.insert("security".into(), json!([]));
                 continue;
@@ -229,7 +245,7 @@ fn security(mut doc: Value) -> Value {
                 if let Some(why) = why {
                     r.insert(
                         "403".into(),
-                        json!({"description": why, "content": envelope}),
+                        json!({"description": format!("{why}. {BROWSER}"), "content": envelope}),
                     );
                 }
             }

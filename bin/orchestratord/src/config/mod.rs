@@ -171,6 +171,13 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Kernel send buffer of each connection, in bytes (fixed; see `write_stall_timeout_ms`).
     pub send_buffer_bytes: usize,
+    /// Host names (or `name:port`) this server answers to besides loopback names and
+    /// its listen address; when set, a request with any other `Host` is refused (DNS
+    /// rebinding). A loopback server answers only to loopback names without it.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://ui.example`) whose pages may send requests, besides the
+    /// server's own; any other `Origin` is refused (cross-site requests).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -194,6 +201,8 @@ impl Default for ServerConfig {
             write_stall_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,
             send_buffer_bytes: 256 * 1024,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
