@@ -447,16 +447,32 @@ async fn concurrent_turns_cannot_overrun_a_session_budget() {
         info["tokens_budget_remaining"].as_u64().unwrap(),
         100 - used
     );
-    // another tenant may not use this session id
-    let mut t = task("not yours", 4, "interactive");
-    t["session_id"] = json!(sid);
-    envelope(submit_as(&s, "k-other", &t).await, 403, "FORBIDDEN").await;
+    // another tenant's session answers exactly like an unknown id: not readable, and
+    // the same id is a session of the other tenant's own, with its own budget, that
+    // leaves this one untouched (no 403 to tell that the id is in use elsewhere)
     envelope(
         get_as(&s, Some("k-other"), &format!("/v1/sessions/{sid}")).await,
         404,
         "NOT_FOUND",
     )
     .await;
+    let mut t = task("not yours", 4, "interactive");
+    t["session_id"] = json!(sid);
+    run_as(&s, "k-other", &t).await;
+    let theirs: Value = get_as(&s, Some("k-other"), &format!("/v1/sessions/{sid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["turns"], 1, "{theirs}");
+    assert!(theirs["tokens_budget_remaining"].as_u64().unwrap() >= 100 - 4 - 8);
+    let mine: Value = get_as(&s, Some("k-s"), &format!("/v1/sessions/{sid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["tokens_used"], info["tokens_used"], "{mine}");
+    assert_eq!(mine["turns"], info["turns"], "{mine}");
 }
 
 #[tokio::test]

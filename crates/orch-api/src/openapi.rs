@@ -235,13 +235,9 @@ fn security(mut doc: Value) -> Value {
                     "description": "No API key, or a key that is not valid (code UNAUTHENTICATED); carries WWW-Authenticate: Bearer",
                     "content": envelope}));
                 // tasks and sessions of other tenants answer 404, like unknown ids
-                let why = if admin {
-                    Some("The key's role is client; this operation needs an admin key (code FORBIDDEN)")
-                } else if id == "createTask" {
-                    Some("The session_id belongs to another tenant (code FORBIDDEN)")
-                } else {
-                    None
-                };
+                let why = admin.then_some(
+                    "The key's role is client; this operation needs an admin key (code FORBIDDEN)",
+                );
                 if let Some(why) = why {
                     r.insert(
                         "403".into(),

@@ -76,9 +76,9 @@ async fn admit_in(
     let session = match req.session_id {
         Some(sid) => {
             let want = u64::from(req.max_tokens);
-            match core.sessions.reserve(sid, &tenant.name, want) {
+            match core.sessions.reserve(&tenant.name, sid, want) {
                 Ok(()) => Some((sid, want)),
-                Err(Refusal::Budget { left }) => {
+                Err(Refusal { left }) => {
                     let e = OrchError::new(
                         ErrorCode::QuotaExceeded,
                         format!("session {sid} has {left} tokens left of its budget; this turn reserves {want}"),
@@ -88,12 +88,6 @@ async fn admit_in(
                     .with_pool(&*pool.id);
                     refused(engine, &e);
                     return Err(e);
-                }
-                Err(Refusal::OtherTenant) => {
-                    return Err(OrchError::new(
-                        ErrorCode::Forbidden,
-                        format!("session {sid} belongs to another tenant"),
-                    ))
                 }
             }
         }
@@ -113,10 +107,12 @@ async fn admit_in(
         Some(core.table.end_hook()),
     );
     let sessions = core.sessions.clone();
+    let owner = tenant.name.clone();
     rec.set_settlement(Box::new(move |s: Settled| {
         reservation.used(u64::from(s.tokens_out));
         if let Some((sid, reserved)) = session {
             sessions.settle(
+                &owner,
                 sid,
                 reserved,
                 u64::from(s.tokens_in) + u64::from(s.tokens_out),

@@ -214,29 +214,34 @@ impl Orchestrator {
         Ok(status)
     }
 
-    /// A session `caller` may see (404 otherwise, like an unknown one).
-    fn check_session(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
-        match self.core.sessions.owner(id) {
-            Some(o) if !caller.may_see(&o) => Err(OrchError::not_found("session", id)),
-            _ => Ok(()),
+    /// The tenant whose session `id` `caller` addresses: its own tenant's, or (for an
+    /// admin without one) any tenant's. Another tenant's session answers 404 exactly
+    /// like an unknown id.
+    fn session_tenant(&self, caller: &Caller, id: SessionId) -> Result<Arc<str>, OrchError> {
+        if self.core.sessions.info(&caller.tenant, id).is_some() {
+            return Ok(caller.tenant.clone());
+        }
+        match self.core.sessions.any_tenant_of(id) {
+            Some(t) if caller.is_admin() => Ok(t),
+            _ => Err(OrchError::not_found("session", id)),
         }
     }
 
     pub fn session(&self, caller: &Caller, id: SessionId) -> Result<SessionInfo, OrchError> {
-        self.check_session(caller, id)?;
+        let tenant = self.session_tenant(caller, id)?;
         self.core
             .sessions
-            .info(id)
+            .info(&tenant, id)
             .ok_or_else(|| OrchError::not_found("session", id))
     }
 
     /// End a session and ask its replica to forget the session's KV.
     pub async fn delete_session(&self, caller: &Caller, id: SessionId) -> Result<(), OrchError> {
-        self.check_session(caller, id)?;
+        let tenant = self.session_tenant(caller, id)?;
         let home = self
             .core
             .sessions
-            .remove(id)
+            .remove(&tenant, id)
             .ok_or_else(|| OrchError::not_found("session", id))?;
         let Some(home) = home else { return Ok(()) };
         let adapter = self.core.pools.get(&home.pool_id).and_then(|p| {

@@ -442,6 +442,7 @@ fn finish_ok(
     });
     if let Some(sid) = rec.session {
         sessions.end_turn(
+            &rec.tenant,
             sid,
             KvHome {
                 pool_id: a.pool.id.to_string(),

@@ -84,7 +84,7 @@ impl Actor {
                 .rec
                 .session
                 .filter(|_| mode != PlacementMode::LeastLoaded)
-                .and_then(|s| self.sessions.home(s));
+                .and_then(|s| self.sessions.home(&q.rec.tenant, s));
             let preferred = home
                 .as_ref()
                 .filter(|h| *h.pool_id == *self.id)

@@ -332,7 +332,7 @@ impl Actor {
             self.next_progress = Some(now + self.st.spec.metrics_frame_interval);
         }
         if let Some(sid) = rec.session {
-            self.sessions.begin_turn(sid);
+            self.sessions.begin_turn(&rec.tenant, sid);
         }
         if let Some(victim) = admitted.evicted.and_then(|v| self.queued.remove(&v)) {
             let policy = self.st.queue.config().policy;
