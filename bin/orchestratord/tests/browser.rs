@@ -7,10 +7,24 @@
 mod common;
 
 use common::*;
-use reqwest::header::{CONTENT_TYPE, HOST, ORIGIN};
+use reqwest::header::{HOST, ORIGIN};
 use serde_json::{json, Value};
 
 const EVIL: &str = "http://evil.example";
+
+/// POST `path` with these headers and body, as a page (or a client) would.
+async fn post(
+    s: &TestServer,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> reqwest::Response {
+    let mut rb = s.http.post(s.url(path)).body(body.to_string());
+    for (k, v) in headers {
+        rb = rb.header(*k, *v);
+    }
+    rb.send().await.unwrap()
+}
 
 async fn draining(s: &TestServer) -> bool {
     let v: Value = s.get_json("/v1/pools").await;
@@ -25,49 +39,37 @@ async fn a_hostile_pages_requests_are_refused_and_change_nothing() {
     s.wait_state(&id, "running").await;
 
     // a form post to drain the pool (a page's <form method=post>)
-    let r = s
-        .http
-        .post(s.url("/v1/pools/mockpool/drain"))
-        .header(ORIGIN, EVIL)
-        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body("deadline_ms=1")
-        .send()
-        .await
-        .unwrap();
+    let form = "application/x-www-form-urlencoded";
+    let drain = "/v1/pools/mockpool/drain";
+    let r = post(
+        &s,
+        drain,
+        &[("origin", EVIL), ("content-type", form)],
+        "deadline_ms=1",
+    )
+    .await;
     envelope(r, 403, "FORBIDDEN").await;
     // a text/plain fetch of reload-config
-    let r = s
-        .http
-        .post(s.url("/v1/admin/reload-config"))
-        .header(ORIGIN, EVIL)
-        .header(CONTENT_TYPE, "text/plain;charset=UTF-8")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let text = [
+        ("origin", EVIL),
+        ("content-type", "text/plain;charset=UTF-8"),
+    ];
+    let r = post(&s, "/v1/admin/reload-config", &text, "{}").await;
     envelope(r, 403, "FORBIDDEN").await;
     // a body-less no-cors fetch cancelling a task
-    let r = s
-        .http
-        .post(s.url(&format!("/v1/tasks/{id}/cancel")))
-        .header(ORIGIN, EVIL)
-        .send()
-        .await
-        .unwrap();
+    let cancel = format!("/v1/tasks/{id}/cancel");
+    let r = post(&s, &cancel, &[("origin", EVIL)], "").await;
     envelope(r, 403, "FORBIDDEN").await;
     // DNS rebinding: the page's own name now resolves to 127.0.0.1, so the browser
     // sees it as same-origin; the Host still names the page's site
     let rebound = format!("evil.example:{port}");
-    let r = s
-        .http
-        .post(s.url("/v1/pools/mockpool/drain"))
-        .header(HOST, &rebound)
-        .header(ORIGIN, format!("http://{rebound}"))
-        .header(CONTENT_TYPE, "text/plain")
-        .body(r#"{"deadline_ms": 1}"#)
-        .send()
-        .await
-        .unwrap();
+    let page = format!("http://{rebound}");
+    let headers = [
+        ("host", rebound.as_str()),
+        ("origin", &page),
+        ("content-type", "text/plain"),
+    ];
+    let r = post(&s, drain, &headers, r#"{"deadline_ms": 1}"#).await;
     envelope(r, 403, "FORBIDDEN").await;
     let r = s
         .http
@@ -78,14 +80,7 @@ async fn a_hostile_pages_requests_are_refused_and_change_nothing() {
         .unwrap();
     envelope(r, 403, "FORBIDDEN").await;
     // a form post with no Origin at all (an old browser) still cannot carry a body
-    let r = s
-        .http
-        .post(s.url("/v1/pools/mockpool/drain"))
-        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body("deadline_ms=1")
-        .send()
-        .await
-        .unwrap();
+    let r = post(&s, drain, &[("content-type", form)], "deadline_ms=1").await;
     envelope(r, 415, "INVALID_PARAMS").await;
 
     // nothing changed: the pool serves, the task runs on
@@ -93,13 +88,7 @@ async fn a_hostile_pages_requests_are_refused_and_change_nothing() {
     assert_eq!(s.status(&id).await["state"], "running");
 
     // a page of this server itself (same origin) and a plain client both work
-    let r = s
-        .http
-        .post(s.url(&format!("/v1/tasks/{id}/cancel")))
-        .header(ORIGIN, &s.base)
-        .send()
-        .await
-        .unwrap();
+    let r = post(&s, &cancel, &[("origin", &s.base)], "").await;
     assert_eq!(r.status(), 204, "{:?}", r.text().await);
     let f = s.stream(&id, None).await;
     assert_eq!(f.last().unwrap().data["finish_reason"], "canceled");
