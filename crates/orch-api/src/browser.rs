@@ -22,13 +22,13 @@
 //! Owns: the policy ([`BrowserPolicy`]) and the refusals. Never: authentication.
 
 use crate::correlation::CorrelationId;
-use crate::AppState;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use orch_domain::{ErrorCode, OrchError};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Which hosts and origins this server answers to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -115,9 +115,12 @@ fn unsafe_body(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Refuse what a web page could send without the operator meaning it (see the module
-/// docs); everything else goes on.
-pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let policy = &app.browser;
+/// docs); everything else goes on. Nothing is allocated unless a request is refused.
+pub async fn middleware(
+    State(policy): State<Arc<BrowserPolicy>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let headers = req.headers();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let refusal = if host.is_some_and(|h| !policy.host_allowed(h)) {
@@ -135,23 +138,30 @@ pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -
     } else {
         None
     };
-    let path = req.uri().path().to_string();
+    // the OpenAI door's handlers refuse a body that is not JSON in OpenAI's shape
+    let not_json = refusal.is_none()
+        && unsafe_body(req.method(), headers)
+        && !crate::openai::is_openai_path(req.uri().path());
+    if refusal.is_none() && !not_json {
+        return next.run(req).await;
+    }
+    let path = req.uri().path();
     let cid = req
         .extensions()
         .get::<CorrelationId>()
         .cloned()
         .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
-    if let Some(e) = refusal {
-        tracing::warn!(path, error = %e.message, "browser-unsafe request refused");
-        return crate::auth::refuse(&path, e, &cid);
+    match refusal {
+        Some(e) => {
+            tracing::warn!(path, error = %e.message, "browser-unsafe request refused");
+            crate::auth::refuse(path, e, &cid)
+        }
+        None => {
+            use axum::response::IntoResponse;
+            let e = crate::body::not_json(req.headers());
+            crate::error::ApiError::media_type(e, &cid).into_response()
+        }
     }
-    // the OpenAI door's handlers refuse a body that is not JSON in OpenAI's shape
-    if !crate::openai::is_openai_path(&path) && unsafe_body(req.method(), req.headers()) {
-        use axum::response::IntoResponse;
-        let e = crate::body::not_json(req.headers());
-        return crate::error::ApiError::media_type(e, &cid).into_response();
-    }
-    next.run(req).await
 }
 
 fn forbidden(message: String) -> OrchError {

@@ -120,7 +120,7 @@ pub fn router(state: AppState) -> Router {
             auth::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.browser.clone(),
             browser::middleware,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
