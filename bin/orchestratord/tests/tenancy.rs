@@ -535,17 +535,21 @@ struct Tally {
 
 /// Keep `workers` tasks of `tenant` at `priority` in the system until `stop`, counting
 /// tokens of tasks that end inside [from, stop).
+#[allow(clippy::too_many_arguments)]
 async fn saturate(
     s: Arc<TestServer>,
     key: &'static str,
     tenant: &'static str,
     priority: &'static str,
+    body: Value,
     from: Instant,
     stop: Instant,
     tally: Arc<Tally>,
 ) {
+    let mut body = body;
+    body["priority"] = json!(priority);
     while Instant::now() < stop {
-        let r = submit_as(&s, key, &task("share", 8, priority)).await;
+        let r = submit_as(&s, key, &body).await;
         if r.status() != 202 {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -570,10 +574,20 @@ async fn saturate(
     }
 }
 
+/// What each tenant asks in a fairness run: bronze, silver, gold.
+type Asks = [Value; 3];
+
+/// Every tenant asks the same: 8 tokens of a model that answers 8.
+fn same_asks() -> Asks {
+    [0, 1, 2].map(|_| task("share", 8, "batch"))
+}
+
 async fn fairness_run(
     priorities: &[&'static str],
+    config: &str,
+    asks: Asks,
 ) -> (HashMap<(String, String), u64>, Vec<f64>, Vec<f64>) {
-    let s = Arc::new(start(&example()).await);
+    let s = Arc::new(start(config).await);
     let t0 = Instant::now();
     let (from, stop) = (
         t0 + Duration::from_millis(1500),
@@ -583,7 +597,8 @@ async fn fairness_run(
         tokens: Mutex::new(HashMap::new()),
     });
     let mut hs = Vec::new();
-    for (key, tenant) in [(BRONZE, "bronze"), (SILVER, "silver"), (GOLD, "gold")] {
+    let tenants = [(BRONZE, "bronze"), (SILVER, "silver"), (GOLD, "gold")];
+    for ((key, tenant), ask) in tenants.into_iter().zip(asks) {
         for p in priorities {
             for _ in 0..6 {
                 hs.push(tokio::spawn(saturate(
@@ -591,6 +606,7 @@ async fn fairness_run(
                     key,
                     tenant,
                     p,
+                    ask.clone(),
                     from,
                     stop,
                     tally.clone(),
@@ -644,10 +660,19 @@ fn assert_shares(got: [f64; 3], what: &str) {
     }
 }
 
+/// Tenants that ask different `max_tokens` (48, 8, 24) of a model that answers 8:
+/// shares of tokens served follow the weights, because each task is charged what it
+/// used when it ends. Charged by declaration (before), the shares were 0.044 / 0.52 /
+/// 0.44.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fair_shares_follow_weights_under_saturation() {
-    let (t, mut light, mut heavy) = fairness_run(&["batch"]).await;
-    assert_shares(shares(&t, "batch"), "one class");
+    let asks = [
+        task("share", 48, "batch"),
+        task("share", 8, "batch"),
+        task("share", 24, "batch"),
+    ];
+    let (t, mut light, mut heavy) = fairness_run(&["batch"], &example(), asks).await;
+    assert_shares(shares(&t, "batch"), "one class, max_tokens 48/8/24, 8 used");
     let (lm, hm) = (median(&mut light), median(&mut heavy));
     let lmax = light.iter().copied().fold(0.0, f64::max);
     eprintln!(
@@ -660,7 +685,29 @@ async fn fair_shares_follow_weights_under_saturation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fair_shares_hold_within_each_priority_class() {
-    let (t, _, _) = fairness_run(&["interactive", "batch"]).await;
+    let (t, _, _) = fairness_run(&["interactive", "batch"], &example(), same_asks()).await;
     assert_shares(shares(&t, "interactive"), "interactive");
     assert_shares(shares(&t, "batch"), "batch");
+}
+
+/// A tenant that declares 1 token (`expected_tokens`) and uses 256 gains nothing: the
+/// queue charges an upper bound (`max_tokens`) and corrects it by what was used. The
+/// model of examples/tenants.toml answers 256 tokens here, faster, and the tenants'
+/// token rates are raised so that no quota shapes the shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declaring_one_token_and_using_256_gains_nothing() {
+    let config = example()
+        .replace("tokens_per_minute = 120000", "tokens_per_minute = 10000000")
+        .replace("tokens_per_sec = 400.0", "tokens_per_sec = 8000.0")
+        .replace("tokens = 8\n", "tokens = 256\n");
+    assert!(config.contains("tokens = 256"));
+    let mut cheat = task("share", 256, "batch");
+    cheat["expected_tokens"] = json!(1);
+    let asks = [
+        cheat,
+        task("share", 256, "batch"),
+        task("share", 256, "batch"),
+    ];
+    let (t, _, _) = fairness_run(&["batch"], &config, asks).await;
+    assert_shares(shares(&t, "batch"), "bronze declares 1 token and uses 256");
 }

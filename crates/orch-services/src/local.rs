@@ -132,12 +132,13 @@ pub(crate) fn new_record(
     ))
 }
 
-/// The flow a task of `tenant` is queued as: its tenant, weight and expected cost.
+/// The flow a task of `tenant` is queued as: its tenant, weight and the upper bound of
+/// its cost (corrected when it ends, see `pool::charge`).
 pub(crate) fn flow_of(tenant: &Tenant, request: &TaskRequest) -> Flow {
     Flow {
         id: tenant.ix,
         weight: tenant.weight(),
-        cost: u64::from(request.expected_tokens.unwrap_or(request.max_tokens)).max(1),
+        cost: crate::pool::declared_cost(request),
     }
 }
 

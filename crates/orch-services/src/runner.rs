@@ -436,6 +436,8 @@ fn finish_ok(
         w.tokens_cached(c);
     }
     w.decode_ms(rec.priority.as_str(), end.decode_time_ms as f64);
+    a.guard
+        .prompt_processed(end.tokens_in.saturating_sub(end.tokens_cached.unwrap_or(0)));
     a.guard.observe(Observed {
         service_ms: t_start.elapsed().as_secs_f64() * 1e3,
         per_token_ms: (tokens > 0).then(|| end.decode_time_ms as f64 / f64::from(tokens)),

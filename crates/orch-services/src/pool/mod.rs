@@ -10,10 +10,16 @@
 
 mod actor;
 mod admit;
+mod charge;
 mod slot;
 pub mod state;
 
 pub(crate) use admit::estimate_prompt_tokens;
+
+/// The upper bound a task is charged in its pool's fair queue when it is queued.
+pub(crate) fn declared_cost(request: &TaskRequest) -> u64 {
+    charge::declared(estimate_prompt_tokens(&request.prompt), request)
+}
 pub(crate) use admit::{check_fits_snapshot, unready};
 pub use slot::{Observed, SlotGuard};
 pub use state::{Pinned, Replica};
@@ -148,6 +154,8 @@ pub(crate) enum Cmd {
         replica_id: Arc<str>,
         task: TaskId,
         observed: Option<slot::Observed>,
+        /// Uncached prompt tokens the engine reported for the run.
+        prompt_tokens: Option<u32>,
     },
     Retry {
         rec: Arc<TaskRecord>,

@@ -19,6 +19,7 @@ pub struct SlotGuard {
     replica_id: Arc<str>,
     task: TaskId,
     observed: Option<Observed>,
+    prompt_tokens: Option<u32>,
     released: bool,
 }
 
@@ -29,6 +30,7 @@ impl SlotGuard {
             replica_id,
             task,
             observed: None,
+            prompt_tokens: None,
             released: false,
         }
     }
@@ -40,12 +42,19 @@ impl SlotGuard {
                 replica_id: self.replica_id.clone(),
                 task: self.task,
                 observed: self.observed.take(),
+                prompt_tokens: self.prompt_tokens,
             });
         }
     }
 
     pub fn replica_id(&self) -> &str {
         &self.replica_id
+    }
+
+    /// Report the uncached prompt tokens the engine processed (the fair queue charges
+    /// them), with the slot's release.
+    pub fn prompt_processed(&mut self, tokens: u32) {
+        self.prompt_tokens = Some(tokens);
     }
 
     /// Report service times with the slot's release.

@@ -4,7 +4,9 @@
 //!   `interactive_weight` interactive ones while both lanes wait, so batch never starves.
 //! * Inside a lane, tasks belong to flows (tenants) with weights; the lane serves the
 //!   flow whose head has the smallest start tag ([`crate::fair`]): weighted start-time
-//!   fair queuing with cost = expected tokens, or arrival order when fairness is off.
+//!   fair queuing, or arrival order when fairness is off. A task is charged its
+//!   declared cost when it arrives and corrected by what it used when it ends
+//!   ([`BoundedQueue::settle`]).
 //!   Within one flow, order is always FIFO.
 //! * Aging: a task that has waited `aging_ms` is served next in its lane, whatever its
 //!   flow's share (a bound on waiting under any weights).
@@ -13,7 +15,7 @@
 //! * Enqueue and dequeue are O(log flows) amortized: cancellation marks an entry dead
 //!   in the live index, and dead entries are skipped and compacted later.
 
-use crate::fair::{ArrivalOrder, StartTimeFair, TagInput, TagPolicy, Tags};
+use crate::fair::{ArrivalOrder, StartTimeFair, TagInput, TagPolicy, Tags, TAG_ONE};
 use orch_domain::{FullPolicy, Priority};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -22,7 +24,7 @@ use std::hash::Hash;
 /// How a lane shares service among flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fairness {
-    /// Weighted start-time fair queuing (cost = expected tokens).
+    /// Weighted start-time fair queuing (cost charged up front, settled on use).
     #[default]
     Weighted,
     /// First come, first served across flows.
@@ -129,8 +131,8 @@ struct Entry<K> {
 struct FlowQ<K> {
     q: VecDeque<Entry<K>>,
     last_finish: u64,
-    /// Whether `heads` holds an entry for this flow.
-    in_heap: bool,
+    /// The key of this flow's one current entry in `heads` (others are stale).
+    heap_key: Option<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -288,7 +290,7 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         let fq = ln.flows.entry(flow.id).or_insert_with(|| FlowQ {
             q: VecDeque::new(),
             last_finish: 0,
-            in_heap: false,
+            heap_key: None,
         });
         fq.last_finish = tags.finish;
         fq.q.push_back(Entry {
@@ -296,8 +298,8 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             seq,
             start: tags.start,
         });
-        if !fq.in_heap {
-            fq.in_heap = true;
+        if fq.heap_key.is_none() {
+            fq.heap_key = Some((tags.start, seq));
             ln.heads.push(Reverse((tags.start, seq, flow.id)));
         }
         self.live.insert(
@@ -327,6 +329,45 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         match self.cfg.fairness {
             Fairness::Weighted => StartTimeFair.tag(input),
             Fairness::Fifo => ArrivalOrder.tag(input),
+        }
+    }
+
+    /// Correct a task's charge once its real cost is known: `flow` is the flow as it
+    /// was pushed (its `cost` what was charged then) and `used` what the task really
+    /// cost (0 for a task that left the queue without running). The difference moves
+    /// the flow's finish tag and the tags of its queued tasks, so a flow's share of its
+    /// lane follows what its tasks used, whatever they declared: a flow that declares
+    /// little and uses much is served later, one that declared too much catches up.
+    /// Nothing changes under [`Fairness::Fifo`].
+    pub fn settle(&mut self, priority: Priority, flow: Flow, used: u64) {
+        if self.cfg.fairness != Fairness::Weighted {
+            return;
+        }
+        let delta = (i128::from(used) - i128::from(flow.cost)) * i128::from(TAG_ONE)
+            / i128::from(flow.weight.max(1));
+        if delta == 0 {
+            return;
+        }
+        let shift = |t: u64| (i128::from(t) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        let ln = &mut self.lanes[lane(priority)];
+        let Some(fq) = ln.flows.get_mut(&flow.id) else {
+            return;
+        };
+        fq.last_finish = shift(fq.last_finish);
+        if fq.q.is_empty() {
+            return;
+        }
+        // the same shift for every queued task keeps the flow's order (clamping is monotone)
+        for e in fq.q.iter_mut() {
+            e.start = shift(e.start);
+        }
+        if let Some(h) = fq.q.front() {
+            fq.heap_key = Some((h.start, h.seq));
+            ln.heads.push(Reverse((h.start, h.seq, flow.id)));
+        }
+        // stale heap entries are skipped when popped; keep them bounded
+        if ln.heads.len() > 2 * ln.flows.len() + 32 {
+            ln.refile_heads();
         }
     }
 
@@ -462,6 +503,10 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             let Some(fq) = ln.flows.get_mut(&flow) else {
                 continue;
             };
+            if fq.heap_key != Some((start, seq)) {
+                // superseded by a newer entry for this flow (its tags were settled)
+                continue;
+            }
             while let Some(e) = fq.q.front() {
                 if matches!(live.get(&e.key), Some(at) if at.seq == e.seq) {
                     break;
@@ -470,20 +515,21 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 ln.entries -= 1;
             }
             let Some(head) = fq.q.front().copied() else {
-                fq.in_heap = false;
+                fq.heap_key = None;
                 continue;
             };
             if (head.start, head.seq) != (start, seq) {
                 // the head this entry was made for left the queue: re-file the flow
+                fq.heap_key = Some((head.start, head.seq));
                 ln.heads.push(Reverse((head.start, head.seq, flow)));
                 continue;
             }
             fq.q.pop_front();
             ln.entries -= 1;
             ln.vtime = ln.vtime.max(head.start);
-            match fq.q.front() {
-                Some(next) => ln.heads.push(Reverse((next.start, next.seq, flow))),
-                None => fq.in_heap = false,
+            fq.heap_key = fq.q.front().map(|next| (next.start, next.seq));
+            if let Some(next) = fq.q.front() {
+                ln.heads.push(Reverse((next.start, next.seq, flow)));
             }
             return Some(self.take(l, head.key));
         }
@@ -516,18 +562,24 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             ln.fifo.retain(|(k, seq, _)| alive(k, *seq));
         }
         if ln.entries > 2 * self.counts[l] + 32 {
-            ln.heads.clear();
             ln.entries = 0;
-            for (id, fq) in ln.flows.iter_mut() {
+            for fq in ln.flows.values_mut() {
                 fq.q.retain(|e| alive(&e.key, e.seq));
                 ln.entries += fq.q.len();
-                fq.in_heap = match fq.q.front() {
-                    Some(h) => {
-                        ln.heads.push(Reverse((h.start, h.seq, *id)));
-                        true
-                    }
-                    None => false,
-                };
+            }
+            ln.refile_heads();
+        }
+    }
+}
+
+impl<K> Lane<K> {
+    /// Rebuild `heads`: one entry per flow with queued entries, for its front.
+    fn refile_heads(&mut self) {
+        self.heads.clear();
+        for (id, fq) in self.flows.iter_mut() {
+            fq.heap_key = fq.q.front().map(|h| (h.start, h.seq));
+            if let Some(h) = fq.q.front() {
+                self.heads.push(Reverse((h.start, h.seq, *id)));
             }
         }
     }

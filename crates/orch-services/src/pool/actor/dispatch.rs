@@ -73,9 +73,11 @@ impl Actor {
                 continue;
             };
             if q.rec.is_ended() {
+                self.charges.refund(&mut self.st.queue, &id);
                 continue;
             }
             if q.rec.cancel.is_cancelled() {
+                self.charges.refund(&mut self.st.queue, &id);
                 self.end_unstarted(&q.rec, None);
                 continue;
             }
@@ -129,6 +131,7 @@ impl Actor {
             match placed {
                 Some(a) => (self.launch)(a),
                 None => {
+                    self.charges.refund(&mut self.st.queue, &id);
                     // free_slots() > 0 makes placement succeed; should it not, the
                     // dequeued task still ends instead of being lost
                     q.rec.end(Ending::Failed(

@@ -25,7 +25,7 @@ impl Actor {
             let Some(q) = self.queued.remove(&id) else {
                 continue;
             };
-            self.st.queue.cancel(&id);
+            self.unqueue(&id);
             changed = true;
             let waited = q.enqueued_at.elapsed().as_millis();
             let mut err = match why {

@@ -11,7 +11,8 @@ mod progress;
 mod publish;
 mod retry;
 
-use super::admit::check;
+use super::admit::{check, estimate_prompt_tokens};
+use super::charge::Charges;
 use super::slot::Observed;
 use super::state::{Pinned, PoolState, Replica};
 use super::{Cmd, Flow, Launch, Placed, PoolError, PoolHandle, Snapshot};
@@ -68,6 +69,8 @@ struct Actor {
     next_progress: Option<Instant>,
     /// Retries waiting for a replica they have not tried.
     parked: retry::ParkedRetries,
+    /// What each queued or running task is charged in the fair queue.
+    charges: Charges,
 }
 
 pub(super) fn spawn(
@@ -95,6 +98,7 @@ pub(super) fn spawn(
         epoch: Instant::now(),
         next_progress: None,
         parked: retry::ParkedRetries::new(),
+        charges: Charges::default(),
     };
     let snap = actor.snap_tx.subscribe();
     tokio::spawn(actor.run(rx));
@@ -187,7 +191,8 @@ impl Actor {
                 replica_id,
                 task,
                 observed,
-            } => self.slot_freed(&replica_id, task, observed),
+                prompt_tokens,
+            } => self.slot_freed(&replica_id, task, observed, prompt_tokens),
             Cmd::Retry {
                 rec,
                 request,
@@ -302,6 +307,12 @@ impl Actor {
                 .with_pool(&*self.id));
             }
         };
+        self.charges.open(
+            id,
+            request.priority,
+            flow,
+            estimate_prompt_tokens(&request.prompt),
+        );
         rec.set_estimate(placed.queue_position, placed.predicted_start_ms);
         let now = Instant::now();
         let wait = now + self.st.spec.queue_wait_limit;
@@ -334,6 +345,9 @@ impl Actor {
         if let Some(sid) = rec.session {
             self.sessions.begin_turn(&rec.tenant, sid);
         }
+        if let Some(v) = admitted.evicted {
+            self.charges.refund(&mut self.st.queue, &v);
+        }
         if let Some(victim) = admitted.evicted.and_then(|v| self.queued.remove(&v)) {
             let policy = self.st.queue.config().policy;
             let ended = victim.rec.end(Ending::Evicted {
@@ -357,15 +371,33 @@ impl Actor {
         let Some(q) = self.queued.remove(&id) else {
             return false;
         };
-        self.st.queue.cancel(&id);
+        self.unqueue(&id);
         self.end_unstarted(&q.rec, None);
         self.publish_depth();
         true
     }
 
-    fn slot_freed(&mut self, replica_id: &str, task: TaskId, observed: Option<Observed>) {
+    /// Take a task out of the queue without running it, refunding its charge.
+    fn unqueue(&mut self, id: &TaskId) {
+        self.st.queue.cancel(id);
+        self.charges.refund(&mut self.st.queue, id);
+    }
+
+    fn slot_freed(
+        &mut self,
+        replica_id: &str,
+        task: TaskId,
+        observed: Option<Observed>,
+        prompt_tokens: Option<u32>,
+    ) {
         if let Some(r) = self.st.replica_mut(replica_id) {
             r.busy = r.busy.saturating_sub(1);
+        }
+        if let Some((rec, _)) = self.running.get(&task) {
+            // a run ends before its slot is given back, except one about to be retried
+            let (tokens_out, ended) = (rec.tokens_out(), rec.is_ended());
+            self.charges
+                .settle_run(&mut self.st.queue, &task, prompt_tokens, tokens_out, ended);
         }
         if self
             .running
@@ -374,6 +406,16 @@ impl Actor {
         {
             self.running.remove(&task);
         }
+        let live = self.queued.len() + self.running.len() + self.parked.len();
+        let (queued, running) = (&self.queued, &self.running);
+        let parked: Vec<TaskId> = if self.parked.is_empty() {
+            Vec::new()
+        } else {
+            self.parked.iter().map(|p| p.id()).collect()
+        };
+        self.charges.prune(live, |id| {
+            queued.contains_key(id) || running.contains_key(id) || parked.contains(id)
+        });
         if let Some(o) = observed {
             self.st.service.observe(o.service_ms);
             if let Some(t) = o.per_token_ms {
@@ -435,7 +477,7 @@ impl Actor {
         self.st.draining = true;
         let mut ended = 0;
         for (id, q) in std::mem::take(&mut self.queued) {
-            self.st.queue.cancel(&id);
+            self.unqueue(&id);
             if self.end_unstarted(&q.rec, Some(CancelReason::Drain)) {
                 ended += 1;
             }

@@ -67,7 +67,7 @@ impl Actor {
             let Some(q) = self.queued.remove(&id) else {
                 continue;
             };
-            self.st.queue.cancel(&id);
+            self.unqueue(&id);
             q.rec.end(Ending::Failed(
                 OrchError::new(ErrorCode::DeadlineUnmet, why).with_pool(&*self.id),
             ));

@@ -30,6 +30,12 @@ pub(super) struct Parked {
 
 pub(super) type ParkedRetries = VecDeque<Parked>;
 
+impl Parked {
+    pub(super) fn id(&self) -> orch_domain::TaskId {
+        self.rec.id
+    }
+}
+
 impl Actor {
     /// A runner asks to retry `rec` elsewhere: placed now, parked, or refused.
     pub(super) fn retry_cmd(
@@ -51,6 +57,7 @@ impl Actor {
                 .iter()
                 .any(|r| r.serving() && !tried.contains(&r.id));
         if !could_ever {
+            self.charges.close(&rec.id);
             let _ = reply.send(None);
             return;
         }
@@ -110,6 +117,7 @@ impl Actor {
         while let Some(p) = self.parked.pop_front() {
             let gone = p.reply.is_closed() || p.rec.cancel.is_cancelled();
             if gone || p.until <= now || self.st.draining {
+                self.charges.close(&p.rec.id);
                 let _ = p.reply.send(None);
                 continue;
             }

@@ -1,0 +1,100 @@
+//! What a task costs its tenant in the fair queue, and the correction when it ends.
+//!
+//! A task is charged an upper bound when it is queued: its prompt (estimated from its
+//! length) plus `max_tokens` output tokens, output weighted [`OUTPUT_WEIGHT`]× (decode
+//! costs a slot more than prefill per token). When a run ends the charge is corrected
+//! to what it really used: uncached prompt tokens the engine reported (the estimate when
+//! the run did not complete) plus the output tokens it produced. `expected_tokens` is a
+//! hint for ETAs and deadlines and is never what a tenant is charged, so declaring 1
+//! token and using 256 buys nothing; a task that leaves the queue without running is
+//! refunded.
+
+use orch_domain::{Priority, TaskId, TaskRequest};
+use orchestrator_core::{BoundedQueue, Flow};
+use std::collections::HashMap;
+
+/// An output token costs this many prompt tokens.
+pub const OUTPUT_WEIGHT: u64 = 2;
+
+/// The upper bound a task is charged when it is queued.
+pub fn declared(prompt_estimate: u32, request: &TaskRequest) -> u64 {
+    (u64::from(prompt_estimate) + OUTPUT_WEIGHT * u64::from(request.max_tokens)).max(1)
+}
+
+/// What a run really cost.
+pub fn used(prompt_tokens: u32, tokens_out: u32) -> u64 {
+    u64::from(prompt_tokens) + OUTPUT_WEIGHT * u64::from(tokens_out)
+}
+
+/// A queued or running task's standing charge.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge {
+    priority: Priority,
+    /// The flow as pushed; `cost` is what is still charged (0 once a run settled it).
+    flow: Flow,
+    prompt_estimate: u32,
+}
+
+/// The pool actor's standing charges, by task.
+#[derive(Debug, Default)]
+pub struct Charges {
+    by_task: HashMap<TaskId, Charge>,
+}
+
+impl Charges {
+    pub fn open(&mut self, id: TaskId, priority: Priority, flow: Flow, prompt_estimate: u32) {
+        self.by_task.insert(
+            id,
+            Charge {
+                priority,
+                flow,
+                prompt_estimate,
+            },
+        );
+    }
+
+    /// The task left without running: its whole charge is given back.
+    pub fn refund(&mut self, queue: &mut BoundedQueue<TaskId>, id: &TaskId) {
+        if let Some(c) = self.by_task.remove(id) {
+            queue.settle(c.priority, c.flow, 0);
+        }
+    }
+
+    /// A run of the task ended having used `prompt_tokens` (None: not reported, the
+    /// estimate is charged) and produced `tokens_out` in all. The charge is closed when
+    /// the task ended; a task about to be retried keeps it open at zero, so the next
+    /// run's use is charged too.
+    pub fn settle_run(
+        &mut self,
+        queue: &mut BoundedQueue<TaskId>,
+        id: &TaskId,
+        prompt_tokens: Option<u32>,
+        tokens_out: u32,
+        ended: bool,
+    ) {
+        let Some(c) = self.by_task.get_mut(id) else {
+            return;
+        };
+        let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), tokens_out);
+        queue.settle(c.priority, c.flow, cost);
+        // from now on the flow has paid for this much output: a retry pays the rest
+        c.flow.cost = 0;
+        if ended {
+            self.by_task.remove(id);
+        }
+    }
+
+    /// Close a charge without correcting it (a retry that found no replica: its runs
+    /// are settled already).
+    pub fn close(&mut self, id: &TaskId) {
+        self.by_task.remove(id);
+    }
+
+    /// Drop charges of tasks that are gone (bounded bookkeeping; `keep` says which
+    /// tasks the actor still tracks).
+    pub fn prune(&mut self, live: usize, keep: impl Fn(&TaskId) -> bool) {
+        if self.by_task.len() > 2 * live + 64 {
+            self.by_task.retain(|id, _| keep(id));
+        }
+    }
+}
