@@ -711,3 +711,118 @@ async fn declaring_one_token_and_using_256_gains_nothing() {
     let (t, _, _) = fairness_run(&["batch"], &config, asks).await;
     assert_shares(shares(&t, "batch"), "bronze declares 1 token and uses 256");
 }
+
+/// An Idempotency-Key's task belongs to its tenant: another tenant's same key names a
+/// different task, and naming the first task's id outright is refused whether or not
+/// it exists (before: 409 "already exists", an existence oracle, and a squatter who
+/// named the id first had the victim's repeat answered with the squatter's task).
+#[tokio::test]
+async fn an_idempotency_key_task_is_its_own_tenants_only() {
+    let s = start(&example()).await;
+    let keyed = |key: &'static str, body: Value| {
+        let (http, url) = (s.http.clone(), s.url("/v1/tasks"));
+        async move {
+            http.post(url)
+                .header("authorization", bearer(key))
+                .header("Idempotency-Key", "order-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = keyed(SILVER, task("mine", 4, "batch")).await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // gold, same key: its own task
+    let r = keyed(GOLD, task("theirs", 4, "batch")).await;
+    assert_eq!(r.status(), 202);
+    let gold_id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(gold_id, id);
+    // gold names silver's id: refused for its form, not for its existence
+    let mut squat = task("squat", 4, "batch");
+    squat["task_id"] = json!(id);
+    let r = submit_as(&s, GOLD, &squat).await;
+    assert_eq!(r.status(), 400);
+    let e = r.json::<Value>().await.unwrap();
+    assert_eq!(e["code"], "INVALID_PARAMS");
+    assert!(e["message"].as_str().unwrap().contains("reserved"), "{e}");
+    let unknown = uuid::Uuid::new_v8(*b"no such task 123");
+    squat["task_id"] = json!(unknown.to_string());
+    let r = submit_as(&s, GOLD, &squat).await;
+    assert_eq!(
+        r.status(),
+        400,
+        "an unknown derived id is refused the same way"
+    );
+    assert_eq!(
+        get_as(&s, Some(GOLD), &format!("/v1/tasks/{id}"))
+            .await
+            .status(),
+        404
+    );
+    // silver's repeat is still silver's task
+    let r = keyed(SILVER, task("mine", 4, "batch")).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["task_id"], json!(id));
+}
+
+/// Keys limited to priorities and pools (spec §3): a key without `interactive` that
+/// asks for it gets 403, on OrchQueue and on the OpenAI door; a key limited to one
+/// pool runs only there and gets 403 for a model only other pools serve (before: any
+/// client could say `interactive` and use any pool).
+#[tokio::test]
+async fn keys_limited_to_priorities_and_pools_get_403_outside_them() {
+    const BATCH_ONLY: &str = "oqk_test-batch-only";
+    const POOL_A: &str = "oqk_test-pool-a";
+    let keys = format!(
+        "[[auth.keys]]\nsha256 = \"{}\"\ntenant = \"batchy\"\nrole = \"client\"\npriorities = [\"batch\"]\n\n\
+         [[auth.keys]]\nsha256 = \"{}\"\ntenant = \"pooly\"\nrole = \"client\"\npools = [\"a\"]\n\n",
+        orch_services::auth::digest_hex(BATCH_ONLY),
+        orch_services::auth::digest_hex(POOL_A),
+    );
+    let pools = "[[pools]]\nid = \"a\"\nengine = \"mock\"\nmodel = \"mock-model\"\n[pools.mock]\ntokens = 2\n\n\
+                 [[pools]]\nid = \"b\"\nengine = \"mock\"\nmodel = \"other-model\"\n[pools.mock]\ntokens = 2\n";
+    let s = start(&format!("{keys}{pools}")).await;
+    let e = envelope(
+        submit_as(&s, BATCH_ONLY, &task("hi", 2, "interactive")).await,
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    assert!(
+        e["message"].as_str().unwrap().contains("interactive"),
+        "{e}"
+    );
+    run_as(&s, BATCH_ONLY, &task("hi", 2, "batch")).await;
+    // the OpenAI door: asking for interactive is refused; without the header this
+    // key's requests run as batch
+    let door = |prio: Option<&'static str>| {
+        let mut rb = s
+            .http
+            .post(s.url("/v1/completions"))
+            .header("authorization", bearer(BATCH_ONLY))
+            .json(&json!({"model": "mock-model", "prompt": "hi", "max_tokens": 2}));
+        if let Some(p) = prio {
+            rb = rb.header("x-orch-priority", p);
+        }
+        rb.send()
+    };
+    assert_eq!(door(Some("interactive")).await.unwrap().status(), 403);
+    assert_eq!(door(None).await.unwrap().status(), 200);
+    // pools: a's model runs; b's model is refused as not allowed, not as unknown
+    run_as(&s, POOL_A, &task("hi", 2, "interactive")).await;
+    let mut other = task("hi", 2, "batch");
+    other["model_ref"] = json!("other-model");
+    envelope(submit_as(&s, POOL_A, &other).await, 403, "FORBIDDEN").await;
+    let mut pinned = task("hi", 2, "batch");
+    pinned["placement"] = json!({"pin_pool_id": "b"});
+    envelope(submit_as(&s, POOL_A, &pinned).await, 403, "FORBIDDEN").await;
+    // an unlimited key of the same server is not affected
+    assert_eq!(submit_as(&s, BATCH_ONLY, &other).await.status(), 202);
+}

@@ -113,6 +113,8 @@ pub struct ChatMessage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
+    /// The client's id for the task (a UUID; absent: the server picks one). Version-8
+    /// UUIDs are reserved for ids derived from an `Idempotency-Key` (400).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_id: Option<TaskId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +221,14 @@ impl TaskRequest {
                     "give either a task_id or an Idempotency-Key, not both",
                 ));
             }
+        }
+        if self.task_id.is_some_and(|id| id.0.get_version_num() == 8) {
+            // ids derived from an Idempotency-Key are version 8: nobody may take one
+            // by naming it, so another tenant cannot squat on a key's task
+            return Err(OrchError::invalid(
+                "task_id",
+                "version-8 UUIDs are reserved for ids derived from an Idempotency-Key",
+            ));
         }
         if self.workload != Workload::Completion {
             return Err(OrchError::invalid(

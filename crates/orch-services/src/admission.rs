@@ -47,6 +47,12 @@ async fn admit_in(
     pinned: &mut Option<Arc<Pinned>>,
 ) -> Result<AdmissionResponse, OrchError> {
     req.validate()?;
+    if !caller.may_use_priority(req.priority) {
+        return Err(OrchError::new(
+            ErrorCode::Forbidden,
+            format!("this key may not submit priority {}", req.priority.as_str()),
+        ));
+    }
     if !core.is_accepting() {
         return Err(
             OrchError::new(ErrorCode::PoolUnready, "server is shutting down")
@@ -55,14 +61,14 @@ async fn admit_in(
     }
     if let Some(key) = &req.idempotency_key {
         let id = idempotent_id(&caller.tenant, key);
-        if let Some(known) = already_admitted(core, id).await? {
+        if let Some(known) = already_admitted(core, id, &caller.tenant).await? {
             tracing::debug!(task_id = %id, tenant = %caller.tenant, correlation_id,
                 "repeated submission (same Idempotency-Key): the task admitted before");
             return Ok(known);
         }
         req.task_id = Some(id);
     }
-    let pool = select_pool(core, &req)?;
+    let pool = select_pool(core, &req, caller)?;
     let snap = pool.snapshot();
     pinned.clone_from(&snap.pinned);
     // refuse what the pool would refuse before anything is reserved (the pool checks
@@ -182,15 +188,33 @@ fn idempotent_id(tenant: &str, key: &str) -> TaskId {
     TaskId(uuid::Uuid::from_bytes(b))
 }
 
-/// The 202 of a task admitted before under the same id (live, finished or
+/// The 202 of a task `tenant` admitted before under the same id (live, finished or
 /// summarized here, or known to the task home), if any. Nothing is reserved again.
-async fn already_admitted(core: &Core, id: TaskId) -> Result<Option<AdmissionResponse>, OrchError> {
-    let (queue_position, predicted_start_ms) = match core.table.get(id) {
-        Some(Lookup::Record(r)) if r.state() == TaskState::Queued => r.estimate(),
-        Some(_) => (0, 0),
-        None if core.home().find(id).await?.is_some() => (0, 0),
-        None => return Ok(None),
+/// The id is derived from the tenant and no one may name a derived id, so a task of
+/// another tenant under it is a broken invariant: it is never handed out.
+async fn already_admitted(
+    core: &Core,
+    id: TaskId,
+    tenant: &str,
+) -> Result<Option<AdmissionResponse>, OrchError> {
+    let (owner, queue_position, predicted_start_ms): (Arc<str>, u32, u64) = match core.table.get(id)
+    {
+        Some(Lookup::Record(r)) if r.state() == TaskState::Queued => {
+            let (p, e) = r.estimate();
+            (r.tenant.clone(), p, e)
+        }
+        Some(Lookup::Record(r)) => (r.tenant.clone(), 0, 0),
+        Some(Lookup::Expired(s)) => (s.tenant.clone(), 0, 0),
+        None => match core.home().find(id).await? {
+            Some(st) => (st.tenant.as_str().into(), 0, 0),
+            None => return Ok(None),
+        },
     };
+    if *owner != *tenant {
+        tracing::error!(task_id = %id, tenant, owner = %owner,
+            "an Idempotency-Key id names another tenant's task; refused");
+        return Err(OrchError::internal("task id derivation conflict"));
+    }
     Ok(Some(AdmissionResponse::accepted(
         id,
         queue_position,
@@ -251,10 +275,22 @@ fn serves(s: &Snapshot, req: &TaskRequest) -> bool {
 
 /// Choose the pool for a request: placement pins and filters, model and engine match,
 /// readiness, then the least loaded.
-fn select_pool(core: &Core, req: &TaskRequest) -> Result<PoolHandle, OrchError> {
-    let pools = core.pools.all();
+fn select_pool(core: &Core, req: &TaskRequest, caller: &Caller) -> Result<PoolHandle, OrchError> {
+    let all = core.pools.all();
+    // a key limited to some pools sees only those; it is refused (403) when only pools
+    // it may not use serve the request
+    let pools: Vec<PoolHandle> = all
+        .iter()
+        .filter(|p| caller.may_use_pool(&p.id))
+        .cloned()
+        .collect();
+    let not_allowed =
+        |what: String| OrchError::new(ErrorCode::Forbidden, format!("this key may not use {what}"));
     let placement = req.placement.clone().unwrap_or_default();
     if let Some(pin) = &placement.pin_pool_id {
+        if !caller.may_use_pool(pin) && all.iter().any(|p| &*p.id == pin) {
+            return Err(not_allowed(format!("pool {pin}")));
+        }
         let pool = pools.iter().find(|p| &*p.id == pin).ok_or_else(|| {
             OrchError::invalid("placement.pin_pool_id", format!("unknown pool {pin}"))
         })?;
@@ -294,6 +330,9 @@ fn select_pool(core: &Core, req: &TaskRequest) -> Result<PoolHandle, OrchError> 
         // a model no pool is configured for is the client's mistake (400); a served
         // model without a pool of the requested engine may change (503)
         let model_known = pools.iter().any(|p| serves_model(&p.snapshot(), req));
+        if !model_known && all.iter().any(|p| serves_model(&p.snapshot(), req)) {
+            return Err(not_allowed(format!("the pools of model {}", req.model_ref)));
+        }
         if !model_known {
             return Err(OrchError::invalid(
                 "model_ref",

@@ -5,6 +5,7 @@
 //! fixed-size digests also hides the key's length), with no early exit on a match.
 //! Never: keeps, logs or returns a key; logs name a key by its [`fingerprint`].
 
+use orch_domain::Priority;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -38,6 +39,14 @@ impl Role {
 /// The tenant a request acts for when the server runs without keys.
 pub const OPEN_TENANT: &str = "anonymous";
 
+/// What a key is limited to beyond its role (spec §3: a valid key not allowed a
+/// priority or pool gets 403). `None` in a field means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    pub priorities: Option<Vec<Priority>>,
+    pub pools: Option<Vec<String>>,
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -45,6 +54,8 @@ pub struct Caller {
     pub role: Role,
     /// Short, non-reversible name of the key used (for logs), if any.
     pub key_fingerprint: Option<Arc<str>>,
+    /// The key's limits, if it has any.
+    pub scope: Option<Arc<Scope>>,
 }
 
 impl Caller {
@@ -55,6 +66,7 @@ impl Caller {
             tenant: OPEN_TENANT.into(),
             role: Role::Admin,
             key_fingerprint: None,
+            scope: None,
         }
     }
 
@@ -64,6 +76,29 @@ impl Caller {
             tenant: tenant.into(),
             role,
             key_fingerprint: None,
+            scope: None,
+        }
+    }
+
+    /// The same caller limited to `scope`.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = Some(Arc::new(scope));
+        self
+    }
+
+    /// May this caller submit at `p`?
+    pub fn may_use_priority(&self, p: Priority) -> bool {
+        match self.scope.as_ref().and_then(|s| s.priorities.as_ref()) {
+            Some(allowed) => allowed.contains(&p),
+            None => true,
+        }
+    }
+
+    /// May this caller's tasks run on pool `id`?
+    pub fn may_use_pool(&self, id: &str) -> bool {
+        match self.scope.as_ref().and_then(|s| s.pools.as_ref()) {
+            Some(allowed) => allowed.iter().any(|a| a == id),
+            None => true,
         }
     }
 
@@ -92,6 +127,7 @@ struct Entry {
     tenant: Arc<str>,
     role: Role,
     fingerprint: Arc<str>,
+    scope: Option<Arc<Scope>>,
 }
 
 /// Digests of the accepted keys with their tenant and role.
@@ -175,6 +211,17 @@ impl KeyRing {
         tenant: &str,
         role: Role,
     ) -> Result<(), KeyError> {
+        self.add_scoped(digest_hex, tenant, role, None)
+    }
+
+    /// Add a key by its digest, limited to `scope` when given.
+    pub fn add_scoped(
+        &mut self,
+        digest_hex: &str,
+        tenant: &str,
+        role: Role,
+        scope: Option<Scope>,
+    ) -> Result<(), KeyError> {
         if !valid_tenant(tenant) {
             return Err(KeyError::BadTenant(tenant.to_string()));
         }
@@ -184,6 +231,7 @@ impl KeyRing {
             digest,
             tenant: tenant.into(),
             role,
+            scope: scope.map(Arc::new),
         });
         Ok(())
     }
@@ -219,6 +267,7 @@ impl KeyRing {
             tenant: e.tenant.clone(),
             role: e.role,
             key_fingerprint: Some(e.fingerprint.clone()),
+            scope: e.scope.clone(),
         })
     }
 }

@@ -117,6 +117,20 @@ impl Config {
             if orch_services::Role::parse(&k.role).is_none() {
                 bad(format!("{at}.role"), "must be \"client\" or \"admin\"");
             }
+            for p in k.pools.iter().flatten() {
+                if !self.pools.iter().any(|x| x.id == *p) {
+                    bad(
+                        format!("{at}.pools"),
+                        &format!("names no configured pool: {p}"),
+                    );
+                }
+            }
+            if k.priorities.as_ref().is_some_and(|p| p.is_empty()) {
+                bad(
+                    format!("{at}.priorities"),
+                    "an empty list would refuse everything",
+                );
+            }
             let mut ring = orch_services::KeyRing::new();
             if let Err(e) = ring.add_digest(&k.sha256, &k.tenant, orch_services::Role::Client) {
                 let field = match e {

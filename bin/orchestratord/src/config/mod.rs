@@ -104,6 +104,23 @@ pub struct KeyEntry {
     pub tenant: String,
     /// `client` (data plane) or `admin` (everything).
     pub role: String,
+    /// Priorities this key may submit (absent: all). A key without `interactive`
+    /// that asks for it gets 403.
+    #[serde(default)]
+    pub priorities: Option<Vec<orch_domain::Priority>>,
+    /// Pools this key's tasks may run on (absent: all).
+    #[serde(default)]
+    pub pools: Option<Vec<String>>,
+}
+
+impl KeyEntry {
+    /// The key's limits, if it has any.
+    pub fn scope(&self) -> Option<orch_services::auth::Scope> {
+        (self.priorities.is_some() || self.pools.is_some()).then(|| orch_services::auth::Scope {
+            priorities: self.priorities.clone(),
+            pools: self.pools.clone(),
+        })
+    }
 }
 
 /// The keys file: `[[keys]]` entries.
@@ -471,7 +488,7 @@ impl Config {
                     k.role
                 ))
             })?;
-            ring.add_digest(&k.sha256, &k.tenant, role)
+            ring.add_scoped(&k.sha256, &k.tenant, role, k.scope())
                 .map_err(|e| ConfigError::Invalid(format!("auth key #{}: {e}", i + 1)))?;
         }
         Ok(ring)

@@ -196,8 +196,11 @@ impl Conv {
     }
 }
 
-fn priority(h: &HeaderMap) -> Result<Priority, OpenAiError> {
+/// The header's priority; without one, `interactive`, or `batch` for a key limited to
+/// it (asking for a priority the key may not use is refused at admission, 403).
+fn priority(h: &HeaderMap, caller: &Caller) -> Result<Priority, OpenAiError> {
     match h.get(PRIORITY_HEADER).map(|v| v.to_str().unwrap_or("")) {
+        None if !caller.may_use_priority(Priority::Interactive) => Ok(Priority::Batch),
         None | Some("interactive") => Ok(Priority::Interactive),
         Some("batch") => Ok(Priority::Batch),
         Some(_) => Err(OpenAiError::invalid(
@@ -217,6 +220,7 @@ fn with_task(mut r: Response, id: TaskId) -> Response {
 /// The request as a task and the door's options, or why it is refused.
 async fn parse(
     app: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: Body,
     kind: Kind,
@@ -227,7 +231,7 @@ async fn parse(
         return Err(e);
     }
     let value: Value = crate::body::read_json(body, app.body).await?;
-    let prio = priority(headers)?;
+    let prio = priority(headers, caller)?;
     let orch = app.orch.clone();
     Ok(match kind {
         Kind::Chat => request::chat(value, prio, |m, p| orch.output_limit(m, p).unwrap_or(256))?,
@@ -243,7 +247,7 @@ async fn serve(
     body: Body,
     kind: Kind,
 ) -> Result<Response, OpenAiError> {
-    let (req, opts) = parse(&app, &headers, body, kind)
+    let (req, opts) = parse(&app, &caller, &headers, body, kind)
         .await
         // a request refused before admission still counts in tasks_rejected_total
         .inspect_err(|_| orch_services::metrics::rejected("none", "invalid"))?;
