@@ -50,7 +50,7 @@ fn config_path(port: u16) -> std::path::PathBuf {
 pub fn spawn_server(top: &str, mock: &str, pool: &str) -> (Child, String) {
     let port = free_port();
     let cfg = format!(
-        "{top}\n[server]\nkeepalive_ms = 15000\nstream_grace_ms = 600000\nmax_connections = 50000\n[[pools]]\nid = \"bench\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 100000\n{pool}\n[pools.mock]\nctx_max = 1000000\n{mock}\n"
+        "{top}\n[server]\nkeepalive_ms = 15000\nstream_grace_ms = 600000\nmax_connections = 50000\nmax_unauthenticated_per_peer = 0\n[[pools]]\nid = \"bench\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 100000\n{pool}\n[pools.mock]\nctx_max = 1000000\n{mock}\n"
     );
     let path = config_path(port);
     std::fs::write(&path, cfg).expect("write orchestratord config");

@@ -183,6 +183,12 @@ pub async fn start_with(
     let app = orch_api::router(state);
     let limits = crate::serve::Limits {
         max_connections: cfg.server.max_connections,
+        max_unauthenticated: cfg
+            .server
+            .max_unauthenticated_connections
+            .unwrap_or(cfg.server.max_connections / 2),
+        max_unauthenticated_per_peer: cfg.server.max_unauthenticated_per_peer,
+        max_per_peer: cfg.server.max_connections_per_peer,
         header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),
         write_stall_timeout: Duration::from_millis(cfg.server.write_stall_timeout_ms),
         send_buffer_bytes: cfg.server.send_buffer_bytes,

@@ -108,7 +108,10 @@ async fn slow_headers_silent_and_idle_connections_are_closed_after_the_header_ti
 
 #[tokio::test]
 async fn a_connection_over_the_limit_gets_a_503_and_a_freed_place_is_reused() {
-    let path = config("max_connections = 8", "slots = 1");
+    let path = config(
+        "max_connections = 8\nmax_unauthenticated_connections = 8",
+        "slots = 1",
+    );
     let (_child, base, _) = spawn_binary_logged(&path, &[]);
     let a = addr(&base);
     let mut held = Vec::new();
@@ -278,7 +281,10 @@ async fn two_thousand_idle_keep_alive_connections_cost_bounded_memory() {
     // both ends of every connection live in this machine's processes: make sure the
     // open-file limit allows them (the server inherits this process's limit)
     raise_nofile(2 * N as u64 + 256);
-    let path = config("header_read_timeout_ms = 60000", "slots = 1");
+    let path = config(
+        "header_read_timeout_ms = 60000\nmax_unauthenticated_per_peer = 0",
+        "slots = 1",
+    );
     let (child, base, _) = spawn_binary_logged(&path, &[]);
     let pid = child.0.id();
     let a = addr(&base);
@@ -419,5 +425,99 @@ async fn every_body_read_failure_and_a_wrong_method_get_their_own_status_and_cod
         .unwrap();
     let v = envelope(r, 405, "METHOD_NOT_ALLOWED").await;
     assert_eq!(v["retriable"], false);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Open a connection from the loopback address `from` (127.0.0.x) and serve one
+/// request on it; the connection stays open when the server keeps it alive.
+async fn connect_from(from: [u8; 4], to: &str) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    sock.connect(to.parse().unwrap()).await.unwrap()
+}
+
+/// One request on `s`; the response head (status line and headers), lowercased.
+async fn request(s: &mut TcpStream, req: &[u8]) -> String {
+    s.write_all(req).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).to_lowercase()
+}
+
+/// Connections without a key cannot starve a keyed client: one address cycling
+/// `/livez` on keep-alive connections holds at most its unauthenticated share, and once
+/// the unauthenticated connections of all addresses fill theirs, a new connection still
+/// serves a keyed request (and stays open), while an unauthenticated one is closed
+/// after its answer. Before, one address held all `max_connections` and every other
+/// client got 503.
+#[tokio::test]
+async fn clients_without_a_key_cannot_hold_the_slots_a_keyed_client_needs() {
+    const KEY: &str = "oqk_test-hostile-keyed";
+    let path = config(
+        &format!(
+            "max_connections = 16\nmax_unauthenticated_connections = 8\nmax_unauthenticated_per_peer = 4\n\
+             [[auth.keys]]\nsha256 = \"{}\"\ntenant = \"t\"\nrole = \"client\"\n",
+            orch_services::auth::digest_hex(KEY)
+        ),
+        "slots = 1",
+    );
+    let (_child, base, _) = spawn_binary_logged(&path, &[]);
+    let a = addr(&base);
+    // the cycler at 127.0.0.2 tries to hold every slot
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..16 {
+        let mut s = connect_from([127, 0, 0, 2], &a).await;
+        let head = request(&mut s, LIVEZ).await;
+        if head.starts_with("http/1.1 200") {
+            held.push(s);
+        } else {
+            assert!(
+                head.is_empty() || head.starts_with("http/1.1 503"),
+                "{head}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(
+        held.len(),
+        4,
+        "one address holds its unauthenticated share only"
+    );
+    assert_eq!(refused, 12);
+    // a second address fills the rest of the unauthenticated share
+    for _ in 0..4 {
+        let mut s = connect_from([127, 0, 0, 3], &a).await;
+        assert!(request(&mut s, LIVEZ).await.starts_with("http/1.1 200"));
+        held.push(s);
+    }
+    // now a keyed client connects: served, and kept alive for its next request
+    let keyed = format!(
+        "GET /v1/capabilities HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {KEY}\r\n\r\n"
+    );
+    let mut k = connect_from([127, 0, 0, 1], &a).await;
+    let head = request(&mut k, keyed.as_bytes()).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let mut rest = [0u8; 65536];
+    while tokio::time::timeout(Duration::from_millis(100), k.read(&mut rest))
+        .await
+        .is_ok_and(|r| r.is_ok_and(|n| n > 0))
+    {}
+    assert!(request(&mut k, keyed.as_bytes())
+        .await
+        .starts_with("http/1.1 200"));
+    // an unauthenticated newcomer gets its answer and the connection closes
+    let mut u = connect_from([127, 0, 0, 4], &a).await;
+    let head = request(&mut u, LIVEZ).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    read_to_close(&mut u, Duration::from_secs(5))
+        .await
+        .expect("the provisional connection is closed");
+    drop(held);
     let _ = std::fs::remove_file(path);
 }

@@ -125,7 +125,11 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
         .cloned()
         .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
     let need = required_role(req.uri().path(), auth.metrics_admin_only);
+    let conn = req.extensions().get::<crate::conn::ConnAuth>().cloned();
     if auth.keys.is_empty() {
+        if let (Some(conn), Some(_)) = (&conn, need) {
+            conn.authenticated();
+        }
         let c = Caller::open();
         req.extensions_mut().insert(c.clone());
         return (Some(c), next.run(req).await);
@@ -144,7 +148,12 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
             ),
         ),
         Some(k) => match auth.keys.authenticate(k) {
-            Some(c) => c,
+            Some(c) => {
+                if let Some(conn) = &conn {
+                    conn.authenticated();
+                }
+                c
+            }
             None => {
                 tracing::info!(correlation_id = %cid.0, path = %req.uri().path(), "unknown API key refused");
                 return (

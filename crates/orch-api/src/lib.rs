@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod browser;
+pub mod conn;
 pub mod control;
 pub mod correlation;
 pub mod data;

@@ -73,6 +73,14 @@ impl Config {
         if s.max_connections == 0 {
             bad("server.max_connections".into(), "must be at least 1");
         }
+        if let Some(n) = s.max_unauthenticated_connections {
+            if n == 0 || n > s.max_connections {
+                bad(
+                    "server.max_unauthenticated_connections".into(),
+                    "must be 1..=max_connections",
+                );
+            }
+        }
         for (k, v) in [
             ("header_read_timeout_ms", s.header_read_timeout_ms),
             ("write_stall_timeout_ms", s.write_stall_timeout_ms),

@@ -178,6 +178,16 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Open connections at most; one more gets a bare 503 and is closed.
     pub max_connections: usize,
+    /// Connections not yet authenticated (no request on them has passed a key check),
+    /// at most, in all; beyond it a new connection serves one request and is closed
+    /// unless that request authenticates. Absent: half of `max_connections`.
+    pub max_unauthenticated_connections: Option<usize>,
+    /// Connections not yet authenticated from one peer address, at most; one more
+    /// gets a bare 503 and is closed. 0 = no limit.
+    pub max_unauthenticated_per_peer: usize,
+    /// Connections from one peer address, at most, authenticated or not (behind a
+    /// proxy every client has the proxy's address). 0 = no limit.
+    pub max_connections_per_peer: usize,
     /// A request's header block must arrive within this of the connection opening
     /// or of its previous response (slowloris and idle keep-alive connections).
     pub header_read_timeout_ms: u64,
@@ -214,6 +224,9 @@ impl Default for ServerConfig {
             session_token_budget: None,
             shutdown_grace_ms: 10_000,
             max_connections: 10_000,
+            max_unauthenticated_connections: None,
+            max_unauthenticated_per_peer: 256,
+            max_connections_per_peer: 0,
             header_read_timeout_ms: 10_000,
             write_stall_timeout_ms: 30_000,
             body_read_timeout_ms: 30_000,

@@ -6,6 +6,8 @@
 //!   are closed);
 //! * **connection limit** — at most `max_connections` open at once; one over the limit
 //!   gets a bare `503` with `Retry-After: 1` and is closed;
+//! * **per-peer and unauthenticated limits** ([`peers`]) — connections that have not
+//!   authenticated are counted per address and in all, apart from authenticated ones;
 //! * **write-stall timeout** — a client that stops reading (its socket buffer full for
 //!   `write_stall_timeout`) has its connection closed, so its SSE reader goes away and
 //!   the task's abandon grace applies; the engine never waits on a client. The send
@@ -20,10 +22,13 @@
 //! Owns: the listener, one task per connection, and the graceful close on shutdown
 //! (in-flight responses finish, idle connections close).
 
+mod peers;
+
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use orch_api::conn::ConnAuth;
+use peers::{PeerLimits, Peers};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -39,6 +44,11 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    /// 0 = no limit.
+    pub max_unauthenticated_per_peer: usize,
+    /// 0 = no limit.
+    pub max_per_peer: usize,
     pub header_read_timeout: Duration,
     pub write_stall_timeout: Duration,
     /// Kernel send buffer per connection (fixed, so a stalled reader is noticed
@@ -61,14 +71,18 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let peers = Peers::new(PeerLimits {
+        max_unauthenticated: limits.max_unauthenticated,
+        max_unauthenticated_per_peer: limits.max_unauthenticated_per_peer,
+        max_per_peer: limits.max_per_peer,
+    });
     let graceful = GracefulShutdown::new();
-    let svc = TowerToHyperService::new(app);
     tokio::pin!(stop);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = &mut stop => break,
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // e.g. out of file descriptors: back off instead of spinning
                     tracing::warn!(error = %e, "accept failed");
@@ -94,17 +108,30 @@ pub async fn serve(
             let _ = tcp.try_write(OVER_LIMIT);
             continue;
         };
+        let ticket = match peers.open(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(peer = %peer.ip(), reason = ?why,
+                    "per-peer connection limit reached: refusing a connection with 503");
+                let _ = tcp.try_write(OVER_LIMIT);
+                continue;
+            }
+        };
+        let promote = ticket.clone();
+        let auth = ConnAuth::new(move || promote.promote());
+        let svc = per_connection(app.clone(), auth, ticket.provisional);
         let io = TokioIo::new(StallTimeout::new(tcp, limits.write_stall_timeout));
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true)
-            .serve_connection(io, svc.clone());
+            .serve_connection(io, svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
+            drop(ticket);
             drop(permit);
         });
     }
@@ -115,6 +142,37 @@ pub async fn serve(
     {
         tracing::warn!("connections still open {CLOSE_WAIT:?} after shutdown began; leaving them");
     }
+}
+
+/// The service of one connection: each request carries the connection's [`ConnAuth`]
+/// (the auth layer marks it); a provisional connection is closed after a response to
+/// a request that did not authenticate.
+fn per_connection(
+    app: Router,
+    auth: ConnAuth,
+    provisional: bool,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(auth.clone());
+        let auth = auth.clone();
+        let mut app = app.clone();
+        async move {
+            let mut resp =
+                tower_service::Service::call(&mut app, req.map(axum::body::Body::new)).await?;
+            if provisional && !auth.is_authenticated() {
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(resp)
+        }
+    })
 }
 
 /// A socket whose writes fail once they have made no progress for `limit`.
