@@ -104,7 +104,7 @@ pub async fn throughput() {
     let (max_tokens, slots, rounds) = (48u32, 2usize, 1usize);
     println!("== llama.cpp: direct vs through orchestratord (1 replica, {slots} slots, {} prompts x {max_tokens} tokens per run) ==", PROMPTS.len() * rounds);
     let cfg = format!(
-        "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\nctx = 4096\nslots = {slots}\nthreads = 2\n"
+        "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\n# the direct path reaches this engine itself\nengine_api_key = false\nctx = 4096\nslots = {slots}\nthreads = 2\n"
     );
     let cfg = orchestratord::Config::parse(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -138,7 +138,7 @@ async fn start_litellm(bin: &std::path::Path, upstream: &str) -> Option<(Reap, S
 
 pub async fn run() {
     println!("== OpenAI chat completions in front of one llama-server: direct vs orchestratord vs LiteLLM ==");
-    let cfg = "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\nctx = 4096\nslots = 2\nthreads = 2\n";
+    let cfg = "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\n# the direct path and LiteLLM reach this engine themselves\nengine_api_key = false\nctx = 4096\nslots = 2\nthreads = 2\n";
     let cfg = orchestratord::Config::parse(cfg).unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {

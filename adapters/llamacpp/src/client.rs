@@ -19,6 +19,8 @@ pub struct ClientOptions {
     pub control_timeout: Duration,
     /// How long `cancel` waits for the engine slot to become idle.
     pub cancel_verify: Duration,
+    /// Sent as `Authorization: Bearer` on every request (the engine's own key).
+    pub api_key: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -28,6 +30,7 @@ impl Default for ClientOptions {
             read_timeout: Duration::from_secs(60),
             control_timeout: Duration::from_secs(5),
             cancel_verify: Duration::from_secs(3),
+            api_key: None,
         }
     }
 }
@@ -95,8 +98,16 @@ impl LlamaCppAdapter {
         model_digest: &str,
         opts: ClientOptions,
     ) -> Result<Self, WorkerError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(k) = &opts.api_key {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
+                .map_err(|e| WorkerError::Protocol(format!("engine api key: {e}")))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let build = |pool: usize| {
             reqwest::Client::builder()
+                .default_headers(headers.clone())
                 .connect_timeout(opts.connect_timeout)
                 .read_timeout(opts.read_timeout)
                 .pool_idle_timeout(Duration::from_secs(30))

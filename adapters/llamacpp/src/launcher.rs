@@ -29,6 +29,41 @@ pub struct LlamaServerConfig {
     /// Where each running replica's pid file goes (`<replica>.pid`), so a later
     /// instance can stop engines an earlier one left behind; `None` = no pid files.
     pub pid_dir: Option<PathBuf>,
+    /// GGUF files a reload may switch to must be under this directory (after
+    /// resolving links and `..`). `None`: the directory of `model_path`.
+    pub models_dir: Option<PathBuf>,
+    /// Start each engine with a fresh random API key (its environment, never its
+    /// command line) that only this launcher's adapter sends.
+    pub engine_api_key: bool,
+}
+
+/// Arguments `extra_args` may not carry: the engine listens on loopback, on the port
+/// orchestratord chose, with the key orchestratord gave it.
+pub const RESERVED_ARGS: &[&str] = &["--host", "--port", "--api-key", "--api-key-file"];
+
+/// Environment the engine must not inherit (it would override nothing on the command
+/// line, but a key or an address from orchestratord's environment stays out).
+const CLEARED_ENV: &[&str] = &[
+    "LLAMA_ARG_HOST",
+    "LLAMA_ARG_PORT",
+    "LLAMA_API_KEY",
+    "LLAMA_ARG_API_KEY_FILE",
+];
+
+/// The first argument of `extra_args` that is reserved, if any.
+pub fn reserved_arg(extra_args: &[String]) -> Option<&str> {
+    extra_args.iter().map(String::as_str).find(|a| {
+        RESERVED_ARGS
+            .iter()
+            .any(|r| a == r || a.strip_prefix(r).is_some_and(|rest| rest.starts_with('=')))
+    })
+}
+
+fn random_key() -> Result<String, LaunchError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)
+        .map_err(|e| LaunchError::Spawn(format!("no randomness for the engine key: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 pub struct LlamaServerLauncher {
@@ -38,6 +73,11 @@ pub struct LlamaServerLauncher {
 impl LlamaServerLauncher {
     /// Checks that the binary and model exist, and computes the model digest.
     pub fn new(cfg: LlamaServerConfig) -> Result<Self, LaunchError> {
+        if let Some(a) = reserved_arg(&cfg.extra_args) {
+            return Err(LaunchError::Spawn(format!(
+                "extra_args may not set {a}: orchestratord binds the engine to loopback on a port it picks, with its own key"
+            )));
+        }
         check_binary(&cfg.binary)?;
         crate::model::check_gguf(&cfg.model_path)
             .map_err(|e| LaunchError::MissingModel(e.to_string()))?;
@@ -137,10 +177,27 @@ impl ReplicaProcess for LlamaServerProcess {
 }
 
 impl ReplicaLauncher for LlamaServerLauncher {
-    /// llama-server loads GGUF files: a `.gguf` name or an absolute path is a model.
+    /// llama-server loads GGUF files: a `.gguf` file under the pool's models directory
+    /// (links and `..` resolved first) is a model; any other path is not.
     fn model_overrides(&self, model_ref: &str) -> Option<LaunchOverrides> {
-        (model_ref.ends_with(".gguf") || model_ref.starts_with('/')).then(|| LaunchOverrides {
-            model_path: Some(model_ref.to_string()),
+        if !(model_ref.ends_with(".gguf") || model_ref.starts_with('/')) {
+            return None;
+        }
+        let dir = self
+            .cfg
+            .models_dir
+            .clone()
+            .or_else(|| self.cfg.model_path.parent().map(Path::to_path_buf))?;
+        let (dir, path) = (
+            dir.canonicalize().ok()?,
+            Path::new(model_ref).canonicalize().ok()?,
+        );
+        if !path.starts_with(&dir) || !path.is_file() {
+            tracing::warn!(model_ref, models_dir = %dir.display(), "reload refused: not a model file under the models directory");
+            return None;
+        }
+        Some(LaunchOverrides {
+            model_path: Some(path.display().to_string()),
         })
     }
 
@@ -166,10 +223,22 @@ impl ReplicaLauncher for LlamaServerLauncher {
                     .map_err(|e| LaunchError::MissingModel(e.to_string()))?
             };
             let port = free_port()?;
+            let key = if self.cfg.engine_api_key {
+                Some(random_key()?)
+            } else {
+                None
+            };
             let mut cmd = Command::new(&self.cfg.binary);
+            for v in CLEARED_ENV {
+                cmd.env_remove(v);
+            }
+            if let Some(k) = &key {
+                // the environment, not argv: /proc/<pid>/cmdline is world-readable,
+                // /proc/<pid>/environ only to this user
+                cmd.env("LLAMA_API_KEY", k);
+            }
             cmd.arg("--model")
                 .arg(&model_path)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--ctx-size", &self.cfg.ctx.to_string()])
                 .args(["--parallel", &self.cfg.slots.to_string()])
                 .args(["--threads", &self.cfg.threads.to_string()])
@@ -177,6 +246,8 @@ impl ReplicaLauncher for LlamaServerLauncher {
                 // its OpenAI routes (/v1/models) name the model as clients do
                 .args(["--alias", &self.cfg.model])
                 .args(&self.cfg.extra_args)
+                // last, so they win over anything before them
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -250,7 +321,11 @@ impl ReplicaLauncher for LlamaServerLauncher {
                 .map(|n| n.to_string_lossy().to_string())
                 .filter(|_| overrides.model_path.is_some())
                 .unwrap_or_else(|| self.cfg.model.clone());
-            let adapter = LlamaCppAdapter::new(&endpoint, &model, &digest, self.cfg.client.clone())
+            let client = ClientOptions {
+                api_key: key,
+                ..self.cfg.client.clone()
+            };
+            let adapter = LlamaCppAdapter::new(&endpoint, &model, &digest, client)
                 .map_err(|e| LaunchError::Spawn(e.to_string()))?;
             tracing::info!(%replica_id, %endpoint, pid, model = %model_path.display(), "started llama-server");
             Ok(Box::new(LlamaServerProcess {
@@ -318,5 +393,93 @@ impl ReplicaLauncher for RemoteLauncher {
                 stop,
             }) as Box<dyn ReplicaProcess>)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launcher(model_path: PathBuf, models_dir: Option<PathBuf>) -> LlamaServerLauncher {
+        LlamaServerLauncher {
+            cfg: LlamaServerConfig {
+                binary: PathBuf::from("/nonexistent/llama-server"),
+                model_path,
+                model: "m".into(),
+                ctx: 1024,
+                slots: 1,
+                threads: 1,
+                extra_args: Vec::new(),
+                client: ClientOptions::default(),
+                pid_dir: None,
+                models_dir,
+                engine_api_key: true,
+            },
+        }
+    }
+
+    /// A reload loads only `.gguf` files under the models directory: not a path
+    /// outside it, not one that escapes by `..` or a link, not a missing file.
+    #[test]
+    fn reload_paths_stay_under_the_models_directory() {
+        let root = std::env::temp_dir().join(format!("orch-models-{}", std::process::id()));
+        let (models, other) = (root.join("models"), root.join("other"));
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        for p in [
+            models.join("a.gguf"),
+            models.join("b.gguf"),
+            other.join("c.gguf"),
+        ] {
+            std::fs::write(p, b"GGUF").unwrap();
+        }
+        std::os::unix::fs::symlink(other.join("c.gguf"), models.join("link.gguf")).unwrap();
+        let l = launcher(models.join("a.gguf"), None);
+        let ok = |r: &str| l.model_overrides(r).is_some();
+        assert!(ok(models.join("b.gguf").to_str().unwrap()));
+        assert!(!ok(other.join("c.gguf").to_str().unwrap()), "outside");
+        assert!(
+            !ok(models.join("../other/c.gguf").to_str().unwrap()),
+            "escapes by .."
+        );
+        assert!(
+            !ok(models.join("link.gguf").to_str().unwrap()),
+            "escapes by a link"
+        );
+        assert!(
+            !ok(models.join("missing.gguf").to_str().unwrap()),
+            "missing"
+        );
+        assert!(!ok("/etc/passwd"), "not under the directory");
+        assert!(!ok("some-model-name"), "not a path");
+        // an explicit directory replaces the default
+        let l = launcher(models.join("a.gguf"), Some(other.clone()));
+        assert!(l
+            .model_overrides(other.join("c.gguf").to_str().unwrap())
+            .is_some());
+        assert!(l
+            .model_overrides(models.join("b.gguf").to_str().unwrap())
+            .is_none());
+        let _ = std::fs::remove_dir_all(root);
+    }
+
+    #[test]
+    fn extra_args_may_not_rebind_or_rekey_the_engine() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(reserved_arg(&args(&["--flash-attn", "on"])), None);
+        assert_eq!(reserved_arg(&args(&["--host", "0.0.0.0"])), Some("--host"));
+        assert_eq!(
+            reserved_arg(&args(&["--host=0.0.0.0"])),
+            Some("--host=0.0.0.0")
+        );
+        assert_eq!(reserved_arg(&args(&["--port", "80"])), Some("--port"));
+        assert_eq!(
+            reserved_arg(&args(&["--api-key-file", "/k"])),
+            Some("--api-key-file")
+        );
+        assert_eq!(reserved_arg(&args(&["--hostname-ish"])), None);
+        let mut l = launcher(PathBuf::from("/nonexistent/a.gguf"), None);
+        l.cfg.extra_args = args(&["--host", "0.0.0.0"]);
+        assert!(LlamaServerLauncher::new(l.cfg.clone()).is_err());
     }
 }

@@ -22,6 +22,7 @@ fn opts() -> ClientOptions {
         read_timeout: Duration::from_secs(5),
         control_timeout: Duration::from_secs(2),
         cancel_verify: Duration::from_secs(2),
+        api_key: None,
     }
 }
 

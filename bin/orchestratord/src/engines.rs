@@ -120,6 +120,8 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
                 extra_args: l.extra_args.clone(),
                 client: client(l, p),
                 pid_dir: Some(pid_dir()),
+                models_dir: l.models_dir.clone().map(PathBuf::from),
+                engine_api_key: l.engine_api_key,
             };
             LlamaServerLauncher::new(cfg)
                 .map(|x| Arc::new(x) as Arc<dyn ReplicaLauncher>)

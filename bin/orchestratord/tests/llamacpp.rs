@@ -79,10 +79,40 @@ async fn pools(s: &TestServer) -> Value {
     s.get_json("/v1/pools").await
 }
 
+/// A config whose engines take requests without a key (for an engine another
+/// program reaches directly, as `engine_api_key = false` documents).
+fn keyless_engines(cfg: String) -> String {
+    cfg.replace(
+        "[pools.llamacpp]\n",
+        "[pools.llamacpp]\nengine_api_key = false\n",
+    )
+}
+
+/// The API key orchestratord gave the engine listening at `endpoint`: read from the
+/// process's environment, which only this user can read (as the README says).
+async fn engine_key(s: &TestServer, endpoint: &str) -> String {
+    let p = pools(s).await;
+    let pid = p["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|pool| pool["replicas"].as_array().unwrap().iter())
+        .find(|r| r["endpoint"] == endpoint)
+        .and_then(|r| r["pid"].as_u64())
+        .expect("a local replica with a pid");
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"LLAMA_API_KEY="))
+        .map(|k| String::from_utf8_lossy(k).to_string())
+        .expect("the engine has a key")
+}
+
 /// llama-server's own `/slots` listing of a replica.
 async fn engine_slots(s: &TestServer, endpoint: &str) -> Value {
+    let key = engine_key(s, endpoint).await;
     s.http
         .get(format!("{endpoint}/slots"))
+        .bearer_auth(key)
         .send()
         .await
         .unwrap()
@@ -350,15 +380,32 @@ async fn reload_same_digest_new_sampler_switches_without_a_failed_task() {
 async fn reload_to_a_broken_model_answers_409_and_old_replicas_keep_serving() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_engine();
-    let s = start(&llama_config(1, 1, 2, "")).await;
-    let broken = std::env::temp_dir().join(format!("orch-broken-{}.gguf", std::process::id()));
+    let models = std::env::temp_dir().join(format!("orch-models-{}", std::process::id()));
+    std::fs::create_dir_all(&models).unwrap();
+    let s = start(&llama_config(1, 1, 2, "").replace(
+        "[pools.llamacpp]\n",
+        &format!("[pools.llamacpp]\nmodels_dir = \"{}\"\n", models.display()),
+    ))
+    .await;
+    let broken = models.join("broken.gguf");
     let mut bytes = b"GGUF".to_vec();
     bytes.extend(std::iter::repeat_n(0u8, 4096));
     std::fs::write(&broken, bytes).unwrap();
+    // the bundled model itself is outside this pool's models directory: refused
+    // before anything starts, as any path outside is (before: any GGUF path loaded)
+    let outside = orchestratord::engines::default_model()
+        .display()
+        .to_string();
     for model_ref in [
         broken.display().to_string(),
         "/nonexistent/model.gguf".into(),
         "no-such-model".into(),
+        outside.clone(),
+        format!(
+            "{}/../{}",
+            models.display(),
+            outside.trim_start_matches('/')
+        ),
     ] {
         let r = s
             .http
@@ -373,7 +420,7 @@ async fn reload_to_a_broken_model_answers_409_and_old_replicas_keep_serving() {
             "{v}"
         );
     }
-    let _ = std::fs::remove_file(&broken);
+    let _ = std::fs::remove_dir_all(&models);
     let p = pools(&s).await;
     assert_eq!(p["pools"][0]["replicas"].as_array().unwrap().len(), 1);
     assert_eq!(p["pools"][0]["replicas"][0]["id"], "llama-r0");
@@ -689,7 +736,7 @@ async fn the_openai_sdk_drives_the_door_on_the_real_llama_pool() {
 async fn the_openai_sdk_drives_an_openai_pool_on_a_real_llama_servers_v1() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_engine();
-    let engine_host = start(&llama_config(1, 2, 2, "")).await;
+    let engine_host = start(&keyless_engines(llama_config(1, 2, 2, ""))).await;
     let pools = pools(&engine_host).await;
     let endpoint = pools["pools"][0]["replicas"][0]["endpoint"]
         .as_str()
@@ -826,7 +873,7 @@ async fn a_llama_server_added_at_runtime_serves_and_another_model_is_refused() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_engine();
     let front = start(&llama_config(1, 1, 1, "")).await;
-    let host = start(&llama_config(1, 1, 1, "")).await;
+    let host = start(&keyless_engines(llama_config(1, 1, 1, ""))).await;
     let endpoint = pools(&host).await["pools"][0]["replicas"][0]["endpoint"]
         .as_str()
         .unwrap()
@@ -976,4 +1023,81 @@ async fn a_conversations_next_turn_lands_on_the_replica_holding_its_prefix() {
         fb.last().unwrap().data["ttft_ms"]
     );
     s.assert_all_terminated().await;
+}
+
+/// A spawned engine listens on loopback only and answers only to the key
+/// orchestratord gave it (in its environment, not on its command line): another
+/// program on the machine cannot use it, and `extra_args` cannot rebind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_engine_answers_only_to_orchestratords_key_on_loopback() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let s = start(&llama_config(1, 1, 1, "")).await;
+    let p = pools(&s).await;
+    let replica = &p["pools"][0]["replicas"][0];
+    let endpoint = replica["endpoint"].as_str().unwrap().to_string();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+    let key = engine_key(&s, &endpoint).await;
+    assert_eq!(key.len(), 64);
+    let pid = replica["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(&key),
+        "the key is not on the command line"
+    );
+    let body = json!({"prompt": "Hello", "n_predict": 2});
+    let without = s
+        .http
+        .post(format!("{endpoint}/completion"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        without.status(),
+        401,
+        "before: 200 to anyone on the machine"
+    );
+    let wrong = s
+        .http
+        .post(format!("{endpoint}/completion"))
+        .bearer_auth("not-the-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let with = s
+        .http
+        .post(format!("{endpoint}/completion"))
+        .bearer_auth(&key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    // orchestratord itself serves through it
+    let (id, _) = s.submit(&llama_task("The capital of France is", 4)).await;
+    assert_eq!(s.stream(&id, None).await.last().unwrap().event, "end");
+    s.assert_all_terminated().await;
+    // extra_args that would rebind the engine are refused by check-config
+    let bad = temp_config(
+        "rebind",
+        &llama_config(1, 1, 1, "").replace(
+            "[pools.llamacpp]\n",
+            "[pools.llamacpp]\nextra_args = [\"--host\", \"0.0.0.0\"]\n",
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["check-config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("extra_args") && text.contains("--host"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(bad);
 }

@@ -221,6 +221,12 @@ impl Config {
                     if l.ctx < 64 {
                         bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
                     }
+                    if let Some(a) = adapter_llamacpp::launcher::reserved_arg(&l.extra_args) {
+                        bad(
+                            format!("{at}.llamacpp.extra_args"),
+                            &format!("may not set {a}: the engine listens on loopback, on a port orchestratord picks, with orchestratord's key"),
+                        );
+                    }
                 }
             }
         }

@@ -369,7 +369,16 @@ pub struct LlamaCppConfig {
     /// Concurrent decodes per replica (`--parallel`).
     pub slots: u32,
     pub threads: u32,
+    /// More llama-server arguments (not `--host`, `--port`, `--api-key`,
+    /// `--api-key-file`: the engine listens on loopback with orchestratord's key).
     pub extra_args: Vec<String>,
+    /// GGUF files a reload may load must be under this directory; default: the
+    /// directory of `model_path`.
+    pub models_dir: Option<String>,
+    /// Give each spawned engine a fresh random API key (default true), so nothing
+    /// else on the machine can use it; `false` for an engine other programs must
+    /// reach directly.
+    pub engine_api_key: bool,
     /// A remote replica at this URL instead of spawning (needs `model_digest`).
     pub url: Option<String>,
     pub model_digest: Option<String>,
@@ -386,6 +395,8 @@ impl Default for LlamaCppConfig {
             slots: 2,
             threads: 2,
             extra_args: Vec::new(),
+            models_dir: None,
+            engine_api_key: true,
             url: None,
             model_digest: None,
             load_timeout_ms: 120_000,

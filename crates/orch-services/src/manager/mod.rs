@@ -513,7 +513,10 @@ impl PoolManager {
                     crate::metrics::reload(pool_id, "refused");
                     return Err(OrchError::new(
                         ErrorCode::Conflict,
-                        format!("reload rolled back: unknown model_ref {}", req.model_ref),
+                        format!(
+                            "reload rolled back: {} is neither the pool's model nor a model file under its models directory",
+                            req.model_ref
+                        ),
                     )
                     .with_pool(pool_id));
                 }
