@@ -88,7 +88,16 @@ fn keys_new(tenant: &str, role: &str) -> ExitCode {
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::CheckConfig { path }) = &args.command {
-        return match Config::check_file(path) {
+        let checked = Config::check_file(path).and_then(|cfg| {
+            // the address rules the server applies before it binds
+            match (cfg.server.addr.parse(), cfg.key_ring()) {
+                (Ok(sock), Ok(ring)) => orchestratord::settings::check_open_address(&ring, sock)
+                    .map(|()| cfg)
+                    .map_err(|e| vec![format!("server.addr: {e}")]),
+                _ => Ok(cfg),
+            }
+        });
+        return match checked {
             Ok(cfg) => {
                 let keys = cfg.key_ring().map(|r| r.len()).unwrap_or(0);
                 println!(
@@ -144,7 +153,7 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
     let addr = addr.unwrap_or_else(|| cfg.server.addr.clone());
     // refuse an open server off loopback before binding anything
     if let (Ok(sock), Ok(ring)) = (addr.parse::<std::net::SocketAddr>(), cfg.key_ring()) {
-        if let Err(e) = orchestratord::settings::check_open_address(ring.is_empty(), sock) {
+        if let Err(e) = orchestratord::settings::check_open_address(&ring, sock) {
             eprintln!("orchestratord: {e}");
             return ExitCode::from(2);
         }

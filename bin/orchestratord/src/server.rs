@@ -1,6 +1,6 @@
 //! Wiring: config → services → pools → router → listener, and graceful shutdown.
 
-use crate::config::{Config, MetricsAccess, PoolConfig};
+use crate::config::{Config, PoolConfig};
 use crate::settings::{check_open_address, pool_spec, service_config};
 use orch_api::{AppState, MetricsRender};
 use orch_services::{ManagerConfig, Orchestrator, PoolError, PoolManager};
@@ -218,7 +218,7 @@ fn auth_config(cfg: &Config, addr: SocketAddr) -> Result<orch_api::auth::AuthCon
     let keys = cfg
         .key_ring()
         .map_err(|e| StartError::Auth(e.to_string()))?;
-    check_open_address(keys.is_empty(), addr).map_err(|e| StartError::Auth(e.to_string()))?;
+    check_open_address(&keys, addr).map_err(|e| StartError::Auth(e.to_string()))?;
     if keys.is_empty() {
         tracing::warn!(%addr, "no API keys configured: every request acts as an admin of tenant `anonymous` (loopback only)");
     } else {
@@ -226,7 +226,7 @@ fn auth_config(cfg: &Config, addr: SocketAddr) -> Result<orch_api::auth::AuthCon
     }
     Ok(orch_api::auth::AuthConfig {
         keys,
-        metrics_admin_only: cfg.auth.metrics == MetricsAccess::Admin,
+        metrics_admin_only: cfg.auth.metrics_admin_only(),
     })
 }
 

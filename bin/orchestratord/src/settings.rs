@@ -85,9 +85,31 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
 #[error("{0}")]
 pub struct OpenAddress(String);
 
-/// Refuse to serve without keys on anything but a loopback address.
-pub fn check_open_address(no_keys: bool, addr: SocketAddr) -> Result<(), OpenAddress> {
-    if no_keys && !addr.ip().is_loopback() {
+/// The public demo keys of `examples/tenants.toml` (printed in that file and the
+/// README): fine for trying the example on one's own machine, never off loopback.
+pub const DEMO_KEYS: &[&str] = &[
+    "oqk_demo-bronze-NOT-SECRET",
+    "oqk_demo-silver-NOT-SECRET",
+    "oqk_demo-gold-NOT-SECRET",
+    "oqk_demo-admin-NOT-SECRET",
+];
+
+/// Refuse to serve on anything but a loopback address without keys, or with a public
+/// demo key among them.
+pub fn check_open_address(
+    keys: &orch_services::KeyRing,
+    addr: SocketAddr,
+) -> Result<(), OpenAddress> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if let Some(c) = DEMO_KEYS.iter().find_map(|k| keys.authenticate(k)) {
+        return Err(OpenAddress(format!(
+            "refusing to listen on {addr} with a public demo key (tenant {}): the demo keys              of examples/tenants.toml are published; make real ones with              `orchestratord keys new --tenant NAME --role client|admin`, or listen on 127.0.0.1",
+            c.tenant
+        )));
+    }
+    if keys.is_empty() {
         return Err(OpenAddress(format!(
             "refusing to listen on {addr} without API keys: anyone who can reach it could \
              submit work, drain or reload pools. Create a key with \
@@ -96,4 +118,32 @@ pub fn check_open_address(no_keys: bool, addr: SocketAddr) -> Result<(), OpenAdd
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_services::auth::{digest_hex, KeyRing, Role};
+
+    fn ring(keys: &[&str]) -> KeyRing {
+        let mut r = KeyRing::new();
+        for k in keys {
+            r.add_digest(&digest_hex(k), "t", Role::Admin).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn off_loopback_needs_keys_and_no_demo_key() {
+        let (lo, out): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "10.0.0.1:1".parse().unwrap(),
+        );
+        assert!(check_open_address(&ring(&[]), lo).is_ok());
+        assert!(check_open_address(&ring(&[DEMO_KEYS[3]]), lo).is_ok());
+        assert!(check_open_address(&ring(&[]), out).is_err());
+        let e = check_open_address(&ring(&["oqk_real", DEMO_KEYS[1]]), out).unwrap_err();
+        assert!(e.to_string().contains("demo key"), "{e}");
+        assert!(check_open_address(&ring(&["oqk_real"]), out).is_ok());
+    }
 }

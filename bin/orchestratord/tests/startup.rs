@@ -261,3 +261,29 @@ fn a_failing_startup_self_test_aborts_startup_naming_the_pool_and_the_step() {
     assert!(err.contains("self-test"), "names the step: {err}");
     assert!(!err.contains("listening on"), "it never served: {err}");
 }
+
+/// The public demo keys of examples/tenants.toml are refused on any address but
+/// loopback (before: accepted anywhere), and check-config says so.
+#[test]
+fn the_demo_keys_are_refused_off_loopback() {
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants.toml"),
+    )
+    .unwrap();
+    assert!(example.contains("addr = \"127.0.0.1:8080\""));
+    let exposed = write_config(
+        "demo-exposed",
+        &example.replace("addr = \"127.0.0.1:8080\"", "addr = \"10.1.2.3:8080\""),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .args(["check-config", exposed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("server.addr") && text.contains("demo key"),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(exposed);
+}

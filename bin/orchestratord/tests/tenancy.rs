@@ -826,3 +826,15 @@ async fn keys_limited_to_priorities_and_pools_get_403_outside_them() {
     // an unlimited key of the same server is not affected
     assert_eq!(submit_as(&s, BATCH_ONLY, &other).await.status(), 202);
 }
+
+/// With keys and no `[auth] metrics` setting, `/metrics` (which names tenants) needs
+/// an admin key (before: open to anyone who could reach the port).
+#[tokio::test]
+async fn with_keys_metrics_need_an_admin_key_unless_opened() {
+    let config = example().replace("metrics = \"open\"\n", "");
+    assert!(!config.contains("metrics = "));
+    let s = start(&config).await;
+    envelope(get_as(&s, None, "/metrics").await, 401, "UNAUTHENTICATED").await;
+    envelope(get_as(&s, Some(GOLD), "/metrics").await, 403, "FORBIDDEN").await;
+    assert_eq!(get_as(&s, Some(ADMIN), "/metrics").await.status(), 200);
+}

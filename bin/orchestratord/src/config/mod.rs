@@ -58,17 +58,27 @@ pub struct Config {
 pub struct AuthSection {
     /// A TOML file with more `[[keys]]` entries (relative to the config file).
     pub keys_file: Option<String>,
-    /// `open` (default) or `admin`: whether scraping `/metrics` needs an admin key.
-    pub metrics: MetricsAccess,
+    /// `open` or `admin`: whether scraping `/metrics` needs an admin key. Absent:
+    /// `admin` when keys are configured (metrics name tenants), `open` without keys.
+    pub metrics: Option<MetricsAccess>,
     pub keys: Vec<KeyEntry>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricsAccess {
-    #[default]
     Open,
     Admin,
+}
+
+impl AuthSection {
+    /// Whether `/metrics` needs an admin key: as configured, else whenever keys are.
+    pub fn metrics_admin_only(&self) -> bool {
+        match self.metrics {
+            Some(m) => m == MetricsAccess::Admin,
+            None => !self.keys.is_empty() || self.keys_file.is_some(),
+        }
+    }
 }
 
 /// `[supervision]`: how replicas are health-checked and when they are restarted.

@@ -64,7 +64,7 @@ impl Reconfig {
             .ok_or_else(|| vec!["this server was not started from a config file".to_string()])?;
         let new = Config::check_file(&path)?;
         let keys = new.key_ring().map_err(|e| vec![e.to_string()])?;
-        check_open_address(keys.is_empty(), self.addr).map_err(|e| vec![e.to_string()])?;
+        check_open_address(&keys, self.addr).map_err(|e| vec![e.to_string()])?;
         let _one_at_a_time = self.lock.lock().await;
         let cur = self
             .running
@@ -98,7 +98,7 @@ impl Reconfig {
             .len();
         *self.auth.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(AuthConfig {
             keys,
-            metrics_admin_only: new.auth.metrics == crate::config::MetricsAccess::Admin,
+            metrics_admin_only: new.auth.metrics_admin_only(),
         });
         applied.push(format!(
             "auth: {before} → {key_count} keys, /metrics {:?}",
