@@ -375,3 +375,82 @@ async fn a_replica_of_another_engine_version_is_refused_by_the_pools_pin() {
         "nothing added: {list}"
     );
 }
+
+/// An upstream that lists `mock-model` and fails every generation with a body that
+/// carries details a client must not see.
+async fn failing_upstream() -> String {
+    let fail = || async {
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "upstream internals: account acct-SECRET-42, shard 7",
+        )
+    };
+    let app = axum::Router::new()
+        .route(
+            "/v1/models",
+            axum::routing::get(|| async {
+                axum::Json(json!({"object": "list", "data": [
+                    {"id": "mock-model", "object": "model", "owned_by": "vendor"}
+                ]}))
+            }),
+        )
+        .route("/v1/completions", axum::routing::post(fail))
+        .route("/v1/chat/completions", axum::routing::post(fail));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}")
+}
+
+/// A failing upstream's address and answer are logged, not returned: the client's
+/// error frame names the failure's kind only (before: "engine reset: /v1/completions:
+/// HTTP 500 …: upstream internals: account acct-SECRET-42 …").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_details_are_logged_not_returned() {
+    let up = failing_upstream().await;
+    let port = up.rsplit(':').next().unwrap().to_string();
+    let front = start(&format!(
+        "{}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\nretries_before_first_token = 0\n[pools.openai]\nurls = [\"{up}\"]\nslots = 1\n",
+        key(ADMIN, "ops", "admin"),
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(front.url("/v1/tasks"))
+        .bearer_auth(ADMIN)
+        .json(&task("hi", 4, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = http
+        .get(front.url(&format!("/v1/tasks/{id}/stream")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let frames = parse_sse(&text);
+    let last = frames.last().unwrap();
+    assert_eq!(last.event, "error", "{text}");
+    let msg = last.data["message"].as_str().unwrap();
+    assert!(!msg.contains("SECRET") && !msg.contains("shard"), "{msg}");
+    assert!(!msg.contains(&port) && !msg.contains("127.0.0.1"), "{msg}");
+    assert!(msg.contains("engine"), "{msg}");
+    // the OpenAI door says no more
+    let r = http
+        .post(front.url("/v1/completions"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"model": "mock-model", "prompt": "hi", "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert!(!body.contains("SECRET") && !body.contains(&port), "{body}");
+}

@@ -101,6 +101,24 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// What a client may be told: the kind of failure, never the detail, which can
+    /// name the engine's address or quote its answer (an upstream provider's error
+    /// body included); the detail goes to the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            WorkerError::Connect(_) => "the engine could not be reached",
+            WorkerError::Reset(_) => "the engine reset the request",
+            WorkerError::Timeout(_) => "the engine timed out",
+            WorkerError::Unready(_) => "the engine is not ready",
+            WorkerError::Busy => "the engine has no free slot",
+            WorkerError::Protocol(_) => "the engine's answer could not be read",
+            WorkerError::Rejected(_) => {
+                "the engine refused the request (its reason is in the server log, under this correlation id)"
+            }
+        }
+        .to_string()
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             WorkerError::Connect(_) | WorkerError::Reset(_) | WorkerError::Protocol(_) => {

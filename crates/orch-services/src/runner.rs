@@ -40,10 +40,14 @@ pub fn launcher(sessions: Arc<SessionStore>) -> Launch {
 enum Outcome {
     Ended(EngineEnd),
     Canceled,
-    /// The engine failed; `emitted` tells whether anything reached the client.
+    /// The engine failed; `emitted` tells whether anything reached the client, and
+    /// `ours` whether the runner itself (a watchdog) described the failure, so its
+    /// words may reach the client (an adapter's may name the engine's address or
+    /// quote its answer: those are logged only).
     Failed {
         err: WorkerError,
         emitted: bool,
+        ours: bool,
     },
 }
 
@@ -173,6 +177,7 @@ impl Attempt<'_> {
                 return Outcome::Failed {
                     err,
                     emitted: false,
+                    ours: false,
                 }
             }
             Err(_) => {
@@ -180,6 +185,7 @@ impl Attempt<'_> {
                 return Outcome::Failed {
                     err,
                     emitted: false,
+                    ours: true,
                 };
             }
         };
@@ -220,6 +226,7 @@ impl Attempt<'_> {
                     return Outcome::Failed {
                         err: WorkerError::Timeout(what),
                         emitted: self.started,
+                        ours: true,
                     };
                 }
             };
@@ -230,12 +237,14 @@ impl Attempt<'_> {
                     return Outcome::Failed {
                         err,
                         emitted: self.started,
+                        ours: true,
                     };
                 }
                 Some(Err(err)) => {
                     return Outcome::Failed {
                         err,
                         emitted: self.started,
+                        ours: false,
                     }
                 }
                 Some(Ok(EngineEvent::Token {
@@ -339,13 +348,18 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 settle_engine(&a).await;
                 return;
             }
-            Outcome::Failed { err, emitted } => {
+            Outcome::Failed { err, emitted, ours } => {
                 let mut settled = false;
                 // a watchdog abandoned a live engine stream: its slot is checked
                 let stopped = matches!(err, WorkerError::Timeout(_));
                 tracing::warn!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %pool_id, replica_id = %a.replica_id,
                     error = %err, tokens_out = rec.tokens_out(), "engine failure");
-                let mut failure = OrchError::new(err.code(), err.to_string());
+                let public = if ours {
+                    err.to_string()
+                } else {
+                    err.public_message()
+                };
+                let mut failure = OrchError::new(err.code(), public.clone());
                 if !emitted && err.retriable_elsewhere() && a.limits.retries > 0 {
                     tried.push(a.replica_id.clone());
                     if (tried.len() as u32) <= a.limits.retries && rec.retrying() {
@@ -375,7 +389,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                         failure = OrchError::new(
                             ErrorCode::ReplicaExhausted,
                             format!(
-                                "failed before the first token on {} replica(s), retries used up; last error: {err}",
+                                "failed before the first token on {} replica(s), retries used up; last error: {public}",
                                 tried.len()
                             ),
                         )
