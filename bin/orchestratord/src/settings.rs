@@ -13,6 +13,7 @@ pub fn service_config(cfg: &Config) -> ServiceConfig {
     let s = &cfg.server;
     ServiceConfig {
         stream_grace: Duration::from_millis(s.stream_grace_ms),
+        max_readers_per_task: s.max_readers_per_task,
         record_ttl: Duration::from_millis(s.record_ttl_ms),
         retention: Retention {
             max_frames_records: s.retained_tasks_max,

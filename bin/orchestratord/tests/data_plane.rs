@@ -740,3 +740,38 @@ async fn an_idempotency_key_names_the_task_admitted_before_and_runs_it_once() {
     let e = envelope(post("order-44", with_id).await, 400, "INVALID_PARAMS").await;
     assert!(e["message"].as_str().unwrap().contains("not both"), "{e}");
 }
+
+/// One task's readers are bounded (each is woken for every frame, so unbounded readers
+/// cost quadratic CPU): one over `max_readers_per_task` is 429 `quota-readers`, and a
+/// place freed is taken again (before: any number of readers).
+#[tokio::test]
+async fn readers_per_task_are_bounded() {
+    let cfg = mock_config("", "tokens_per_sec = 20.0\ntokens = 40").replace(
+        "stream_grace_ms = 60000\n",
+        "stream_grace_ms = 60000\nmax_readers_per_task = 3\n",
+    );
+    let s = start(&cfg).await;
+    let (id, _) = s.submit(&task("readers", 40, "interactive")).await;
+    let open = || s.http.get(s.url(&format!("/v1/tasks/{id}/stream"))).send();
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let r = open().await.unwrap();
+        assert_eq!(r.status(), 200);
+        readers.push(r);
+    }
+    let e = envelope(open().await.unwrap(), 429, "QUOTA_EXCEEDED").await;
+    assert_eq!(e["policy_label"], "quota-readers", "{e}");
+    drop(readers.pop());
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = open().await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the freed place was not reused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -43,6 +43,8 @@ pub enum PolicyLabel {
     QuotaTokensPerMinute,
     /// A session's token budget.
     QuotaSessionBudget,
+    /// Readers of one task's stream at once.
+    QuotaReaders,
 }
 
 impl PolicyLabel {
@@ -55,6 +57,7 @@ impl PolicyLabel {
             PolicyLabel::QuotaQueued => "quota-queued",
             PolicyLabel::QuotaTokensPerMinute => "quota-tokens-per-minute",
             PolicyLabel::QuotaSessionBudget => "quota-session-budget",
+            PolicyLabel::QuotaReaders => "quota-readers",
         }
     }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 pub struct ServiceConfig {
     /// A running task with no reader for this long is canceled (`abandoned`).
     pub stream_grace: Duration,
+    /// Readers of one task's stream at once, at most (each reader is woken for every
+    /// frame); one more is refused 429 `QUOTA_EXCEEDED` (`quota-readers`).
+    pub max_readers_per_task: usize,
     /// How long a finished task's frames stay readable (then only its summary).
     pub record_ttl: Duration,
     /// Bounds on what the task table retains; the oldest finished records go first.
@@ -30,6 +33,7 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             stream_grace: Duration::from_secs(30),
+            max_readers_per_task: 16,
             record_ttl: Duration::from_secs(300),
             retention: Retention::default(),
             max_sessions: 100_000,

@@ -167,7 +167,7 @@ impl Orchestrator {
                 format!("{last_event_id} is past the last frame ({len}) of this task"),
             ));
         }
-        Ok(StreamReader::new(self.core.clone(), rec, last_event_id))
+        StreamReader::open(self.core.clone(), rec, last_event_id)
     }
 
     /// Cancel a task: a queued one is removed, a running one is stopped on its engine.

@@ -15,6 +15,7 @@ use crate::core::Core;
 use crate::lifecycle::CancelReason;
 use crate::task::log::{Frame, FrameRef};
 use crate::task::TaskRecord;
+use orch_domain::{ErrorCode, OrchError, PolicyLabel};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -83,10 +84,27 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
-    pub(crate) fn new(core: Arc<Core>, rec: Arc<TaskRecord>, after: u64) -> Self {
-        rec.reader_joined();
+    /// A reader of `rec` after frame `after`, unless the task has as many readers as
+    /// it may have.
+    pub(crate) fn open(
+        core: Arc<Core>,
+        rec: Arc<TaskRecord>,
+        after: u64,
+    ) -> Result<Self, OrchError> {
+        let max = core.cfg.max_readers_per_task;
+        if !rec.try_reader_join(max) {
+            return Err(OrchError::new(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "task {} already has {max} readers, the most it may have",
+                    rec.id
+                ),
+            )
+            .with_policy(PolicyLabel::QuotaReaders)
+            .with_retry_after_ms(1000));
+        }
         let awaits_first_token = rec.tokens_out() == 0;
-        Self {
+        Ok(Self {
             _guard: ReaderGuard {
                 core,
                 rec: rec.clone(),
@@ -97,7 +115,7 @@ impl StreamReader {
             last: Instant::now(),
             keepalive: None,
             awaits_first_token,
-        }
+        })
     }
 
     pub fn task_id(&self) -> orch_domain::TaskId {

@@ -70,6 +70,9 @@ impl Config {
         if !(4096..=16 * 1024 * 1024).contains(&s.send_buffer_bytes) {
             bad("server.send_buffer_bytes".into(), "must be 4096..=16777216");
         }
+        if s.max_readers_per_task == 0 {
+            bad("server.max_readers_per_task".into(), "must be at least 1");
+        }
         if s.max_connections == 0 {
             bad("server.max_connections".into(), "must be at least 1");
         }

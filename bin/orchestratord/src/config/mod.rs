@@ -186,6 +186,8 @@ pub struct ServerConfig {
     pub session_token_budget: Option<u64>,
     /// On SIGTERM: how long running tasks may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Readers of one task's stream at once (429 `quota-readers` beyond).
+    pub max_readers_per_task: usize,
     /// Open connections at most; one more gets a bare 503 and is closed.
     pub max_connections: usize,
     /// Connections not yet authenticated (no request on them has passed a key check),
@@ -233,6 +235,7 @@ impl Default for ServerConfig {
             sessions_max: 100_000,
             session_token_budget: None,
             shutdown_grace_ms: 10_000,
+            max_readers_per_task: 16,
             max_connections: 10_000,
             max_unauthenticated_connections: None,
             max_unauthenticated_per_peer: 256,

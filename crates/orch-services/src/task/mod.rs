@@ -470,9 +470,14 @@ impl TaskRecord {
         self.readers.load(Ordering::Acquire)
     }
 
-    /// A reader arrived.
-    pub fn reader_joined(&self) {
-        self.readers.fetch_add(1, Ordering::AcqRel);
+    /// A reader arrives, if fewer than `max` read now (atomically: concurrent
+    /// arrivals cannot overshoot).
+    pub fn try_reader_join(&self, max: usize) -> bool {
+        self.readers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// A reader left. Returns the disconnect generation when it was the last one.
