@@ -153,6 +153,38 @@ impl LlamaCppAdapter {
             .map_err(|e| WorkerError::Protocol(format!("{path}: {e}")))
     }
 
+    /// What the engine computes about its model: its metadata, its tokenizer's split
+    /// of a probe, its chat template and special tokens ([`crate::identity`]).
+    async fn fingerprint(&self, props: &Props) -> Result<String, WorkerError> {
+        let models: crate::identity::Models = self.get_json("/v1/models").await?;
+        let meta = models
+            .data
+            .into_iter()
+            .find_map(|m| m.meta)
+            .unwrap_or_default();
+        let r = self
+            .http
+            .post(format!("{}/tokenize", self.base))
+            .timeout(self.opts.control_timeout)
+            .json(&serde_json::json!({"content": crate::identity::PROBE}))
+            .send()
+            .await
+            .map_err(net_err)?;
+        let r = refuse_unless_ok(r, "/tokenize: ").await?;
+        let tokens: crate::identity::Tokens = r
+            .json()
+            .await
+            .map_err(|e| WorkerError::Protocol(format!("/tokenize: {e}")))?;
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        Ok(crate::identity::fingerprint(
+            &meta,
+            &tokens.tokens,
+            &s(&props.chat_template),
+            &s(&props.bos_token),
+            &s(&props.eos_token),
+        ))
+    }
+
     /// Slots the engine is decoding in right now (from `GET /slots`).
     pub async fn processing_slots(&self) -> Result<u32, WorkerError> {
         let slots: Vec<Slot> = self.get_json("/slots").await?;
@@ -267,11 +299,13 @@ impl WorkerAdapter for LlamaCppAdapter {
             } else {
                 self.model_digest.clone()
             };
+            let model_fingerprint = Some(self.fingerprint(&p).await?);
             Ok(Properties {
                 engine: ENGINE.into(),
                 engine_version: p.build_info.unwrap_or_else(|| "unknown".into()),
                 model: self.model.clone(),
                 model_digest,
+                model_fingerprint,
                 slots: p.total_slots.unwrap_or(1).max(1),
                 ctx_max: p
                     .default_generation_settings

@@ -8,6 +8,7 @@
 //! * [`orphans`]: pid files, and stopping engines an earlier instance left behind.
 
 pub mod client;
+pub mod identity;
 pub mod launcher;
 pub mod model;
 pub mod orphans;

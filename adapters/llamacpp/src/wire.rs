@@ -48,6 +48,9 @@ pub struct Props {
     pub total_slots: Option<u32>,
     pub build_info: Option<String>,
     pub model_path: Option<String>,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
     pub default_generation_settings: Option<GenerationSettings>,
 }
 

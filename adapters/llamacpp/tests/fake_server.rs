@@ -143,6 +143,15 @@ async fn properties_come_from_props_with_the_configured_model_and_digest() {
     // identity is what the launcher computed, not the engine's model_path
     assert_eq!(p.model, "fake-model");
     assert_eq!(p.model_digest, DIGEST);
+    // and what the engine computes about its model is its fingerprint
+    let fp = p.model_fingerprint.unwrap();
+    assert!(
+        fp.contains("params=1234567") && fp.contains("vocab=32000/1"),
+        "{fp}"
+    );
+    fake.script(|s| s.meta["n_params"] = serde_json::json!(1234568));
+    let other = adapter(&fake, opts()).properties().await.unwrap();
+    assert_ne!(other.model_fingerprint.unwrap(), fp);
 }
 
 #[tokio::test]

@@ -345,6 +345,7 @@ impl WorkerAdapter for MockEngine {
             engine_version: self.cfg.engine_version.clone(),
             model: self.cfg.model.clone(),
             model_digest: mock_digest(&self.cfg.model),
+            model_fingerprint: None,
             slots: self.cfg.slots,
             ctx_max: self.cfg.ctx_max,
         };

@@ -340,6 +340,7 @@ impl WorkerAdapter for OpenAiAdapter {
                     .model_digest
                     .clone()
                     .unwrap_or_else(|| format!("openai:{}", self.cfg.model)),
+                model_fingerprint: None,
                 slots: self.cfg.slots.max(1),
                 ctx_max: m.ctx().unwrap_or(self.cfg.ctx),
             })

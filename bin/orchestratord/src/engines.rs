@@ -156,6 +156,21 @@ fn openai_launcher(
     Ok(Arc::new(OpenAiLauncher { template: t, urls }))
 }
 
+/// Do two URLs have the same scheme, host and port (default ports filled in)?
+fn same_origin(a: &str, b: &str) -> bool {
+    fn origin(u: &str) -> Option<(String, String, u16)> {
+        let uri: axum::http::Uri = u.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = uri.port_u16().or(match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        })?;
+        Some((scheme, uri.host()?.to_ascii_lowercase(), port))
+    }
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// The launcher of one replica reached by `url`, added to pool `p` at runtime: its
 /// identity is read from the engine (llama.cpp: the model file it reports).
 pub fn remote_launcher(p: &PoolConfig, url: &str) -> Result<Arc<dyn ReplicaLauncher>, String> {
@@ -164,7 +179,18 @@ pub fn remote_launcher(p: &PoolConfig, url: &str) -> Result<Arc<dyn ReplicaLaunc
             "pool {} is a mock pool: it has no replicas by URL",
             p.id
         )),
-        EngineConfig::Openai(o) => openai_launcher(p, o, vec![url.to_string()]),
+        EngineConfig::Openai(o) => {
+            // the provider key goes only where the config sends it: an admin cannot
+            // point the pool at a host of their choosing and collect it
+            if o.api_key_env.is_some() && !o.urls.iter().any(|u| same_origin(u, url)) {
+                return Err(format!(
+                    "pool {} sends its provider key only to the origins in its config ({}); {url} is not one of them",
+                    p.id,
+                    o.urls.join(", ")
+                ));
+            }
+            openai_launcher(p, o, vec![url.to_string()])
+        }
         EngineConfig::Llamacpp(l) => Ok(Arc::new(RemoteLauncher {
             url: url.trim_end_matches('/').to_string(),
             model: p.model.clone(),
@@ -216,5 +242,35 @@ mod digest_tests {
         std::fs::write(&bin, b"a binarY").unwrap();
         assert!(verify_engine_binary(&bin).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn origins_compare_scheme_host_and_port() {
+        assert!(same_origin(
+            "https://api.example.com/v1",
+            "https://API.example.com:443"
+        ));
+        assert!(same_origin(
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:8000/"
+        ));
+        assert!(!same_origin(
+            "https://api.example.com",
+            "http://api.example.com"
+        ));
+        assert!(!same_origin(
+            "https://api.example.com",
+            "https://api.example.com.evil.net"
+        ));
+        assert!(!same_origin(
+            "https://api.example.com",
+            "https://api.example.com:8443"
+        ));
+        assert!(!same_origin("https://api.example.com", "not a url"));
     }
 }

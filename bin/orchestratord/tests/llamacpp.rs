@@ -1101,3 +1101,88 @@ async fn a_spawned_engine_answers_only_to_orchestratords_key_on_loopback() {
     );
     let _ = std::fs::remove_file(bad);
 }
+
+/// An engine reached by URL must prove the pool's model with what it computes, not
+/// with the file it names: an impostor that answers `/props` exactly like the pool's
+/// engine (same model_path, build, context) but reports other model metadata and
+/// tokenizes otherwise is refused, naming the fingerprint (before: its digest was that
+/// of the named local file, so it passed the pin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_only_names_the_right_model_file_is_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_engine();
+    let front = start(&llama_config(1, 1, 1, "")).await;
+    let endpoint = pools(&front).await["pools"][0]["replicas"][0]["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = engine_key(&front, &endpoint).await;
+    let get = |path: &str| {
+        let (http, url, key) = (front.http.clone(), format!("{endpoint}{path}"), key.clone());
+        async move {
+            http.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let props = get("/props").await;
+    let mut models = get("/v1/models").await;
+    assert!(props["model_path"].is_string());
+    models["data"][0]["meta"]["n_params"] = json!(123);
+    let impostor = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/props",
+            axum::routing::get(move || {
+                let p = props.clone();
+                async move { axum::Json(p) }
+            }),
+        )
+        .route(
+            "/v1/models",
+            axum::routing::get(move || {
+                let m = models.clone();
+                async move { axum::Json(m) }
+            }),
+        )
+        .route(
+            "/tokenize",
+            axum::routing::post(|| async { axum::Json(json!({"tokens": [1, 2, 3]})) }),
+        )
+        .route(
+            "/slots",
+            axum::routing::get(|| async { axum::Json(json!([])) }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, impostor).await });
+    let r = front
+        .http
+        .post(front.url("/v1/pools/llama/replicas"))
+        .json(&json!({"url": url}))
+        .send()
+        .await
+        .unwrap();
+    let v = envelope(r, 409, "CONFLICT").await;
+    let msg = v["message"].as_str().unwrap();
+    assert!(
+        msg.contains("model_fingerprint") && msg.contains("params=123"),
+        "{msg}"
+    );
+    assert_eq!(
+        pools(&front).await["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "nothing added"
+    );
+}

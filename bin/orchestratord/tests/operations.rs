@@ -454,3 +454,79 @@ async fn upstream_details_are_logged_not_returned() {
     let body = r.text().await.unwrap();
     assert!(!body.contains("SECRET") && !body.contains(&port), "{body}");
 }
+
+/// An upstream that lists `mock-model` and records the `Authorization` headers sent
+/// to it.
+async fn recording_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/models",
+        axum::routing::get(move |h: axum::http::HeaderMap| {
+            let s = s.clone();
+            async move {
+                if let Some(v) = h.get("authorization") {
+                    s.lock().unwrap().push(v.to_str().unwrap_or("").to_string());
+                }
+                axum::Json(json!({"object": "list", "data": [
+                    {"id": "mock-model", "object": "model", "owned_by": "vendor"}
+                ]}))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+/// An `openai` pool's provider key goes only to the origins its config names: adding a
+/// replica by a URL elsewhere is refused before anything is sent there (before: the
+/// key went to whatever URL the admin chose).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_is_sent_only_to_configured_hosts() {
+    let (configured, to_configured) = recording_upstream().await;
+    let (elsewhere, to_elsewhere) = recording_upstream().await;
+    let path = temp_config(
+        "provider-key",
+        &format!(
+            "{}\n[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"mock-model\"\nreplicas = 1\n[pools.openai]\nurls = [\"{configured}\"]\napi_key_env = \"ORCH_TEST_PROVIDER_KEY\"\nslots = 1\n",
+            key(ADMIN, "ops", "admin"),
+        ),
+    );
+    let (_child, base, _) =
+        spawn_binary_logged(&path, &[("ORCH_TEST_PROVIDER_KEY", "sk-provider-secret")]);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/v1/pools/up/replicas"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": elsewhere}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("provider key"),
+        "{v}"
+    );
+    assert!(
+        to_elsewhere.lock().unwrap().is_empty(),
+        "nothing reached the other host"
+    );
+    // the configured host got the key, and another replica there is accepted
+    assert!(to_configured
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|a| a == "Bearer sk-provider-secret"));
+    let r = http
+        .post(format!("{base}/v1/pools/up/replicas"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"url": format!("{configured}/")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let _ = std::fs::remove_file(path);
+}

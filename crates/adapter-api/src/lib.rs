@@ -70,6 +70,9 @@ pub struct Properties {
     pub model: String,
     /// `sha256:<hex>` of the model file.
     pub model_digest: String,
+    /// What the engine itself computes about its model (metadata, tokenizer), when it
+    /// reports any: replicas of a pool must agree on it.
+    pub model_fingerprint: Option<String>,
     pub slots: u32,
     pub ctx_max: u32,
 }

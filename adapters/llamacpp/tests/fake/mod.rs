@@ -79,6 +79,8 @@ pub struct Script {
     pub health: VecDeque<u16>,
     pub props_status: u16,
     pub props: Value,
+    /// The `meta` of `/v1/models` (the model metadata the engine reports).
+    pub meta: Value,
     pub metrics: String,
     /// `/completion` replies in order; `Reply::tokens(["Hello", " world"], eos)` once empty.
     pub replies: VecDeque<Reply>,
@@ -120,6 +122,8 @@ impl FakeLlama {
                 "model_path": "/models/fake.gguf",
                 "build_info": "b6123-0123abcd",
             }),
+            meta: json!({"vocab_type": 1, "n_vocab": 32000, "n_ctx_train": 4096, "n_embd": 256,
+                         "n_params": 1234567, "size": 7654321, "ftype": "Q4_K - Medium"}),
             metrics:
                 "# TYPE llamacpp:prompt_tokens_total counter\nllamacpp:prompt_tokens_total 42\n"
                     .into(),
@@ -133,6 +137,8 @@ impl FakeLlama {
         let app = Router::new()
             .route("/health", get(health))
             .route("/props", get(props))
+            .route("/v1/models", get(models))
+            .route("/tokenize", post(tokenize))
             .route("/slots", get(slots))
             .route("/slots/{id}", post(slot_action))
             .route("/completion", post(completion))
@@ -193,6 +199,21 @@ async fn props(State(s): State<Shared>) -> Response {
         200 => status_json(200, s.props.clone()),
         c => status_json(c, error_body(c)),
     }
+}
+
+async fn models(State(s): State<Shared>) -> Response {
+    let s = s.lock().expect("lock");
+    status_json(
+        200,
+        json!({"object": "list", "data": [{"id": "fake", "meta": s.meta.clone()}]}),
+    )
+}
+
+/// A fake tokenizer: one token per character, its code point.
+async fn tokenize(Json(body): Json<Value>) -> Response {
+    let text = body["content"].as_str().unwrap_or_default();
+    let tokens: Vec<u32> = text.chars().map(u32::from).collect();
+    status_json(200, json!({"tokens": tokens}))
 }
 
 async fn slots(State(s): State<Shared>) -> Response {

@@ -50,6 +50,8 @@ pub struct Pinned {
     pub engine: String,
     pub engine_version: String,
     pub model_digest: String,
+    /// What the engine computes about its model (see `Properties`).
+    pub model_fingerprint: Option<String>,
     pub ctx_max: u32,
     pub sampler_profile_version: String,
 }
@@ -60,6 +62,7 @@ impl Pinned {
             engine: p.engine.clone(),
             engine_version: p.engine_version.clone(),
             model_digest: p.model_digest.clone(),
+            model_fingerprint: p.model_fingerprint.clone(),
             ctx_max: p.ctx_max,
             sampler_profile_version: sampler_profile_version.to_string(),
         }
