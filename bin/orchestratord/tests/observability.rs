@@ -326,6 +326,7 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
     let text = c
         .http
         .get(format!("{base}/metrics"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap()
@@ -420,7 +421,7 @@ async fn prometheus_scrapes_and_every_dashboard_query_returns_data() {
         .filter(|p| !p.to_string_lossy().ends_with(".test.yml"))
         .collect();
     assert!(!rules.is_empty(), "no alert rules in ci/alerts");
-    let p = prom::start("dash", &target, &rules).await;
+    let p = prom::start("dash", &target, ADMIN, &rules).await;
     let http = reqwest::Client::new();
     let c = Client {
         http: http.clone(),
@@ -735,6 +736,7 @@ async fn a_canceled_tasks_prompt_counts_in_tokens_in_once_it_was_processed() {
     };
     let metrics = || async {
         http.get(format!("{base}/metrics"))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .unwrap()
@@ -801,6 +803,7 @@ async fn series_of_a_replaced_engine_version_leave_the_exposition() {
     let http = reqwest::Client::new();
     let metrics = || async {
         http.get(format!("{base}/metrics"))
+            .bearer_auth(ADMIN)
             .send()
             .await
             .unwrap()

@@ -59,8 +59,9 @@ fn free_port() -> u16 {
 }
 
 /// Start Prometheus scraping `target` (`host:port`) every second as job
-/// `orchestratord`, with `rules` loaded; returns once it is ready.
-pub async fn start(name: &str, target: &str, rules: &[PathBuf]) -> Prometheus {
+/// `orchestratord` with the admin key `key` (as the README's scrape config does), with
+/// `rules` loaded; returns once it is ready.
+pub async fn start(name: &str, target: &str, key: &str, rules: &[PathBuf]) -> Prometheus {
     let dir = std::env::temp_dir().join(format!("orch-prom-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -69,7 +70,7 @@ pub async fn start(name: &str, target: &str, rules: &[PathBuf]) -> Prometheus {
         .map(|p| format!("  - {:?}", p.canonicalize().unwrap()))
         .collect();
     let cfg = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: orchestratord\n    static_configs:\n      - targets: [\"{target}\"]\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: orchestratord\n    authorization: {{ credentials: {key:?} }}\n    static_configs:\n      - targets: [\"{target}\"]\n",
         if rule_files.is_empty() { "  []".to_string() } else { rule_files.join("\n") }
     );
     let cfg_path = dir.join("prometheus.yml");
