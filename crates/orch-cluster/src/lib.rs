@@ -76,8 +76,11 @@ pub struct Cluster {
 /// trying: right after the servers start, or while a meta leader is elected, the
 /// JetStream API does not answer for seconds (seen on this 2-core machine).
 const SETUP_RETRY: Duration = Duration::from_secs(20);
-/// Pause between setup tries.
-const SETUP_PAUSE: Duration = Duration::from_millis(250);
+/// First pause between setup tries, doubled after each failed try (a meta leader
+/// being elected answers "no suitable peers" or error 10008 for a while).
+const SETUP_PAUSE: Duration = Duration::from_millis(100);
+/// Longest pause between setup tries.
+const SETUP_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl Cluster {
     /// Make (or find) a stream, trying again while the JetStream API does not answer.
@@ -86,12 +89,14 @@ impl Cluster {
         cfg: jetstream::stream::Config,
     ) -> Result<jetstream::stream::Stream, ClusterError> {
         let t0 = std::time::Instant::now();
+        let mut pause = SETUP_PAUSE;
         loop {
             match self.js.get_or_create_stream(cfg.clone()).await {
                 Ok(s) => return Ok(s),
                 Err(e) if t0.elapsed() < SETUP_RETRY => {
                     tracing::debug!(stream = %cfg.name, error = %e, "stream setup not answered; retrying");
-                    tokio::time::sleep(SETUP_PAUSE).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SETUP_PAUSE_MAX);
                 }
                 Err(e) => {
                     return Err(ClusterError::Setup {
@@ -135,12 +140,14 @@ impl Cluster {
         })
         .await?;
         let t0 = std::time::Instant::now();
+        let mut pause = SETUP_PAUSE;
         loop {
             match self.js.get_key_value(bucket).await {
                 Ok(kv) => return Ok(kv),
                 Err(e) if t0.elapsed() < SETUP_RETRY => {
                     tracing::debug!(bucket, error = %e, "bucket not answered; retrying");
-                    tokio::time::sleep(SETUP_PAUSE).await;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SETUP_PAUSE_MAX);
                 }
                 Err(e) => return Err(setup(e.to_string())),
             }

