@@ -301,8 +301,9 @@ fn keys_never_appear_in_logs() {
 
 #[tokio::test]
 async fn quotas_refuse_with_their_name_and_give_back_what_was_not_used() {
+    // /metrics stays open here (the test reads the refusal counters without a key)
     let cfg = format!(
-        "{}{}{}\n[server]\nkeepalive_ms = 200\n\n[tenants.conc]\nmax_concurrent = 2\n\n[tenants.waiting]\nmax_queued = 1\n\n[tenants.tokens]\ntokens_per_minute = 100\nmax_tokens_per_task = 80\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\n[pools.mock]\nslots = 1\ntokens_per_sec = 40.0\nttft_ms = 5\ntokens = 8\n",
+        "[auth]\nmetrics = \"open\"\n{}{}{}\n[server]\nkeepalive_ms = 200\n\n[tenants.conc]\nmax_concurrent = 2\n\n[tenants.waiting]\nmax_queued = 1\n\n[tenants.tokens]\ntokens_per_minute = 100\nmax_tokens_per_task = 80\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\n[pools.mock]\nslots = 1\ntokens_per_sec = 40.0\nttft_ms = 5\ntokens = 8\n",
         key_entry("k-conc", "conc", "client"),
         key_entry("k-wait", "waiting", "client"),
         key_entry("k-tok", "tokens", "client"),
