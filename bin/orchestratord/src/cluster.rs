@@ -29,6 +29,7 @@ pub async fn join(
             urls: c.urls.clone(),
             replicas: c.replicas,
             request_timeout: Duration::from_millis(c.request_timeout_ms),
+            dedupe_window: Duration::from_millis(c.dedupe_window_ms),
         },
         instance: c.instance_id.clone().unwrap_or_else(|| addr.to_string()),
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),

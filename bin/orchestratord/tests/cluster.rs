@@ -936,3 +936,79 @@ async fn an_instance_that_cannot_reach_the_cluster_does_not_start() {
     assert!(!err.contains("listening on"), "{err}");
     eprintln!("refused to start after {:?}", t0.elapsed());
 }
+
+/// Task ids are tenants' own as long as the cluster keeps anything of them: with keys
+/// and two tenants, reusing the victim's id on another instance after the queue's
+/// dedupe window is 409, reveals nothing (the status and stream stay 404 to the
+/// other tenant), and the victim's running task is untouched. Before, the reuse was
+/// 202, its record replayed the victim's stored frames, and the victim's task ended
+/// with WORKER_RESET.
+#[tokio::test]
+async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_victim_is_untouched() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const ALICE: &str = "oqk_cluster-alice";
+    const MALLORY: &str = "oqk_cluster-mallory";
+    let body = format!(
+        "{}{}{}",
+        common::key_entry(ALICE, "alice", "client"),
+        common::key_entry(MALLORY, "mallory", "client"),
+        common::mock_config("", "tokens_per_sec = 20.0\ntokens = 80"),
+    );
+    let c = Cluster::start_with("tenants", |i| {
+        let prefer = if i == 0 {
+            r#"["mockpool"]"#
+        } else {
+            r#"["none"]"#
+        };
+        (body.clone(), format!("{prefer}\ndedupe_window_ms = 1000"))
+    })
+    .await;
+    c.wait_leader(0, Duration::from_secs(15)).await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut mine = task("alice's secret", 80, "interactive");
+    mine["task_id"] = id.clone().into();
+    let as_key = |key: &'static str, rb: reqwest::RequestBuilder| rb.bearer_auth(key);
+    let r = as_key(ALICE, c.http.post(c.url(0, "/v1/tasks")))
+        .json(&mine)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    // past the queue's dedupe window, while alice's task runs
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let mut theirs = task("mallory", 80, "interactive");
+    theirs["task_id"] = id.clone().into();
+    let r = as_key(MALLORY, c.http.post(c.url(2, "/v1/tasks")))
+        .json(&theirs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "CONFLICT");
+    assert!(!e.to_string().contains("alice"), "{e}");
+    for path in [format!("/v1/tasks/{id}"), format!("/v1/tasks/{id}/stream")] {
+        let r = as_key(MALLORY, c.http.get(c.url(1, &path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    // alice's task runs to its end, read from another instance
+    let r = as_key(
+        ALICE,
+        c.http.get(c.url(1, &format!("/v1/tasks/{id}/stream"))),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(60), r.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let frames = parse_sse(&text);
+    let end = one_terminal(&frames);
+    assert_eq!(end.event, "end", "{:?}", end.data);
+    assert_eq!(end.data["tokens_out"], 80);
+}

@@ -31,7 +31,7 @@ pub use frames::{Frame, FrameError, FrameLog, FrameWriter, ReadFrom};
 pub use lease::{lead, Lease, LeaseError, Leases};
 pub use node::{Node, NodeConfig, PoolQueue};
 pub use queue::{PublishError, Published, TaskQueue};
-pub use tasks::{TaskStateError, TaskStates};
+pub use tasks::{Claim, TaskStateError, TaskStates};
 
 use async_nats::jetstream;
 use std::time::Duration;
@@ -45,6 +45,10 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long a JetStream request may take before it counts as unavailable.
     pub request_timeout: Duration,
+    /// How long a pool's queue stream remembers a stored task id (so a retried store
+    /// of one admission is not stored twice). Task ids stay unique in the cluster
+    /// beyond it: each is claimed for its tenant ([`TaskStates::claim`]).
+    pub dedupe_window: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -53,6 +57,7 @@ impl Default for ClusterConfig {
             urls: vec!["nats://127.0.0.1:4222".into()],
             replicas: 3,
             request_timeout: Duration::from_millis(1500),
+            dedupe_window: Duration::from_secs(120),
         }
     }
 }

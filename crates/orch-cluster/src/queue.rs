@@ -10,10 +10,6 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
 use bytes::Bytes;
-use std::time::Duration;
-
-/// How long a task id is remembered for deduplication.
-pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
 
 /// A pool's queue in the cluster.
 #[derive(Clone)]
@@ -63,7 +59,7 @@ impl Cluster {
             num_replicas: self.cfg.replicas,
             max_messages: i64::try_from(capacity).unwrap_or(i64::MAX),
             discard: DiscardPolicy::New,
-            duplicate_window: DEDUPE_WINDOW,
+            duplicate_window: self.cfg.dedupe_window,
             retention: RetentionPolicy::WorkQueue,
             ..Default::default()
         };

@@ -1,7 +1,10 @@
 //! What any instance can ask about any task: its status (a KV bucket written by the
-//! task's leader at each change) and a cancel request (a KV flag, so a leader that
+//! task's leader at each change), a cancel request (a KV flag, so a leader that
 //! takes the task over later still sees it, plus a core message to whoever leads the
-//! task's pool now, so a running task stops at once).
+//! task's pool now, so a running task stops at once), and who owns its id: a task id
+//! is claimed for its tenant before it is stored (`create`: one claim wins, cluster
+//! wide), and the claim lives as long as the task's status does, so an id is never
+//! reused by another tenant while the cluster keeps anything of it.
 
 use crate::{Cluster, ClusterError};
 use async_nats::jetstream::kv::Store;
@@ -32,6 +35,21 @@ fn cancel_key(task: &str) -> String {
     format!("cancel.{task}")
 }
 
+fn owner_key(task: &str) -> String {
+    format!("owner.{task}")
+}
+
+/// Whose a task id is, as [`TaskStates::claim`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// Claimed now, for this tenant.
+    New,
+    /// This tenant's already (a retry, or an idempotent repeat).
+    Own,
+    /// Another tenant's: the id must not be used.
+    Other,
+}
+
 /// The core subject a pool's leader hears cancels on.
 fn cancel_subject(pool: &str) -> String {
     format!("orch.cancel.{pool}")
@@ -55,6 +73,45 @@ impl TaskStates {
     pub async fn set_status(&self, task: &str, status_json: &str) -> Result<(), TaskStateError> {
         self.kv
             .put(status_key(task), status_json.to_string().into())
+            .await
+            .map(|_| ())
+            .map_err(|e| err(task, e))
+    }
+
+    /// Claim task id `task` for `tenant` (before it is stored anywhere): exactly one
+    /// claim of an id wins across the cluster.
+    pub async fn claim(&self, task: &str, tenant: &str) -> Result<Claim, TaskStateError> {
+        use async_nats::jetstream::kv::CreateErrorKind;
+        // a claim that expires between the create and the read is created again once
+        for _ in 0..2 {
+            match self
+                .kv
+                .create(owner_key(task), tenant.to_string().into())
+                .await
+            {
+                Ok(_) => return Ok(Claim::New),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(err(task, e)),
+            }
+            match self
+                .kv
+                .get(owner_key(task))
+                .await
+                .map_err(|e| err(task, e))?
+            {
+                Some(owner) if owner.as_ref() == tenant.as_bytes() => return Ok(Claim::Own),
+                Some(_) => return Ok(Claim::Other),
+                None => continue,
+            }
+        }
+        Err(err(task, "its claim changed while it was read"))
+    }
+
+    /// Keep `tenant`'s claim of `task` for another retention period (written with each
+    /// status, so the claim outlives the task by as long as its status does).
+    pub async fn renew_claim(&self, task: &str, tenant: &str) -> Result<(), TaskStateError> {
+        self.kv
+            .put(owner_key(task), tenant.to_string().into())
             .await
             .map(|_| ())
             .map_err(|e| err(task, e))

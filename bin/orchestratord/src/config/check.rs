@@ -57,6 +57,9 @@ impl Config {
             if !(1..=5).contains(&c.replicas) {
                 bad("cluster.replicas".into(), "must be 1..=5");
             }
+            if !(1_000..=3_600_000).contains(&c.dedupe_window_ms) {
+                bad("cluster.dedupe_window_ms".into(), "must be 1000..=3600000");
+            }
             for (i, p) in self.pools.iter().enumerate() {
                 if p.queue_policy != orch_domain::FullPolicy::Reject {
                     bad(

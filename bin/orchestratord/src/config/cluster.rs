@@ -31,6 +31,15 @@ pub struct ClusterSection {
     /// Pools this instance bids to lead first (empty: every pool).
     #[serde(default)]
     pub prefer_pools: Vec<String>,
+    /// How long a pool's queue remembers a stored task id, so that a retried store is
+    /// not stored twice (task ids stay unique beyond it: each is claimed for its
+    /// tenant as long as the cluster keeps anything of the task).
+    #[serde(default = "dedupe_window_ms")]
+    pub dedupe_window_ms: u64,
+}
+
+fn dedupe_window_ms() -> u64 {
+    120_000
 }
 
 fn lease_ttl_ms() -> u64 {
@@ -70,6 +79,7 @@ impl Config {
                     store_retry_ms: store_retry_ms(),
                     replicas: cluster_replicas(),
                     prefer_pools: Vec::new(),
+                    dedupe_window_ms: dedupe_window_ms(),
                 })
             }
         }

@@ -194,6 +194,10 @@ impl Node {
         let (key, json) = (id.to_string(), Self::status_json(s));
         loop {
             let Err(e) = self.states.set_status(&key, &json).await else {
+                // the id stays its tenant's as long as its status is kept
+                if let Err(e) = self.states.renew_claim(&key, &s.tenant).await {
+                    tracing::warn!(task_id = %id, error = %e, "could not renew the task id's claim");
+                }
                 return;
             };
             crate::metrics::store_failed(&s.pool_id, "status");
@@ -334,6 +338,21 @@ impl TaskHome for Node {
                 chat: req.chat.clone(),
                 request: TaskRequest::clone(req),
             };
+            // the id is this tenant's before anything of the task is stored: another
+            // tenant's id (however long ago it was used) is refused and left untouched
+            let claim = self
+                .states
+                .claim(&t.task_id.to_string(), &t.tenant)
+                .await
+                .map_err(unavailable)?;
+            if claim == crate::Claim::Other {
+                tracing::info!(task_id = %t.task_id, tenant = %t.tenant,
+                    "refused: the task id belongs to another tenant");
+                return Err(OrchError::new(
+                    ErrorCode::Conflict,
+                    format!("task {} is already known to the cluster", t.task_id),
+                ));
+            }
             let placed = self.enqueue(&t).await?;
             let (rec, lease) = task.into_parts();
             tokio::spawn(follow::follow(self.frames.clone(), rec, Some(lease)));
