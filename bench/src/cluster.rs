@@ -112,9 +112,14 @@ async fn streams_round(h: &reqwest::Client, submit: &str, read: &str) -> Seen {
 /// one-frame batch appended (stored on a quorum), then its announcement received, as
 /// a leader's writer and a mirror's follower do for every batch. Every 10 ms until
 /// `stop`.
-async fn probe(urls: Vec<String>, stop: Arc<AtomicBool>) -> Vec<Duration> {
+async fn probe(
+    urls: Vec<String>,
+    security: orch_cluster::Security,
+    stop: Arc<AtomicBool>,
+) -> Vec<Duration> {
     let cfg = orch_cluster::ClusterConfig {
         urls,
+        security,
         ..Default::default()
     };
     let Ok(c) = orch_cluster::Cluster::connect(cfg).await else {
@@ -211,6 +216,9 @@ pub async fn run() {
     println!("== cluster: standalone vs 3 instances on 3 nats-servers (R3), ~{STREAMS} open streams x {RATE} tokens/s ==");
     let nats = Nats::start("bench").await;
     let urls = nats.urls_toml();
+    // the instances read the servers' password from their environment (inherited)
+    std::env::set_var("ORCH_BENCH_NATS_PASSWORD", orch_cluster::testing::PASSWORD);
+    let security = nats.security_toml("ORCH_BENCH_NATS_PASSWORD");
     let mock = format!("slots = 256\ntokens_per_sec = {RATE}\nttft_ms = 0\ntokens = {TOKENS}");
     let pool = "queue_capacity = 100000";
     let standalone = Server::orchestratord_with("standalone", "", &mock, pool);
@@ -223,7 +231,7 @@ pub async fn run() {
                 "[\"none\"]"
             };
             let top = format!(
-                "[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nprefer_pools = {prefer}\n"
+                "[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nprefer_pools = {prefer}\n{security}"
             );
             Server::orchestratord_with("cluster", &top, &mock, pool)
         })
@@ -250,7 +258,8 @@ pub async fn run() {
         for i in order {
             let (_, s, r) = &sides[i];
             let stop = Arc::new(AtomicBool::new(false));
-            let p = (i == 1).then(|| tokio::spawn(probe(nats.urls(), stop.clone())));
+            let p =
+                (i == 1).then(|| tokio::spawn(probe(nats.urls(), nats.security(), stop.clone())));
             seen[i].extend(streams_round(&h, s, r).await);
             stop.store(true, Ordering::Relaxed);
             if let Some(p) = p {

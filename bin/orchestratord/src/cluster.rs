@@ -3,7 +3,7 @@
 //! instance's own pools.
 
 use crate::config::{ClusterSection, Config};
-use orch_cluster::{ClusterConfig, Node, NodeConfig, PoolQueue};
+use orch_cluster::{Auth, ClusterConfig, Node, NodeConfig, PoolQueue, Security, Tls};
 use orch_services::Orchestrator;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,6 +30,7 @@ pub async fn join(
             replicas: c.replicas,
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             dedupe_window: Duration::from_millis(c.dedupe_window_ms),
+            security: security(c)?,
         },
         instance: c.instance_id.clone().unwrap_or_else(|| addr.to_string()),
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),
@@ -41,4 +42,38 @@ pub async fn join(
         .await
         .map_err(|e| e.to_string())?;
     orch.set_home(node).map_err(|e| e.message)
+}
+
+/// The credentials and TLS `[cluster]` names, secrets read from the environment or
+/// files now (never from the config file itself).
+fn security(c: &ClusterSection) -> Result<Security, String> {
+    let env = |var: &str| {
+        std::env::var(var)
+            .map_err(|_| format!("[cluster] names environment variable {var}, which is not set"))
+    };
+    let auth = if let (Some(user), Some(var)) = (&c.user, &c.password_env) {
+        Auth::UserPassword {
+            user: user.clone(),
+            password: env(var)?,
+        }
+    } else if let Some(var) = &c.token_env {
+        Auth::Token(env(var)?)
+    } else if let Some(f) = &c.nkey_seed_file {
+        let seed =
+            std::fs::read_to_string(f).map_err(|e| format!("[cluster] nkey_seed_file {f}: {e}"))?;
+        Auth::NkeySeed(seed.trim().to_string())
+    } else if let Some(f) = &c.credentials_file {
+        Auth::CredentialsFile(f.into())
+    } else {
+        Auth::None
+    };
+    let tls = c.tls_ca_file.as_ref().map(|ca| Tls {
+        ca_file: ca.into(),
+        client_cert: c
+            .tls_cert_file
+            .as_ref()
+            .zip(c.tls_key_file.as_ref())
+            .map(|(cert, key)| (cert.into(), key.into())),
+    });
+    Ok(Security { auth, tls })
 }

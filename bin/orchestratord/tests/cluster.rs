@@ -20,6 +20,9 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const LEASE_TTL_MS: u64 = 1500;
 
+/// The environment variable the instances read the NATS password from.
+const PASSWORD_ENV: &str = "ORCH_TEST_NATS_PASSWORD";
+
 struct Instance {
     proc: Option<Reap>,
     base: String,
@@ -55,14 +58,20 @@ impl Cluster {
     async fn start_with(name: &str, config: impl Fn(usize) -> (String, String)) -> Self {
         let nats = Nats::start(name).await;
         let urls = nats.urls_toml();
+        // TLS and a user on every server; the password reaches the instances through
+        // their environment, as the README advises
+        let security = nats.security_toml(PASSWORD_ENV);
         let mut inst = Vec::new();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let (body, prefer) = config(i);
             let toml = format!(
-                "{body}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n"
+                "{body}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n{security}"
             );
             let path = common::temp_config(&format!("cluster-{name}-{id}"), &toml);
-            let (proc, base, log) = common::spawn_binary_logged(&path, &[]);
+            let (proc, base, log) = common::spawn_binary_logged(
+                &path,
+                &[(PASSWORD_ENV, orch_cluster::testing::PASSWORD)],
+            );
             inst.push(Instance {
                 proc: Some(proc),
                 base,

@@ -21,6 +21,7 @@ mod lease;
 pub mod metrics;
 mod node;
 mod queue;
+mod security;
 mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -31,6 +32,7 @@ pub use frames::{Frame, FrameError, FrameLog, FrameWriter, ReadFrom};
 pub use lease::{lead, Lease, LeaseError, Leases};
 pub use node::{Node, NodeConfig, PoolQueue};
 pub use queue::{PublishError, Published, TaskQueue};
+pub use security::{Auth, Security, Tls};
 pub use tasks::{Claim, TaskStateError, TaskStates};
 
 use async_nats::jetstream;
@@ -49,6 +51,8 @@ pub struct ClusterConfig {
     /// of one admission is not stored twice). Task ids stay unique in the cluster
     /// beyond it: each is claimed for its tenant ([`TaskStates::claim`]).
     pub dedupe_window: Duration,
+    /// Credentials and TLS for the servers.
+    pub security: Security,
 }
 
 impl Default for ClusterConfig {
@@ -58,6 +62,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             request_timeout: Duration::from_millis(1500),
             dedupe_window: Duration::from_secs(120),
+            security: Security::default(),
         }
     }
 }
@@ -170,9 +175,15 @@ impl Cluster {
             .map(|u| u.parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(e.to_string()))?;
-        let client = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .name("orchestratord")
-            .connection_timeout(cfg.request_timeout.max(Duration::from_secs(1)))
+            .connection_timeout(cfg.request_timeout.max(Duration::from_secs(1)));
+        let options = cfg
+            .security
+            .apply(options)
+            .await
+            .map_err(|e| err(format!("credentials: {e}")))?;
+        let client = options
             .connect(addrs)
             .await
             .map_err(|e| err(e.to_string()))?;

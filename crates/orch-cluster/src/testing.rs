@@ -1,6 +1,8 @@
 //! A test harness (feature `testing`): three clustered nats-servers with JetStream on
-//! free loopback ports, from the provisioned binary. Used by this crate's tests and by
-//! orchestratord's cluster scenarios; never by the product.
+//! free loopback ports, from the provisioned binary, secured as in production: TLS on
+//! the client port and between servers (certificates made here, one CA, clients
+//! verified), a user and password, and `sync_interval: always`. Used by this crate's
+//! tests and by orchestratord's cluster scenarios; never by the product.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,9 +46,61 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The user and password the harness's servers accept.
+pub const USER: &str = "orch";
+pub const PASSWORD: &str = "orch-test-password";
+
+/// PEM files of the harness's certificates.
+#[derive(Debug, Clone)]
+pub struct Certs {
+    pub ca: PathBuf,
+    /// One certificate for servers (client port and routes) and instances alike:
+    /// `localhost` and `127.0.0.1`, server and client authentication.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Certs {
+    /// A fresh CA and a certificate it signs, written under `dir`.
+    pub fn make(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        ca.distinguished_name
+            .push(DnType::CommonName, "orchestratord test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "orch-node");
+        leaf.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let c = Certs {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+        };
+        std::fs::write(&c.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&c.cert, cert.pem()).unwrap();
+        std::fs::write(&c.key, key.serialize_pem()).unwrap();
+        c
+    }
+}
+
 /// Three clustered nats-servers; killed and their stores removed when dropped.
 pub struct Nats {
     dir: PathBuf,
+    pub certs: Certs,
     confs: Vec<PathBuf>,
     procs: Vec<Option<Child>>,
     pub client_ports: Vec<u16>,
@@ -77,13 +131,18 @@ impl Nats {
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let certs = Certs::make(&dir);
+        let tls = format!(
+            "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 5 }}",
+            certs.cert, certs.key, certs.ca
+        );
         let mut procs = Vec::new();
         let mut confs = Vec::new();
         for i in 0..3 {
             let conf = format!(
                 // sync_interval always: a write is on disk before JetStream acks it
                 // (the default, 2 min, loses acknowledged writes on a power loss)
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, sync_interval: always }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}] }}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls}\nauthorization {{ user: {USER}, password: {PASSWORD:?} }}\njetstream {{ store_dir: {:?}, sync_interval: always }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}], {tls} }}\n",
                 client[i],
                 http[i],
                 dir.join(format!("js{i}")),
@@ -96,6 +155,7 @@ impl Nats {
         }
         let n = Nats {
             dir,
+            certs,
             confs,
             procs,
             client_ports: client,
@@ -174,6 +234,30 @@ impl Nats {
             .map(|u| format!("{u:?}"))
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// What an instance needs to reach these servers: the user and password, and TLS
+    /// with the harness's CA and certificate.
+    pub fn security(&self) -> crate::Security {
+        crate::Security {
+            auth: crate::Auth::UserPassword {
+                user: USER.into(),
+                password: PASSWORD.into(),
+            },
+            tls: Some(crate::Tls {
+                ca_file: self.certs.ca.clone(),
+                client_cert: Some((self.certs.cert.clone(), self.certs.key.clone())),
+            }),
+        }
+    }
+
+    /// The `[cluster]` lines of orchestratord's config for [`security`](Self::security)
+    /// (the password in environment variable `password_env`).
+    pub fn security_toml(&self, password_env: &str) -> String {
+        format!(
+            "user = {USER:?}\npassword_env = {password_env:?}\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+            self.certs.ca, self.certs.cert, self.certs.key
+        )
     }
 
     pub fn urls(&self) -> Vec<String> {

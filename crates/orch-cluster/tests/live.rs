@@ -15,6 +15,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 async fn connect(n: &Nats) -> Cluster {
     Cluster::connect(ClusterConfig {
         urls: n.urls(),
+        security: n.security(),
         ..ClusterConfig::default()
     })
     .await
@@ -364,4 +365,58 @@ async fn any_instance_reads_a_tasks_status_and_a_cancel_reaches_the_pools_leader
     // a leader that takes the task over later still sees the flag
     assert!(at_leader.cancel_requested("t1").await.unwrap());
     assert!(!at_leader.cancel_requested("t2").await.unwrap());
+}
+
+/// Without credentials and TLS a client gets nothing: a plain connection, a TLS one
+/// without a user, and one with a wrong password are all refused, so none can read a
+/// stream or store into one; with them, the same client reads and writes.
+#[tokio::test]
+async fn a_client_without_credentials_reads_and_writes_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let n = Nats::start("auth").await;
+    let attempt = |security: orch_cluster::Security| {
+        let urls = n.urls();
+        async move {
+            Cluster::connect(ClusterConfig {
+                urls,
+                security,
+                request_timeout: Duration::from_millis(800),
+                ..ClusterConfig::default()
+            })
+            .await
+        }
+    };
+    let full = n.security();
+    let no_tls = orch_cluster::Security {
+        tls: None,
+        ..full.clone()
+    };
+    let no_user = orch_cluster::Security {
+        auth: orch_cluster::Auth::None,
+        ..full.clone()
+    };
+    let wrong = orch_cluster::Security {
+        auth: orch_cluster::Auth::UserPassword {
+            user: "orch".into(),
+            password: "guess".into(),
+        },
+        ..full.clone()
+    };
+    for (what, s) in [
+        ("no TLS", no_tls),
+        ("no user", no_user),
+        ("a wrong password", wrong),
+    ] {
+        let r = attempt(s).await;
+        assert!(r.is_err(), "a client with {what} connected");
+    }
+    // a raw client without TLS cannot even subscribe to task subjects
+    let raw = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_millis(800))
+        .connect(n.urls()[0].as_str())
+        .await;
+    assert!(raw.is_err(), "a plain client connected");
+    let ok = attempt(full).await.expect("the configured client connects");
+    let q = ok.task_queue("authpool", 4).await.unwrap();
+    q.publish("t-1", Bytes::from_static(b"{}")).await.unwrap();
 }

@@ -60,6 +60,9 @@ impl Config {
             if !(1_000..=3_600_000).contains(&c.dedupe_window_ms) {
                 bad("cluster.dedupe_window_ms".into(), "must be 1000..=3600000");
             }
+            for (field, m) in c.security_problems() {
+                bad(field.into(), &m);
+            }
             for (i, p) in self.pools.iter().enumerate() {
                 if p.queue_policy != orch_domain::FullPolicy::Reject {
                     bad(

@@ -36,6 +36,96 @@ pub struct ClusterSection {
     /// tenant as long as the cluster keeps anything of the task).
     #[serde(default = "dedupe_window_ms")]
     pub dedupe_window_ms: u64,
+    /// Credentials, one way at most: `user` with the password in the environment
+    /// variable `password_env`; a token in `token_env`; an nkey seed file; or a
+    /// `.creds` file. Secrets never sit in this file.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub nkey_seed_file: Option<String>,
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    /// TLS (required when set): the CA the servers' certificates chain to, and this
+    /// instance's certificate and key for servers that verify clients.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
+    /// Accept NATS URLs off loopback without credentials and TLS (anyone who reaches
+    /// the servers could then read every prompt and act as any instance).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl ClusterSection {
+    /// Problems with the security settings, as (field, message).
+    pub fn security_problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let methods = [
+            self.password_env.is_some(),
+            self.token_env.is_some(),
+            self.nkey_seed_file.is_some(),
+            self.credentials_file.is_some(),
+        ]
+        .iter()
+        .filter(|m| **m)
+        .count();
+        if methods > 1 {
+            out.push((
+                "cluster",
+                "give one of password_env, token_env, nkey_seed_file, credentials_file".into(),
+            ));
+        }
+        if self.user.is_some() != self.password_env.is_some() {
+            out.push(("cluster.user", "user and password_env go together".into()));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            out.push((
+                "cluster.tls_cert_file",
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
+        if self.tls_cert_file.is_some() && self.tls_ca_file.is_none() {
+            out.push((
+                "cluster.tls_ca_file",
+                "a client certificate needs tls_ca_file".into(),
+            ));
+        }
+        let secured = methods == 1 && self.tls_ca_file.is_some();
+        let off_loopback = self.urls.iter().any(|u| !url_is_loopback(u));
+        if off_loopback && !secured && !self.insecure {
+            out.push((
+                "cluster",
+                "refusing a NATS URL off loopback without credentials and TLS: anyone who \
+                 reaches those servers could read every prompt and output, submit as any \
+                 tenant or lead pools. Set credentials (e.g. user + password_env) and \
+                 tls_ca_file, or insecure = true to accept the risk"
+                    .into(),
+            ));
+        }
+        out
+    }
+}
+
+/// Is `nats://host:port` on a loopback host?
+fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = if let Some(h) = rest.strip_prefix('[') {
+        h.split(']').next().unwrap_or("")
+    } else {
+        rest.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn dedupe_window_ms() -> u64 {
@@ -80,6 +170,15 @@ impl Config {
                     replicas: cluster_replicas(),
                     prefer_pools: Vec::new(),
                     dedupe_window_ms: dedupe_window_ms(),
+                    user: None,
+                    password_env: None,
+                    token_env: None,
+                    nkey_seed_file: None,
+                    credentials_file: None,
+                    tls_ca_file: None,
+                    tls_cert_file: None,
+                    tls_key_file: None,
+                    insecure: false,
                 })
             }
         }
@@ -121,5 +220,44 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    fn section(extra: &str) -> ClusterSection {
+        toml::from_str(&format!("urls = ['nats://10.0.0.1:4222']\n{extra}")).unwrap()
+    }
+
+    #[test]
+    fn a_nats_url_off_loopback_needs_credentials_and_tls_unless_insecure() {
+        let refused = |extra: &str| {
+            section(extra)
+                .security_problems()
+                .iter()
+                .any(|(_, m)| m.contains("off loopback"))
+        };
+        assert!(refused(""));
+        assert!(refused("user = 'orch'\npassword_env = 'P'"));
+        assert!(refused("tls_ca_file = '/ca.pem'"));
+        assert!(!refused(
+            "user = 'orch'\npassword_env = 'P'\ntls_ca_file = '/ca.pem'"
+        ));
+        assert!(!refused(
+            "credentials_file = '/x.creds'\ntls_ca_file = '/ca.pem'"
+        ));
+        assert!(!refused("insecure = true"));
+        // loopback is fine without
+        let lo: ClusterSection =
+            toml::from_str("urls = ['nats://127.0.0.1:4222', 'nats://localhost:4223']").unwrap();
+        assert!(lo.security_problems().is_empty());
+        // one method at most, pairs go together
+        let p = section("token_env = 'T'\nnkey_seed_file = '/s'\ntls_ca_file = '/ca'")
+            .security_problems();
+        assert!(p.iter().any(|(_, m)| m.contains("one of")), "{p:?}");
+        let p = section("user = 'u'\ntls_ca_file = '/ca'").security_problems();
+        assert!(p.iter().any(|(f, _)| *f == "cluster.user"), "{p:?}");
+        let p = section("tls_cert_file = '/c'").security_problems();
+        assert!(
+            p.iter().any(|(f, _)| *f == "cluster.tls_cert_file"),
+            "{p:?}"
+        );
     }
 }

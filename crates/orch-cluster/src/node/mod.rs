@@ -65,6 +65,8 @@ pub struct Node {
     pub(crate) client: async_nats::Client,
     js: async_nats::jetstream::Context,
     pub(crate) store_retry: Duration,
+    /// One JetStream request not answered within this has failed.
+    request_timeout: Duration,
     pub(crate) lease_ttl: Duration,
     withdrawals: withdraw::Withdrawals,
 }
@@ -110,6 +112,7 @@ impl Node {
             js: cluster.js.clone(),
             lease_ttl: cfg.lease_ttl,
             store_retry: cfg.store_retry,
+            request_timeout: cfg.cluster.request_timeout,
             withdrawals,
         });
         health::spawn(Arc::downgrade(&node));
@@ -294,6 +297,44 @@ impl Node {
         ))
     }
 
+    /// Claim the task's id for its tenant, trying again for up to `store_retry` while
+    /// the cluster cannot answer (as a store does); each failed try counts as a failed
+    /// task store.
+    async fn claim(&self, t: &ReplicatedTask) -> Result<crate::Claim, OrchError> {
+        let deadline = tokio::time::Instant::now() + self.store_retry;
+        let id = t.task_id.to_string();
+        loop {
+            // each try is bounded: a KV call can otherwise wait ten seconds on a bucket
+            // electing a leader, where a fresh try after the election answers at once
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let per_try = left.min(self.request_timeout);
+            let r = tokio::time::timeout(per_try, self.states.claim(&id, &t.tenant)).await;
+            match r {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    crate::metrics::store_failed(&t.pool_id, "task");
+                    tracing::debug!(task_id = %id, error = %e, "claim not answered; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(e)) => {
+                    crate::metrics::store_failed(&t.pool_id, "task");
+                    return Err(unavailable(e).with_pool(t.pool_id.as_str()));
+                }
+                Err(_) if tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                    crate::metrics::store_failed(&t.pool_id, "task");
+                    tracing::debug!(task_id = %id, "claim not answered in time; retrying");
+                }
+                Err(_) => {
+                    crate::metrics::store_failed(&t.pool_id, "task");
+                    return Err(
+                        unavailable(format!("task {id}: no answer within store_retry"))
+                            .with_pool(t.pool_id.as_str()),
+                    );
+                }
+            }
+        }
+    }
+
     /// The recorded status (from its start on), else the task as it waits in its
     /// pool's queue.
     async fn recorded(&self, id: TaskId) -> Result<Option<ClusterStatus>, OrchError> {
@@ -340,11 +381,7 @@ impl TaskHome for Node {
             };
             // the id is this tenant's before anything of the task is stored: another
             // tenant's id (however long ago it was used) is refused and left untouched
-            let claim = self
-                .states
-                .claim(&t.task_id.to_string(), &t.tenant)
-                .await
-                .map_err(unavailable)?;
+            let claim = self.claim(&t).await?;
             if claim == crate::Claim::Other {
                 tracing::info!(task_id = %t.task_id, tenant = %t.tenant,
                     "refused: the task id belongs to another tenant");

@@ -105,6 +105,7 @@ mod tests {
         let mut n = Nats::start("withdraw").await;
         let c = Cluster::connect(ClusterConfig {
             urls: n.urls(),
+            security: n.security(),
             ..ClusterConfig::default()
         })
         .await
