@@ -1021,3 +1021,89 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
     assert_eq!(end.event, "end", "{:?}", end.data);
     assert_eq!(end.data["tokens_out"], 80);
 }
+
+/// The whole cluster crashes while a write waits without quorum (the case that left
+/// nats-server 2.9's replicas diverged), and comes back: every task admitted before
+/// ends exactly once (one terminal frame, no gap, no duplicate), the submit refused
+/// during the outage does not run, and the instances admit and serve again.
+#[tokio::test]
+async fn a_whole_cluster_crash_with_a_write_waiting_loses_nothing_admitted() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(
+        "crash",
+        "replicas = 1",
+        "slots = 1\ntokens_per_sec = 20.0\ntokens = 20",
+    )
+    .await;
+    // one running, the rest queued
+    let mut admitted = Vec::new();
+    for n in 0..4 {
+        admitted.push(
+            c.admit(1, &task(&format!("before {n}"), 20, "interactive"))
+                .await,
+        );
+    }
+    // quorum lost: the next submit's store waits in the stream leader's log, and the
+    // client is told 503
+    c.nats.kill(1);
+    c.nats.kill(2);
+    let r = c
+        .submit(1, &task("during the outage", 20, "interactive"))
+        .await;
+    common::envelope(r, 503, "POOL_UNAVAILABLE").await;
+    // then every server dies, and all come back
+    c.nats.kill(0);
+    for i in 0..3 {
+        c.nats.restart(i);
+    }
+    for i in 0..3 {
+        c.nats.wait_healthy(i).await;
+    }
+    c.nats.wait_meta_current().await;
+    let took = c
+        .wait_ready(
+            1,
+            true,
+            Duration::from_secs(60),
+            "not ready after the crash",
+        )
+        .await;
+    eprintln!("ready {took:?} after the servers were healthy again");
+    for id in &admitted {
+        let frames = c.stream(2, id, None).await;
+        let end = one_terminal(&frames);
+        assert!(
+            end.event == "end" || end.data["code"] == "WORKER_RESET",
+            "{id}: {:?}",
+            end.data
+        );
+        assert_eq!(
+            frame_ids(&frames),
+            (1..=frames.len() as u64).collect::<Vec<_>>(),
+            "{id}: no gap, no duplicate"
+        );
+        assert_eq!(
+            frames.iter().filter(|f| f.event == "started").count(),
+            1,
+            "{id}: started once"
+        );
+    }
+    // the refused submit did not run to its end
+    if let Some(refused) = c.logged_task_id(1, "withdrawing it") {
+        let r = c
+            .http
+            .get(c.url(2, &format!("/v1/tasks/{refused}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 404 {
+            let frames = c.stream(2, &refused, None).await;
+            let tokens = frames.iter().filter(|f| f.event == "token").count();
+            assert!(tokens < 20, "the withdrawn task ran: {frames:?}");
+        }
+    }
+    // and the cluster serves again
+    let id = c.admit(0, &task("after the crash", 4, "interactive")).await;
+    let frames = c.stream(2, &id, None).await;
+    assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+}
