@@ -132,6 +132,10 @@ impl Nats {
             .collect::<Vec<_>>()
             .join(", ");
         let certs = Certs::make(&dir);
+        // `always` unless a benchmark asks to compare (ORCH_TEST_NATS_SYNC_INTERVAL=2m,
+        // nats-server's default)
+        let sync =
+            std::env::var("ORCH_TEST_NATS_SYNC_INTERVAL").unwrap_or_else(|_| "always".into());
         let tls = format!(
             "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, verify: true, timeout: 5 }}",
             certs.cert, certs.key, certs.ca
@@ -142,7 +146,7 @@ impl Nats {
             let conf = format!(
                 // sync_interval always: a write is on disk before JetStream acks it
                 // (the default, 2 min, loses acknowledged writes on a power loss)
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls}\nauthorization {{ user: {USER}, password: {PASSWORD:?} }}\njetstream {{ store_dir: {:?}, sync_interval: always }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}], {tls} }}\n",
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n{tls}\nauthorization {{ user: {USER}, password: {PASSWORD:?} }}\njetstream {{ store_dir: {:?}, sync_interval: {sync} }}\ncluster {{ name: orch, listen: 127.0.0.1:{}, routes: [{routes}], {tls} }}\n",
                 client[i],
                 http[i],
                 dir.join(format!("js{i}")),
