@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest silence on an open stream before the read fails (idle watchdog).
@@ -21,6 +21,19 @@ pub struct ClientOptions {
     pub cancel_verify: Duration,
     /// Sent as `Authorization: Bearer` on every request (the engine's own key).
     pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    /// The engine's key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("control_timeout", &self.control_timeout)
+            .field("cancel_verify", &self.cancel_verify)
+            .field("api_key", &self.api_key.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {

@@ -188,11 +188,19 @@ impl ReplicaLauncher for LlamaServerLauncher {
             .models_dir
             .clone()
             .or_else(|| self.cfg.model_path.parent().map(Path::to_path_buf))?;
-        let (dir, path) = (
-            dir.canonicalize().ok()?,
-            Path::new(model_ref).canonicalize().ok()?,
-        );
-        if !path.starts_with(&dir) || !path.is_file() {
+        let dir = dir.canonicalize().ok()?;
+        // a bare or relative name is a file of the models directory
+        let named = Path::new(model_ref);
+        let named = if named.is_absolute() {
+            named.to_path_buf()
+        } else {
+            dir.join(named)
+        };
+        let path = named.canonicalize().ok()?;
+        let gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if !path.starts_with(&dir) || !path.is_file() || !gguf {
             tracing::warn!(model_ref, models_dir = %dir.display(), "reload refused: not a model file under the models directory");
             return None;
         }
@@ -452,6 +460,13 @@ mod tests {
         );
         assert!(!ok("/etc/passwd"), "not under the directory");
         assert!(!ok("some-model-name"), "not a path");
+        // a bare file name is one of the models directory; a non-GGUF file is not a model
+        assert!(ok("b.gguf"));
+        std::fs::write(models.join("notes.txt"), b"x").unwrap();
+        assert!(
+            !ok(models.join("notes.txt").to_str().unwrap()),
+            "not a .gguf"
+        );
         // an explicit directory replaces the default
         let l = launcher(models.join("a.gguf"), Some(other.clone()));
         assert!(l

@@ -186,7 +186,7 @@ pub async fn start_with(
         max_unauthenticated: cfg
             .server
             .max_unauthenticated_connections
-            .unwrap_or(cfg.server.max_connections / 2),
+            .unwrap_or((cfg.server.max_connections / 2).max(1)),
         max_unauthenticated_per_peer: cfg.server.max_unauthenticated_per_peer,
         max_per_peer: cfg.server.max_connections_per_peer,
         header_read_timeout: Duration::from_millis(cfg.server.header_read_timeout_ms),

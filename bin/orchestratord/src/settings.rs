@@ -106,7 +106,9 @@ pub fn check_open_address(
     }
     if let Some(c) = DEMO_KEYS.iter().find_map(|k| keys.authenticate(k)) {
         return Err(OpenAddress(format!(
-            "refusing to listen on {addr} with a public demo key (tenant {}): the demo keys              of examples/tenants.toml are published; make real ones with              `orchestratord keys new --tenant NAME --role client|admin`, or listen on 127.0.0.1",
+            "refusing to listen on {addr} with a public demo key (tenant {}): the demo keys of \
+             examples/tenants.toml are published; make real ones with \
+             `orchestratord keys new --tenant NAME --role client|admin`, or listen on 127.0.0.1",
             c.tenant
         )));
     }

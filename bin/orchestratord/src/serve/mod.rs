@@ -77,6 +77,7 @@ pub async fn serve(
         max_per_peer: limits.max_per_peer,
     });
     let graceful = GracefulShutdown::new();
+    let (mut refused, mut last_warned) = (0u64, None);
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -111,8 +112,14 @@ pub async fn serve(
         let ticket = match peers.open(peer.ip()) {
             Ok(t) => t,
             Err(why) => {
-                tracing::warn!(peer = %peer.ip(), reason = ?why,
-                    "per-peer connection limit reached: refusing a connection with 503");
+                // one line a second at most: a flood of refusals must not flood the log
+                refused += 1;
+                if last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(peer = %peer.ip(), reason = ?why, refused,
+                        "per-peer connection limit reached: refusing connections with 503");
+                    last_warned = Some(Instant::now());
+                    refused = 0;
+                }
                 let _ = tcp.try_write(OVER_LIMIT);
                 continue;
             }

@@ -3,9 +3,11 @@
 //! `/livez` on keep-alive connections, or many) cannot hold every slot a keyed client
 //! needs.
 //!
-//! A new connection is:
-//! * refused (bare 503) when its address already holds `max_unauthenticated_per_peer`
-//!   unauthenticated connections, or `max_per_peer` connections in all;
+//! A peer is an IPv4 address, or an IPv6 /64 (one host commonly holds a whole /64;
+//! an IPv4-mapped IPv6 address is its IPv4 address). A new connection is:
+//! * refused (bare 503) when its peer already holds `max_unauthenticated_per_peer`
+//!   connections that have not authenticated (provisional ones included), or
+//!   `max_per_peer` connections in all;
 //! * **provisional** when `max_unauthenticated` unauthenticated connections are open:
 //!   it serves one request and is closed unless that request authenticates, so a keyed
 //!   client still gets in while unauthenticated ones fill their share;
@@ -60,9 +62,24 @@ pub enum Refused {
 pub struct Ticket {
     peer: IpAddr,
     counts: Arc<Mutex<Counts>>,
-    /// Counted as unauthenticated (false once promoted, or for a provisional one).
+    /// Counted as unauthenticated: in its peer's count always, in the total unless
+    /// provisional (false once promoted).
     unauthenticated: AtomicBool,
     pub provisional: bool,
+}
+
+/// The peer a connection is counted under: an IPv4 address, or an IPv6 /64.
+pub fn peer_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl Peers {
@@ -78,7 +95,8 @@ impl Peers {
     }
 
     /// A place for a new connection from `peer`, or why not.
-    pub fn open(&self, peer: IpAddr) -> Result<Arc<Ticket>, Refused> {
+    pub fn open(&self, ip: IpAddr) -> Result<Arc<Ticket>, Refused> {
+        let peer = peer_of(ip);
         let l = self.limits;
         let mut c = self.lock();
         let total_unauth = c.unauthenticated;
@@ -92,14 +110,14 @@ impl Peers {
         }
         let provisional = total_unauth >= l.max_unauthenticated;
         p.all += 1;
+        p.unauthenticated += 1;
         if !provisional {
-            p.unauthenticated += 1;
             c.unauthenticated += 1;
         }
         Ok(Arc::new(Ticket {
             peer,
             counts: self.counts.clone(),
-            unauthenticated: AtomicBool::new(!provisional),
+            unauthenticated: AtomicBool::new(true),
             provisional,
         }))
     }
@@ -117,7 +135,9 @@ impl Ticket {
     pub fn promote(&self) {
         if self.unauthenticated.swap(false, Ordering::AcqRel) {
             let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-            c.unauthenticated = c.unauthenticated.saturating_sub(1);
+            if !self.provisional {
+                c.unauthenticated = c.unauthenticated.saturating_sub(1);
+            }
             if let Some(p) = c.peers.get_mut(&self.peer) {
                 p.unauthenticated = p.unauthenticated.saturating_sub(1);
             }
@@ -129,7 +149,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let was_unauth = self.unauthenticated.load(Ordering::Acquire);
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if was_unauth {
+        if was_unauth && !self.provisional {
             c.unauthenticated = c.unauthenticated.saturating_sub(1);
         }
         if let Some(p) = c.peers.get_mut(&self.peer) {
@@ -193,5 +213,32 @@ mod tests {
         let _x = peers.open(ip(2)).unwrap();
         let _y = peers.open(ip(2)).unwrap();
         assert_eq!(peers.open(ip(2)).unwrap_err(), Refused::PeerTotal);
+    }
+
+    /// Provisional connections count in their peer's unauthenticated share, so one
+    /// address cannot take the rest of the slots once the total share is full; and a
+    /// whole IPv6 /64 is one peer.
+    #[test]
+    fn provisional_connections_count_per_peer_and_a_v6_64_is_one_peer() {
+        let peers = Peers::new(PeerLimits {
+            max_unauthenticated: 1,
+            max_unauthenticated_per_peer: 2,
+            max_per_peer: 0,
+        });
+        let _first = peers.open(ip(1)).unwrap();
+        let a = peers.open(ip(2)).unwrap();
+        let b = peers.open(ip(2)).unwrap();
+        assert!(a.provisional && b.provisional);
+        assert_eq!(peers.open(ip(2)).unwrap_err(), Refused::PeerUnauthenticated);
+        b.promote();
+        assert!(peers.open(ip(2)).is_ok());
+        let v6 =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, last));
+        let _p = peers.open(v6(1)).unwrap();
+        let _q = peers.open(v6(2)).unwrap();
+        assert_eq!(peers.open(v6(3)).unwrap_err(), Refused::PeerUnauthenticated);
+        assert_eq!(peer_of(v6(9)), peer_of(v6(1)));
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped());
+        assert_eq!(peer_of(mapped), ip(2));
     }
 }

@@ -382,6 +382,14 @@ impl TaskHome for Node {
             // the id is this tenant's before anything of the task is stored: another
             // tenant's id (however long ago it was used) is refused and left untouched
             let claim = self.claim(&t).await?;
+            // the tenant's own id is a task it submitted before, unless nothing of it
+            // was stored (a retry after a 503): naming it again is 409, as standalone
+            if claim == crate::Claim::Own && self.recorded(t.task_id).await?.is_some() {
+                return Err(OrchError::new(
+                    ErrorCode::Conflict,
+                    format!("task {} is already known to the cluster", t.task_id),
+                ));
+            }
             if claim == crate::Claim::Other {
                 tracing::info!(task_id = %t.task_id, tenant = %t.tenant,
                     "refused: the task id belongs to another tenant");

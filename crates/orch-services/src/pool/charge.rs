@@ -32,6 +32,8 @@ pub struct Charge {
     priority: Priority,
     /// The flow as pushed; `cost` is what is still charged (0 once a run settled it).
     flow: Flow,
+    /// The task's arrival number in its lane: only tasks after it are re-tagged.
+    seq: u64,
     prompt_estimate: u32,
 }
 
@@ -42,12 +44,20 @@ pub struct Charges {
 }
 
 impl Charges {
-    pub fn open(&mut self, id: TaskId, priority: Priority, flow: Flow, prompt_estimate: u32) {
+    pub fn open(
+        &mut self,
+        id: TaskId,
+        priority: Priority,
+        flow: Flow,
+        seq: u64,
+        prompt_estimate: u32,
+    ) {
         self.by_task.insert(
             id,
             Charge {
                 priority,
                 flow,
+                seq,
                 prompt_estimate,
             },
         );
@@ -56,7 +66,7 @@ impl Charges {
     /// The task left without running: its whole charge is given back.
     pub fn refund(&mut self, queue: &mut BoundedQueue<TaskId>, id: &TaskId) {
         if let Some(c) = self.by_task.remove(id) {
-            queue.settle(c.priority, c.flow, 0);
+            queue.settle(c.priority, c.flow, c.seq, 0);
         }
     }
 
@@ -76,7 +86,7 @@ impl Charges {
             return;
         };
         let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), tokens_out);
-        queue.settle(c.priority, c.flow, cost);
+        queue.settle(c.priority, c.flow, c.seq, cost);
         // from now on the flow has paid for this much output: a retry pays the rest
         c.flow.cost = 0;
         if ended {

@@ -89,6 +89,8 @@ pub struct Admitted<K> {
     pub ahead: usize,
     /// A task evicted to make room (its stream must end with an error).
     pub evicted: Option<K>,
+    /// The task's arrival number, for [`BoundedQueue::settle`].
+    pub seq: u64,
 }
 
 const LANES: usize = 2;
@@ -125,6 +127,9 @@ struct Entry<K> {
     key: K,
     seq: u64,
     start: u64,
+    /// No correction takes its start below this: the lane's virtual time when it
+    /// arrived, if its flow had nothing queued then (else 0).
+    floor: u64,
 }
 
 #[derive(Debug)]
@@ -273,8 +278,13 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
                 }
             }
         }
+        let seq = self.next_seq;
         let ahead = self.insert(key, lane(priority), flow, now_ms);
-        Ok(Admitted { ahead, evicted })
+        Ok(Admitted {
+            ahead,
+            evicted,
+            seq,
+        })
     }
 
     /// Tag and file a task in lane `l` (no capacity check); the tasks ahead of it.
@@ -284,6 +294,7 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         let tags = self.tags(l, flow);
         let ahead = self.ahead_estimate(l, self.same_lane_ahead(l, tags.start, seq));
         let ln = &mut self.lanes[l];
+        let vtime = ln.vtime;
         ln.arrivals += 1;
         ln.entries += 1;
         ln.fifo.push_back((key, seq, now_ms));
@@ -293,10 +304,15 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
             heap_key: None,
         });
         fq.last_finish = tags.finish;
+        // a task that arrives while its flow has nothing queued (the flow is not
+        // backlogged) earns no credit below the virtual time of its arrival; one that
+        // joins a backlog does (the backlog was held back by what its flow was charged)
+        let floor = if fq.heap_key.is_none() { vtime } else { 0 };
         fq.q.push_back(Entry {
             key,
             seq,
             start: tags.start,
+            floor,
         });
         if fq.heap_key.is_none() {
             fq.heap_key = Some((tags.start, seq));
@@ -333,13 +349,17 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
     }
 
     /// Correct a task's charge once its real cost is known: `flow` is the flow as it
-    /// was pushed (its `cost` what was charged then) and `used` what the task really
-    /// cost (0 for a task that left the queue without running). The difference moves
-    /// the flow's finish tag and the tags of its queued tasks, so a flow's share of its
-    /// lane follows what its tasks used, whatever they declared: a flow that declares
-    /// little and uses much is served later, one that declared too much catches up.
-    /// Nothing changes under [`Fairness::Fifo`].
-    pub fn settle(&mut self, priority: Priority, flow: Flow, used: u64) {
+    /// was pushed (its `cost` what was charged then), `seq` its arrival number (from
+    /// [`Admitted::seq`]) and `used` what the task really cost (0 for a task that left
+    /// the queue without running). The difference moves the flow's finish tag and the
+    /// tags of its tasks queued *after* this one (the earlier ones never included its
+    /// cost), so a flow's share of its lane follows what its tasks used, whatever they
+    /// declared: a flow that declares little and uses much is served later, one that
+    /// declared too much catches up. A credit never takes a task that arrived while its
+    /// flow had nothing queued below the lane's virtual time at its arrival (service
+    /// others had while the flow was not backlogged earns it nothing). Nothing changes
+    /// under [`Fairness::Fifo`].
+    pub fn settle(&mut self, priority: Priority, flow: Flow, seq: u64, used: u64) {
         if self.cfg.fairness != Fairness::Weighted {
             return;
         }
@@ -348,18 +368,29 @@ impl<K: Copy + Eq + Hash> BoundedQueue<K> {
         if delta == 0 {
             return;
         }
-        let shift = |t: u64| (i128::from(t) + delta).clamp(0, i128::from(u64::MAX)) as u64;
         let ln = &mut self.lanes[lane(priority)];
         let Some(fq) = ln.flows.get_mut(&flow.id) else {
             return;
         };
-        fq.last_finish = shift(fq.last_finish);
-        if fq.q.is_empty() {
-            return;
+        // the flow's later tasks move by the difference, each no lower than the
+        // virtual time it arrived at (a task that arrived after the flow fell behind
+        // starts there whatever came before it, and the ones after it follow it), which
+        // keeps their order: a refund or a credit never moves a task ahead of where
+        // exact costs would have put it
+        let mut d = delta;
+        let mut moved = false;
+        for e in fq.q.iter_mut().filter(|e| e.seq > seq) {
+            let start = i128::from(e.start);
+            let new = (start + d)
+                .max(i128::from(e.floor))
+                .clamp(0, i128::from(u64::MAX));
+            d = new - start;
+            e.start = new as u64;
+            moved = true;
         }
-        // the same shift for every queued task keeps the flow's order (clamping is monotone)
-        for e in fq.q.iter_mut() {
-            e.start = shift(e.start);
+        fq.last_finish = (i128::from(fq.last_finish) + d).clamp(0, i128::from(u64::MAX)) as u64;
+        if !moved {
+            return;
         }
         if let Some(h) = fq.q.front() {
             fq.heap_key = Some((h.start, h.seq));

@@ -311,6 +311,7 @@ impl Actor {
             id,
             request.priority,
             flow,
+            admitted.seq,
             estimate_prompt_tokens(&request.prompt),
         );
         rec.set_estimate(placed.queue_position, placed.predicted_start_ms);
@@ -413,8 +414,12 @@ impl Actor {
         } else {
             self.parked.iter().map(|p| p.id()).collect()
         };
+        // the task just released may be about to be retried: its charge stays
         self.charges.prune(live, |id| {
-            queued.contains_key(id) || running.contains_key(id) || parked.contains(id)
+            *id == task
+                || queued.contains_key(id)
+                || running.contains_key(id)
+                || parked.contains(id)
         });
         if let Some(o) = observed {
             self.st.service.observe(o.service_ms);
