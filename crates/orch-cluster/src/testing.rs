@@ -280,8 +280,8 @@ impl Nats {
     }
 }
 
-/// The body of a 200 answer to `GET path` on a loopback port.
-pub async fn http_body(port: u16, path: &str) -> Option<String> {
+/// `GET path` on a loopback port (a bare HTTP/1.0 exchange): status and body.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
@@ -293,27 +293,20 @@ pub async fn http_body(port: u16, path: &str) -> Option<String> {
         .await
         .ok()?
         .ok()?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    (head.split_whitespace().nth(1)? == "200").then(|| body.to_string())
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
-/// The status code of `GET path` on a loopback port (a bare HTTP/1.0 exchange).
+/// The body of a 200 answer to `GET path` on a loopback port.
+pub async fn http_body(port: u16, path: &str) -> Option<String> {
+    http_get(port, path)
+        .await
+        .and_then(|(status, body)| (status == 200).then_some(body))
+}
+
+/// The status code of `GET path` on a loopback port.
 pub async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    String::from_utf8_lossy(&buf)
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    http_get(port, path).await.map(|(status, _)| status)
 }
