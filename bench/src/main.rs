@@ -1,10 +1,12 @@
-//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all|cluster>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all|cluster|cluster-capacity>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
 //! `orch-bench floor-server --addr HOST:PORT --tokens-per-sec X --tokens N [--ttft-ms M]`
 //! runs the floor server (see `floor.rs`); the mock scenarios spawn it themselves.
 
+#[cfg(feature = "cluster")]
+mod capacity;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod floor;
@@ -40,6 +42,8 @@ async fn main() {
         "prefix" => prefix::run().await,
         #[cfg(feature = "cluster")]
         "cluster" => cluster::run().await,
+        #[cfg(feature = "cluster")]
+        "cluster-capacity" => capacity::run().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -48,7 +52,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all (| cluster, built with --features cluster)"
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all (| cluster | cluster-capacity, built with --features cluster)"
             );
             std::process::exit(2);
         }

@@ -32,11 +32,12 @@ pub async fn join(
             dedupe_window: Duration::from_millis(c.dedupe_window_ms),
             security: security(c)?,
         },
-        instance: c.instance_id.clone().unwrap_or_else(|| addr.to_string()),
+        instance: c.instance(addr),
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),
         keep: Duration::from_millis(cfg.server.record_ttl_ms.max(60_000)),
         prefer_pools: c.prefer_pools.clone(),
         store_retry: Duration::from_millis(c.store_retry_ms),
+        host_replicas: c.host_replicas,
     };
     let node = Node::start(node_cfg, orch.local_pools(), pools)
         .await

@@ -109,6 +109,7 @@ pub async fn start_with(
             health_timeout: Duration::from_millis(cfg.supervision.health_timeout_ms),
             unhealthy_after: cfg.supervision.unhealthy_after,
             restart_unresponsive_after: cfg.supervision.restart_unresponsive_after,
+            replica_prefix: replica_prefix(&cfg, listener.local_addr()?),
             ..ManagerConfig::default()
         },
     );
@@ -241,4 +242,15 @@ async fn start_pool(
         .start_pool(&p.id, launcher, p.replicas)
         .await
         .map_err(|e| StartError::Engine(format!("pool {}: {e}", p.id)))
+}
+
+/// What goes before this instance's replica ids: nothing standalone; in cluster mode
+/// its instance name and `:`, so replica ids are unique in the cluster.
+fn replica_prefix(cfg: &Config, addr: SocketAddr) -> String {
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &cfg.cluster {
+        return orch_cluster::Node::replica_prefix(&c.instance(addr));
+    }
+    let _ = (cfg, addr);
+    String::new()
 }

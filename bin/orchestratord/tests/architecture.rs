@@ -103,8 +103,9 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
         "orch-client" => &["orch-domain"],
         // the CLI is a client too: it reaches the server only over HTTP
         "orch-cli" => &["orch-client", "orch-domain"],
-        // cluster mode implements orch-services' seam (a trait defined there)
-        "orch-cluster" => &["orch-services", "orch-domain"],
+        // cluster mode implements orch-services' seam (a trait defined there), and
+        // reaches the replicas other instances host through the engine seam
+        "orch-cluster" => &["orch-services", "orch-domain", "adapter-api"],
         "orchestratord" => WORKSPACE,
         _ => &[],
     }

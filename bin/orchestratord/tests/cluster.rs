@@ -36,7 +36,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Three instances `a`, `b`, `c` of one mock pool; `a` prefers to lead it.
+    /// Three instances `a`, `b`, `c` of one mock pool; `a` prefers to lead it, and
+    /// `b` and `c` are standbys (`host_replicas = false`): only the leader's replicas
+    /// serve, which the scenarios about a leader's own runs (failover, fencing, the
+    /// queue's order, a client's instance dying) need to know where a task runs.
     async fn start(name: &str, pool_extra: &str, mock: &str) -> Self {
         let base = common::mock_config(pool_extra, mock);
         // a bids for the pool at once; b and c one lease TTL later
@@ -44,7 +47,7 @@ impl Cluster {
             let prefer = if i == 0 {
                 r#"["mockpool"]"#
             } else {
-                r#"["none"]"#
+                "[\"none\"]\nhost_replicas = false"
             };
             (base.clone(), prefer.to_string())
         })
@@ -64,8 +67,14 @@ impl Cluster {
         let mut inst = Vec::new();
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             let (body, prefer) = config(i);
+            // a scenario may set its own lease TTL among its cluster lines
+            let ttl = if prefer.contains("lease_ttl_ms") {
+                String::new()
+            } else {
+                format!("lease_ttl_ms = {LEASE_TTL_MS}\n")
+            };
             let toml = format!(
-                "{body}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nlease_ttl_ms = {LEASE_TTL_MS}\nprefer_pools = {prefer}\n{security}"
+                "{body}\n[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\n{ttl}prefer_pools = {prefer}\n{security}"
             );
             let path = common::temp_config(&format!("cluster-{name}-{id}"), &toml);
             let (proc, base, log) = common::spawn_binary_logged(
@@ -1106,4 +1115,166 @@ async fn a_whole_cluster_crash_with_a_write_waiting_loses_nothing_admitted() {
     let id = c.admit(0, &task("after the crash", 4, "interactive")).await;
     let frames = c.stream(2, &id, None).await;
     assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+}
+
+/// The replica id a task's `started` frame names.
+fn started_replica(frames: &[SseFrame]) -> String {
+    frames[0].data["replica_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Capacity: every instance's replicas serve the pool (the default). Three instances
+/// with one one-slot replica each run three tasks at once, each on a replica named by
+/// its instance; losing a nats-server while they stream loses no token (a host sends
+/// again what its leader missed); a host's death takes its replica out of the pool and
+/// ends the task it streamed with a retriable `WORKER_RESET` (the leader-death rule),
+/// while everything else runs on.
+#[tokio::test]
+async fn every_instances_replicas_serve_the_pool_and_a_dead_host_is_taken_out() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // a lease that outlasts the lease bucket's election when a nats-server goes (the
+    // leader would step down otherwise, ending its streamed tasks: see the README)
+    let base = common::mock_config(
+        "replicas = 1\nqueue_capacity = 8",
+        "slots = 1\ntokens_per_sec = 20.0\ntokens = 30",
+    );
+    let mut c = Cluster::start_with("capacity", |i| {
+        let prefer = [r#"["mockpool"]"#, r#"["none"]"#, r#"["none"]"#][i];
+        (base.clone(), format!("{prefer}\nlease_ttl_ms = 6000"))
+    })
+    .await;
+    c.wait_leader(0, Duration::from_secs(20)).await;
+    // the leader attaches the two other instances' replicas
+    let t0 = Instant::now();
+    loop {
+        let v = c.get_json(0, "/v1/pools").await;
+        let n = v["pools"][0]["replicas"].as_array().map_or(0, Vec::len);
+        if n == 3 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // three tasks at once: one per replica, each replica's id names its instance
+    let ids: Vec<String> = futures_util::future::join_all((0..3).map(|n| {
+        let c = &c;
+        async move {
+            c.admit(n, &task(&format!("wide {n}"), 30, "interactive"))
+                .await
+        }
+    }))
+    .await;
+    let firsts = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async { first_frames(c.stream_response(0, id, None).await, 3).await }),
+    )
+    .await;
+    let mut replicas: Vec<String> = firsts.iter().map(|f| started_replica(f)).collect();
+    replicas.sort();
+    assert_eq!(
+        replicas,
+        ["a:mockpool-r0", "b:mockpool-r0", "c:mockpool-r0"],
+        "three tasks at once run on the three instances' replicas"
+    );
+    // a nats-server goes while they stream: nothing is lost
+    c.nats.kill(2);
+    for id in &ids {
+        let frames = c.stream(1, id, None).await;
+        assert_eq!(one_terminal(&frames).event, "end", "{frames:?}");
+        assert_eq!(frames.iter().filter(|f| f.event == "token").count(), 30);
+        assert_eq!(frames.iter().filter(|f| f.event == "started").count(), 1);
+        assert_eq!(
+            frame_ids(&frames),
+            (1..=frames.len() as u64).collect::<Vec<_>>()
+        );
+    }
+    c.nats.restart(2);
+    c.nats.wait_healthy(2).await;
+    // the hosts counted their runs; the leader its hosted replicas
+    let mp = [("pool_id", "mockpool")];
+    let lead = c.metrics(0).await;
+    assert_eq!(
+        lint::sum(&lead, "cluster_hosted_replicas", &mp),
+        2.0,
+        "{lead}"
+    );
+    let hosted: f64 = [c.metrics(1).await, c.metrics(2).await]
+        .iter()
+        .map(|m| lint::sum(m, "cluster_hosted_runs_total", &mp))
+        .sum();
+    assert!(hosted >= 2.0, "runs hosted by b and c: {hosted}");
+    // the host of a streaming task dies: its task ends with a retriable WORKER_RESET,
+    // its replica leaves the pool, the others finish
+    let ids: Vec<String> = futures_util::future::join_all((0..3).map(|n| {
+        let c = &c;
+        async move {
+            c.admit(0, &task(&format!("again {n}"), 30, "interactive"))
+                .await
+        }
+    }))
+    .await;
+    let mut on_c = None;
+    for id in &ids {
+        let f = first_frames(c.stream_response(0, id, None).await, 3).await;
+        if started_replica(&f) == "c:mockpool-r0" {
+            on_c = Some(id.clone());
+        }
+    }
+    let on_c = on_c.expect("one of three concurrent tasks runs on c");
+    c.kill(2);
+    for id in &ids {
+        let frames = c.stream(0, id, None).await;
+        let last = one_terminal(&frames);
+        if *id == on_c {
+            assert_eq!(last.event, "error", "{frames:?}");
+            assert_eq!(last.data["code"], "WORKER_RESET", "{frames:?}");
+            assert_eq!(last.data["retriable"], true);
+        } else {
+            assert_eq!(last.event, "end", "{frames:?}");
+        }
+    }
+    let t0 = Instant::now();
+    loop {
+        let v = c.get_json(0, "/v1/pools").await;
+        let ids: Vec<String> = v["pools"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        if ids == ["a:mockpool-r0", "b:mockpool-r0"] {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // and new work runs on what is left
+    let id = c.admit(1, &task("after", 5, "interactive")).await;
+    assert_eq!(one_terminal(&c.stream(1, &id, None).await).event, "end");
+    // the leader dies while its tasks stream on its own and on b's replica: b takes
+    // the pool over and ends both with the leader-death rule; new work runs on b
+    let ids: Vec<String> = futures_util::future::join_all((0..2).map(|n| {
+        let c = &c;
+        async move {
+            c.admit(1, &task(&format!("orphan {n}"), 30, "interactive"))
+                .await
+        }
+    }))
+    .await;
+    for id in &ids {
+        first_frames(c.stream_response(1, id, None).await, 3).await;
+    }
+    c.kill(0);
+    for id in &ids {
+        let frames = c.stream(1, id, None).await;
+        let last = one_terminal(&frames);
+        assert_eq!(last.event, "error", "{frames:?}");
+        assert_eq!(last.data["code"], "WORKER_RESET", "{frames:?}");
+    }
+    let id = c.admit(1, &task("on b", 5, "interactive")).await;
+    let frames = c.stream(1, &id, None).await;
+    assert_eq!(one_terminal(&frames).event, "end");
+    assert_eq!(started_replica(&frames), "b:mockpool-r0");
 }

@@ -17,6 +17,7 @@
 
 mod dispatch;
 mod frames;
+mod hosted;
 mod lease;
 pub mod metrics;
 mod node;

@@ -28,6 +28,10 @@ pub const FRAME_STORE: &str = "cluster_frame_store_ms";
 pub const STORE_ERRORS: &str = "cluster_store_errors_total";
 /// Tasks a leader took from its pool's queue, by `outcome` ([`OUTCOMES`]).
 pub const TASKS_TAKEN: &str = "cluster_tasks_taken_total";
+/// Generations this instance ran on its replicas for another instance's pool leader.
+pub const HOSTED_RUNS: &str = "cluster_hosted_runs_total";
+/// Replicas of other instances serving the pool this instance leads.
+pub const HOSTED_REPLICAS: &str = "cluster_hosted_replicas";
 
 /// `change` values: the lease won and the queue taken over; the lease lost.
 pub const CHANGES: [&str; 2] = ["acquired", "lost"];
@@ -71,6 +75,14 @@ pub fn describe() {
         TASKS_TAKEN,
         "Tasks a pool leader took from the queue, by what it found of an earlier leader's run."
     );
+    describe_counter!(
+        HOSTED_RUNS,
+        "Generations this instance ran on its replicas for another instance's pool leader."
+    );
+    describe_gauge!(
+        HOSTED_REPLICAS,
+        "Replicas of other instances serving the pool this instance leads."
+    );
 }
 
 fn ms(d: Duration) -> f64 {
@@ -107,4 +119,12 @@ pub(crate) fn store_failed(pool_id: &str, what: &'static str) {
 
 pub(crate) fn taken(pool_id: &str, outcome: &'static str) {
     counter!(TASKS_TAKEN, "pool_id" => pool_id.to_string(), "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn hosted_run(pool_id: &str) {
+    counter!(HOSTED_RUNS, "pool_id" => pool_id.to_string()).increment(1);
+}
+
+pub(crate) fn hosted_replicas(pool_id: &str, n: usize) {
+    gauge!(HOSTED_REPLICAS, "pool_id" => pool_id.to_string()).set(n as f64);
 }

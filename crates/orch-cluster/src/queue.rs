@@ -79,6 +79,29 @@ impl TaskQueue {
         &self.pool
     }
 
+    /// Let the queue hold `capacity` tasks (the leader raises it to the cluster's
+    /// queue plus every instance's slots: a task stays in the queue while it runs).
+    pub async fn set_capacity(&self, capacity: usize) -> Result<(), String> {
+        let mut handle = self.handle.clone();
+        let mut cfg = handle
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .config
+            .clone();
+        let want = i64::try_from(capacity).unwrap_or(i64::MAX);
+        if cfg.max_messages == want {
+            return Ok(());
+        }
+        cfg.max_messages = want;
+        self.cluster
+            .js
+            .update_stream(cfg)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     fn subject(&self, task_id: &str) -> String {
         format!("orch.tasks.{}.{task_id}", self.pool)
     }

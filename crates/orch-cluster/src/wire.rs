@@ -129,6 +129,9 @@ impl From<TaskStatus> for LiveStatus {
 /// position and ETA a 202 on another instance reports.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct QueueHint {
+    /// How many tasks the leader's pool queue holds at most (0: not told).
+    #[serde(default)]
+    pub queue_capacity: u32,
     pub queue_depth: u32,
     pub slots_free: u32,
     pub slots_total: u32,
@@ -145,6 +148,7 @@ impl QueueHint {
 impl From<PoolLoad> for QueueHint {
     fn from(l: PoolLoad) -> Self {
         Self {
+            queue_capacity: l.queue_capacity,
             queue_depth: l.queue_depth,
             slots_free: l.slots_free,
             slots_total: l.slots_total,
@@ -156,6 +160,7 @@ impl From<PoolLoad> for QueueHint {
 impl From<QueueHint> for PoolLoad {
     fn from(h: QueueHint) -> Self {
         Self {
+            queue_capacity: h.queue_capacity,
             queue_depth: h.queue_depth,
             slots_free: h.slots_free,
             slots_total: h.slots_total,

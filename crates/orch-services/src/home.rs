@@ -92,6 +92,8 @@ impl Admitted {
 /// A pool's queue and slots as they stand, for estimates made on another instance.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PoolLoad {
+    /// How many tasks the pool's own queue holds at most.
+    pub queue_capacity: u32,
     pub queue_depth: u32,
     pub slots_free: u32,
     pub slots_total: u32,

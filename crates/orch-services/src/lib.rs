@@ -53,7 +53,7 @@ pub use auth::{Caller, KeyRing, Role};
 pub use config::{PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec};
 pub use home::{Admitted, PoolLoad, TaskHome};
 pub use lifecycle::{CancelReason, Ending, Phase};
-pub use local::{LocalPools, NewTask};
+pub use local::{LocalPools, LocalReplica, NewTask};
 pub use manager::{ManagerConfig, PoolManager};
 pub use orchestrator::{Orchestrator, Stats};
 pub use pool::{PoolError, PoolHandle, Snapshot};

@@ -10,9 +10,10 @@
 use crate::home::{Admitted, PoolLoad, TaskHome};
 use crate::lifecycle::{CancelReason, Ending, Phase};
 use crate::pool::{Flow, Placed};
-use crate::registry::PoolRegistry;
+use crate::registry::{PoolRegistry, ReplicaOrigin};
 use crate::task::{Admission, EndHook, TaskRecord};
 use crate::tenants::{Tenant, Tenants};
+use adapter_api::{Properties, WorkerAdapter};
 use futures_util::future::BoxFuture;
 use orch_domain::{OrchError, Priority, TaskId, TaskRequest, TaskState, TaskStatus};
 use std::sync::Arc;
@@ -199,6 +200,7 @@ impl LocalPools {
     pub fn load(&self, pool_id: &str) -> Option<PoolLoad> {
         let s = self.home.pools.get(pool_id)?.snapshot();
         Some(PoolLoad {
+            queue_capacity: s.spec.queue.capacity as u32,
             queue_depth: s.queue_depth,
             slots_free: s.slots_free,
             slots_total: s.slots_total,
@@ -224,4 +226,73 @@ impl LocalPools {
             self.home.cancel_local(rec).await;
         }
     }
+
+    /// The ids of this instance's pools.
+    pub fn pool_ids(&self) -> Vec<String> {
+        self.home
+            .pools
+            .all()
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect()
+    }
+
+    /// The replicas of pool `pool_id` whose id starts with `prefix` (this instance's
+    /// own, where replicas hosted elsewhere are attached beside them), as they stand.
+    pub fn replicas(&self, pool_id: &str, prefix: &str) -> Vec<LocalReplica> {
+        let Some(pool) = self.home.pools.get(pool_id) else {
+            return Vec::new();
+        };
+        pool.snapshot()
+            .replicas
+            .iter()
+            .filter(|r| r.id.starts_with(prefix))
+            .map(|r| LocalReplica {
+                id: r.id.clone(),
+                adapter: r.adapter.clone(),
+                props: r.props.clone(),
+                serving: r.serving,
+            })
+            .collect()
+    }
+
+    /// Add a replica that another instance hosts (reached through `adapter`) to pool
+    /// `pool_id`: probed, and held to the pool's pin as any replica is.
+    pub async fn attach_hosted(
+        &self,
+        pool_id: &str,
+        replica_id: &str,
+        adapter: Arc<dyn WorkerAdapter>,
+        endpoint: String,
+    ) -> Result<(), String> {
+        let origin = ReplicaOrigin {
+            endpoint: Some(endpoint),
+            pid: None,
+        };
+        self.home
+            .pools
+            .attach(pool_id, replica_id, adapter, origin, false)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Mark a replica of pool `pool_id` ready (serving) or not.
+    pub fn set_ready(&self, pool_id: &str, replica_id: &str, ready: bool) {
+        self.home.pools.set_ready(pool_id, replica_id, ready, None);
+    }
+
+    /// Take a replica out of pool `pool_id` (its running tasks keep their streams).
+    pub fn detach(&self, pool_id: &str, replica_id: &str) {
+        self.home.pools.detach(pool_id, replica_id);
+    }
+}
+
+/// One of this instance's replicas, for an instance that leads its pool elsewhere.
+#[derive(Clone)]
+pub struct LocalReplica {
+    pub id: Arc<str>,
+    pub adapter: Arc<dyn WorkerAdapter>,
+    pub props: Arc<Properties>,
+    /// Ready, not draining, not staged.
+    pub serving: bool,
 }

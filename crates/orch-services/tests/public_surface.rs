@@ -20,6 +20,7 @@ const ROOT_ITEMS: &[&str] = &[
     "FrameRef",
     "KeyRing",
     "LocalPools",
+    "LocalReplica",
     "ManagerConfig",
     "NewTask",
     "Orchestrator",

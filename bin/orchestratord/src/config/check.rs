@@ -60,6 +60,19 @@ impl Config {
             if !(1_000..=3_600_000).contains(&c.dedupe_window_ms) {
                 bad("cluster.dedupe_window_ms".into(), "must be 1000..=3600000");
             }
+            if let Some(id) = &c.instance_id {
+                let ok = !id.is_empty()
+                    && id.len() <= 64
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    bad(
+                        "cluster.instance_id".into(),
+                        "must be 1-64 of A-Z a-z 0-9 - _ . (it qualifies this instance's replica ids)",
+                    );
+                }
+            }
             for (field, m) in c.security_problems() {
                 bad(field.into(), &m);
             }

@@ -31,6 +31,11 @@ pub struct ClusterSection {
     /// Pools this instance bids to lead first (empty: every pool).
     #[serde(default)]
     pub prefer_pools: Vec<String>,
+    /// This instance's replicas serve every pool's leader, wherever it runs (true);
+    /// false: they serve only the pools this instance leads (a standby that takes
+    /// over when a leader dies, and runs nothing meanwhile).
+    #[serde(default = "host_replicas")]
+    pub host_replicas: bool,
     /// How long a pool's queue remembers a stored task id, so that a retried store is
     /// not stored twice (task ids stay unique beyond it: each is claimed for its
     /// tenant as long as the cluster keeps anything of the task).
@@ -64,6 +69,11 @@ pub struct ClusterSection {
 }
 
 impl ClusterSection {
+    /// This instance's name: `instance_id`, else the listen address.
+    pub fn instance(&self, addr: std::net::SocketAddr) -> String {
+        self.instance_id.clone().unwrap_or_else(|| addr.to_string())
+    }
+
     /// Problems with the security settings, as (field, message).
     pub fn security_problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
@@ -128,6 +138,10 @@ fn url_is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+fn host_replicas() -> bool {
+    true
+}
+
 fn dedupe_window_ms() -> u64 {
     120_000
 }
@@ -164,6 +178,7 @@ impl Config {
                 self.cluster = Some(ClusterSection {
                     urls,
                     instance_id: None,
+                    host_replicas: true,
                     lease_ttl_ms: lease_ttl_ms(),
                     request_timeout_ms: request_timeout_ms(),
                     store_retry_ms: store_retry_ms(),

@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// not answer (a stream electing a new leader after a server's loss takes seconds)
     /// before it is refused with 503.
     pub store_retry: Duration,
+    /// This instance's replicas serve every pool's leader (true), or only the pools
+    /// this instance leads (a standby).
+    pub host_replicas: bool,
 }
 
 /// A pool as the cluster stores it: its id and how many tasks its queue holds (its
@@ -69,6 +72,8 @@ pub struct Node {
     request_timeout: Duration,
     pub(crate) lease_ttl: Duration,
     withdrawals: withdraw::Withdrawals,
+    /// The runs this instance hosts for pool leaders.
+    pub(crate) hosted: crate::hosted::host::Host,
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -114,14 +119,40 @@ impl Node {
             store_retry: cfg.store_retry,
             request_timeout: cfg.cluster.request_timeout,
             withdrawals,
+            hosted: crate::hosted::host::Host::default(),
         });
         health::spawn(Arc::downgrade(&node));
+        if cfg.host_replicas {
+            // this instance's replicas serve every pool's leader, wherever it is
+            let prefix = Node::replica_prefix(&cfg.instance);
+            crate::hosted::host::serve(
+                node.client.clone(),
+                node.pools.clone(),
+                &cfg.instance,
+                prefix.clone(),
+                node.hosted.clone(),
+            )
+            .await?;
+            crate::hosted::host::advertise(
+                node.client.clone(),
+                node.pools.clone(),
+                cfg.instance.clone(),
+                prefix,
+            );
+        }
         for p in pools {
             let preferred = cfg.prefer_pools.is_empty() || cfg.prefer_pools.contains(&p.pool_id);
             leader::spawn(node.clone(), leases.clone(), p, preferred);
         }
         tracing::info!(instance = %cfg.instance, urls = ?cfg.cluster.urls, "joined the cluster");
         Ok(node)
+    }
+
+    /// What goes before the ids of an instance's own replicas (its pool manager makes
+    /// them so): the instance's name and `:`, so replica ids are unique in the
+    /// cluster, and a replica's host is known from its id.
+    pub fn replica_prefix(instance: &str) -> String {
+        format!("{instance}:")
     }
 
     /// Store a task, trying again for up to `store_retry` while the cluster cannot

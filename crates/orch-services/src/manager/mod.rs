@@ -30,6 +30,9 @@ pub struct ManagerConfig {
     /// Consecutive failed health checks before a replica that is still running (hung,
     /// stopped, wedged) is killed and restarted.
     pub restart_unresponsive_after: u32,
+    /// Put before every replica id this manager makes (cluster mode: the instance's
+    /// name and `:`, so replica ids are unique in the cluster).
+    pub replica_prefix: String,
 }
 
 impl Default for ManagerConfig {
@@ -42,6 +45,7 @@ impl Default for ManagerConfig {
             unhealthy_after: 2,
             health_timeout: Duration::from_secs(1),
             restart_unresponsive_after: 5,
+            replica_prefix: String::new(),
         }
     }
 }
@@ -78,12 +82,12 @@ pub struct PoolManager {
     remote: Arc<Mutex<Option<RemoteFactory>>>,
 }
 
-/// The id of replica `k` of a pool's `generation` (0 = as started).
-fn replica_id(pool_id: &str, generation: u64, k: u32) -> String {
+/// The id of replica `k` of a pool's `generation` (0 = as started), after `prefix`.
+fn replica_id(prefix: &str, pool_id: &str, generation: u64, k: u32) -> String {
     if generation == 0 {
-        format!("{pool_id}-r{k}")
+        format!("{prefix}{pool_id}-r{k}")
     } else {
-        format!("{pool_id}-g{generation}-r{k}")
+        format!("{prefix}{pool_id}-g{generation}-r{k}")
     }
 }
 
@@ -121,7 +125,9 @@ impl PoolManager {
         launcher: Arc<dyn ReplicaLauncher>,
         replicas: u32,
     ) -> Result<(), String> {
-        let ids: Vec<String> = (0..replicas).map(|i| replica_id(pool_id, 0, i)).collect();
+        let ids: Vec<String> = (0..replicas)
+            .map(|i| replica_id(&self.cfg.replica_prefix, pool_id, 0, i))
+            .collect();
         let overrides = LaunchOverrides::default();
         let (sups, waits) = self.spawn_all(pool_id, &launcher, &ids, &overrides, false);
         self.lock().insert(
@@ -211,7 +217,7 @@ impl PoolManager {
             m.reloading = true;
             m.generation += 1;
             let ids: Vec<String> = (0..m.replicas)
-                .map(|i| replica_id(pool_id, m.generation, i))
+                .map(|i| replica_id(&self.cfg.replica_prefix, pool_id, m.generation, i))
                 .collect();
             let overrides = LaunchOverrides {
                 model_path: model_path.or_else(|| m.overrides.model_path.clone()),

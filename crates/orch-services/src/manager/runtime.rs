@@ -45,7 +45,7 @@ impl PoolManager {
         }
         if n > cur {
             let ids: Vec<String> = (cur..n)
-                .map(|k| replica_id(pool_id, generation, k))
+                .map(|k| replica_id(&self.cfg.replica_prefix, pool_id, generation, k))
                 .collect();
             let (sups, waits) = self.spawn_all(pool_id, &launcher, &ids, &overrides, false);
             if let Err(e) = wait_all(waits).await {
@@ -126,7 +126,7 @@ impl PoolManager {
                 .get_mut(pool_id)
                 .ok_or_else(|| OrchError::not_found("pool", pool_id))?;
             m.next_remote += 1;
-            format!("{pool_id}-x{}", m.next_remote)
+            format!("{}{pool_id}-x{}", self.cfg.replica_prefix, m.next_remote)
         };
         // an engine that is unreachable or refuses (e.g. does not serve the model) is
         // refused at once rather than after the load timeout

@@ -3,6 +3,7 @@
 //! admission order, and gives each its own driver (run and store it, or settle what a
 //! failed leader left of it) that runs beside the next.
 
+use super::room::Room;
 use super::store::serve;
 use super::takeover::{take, Next};
 use super::{Term, PULL_RETRY};
@@ -10,7 +11,6 @@ use crate::node::Node;
 use crate::Dispatch;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 /// Hand queued tasks out while the pool has room, until the term aborts this.
@@ -18,7 +18,7 @@ pub(super) async fn fetch(
     node: Arc<Node>,
     pool_id: String,
     dispatch: Arc<Dispatch>,
-    room: Arc<Semaphore>,
+    room: Arc<Room>,
     term: Term,
 ) {
     let mut tasks = JoinSet::new();
@@ -41,9 +41,7 @@ pub(super) async fn fetch(
         };
         loop {
             while tasks.try_join_next().is_some() {}
-            let Ok(permit) = room.clone().acquire_owned().await else {
-                return;
-            };
+            let permit = room.place(&node, &pool_id).await;
             let qt = match queued.next().await {
                 Some(Ok(qt)) => qt,
                 Some(Err(e)) => {

@@ -24,6 +24,7 @@
 
 mod fetch;
 pub(super) mod live;
+mod room;
 mod store;
 mod takeover;
 
@@ -35,7 +36,7 @@ use orch_services::{CancelReason, TaskRecord};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// After the queue could not be taken over, wait this long before the next term tries.
 const TAKE_OVER_RETRY: Duration = Duration::from_millis(500);
@@ -130,11 +131,26 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
         }
     };
     tracing::info!(pool_id = %pool.pool_id, instance = %node.instance, "leading the pool");
+    // what this instance still runs for the former leader is settled from the store
+    node.hosted.stop_pool(&pool.pool_id);
     node.health.set_leading(&pool.pool_id, true);
     let (tx, mut cmds) = mpsc::unbounded_channel();
     let me = Term(tx);
     let mut running: HashMap<TaskId, Arc<TaskRecord>> = HashMap::new();
-    let room = Arc::new(Semaphore::new(pool.capacity.max(1)));
+    let room = room::Room::new(pool.capacity);
+    let capacity = room::follow_capacity(
+        node.clone(),
+        queue.clone(),
+        pool.pool_id.clone(),
+        pool.capacity,
+    );
+    // the replicas other instances host serve the pool for this term
+    let roster = crate::hosted::roster::keep(
+        node.client.clone(),
+        node.pools.clone(),
+        pool.pool_id.clone(),
+        node.instance.clone(),
+    );
     let hints = node.hints.publish(node.pools.clone(), pool.pool_id.clone());
     let live = live::answer(
         node.client.clone(),
@@ -174,6 +190,8 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     node.health.set_leading(&pool.pool_id, false);
     fetcher.abort();
     hints.abort();
+    capacity.abort();
+    roster.abort();
     live.abort();
     let _ = fetcher.await;
     while let Ok(cmd) = cmds.try_recv() {
