@@ -24,6 +24,13 @@ pub async fn join(
             capacity: p.queue_capacity + (p.replicas * p.slots_per_replica()) as usize,
         })
         .collect();
+    if c.instance_id.is_none() && addr.ip().is_unspecified() {
+        // every machine listening on 0.0.0.0:PORT would share one name (and with it
+        // its leases and its replicas' ids)
+        return Err(format!(
+            "[cluster] instance_id is required when listening on {addr}: name this instance (unique in the cluster)"
+        ));
+    }
     let node_cfg = NodeConfig {
         cluster: ClusterConfig {
             urls: c.urls.clone(),

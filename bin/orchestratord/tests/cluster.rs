@@ -970,8 +970,10 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
         "{}{}{}",
         common::key_entry(ALICE, "alice", "client"),
         common::key_entry(MALLORY, "mallory", "client"),
-        common::mock_config("", "tokens_per_sec = 20.0\ntokens = 80"),
+        common::mock_config("", "slots = 8\ntokens_per_sec = 20.0\ntokens = 80"),
     );
+    // a quota that must hold across the instances
+    let body = format!("{body}\n[tenants.alice]\nmax_concurrent = 3\n");
     let c = Cluster::start_with("tenants", |i| {
         let prefer = if i == 0 {
             r#"["mockpool"]"#
@@ -1029,6 +1031,67 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
     let end = one_terminal(&frames);
     assert_eq!(end.event, "end", "{:?}", end.data);
     assert_eq!(end.data["tokens_out"], 80);
+    // alice's max_concurrent holds across the instances: with one task in flight, six
+    // submits at once over the three instances admit exactly two
+    let long = as_key(ALICE, c.http.post(c.url(0, "/v1/tasks")))
+        .json(&task("long", 80, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 202);
+    let answers = futures_util::future::join_all((0..6).map(|n| {
+        let rb = as_key(ALICE, c.http.post(c.url(n % 3, "/v1/tasks")));
+        async move {
+            let r = rb
+                .json(&task(&format!("burst {n}"), 8, "interactive"))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let admitted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(admitted.len(), 2, "{answers:?}");
+    for (s, v) in answers.iter().filter(|(s, _)| *s != 202) {
+        assert_eq!(*s, 429, "{v}");
+        assert_eq!(v["code"], "QUOTA_EXCEEDED", "{v}");
+        assert_eq!(v["policy_label"], "quota-concurrency", "{v}");
+    }
+    // their places come back when they end
+    for v in &admitted {
+        let id = v["task_id"].as_str().unwrap();
+        let r = as_key(
+            ALICE,
+            c.http.get(c.url(1, &format!("/v1/tasks/{id}/stream"))),
+        )
+        .send()
+        .await
+        .unwrap();
+        let frames = parse_sse(&r.text().await.unwrap());
+        assert_eq!(one_terminal(&frames).event, "end");
+    }
+    let t0 = Instant::now();
+    loop {
+        let r = as_key(ALICE, c.http.post(c.url(2, "/v1/tasks")))
+            .json(&task("after", 4, "interactive"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 202 {
+            break;
+        }
+        assert_eq!(r.status(), 429, "{:?}", r.text().await);
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "places not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The whole cluster crashes while a write waits without quorum (the case that left
@@ -1235,16 +1298,23 @@ async fn every_instances_replicas_serve_the_pool_and_a_dead_host_is_taken_out() 
             assert_eq!(last.event, "end", "{frames:?}");
         }
     }
+    // its replica takes no work (it leaves the pool after a minute of silence)
     let t0 = Instant::now();
     loop {
         let v = c.get_json(0, "/v1/pools").await;
-        let ids: Vec<String> = v["pools"][0]["replicas"]
+        let states: Vec<(String, String)> = v["pools"][0]["replicas"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap().to_string();
+                (s("id"), s("state"))
+            })
             .collect();
-        if ids == ["a:mockpool-r0", "b:mockpool-r0"] {
+        if states
+            .iter()
+            .any(|(id, st)| id == "c:mockpool-r0" && st == "unready")
+        {
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "{v}");

@@ -65,27 +65,57 @@ impl Leases {
         }
     }
 
-    /// Renew a held lease (compare-and-set on its revision).
+    /// Renew a held lease (compare-and-set on its revision). A renewal refused for its
+    /// revision may be one whose earlier try was stored but not acknowledged (a
+    /// server's loss): when the key still names this holder, its revision is taken
+    /// and the renewal tried again (holder names are unique in the cluster).
     pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
-        match self
-            .kv
-            .update(&lease.key, lease.holder.clone().into(), lease.revision)
-            .await
-        {
-            Ok(revision) => {
-                lease.revision = revision;
-                Ok(())
-            }
-            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
-                Err(LeaseError::Lost {
+        let mut adopted = false;
+        loop {
+            let e = match self
+                .kv
+                .update(&lease.key, lease.holder.clone().into(), lease.revision)
+                .await
+            {
+                Ok(revision) => {
+                    lease.revision = revision;
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let conflict = e.kind()
+                == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+                || crate::is_wrong_last_sequence(&e);
+            if !conflict {
+                return Err(LeaseError::Unavailable {
                     key: lease.key.clone(),
                     reason: e.to_string(),
-                })
+                });
             }
-            Err(e) => Err(LeaseError::Unavailable {
+            let lost = || LeaseError::Lost {
                 key: lease.key.clone(),
                 reason: e.to_string(),
-            }),
+            };
+            if adopted {
+                return Err(lost());
+            }
+            match self.kv.entry(&lease.key).await {
+                Ok(Some(entry))
+                    if entry.operation == async_nats::jetstream::kv::Operation::Put
+                        && *entry.value == *lease.holder.as_bytes() =>
+                {
+                    tracing::info!(key = %lease.key, "lease renewal had landed unacknowledged; renewing from it");
+                    lease.revision = entry.revision;
+                    adopted = true;
+                }
+                Ok(_) => return Err(lost()),
+                Err(e) => {
+                    return Err(LeaseError::Unavailable {
+                        key: lease.key.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
         }
     }
 

@@ -22,6 +22,7 @@ mod lease;
 pub mod metrics;
 mod node;
 mod queue;
+mod quota;
 mod security;
 mod tasks;
 #[cfg(feature = "testing")]
@@ -81,6 +82,20 @@ pub enum ClusterError {
 pub struct Cluster {
     pub(crate) js: jetstream::Context,
     pub(crate) cfg: ClusterConfig,
+}
+
+/// Whether a JetStream error is a compare-and-set refused for its expected last
+/// sequence (error codes 10071 and, on newer servers, 10164, which async-nats 0.46
+/// does not classify), from its description anywhere in its chain.
+pub(crate) fn is_wrong_last_sequence(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("wrong last sequence") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// How long setting up a stream (at start, or when a leader takes a queue over) keeps

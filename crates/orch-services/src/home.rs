@@ -83,6 +83,12 @@ impl Admitted {
         &self.request
     }
 
+    /// The quotas of the task's tenant (a replicated home counts them across its
+    /// instances).
+    pub fn quotas(&self) -> crate::config::Quotas {
+        self.lease.0.quotas()
+    }
+
     /// The record and the tenant's queue place (to hold until the task starts).
     pub fn into_parts(self) -> (Arc<TaskRecord>, QueuedLease) {
         (self.rec, self.lease)

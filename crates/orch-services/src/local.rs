@@ -227,6 +227,11 @@ impl LocalPools {
         }
     }
 
+    /// The quotas of tenant `name` (the defaults for a tenant not configured).
+    pub fn quotas(&self, name: &str) -> crate::config::Quotas {
+        self.tenants.get(name).quotas()
+    }
+
     /// The ids of this instance's pools.
     pub fn pool_ids(&self) -> Vec<String> {
         self.home

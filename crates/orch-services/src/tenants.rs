@@ -269,7 +269,7 @@ impl Drop for Reservation {
 
 /// A task's place in its tenant's queue allowance; given back when dropped (the task
 /// left the queue: dispatched, canceled, evicted or expired).
-pub struct QueuedLease(Arc<Tenant>);
+pub struct QueuedLease(pub(crate) Arc<Tenant>);
 
 impl Drop for QueuedLease {
     fn drop(&mut self) {

@@ -39,10 +39,10 @@ pub(crate) const ADVERTISE: Duration = Duration::from_millis(250);
 pub(crate) const BEAT: Duration = Duration::from_millis(500);
 /// A host (or its advertisements) silent this long is taken as gone.
 pub(crate) const SILENT: Duration = Duration::from_secs(2);
-/// A leader that heard nothing of a run for this long (or saw a gap in its numbers)
-/// asks the host to send its messages again from the first it misses: core NATS
+/// A leader that heard nothing of a run for this long, not even a beat (or saw a gap
+/// in its numbers), asks the host to send its messages again from the first it misses: core NATS
 /// drops what is published while a subscriber's server is being replaced.
-pub(crate) const RESEND_AFTER: Duration = Duration::from_millis(400);
+pub(crate) const RESEND_AFTER: Duration = Duration::from_secs(1);
 /// How long a host keeps an ended run's messages for a resend.
 pub(crate) const KEEP_ENDED: Duration = Duration::from_secs(10);
 /// How long a leader waits for a host to accept a run.
@@ -51,18 +51,18 @@ pub(crate) const ACCEPT: Duration = Duration::from_secs(2);
 /// lower; this bounds what a misbehaving leader can start).
 pub(crate) const MAX_RUNS: usize = 4096;
 
-/// `instance` as one subject token (anything but `A-Za-z0-9_-` becomes `_`).
+/// `instance` as one subject token: `A-Za-z0-9-` as they are, any other byte as `_`
+/// and its two hex digits (so different names never share a token).
 pub(crate) fn token(instance: &str) -> String {
-    instance
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(instance.len());
+    for b in instance.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Where an instance takes runs.
@@ -351,9 +351,10 @@ mod tests {
 
     #[test]
     fn an_instance_name_becomes_one_subject_token() {
-        assert_eq!(token("127.0.0.1:8080"), "127_0_0_1_8080");
-        assert_eq!(token("gpu-box_2"), "gpu-box_2");
-        assert_eq!(run_subject("a.b"), "orch.host.a_b.run");
+        assert_eq!(token("127.0.0.1:8080"), "127_2e0_2e0_2e1_3a8080");
+        assert_eq!(token("gpu-box"), "gpu-box");
+        assert_ne!(token("a.b"), token("a_b"));
+        assert_eq!(run_subject("a.b"), "orch.host.a_2eb.run");
     }
 
     #[test]

@@ -161,15 +161,18 @@ impl Run {
                     ))));
                 }
                 Err(_) => {
-                    // quiet: maybe the engine is slow, maybe a message was lost
+                    // not even a beat: maybe the host's server is being replaced,
+                    // maybe the last messages were lost
                     self.ask_resend().await;
                     continue;
                 }
             };
             heard = Instant::now();
             if let Some(reply) = m.reply {
-                // the host asks whether the run is still wanted: it is
-                let _ = self.client.publish(reply, "yes".into()).await;
+                // the host asks whether the run is still wanted: it is, from this
+                // message on (the host lets go of the ones before, sends the rest again)
+                let next = self.next.to_string();
+                let _ = self.client.publish(reply, next.into()).await;
                 continue;
             }
             let msg = match serde_json::from_slice::<RunMsg>(&m.payload) {
@@ -297,10 +300,16 @@ impl WorkerAdapter for HostedReplica {
                 task: Some(task),
             };
             let b = serde_json::to_vec(&msg).map_err(|e| WorkerError::Protocol(e.to_string()))?;
-            self.client
-                .publish(stop_subject(&self.host), b.into())
-                .await
-                .map_err(|e| WorkerError::Connect(e.to_string()))
+            // answered once the host dropped the run's engine stream (its slot is free)
+            let ask = self.client.request(stop_subject(&self.host), b.into());
+            match tokio::time::timeout(ACCEPT, ask).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(WorkerError::Connect(e.to_string())),
+                Err(_) => Err(WorkerError::Timeout(format!(
+                    "host {} did not confirm the stop within {ACCEPT:?}",
+                    self.host
+                ))),
+            }
         })
     }
 }

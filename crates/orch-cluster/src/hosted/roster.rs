@@ -2,8 +2,11 @@
 //! replica another instance advertises is attached to the leader's pool as a
 //! [`HostedReplica`] (held to the pool's pin like any replica; one the pin refuses is
 //! logged and tried again after [`REFUSED_RETRY`]), its readiness follows the
-//! advertisements, and it is taken out when it is no longer advertised or its host
-//! was silent for [`SILENT`]. The term's end takes every hosted replica out.
+//! advertisements, it stops taking work when its host was silent for [`SILENT`], and
+//! it is taken out when it is no longer advertised or its host was silent for
+//! [`TAKE_OUT_AFTER`] (by then every run on it has ended: a replica attached again
+//! starts with its slots free). The term's end takes every hosted replica out, and a
+//! term's start takes out whatever an earlier term left attached.
 
 use super::{ad_subject, Ad, AdReplica, HostedReplica, ADVERTISE, SILENT};
 use futures_util::StreamExt;
@@ -14,6 +17,9 @@ use std::time::{Duration, Instant};
 
 /// A replica the pool's pin refused is tried again after this long.
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
+/// A silent host's replicas leave the pool after this long (they take no work from
+/// [`SILENT`] on).
+const TAKE_OUT_AFTER: Duration = Duration::from_secs(60);
 
 /// One attached hosted replica.
 struct Attached {
@@ -118,24 +124,38 @@ impl Roster {
         }
     }
 
-    /// Take out the replicas of hosts silent for [`SILENT`].
+    /// Hosts silent for [`SILENT`]: their replicas take no work; for
+    /// [`TAKE_OUT_AFTER`]: they leave the pool.
     fn prune(&mut self) {
-        let silent: Vec<String> = self
+        let silent: Vec<(String, bool)> = self
             .hosts
             .iter()
             .filter(|(_, t)| t.elapsed() >= SILENT)
-            .map(|(h, _)| h.clone())
+            .map(|(h, t)| (h.clone(), t.elapsed() >= TAKE_OUT_AFTER))
             .collect();
-        for h in silent {
-            self.hosts.remove(&h);
+        for (h, gone) in silent {
             let ids: Vec<String> = self
                 .attached
                 .iter()
                 .filter(|(_, a)| a.host == h)
                 .map(|(id, _)| id.clone())
                 .collect();
+            if gone {
+                self.hosts.remove(&h);
+                for id in ids {
+                    self.take_out(&id, "its instance was silent");
+                }
+                continue;
+            }
             for id in ids {
-                self.take_out(&id, "its instance went silent");
+                if let Some(a) = self.attached.get_mut(&id) {
+                    if a.serving {
+                        a.serving = false;
+                        self.pools.set_ready(&self.pool_id, &id, false);
+                        tracing::warn!(pool_id = %self.pool_id, replica_id = %id, host = %h,
+                            "replica of another instance takes no work: its instance went silent");
+                    }
+                }
             }
         }
     }
@@ -156,6 +176,13 @@ pub(crate) fn keep(
             );
             return;
         };
+        // replicas an earlier term attached (one being attached as it ended) go
+        let own = crate::node::Node::replica_prefix(&me);
+        for r in pools.replicas(&pool_id, "") {
+            if !r.id.starts_with(&own) {
+                pools.detach(&pool_id, &r.id);
+            }
+        }
         let mut roster = Roster {
             pools,
             pool_id,

@@ -12,6 +12,7 @@ mod follow;
 mod health;
 mod hints;
 mod leader;
+mod quota;
 
 mod withdraw;
 
@@ -74,6 +75,8 @@ pub struct Node {
     withdrawals: withdraw::Withdrawals,
     /// The runs this instance hosts for pool leaders.
     pub(crate) hosted: crate::hosted::host::Host,
+    /// Tenants' cluster-wide quota ledgers.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -93,6 +96,7 @@ impl Node {
         let frames = cluster.frame_log(cfg.keep).await?;
         let states = cluster.task_states(cfg.keep).await?;
         let leases: Leases = cluster.leases(cfg.lease_ttl).await?;
+        let quotas = cluster.quotas().await?;
         let mut queues = HashMap::new();
         for p in &pools {
             let q = cluster.task_queue(&p.pool_id, p.capacity).await?;
@@ -120,6 +124,7 @@ impl Node {
             request_timeout: cfg.cluster.request_timeout,
             withdrawals,
             hosted: crate::hosted::host::Host::default(),
+            quotas,
         });
         health::spawn(Arc::downgrade(&node));
         if cfg.host_replicas {
@@ -429,7 +434,20 @@ impl TaskHome for Node {
                     format!("task {} is already known to the cluster", t.task_id),
                 ));
             }
-            let placed = self.enqueue(&t).await?;
+            // the tenant's quotas count every instance's admissions
+            let limits = quota::limits(&task.quotas());
+            let tokens = u64::from(t.request.max_tokens);
+            self.take_quota(&t.tenant, t.task_id, &limits, tokens)
+                .await?;
+            let placed = match self.enqueue(&t).await {
+                Ok(p) => p,
+                Err(e) => {
+                    if limits.any() {
+                        self.quota_ended(&t.tenant, t.task_id, 0).await;
+                    }
+                    return Err(e);
+                }
+            };
             let (rec, lease) = task.into_parts();
             tokio::spawn(follow::follow(self.frames.clone(), rec, Some(lease)));
             Ok(placed)

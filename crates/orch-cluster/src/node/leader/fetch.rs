@@ -90,6 +90,8 @@ async fn drive(node: &Arc<Node>, dispatch: &Dispatch, term: &Term, mut next: Nex
                 let (qt, status) = *settle;
                 if let Some((id, s)) = status {
                     node.set_status(id, &s).await;
+                    node.quota_ended(&s.tenant, id, u64::from(s.tokens_out))
+                        .await;
                 }
                 node.leave(dispatch, &qt).await;
                 return;

@@ -192,6 +192,8 @@ async fn term(node: &Arc<Node>, pool: &PoolQueue, leading: &mut watch::Receiver<
     hints.abort();
     capacity.abort();
     roster.abort();
+    // its replicas are out of the pool before anything else happens
+    let _ = roster.await;
     live.abort();
     let _ = fetcher.await;
     while let Ok(cmd) = cmds.try_recv() {

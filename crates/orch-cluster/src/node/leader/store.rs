@@ -118,6 +118,8 @@ async fn write_frames(
                 let _ = put.await;
             }
             node.set_status(rec.id, &s).await;
+            node.quota_ended(&s.tenant, rec.id, u64::from(s.tokens_out))
+                .await;
             return true;
         }
         if batch.iter().any(|f| f.kind == EventKind::Started) {
@@ -129,7 +131,10 @@ async fn write_frames(
             // off the frames' path: the next batch does not wait for it (the terminal
             // status waits for it, so it cannot land last)
             let (node, id) = (node.clone(), rec.id);
-            running_put = Some(tokio::spawn(async move { node.set_status(id, &s).await }));
+            running_put = Some(tokio::spawn(async move {
+                node.set_status(id, &s).await;
+                node.quota_started(&s.tenant, id).await;
+            }));
         }
     }
 }
