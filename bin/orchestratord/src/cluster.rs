@@ -38,10 +38,11 @@ pub async fn join(
             request_timeout: Duration::from_millis(c.request_timeout_ms),
             dedupe_window: Duration::from_millis(c.dedupe_window_ms),
             security: security(c)?,
+            max_frame_bytes: i64::try_from(c.max_frame_bytes).unwrap_or(i64::MAX),
         },
         instance: c.instance(addr),
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),
-        keep: Duration::from_millis(cfg.server.record_ttl_ms.max(60_000)),
+        keep: keep(cfg),
         prefer_pools: c.prefer_pools.clone(),
         store_retry: Duration::from_millis(c.store_retry_ms),
         host_replicas: c.host_replicas,
@@ -50,6 +51,24 @@ pub async fn join(
         .await
         .map_err(|e| e.to_string())?;
     orch.set_home(node).map_err(|e| e.message)
+}
+
+/// How long the cluster keeps a task's frames, status, cancel flag and id claim: the
+/// retention (`record_ttl_ms`, at least a minute) after the longest a task can live
+/// (its queue-wait limit, its tries at a first token and its decode limit), so
+/// nothing of a task that respects its limits expires while it runs.
+fn keep(cfg: &Config) -> Duration {
+    let life = cfg
+        .pools
+        .iter()
+        .map(|p| {
+            p.queue_wait_limit_ms
+                + u64::from(p.retries_before_first_token + 1) * p.first_token_timeout_ms
+                + p.decode_timeout_ms
+        })
+        .max()
+        .unwrap_or(0);
+    Duration::from_millis(cfg.server.record_ttl_ms.max(60_000) + life)
 }
 
 /// The credentials and TLS `[cluster]` names, secrets read from the environment or

@@ -79,6 +79,8 @@ impl Cluster {
                 num_replicas: self.cfg.replicas,
                 allow_direct: true,
                 max_age: keep,
+                max_bytes: self.cfg.max_frame_bytes,
+                discard: stream::DiscardPolicy::New,
                 ..Default::default()
             })
             .await?;
@@ -90,6 +92,17 @@ impl Cluster {
 }
 
 impl FrameLog {
+    /// Whether the stream holds nine tenths of its byte bound or more.
+    pub async fn nearly_full(&self) -> Result<bool, FrameError> {
+        let mut s = self.stream.clone();
+        let info = s.info().await.map_err(|e| FrameError::Unavailable {
+            task: "*".into(),
+            reason: e.to_string(),
+        })?;
+        let max = info.config.max_bytes;
+        Ok(max > 0 && info.state.bytes.saturating_mul(10) >= (max as u64).saturating_mul(9))
+    }
+
     /// A writer for a task nobody has written frames of yet.
     pub fn writer(&self, task_id: &str) -> FrameWriter {
         FrameWriter {

@@ -7,9 +7,11 @@
 //! renew), the leader's dispatch consumer ([`Dispatch`]), tasks' frames
 //! ([`FrameLog`]: batched, fenced appends; reads by direct get after any id) and tasks'
 //! statuses and cancel requests ([`TaskStates`]), what instances store and send each
-//! other about tasks ([`wire`]), and an instance's membership ([`Node`]): the services'
-//! task home and its pool leadership. What each JetStream answer means for a client is
-//! decided here, once: a full queue is a 429, a cluster without quorum a 503.
+//! other about tasks ([`wire`]), tenants' cluster-wide quota ledgers (`quota`), every
+//! instance's replicas serving the pools' leaders (`hosted`), and an instance's
+//! membership ([`Node`]): the services' task home and its pool leadership. What each
+//! JetStream answer means for a client is decided here, once: a full queue is a 429, a
+//! cluster without quorum a 503.
 //!
 //! Owns: the NATS connection, the JetStream names and the wire forms. Never: HTTP (it
 //! reaches the services only through `orch-services`' `TaskHome` seam, and runs tasks
@@ -55,6 +57,9 @@ pub struct ClusterConfig {
     pub dedupe_window: Duration,
     /// Credentials and TLS for the servers.
     pub security: Security,
+    /// Most bytes the frames stream holds (discard-new: admission refuses with 503
+    /// while it is nine tenths full, and frames wait for room).
+    pub max_frame_bytes: i64,
 }
 
 impl Default for ClusterConfig {
@@ -65,6 +70,7 @@ impl Default for ClusterConfig {
             request_timeout: Duration::from_millis(1500),
             dedupe_window: Duration::from_secs(120),
             security: Security::default(),
+            max_frame_bytes: 1 << 30,
         }
     }
 }
@@ -118,7 +124,7 @@ impl Cluster {
         let mut pause = SETUP_PAUSE;
         loop {
             match self.js.get_or_create_stream(cfg.clone()).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => return Ok(self.keep_bounds(s, &cfg).await),
                 Err(e) if t0.elapsed() < SETUP_RETRY => {
                     tracing::debug!(stream = %cfg.name, error = %e, "stream setup not answered; retrying");
                     tokio::time::sleep(pause).await;
@@ -132,6 +138,32 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// A stream made earlier with other bounds (age, bytes) gets this instance's: an
+    /// operator who raises a retention sees it applied. Other settings are left (a
+    /// pool's leader raises its queue's message bound itself).
+    async fn keep_bounds(
+        &self,
+        s: jetstream::stream::Stream,
+        want: &jetstream::stream::Config,
+    ) -> jetstream::stream::Stream {
+        let have = &s.cached_info().config;
+        if have.max_age == want.max_age && have.max_bytes == want.max_bytes {
+            return s;
+        }
+        let mut cfg = have.clone();
+        cfg.max_age = want.max_age;
+        cfg.max_bytes = want.max_bytes;
+        match self.js.update_stream(cfg).await {
+            Ok(_) => {
+                tracing::info!(stream = %want.name, max_age = ?want.max_age, max_bytes = want.max_bytes, "stream bounds updated");
+            }
+            Err(e) => {
+                tracing::warn!(stream = %want.name, error = %e, "could not update the stream's bounds");
+            }
+        }
+        s
     }
 
     /// A KV bucket whose values live `max_age`, created if missing. Its stream is made

@@ -23,19 +23,41 @@ pub struct ReplicatedTask {
     /// The OpenAI door's chat (not part of the request's wire form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<Vec<ChatMessage>>,
+    /// When it was admitted (ms since the epoch, the admitting instance's clock; 0:
+    /// not told): its queue-wait limit and deadline count from then, on any leader.
+    #[serde(default)]
+    pub admitted_ms: u64,
 }
+
+/// Now, in ms since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The longest wait taken from a stored admission time (a clock far off is not
+/// believed beyond it).
+const WAITED_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl ReplicatedTask {
     /// The task as the leader's pool runs it (its chat back in its request).
     pub fn into_new_task(self) -> NewTask {
         let mut request = self.request;
         request.chat = self.chat;
+        let waited = if self.admitted_ms == 0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_millis(now_ms().saturating_sub(self.admitted_ms))
+                .min(WAITED_MAX)
+        };
         NewTask {
             id: self.task_id,
             tenant: self.tenant,
             pool_id: self.pool_id,
             correlation_id: self.correlation_id,
             request,
+            waited,
         }
     }
 }

@@ -104,7 +104,7 @@ async fn admit_in(
     let deadline_ms = req.deadline_ms;
     let flow = flow_of(&tenant, &req);
     let rec = new_record(
-        id,
+        (id, std::time::Duration::ZERO),
         &tenant,
         (&pool.id, Some(&snap)),
         correlation_id,

@@ -98,14 +98,17 @@ pub struct NewTask {
     pub correlation_id: String,
     /// The request (with its chat, if it came through the OpenAI door).
     pub request: TaskRequest,
+    /// How long ago it was admitted (its queue-wait limit and deadline count from
+    /// then, not from when this instance got it).
+    pub waited: std::time::Duration,
 }
 
 /// The record of a task admitted for `tenant` on the pool `pool_id` whose last
 /// published state is `snap` (it names the engine until the task starts): the one
 /// constructor that admission, a run for another instance and a record that follows a
-/// task run elsewhere share.
+/// task run elsewhere share. `waited`: how long ago it was admitted.
 pub(crate) fn new_record(
-    id: TaskId,
+    (id, waited): (TaskId, std::time::Duration),
     tenant: &Tenant,
     (pool_id, snap): (&str, Option<&crate::pool::Snapshot>),
     correlation_id: &str,
@@ -127,6 +130,7 @@ pub(crate) fn new_record(
             session,
             correlation_id: correlation_id.to_string(),
             engine,
+            waited,
         },
         request,
         on_end,
@@ -169,7 +173,7 @@ impl LocalPools {
         let snap = pool.as_ref().map(|p| p.snapshot());
         let flow = flow_of(&tenant, &t.request);
         let rec = new_record(
-            t.id,
+            (t.id, t.waited),
             &tenant,
             (&t.pool_id, snap.as_deref()),
             &t.correlation_id,

@@ -125,7 +125,7 @@ impl Orchestrator {
     /// one already in the table if a reader made it first).
     fn follow(&self, s: &TaskStatus) -> Result<Arc<TaskRecord>, OrchError> {
         let rec = new_record(
-            s.task_id,
+            (s.task_id, std::time::Duration::ZERO),
             &self.core.tenants.get(&s.tenant),
             (&s.pool_id, None),
             "",

@@ -292,3 +292,39 @@ async fn a_model_no_pool_serves_is_a_400_and_a_missing_engine_a_503() {
     assert!(e.retry_after_ms.is_some());
     assert_eq!(o.stats().live_tasks, 0);
 }
+
+/// A task admitted elsewhere a while ago (a pool leader taking a dead leader's queue
+/// over) keeps its queue-wait limit from its admission: waiting past it already, it
+/// ends at once instead of waiting the whole limit again.
+#[tokio::test]
+async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
+    let spec = PoolSpec {
+        queue_wait_limit: Duration::from_secs(5),
+        ..spec()
+    };
+    let o = orch_with(ServiceConfig::default(), spec, &[slow(1)]).await;
+    let busy = submit(&o, req(500)).await;
+    wait_started(&o, busy).await;
+    let t0 = std::time::Instant::now();
+    let rec = o
+        .local_pools()
+        .run(orch_services::NewTask {
+            id: orch_domain::TaskId::new_random(),
+            tenant: "anonymous".into(),
+            pool_id: "p".into(),
+            correlation_id: "c".into(),
+            request: req(4),
+            waited: Duration::from_secs(6),
+        })
+        .await;
+    while !rec.summary().state.is_terminal() {
+        assert!(t0.elapsed() < Duration::from_secs(2), "still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rec.summary().error_code,
+        Some(orch_domain::ErrorCode::PoolUnavailable)
+    );
+    o.cancel(&Caller::open(), busy).await.unwrap();
+    terminal(&frames(&o, busy).await);
+}

@@ -54,6 +54,9 @@ impl Config {
                     "lease_ttl_ms must be at least 500, request_timeout_ms at least 100, store_retry_ms 100..=60000",
                 );
             }
+            if c.max_frame_bytes < 1 << 20 {
+                bad("cluster.max_frame_bytes".into(), "must be at least 1048576");
+            }
             if !(1..=5).contains(&c.replicas) {
                 bad("cluster.replicas".into(), "must be 1..=5");
             }

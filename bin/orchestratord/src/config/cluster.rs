@@ -36,6 +36,10 @@ pub struct ClusterSection {
     /// over when a leader dies, and runs nothing meanwhile).
     #[serde(default = "host_replicas")]
     pub host_replicas: bool,
+    /// Most bytes the cluster's frames stream holds; while it is nine tenths full,
+    /// submits get 503 until old frames age out.
+    #[serde(default = "max_frame_bytes")]
+    pub max_frame_bytes: u64,
     /// How long a pool's queue remembers a stored task id, so that a retried store is
     /// not stored twice (task ids stay unique beyond it: each is claimed for its
     /// tenant as long as the cluster keeps anything of the task).
@@ -142,6 +146,10 @@ fn host_replicas() -> bool {
     true
 }
 
+fn max_frame_bytes() -> u64 {
+    1 << 30
+}
+
 fn dedupe_window_ms() -> u64 {
     120_000
 }
@@ -179,6 +187,7 @@ impl Config {
                     urls,
                     instance_id: None,
                     host_replicas: true,
+                    max_frame_bytes: 1 << 30,
                     lease_ttl_ms: lease_ttl_ms(),
                     request_timeout_ms: request_timeout_ms(),
                     store_retry_ms: store_retry_ms(),

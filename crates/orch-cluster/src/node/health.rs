@@ -42,6 +42,8 @@ pub(crate) struct Health {
     leading: HashMap<String, AtomicBool>,
     /// This instance's heartbeat subject.
     subject: String,
+    /// The frames stream holds nine tenths of its byte bound (admission refuses).
+    frames_full: AtomicBool,
 }
 
 impl Health {
@@ -69,7 +71,8 @@ impl Health {
             stored: Mutex::new(Instant::now()),
             window: window + ELECTION,
             leading: pools.map(|p| (p.clone(), AtomicBool::new(false))).collect(),
-            subject: format!("orch.health.{}", subject_token(instance)),
+            subject: format!("orch.health.{}", crate::hosted::token(instance)),
+            frames_full: AtomicBool::new(false),
         })
     }
 
@@ -85,6 +88,11 @@ impl Health {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
             < self.window
+    }
+
+    /// Whether the frames stream was nine tenths full at the last check.
+    pub(crate) fn frames_full(&self) -> bool {
+        self.frames_full.load(Ordering::Acquire)
     }
 
     /// This instance now leads the pool, or no longer does.
@@ -103,20 +111,6 @@ impl Health {
             metrics::leader(id, l.load(Ordering::Acquire));
         }
     }
-}
-
-/// One subject token, whatever an instance id holds (`127.0.0.1:8080` has dots).
-fn subject_token(instance: &str) -> String {
-    instance
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 /// Check the cluster every [`EVERY`] for as long as the node lives.
@@ -143,15 +137,11 @@ async fn check(node: &Arc<Node>) {
     if let Ok(Ok(_)) = tokio::time::timeout(EVERY * 2, beat).await {
         node.health.stored();
     }
-    node.health.publish(node.is_connected());
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn an_instance_id_becomes_one_subject_token() {
-        assert_eq!(super::subject_token("127.0.0.1:8080"), "127_0_0_1_8080");
-        assert_eq!(super::subject_token("node-a_1"), "node-a_1");
-        assert_eq!(super::subject_token("a b.*>"), "a_b___");
+    if let Ok(Ok(full)) = tokio::time::timeout(EVERY, node.frames.nearly_full()).await {
+        let was = node.health.frames_full.swap(full, Ordering::AcqRel);
+        if full && !was {
+            tracing::error!("the cluster's frame store is nine tenths full: refusing new tasks until old frames age out (raise [cluster] max_frame_bytes)");
+        }
     }
+    node.health.publish(node.is_connected());
 }

@@ -414,7 +414,14 @@ impl TaskHome for Node {
                 correlation_id: rec.correlation_id.clone(),
                 chat: req.chat.clone(),
                 request: TaskRequest::clone(req),
+                admitted_ms: crate::wire::now_ms(),
             };
+            if self.health.frames_full() {
+                return Err(unavailable(
+                    "its frame store is nine tenths full (old frames age out; see [cluster] max_frame_bytes)",
+                )
+                .with_pool(t.pool_id.as_str()));
+            }
             // the id is this tenant's before anything of the task is stored: another
             // tenant's id (however long ago it was used) is refused and left untouched
             let claim = self.claim(&t).await?;

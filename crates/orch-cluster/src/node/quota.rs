@@ -10,11 +10,7 @@ use orch_domain::{OrchError, PolicyLabel, TaskId};
 /// How long a refused client waits before trying again (a running task's end).
 const BUSY_RETRY_MS: u64 = 1000;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::wire::now_ms;
 
 /// The cluster-wide part of a tenant's quotas.
 pub(super) fn limits(q: &orch_services::Quotas) -> Limits {
@@ -103,7 +99,8 @@ impl Node {
         let n = gone.len();
         self.quotas
             .change(tenant, |mut l| {
-                let changed = gone.iter().fold(false, |c, id| l.ended(id, 0) || c);
+                // every one is removed (no short circuit)
+                let changed = gone.iter().filter(|id| l.ended(id, 0)).count() > 0;
                 Ok(if changed {
                     Change::Write(l, ())
                 } else {

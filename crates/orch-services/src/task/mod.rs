@@ -100,6 +100,9 @@ pub struct Admission {
     pub correlation_id: String,
     /// The pool's engine and version when it was admitted (updated when it starts).
     pub engine: (String, String),
+    /// How long ago it was admitted (zero here; a task admitted on another instance
+    /// has waited already).
+    pub waited: std::time::Duration,
 }
 
 pub struct TaskRecord {
@@ -156,7 +159,9 @@ impl TaskRecord {
             pool_id: a.pool_id,
             session: a.session,
             correlation_id: a.correlation_id,
-            admitted_at: Instant::now(),
+            admitted_at: Instant::now()
+                .checked_sub(a.waited)
+                .unwrap_or_else(Instant::now),
             log: TaskLog::new(),
             cancel: CancelSignal::default(),
             readers: AtomicUsize::new(0),

@@ -316,11 +316,13 @@ impl Actor {
         );
         rec.set_estimate(placed.queue_position, placed.predicted_start_ms);
         let now = Instant::now();
-        let wait = now + self.st.spec.queue_wait_limit;
+        // the wait limit and the deadline count from admission (a moment ago, or on
+        // another instance a while ago)
+        let since = now.checked_sub(rec.admitted_at.elapsed()).unwrap_or(now);
+        let wait = since + self.st.spec.queue_wait_limit;
         let expiry = match request.deadline_ms {
             Some(ms) => {
-                // the deadline counts from admission, which is this moment give or take
-                let d = now + std::time::Duration::from_millis(ms);
+                let d = since + std::time::Duration::from_millis(ms);
                 if d < wait {
                     (d, Expiry::Deadline)
                 } else {
