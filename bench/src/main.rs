@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all|cluster|cluster-capacity>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|llama|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -44,6 +44,10 @@ async fn main() {
         "cluster" => cluster::run().await,
         #[cfg(feature = "cluster")]
         "cluster-capacity" => capacity::run().await,
+        #[cfg(feature = "cluster")]
+        "cluster-capacity-llama" => capacity::run_llama().await,
+        #[cfg(feature = "cluster")]
+        "cluster-failover" => capacity::failover().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -52,7 +56,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all (| cluster | cluster-capacity, built with --features cluster)"
+                "unknown scenario {other}; use latency | cpu | streams | admission | llama | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
             );
             std::process::exit(2);
         }

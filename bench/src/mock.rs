@@ -48,10 +48,14 @@ fn config_path(port: u16) -> std::path::PathBuf {
 /// file is `config_path(port)`.
 /// `top` is added before the rest (e.g. `[auth]` and `[tenants]` tables).
 pub fn spawn_server(top: &str, mock: &str, pool: &str) -> (Child, String) {
-    let port = free_port();
-    let cfg = format!(
+    spawn_with_config(&format!(
         "{top}\n[server]\nkeepalive_ms = 15000\nstream_grace_ms = 600000\nmax_connections = 50000\nmax_unauthenticated_per_peer = 0\n[[pools]]\nid = \"bench\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmax_tokens_out = 100000\n{pool}\n[pools.mock]\nctx_max = 1000000\n{mock}\n"
-    );
+    ))
+}
+
+/// Start orchestratord (release binary) on a free port with the config `cfg`.
+pub fn spawn_with_config(cfg: &str) -> (Child, String) {
+    let port = free_port();
     let path = config_path(port);
     std::fs::write(&path, cfg).expect("write orchestratord config");
     let bin = sibling("orchestratord");
@@ -85,7 +89,8 @@ pub fn spawn_floor(pace: &Pace) -> (Child, String) {
 /// Block until `base` answers an HTTP request (any status): the server is serving.
 fn wait_http(base: &str) {
     let addr = base.trim_start_matches("http://");
-    for _ in 0..400 {
+    // a spawned engine loads its model before the server listens
+    for _ in 0..2400 {
         if let Ok(mut c) = std::net::TcpStream::connect(addr) {
             let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
             let req = "GET /healthz HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n";
@@ -124,6 +129,16 @@ impl Server {
             &pace.mock_toml(slots),
             &format!("queue_capacity = {queue_capacity}"),
         )
+    }
+
+    /// orchestratord with a whole config of its own.
+    pub fn orchestratord_config(name: &'static str, cfg: &str) -> Self {
+        let (child, base) = spawn_with_config(cfg);
+        wait_http(&base);
+        if let Some(port) = base.rsplit(':').next().and_then(|p| p.parse().ok()) {
+            let _ = std::fs::remove_file(config_path(port));
+        }
+        Self { name, base, child }
     }
 
     /// orchestratord with extra config: `top` tables and `pool` keys.

@@ -994,8 +994,27 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
         .await
         .unwrap();
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
-    // past the queue's dedupe window, while alice's task runs
+    // and one whose id the server drew (claimed only when its leader records it)
+    let r = as_key(ALICE, c.http.post(c.url(0, "/v1/tasks")))
+        .json(&task("drawn", 80, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let drawn = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // past the queue's dedupe window, while alice's tasks run
     tokio::time::sleep(Duration::from_millis(1800)).await;
+    let mut theirs = task("mallory", 80, "interactive");
+    theirs["task_id"] = drawn.clone().into();
+    let r = as_key(MALLORY, c.http.post(c.url(1, "/v1/tasks")))
+        .json(&theirs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "{:?}", r.text().await);
     let mut theirs = task("mallory", 80, "interactive");
     theirs["task_id"] = id.clone().into();
     let r = as_key(MALLORY, c.http.post(c.url(2, "/v1/tasks")))
@@ -1031,6 +1050,19 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
     let end = one_terminal(&frames);
     assert_eq!(end.event, "end", "{:?}", end.data);
     assert_eq!(end.data["tokens_out"], 80);
+    let r = as_key(
+        ALICE,
+        c.http.get(c.url(2, &format!("/v1/tasks/{drawn}/stream"))),
+    )
+    .send()
+    .await
+    .unwrap();
+    let frames = parse_sse(&r.text().await.unwrap());
+    assert_eq!(
+        one_terminal(&frames).event,
+        "end",
+        "mallory did not touch it"
+    );
     // alice's max_concurrent holds across the instances: with one task in flight, six
     // submits at once over the three instances admit exactly two
     let long = as_key(ALICE, c.http.post(c.url(0, "/v1/tasks")))

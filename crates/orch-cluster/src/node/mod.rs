@@ -422,24 +422,35 @@ impl TaskHome for Node {
                 )
                 .with_pool(t.pool_id.as_str()));
             }
-            // the id is this tenant's before anything of the task is stored: another
-            // tenant's id (however long ago it was used) is refused and left untouched
-            let claim = self.claim(&t).await?;
-            // the tenant's own id is a task it submitted before, unless nothing of it
-            // was stored (a retry after a 503): naming it again is 409, as standalone
-            if claim == crate::Claim::Own && self.recorded(t.task_id).await?.is_some() {
-                return Err(OrchError::new(
-                    ErrorCode::Conflict,
-                    format!("task {} is already known to the cluster", t.task_id),
-                ));
-            }
-            if claim == crate::Claim::Other {
-                tracing::info!(task_id = %t.task_id, tenant = %t.tenant,
-                    "refused: the task id belongs to another tenant");
-                return Err(OrchError::new(
-                    ErrorCode::Conflict,
-                    format!("task {} is already known to the cluster", t.task_id),
-                ));
+            // an id the client chose (its `task_id`, or one derived from an
+            // Idempotency-Key) is claimed for its tenant before anything of the task is
+            // stored: another tenant's id (however long ago it was used) is refused
+            // and left untouched. An id this instance drew at random cannot be anyone
+            // else's: it is claimed when its leader records the task's status, which
+            // saves an admission a store on the cluster
+            let chosen = t.request.task_id.is_some() || t.request.idempotency_key.is_some();
+            if chosen {
+                let claim = self.claim(&t).await?;
+                // the tenant's own id is a task it submitted before, unless nothing of
+                // it was stored (a retry after a 503): naming it again is 409, as
+                // standalone; an id claimed just now may still name a task that drew
+                // it at random and has not started (not claimed yet): 409 too
+                let known = match claim {
+                    crate::Claim::Other => true,
+                    crate::Claim::New | crate::Claim::Own => {
+                        self.recorded(t.task_id).await?.is_some()
+                    }
+                };
+                if known {
+                    if claim != crate::Claim::Own {
+                        tracing::info!(task_id = %t.task_id, tenant = %t.tenant,
+                            "refused: the task id belongs to another task");
+                    }
+                    return Err(OrchError::new(
+                        ErrorCode::Conflict,
+                        format!("task {} is already known to the cluster", t.task_id),
+                    ));
+                }
             }
             // the tenant's quotas count every instance's admissions
             let limits = quota::limits(&task.quotas());
