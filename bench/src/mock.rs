@@ -132,6 +132,7 @@ impl Server {
     }
 
     /// orchestratord with a whole config of its own.
+    #[cfg(feature = "cluster")]
     pub fn orchestratord_config(name: &'static str, cfg: &str) -> Self {
         let (child, base) = spawn_with_config(cfg);
         wait_http(&base);

@@ -1380,3 +1380,48 @@ async fn every_instances_replicas_serve_the_pool_and_a_dead_host_is_taken_out() 
     assert_eq!(one_terminal(&frames).event, "end");
     assert_eq!(started_replica(&frames), "b:mockpool-r0");
 }
+
+/// The frames stream is bounded (`max_frame_bytes`, discard-new): once it is nine
+/// tenths full, every instance refuses new tasks with a retriable 503 that says why,
+/// until old frames age out.
+#[tokio::test]
+async fn a_nearly_full_frame_store_refuses_new_tasks_with_503() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let base = common::mock_config(
+        "replicas = 1\nqueue_capacity = 8\nmax_tokens_out = 100000",
+        "slots = 4\ntokens_per_sec = 5000.0\ntokens = 4000",
+    );
+    let c = Cluster::start_with("framesfull", |i| {
+        let prefer = [r#"["mockpool"]"#, r#"["none"]"#, r#"["none"]"#][i];
+        (base.clone(), format!("{prefer}\nmax_frame_bytes = 1048576"))
+    })
+    .await;
+    c.wait_leader(0, Duration::from_secs(15)).await;
+    // a few thousand frames fill a mebibyte
+    for n in 0..4 {
+        c.admit(n % 3, &task(&format!("big {n}"), 4000, "interactive"))
+            .await;
+    }
+    let t0 = Instant::now();
+    let refused = loop {
+        let r = c.submit(1, &task("one more", 4, "interactive")).await;
+        if r.status() == 503 {
+            break r.json::<Value>().await.unwrap();
+        }
+        assert_eq!(r.status(), 202, "{:?}", r.text().await);
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "never refused while the frame store filled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refused["code"], "POOL_UNAVAILABLE", "{refused}");
+    assert_eq!(refused["retriable"], true, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("frame store is nine tenths full"),
+        "{refused}"
+    );
+}
