@@ -1237,7 +1237,7 @@ async fn every_instances_replicas_serve_the_pool_and_a_dead_host_is_taken_out() 
     );
     let mut c = Cluster::start_with("capacity", |i| {
         let prefer = [r#"["mockpool"]"#, r#"["none"]"#, r#"["none"]"#][i];
-        (base.clone(), format!("{prefer}\nlease_ttl_ms = 6000"))
+        (base.clone(), format!("{prefer}\nlease_ttl_ms = 10000"))
     })
     .await;
     c.wait_leader(0, Duration::from_secs(20)).await;

@@ -67,55 +67,49 @@ impl Leases {
 
     /// Renew a held lease (compare-and-set on its revision). A renewal refused for its
     /// revision may be one whose earlier try was stored but not acknowledged (a
-    /// server's loss): when the key still names this holder, its revision is taken
-    /// and the renewal tried again (holder names are unique in the cluster).
+    /// server's loss): when the key still names this holder, its stored revision is
+    /// taken and the renewal is to be tried again (`Unavailable`; a replica that lags
+    /// may show an older revision first). Holder names are unique per process.
     pub async fn renew(&self, lease: &mut Lease) -> Result<(), LeaseError> {
-        let mut adopted = false;
-        loop {
-            let e = match self
-                .kv
-                .update(&lease.key, lease.holder.clone().into(), lease.revision)
-                .await
-            {
-                Ok(revision) => {
-                    lease.revision = revision;
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            let conflict = e.kind()
-                == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
-                || crate::is_wrong_last_sequence(&e);
-            if !conflict {
-                return Err(LeaseError::Unavailable {
-                    key: lease.key.clone(),
-                    reason: e.to_string(),
-                });
+        let e = match self
+            .kv
+            .update(&lease.key, lease.holder.clone().into(), lease.revision)
+            .await
+        {
+            Ok(revision) => {
+                lease.revision = revision;
+                return Ok(());
             }
-            let lost = || LeaseError::Lost {
+            Err(e) => e,
+        };
+        let conflict = e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision
+            || crate::is_wrong_last_sequence(&e);
+        if !conflict {
+            return Err(LeaseError::Unavailable {
                 key: lease.key.clone(),
                 reason: e.to_string(),
-            };
-            if adopted {
-                return Err(lost());
+            });
+        }
+        match self.kv.entry(&lease.key).await {
+            Ok(Some(entry))
+                if entry.operation == async_nats::jetstream::kv::Operation::Put
+                    && *entry.value == *lease.holder.as_bytes() =>
+            {
+                tracing::info!(key = %lease.key, "a lease renewal landed unacknowledged; renewing from it");
+                lease.revision = entry.revision;
+                Err(LeaseError::Unavailable {
+                    key: lease.key.clone(),
+                    reason: "renewing from the stored revision".into(),
+                })
             }
-            match self.kv.entry(&lease.key).await {
-                Ok(Some(entry))
-                    if entry.operation == async_nats::jetstream::kv::Operation::Put
-                        && *entry.value == *lease.holder.as_bytes() =>
-                {
-                    tracing::info!(key = %lease.key, "lease renewal had landed unacknowledged; renewing from it");
-                    lease.revision = entry.revision;
-                    adopted = true;
-                }
-                Ok(_) => return Err(lost()),
-                Err(e) => {
-                    return Err(LeaseError::Unavailable {
-                        key: lease.key.clone(),
-                        reason: e.to_string(),
-                    })
-                }
-            }
+            Ok(_) => Err(LeaseError::Lost {
+                key: lease.key.clone(),
+                reason: e.to_string(),
+            }),
+            Err(e) => Err(LeaseError::Unavailable {
+                key: lease.key.clone(),
+                reason: e.to_string(),
+            }),
         }
     }
 

@@ -140,21 +140,39 @@ impl Cluster {
         }
     }
 
-    /// A stream made earlier with other bounds (age, bytes) gets this instance's: an
-    /// operator who raises a retention sees it applied. Other settings are left (a
-    /// pool's leader raises its queue's message bound itself).
+    /// A stream made earlier with smaller bounds (age, bytes) or another discard policy
+    /// gets this instance's: an operator who raises a retention sees it applied, and a
+    /// stream made by an older version gets the policy this one relies on. Bounds are
+    /// only raised (lowering one would trim stored messages, and an instance with a
+    /// smaller setting must not shorten what the others keep). Other settings are
+    /// read fresh and left as they are (a pool's leader raises its queue's message
+    /// bound itself).
     async fn keep_bounds(
         &self,
-        s: jetstream::stream::Stream,
+        mut s: jetstream::stream::Stream,
         want: &jetstream::stream::Config,
     ) -> jetstream::stream::Stream {
-        let have = &s.cached_info().config;
-        if have.max_age == want.max_age && have.max_bytes == want.max_bytes {
+        // 0 and -1 both mean unlimited; zero age means unlimited too
+        let bytes = |b: i64| if b <= 0 { i64::MAX } else { b };
+        let age = |a: Duration| if a.is_zero() { Duration::MAX } else { a };
+        let Ok(info) = s.info().await else {
+            return s;
+        };
+        let have = info.config.clone();
+        let raise_age = age(want.max_age) > age(have.max_age);
+        let raise_bytes = bytes(want.max_bytes) > bytes(have.max_bytes);
+        let discard = want.discard != have.discard;
+        if !raise_age && !raise_bytes && !discard {
             return s;
         }
-        let mut cfg = have.clone();
-        cfg.max_age = want.max_age;
-        cfg.max_bytes = want.max_bytes;
+        let mut cfg = have;
+        if raise_age {
+            cfg.max_age = want.max_age;
+        }
+        if raise_bytes {
+            cfg.max_bytes = want.max_bytes;
+        }
+        cfg.discard = want.discard;
         match self.js.update_stream(cfg).await {
             Ok(_) => {
                 tracing::info!(stream = %want.name, max_age = ?want.max_age, max_bytes = want.max_bytes, "stream bounds updated");

@@ -12,7 +12,8 @@
 //!   end is stored, giving back the tokens it did not generate (same minute only).
 //! * A ledger entry whose removal was lost (a leader that died between storing an end
 //!   and removing it) is found when the tenant is full: entries older than
-//!   [`RECHECK_AFTER`] whose task has ended (or is nowhere) are dropped.
+//!   [`RECHECK_AFTER`] whose task has ended (or is nowhere) are dropped, at most once
+//!   per tenant every few seconds on each instance.
 //!
 //! `tokens_per_minute` counts per calendar minute here (standalone: a bucket that
 //! refills continuously). Tenants without these quotas never touch the bucket.
@@ -29,8 +30,9 @@ use std::time::Duration;
 const BUCKET: &str = "orch_quotas";
 
 /// A ledger entry older than this is checked against the task's state when its tenant
-/// is full (a younger one may be a task still being stored).
-pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(10);
+/// is full: a younger one may be a task whose store is still being tried (up to
+/// `store_retry_ms`, at most 60 s), and entries carry other instances' clocks.
+pub(crate) const RECHECK_AFTER: Duration = Duration::from_secs(90);
 
 /// Compare-and-set tries before an admission gives up with 503 (each lost try means
 /// another instance changed the ledger meanwhile).
@@ -232,8 +234,10 @@ impl Quotas {
         for _ in 0..TRIES {
             let entry = self.kv.entry(&k).await.map_err(|e| err(e.to_string()))?;
             let (ledger, revision) = match entry {
+                // an unreadable ledger is not taken as empty (that would fail open)
                 Some(e) if !e.value.is_empty() => (
-                    serde_json::from_slice::<Ledger>(&e.value).unwrap_or_default(),
+                    serde_json::from_slice::<Ledger>(&e.value)
+                        .map_err(|e| err(format!("unreadable ledger: {e}")))?,
                     Some(e.revision),
                 ),
                 Some(e) => (Ledger::default(), Some(e.revision)),

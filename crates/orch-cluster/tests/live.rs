@@ -76,6 +76,11 @@ async fn a_lease_is_held_by_one_renewed_by_revision_and_expires_unrenewed() {
     // the holder itself with an old revision (a renewal stored but not acknowledged,
     // as when a server goes) renews from what is stored
     let mut unacked = stale;
+    assert!(matches!(
+        leases.renew(&mut unacked).await,
+        Err(LeaseError::Unavailable { .. })
+    ));
+    assert_eq!(unacked.revision, a.revision, "took the stored revision");
     leases.renew(&mut unacked).await.unwrap();
     assert!(unacked.revision > a.revision);
     a = unacked;

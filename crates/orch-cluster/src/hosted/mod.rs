@@ -65,6 +65,13 @@ pub(crate) fn token(instance: &str) -> String {
     out
 }
 
+/// What goes before the ids of an instance's own replicas (its pool manager makes
+/// them so): the instance's name and `:`, so replica ids are unique in the cluster,
+/// and a replica's host is known from its id.
+pub fn replica_prefix(instance: &str) -> String {
+    format!("{instance}:")
+}
+
 /// Where an instance takes runs.
 pub(crate) fn run_subject(host: &str) -> String {
     format!("orch.host.{}.run", token(host))

@@ -177,7 +177,7 @@ pub(crate) fn keep(
             return;
         };
         // replicas an earlier term attached (one being attached as it ended) go
-        let own = crate::node::Node::replica_prefix(&me);
+        let own = super::replica_prefix(&me);
         for r in pools.replicas(&pool_id, "") {
             if !r.id.starts_with(&own) {
                 pools.detach(&pool_id, &r.id);

@@ -60,6 +60,10 @@ pub struct PoolQueue {
 /// This instance's membership in the cluster.
 pub struct Node {
     pub(crate) instance: String,
+    /// The name this process holds leases under: the instance and a nonce of this
+    /// process, so a renewal adopting a stored revision (see `lease`) can only ever
+    /// adopt its own, even if two processes were given one instance name.
+    pub(crate) holder: String,
     pub(crate) pools: LocalPools,
     pub(crate) queues: HashMap<String, TaskQueue>,
     pub(crate) frames: FrameLog,
@@ -77,6 +81,16 @@ pub struct Node {
     pub(crate) hosted: crate::hosted::host::Host,
     /// Tenants' cluster-wide quota ledgers.
     pub(crate) quotas: crate::quota::Quotas,
+    /// When this instance last looked for ended tasks in each tenant's ledger.
+    pruned: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// A number that differs between processes (pid and start time).
+fn process_nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}", std::process::id(), t & 0xffff_ffff_ffff)
 }
 
 /// Pause between tries of a store the cluster could not answer.
@@ -105,6 +119,7 @@ impl Node {
         let withdrawals = withdraw::Withdrawals::start(states.clone());
         let node = Arc::new(Node {
             instance: cfg.instance.clone(),
+            holder: format!("{}#{}", cfg.instance, process_nonce()),
             pools: local,
             queues,
             frames,
@@ -125,6 +140,7 @@ impl Node {
             withdrawals,
             hosted: crate::hosted::host::Host::default(),
             quotas,
+            pruned: std::sync::Mutex::default(),
         });
         health::spawn(Arc::downgrade(&node));
         if cfg.host_replicas {
@@ -157,7 +173,7 @@ impl Node {
     /// them so): the instance's name and `:`, so replica ids are unique in the
     /// cluster, and a replica's host is known from its id.
     pub fn replica_prefix(instance: &str) -> String {
-        format!("{instance}:")
+        crate::hosted::replica_prefix(instance)
     }
 
     /// Store a task, trying again for up to `store_retry` while the cluster cannot
@@ -460,7 +476,10 @@ impl TaskHome for Node {
             let placed = match self.enqueue(&t).await {
                 Ok(p) => p,
                 Err(e) => {
-                    if limits.any() {
+                    // a store that was refused gives its place back; one the cluster
+                    // did not answer may still land and run: its place stays (the
+                    // ledger's prune finds it if it never does)
+                    if limits.any() && e.code != ErrorCode::PoolUnavailable {
                         self.quota_ended(&t.tenant, t.task_id, 0).await;
                     }
                     return Err(e);

@@ -9,6 +9,8 @@ use orch_domain::{OrchError, PolicyLabel, TaskId};
 
 /// How long a refused client waits before trying again (a running task's end).
 const BUSY_RETRY_MS: u64 = 1000;
+/// Least time between two looks for ended tasks in one tenant's ledger.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 use crate::wire::now_ms;
 
@@ -54,7 +56,8 @@ impl Node {
                         && matches!(
                             refused.policy_label,
                             Some(PolicyLabel::QuotaConcurrency | PolicyLabel::QuotaQueued)
-                        ) =>
+                        )
+                        && self.may_prune(tenant) =>
                 {
                     pruned = true;
                     if self.drop_ended(tenant).await? == 0 {
@@ -110,6 +113,25 @@ impl Node {
             .await
             .map_err(unavailable)?
             .map(|()| n)
+    }
+
+    /// Whether this instance may look for ended tasks in `tenant`'s ledger now (at
+    /// most once every [`PRUNE_EVERY`] per tenant: a tenant pressing at its limit does
+    /// not multiply the cluster's reads).
+    fn may_prune(&self, tenant: &str) -> bool {
+        let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last
+            .get(tenant)
+            .is_some_and(|t| now.duration_since(*t) < PRUNE_EVERY)
+        {
+            return false;
+        }
+        if last.len() >= 4096 {
+            last.retain(|_, t| now.duration_since(*t) < PRUNE_EVERY);
+        }
+        last.insert(tenant.to_string(), now);
+        true
     }
 
     /// Whether `tenant` has cluster-wide quotas (same config on every instance).

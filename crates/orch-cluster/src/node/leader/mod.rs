@@ -99,7 +99,7 @@ pub(super) fn spawn(node: Arc<Node>, leases: Leases, pool: PoolQueue, preferred:
         } else {
             leases.ttl
         };
-        let (mut leading, _bid) = lead(leases, key, node.instance.clone(), delay);
+        let (mut leading, _bid) = lead(leases, key, node.holder.clone(), delay);
         loop {
             if leading.wait_for(|l| *l).await.is_err() {
                 return;

@@ -101,15 +101,22 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
     let status = ClusterStatus::queued(&t);
     // what a failed leader left of it, and whether it was canceled meanwhile (one
     // round trip each, together)
+    // and the id is claimed for its tenant before any frame of it is stored (an id
+    // the admitting instance drew at random was not claimed at admission)
     let (mut writer, prior, canceled) = loop {
-        let (frames, canceled) = tokio::join!(
+        let (frames, canceled, claimed) = tokio::join!(
             node.frames.resume_writer(&key),
-            node.states.cancel_requested(&key)
+            node.states.cancel_requested(&key),
+            node.states.renew_claim(&key, &t.tenant)
         );
-        match frames {
-            Ok((w, prior)) => break (w, prior, canceled.unwrap_or(false)),
-            Err(e) => {
+        match (frames, claimed) {
+            (Ok((w, prior)), Ok(())) => break (w, prior, canceled.unwrap_or(false)),
+            (Err(e), _) => {
                 tracing::debug!(task_id = %id, error = %e, "cannot read the task's frames; retrying");
+                tokio::time::sleep(STORE_RETRY).await;
+            }
+            (_, Err(e)) => {
+                tracing::debug!(task_id = %id, error = %e, "cannot claim the task's id; retrying");
                 tokio::time::sleep(STORE_RETRY).await;
             }
         }
@@ -142,7 +149,12 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
         }
         Decision::Run { again } => {
             metrics::taken(&t.pool_id, if again { "rerun" } else { "run" });
-            let rec = node.pools.run(t.into_new_task()).await;
+            let mut task = t.into_new_task();
+            if again {
+                // it left the queue once already: its queue-wait limit starts again
+                task.waited = std::time::Duration::ZERO;
+            }
+            let rec = node.pools.run(task).await;
             Ok(Next::Run(Box::new(Taken {
                 qt,
                 rec,
