@@ -148,6 +148,73 @@ async fn one_llama(h: reqwest::Client, base: String, n: usize) -> u32 {
     read_tokens(&h, &base, sse).await
 }
 
+/// One prompt straight to a llama-server (`/completion`, streamed): its tokens.
+async fn one_bare(h: reqwest::Client, endpoint: String, n: usize) -> u32 {
+    let body = serde_json::json!({"prompt": format!("Count from {n} to {}:", n + 200),
+        "n_predict": LLAMA_TOKENS, "stream": true, "temperature": 0.0});
+    let Ok(r) = h
+        .post(format!("{endpoint}/completion"))
+        .json(&body)
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let mut body = r.bytes_stream();
+    let (mut buf, mut n) = (String::new(), 0u32);
+    while let Some(Ok(c)) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&c));
+        while let Some(i) = buf.find("\n\n") {
+            let frame: String = buf.drain(..i + 2).collect();
+            if frame.contains("\"stop\":false") && !frame.contains("\"content\":\"\"") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Tokens/s of `LLAMA_TASKS` prompts sent straight to `endpoints` (round robin).
+async fn bare_burst(h: &reqwest::Client, endpoints: &[String]) -> f64 {
+    let t0 = Instant::now();
+    let hs: Vec<_> = (0..LLAMA_TASKS)
+        .map(|i| {
+            tokio::spawn(one_bare(
+                h.clone(),
+                endpoints[i % endpoints.len()].clone(),
+                i,
+            ))
+        })
+        .collect();
+    let mut tokens = 0;
+    for t in hs {
+        tokens += t.await.unwrap_or(0);
+    }
+    f64::from(tokens) / t0.elapsed().as_secs_f64()
+}
+
+/// The endpoint of the replica instance `base` runs itself.
+async fn own_endpoint(h: &reqwest::Client, base: &str, instance: &str) -> Option<String> {
+    let v: serde_json::Value = h
+        .get(format!("{base}/v1/pools"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["pools"][0]["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| {
+            r["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(&format!("{instance}:")))
+        })
+        .and_then(|r| r["endpoint"].as_str())
+        .map(str::to_string)
+}
+
 pub async fn run_llama() {
     println!("== cluster capacity, real engines: 2 instances x 1 llama-server (2 slots, 1 thread), {LLAMA_TASKS} prompts x {LLAMA_TOKENS} tokens at once ==");
     let nats = Nats::start("bench-capacity-llama").await;
@@ -161,6 +228,7 @@ pub async fn run_llama() {
     println!("| round | only the leader's replica serves: tokens/s | both instances' replicas serve: tokens/s | **ratio** |");
     println!("|---|---|---|---|");
     let (mut one_sum, mut all_sum) = (0.0, 0.0);
+    let mut bare = Vec::new();
     for round in 0..ROUNDS {
         let mut r = [0.0; 2];
         let order = if round % 2 == 0 {
@@ -174,7 +242,7 @@ pub async fn run_llama() {
                 .map(|id| {
                     let prefer = if *id == "a" { "[\"llama\"]" } else { "[\"none\"]" };
                     let cfg = format!(
-                        "[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nprefer_pools = {prefer}\nhost_replicas = {hosting}\n{security}\n[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nqueue_capacity = 64\n[pools.llamacpp]\nctx = 4096\nslots = 2\nthreads = 1\n"
+                        "[cluster]\nurls = [{urls}]\ninstance_id = \"{id}\"\nprefer_pools = {prefer}\nhost_replicas = {hosting}\n{security}\n[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nqueue_capacity = 64\n[pools.llamacpp]\n# the bare comparison reaches the engines itself\nengine_api_key = false\nctx = 4096\nslots = 2\nthreads = 1\n"
                     );
                     Server::orchestratord_config("cluster", &cfg)
                 })
@@ -195,6 +263,19 @@ pub async fn run_llama() {
             }
             assert!(tokens > 0, "the engines streamed");
             r[usize::from(hosting)] = f64::from(tokens) / t0.elapsed().as_secs_f64();
+            if hosting {
+                // the box's own ceiling: the same prompts straight to one engine, then
+                // to both (the instances idle meanwhile)
+                let mut ends = Vec::new();
+                for (b, id) in bases.iter().zip(["a", "b"]) {
+                    ends.extend(own_endpoint(&h, b, id).await);
+                }
+                if ends.len() == 2 {
+                    let one = bare_burst(&h, &ends[..1]).await;
+                    let two = bare_burst(&h, &ends).await;
+                    bare.push((one, two));
+                }
+            }
             drop(servers);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -214,6 +295,18 @@ pub async fn run_llama() {
         all_sum / ROUNDS as f64,
         all_sum / one_sum
     );
+    println!();
+    println!("The box's ceiling, the same prompts straight to the engines (no orchestratord in the path):");
+    println!();
+    println!("| round | one llama-server: tokens/s | two llama-servers: tokens/s | **ratio** |");
+    println!("|---|---|---|---|");
+    for (i, (one, two)) in bare.iter().enumerate() {
+        println!(
+            "| {} | {one:.1} | {two:.1} | **{:.2}×** |",
+            i + 1,
+            two / one
+        );
+    }
     drop(nats);
 }
 
