@@ -23,6 +23,8 @@
 //! (nothing here persists; what a run streams is stored by the leader's term).
 
 pub(crate) mod host;
+#[cfg(all(test, feature = "testing"))]
+mod relay_tests;
 mod remote;
 pub(crate) mod roster;
 
