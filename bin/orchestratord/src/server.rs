@@ -121,6 +121,10 @@ pub async fn start_with(
         }
     }
     if !opts.skip_self_test {
+        if let Err(e) = crate::selftest::log_probe() {
+            manager.stop_all().await;
+            return Err(StartError::SelfTest(e));
+        }
         for p in &cfg.pools {
             if let Err(e) = crate::selftest::self_test_pool(&orch, &p.id, metrics.as_ref()).await {
                 manager.stop_all().await;

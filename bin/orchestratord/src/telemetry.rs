@@ -50,12 +50,41 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// The message of the startup self-test's log line (see `selftest::log_probe`).
+pub const PROBE_MESSAGE: &str = "orchestratord log probe";
+
+/// The last log line written that carries [`PROBE_MESSAGE`], as written.
+static PROBE_LINE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// The last probe line the log wrote, if any.
+pub fn last_probe_line() -> Option<String> {
+    PROBE_LINE.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Standard error, keeping a copy of the probe line (each event is one write).
+struct Tee;
+
+impl std::io::Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(s) = std::str::from_utf8(buf) {
+            if s.contains(PROBE_MESSAGE) {
+                *PROBE_LINE.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.to_string());
+            }
+        }
+        std::io::stderr().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Tee);
     let _ = match format {
         LogFormat::Json => b
             .json()

@@ -108,6 +108,21 @@ fn serves_then_stops_gracefully_on_sigterm() {
         seen.contains("self-test passed"),
         "startup self-tests ran: {seen}"
     );
+    // the log works: the self-test's probe line went out as JSON
+    let probe = seen
+        .lines()
+        .find(|l| l.contains("orchestratord log probe"))
+        .expect("the self-test wrote its log probe");
+    let v: serde_json::Value = serde_json::from_str(probe).unwrap();
+    assert!(
+        v["probe"].as_str().is_some_and(|p| !p.is_empty()),
+        "{probe}"
+    );
+    // the mock exports no engine counter: the metrics step says what it could not check
+    assert!(
+        seen.contains("export no generated-token counter"),
+        "a metrics check that cannot run is not silent: {seen}"
+    );
     let st = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -258,7 +273,10 @@ fn a_failing_startup_self_test_aborts_startup_naming_the_pool_and_the_step() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("broken"), "names the pool: {err}");
-    assert!(err.contains("self-test"), "names the step: {err}");
+    assert!(
+        err.contains("failed at step 'decode'"),
+        "names the step: {err}"
+    );
     assert!(!err.contains("listening on"), "it never served: {err}");
 }
 
