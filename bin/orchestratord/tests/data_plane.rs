@@ -775,3 +775,38 @@ async fn readers_per_task_are_bounded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Spec §1: a task without a `seed` gets one derived from its id, stable (the same id
+/// gives the same seed on any server) and different for different ids; a given seed
+/// is used as given; a `sampler_profile_version` other than the pool's is refused.
+#[tokio::test]
+async fn the_seed_is_derived_from_the_task_id_and_a_foreign_sampler_profile_is_refused() {
+    let s = start(&mock_config("", FAST)).await;
+    let started_seed = |frames: Vec<SseFrame>| frames[0].data["seed"].as_i64().unwrap();
+    let mut seeds = Vec::new();
+    for id in [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()] {
+        let mut body = task("seeded", 2, "interactive");
+        body["task_id"] = id.to_string().into();
+        let (tid, _) = s.submit(&body).await;
+        let seed = started_seed(s.stream(&tid, None).await);
+        let expected = tid.parse::<orch_domain::TaskId>().unwrap().derived_seed();
+        assert_eq!(seed, expected, "the seed is the one derived from the id");
+        seeds.push(seed);
+    }
+    assert_ne!(seeds[0], seeds[1], "different ids, different seeds");
+    let mut given = task("given", 2, "interactive");
+    given["seed"] = 42.into();
+    let (tid, _) = s.submit(&given).await;
+    assert_eq!(started_seed(s.stream(&tid, None).await), 42);
+    let mut foreign = task("foreign profile", 2, "interactive");
+    foreign["sampler_profile_version"] = "v999".into();
+    let v = envelope(s.post_raw(&foreign).await, 400, "INVALID_PARAMS").await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("sampler_profile_version"),
+        "{v}"
+    );
+    s.assert_all_terminated().await;
+}
