@@ -810,3 +810,47 @@ async fn the_seed_is_derived_from_the_task_id_and_a_foreign_sampler_profile_is_r
     );
     s.assert_all_terminated().await;
 }
+
+/// Spec §2: while a stream waits (its task queued behind another), `: keep-alive`
+/// comments go out every `keepalive_ms` (200 ms here), from before its first frame
+/// (a `metrics` frame with its place, at the pool's interval).
+#[tokio::test]
+async fn a_waiting_stream_gets_keep_alive_comments() {
+    use futures_util::StreamExt;
+    let s = start(&mock_config("", ONE_SLOW)).await;
+    let (first, _) = s.submit(&task("ahead", 40, "interactive")).await;
+    let (waiting, _) = s.submit(&task("behind", 4, "interactive")).await;
+    let r = s.stream_response(&waiting, None).await;
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut seen = String::new();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_millis(900) {
+        match tokio::time::timeout(Duration::from_millis(300), body.next()).await {
+            Ok(Some(Ok(c))) => seen.push_str(&String::from_utf8_lossy(&c)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    let comments = seen.matches(": keep-alive").count();
+    assert!(comments >= 2, "keep-alives while waiting: {seen:?}");
+    // it has not started; what else it may get meanwhile is its place (`metrics`)
+    assert!(
+        !seen.contains("event: started") && !seen.contains("event: token"),
+        "it waits: {seen:?}"
+    );
+    let first_frame = seen.find("event: ").unwrap_or(seen.len());
+    assert!(
+        seen.find(": keep-alive").is_some_and(|k| k < first_frame),
+        "keep-alives come before any frame: {seen:?}"
+    );
+    drop(body);
+    for id in [&first, &waiting] {
+        s.http
+            .post(s.url(&format!("/v1/tasks/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+    }
+    s.assert_all_terminated().await;
+}
