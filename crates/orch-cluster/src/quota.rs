@@ -219,6 +219,23 @@ pub(crate) enum Change<T> {
 }
 
 impl Quotas {
+    /// Apply `f` to `tenant`'s ledger, writing it only when `f` says it changed.
+    pub async fn edit(
+        &self,
+        tenant: &str,
+        mut f: impl FnMut(&mut Ledger) -> bool,
+    ) -> Result<(), QuotaError> {
+        self.change(tenant, |mut l| {
+            Ok(if f(&mut l) {
+                Change::Write(l, ())
+            } else {
+                Change::Keep(())
+            })
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Change `tenant`'s ledger with `f` by compare-and-set, reading again when another
     /// instance changed it meanwhile.
     pub async fn change<T>(

@@ -100,19 +100,14 @@ impl Node {
             "dropped quota places of tasks that had ended"
         );
         let n = gone.len();
+        // every one is removed (no short circuit)
         self.quotas
-            .change(tenant, |mut l| {
-                // every one is removed (no short circuit)
-                let changed = gone.iter().filter(|id| l.ended(id, 0)).count() > 0;
-                Ok(if changed {
-                    Change::Write(l, ())
-                } else {
-                    Change::Keep(())
-                })
+            .edit(tenant, |l| {
+                gone.iter().filter(|id| l.ended(id, 0)).count() > 0
             })
             .await
-            .map_err(unavailable)?
-            .map(|()| n)
+            .map_err(unavailable)?;
+        Ok(n)
     }
 
     /// Whether this instance may look for ended tasks in `tenant`'s ledger now (at
@@ -145,17 +140,7 @@ impl Node {
             return;
         }
         let key = id.to_string();
-        let r = self
-            .quotas
-            .change(tenant, |mut l| {
-                Ok(if l.started(&key) {
-                    Change::Write(l, ())
-                } else {
-                    Change::Keep(())
-                })
-            })
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = self.quotas.edit(tenant, |l| l.started(&key)).await {
             tracing::warn!(task_id = %id, error = %e, "could not mark the task started in its tenant's quota");
         }
     }
@@ -167,17 +152,7 @@ impl Node {
             return;
         }
         let key = id.to_string();
-        let r = self
-            .quotas
-            .change(tenant, |mut l| {
-                Ok(if l.ended(&key, used) {
-                    Change::Write(l, ())
-                } else {
-                    Change::Keep(())
-                })
-            })
-            .await;
-        if let Err(e) = r {
+        if let Err(e) = self.quotas.edit(tenant, |l| l.ended(&key, used)).await {
             tracing::warn!(task_id = %id, error = %e, "could not give the task's quota place back");
         }
     }
