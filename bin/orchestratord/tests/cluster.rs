@@ -1033,31 +1033,28 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
             .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+    // a task's whole stream, read with alice's key on instance i
+    let alice_stream = |i: usize, id: String| {
+        let rb = as_key(
+            ALICE,
+            c.http.get(c.url(i, &format!("/v1/tasks/{id}/stream"))),
+        );
+        async move {
+            let r = rb.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let text = tokio::time::timeout(Duration::from_secs(60), r.text())
+                .await
+                .expect("the stream ends")
+                .unwrap();
+            parse_sse(&text)
+        }
+    };
     // alice's task runs to its end, read from another instance
-    let r = as_key(
-        ALICE,
-        c.http.get(c.url(1, &format!("/v1/tasks/{id}/stream"))),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let text = tokio::time::timeout(Duration::from_secs(60), r.text())
-        .await
-        .expect("the stream ends")
-        .unwrap();
-    let frames = parse_sse(&text);
+    let frames = alice_stream(1, id.clone()).await;
     let end = one_terminal(&frames);
     assert_eq!(end.event, "end", "{:?}", end.data);
     assert_eq!(end.data["tokens_out"], 80);
-    let r = as_key(
-        ALICE,
-        c.http.get(c.url(2, &format!("/v1/tasks/{drawn}/stream"))),
-    )
-    .send()
-    .await
-    .unwrap();
-    let frames = parse_sse(&r.text().await.unwrap());
+    let frames = alice_stream(2, drawn.clone()).await;
     assert_eq!(
         one_terminal(&frames).event,
         "end",
@@ -1096,15 +1093,8 @@ async fn another_tenants_task_id_is_refused_after_the_dedupe_window_and_the_vict
     }
     // their places come back when they end
     for v in &admitted {
-        let id = v["task_id"].as_str().unwrap();
-        let r = as_key(
-            ALICE,
-            c.http.get(c.url(1, &format!("/v1/tasks/{id}/stream"))),
-        )
-        .send()
-        .await
-        .unwrap();
-        let frames = parse_sse(&r.text().await.unwrap());
+        let id = v["task_id"].as_str().unwrap().to_string();
+        let frames = alice_stream(1, id).await;
         assert_eq!(one_terminal(&frames).event, "end");
     }
     let t0 = Instant::now();
