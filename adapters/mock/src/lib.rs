@@ -163,12 +163,19 @@ impl MockEngine {
     }
 
     /// Blocks of `prompt` already cached (leading run), caching the rest.
-    fn prefill(&self, prompt: &str) -> (u64, u64) {
+    /// (blocks served from the cache, blocks computed); `reuse` false (the request's
+    /// `cache_prompt`, a client's `kv_hint: cold`) computes every block, as
+    /// llama-server does.
+    fn prefill(&self, prompt: &str, reuse: bool) -> (u64, u64) {
         let blocks = prompt_blocks(prompt);
         let Ok(mut kv) = self.kv.lock() else {
             return (0, blocks.len() as u64);
         };
-        let cached = blocks.iter().take_while(|b| kv.contains(b)).count() as u64;
+        let cached = if reuse {
+            blocks.iter().take_while(|b| kv.contains(b)).count() as u64
+        } else {
+            0
+        };
         if kv.len() + blocks.len() > KV_BLOCKS {
             kv.clear();
         }
@@ -385,7 +392,7 @@ impl WorkerAdapter for MockEngine {
                 (self.cfg.tokens, FinishReason::Eos)
             };
             let (prefill, tokens_cached) = if self.cfg.prefill_ms_per_block > 0 {
-                let (cached, fresh) = self.prefill(&req.prompt);
+                let (cached, fresh) = self.prefill(&req.prompt, req.cache_prompt);
                 (
                     Duration::from_millis(fresh * self.cfg.prefill_ms_per_block),
                     Some((cached * 16) as u32),

@@ -509,8 +509,23 @@ async fn a_sessions_next_turn_lands_on_the_same_replica_and_reuses_kv() {
         cached[1] > 50 && cached[2] > 50,
         "later turns reuse the KV cache: {cached:?}"
     );
+    // spec §1 `kv_hint: cold` reaches the engine: the same conversation, on the same
+    // replica, is computed again (llama-server reports no cached prompt tokens)
+    let mut cold = llama_task(&prompt, 2);
+    cold["session_id"] = json!(sid);
+    cold["kv_hint"] = json!("cold");
+    let (id, _) = s.submit(&cold).await;
+    let f = s.stream(&id, None).await;
+    assert_eq!(f[0].data["replica_id"], replicas[0].as_str(), "{f:?}");
+    let end = f.last().unwrap();
+    assert_eq!(end.event, "end", "{f:?}");
+    assert_eq!(
+        end.data["tokens_cached"].as_u64().unwrap_or(0),
+        0,
+        "{end:?}"
+    );
     let info: Value = s.get_json(&format!("/v1/sessions/{sid}")).await;
-    assert_eq!(info["turns"], 3);
+    assert_eq!(info["turns"], 4);
     assert_eq!(info["replica_id"], replicas[0].as_str());
     s.assert_all_terminated().await;
 }

@@ -153,3 +153,100 @@ async fn a_hot_prefix_still_spreads_over_the_replicas() {
     );
     assert!(reasons.contains("prefix"), "{reasons:?}");
 }
+
+/// Spec §1 `kv_hint`: `cold` reaches the engine as "do not reuse the cache"
+/// (`cache_prompt: false`, which llama-server honours the same way; the real-engine
+/// test is in `llamacpp.rs`), so a prompt the replica holds is computed again.
+#[tokio::test]
+async fn kv_hint_cold_reaches_the_engine_and_skips_its_cache() {
+    let s = start(&mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 0.0\nttft_ms = 1\ntokens = 4\nprefill_ms_per_block = 1",
+    ))
+    .await;
+    let prompt = opening(7);
+    let cached = |hint: Option<&str>| {
+        let mut t = task(&prompt, 2, "interactive");
+        if let Some(h) = hint {
+            t["kv_hint"] = json!(h);
+        }
+        let s = &s;
+        async move {
+            let (id, _) = s.submit(&t).await;
+            let f = s.stream(&id, None).await;
+            let end = f.last().unwrap();
+            assert_eq!(end.event, "end", "{f:?}");
+            end.data["tokens_cached"].as_u64().expect("tokens_cached")
+        }
+    };
+    assert_eq!(cached(None).await, 0, "first sight of the prompt");
+    assert!(cached(None).await > 0, "reused by default");
+    assert!(cached(Some("reuse")).await > 0, "reuse is the default");
+    assert_eq!(cached(Some("cold")).await, 0, "cold computes it again");
+    s.assert_all_terminated().await;
+}
+
+/// Two pools serving one model, `a` and `b`.
+fn two_pools() -> String {
+    let pool = |id: &str| {
+        format!(
+            "[[pools]]\nid = \"{id}\"\nengine = \"mock\"\nmodel = \"mock-model\"\n\n[pools.mock]\nslots = 4\ntokens_per_sec = 0.0\nttft_ms = 1\ntokens = 4\n\n"
+        )
+    };
+    format!("[server]\nkeepalive_ms = 200\n\n{}{}", pool("a"), pool("b"))
+}
+
+/// The pool a task started on.
+async fn pool_of(s: &TestServer, placement: Value) -> String {
+    let mut t = task("where", 2, "interactive");
+    t["placement"] = placement;
+    let (id, _) = s.submit(&t).await;
+    let f = s.stream(&id, None).await;
+    assert_eq!(f.last().unwrap().event, "end", "{f:?}");
+    f[0].data["pool_id"].as_str().unwrap().to_string()
+}
+
+/// Spec §1 `placement`: `prefer_pools` picks the preferred ready pool even when another
+/// is as idle, in the order given; `avoid_pools` never uses an avoided pool; a pinned
+/// pool that is not ready is refused with its typed error (503 `POOL_UNREADY`, retriable,
+/// naming the pool), never a silent fallback to another pool.
+#[tokio::test]
+async fn prefer_and_avoid_pools_are_honoured_and_a_pinned_unready_pool_is_refused() {
+    let s = start(&two_pools()).await;
+    for _ in 0..4 {
+        assert_eq!(pool_of(&s, json!({"prefer_pools": ["b"]})).await, "b");
+        assert_eq!(pool_of(&s, json!({"prefer_pools": ["a", "b"]})).await, "a");
+        assert_eq!(pool_of(&s, json!({"avoid_pools": ["a"]})).await, "b");
+        assert_eq!(pool_of(&s, json!({"avoid_pools": ["b"]})).await, "a");
+        assert_eq!(pool_of(&s, json!({"pin_pool_id": "b"})).await, "b");
+    }
+    // avoiding every pool of the model is the client's own contradiction (400 naming
+    // the field), not an outage to retry
+    let mut none = task("nowhere", 2, "interactive");
+    none["placement"] = json!({"avoid_pools": ["a", "b"]});
+    let e = envelope(s.post_raw(&none).await, 400, "INVALID_PARAMS").await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("placement.avoid_pools"),
+        "{e}"
+    );
+    let r = s
+        .http
+        .post(s.url("/v1/pools/b/drain"))
+        .json(&json!({"deadline_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // b is draining: preferring it falls back to a ready pool (a preference, not a pin) …
+    assert_eq!(pool_of(&s, json!({"prefer_pools": ["b"]})).await, "a");
+    // … but pinning it is refused with its own error
+    let mut pinned = task("pinned", 2, "interactive");
+    pinned["placement"] = json!({"pin_pool_id": "b"});
+    let e = envelope(s.post_raw(&pinned).await, 503, "POOL_UNREADY").await;
+    assert_eq!(e["retriable"], true, "{e}");
+    assert_eq!(e["pool_id"], "b", "{e}");
+    s.assert_all_terminated().await;
+}

@@ -339,6 +339,18 @@ fn select_pool(core: &Core, req: &TaskRequest, caller: &Caller) -> Result<PoolHa
                 format!("no pool serves model {}", req.model_ref),
             ));
         }
+        if !placement.avoid_pools.is_empty() {
+            let avoided_only = pools
+                .iter()
+                .filter(|p| placement.avoid_pools.iter().any(|a| **a == *p.id))
+                .any(|p| serves(&p.snapshot(), req));
+            if avoided_only {
+                return Err(OrchError::invalid(
+                    "placement.avoid_pools",
+                    format!("avoids every pool that serves model {}", req.model_ref),
+                ));
+            }
+        }
         let what = match req.engine {
             Some(e) => format!("model {} on engine {}", req.model_ref, e.as_str()),
             None => format!("model {}", req.model_ref),
