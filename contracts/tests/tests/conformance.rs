@@ -271,7 +271,7 @@ async fn every_operation_and_documented_status_conforms() {
         "post",
         "/v1/tasks",
         "/v1/tasks",
-        Some(Json(task(&"x".repeat(1 << 20), 1))),
+        Some(Json(task(&"x".repeat(2 << 20), 1))),
         &[],
     )
     .await; // 413

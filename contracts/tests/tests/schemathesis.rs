@@ -2,7 +2,9 @@
 //! against live servers with API keys: every check (`--checks all`), example-based,
 //! coverage, fuzzing and stateful phases (the 202 of `createTask` links to the task's
 //! operations), on both documents. A fixed seed keeps the run reproducible; the config
-//! is `contracts/schemathesis.toml` (it documents the two accepted refusals). A missing
+//! is `contracts/schemathesis.toml` (it documents the accepted refusals), and
+//! `contracts/schemathesis_hooks.py` puts the test pool's values into exactly the
+//! pool-dependent fields of schema-valid submissions, so no 400 is accepted for them. A missing
 //! schemathesis fails the test: run `scripts/provision.sh`.
 
 mod common;
@@ -29,7 +31,7 @@ fn config() -> String {
         )
     };
     format!(
-        "{}{}[server]\nkeepalive_ms = 200\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nqueue_capacity = 64\n[pools.mock]\nslots = 4\ntokens_per_sec = 0.0\nttft_ms = 0\ntokens = 4\n",
+        "{}{}[server]\nkeepalive_ms = 200\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nqueue_capacity = 64\nsampler_profile_version = \"v1\"\nmax_tokens_out = 500000\n[pools.mock]\nslots = 4\ntokens_per_sec = 0.0\nttft_ms = 0\ntokens = 4\nctx_max = 1048576\n",
         key(ADMIN, "ops", "admin"),
         key(CLIENT, "st", "client")
     )
@@ -48,6 +50,7 @@ async fn run(doc: &str, key: &str) -> (bool, String) {
     let l = live_file(&file).await;
     let url = format!("{}/openapi/{doc}.yaml", l.base);
     let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/../schemathesis.toml");
+    let hooks_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let auth = format!("Authorization: Bearer {key}");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(bin)
@@ -55,6 +58,9 @@ async fn run(doc: &str, key: &str) -> (bool, String) {
             .args(["--exclude-operation-id", "readyz", "--max-examples", "30"])
             .args(["--seed", "20261128", "-H", &auth])
             .env("NO_COLOR", "1")
+            // the pool-dependent fields of schema-valid submissions (see the file)
+            .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
+            .env("PYTHONPATH", hooks_dir)
             .output()
             .expect("run schemathesis")
     })

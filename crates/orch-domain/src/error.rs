@@ -64,6 +64,7 @@ impl ErrorCode {
                 | ErrorCode::QuotaExceeded
                 | ErrorCode::QueueFullDropLru
                 | ErrorCode::PoolUnready
+                | ErrorCode::PoolUnavailable
                 | ErrorCode::ReplicaExhausted
                 | ErrorCode::DecodeTimeout
                 | ErrorCode::WorkerReset

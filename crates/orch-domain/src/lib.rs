@@ -9,6 +9,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod ids;
+mod int;
 pub mod policy;
 pub mod task;
 pub mod views;
@@ -22,6 +23,7 @@ pub use ids::{SessionId, TaskId};
 pub use policy::{FullPolicy, PolicyLabel};
 pub use task::{
     ChatMessage, Determinism, EngineKind, KvHint, Placement, Priority, TaskRequest, Workload,
-    PROMPT_MAX_BYTES,
+    MODEL_REF_MAX_CHARS, PROMPT_MAX_BYTES, PROMPT_MAX_CHARS, SAMPLER_PROFILE_MAX_CHARS,
+    STOP_MAX_CHARS, STOP_MAX_ITEMS,
 };
 pub use views::{AdmissionResponse, SessionInfo, StreamLinks, TaskState, TaskStatus};

@@ -5,11 +5,25 @@ use crate::error::OrchError;
 use crate::ids::{SessionId, TaskId};
 use serde::{Deserialize, Serialize};
 
-/// Largest prompt accepted, in bytes (the HTTP body limit is set above this).
-pub const PROMPT_MAX_BYTES: usize = 256 * 1024;
-/// Largest `stop` list and stop string accepted.
+// Text bounds count characters (Unicode scalar values), the way JSON Schema's
+// `maxLength` counts, so a request valid by the published schema is never refused for
+// a length the schema allows (spec §1).
+
+/// Largest prompt accepted, in characters.
+pub const PROMPT_MAX_CHARS: usize = 256 * 1024;
+/// The most UTF-8 bytes such a prompt takes (the HTTP body limit is set above this).
+pub const PROMPT_MAX_BYTES: usize = 4 * PROMPT_MAX_CHARS;
+/// Largest `stop` list, and stop string in characters.
 pub const STOP_MAX_ITEMS: usize = 8;
-pub const STOP_MAX_BYTES: usize = 256;
+pub const STOP_MAX_CHARS: usize = 256;
+/// Largest `model_ref` and `sampler_profile_version`, in characters.
+pub const MODEL_REF_MAX_CHARS: usize = 256;
+pub const SAMPLER_PROFILE_MAX_CHARS: usize = 64;
+
+/// `s` has more than `max` characters (counting only when its bytes could).
+fn longer_than(s: &str, max: usize) -> bool {
+    s.len() > max && s.chars().count() > max
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -122,7 +136,7 @@ pub struct TaskRequest {
     /// Only `completion` is served; other workloads are refused (400).
     #[cfg_attr(feature = "openapi", schema(value_type = AcceptedWorkload))]
     pub workload: Workload,
-    /// Catalog name or `sha256:<digest>` (at most 256 bytes).
+    /// Catalog name or `sha256:<digest>` (at most 256 characters).
     #[cfg_attr(
         feature = "openapi",
         schema(min_length = 1, max_length = 256, pattern = r"\S")
@@ -130,16 +144,25 @@ pub struct TaskRequest {
     pub model_ref: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineKind>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::int::opt_u32"
+    )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub ctx: Option<u32>,
     pub priority: Priority,
-    /// At most 262,144 bytes (UTF-8).
+    /// At most 262,144 characters.
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 262144))]
     pub prompt: String,
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[serde(deserialize_with = "crate::int::u32")]
     pub max_tokens: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::int::opt_i64"
+    )]
     pub seed: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub determinism: Option<Determinism>,
@@ -153,13 +176,21 @@ pub struct TaskRequest {
     #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0, maximum = 1.0))]
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    /// At most 8 strings of 1..=256 bytes each.
+    /// At most 8 strings of 1..=256 characters each.
     #[cfg_attr(feature = "openapi", schema(max_items = 8))]
     pub stop: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::int::opt_u64"
+    )]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub deadline_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::int::opt_u32"
+    )]
     pub expected_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_hint: Option<KvHint>,
@@ -239,16 +270,19 @@ impl TaskRequest {
         if self.model_ref.trim().is_empty() {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
-        if self.model_ref.len() > 256 {
-            return Err(OrchError::invalid("model_ref", "must be at most 256 bytes"));
+        if longer_than(&self.model_ref, MODEL_REF_MAX_CHARS) {
+            return Err(OrchError::invalid(
+                "model_ref",
+                format!("must be at most {MODEL_REF_MAX_CHARS} characters"),
+            ));
         }
         if self.prompt.is_empty() {
             return Err(OrchError::invalid("prompt", "must not be empty"));
         }
-        if self.prompt.len() > PROMPT_MAX_BYTES {
+        if longer_than(&self.prompt, PROMPT_MAX_CHARS) {
             return Err(OrchError::invalid(
                 "prompt",
-                format!("must be at most {PROMPT_MAX_BYTES} bytes"),
+                format!("must be at most {PROMPT_MAX_CHARS} characters"),
             ));
         }
         if self.max_tokens == 0 {
@@ -276,11 +310,11 @@ impl TaskRequest {
             }
             if stop
                 .iter()
-                .any(|s| s.is_empty() || s.len() > STOP_MAX_BYTES)
+                .any(|s| s.is_empty() || longer_than(s, STOP_MAX_CHARS))
             {
                 return Err(OrchError::invalid(
                     "stop",
-                    format!("each stop string must be 1..={STOP_MAX_BYTES} bytes"),
+                    format!("each stop string must be 1..={STOP_MAX_CHARS} characters"),
                 ));
             }
         }
@@ -288,10 +322,10 @@ impl TaskRequest {
             return Err(OrchError::invalid("deadline_ms", "must be at least 1"));
         }
         if let Some(v) = &self.sampler_profile_version {
-            if v.is_empty() || v.len() > 64 {
+            if v.is_empty() || longer_than(v, SAMPLER_PROFILE_MAX_CHARS) {
                 return Err(OrchError::invalid(
                     "sampler_profile_version",
-                    "must be 1..=64 bytes",
+                    format!("must be 1..={SAMPLER_PROFILE_MAX_CHARS} characters"),
                 ));
             }
         }
@@ -309,5 +343,58 @@ impl TaskRequest {
             Some(Determinism::Strict) => Some(0.0),
             _ => self.temperature,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(prompt: &str) -> TaskRequest {
+        TaskRequest::completion("m", prompt, 1, Priority::Batch)
+    }
+
+    fn refused_field(r: &TaskRequest) -> Option<String> {
+        r.validate().err().map(|e| e.message)
+    }
+
+    /// Bounds count characters as JSON Schema's `maxLength` does: a prompt of the most
+    /// characters in 4-byte UTF-8 is accepted, one character more is not (before: the
+    /// server counted bytes, so a schema-valid prompt was refused).
+    #[test]
+    fn text_bounds_count_characters_like_the_schema() {
+        let emoji = "\u{1F600}";
+        assert!(req(&emoji.repeat(PROMPT_MAX_CHARS)).validate().is_ok());
+        let over = refused_field(&req(&emoji.repeat(PROMPT_MAX_CHARS + 1)));
+        assert!(over.is_some_and(|m| m.starts_with("prompt")));
+        let mut r = req("hi");
+        r.stop = Some(vec!["\u{20AC}".repeat(STOP_MAX_CHARS)]);
+        assert!(r.validate().is_ok());
+        r.stop = Some(vec!["\u{20AC}".repeat(STOP_MAX_CHARS + 1)]);
+        assert!(refused_field(&r).is_some_and(|m| m.starts_with("stop")));
+        let mut r = req("hi");
+        r.model_ref = "\u{00E9}".repeat(MODEL_REF_MAX_CHARS);
+        assert!(r.validate().is_ok());
+        r.model_ref.push('x');
+        assert!(refused_field(&r).is_some_and(|m| m.starts_with("model_ref")));
+        let mut r = req("hi");
+        r.sampler_profile_version = Some("\u{00E9}".repeat(SAMPLER_PROFILE_MAX_CHARS));
+        assert!(r.validate().is_ok());
+    }
+
+    /// The Idempotency-Key alphabet the OpenAPI document states (`^[!-~]+$`, 1..=255).
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let with_key = |k: &str| {
+            let mut r = req("hi");
+            r.idempotency_key = Some(k.to_string());
+            r.validate().is_ok()
+        };
+        assert!(with_key("!"));
+        assert!(with_key(&"~".repeat(255)));
+        assert!(!with_key(&"a".repeat(256)));
+        assert!(!with_key("a b"));
+        assert!(!with_key(""));
+        assert!(!with_key("\u{00E9}"));
     }
 }
