@@ -854,3 +854,52 @@ async fn a_waiting_stream_gets_keep_alive_comments() {
     }
     s.assert_all_terminated().await;
 }
+
+/// Spec §2: a running task's `metrics` frames carry `tokens_budget_remaining` (its
+/// session's budget less earlier turns, prompt and output, and this turn's output so
+/// far) and `kv_warmth`
+/// (false on a first turn placed by load, true on a next turn placed by its session).
+#[tokio::test]
+async fn running_metrics_frames_carry_the_session_budget_left_and_kv_warmth() {
+    let cfg = mock_config(
+        "metrics_frame_interval_ms = 50",
+        "slots = 1\ntokens_per_sec = 100.0\nttft_ms = 5\ntokens = 30",
+    )
+    .replace("[server]", "[server]\nsession_token_budget = 1000");
+    let s = start(&cfg).await;
+    let sid = uuid::Uuid::new_v4().to_string();
+    let mut used = 0u64;
+    for (turn, warm) in [(0, false), (1, true)] {
+        let mut t = task(&format!("turn {turn}"), 30, "interactive");
+        t["session_id"] = json!(sid);
+        let (id, _) = s.submit(&t).await;
+        let f = s.stream(&id, None).await;
+        assert_eq!(f.last().unwrap().event, "end", "{f:?}");
+        let running: Vec<&SseFrame> = f
+            .iter()
+            .filter(|x| x.event == "metrics" && x.data["tokens_out"].is_u64())
+            .collect();
+        assert!(running.len() >= 2, "metrics frames while running: {f:?}");
+        for m in &running {
+            let so_far = m.data["tokens_out"].as_u64().unwrap();
+            assert_eq!(
+                m.data["tokens_budget_remaining"].as_u64(),
+                Some(1000 - used - so_far),
+                "turn {turn}: {m:?}"
+            );
+            assert_eq!(m.data["kv_warmth"], json!(warm), "turn {turn}: {m:?}");
+        }
+        // a turn is charged its prompt and its output when it ends
+        let end = &f.last().unwrap().data;
+        used += end["tokens_in"].as_u64().unwrap() + end["tokens_out"].as_u64().unwrap();
+    }
+    // without a session neither is known, so neither is sent
+    let (id, _) = s.submit(&task("no session", 30, "interactive")).await;
+    let f = s.stream(&id, None).await;
+    let m = f
+        .iter()
+        .find(|x| x.event == "metrics" && x.data["tokens_out"].is_u64())
+        .expect("a running metrics frame");
+    assert!(m.data.get("tokens_budget_remaining").is_none(), "{m:?}");
+    s.assert_all_terminated().await;
+}

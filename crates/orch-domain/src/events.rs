@@ -101,8 +101,12 @@ pub struct MetricsFrame {
     /// While running: tokens streamed so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_out: Option<u32>,
+    /// While running, in a session with a token budget: what is left of it (less its
+    /// earlier turns' prompt and output tokens and this turn's output so far).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_budget_remaining: Option<u64>,
+    /// While running: whether the task runs where its KV cache was (placed by its
+    /// session or by a cached prefix of its prompt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_warmth: Option<bool>,
 }

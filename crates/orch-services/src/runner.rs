@@ -57,6 +57,7 @@ const TOKEN_METRIC_BATCH: u64 = 16;
 struct Attempt<'a> {
     a: &'a Assignment,
     w: &'a Where,
+    sessions: &'a SessionStore,
     started: bool,
     ttft_ms: u64,
     t0: Instant,
@@ -122,8 +123,11 @@ impl Attempt<'_> {
         });
     }
 
-    /// A `metrics` frame while running: tokens so far, queue depth behind, and with a
-    /// deadline the probability of meeting it at the pool's observed decode rate.
+    /// A `metrics` frame while running: tokens so far, queue depth behind, with a
+    /// deadline the probability of meeting it at the pool's observed decode rate, whether
+    /// the task runs where its KV was (`kv_warmth`: placed by its session or a cached
+    /// prefix), and with a session budget what is left of it counting this turn's tokens
+    /// so far (its reservation, `max_tokens`, is held until it ends).
     fn progress(&self, tokens: u32) {
         let (a, req, rec) = (self.a, &self.a.request, &self.a.rec);
         let snap = a.pool.snapshot();
@@ -141,8 +145,14 @@ impl Attempt<'_> {
             predicted_start_ms: None,
             on_time_probability: on_time,
             tokens_out: Some(tokens),
-            tokens_budget_remaining: None,
-            kv_warmth: None,
+            tokens_budget_remaining: rec.session.and_then(|sid| {
+                let held = self.sessions.remaining(&rec.tenant, sid)?;
+                Some(held + u64::from(req.max_tokens.saturating_sub(tokens)))
+            }),
+            kv_warmth: Some(matches!(
+                a.placement,
+                orch_domain::PlacementReason::Session | orch_domain::PlacementReason::Prefix
+            )),
         }));
     }
 
@@ -320,6 +330,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
         let mut at = Attempt {
             a: &a,
             w: &w,
+            sessions: &sessions,
             started: false,
             ttft_ms: 0,
             t0: Instant::now(),

@@ -140,6 +140,15 @@ impl SessionStore {
         Ok(())
     }
 
+    /// What `tenant`'s session `id` may still reserve (its budget less what its turns
+    /// used and hold); `None` without a budget or for an unknown session.
+    pub fn remaining(&self, tenant: &Arc<str>, id: SessionId) -> Option<u64> {
+        let b = self.budget?;
+        let m = self.lock();
+        let s = m.map.get(&(tenant.clone(), id))?;
+        Some(b.saturating_sub(s.tokens_used + s.tokens_reserved))
+    }
+
     /// A turn ended: release its reservation and charge what it used, in one step.
     pub fn settle(&self, tenant: &Arc<str>, id: SessionId, reserved: u64, used: u64) {
         let mut m = self.lock();
