@@ -130,6 +130,17 @@ async fn a_connection_over_the_limit_gets_a_503_and_a_freed_place_is_reused() {
     let text = String::from_utf8_lossy(&got).to_lowercase();
     assert!(text.starts_with("http/1.1 503"), "{text}");
     assert!(text.contains("retry-after: 1"), "{text}");
+    assert!(text.contains("x-backoff-ms: 1000"), "{text}");
+    // an envelope, its correlation id the header's (spec §3: every non-2xx)
+    let (head, body) = text.split_once("\r\n\r\n").expect("a body");
+    let cid = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-correlation-id: "))
+        .expect("x-correlation-id");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON envelope");
+    assert_eq!(v["code"], "overloaded", "{v}");
+    assert_eq!(v["retriable"], true, "{v}");
+    assert_eq!(v["correlation_id"], cid, "{v}");
     // one place freed: the next connection is served
     drop(held.pop());
     let t0 = Instant::now();

@@ -74,7 +74,7 @@ impl Checker {
             ),
         };
         let id = op["operationId"].as_str().unwrap().to_string();
-        let doc_resp = &op["responses"][&status];
+        let doc_resp = &resolve(&doc, &op["responses"][&status]);
         assert!(
             doc_resp.is_object(),
             "{id}: status {status} is not documented ({text})"
@@ -133,11 +133,19 @@ impl Checker {
         (status.parse().unwrap(), body)
     }
 
+    /// Every (operation, status) the documents name, but two no script here can cause
+    /// on demand: 500 (a bug; the panic catcher's answer is tested in orch-api's
+    /// `correlation` tests) and the connection limit's 503 where it is an operation's
+    /// only 503 (tested in orchestratord's `hostile` tests).
     fn documented(&self) -> BTreeSet<(String, String)> {
         let mut all = BTreeSet::new();
         for doc in [&self.data, &self.control] {
             for (_, _, op) in operations(doc) {
-                for status in op["responses"].as_object().unwrap().keys() {
+                for (status, r) in op["responses"].as_object().unwrap() {
+                    let overloaded = r["$ref"] == "#/components/responses/Overloaded";
+                    if status == "500" || overloaded {
+                        continue;
+                    }
                     all.insert((
                         op["operationId"].as_str().unwrap().to_string(),
                         status.clone(),
@@ -146,6 +154,14 @@ impl Checker {
             }
         }
         all
+    }
+}
+
+/// A response, or the shared response its `$ref` names.
+fn resolve(doc: &Value, r: &Value) -> Value {
+    match r["$ref"].as_str().and_then(|p| p.strip_prefix('#')) {
+        Some(pointer) => doc.pointer(pointer).cloned().unwrap_or(Value::Null),
+        None => r.clone(),
     }
 }
 
@@ -742,6 +758,43 @@ async fn every_operation_and_documented_status_conforms() {
             let form = Some(Plain("deadline_ms=1".into()));
             let (st, b) = c.call(&method, &tmpl, &path, form, &[]).await;
             assert_eq!(st, 415, "{method} {path}: {b}");
+        }
+    }
+
+    // 405: every path, sent with a method it does not serve, answers the shared 405
+    // (an envelope, `Allow`, the correlation id), documented on each of its operations
+    let admin = format!("Bearer {ADMIN_KEY}");
+    for doc in [c.data.clone(), c.control.clone()] {
+        let shared = resolve(
+            &doc,
+            &json!({"$ref": "#/components/responses/MethodNotAllowed"}),
+        );
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let concrete = path.replace("{id}", "p").replace("{replica}", "r");
+            let r = c
+                .http
+                .put(format!("{}{concrete}", c.base))
+                .header("authorization", &admin)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 405, "PUT {path}");
+            for name in shared["headers"].as_object().unwrap().keys() {
+                assert!(
+                    r.headers().contains_key(name.to_lowercase().as_str()),
+                    "PUT {path}: {name}"
+                );
+            }
+            let v: Value = r.json().await.unwrap();
+            let schema = &shared["content"]["application/json"]["schema"];
+            assert_valid(&doc, schema, &v, &format!("PUT {path}"));
+            assert_eq!(v["code"], "METHOD_NOT_ALLOWED", "PUT {path}: {v}");
+            for op in item.as_object().unwrap().values() {
+                if let Some(id) = op["operationId"].as_str() {
+                    assert!(op["responses"]["405"].is_object(), "{id} documents 405");
+                    c.seen.insert((id.to_string(), "405".into()));
+                }
+            }
         }
     }
 

@@ -66,7 +66,16 @@ fn documents_are_valid_openapi_3_1_with_the_required_extensions() {
             assert!(op["x-req-id"].is_string(), "{method} {path}: x-req-id");
             let responses = op["responses"].as_object().unwrap();
             assert!(!responses.is_empty());
+            // spec §3: every operation documents 405, 500 and the connection limit's 503
+            for status in ["405", "500", "503"] {
+                assert!(responses.contains_key(status), "{id}: {status} documented");
+            }
             for (status, resp) in responses {
+                // a shared response (405, 500, the connection limit's 503) by reference
+                let resp = match resp["$ref"].as_str() {
+                    Some(r) => resolve(doc, r).unwrap(),
+                    None => resp,
+                };
                 let h = &resp["headers"];
                 assert!(
                     h["X-Correlation-Id"].is_object(),
@@ -77,6 +86,9 @@ fn documents_are_valid_openapi_3_1_with_the_required_extensions() {
                         h["Retry-After"].is_object() && h["X-Backoff-Ms"].is_object(),
                         "{id} {status}"
                     );
+                }
+                if status == "405" {
+                    assert!(h["Allow"].is_object(), "{id} 405: Allow");
                 }
                 let code: u16 = status.parse().unwrap();
                 if code >= 400 {
@@ -234,5 +246,31 @@ fn the_202_response_links_to_the_task_operations() {
             .find(|o| o.2["operationId"] == target)
             .unwrap_or_else(|| panic!("{target} exists"));
         assert!(op.0.contains("{id}"), "{target} takes the id in its path");
+    }
+}
+
+/// YAML 1.1 readers (PyYAML, so schemathesis) read a bare `no`/`yes`/`on`/`off` as a
+/// boolean: the committed documents quote every such scalar (`X-Accel-Buffering`'s
+/// `no` was read as `false`).
+#[test]
+fn no_scalar_reads_as_a_boolean_in_yaml_1_1() {
+    for name in ["data.yaml", "control.yaml"] {
+        let path = format!("{}/../openapi/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            let t = line.trim_start();
+            let value = t
+                .strip_prefix("- ")
+                .or_else(|| t.split_once(": ").map(|(_, v)| v))
+                .unwrap_or("");
+            let bare = [
+                "no", "yes", "on", "off", "No", "Yes", "On", "Off", "NO", "YES", "ON", "OFF",
+            ]
+            .contains(&value);
+            assert!(!bare, "{name}: bare YAML 1.1 boolean in {line:?}");
+        }
+        if name == "data.yaml" {
+            assert!(text.contains("- 'no'"), "{name} quotes it");
+        }
     }
 }

@@ -76,7 +76,7 @@ async fn error_envelope_snapshots() {
     );
     capture(
         "payload_too_large",
-        post(task(&"x".repeat(1 << 20), 1))
+        post(task(&"x".repeat(2 << 20), 1))
             .await
             .unwrap()
             .json()

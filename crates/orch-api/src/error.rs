@@ -59,9 +59,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::AdmissionReject | ErrorCode::QuotaExceeded | ErrorCode::QueueFullDropLru => {
             StatusCode::TOO_MANY_REQUESTS
         }
-        ErrorCode::PoolUnready | ErrorCode::PoolUnavailable | ErrorCode::ReplicaExhausted => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        ErrorCode::PoolUnready
+        | ErrorCode::PoolUnavailable
+        | ErrorCode::Overloaded
+        | ErrorCode::ReplicaExhausted => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::DecodeTimeout | ErrorCode::WorkerReset | ErrorCode::Internal => {
             StatusCode::INTERNAL_SERVER_ERROR
         }

@@ -150,6 +150,55 @@ fn is_open(op: &str) -> bool {
     matches!(op, "livez" | "readyz")
 }
 
+/// The headers of the responses every operation shares (`components.responses`).
+fn shared_response_headers(doc: &mut Value) {
+    let Some(shared) = doc
+        .pointer_mut("/components/responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for (name, resp) in shared.iter_mut() {
+        let mut h = Map::new();
+        h.insert(
+            "X-Correlation-Id".into(),
+            header(
+                "Echoed from the request when valid, else generated",
+                json!({"type": "string"}),
+            ),
+        );
+        match name.as_str() {
+            "MethodNotAllowed" => {
+                h.insert(
+                    "Allow".into(),
+                    header("The methods this path serves", json!({"type": "string"})),
+                );
+            }
+            "Overloaded" => {
+                h.insert(
+                    "Retry-After".into(),
+                    header(
+                        "Seconds to wait before retrying (>= 1)",
+                        json!({"type": "integer", "minimum": 1}),
+                    ),
+                );
+                h.insert(
+                    "X-Backoff-Ms".into(),
+                    header(
+                        "Milliseconds to wait before retrying",
+                        json!({"type": "integer", "minimum": 0}),
+                    ),
+                );
+            }
+            _ => {}
+        }
+        resp["headers"] = Value::Object(h);
+    }
+}
+
+/// The connection limit's answer, which any operation can get.
+const OVERLOADED: &str = "The server is at its connection limit (code OVERLOADED): answered before the request is read, with a fresh X-Correlation-Id, Retry-After and X-Backoff-Ms, and the connection is closed";
+
 /// API keys: the schemes, the document-wide requirement, and per operation the
 /// 401/403 responses (open probes carry an empty requirement; `/metrics` an optional
 /// one, since it is open unless configured admin-only).
@@ -160,9 +209,17 @@ fn security(mut doc: Value) -> Value {
         // every route answers a method it does not serve with this
         c.insert(
             "responses".into(),
-            json!({"MethodNotAllowed": {
-                "description": "A path served with another method answers 405 with code METHOD_NOT_ALLOWED",
-                "content": envelope.clone()}}),
+            json!({
+                "MethodNotAllowed": {
+                    "description": "This path sent with a method it does not serve answers 405 with code METHOD_NOT_ALLOWED and an `Allow` header",
+                    "content": envelope.clone()},
+                "Internal": {
+                    "description": "A bug (code INTERNAL), logged with the correlation id; a handler that panics answers this too",
+                    "content": envelope.clone()},
+                "Overloaded": {
+                    "description": OVERLOADED,
+                    "content": envelope.clone()},
+            }),
         );
         c.insert(
             "securitySchemes".into(),
@@ -195,6 +252,31 @@ fn security(mut doc: Value) -> Value {
                     "403".into(),
                     json!({"description": BROWSER, "content": envelope}),
                 );
+                // any operation: another method on its path, a bug, the connection limit
+                r.insert(
+                    "405".into(),
+                    json!({"$ref": "#/components/responses/MethodNotAllowed"}),
+                );
+                r.insert(
+                    "500".into(),
+                    json!({"$ref": "#/components/responses/Internal"}),
+                );
+                match r.get_mut("503").and_then(Value::as_object_mut) {
+                    Some(own) => {
+                        let d = own
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        let d = format!("{d}. Or: {OVERLOADED}");
+                        own.insert("description".into(), json!(d));
+                    }
+                    None => {
+                        r.insert(
+                            "503".into(),
+                            json!({"$ref": "#/components/responses/Overloaded"}),
+                        );
+                    }
+                }
                 if !matches!(method.as_str(), "get" | "head" | "options") {
                     r.entry("415").or_insert_with(|| json!({
                         "description": "A body (or Content-Type) that is not application/json: what a form post or a text/plain fetch would send (code INVALID_PARAMS)",
@@ -255,6 +337,7 @@ fn decorate(mut doc: Value) -> Value {
     doc["info"]["version"] = json!(API_VERSION);
     doc["info"]["license"] = json!({"name": "Apache-2.0", "identifier": "Apache-2.0"});
     doc = security(doc);
+    shared_response_headers(&mut doc);
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
         return doc;
     };
@@ -300,7 +383,8 @@ fn decorate(mut doc: Value) -> Value {
                 continue;
             };
             for (status, resp) in responses.iter_mut() {
-                let Some(resp) = resp.as_object_mut() else {
+                // shared responses get their headers where they are defined (below)
+                let Some(resp) = resp.as_object_mut().filter(|r| !r.contains_key("$ref")) else {
                     continue;
                 };
                 let headers = resp

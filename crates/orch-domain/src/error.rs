@@ -26,6 +26,8 @@ pub enum ErrorCode {
     QueueFullDropLru,
     PoolUnready,
     PoolUnavailable,
+    /// The server is at its connection limit (503, before the request is read).
+    Overloaded,
     ReplicaExhausted,
     DecodeTimeout,
     WorkerReset,
@@ -49,6 +51,7 @@ impl ErrorCode {
             ErrorCode::QueueFullDropLru => "QUEUE_FULL_DROP_LRU",
             ErrorCode::PoolUnready => "POOL_UNREADY",
             ErrorCode::PoolUnavailable => "POOL_UNAVAILABLE",
+            ErrorCode::Overloaded => "OVERLOADED",
             ErrorCode::ReplicaExhausted => "REPLICA_EXHAUSTED",
             ErrorCode::DecodeTimeout => "DECODE_TIMEOUT",
             ErrorCode::WorkerReset => "WORKER_RESET",
@@ -65,6 +68,7 @@ impl ErrorCode {
                 | ErrorCode::QueueFullDropLru
                 | ErrorCode::PoolUnready
                 | ErrorCode::PoolUnavailable
+                | ErrorCode::Overloaded
                 | ErrorCode::ReplicaExhausted
                 | ErrorCode::DecodeTimeout
                 | ErrorCode::WorkerReset

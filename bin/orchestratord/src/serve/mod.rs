@@ -5,7 +5,8 @@
 //!   (slowloris, idle keep-alive connections and connections that never send a byte
 //!   are closed);
 //! * **connection limit** — at most `max_connections` open at once; one over the limit
-//!   gets a bare `503` with `Retry-After: 1` and is closed;
+//!   gets a `503` `OVERLOADED` envelope (with a fresh `X-Correlation-Id`, logged,
+//!   `Retry-After: 1` and `X-Backoff-Ms`) before its request is read, and is closed;
 //! * **per-peer and unauthenticated limits** ([`peers`]) — connections that have not
 //!   authenticated are counted per address and in all, apart from authenticated ones;
 //! * **write-stall timeout** — a client that stops reading (its socket buffer full for
@@ -59,9 +60,24 @@ pub struct Limits {
 /// How long shutdown waits for open connections after asking them to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
-/// What a connection over the limit is told before it is closed.
-const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
-content-length: 0\r\nconnection: close\r\n\r\n";
+/// What a connection over the limit is told before it is closed (its request is not
+/// read, so the correlation id is a fresh one, the one the refusal is logged with).
+fn over_limit(correlation_id: &str) -> Vec<u8> {
+    let body = orch_domain::OrchError::new(
+        orch_domain::ErrorCode::Overloaded,
+        "the server is at its connection limit; retry shortly",
+    )
+    .with_retry_after_ms(1000)
+    .into_envelope(correlation_id.to_string());
+    let body = serde_json::to_string(&body).unwrap_or_default();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nx-backoff-ms: 1000\r\n\
+         x-correlation-id: {correlation_id}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 
 /// Serve `app` on `listener` until `stop` resolves, then close connections gracefully.
 pub async fn serve(
@@ -101,12 +117,14 @@ pub async fn serve(
             tracing::warn!(error = %e, "could not set SO_SNDBUF");
         }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let cid = uuid::Uuid::new_v4().to_string();
             tracing::warn!(
                 max_connections = limits.max_connections,
+                correlation_id = %cid,
                 "connection limit reached: refusing a connection with 503"
             );
             // best effort, never blocking the accept loop
-            let _ = tcp.try_write(OVER_LIMIT);
+            let _ = tcp.try_write(&over_limit(&cid));
             continue;
         };
         let ticket = match peers.open(peer.ip()) {
@@ -114,13 +132,14 @@ pub async fn serve(
             Err(why) => {
                 // one line a second at most: a flood of refusals must not flood the log
                 refused += 1;
+                let cid = uuid::Uuid::new_v4().to_string();
                 if last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(1)) {
-                    tracing::warn!(peer = %peer.ip(), reason = ?why, refused,
+                    tracing::warn!(peer = %peer.ip(), reason = ?why, refused, correlation_id = %cid,
                         "per-peer connection limit reached: refusing connections with 503");
                     last_warned = Some(Instant::now());
                     refused = 0;
                 }
-                let _ = tcp.try_write(OVER_LIMIT);
+                let _ = tcp.try_write(&over_limit(&cid));
                 continue;
             }
         };
