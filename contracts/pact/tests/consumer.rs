@@ -1,9 +1,10 @@
 //! Consumer pacts: what orch-client expects of orchestratord, recorded by running the
 //! real client against a pact mock server. Writes
 //! `contracts/pacts/orch-client-orchestratord.json` (committed; verified against the
-//! real provider by `provider_verify.rs`). SSE bodies are outside what pact can match:
-//! the stream interaction pins status and content type; frames are held by the
-//! conformance and snapshot tests.
+//! real provider by `provider_verify.rs`). The stream interaction pins its frames with
+//! one regular expression over the whole `text/event-stream` body: `started` (with its
+//! engine, pool, replica, profile and seed), one or more `token`s, then `end` (with its
+//! counts and finish reason), `metrics` frames and keep-alive comments allowed between.
 
 use pact_consumer::prelude::*;
 use std::path::PathBuf;
@@ -19,6 +20,30 @@ fn pacts_dir() -> PathBuf {
 fn task(prompt: &str) -> serde_json::Value {
     serde_json::json!({"workload": "completion", "model_ref": "mock-model", "priority": "interactive", "prompt": prompt, "max_tokens": 4})
 }
+
+/// A finished task's whole stream, as the provider sends it (frame order, names and the
+/// leading fields of each frame's data; later additive fields are allowed).
+const STREAM_RE: &str = concat!(
+    r#"^(: [^\n]*\n\n|event: metrics\nid: \d+\ndata: \{[^\n]*\}\n\n)*"#,
+    r#"event: started\nid: \d+\ndata: \{"queue_position":\d+,"predicted_start_ms":\d+,"#,
+    r#""engine":"[^"]+","engine_version":"[^"]+","model":"[^"]+","pool_id":"[^"]+","#,
+    r#""replica_id":"[^"]+","sampler_profile_version":"[^"]+","seed":-?\d+[^\n]*\}\n\n"#,
+    r#"(event: token\nid: \d+\ndata: \{"t":"([^"\\]|\\.)*","i":\d+\}\n\n"#,
+    r#"|event: metrics\nid: \d+\ndata: \{[^\n]*\}\n\n|: [^\n]*\n\n)+"#,
+    r#"event: end\nid: \d+\ndata: \{"tokens_in":\d+,"tokens_out":\d+,"decode_time_ms":\d+,"#,
+    r#""ttft_ms":\d+,"finish_reason":"(length|stop|eos)"[^\n]*\}\n\n$"#,
+);
+
+/// The example the pact mock server answers with (it matches `STREAM_RE`).
+const STREAM_EXAMPLE: &str = concat!(
+    "event: started\nid: 1\ndata: {\"queue_position\":0,\"predicted_start_ms\":0,\"engine\":\"mock\",",
+    "\"engine_version\":\"mock-0.1.0\",\"model\":\"sha256:d0a9\",\"pool_id\":\"mockpool\",",
+    "\"replica_id\":\"mockpool-r0\",\"sampler_profile_version\":\"v1\",\"seed\":7,\"placement\":\"load\"}\n\n",
+    "event: token\nid: 2\ndata: {\"t\":\" amber\",\"i\":0}\n\n",
+    "event: token\nid: 3\ndata: {\"t\":\" brook\",\"i\":1}\n\n",
+    "event: end\nid: 4\ndata: {\"tokens_in\":2,\"tokens_out\":2,\"decode_time_ms\":1,\"ttft_ms\":1,",
+    "\"finish_reason\":\"length\"}\n\n",
+);
 
 const UUID_RE: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
@@ -86,7 +111,10 @@ fn orch_client_consumer_pacts() {
         i.request
             .method("GET")
             .path(format!("/v1/tasks/{TASK_DONE}/stream"));
-        i.response.status(200).content_type("text/event-stream");
+        i.response
+            .status(200)
+            .content_type("text/event-stream")
+            .body_matching2(term!(STREAM_RE, STREAM_EXAMPLE), "text/event-stream");
         i
     });
     pb.interaction("cancel a running task", "", |mut i| {
@@ -136,7 +164,7 @@ fn orch_client_consumer_pacts() {
                 "ctx_max": like!(4096), "max_tokens_out": like!(2048), "workloads": ["completion"],
                 "concurrency": like!(1), "queue": {"capacity": like!(1), "policy": like!("reject")}, "ready": true
             }),
-            "rate_limits": {"prompt_max_bytes": like!(262144), "body_max_bytes": like!(327680)},
+            "rate_limits": {"prompt_max_chars": like!(262144), "prompt_max_bytes": like!(1048576), "body_max_bytes": like!(1114112)},
             "features": each_like!("sse")
         }));
         i
@@ -185,7 +213,13 @@ fn orch_client_consumer_pacts() {
             other => panic!("expected 400, got {other:?}"),
         }
         let done: TaskId = TASK_DONE.parse().unwrap();
-        let _stream = c.stream_from(done, 0).await.unwrap();
+        // the client reads the frames the pact pins: started, tokens, end
+        let mut stream = c.stream_from(done, 0).await.unwrap();
+        let mut kinds = Vec::new();
+        while let Some(ev) = futures_util::StreamExt::next(&mut stream).await {
+            kinds.push(ev.unwrap().event.kind().as_str());
+        }
+        assert_eq!(kinds, ["started", "token", "token", "end"]);
         c.cancel(TASK_RUNNING.parse().unwrap()).await.unwrap();
         let sid: SessionId = SESSION.parse().unwrap();
         let info = c.session(sid).await.unwrap();

@@ -231,3 +231,21 @@ async fn verification_fails_on_a_deliberately_broken_field() {
         "a pact expecting policy_label \"rejected\" must fail verification"
     );
 }
+
+/// The stream interaction's frames are really checked: a pact whose stream pattern wants
+/// `end` to say `finish_reason` `done` (never sent) fails verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_fails_on_a_stream_frame_the_provider_does_not_send() {
+    let text = std::fs::read_to_string(pact_file()).unwrap();
+    let wanted = r#"\"finish_reason\":\"(length|stop|eos)\""#;
+    assert!(text.contains(wanted), "the pact pins the end frame");
+    let broken = text.replacen(wanted, r#"\"finish_reason\":\"done\""#, 1);
+    let path = std::env::temp_dir().join(format!("broken-sse-pact-{}.json", std::process::id()));
+    std::fs::write(&path, broken).unwrap();
+    let ok = verify(path.clone()).await;
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        !ok,
+        "a stream pattern the provider does not match must fail verification"
+    );
+}

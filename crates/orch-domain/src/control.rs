@@ -217,7 +217,9 @@ pub struct QueueCaps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimits {
-    /// The longest prompt, in characters (Unicode scalar values).
+    /// The longest prompt, in characters (Unicode scalar values). Additive: a server
+    /// of an earlier release does not send it (read as 0, unknown).
+    #[serde(default)]
     pub prompt_max_chars: u64,
     /// The most UTF-8 bytes a prompt of `prompt_max_chars` characters takes.
     pub prompt_max_bytes: u64,
