@@ -858,6 +858,18 @@ async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
         "WORKER_RESET",
         "{frames:?}"
     );
+    // every message (a batch of frames) stored of every task so far: the reader above
+    // stops at the terminal frame, so it alone could not see a frame stored after it
+    let stored = c
+        .nats
+        .stream_messages("ORCH_FRAMES")
+        .await
+        .expect("the frames stream's size");
+    assert!(
+        stored >= 2,
+        "{stored} messages stored for {} frames",
+        frames.len()
+    );
     // SAFETY: as above
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     let t0 = Instant::now();
@@ -883,7 +895,13 @@ async fn a_paused_leader_is_replaced_and_stores_nothing_when_it_wakes() {
     );
     assert!(lint::has(&m, "cluster_pool_leader", &[]), "{m}");
     assert_eq!(lint::sum(&m, "cluster_pool_leader", &[]), 0.0, "{m}");
-    // nothing the old leader did after waking was stored
+    // nothing the old leader did after waking was stored: not one more message in the
+    // whole frames stream, and the task's frames read the same
+    assert_eq!(
+        c.nats.stream_messages("ORCH_FRAMES").await,
+        Some(stored),
+        "the woken leader stored frames"
+    );
     let after = c.stream(1, &id, None).await;
     assert_eq!(after, frames, "the stored frames did not change");
     assert_eq!(

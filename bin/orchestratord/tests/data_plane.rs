@@ -893,7 +893,7 @@ async fn running_metrics_frames_carry_the_session_budget_left_and_kv_warmth() {
         let end = &f.last().unwrap().data;
         used += end["tokens_in"].as_u64().unwrap() + end["tokens_out"].as_u64().unwrap();
     }
-    // without a session neither is known, so neither is sent
+    // without a session there is no budget to tell of (kv_warmth is still told)
     let (id, _) = s.submit(&task("no session", 30, "interactive")).await;
     let f = s.stream(&id, None).await;
     let m = f

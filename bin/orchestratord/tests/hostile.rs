@@ -132,13 +132,15 @@ async fn a_connection_over_the_limit_gets_a_503_and_a_freed_place_is_reused() {
     assert!(text.contains("retry-after: 1"), "{text}");
     assert!(text.contains("x-backoff-ms: 1000"), "{text}");
     // an envelope, its correlation id the header's (spec §3: every non-2xx)
-    let (head, body) = text.split_once("\r\n\r\n").expect("a body");
+    let raw = String::from_utf8_lossy(&got);
+    let (_, body) = raw.split_once("\r\n\r\n").expect("a body");
+    let head = text.split_once("\r\n\r\n").expect("a head").0;
     let cid = head
         .lines()
         .find_map(|l| l.strip_prefix("x-correlation-id: "))
         .expect("x-correlation-id");
     let v: serde_json::Value = serde_json::from_str(body).expect("a JSON envelope");
-    assert_eq!(v["code"], "overloaded", "{v}");
+    assert_eq!(v["code"], "OVERLOADED", "{v}");
     assert_eq!(v["retriable"], true, "{v}");
     assert_eq!(v["correlation_id"], cid, "{v}");
     // one place freed: the next connection is served
@@ -321,7 +323,9 @@ async fn two_thousand_idle_keep_alive_connections_cost_bounded_memory() {
     let after = rss_kib(pid);
     let per = (after.saturating_sub(before)) as f64 / N as f64;
     println!("[hostile] {N} idle keep-alive connections: RSS {before} KiB -> {after} KiB, {per:.1} KiB each");
-    assert!(per < 48.0, "{per:.1} KiB per idle connection");
+    // measured 13.6 KiB each (2026-12-02); the bound catches the per-connection
+    // router copy BENCHMARKS.md describes (+13 KiB each), which 48 KiB did not
+    assert!(per < 20.0, "{per:.1} KiB per idle connection");
     // still serving
     let r = reqwest::get(format!("{base}/livez")).await.unwrap();
     assert_eq!(r.status(), 200);

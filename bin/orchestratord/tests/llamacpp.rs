@@ -698,6 +698,12 @@ fn anti_cheat_no_canned_engine_output_in_the_source() {
     let recorded_engine = ["\"engine\":", "\"llamacpp\""].concat();
     let recorded_token = ["event:", " token"].concat();
     let canned = [["canned", "_haiku"].concat(), ["haiku", "_output"].concat()];
+    let gates = [
+        ["Count", "ing:"].concat(),
+        ["minutes past", " the hour"].concat(),
+        ["secret", " code"].concat(),
+    ];
+    let real_name = ["llama", "cpp"].concat();
     for f in files.lines() {
         let path = root.join(f);
         assert!(!f.ends_with(".gguf"), "model file committed: {f}");
@@ -714,6 +720,27 @@ fn anti_cheat_no_canned_engine_output_in_the_source() {
             !canned.iter().any(|c| lower.contains(c.as_str())),
             "{f} holds a canned haiku"
         );
+        // product code (not tests) never sees the gates' prompts: a server that
+        // recognised them could answer without the engine
+        let product = ["crates/", "adapters/", "bin/"]
+            .iter()
+            .any(|p| f.starts_with(p))
+            && f.contains("/src/");
+        if product {
+            for gate in &gates {
+                assert!(
+                    !text.contains(gate.as_str()),
+                    "{f} mentions a gate prompt ({gate:?})"
+                );
+            }
+        }
+        // the mock names itself mock everywhere: it never poses as the real engine
+        if f.starts_with("adapters/mock/src/") {
+            assert!(
+                !lower.contains(&real_name),
+                "{f}: the mock names the real engine"
+            );
+        }
     }
 }
 

@@ -588,7 +588,15 @@ async fn fairness_run(
     config: &str,
     asks: Asks,
 ) -> (HashMap<(String, String), u64>, Vec<f64>, Vec<f64>) {
-    let s = Arc::new(start(config).await);
+    fairness_run_on(Arc::new(start(config).await), priorities, asks).await
+}
+
+/// A fairness run against the server `s` serves (in this process or another).
+async fn fairness_run_on(
+    s: Arc<TestServer>,
+    priorities: &[&'static str],
+    asks: Asks,
+) -> (HashMap<(String, String), u64>, Vec<f64>, Vec<f64>) {
     let t0 = Instant::now();
     let (from, stop) = (
         t0 + Duration::from_millis(1500),
@@ -682,6 +690,36 @@ async fn fair_shares_follow_weights_under_saturation() {
     // served within the aging bound (5 s), and well ahead of the backlogged tenants
     assert!(lmax < 5000.0, "light tenant waited {lmax} ms");
     assert!(lm < hm, "light {lm} ms vs heavy {hm} ms");
+}
+
+/// Stage 9: the `admission_share{tenant,priority}` gauge itself, read from `/metrics`
+/// of a server process of its own (the gauge is process-wide, so tests sharing a
+/// process would mix their tenants), is within ±0.05 of the weights 1:2:5 under
+/// saturation, and within ±0.05 of the shares the clients counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_share_gauge_follows_the_weights_under_saturation() {
+    let path = temp_config("shares", &example());
+    let (_child, base) = spawn_binary_at(&path);
+    let s = Arc::new(TestServer::at(&base));
+    let (t, _, _) = fairness_run_on(s.clone(), &["batch"], same_asks()).await;
+    let text = s.metrics().await;
+    let gauge = |tenant: &str| {
+        lint::sum(
+            &text,
+            "admission_share",
+            &[("tenant", tenant), ("priority", "batch")],
+        )
+    };
+    let got = [gauge("bronze"), gauge("silver"), gauge("gold")];
+    assert_shares(got, "admission_share gauge (batch)");
+    let counted = shares(&t, "batch");
+    for i in 0..3 {
+        assert!(
+            (got[i] - counted[i]).abs() <= 0.05,
+            "gauge {got:?} vs counted by the clients {counted:?}"
+        );
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

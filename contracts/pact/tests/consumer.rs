@@ -164,7 +164,7 @@ fn orch_client_consumer_pacts() {
                 "ctx_max": like!(4096), "max_tokens_out": like!(2048), "workloads": ["completion"],
                 "concurrency": like!(1), "queue": {"capacity": like!(1), "policy": like!("reject")}, "ready": true
             }),
-            "rate_limits": {"prompt_max_chars": like!(262144), "prompt_max_bytes": like!(1048576), "body_max_bytes": like!(1114112)},
+            "rate_limits": {"prompt_max_chars": like!(262144), "prompt_max_bytes": like!(262144), "body_max_bytes": like!(1114112)},
             "features": each_like!("sse")
         }));
         i

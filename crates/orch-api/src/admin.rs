@@ -73,7 +73,8 @@ pub async fn add_replica(
     let req: AddReplicaRequest = read_json(body, app.body.capped(64 * 1024))
         .await
         .or_api(&cid)?;
-    if !(req.url.starts_with("http://") || req.url.starts_with("https://")) || req.url.len() > 2048
+    if !(req.url.starts_with("http://") || req.url.starts_with("https://"))
+        || orch_domain::task::longer_than(&req.url, 2048)
     {
         return Err(ApiError::new(
             OrchError::invalid("url", "must be an http:// or https:// URL"),

@@ -88,7 +88,7 @@ fn header(desc: &str, schema: Value) -> Value {
 fn examples(op: &str) -> Option<Value> {
     let task = json!({
         "workload": "completion", "model_ref": "gemma-3-270m", "priority": "interactive",
-        "prompt": "The secret code is 4821. Repeat the secret code: The secret code is",
+        "prompt": "Name three lighthouses of the Atlantic coast:",
         "max_tokens": 8, "temperature": 0.0
     });
     let id = "7d1a3f52-0c7e-4c9a-9a51-2d1f0e8b6c11";
@@ -138,7 +138,7 @@ fn examples(op: &str) -> Option<Value> {
                   "model_digest": "sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
                   "ctx_max": 2048, "max_tokens_out": 512, "workloads": ["completion"], "concurrency": 2,
                   "queue": {"capacity": 64, "policy": "reject"}, "ready": true}],
-                "rate_limits": {"prompt_max_chars": 262144, "prompt_max_bytes": 1048576, "body_max_bytes": 1114112},
+                "rate_limits": {"prompt_max_chars": 262144, "prompt_max_bytes": 262144, "body_max_bytes": 1114112},
                 "features": orch_domain::control::FEATURES}}
         }),
         _ => return None,

@@ -206,6 +206,33 @@ impl Nats {
         }
     }
 
+    /// How many messages stream `name` holds, the most any live server reports (from
+    /// the monitoring endpoint, so nothing about the stream is changed by asking).
+    pub async fn stream_messages(&self, name: &str) -> Option<u64> {
+        let mut most = None;
+        for (i, &p) in self.http_ports.iter().enumerate() {
+            if self.procs[i].is_none() {
+                continue;
+            }
+            let Some(body) = http_body(p, "/jsz?accounts=true&streams=true").await else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let streams = v["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+            for s in streams.filter(|s| s["name"] == name) {
+                let n = s["state"]["messages"].as_u64();
+                most = most.max(n);
+            }
+        }
+        most
+    }
+
     fn alive(&self) -> usize {
         self.procs.iter().filter(|p| p.is_some()).count()
     }

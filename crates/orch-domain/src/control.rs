@@ -217,11 +217,12 @@ pub struct QueueCaps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimits {
-    /// The longest prompt, in characters (Unicode scalar values). Additive: a server
-    /// of an earlier release does not send it (read as 0, unknown).
-    #[serde(default)]
-    pub prompt_max_chars: u64,
-    /// The most UTF-8 bytes a prompt of `prompt_max_chars` characters takes.
+    /// The longest prompt, in characters (Unicode scalar values), the bound the server
+    /// enforces. Additive: absent from servers of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_max_chars: Option<u64>,
+    /// A prompt of at most this many UTF-8 bytes is always accepted (it cannot have
+    /// more characters than bytes); the meaning this field always had.
     pub prompt_max_bytes: u64,
     pub body_max_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,8 +20,9 @@ pub const STOP_MAX_CHARS: usize = 256;
 pub const MODEL_REF_MAX_CHARS: usize = 256;
 pub const SAMPLER_PROFILE_MAX_CHARS: usize = 64;
 
-/// `s` has more than `max` characters (counting only when its bytes could).
-fn longer_than(s: &str, max: usize) -> bool {
+/// `s` has more than `max` characters (counting only when its bytes could): the way
+/// every text bound of the API counts, as JSON Schema's `maxLength` does.
+pub fn longer_than(s: &str, max: usize) -> bool {
     s.len() > max && s.chars().count() > max
 }
 

@@ -203,8 +203,8 @@ pub(crate) fn capabilities(
         api_version: orch_domain::control::API_VERSION.to_string(),
         engines,
         rate_limits: RateLimits {
-            prompt_max_chars: orch_domain::PROMPT_MAX_CHARS as u64,
-            prompt_max_bytes: orch_domain::PROMPT_MAX_BYTES as u64,
+            prompt_max_chars: Some(orch_domain::PROMPT_MAX_CHARS as u64),
+            prompt_max_bytes: orch_domain::PROMPT_MAX_CHARS as u64,
             body_max_bytes,
             session_tokens_budget: core.cfg.session_token_budget,
         },

@@ -146,8 +146,12 @@ impl Attempt<'_> {
             on_time_probability: on_time,
             tokens_out: Some(tokens),
             tokens_budget_remaining: rec.session.and_then(|sid| {
-                let held = self.sessions.remaining(&rec.tenant, sid)?;
-                Some(held + u64::from(req.max_tokens.saturating_sub(tokens)))
+                self.sessions.remaining_during(
+                    &rec.tenant,
+                    sid,
+                    u64::from(req.max_tokens),
+                    u64::from(tokens),
+                )
             }),
             kv_warmth: Some(matches!(
                 a.placement,

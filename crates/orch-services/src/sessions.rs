@@ -140,13 +140,24 @@ impl SessionStore {
         Ok(())
     }
 
-    /// What `tenant`'s session `id` may still reserve (its budget less what its turns
-    /// used and hold); `None` without a budget or for an unknown session.
-    pub fn remaining(&self, tenant: &Arc<str>, id: SessionId) -> Option<u64> {
+    /// What is left of `tenant`'s session `id`'s budget while a turn that reserved
+    /// `reserved` tokens here has produced `so_far`: the budget less what turns used,
+    /// what the others hold, and this turn's tokens so far. `None` without a budget,
+    /// for an unknown session, or when this store does not hold the turn's reservation
+    /// (a cluster leader running a task another instance admitted, a session evicted
+    /// meanwhile): then the figure is not known here.
+    pub fn remaining_during(
+        &self,
+        tenant: &Arc<str>,
+        id: SessionId,
+        reserved: u64,
+        so_far: u64,
+    ) -> Option<u64> {
         let b = self.budget?;
         let m = self.lock();
         let s = m.map.get(&(tenant.clone(), id))?;
-        Some(b.saturating_sub(s.tokens_used + s.tokens_reserved))
+        let others = s.tokens_reserved.checked_sub(reserved)?;
+        Some(b.saturating_sub(s.tokens_used + others + so_far))
     }
 
     /// A turn ended: release its reservation and charge what it used, in one step.
@@ -260,6 +271,25 @@ mod tests {
 
     fn t(name: &str) -> Arc<str> {
         name.into()
+    }
+
+    /// The budget left during a turn counts its tokens so far, not its reservation,
+    /// and is unknown where the turn's reservation is not held.
+    #[test]
+    fn the_budget_left_during_a_turn_counts_its_tokens_so_far() {
+        let st = SessionStore::new(Duration::from_secs(60), Some(100), 10);
+        let id = SessionId(uuid::Uuid::new_v4());
+        let a = t("t");
+        st.reserve(&a, id, 40).unwrap();
+        st.reserve(&a, id, 20).unwrap();
+        // this turn (40 reserved) has made 10; another holds 20
+        assert_eq!(st.remaining_during(&a, id, 40, 10), Some(70));
+        // a turn whose reservation this store does not hold
+        assert_eq!(st.remaining_during(&a, id, 80, 10), None);
+        assert_eq!(st.remaining_during(&t("other"), id, 40, 10), None);
+        let none = SessionStore::new(Duration::from_secs(60), None, 10);
+        none.reserve(&a, id, 40).unwrap();
+        assert_eq!(none.remaining_during(&a, id, 40, 10), None);
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Orch {
     readers: Vec<Vec<Event>>,
     /// Headers for the next request only.
     next_headers: Vec<(String, String)>,
+    /// Tokens served to each tenant in a saturation run (after its warm-up).
+    served: HashMap<String, u64>,
+    /// The number each counting task must continue with (fresh per run).
+    counts: HashMap<String, u64>,
 }
 
 fn toml_value(v: &str) -> String {
@@ -415,6 +419,65 @@ async fn submit_session(w: &mut Orch, alias: String, session: String, n: u32) {
     w.submit(&alias, t, None).await;
 }
 
+#[when(expr = "I submit a task {string} with determinism {word}, seed {int} and {int} tokens")]
+async fn submit_seeded(w: &mut Orch, alias: String, det: String, seed: i64, n: u32) {
+    let mut t = task(n, "interactive");
+    t["determinism"] = json!(det);
+    t["seed"] = json!(seed);
+    w.submit(&alias, t, None).await;
+    assert_eq!(w.last().status, 202, "{:?}", w.last().body);
+}
+
+#[when(expr = "I submit a task {string} with determinism {word} and {int} tokens")]
+async fn submit_determinism(w: &mut Orch, alias: String, det: String, n: u32) {
+    let mut t = task(n, "interactive");
+    t["determinism"] = json!(det);
+    w.submit(&alias, t, None).await;
+    assert_eq!(w.last().status, 202, "{:?}", w.last().body);
+}
+
+/// Each tenant keeps `n` batch tasks waiting (a new one as soon as one ends) for
+/// `ms`; tokens are counted after the first quarter (the warm-up).
+#[when(
+    expr = "{word}, {word} and {word} each keep {int} batch tasks of {int} tokens waiting for {int} ms"
+)]
+async fn saturate(w: &mut Orch, a: String, b: String, c: String, n: u32, tokens: u32, ms: u64) {
+    w.up();
+    let t0 = Instant::now();
+    let (from, stop) = (
+        t0 + Duration::from_millis(ms / 4),
+        t0 + Duration::from_millis(ms),
+    );
+    let req: orch_domain::TaskRequest = serde_json::from_value(task(tokens, "batch")).unwrap();
+    let mut runs = Vec::new();
+    for who in [a, b, c] {
+        for _ in 0..n {
+            let (client, req, who) = (w.client(Some(&who)), req.clone(), who.clone());
+            runs.push(tokio::spawn(async move {
+                let mut got = 0u64;
+                while Instant::now() < stop {
+                    let Ok(adm) = client.submit(&req).await else {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    };
+                    let frames = client.collect(adm.task_id).await.expect("stream");
+                    if Instant::now() >= from && Instant::now() < stop {
+                        got += frames
+                            .iter()
+                            .filter(|e| matches!(e.event, StreamEvent::Token(_)))
+                            .count() as u64;
+                    }
+                }
+                (who, got)
+            }));
+        }
+    }
+    for r in runs {
+        let (who, got) = r.await.unwrap();
+        *w.served.entry(who).or_insert(0) += got;
+    }
+}
+
 #[when(expr = "I submit a task {string} with a deadline of {int} ms")]
 async fn submit_deadline(w: &mut Orch, alias: String, ms: u64) {
     let mut t = task(4, "interactive");
@@ -433,6 +496,26 @@ async fn submit_same_id(w: &mut Orch, alias: String, other: String) {
     let mut t = task(4, "interactive");
     t["task_id"] = json!(w.tasks[&other]);
     w.submit(&alias, t, None).await;
+}
+
+/// The counting gate: a count from a fresh random start, which the model must continue;
+/// the answer is not in the prompt (an echo cannot pass) and no recording can know it.
+#[when(expr = "I submit a task {string} continuing a fresh count with {int} tokens")]
+async fn submit_count(w: &mut Orch, alias: String, n: u32) {
+    let start = 10
+        + (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs())
+            % 9_990);
+    let prompt = format!(
+        "Counting: {start}, {}, {}, {}, {},",
+        start + 1,
+        start + 2,
+        start + 3,
+        start + 4
+    );
+    w.counts.insert(alias.clone(), start + 5);
+    submit_prompt(w, alias, prompt, n).await;
 }
 
 #[when(expr = "I submit a task {string} with prompt {string} and {int} tokens")]
@@ -774,20 +857,145 @@ async fn becomes(w: &mut Orch, alias: String, state: String, ms: u64) {
     }
 }
 
-#[then(expr = "the text of {string} contains {string}")]
-fn text_contains(w: &mut Orch, alias: String, want: String) {
-    let text: String = frames(w, &alias)
+/// `got` (per tenant) is within `tol` of the weights' shares.
+fn assert_weighted(what: &str, got: [f64; 3], weights: [f64; 3], tol: f64) {
+    let (gs, ws) = (got.iter().sum::<f64>(), weights.iter().sum::<f64>());
+    assert!(gs > 0.0, "{what}: nothing served");
+    for i in 0..3 {
+        let (g, want) = (got[i] / gs, weights[i] / ws);
+        assert!(
+            (g - want).abs() <= tol,
+            "{what}: shares {:?} vs weights {weights:?} (±{tol})",
+            got.map(|x| x / gs)
+        );
+    }
+}
+
+#[then(
+    expr = "the tokens served to {word}, {word} and {word} follow the weights {int}:{int}:{int} within {float}"
+)]
+fn served_follow(w: &mut Orch, a: String, b: String, c: String, x: u32, y: u32, z: u32, tol: f64) {
+    let got = [&a, &b, &c].map(|t| *w.served.get(t.as_str()).unwrap_or(&0) as f64);
+    assert_weighted("tokens served", got, [x, y, z].map(f64::from), tol);
+}
+
+#[then(
+    expr = "the admission_share gauges of {word}, {word} and {word} follow the weights {int}:{int}:{int} within {float}"
+)]
+async fn gauges_follow(
+    w: &mut Orch,
+    a: String,
+    b: String,
+    c: String,
+    x: u32,
+    y: u32,
+    z: u32,
+    tol: f64,
+) {
+    let admin = w
+        .keys
+        .keys()
+        .find(|k| k.ends_with("/admin"))
+        .map(|k| k.split('/').next().unwrap_or_default().to_string());
+    w.request("GET", "/metrics", admin.as_deref(), None).await;
+    let text = w.last().body.as_str().unwrap_or_default().to_string();
+    let gauge = |tenant: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("admission_share{"))
+            .filter(|l| {
+                l.contains(&format!("tenant=\"{tenant}\"")) && l.contains("priority=\"batch\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let got = [gauge(&a), gauge(&b), gauge(&c)];
+    // the gauge is the share itself: the three sum to about 1 (the admin's own tasks
+    // would count too, and there are none here)
+    assert!(
+        (got.iter().sum::<f64>() - 1.0).abs() < 0.01,
+        "gauges {got:?}"
+    );
+    assert_weighted("admission_share gauge", got, [x, y, z].map(f64::from), tol);
+}
+
+fn text_of(w: &Orch, alias: &str) -> String {
+    w.frames
+        .get(alias)
+        .unwrap_or_else(|| panic!("no stream read for {alias}"))
         .iter()
         .filter_map(|e| match &e.event {
             StreamEvent::Token(t) => Some(t.t.clone()),
             _ => None,
         })
-        .collect();
-    let squashed: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        .collect()
+}
+
+#[then(expr = "{string} and {string} have the same text")]
+fn same_text(w: &mut Orch, a: String, b: String) {
+    let (ta, tb) = (text_of(w, &a), text_of(w, &b));
+    assert!(!ta.is_empty(), "{a} has text");
+    assert_eq!(ta, tb);
+}
+
+#[then(expr = "{string} and {string} have different text")]
+fn different_text(w: &mut Orch, a: String, b: String) {
+    assert_ne!(text_of(w, &a), text_of(w, &b));
+}
+
+fn started_seed(w: &Orch, alias: &str) -> i64 {
+    w.frames[alias]
+        .iter()
+        .find_map(|e| match &e.event {
+            StreamEvent::Started(s) => Some(s.seed),
+            _ => None,
+        })
+        .expect("a started frame")
+}
+
+#[then(expr = "the started frame of {string} names seed {int}")]
+fn names_seed(w: &mut Orch, alias: String, seed: i64) {
+    assert_eq!(started_seed(w, &alias), seed);
+}
+
+#[then(expr = "the started frame of {string} names the seed derived from its id")]
+fn names_derived_seed(w: &mut Orch, alias: String) {
+    assert_eq!(started_seed(w, &alias), w.id(&alias).derived_seed());
+}
+
+#[then(
+    expr = "the raw stream of {string} shows at least {int} keep-alive comments within {int} ms before any frame"
+)]
+async fn keepalives(w: &mut Orch, alias: String, n: usize, ms: u64) {
+    w.up();
+    let url = format!("{}/v1/tasks/{}/stream", w.base, w.id(&alias));
+    let r = w.http.get(url).send().await.expect("stream");
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let (mut seen, t0) = (String::new(), Instant::now());
+    while t0.elapsed() < Duration::from_millis(ms) {
+        let left = Duration::from_millis(ms).saturating_sub(t0.elapsed());
+        match tokio::time::timeout(left, body.next()).await {
+            Ok(Some(Ok(c))) => seen.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    let before_frames = &seen[..seen.find("event: ").unwrap_or(seen.len())];
+    let count = before_frames.matches(": keep-alive").count();
     assert!(
-        squashed.contains(&want),
-        "{text:?} does not contain {want:?}"
+        count >= n,
+        "{count} keep-alives before any frame in {seen:?}"
     );
+}
+
+#[then(expr = "the first number in the text of {string} continues its count")]
+fn continues_count(w: &mut Orch, alias: String) {
+    let text = text_of(w, &alias);
+    let first: String = text
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    assert_eq!(first, w.counts[&alias].to_string(), "{text:?}");
 }
 
 #[tokio::main]

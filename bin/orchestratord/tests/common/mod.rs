@@ -53,6 +53,21 @@ pub async fn start_opts(toml: &str, skip_self_test: bool) -> TestServer {
     }
 }
 
+impl TestServer {
+    /// A client of a server already running at `base` (a spawned binary).
+    pub fn at(base: &str) -> TestServer {
+        TestServer {
+            base: base.to_string(),
+            server: None,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            admitted: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 /// A mock pool config with the given pool/queue/mock knobs.
 pub fn mock_config(pool_extra: &str, mock: &str) -> String {
     format!(

@@ -295,6 +295,9 @@ fn unavailable(what: impl std::fmt::Display) -> OrchError {
     e
 }
 
+/// Bytes kept free in a stored task's NATS message for JetStream's headers.
+const PUBLISH_HEADROOM: usize = 4096;
+
 impl Node {
     /// Store a task in its pool's queue; the place the cluster expects it to take
     /// (from the leader's last queue hint; 0 when none is known). A task id stored
@@ -305,6 +308,19 @@ impl Node {
             .get(&t.pool_id)
             .ok_or_else(|| OrchError::not_found("pool", &t.pool_id))?;
         let payload = serde_json::to_vec(t).map_err(|e| OrchError::internal(e.to_string()))?;
+        // one NATS message holds the task: a record over the servers' max_payload (less
+        // room for JetStream's headers) can never be stored, so it is the client's 413,
+        // not a retriable 503
+        let max = self.client.server_info().max_payload;
+        if max > 0 && payload.len() + PUBLISH_HEADROOM > max {
+            return Err(OrchError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "this task takes {} bytes stored, over the cluster's NATS max_payload ({max} bytes); send a shorter prompt, or raise max_payload on the nats-servers",
+                    payload.len()
+                ),
+            ));
+        }
         let id = t.task_id.to_string();
         // the stored task is its record while it waits: other instances find it in
         // the queue by id; its leader records its status from its start on

@@ -491,20 +491,20 @@ impl PoolManager {
         if req.model_ref.trim().is_empty() {
             return Err(OrchError::invalid("model_ref", "must not be empty"));
         }
-        if req.model_ref.len() > 1024 {
+        if orch_domain::task::longer_than(&req.model_ref, 1024) {
             return Err(OrchError::invalid(
                 "model_ref",
-                "must be at most 1024 bytes",
+                "must be at most 1024 characters",
             ));
         }
         let sampler = req
             .sampler_profile_version
             .clone()
             .unwrap_or_else(|| snap.spec.sampler_profile_version.clone());
-        if sampler.is_empty() || sampler.len() > 64 {
+        if sampler.is_empty() || orch_domain::task::longer_than(&sampler, 64) {
             return Err(OrchError::invalid(
                 "sampler_profile_version",
-                "must be 1..=64 bytes",
+                "must be 1..=64 characters",
             ));
         }
         let digest = snap.pinned.as_ref().map(|p| p.model_digest.as_str());

@@ -26,9 +26,15 @@ Feature: Errors a client can meet, each with its status and envelope
     And the error code is "INVALID_PARAMS"
 
   Scenario: A body over the limit is refused before it is read
-    When I submit a task with a prompt of 400000 bytes
+    When I submit a task with a prompt of 2000000 bytes
     Then the response status is 413
     And the error code is "PAYLOAD_TOO_LARGE"
+
+  Scenario: A prompt over the most characters is invalid, naming the field
+    When I submit a task with a prompt of 300000 bytes
+    Then the response status is 400
+    And the error code is "INVALID_PARAMS"
+    And the JSON at "/message" is "prompt: must be at most 262144 characters"
 
   Scenario: A model no pool serves is the client's mistake
     When I submit a task for model "no-such-model"

@@ -1,7 +1,8 @@
 Feature: Submitting tasks and reading their streams
   A client submits a generation task and gets 202 with a task id at once. The task's
   events are read over Server-Sent Events: `started`, its tokens, then exactly one
-  `end` or `error`. Streams can be resumed, read by many readers, and canceled.
+  `end` or `error`, and can be canceled queued or running. How streams are read
+  (resume, many readers, keep-alives, abandonment) is in `sse/streams.feature`.
 
   Scenario: A task is admitted and streams its tokens to the end
     Given a mock pool with:
@@ -42,19 +43,6 @@ Feature: Submitting tasks and reading their streams
     Then the stream of "again" has 4 tokens
     And the stream of "again" ends with end
 
-  Scenario: A reader that reconnects resumes after the last frame it saw
-    Given a mock pool
-    When I submit a task "a" with 6 tokens
-    And I read the stream of "a"
-    And I read the stream of "a" after frame 3
-    Then the resumed stream of "a" starts at frame 4
-
-  Scenario: Many readers of one task see the same frames
-    Given a mock pool
-    When I submit a task "a" with 8 tokens
-    And two readers read the stream of "a"
-    Then both readers saw the same frames
-
   Scenario: A queued task that is canceled ends with only its terminal frame
     Given a mock pool with:
       | slots          | 1   |
@@ -78,12 +66,3 @@ Feature: Submitting tasks and reading their streams
     And I read the stream of "a"
     Then the stream of "a" ends with end
     And the stream of "a" ends with finish reason "canceled"
-
-  Scenario: A stream nobody reads any more is canceled after the grace period
-    Given the server setting stream_grace_ms is 300
-    And a mock pool with:
-      | tokens         | 100 |
-      | tokens_per_sec | 20  |
-    When I submit a task "a" with 100 tokens
-    And I open the stream of "a" and go away
-    Then "a" becomes canceled within 3000 ms
