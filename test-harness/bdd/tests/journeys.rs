@@ -874,6 +874,8 @@ fn assert_weighted(what: &str, got: [f64; 3], weights: [f64; 3], tol: f64) {
 #[then(
     expr = "the tokens served to {word}, {word} and {word} follow the weights {int}:{int}:{int} within {float}"
 )]
+// a cucumber step takes each value its expression captures as an argument
+#[allow(clippy::too_many_arguments)]
 fn served_follow(w: &mut Orch, a: String, b: String, c: String, x: u32, y: u32, z: u32, tol: f64) {
     let got = [&a, &b, &c].map(|t| *w.served.get(t.as_str()).unwrap_or(&0) as f64);
     assert_weighted("tokens served", got, [x, y, z].map(f64::from), tol);
@@ -882,6 +884,8 @@ fn served_follow(w: &mut Orch, a: String, b: String, c: String, x: u32, y: u32, 
 #[then(
     expr = "the admission_share gauges of {word}, {word} and {word} follow the weights {int}:{int}:{int} within {float}"
 )]
+// a cucumber step takes each value its expression captures as an argument
+#[allow(clippy::too_many_arguments)]
 async fn gauges_follow(
     w: &mut Orch,
     a: String,
