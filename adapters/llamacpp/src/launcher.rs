@@ -24,6 +24,10 @@ pub struct LlamaServerConfig {
     /// `--parallel`: concurrent decodes.
     pub slots: u32,
     pub threads: u32,
+    /// Determinism over throughput: `--no-cont-batching`, so a request's prompt is
+    /// never processed in one batch with other requests' steps, and batch shapes (and
+    /// so the low bits of its logits) do not depend on what else runs.
+    pub deterministic: bool,
     pub extra_args: Vec<String>,
     pub client: ClientOptions,
     /// Where each running replica's pid file goes (`<replica>.pid`), so a later
@@ -251,6 +255,7 @@ impl ReplicaLauncher for LlamaServerLauncher {
                 .args(["--parallel", &self.cfg.slots.to_string()])
                 .args(["--threads", &self.cfg.threads.to_string()])
                 .args(["--metrics", "--slots", "--no-webui"])
+                .args(self.cfg.deterministic.then_some("--no-cont-batching"))
                 // its OpenAI routes (/v1/models) name the model as clients do
                 .args(["--alias", &self.cfg.model])
                 .args(&self.cfg.extra_args)
@@ -417,6 +422,7 @@ mod tests {
                 ctx: 1024,
                 slots: 1,
                 threads: 1,
+                deterministic: false,
                 extra_args: Vec::new(),
                 client: ClientOptions::default(),
                 pid_dir: None,

@@ -117,6 +117,7 @@ pub fn launcher_for(p: &PoolConfig) -> Result<Arc<dyn ReplicaLauncher>, String> 
                 ctx: l.ctx,
                 slots: l.slots,
                 threads: l.threads,
+                deterministic: l.deterministic,
                 extra_args: l.extra_args.clone(),
                 client: client(l, p),
                 pid_dir: Some(pid_dir()),

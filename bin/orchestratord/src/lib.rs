@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod config;
 pub mod engines;
+pub mod gpu;
 pub mod notify;
 pub mod reconfig;
 pub mod selftest;

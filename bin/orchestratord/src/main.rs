@@ -178,6 +178,8 @@ async fn run(cfg: Config, addr: Option<String>, skip_self_test: bool) -> ExitCod
             return ExitCode::FAILURE;
         }
     };
+    // GPU gauges where NVML sees a device; otherwise one line says why not
+    orchestratord::gpu::start();
     #[cfg(unix)]
     if let Ok(mut hup) = hup {
         let r = server.reconfig.clone();

@@ -38,6 +38,7 @@ fn tenant_spec(name: &str, t: &crate::config::TenantConfig) -> TenantSpec {
             max_queued: t.max_queued,
             tokens_per_minute: t.tokens_per_minute,
             max_tokens_per_task: t.max_tokens_per_task,
+            max_kv_tokens: t.max_kv_tokens,
         },
     }
 }

@@ -133,3 +133,45 @@ async fn reload_switches_sampler_profile_and_refuses_unknown_models() {
     envelope(r, 404, "NOT_FOUND").await;
     s.assert_all_terminated().await;
 }
+
+/// Spec §1: `determinism: strict` pins the replica set the task was admitted to. A
+/// strict task still waiting when a reload replaces the set (here its sampler profile)
+/// ends with a retriable `POOL_UNREADY` naming why, never started on the new set; a
+/// best-effort task waiting beside it runs on the new one.
+#[tokio::test]
+async fn a_strict_task_never_runs_on_a_replica_set_a_reload_put_in_its_place() {
+    let s = start(&mock_config(
+        "",
+        "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 5\ntokens = 10",
+    ))
+    .await;
+    let (running, _) = s.submit(&task("running", 10, "interactive")).await;
+    let mut strict = task("strict", 4, "interactive");
+    strict["determinism"] = json!("strict");
+    let (strict, _) = s.submit(&strict).await;
+    let (loose, _) = s.submit(&task("best effort", 4, "interactive")).await;
+    assert_eq!(s.status(&strict).await["state"], "queued");
+    let r = s
+        .http
+        .post(s.url("/v1/pools/mockpool/reload"))
+        .json(&json!({"model_ref": "mock-model", "sampler_profile_version": "v9"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(s.stream(&running, None).await.last().unwrap().event, "end");
+    let f = s.stream(&strict, None).await;
+    assert!(f.iter().all(|x| x.event != "started"), "{f:?}");
+    let end = f.last().unwrap();
+    assert_eq!(end.event, "error", "{f:?}");
+    assert_eq!(end.data["code"], "POOL_UNREADY", "{end:?}");
+    assert_eq!(end.data["retriable"], true, "{end:?}");
+    assert!(
+        end.data["message"].as_str().unwrap().contains("strict"),
+        "{end:?}"
+    );
+    let f = s.stream(&loose, None).await;
+    assert_eq!(f[0].data["sampler_profile_version"], "v9", "{f:?}");
+    assert_eq!(f.last().unwrap().event, "end");
+    s.assert_all_terminated().await;
+}

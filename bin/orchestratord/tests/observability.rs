@@ -335,7 +335,7 @@ async fn metrics_hold_to_the_lint_file_both_ways_and_pass_promtool() {
         .unwrap();
 
     let lint = lint::standalone();
-    let checked = lint::check(&text, &[&lint], SECRET_PROMPT);
+    let checked = lint::check(&text, &[&lint, &lint::gpu()], SECRET_PROMPT);
     lint::all_exposed(&checked, &lint);
     let values = checked.values;
     // the workload's events landed where they belong

@@ -1,6 +1,8 @@
 //! The binary's startup contract: bad config, missing engine or model fail fast with a
 //! readable message and a non-zero exit; a good config serves and stops on SIGTERM.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -304,4 +306,58 @@ fn the_demo_keys_are_refused_off_loopback() {
         "{text}"
     );
     let _ = std::fs::remove_file(exposed);
+}
+
+/// Every shipped example config (`examples/*.toml`, read from the directory so a new
+/// one is covered too) passes `check-config`.
+#[test]
+fn every_shipped_example_config_passes_check_config() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+            .args(["check-config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}{}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked.push(path.file_name().unwrap().to_string_lossy().to_string());
+    }
+    for known in ["mock.toml", "quickstart.toml", "tenants.toml"] {
+        assert!(
+            checked.iter().any(|c| c == known),
+            "{known} checked: {checked:?}"
+        );
+    }
+}
+
+/// Spec §5: where there is no GPU (here: no `nvml` feature, or no NVIDIA driver) the
+/// server exports no GPU gauges and says so once at startup, with the reason.
+#[test]
+fn without_a_gpu_startup_says_once_that_there_are_no_gpu_gauges() {
+    let path = write_config("nogpu", &common::mock_config("", "slots = 1"));
+    let (_child, _base, log) = common::spawn_binary_logged(&path, &[]);
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        let text = log.lock().unwrap().clone();
+        if text.contains("no GPU gauges") || t0.elapsed() > std::time::Duration::from_secs(5) {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("no GPU gauges"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("reason"), "{}", lines[0]);
 }

@@ -877,3 +877,77 @@ async fn with_keys_metrics_need_an_admin_key_unless_opened() {
     envelope(get_as(&s, Some(GOLD), "/metrics").await, 403, "FORBIDDEN").await;
     assert_eq!(get_as(&s, Some(ADMIN), "/metrics").await.status(), 200);
 }
+
+/// Stage 11, the seed's KV quota: a tenant's unfinished tasks hold at most
+/// `max_kv_tokens` of context (each its prompt, estimated at 4 bytes a token, plus its
+/// `max_tokens`). Beyond it a task is refused with 429 `quota-kv` and Retry-After; a
+/// task that alone needs more is the client's 400; a task that ends gives its KV back;
+/// another tenant is not affected; capabilities show the quota.
+#[tokio::test]
+async fn the_kv_quota_bounds_what_a_tenants_unfinished_tasks_hold() {
+    let cfg = format!(
+        "{}{}\n[server]\nkeepalive_ms = 200\n\n[tenants.kv]\nmax_kv_tokens = 300\n\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\n[pools.mock]\nslots = 4\ntokens_per_sec = 40.0\nttft_ms = 5\ntokens = 100\n",
+        key_entry("k-kv", "kv", "client"),
+        key_entry("k-free", "free", "client"),
+    );
+    let s = start(&cfg).await;
+    // 400 bytes of prompt (~100 tokens) + 100 tokens out: 200 of the 300
+    let prompt = "x".repeat(400);
+    let first = submit_as(&s, "k-kv", &task(&prompt, 100, "batch")).await;
+    assert_eq!(first.status(), 202);
+    let first = first.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = submit_as(&s, "k-kv", &task(&prompt, 100, "batch")).await;
+    assert!(r.headers().get("retry-after").is_some());
+    let e = envelope(r, 429, "QUOTA_EXCEEDED").await;
+    assert_eq!(e["policy_label"], "quota-kv", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("max_kv_tokens 300"),
+        "{e}"
+    );
+    // what fits beside it is admitted (100 bytes ~25 tokens + 60)
+    assert_eq!(
+        submit_as(&s, "k-kv", &task(&"y".repeat(100), 60, "batch"))
+            .await
+            .status(),
+        202
+    );
+    // alone over the whole quota: no wait could admit it
+    let e = envelope(
+        submit_as(&s, "k-kv", &task(&prompt, 250, "batch")).await,
+        400,
+        "INVALID_PARAMS",
+    )
+    .await;
+    assert!(
+        e["message"].as_str().unwrap().starts_with("max_tokens"),
+        "{e}"
+    );
+    // another tenant has no such quota
+    for _ in 0..3 {
+        assert_eq!(
+            submit_as(&s, "k-free", &task(&prompt, 100, "batch"))
+                .await
+                .status(),
+            202
+        );
+    }
+    // the first task ends: its 200 come back
+    let frames = stream_as(&s, "k-kv", &first).await;
+    assert_eq!(frames.last().unwrap().event, "end");
+    let mut again = None;
+    for _ in 0..100 {
+        let r = submit_as(&s, "k-kv", &task(&prompt, 100, "batch")).await;
+        if r.status() == 202 {
+            again = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(again.is_some(), "the ended task's KV was given back");
+    let caps = get_as(&s, Some("k-kv"), "/v1/capabilities").await;
+    let caps: Value = caps.json().await.unwrap();
+    assert_eq!(caps["tenant"]["quotas"]["max_kv_tokens"], 300, "{caps}");
+}

@@ -296,6 +296,10 @@ pub struct QuotaCaps {
     pub tokens_per_minute: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens_per_task: Option<u32>,
+    /// Most KV cache (context tokens: prompt + `max_tokens`) the tenant's unfinished
+    /// tasks may hold at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_kv_tokens: Option<u64>,
 }
 
 /// The OrchQueue API version (the OpenAPI `info.version`).

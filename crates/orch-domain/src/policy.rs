@@ -43,6 +43,8 @@ pub enum PolicyLabel {
     QuotaTokensPerMinute,
     /// A session's token budget.
     QuotaSessionBudget,
+    /// Tenant quota on the KV cache (context tokens) its unfinished tasks may hold.
+    QuotaKv,
     /// Readers of one task's stream at once.
     QuotaReaders,
 }
@@ -57,6 +59,7 @@ impl PolicyLabel {
             PolicyLabel::QuotaQueued => "quota-queued",
             PolicyLabel::QuotaTokensPerMinute => "quota-tokens-per-minute",
             PolicyLabel::QuotaSessionBudget => "quota-session-budget",
+            PolicyLabel::QuotaKv => "quota-kv",
             PolicyLabel::QuotaReaders => "quota-readers",
         }
     }

@@ -79,6 +79,11 @@ async fn admit_in(
     let (mut reservation, lease) = tenant
         .reserve(req.max_tokens, snap.retry_after_ms)
         .inspect_err(|e| refused(engine, e))?;
+    let kv_need =
+        u64::from(crate::pool::estimate_prompt_tokens(&req.prompt)) + u64::from(req.max_tokens);
+    let kv = tenant
+        .hold_kv(kv_need, snap.retry_after_ms)
+        .inspect_err(|e| refused(engine, e))?;
     let session = match req.session_id {
         Some(sid) => {
             let want = u64::from(req.max_tokens);
@@ -115,6 +120,8 @@ async fn admit_in(
     let sessions = core.sessions.clone();
     let owner = tenant.name.clone();
     rec.set_settlement(Box::new(move |s: Settled| {
+        // the task's KV is given back as it ends
+        drop(kv);
         reservation.used(u64::from(s.tokens_out));
         if let Some((sid, reserved)) = session {
             sessions.settle(

@@ -58,6 +58,10 @@ pub struct Quotas {
     pub tokens_per_minute: Option<u64>,
     /// Largest `max_tokens` of one task.
     pub max_tokens_per_task: Option<u32>,
+    /// Most KV cache, in context tokens, the tenant's admitted and unfinished tasks
+    /// (queued or running) may hold at once: each counts its prompt (estimated) plus
+    /// its `max_tokens`, the most context it can occupy on its engine.
+    pub max_kv_tokens: Option<u64>,
 }
 
 /// One tenant's share weight and quotas.

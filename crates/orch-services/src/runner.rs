@@ -174,7 +174,10 @@ impl Attempt<'_> {
             top_p: req.top_p.map(|p| (p as f32).max(f32::MIN_POSITIVE)),
             stop: req.stop.clone().unwrap_or_default(),
             slot: a.slot_hint,
-            cache_prompt: req.kv_hint != Some(orch_domain::KvHint::Cold),
+            // a strict task computes its whole prompt: a reused prefix was computed in
+            // another batch shape, and its last bits can tip a greedy pick
+            cache_prompt: req.kv_hint != Some(orch_domain::KvHint::Cold)
+                && req.determinism != Some(orch_domain::Determinism::Strict),
         };
         self.w
             .dispatch_ms(a.dequeued_at.elapsed().as_secs_f64() * 1e3);

@@ -13,7 +13,7 @@ use crate::config::{Quotas, Tenancy, TenantSpec};
 use orch_domain::{ErrorCode, OrchError, PolicyLabel};
 use orchestrator_core::bucket::TokenBucket;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -26,6 +26,8 @@ pub struct Tenant {
     spec: RwLock<(u32, Quotas)>,
     in_flight: AtomicU32,
     queued: AtomicU32,
+    /// Context tokens the tenant's unfinished tasks hold ([`KvHold`]).
+    kv_held: AtomicU64,
     bucket: Mutex<Option<TokenBucket>>,
     epoch: Instant,
 }
@@ -73,6 +75,7 @@ impl Tenant {
             spec: RwLock::new((spec.weight.max(1), spec.quotas)),
             in_flight: AtomicU32::new(0),
             queued: AtomicU32::new(0),
+            kv_held: AtomicU64::new(0),
             bucket: Mutex::new(
                 spec.quotas
                     .tokens_per_minute
@@ -141,6 +144,7 @@ impl Tenant {
                 max_queued: q.max_queued,
                 tokens_per_minute: q.tokens_per_minute,
                 max_tokens_per_task: q.max_tokens_per_task,
+                max_kv_tokens: q.max_kv_tokens,
             },
             in_flight: u.in_flight,
             queued: u.queued,
@@ -231,6 +235,65 @@ impl Tenant {
             reservation.tokens = u64::from(max_tokens);
         }
         Ok((reservation, lease))
+    }
+}
+
+impl Tenant {
+    /// Hold `need` context tokens of the tenant's KV quota for a task until it ends
+    /// (the returned [`KvHold`] gives them back when dropped). A task that needs more
+    /// than the whole quota is refused with 400 (no wait could admit it); one that
+    /// does not fit beside the tenant's other tasks with 429 `QUOTA_EXCEEDED`
+    /// (`quota-kv`), retry after `busy_retry_ms`.
+    pub fn hold_kv(self: &Arc<Self>, need: u64, busy_retry_ms: u64) -> Result<KvHold, OrchError> {
+        let Some(max) = self.quotas().max_kv_tokens else {
+            return Ok(KvHold {
+                tenant: self.clone(),
+                tokens: 0,
+            });
+        };
+        if need > max {
+            return Err(OrchError::invalid(
+                "max_tokens",
+                format!(
+                    "the prompt and max_tokens need {need} tokens of KV cache, over tenant {}'s max_kv_tokens {max}",
+                    self.name
+                ),
+            ));
+        }
+        let taken = self
+            .kv_held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held + need <= max).then_some(held + need)
+            });
+        match taken {
+            Ok(_) => Ok(KvHold {
+                tenant: self.clone(),
+                tokens: need,
+            }),
+            Err(held) => Err(quota_error(
+                PolicyLabel::QuotaKv,
+                format!(
+                    "tenant {}'s unfinished tasks hold {held} tokens of KV cache; this task needs {need} more (max_kv_tokens {max})",
+                    self.name
+                ),
+                busy_retry_ms,
+            )),
+        }
+    }
+}
+
+/// Context tokens of a tenant's KV quota held by one unfinished task; given back when
+/// dropped (when the task ends, or when its admission fails after the hold).
+pub struct KvHold {
+    tenant: Arc<Tenant>,
+    tokens: u64,
+}
+
+impl Drop for KvHold {
+    fn drop(&mut self) {
+        if self.tokens > 0 {
+            self.tenant.kv_held.fetch_sub(self.tokens, Ordering::AcqRel);
+        }
     }
 }
 
@@ -384,6 +447,34 @@ mod tests {
         assert_eq!(e.retry_after_ms, Some(500));
         drop((r1, r2));
         assert_eq!(t.usage().in_flight, 0);
+    }
+
+    /// The KV quota holds what unfinished tasks may occupy; a hold is given back when
+    /// dropped; a task over the whole quota is the client's 400.
+    #[test]
+    fn kv_holds_are_bounded_and_given_back() {
+        let t = tenant(Quotas {
+            max_kv_tokens: Some(300),
+            ..Quotas::default()
+        });
+        let a = t.hold_kv(200, 700).unwrap();
+        let e = t.hold_kv(150, 700).err().unwrap();
+        assert_eq!(e.code, ErrorCode::QuotaExceeded);
+        assert_eq!(e.policy_label, Some(PolicyLabel::QuotaKv));
+        assert_eq!(e.retry_after_ms, Some(700));
+        let b = t.hold_kv(100, 700).unwrap();
+        drop(a);
+        let c = t.hold_kv(150, 700).unwrap();
+        assert_eq!(
+            t.hold_kv(301, 1).err().unwrap().code,
+            ErrorCode::InvalidParams
+        );
+        drop((b, c));
+        assert!(t.hold_kv(300, 1).is_ok());
+        // no quota: nothing is counted
+        let free = tenant(Quotas::default());
+        let holds: Vec<_> = (0..5).map(|_| free.hold_kv(1 << 40, 1).unwrap()).collect();
+        assert_eq!(holds.len(), 5);
     }
 
     #[test]

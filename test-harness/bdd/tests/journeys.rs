@@ -422,6 +422,10 @@ async fn submit_session(w: &mut Orch, alias: String, session: String, n: u32) {
 #[when(expr = "I submit a task {string} with determinism {word}, seed {int} and {int} tokens")]
 async fn submit_seeded(w: &mut Orch, alias: String, det: String, seed: i64, n: u32) {
     let mut t = task(n, "interactive");
+    if w.real_engine {
+        t["model_ref"] = json!("gemma-3-270m");
+        t["prompt"] = json!("Write two sentences about a lighthouse keeper:");
+    }
     t["determinism"] = json!(det);
     t["seed"] = json!(seed);
     w.submit(&alias, t, None).await;

@@ -138,6 +138,12 @@ impl Config {
                     "0 would refuse everything; leave it out for unlimited",
                 );
             }
+            if t.max_kv_tokens == Some(0) {
+                bad(
+                    format!("{at}.max_kv_tokens"),
+                    "0 would refuse everything; leave it out for unlimited",
+                );
+            }
             if t.tokens_per_minute == Some(0) {
                 bad(
                     format!("{at}.tokens_per_minute"),

@@ -88,6 +88,9 @@ pub struct TenantConfig {
     pub max_queued: Option<u32>,
     pub tokens_per_minute: Option<u64>,
     pub max_tokens_per_task: Option<u32>,
+    /// Most KV cache (context tokens: prompt + max_tokens) the tenant's unfinished
+    /// tasks may hold at once (per instance in cluster mode).
+    pub max_kv_tokens: Option<u64>,
 }
 
 impl Default for TenantConfig {
@@ -98,6 +101,7 @@ impl Default for TenantConfig {
             max_queued: None,
             tokens_per_minute: None,
             max_tokens_per_task: None,
+            max_kv_tokens: None,
         }
     }
 }
@@ -320,6 +324,10 @@ pub struct LlamaCppConfig {
     /// Concurrent decodes per replica (`--parallel`).
     pub slots: u32,
     pub threads: u32,
+    /// Determinism over throughput (`--no-cont-batching`): a request's prompt is never
+    /// batched with other requests' steps, so `determinism: strict` tasks give the same
+    /// text whatever else runs. Default false.
+    pub deterministic: bool,
     /// More llama-server arguments (not `--host`, `--port`, `--api-key`,
     /// `--api-key-file`: the engine listens on loopback with orchestratord's key).
     pub extra_args: Vec<String>,
@@ -345,6 +353,7 @@ impl Default for LlamaCppConfig {
             ctx: 4096,
             slots: 2,
             threads: 2,
+            deterministic: false,
             extra_args: Vec::new(),
             models_dir: None,
             engine_api_key: true,

@@ -26,6 +26,11 @@ pub fn standalone() -> Lint {
     serde_json::from_str(include_str!("../../../../ci/metrics.lint.json")).unwrap()
 }
 
+/// The GPU gauges: allowed where a GPU exists, never required.
+pub fn gpu() -> Lint {
+    serde_json::from_str(include_str!("../../../../ci/metrics.gpu.lint.json")).unwrap()
+}
+
 pub fn cluster() -> Lint {
     serde_json::from_str(include_str!("../../../../ci/metrics.cluster.lint.json")).unwrap()
 }

@@ -10,7 +10,7 @@ use crate::pool::slot::SlotGuard;
 use crate::pool::state::Pinned;
 use crate::pool::{Assignment, Limits, PoolHandle};
 use crate::task::TaskRecord;
-use orch_domain::{ErrorCode, OrchError, PlacementReason, TaskRequest};
+use orch_domain::{Determinism, ErrorCode, OrchError, PlacementReason, TaskRequest};
 use orchestrator_core::prefix::{block_hashes, choose, PrefixPolicy};
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -79,6 +79,21 @@ impl Actor {
             if q.rec.cancel.is_cancelled() {
                 self.charges.refund(&mut self.st.queue, &id);
                 self.end_unstarted(&q.rec, None);
+                continue;
+            }
+            let strict = q.request.determinism == Some(Determinism::Strict);
+            if strict && self.st.pinned.as_ref().is_some_and(|p| **p != *q.pinned) {
+                // a reload replaced the replica set while it waited: running it on
+                // the new one would break the promise `strict` made at admission
+                self.charges.refund(&mut self.st.queue, &id);
+                q.rec.end(Ending::Failed(
+                    OrchError::new(
+                        ErrorCode::PoolUnready,
+                        "a reload replaced the replica set this strict task was admitted to; submit it again to run it on the new one",
+                    )
+                    .with_pool(&*self.id)
+                    .with_retry_after_ms(1000),
+                ));
                 continue;
             }
             let mode = self.st.spec.placement;

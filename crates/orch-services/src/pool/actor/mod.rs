@@ -38,6 +38,9 @@ const BATCH: usize = 64;
 struct Queued {
     rec: Arc<TaskRecord>,
     request: Arc<TaskRequest>,
+    /// The replica set (engine, version, model, profile, ctx) the task was admitted
+    /// to: a `determinism: strict` task runs on it or not at all.
+    pinned: Arc<Pinned>,
     enqueued_at: Instant,
     /// The expiry entry that belongs to this stay in the queue.
     expires_at: Instant,
@@ -337,6 +340,7 @@ impl Actor {
             Queued {
                 rec: rec.clone(),
                 request: request.clone(),
+                pinned: pinned.clone(),
                 enqueued_at: now,
                 expires_at: expiry.0,
                 _lease: lease,

@@ -8,3 +8,12 @@ Feature: A real engine
     And I read the stream of "count"
     Then the stream of "count" ends with end
     And the first number in the text of "count" continues its count
+
+  Scenario: Two strict runs with the same seed give the same text on the real engine
+    Given the bundled llama.cpp model
+    When I submit a task "a" with determinism strict, seed 11 and 16 tokens
+    And I read the stream of "a"
+    And I submit a task "b" with determinism strict, seed 11 and 16 tokens
+    And I read the stream of "b"
+    Then the stream of "b" ends with end
+    And "a" and "b" have the same text
