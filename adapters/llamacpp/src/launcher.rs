@@ -24,9 +24,9 @@ pub struct LlamaServerConfig {
     /// `--parallel`: concurrent decodes.
     pub slots: u32,
     pub threads: u32,
-    /// Determinism over throughput: `--no-cont-batching`, so a request's prompt is
-    /// never processed in one batch with other requests' steps, and batch shapes (and
-    /// so the low bits of its logits) do not depend on what else runs.
+    /// Determinism over throughput: `--no-cont-batching` (with one slot, which the
+    /// config requires: two prompts arriving together still share a batch otherwise),
+    /// so batch shapes, and the low bits of the logits, do not depend on what else runs.
     pub deterministic: bool,
     pub extra_args: Vec<String>,
     pub client: ClientOptions,

@@ -142,10 +142,11 @@ async fn reload_switches_sampler_profile_and_refuses_unknown_models() {
 async fn a_strict_task_never_runs_on_a_replica_set_a_reload_put_in_its_place() {
     let s = start(&mock_config(
         "",
-        "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 5\ntokens = 10",
+        "slots = 1\ntokens_per_sec = 20.0\nttft_ms = 5\ntokens = 40",
     ))
     .await;
-    let (running, _) = s.submit(&task("running", 10, "interactive")).await;
+    // 2 s of work ahead: the reload switches the set long before a slot frees
+    let (running, _) = s.submit(&task("running", 40, "interactive")).await;
     let mut strict = task("strict", 4, "interactive");
     strict["determinism"] = json!("strict");
     let (strict, _) = s.submit(&strict).await;

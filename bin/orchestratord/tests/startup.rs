@@ -354,10 +354,31 @@ fn without_a_gpu_startup_says_once_that_there_are_no_gpu_gauges() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
+    assert!(text.contains("no GPU gauges"), "{text}");
+    // a while longer: a second such line would show by now
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let text = log.lock().unwrap().clone();
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("no GPU gauges"))
         .collect();
     assert_eq!(lines.len(), 1, "{text}");
     assert!(lines[0].contains("reason"), "{}", lines[0]);
+}
+
+/// `deterministic = true` needs one slot per replica: with two, a strict task that
+/// arrived with another one was measured to generate other text (llamacpp.rs).
+#[test]
+fn a_deterministic_llama_pool_with_more_than_one_slot_is_refused() {
+    let cfg = |slots: u32| {
+        format!(
+            "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\n[pools.llamacpp]\nslots = {slots}\nctx = 2048\ndeterministic = true\n"
+        )
+    };
+    let e = orchestratord::Config::parse(&cfg(2)).expect_err("refused");
+    assert!(
+        format!("{e:?}").contains("pools[0].llamacpp.deterministic: needs slots = 1"),
+        "{e:?}"
+    );
+    assert!(orchestratord::Config::parse(&cfg(1)).is_ok());
 }

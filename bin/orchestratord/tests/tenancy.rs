@@ -914,9 +914,18 @@ async fn the_kv_quota_bounds_what_a_tenants_unfinished_tasks_hold() {
             .status(),
         202
     );
-    // alone over the whole quota: no wait could admit it
+    // alone over the whole quota: no wait could admit it (checked before any other
+    // quota, so never a 429 to retry); it names what to shrink
     let e = envelope(
         submit_as(&s, "k-kv", &task(&prompt, 250, "batch")).await,
+        400,
+        "INVALID_PARAMS",
+    )
+    .await;
+    let m = e["message"].as_str().unwrap();
+    assert!(m.starts_with("prompt") && m.contains("need 350"), "{e}");
+    let e = envelope(
+        submit_as(&s, "k-kv", &task("z", 301, "batch")).await,
         400,
         "INVALID_PARAMS",
     )
@@ -950,4 +959,5 @@ async fn the_kv_quota_bounds_what_a_tenants_unfinished_tasks_hold() {
     let caps = get_as(&s, Some("k-kv"), "/v1/capabilities").await;
     let caps: Value = caps.json().await.unwrap();
     assert_eq!(caps["tenant"]["quotas"]["max_kv_tokens"], 300, "{caps}");
+    assert_eq!(caps["tenant"]["kv_tokens_held"], 200, "{caps}");
 }

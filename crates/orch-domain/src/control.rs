@@ -282,6 +282,9 @@ pub struct TenantCaps {
     /// Tokens left in the per-minute budget now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_available: Option<u64>,
+    /// With a KV quota: the context tokens the tenant's unfinished tasks hold now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_tokens_held: Option<u64>,
 }
 
 /// A tenant's quotas; an absent field is unlimited.

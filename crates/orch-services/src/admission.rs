@@ -76,11 +76,14 @@ async fn admit_in(
     crate::pool::check_fits_snapshot(&snap, &req)?;
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
+    let kv_need =
+        u64::from(crate::pool::estimate_prompt_tokens(&req.prompt)) + u64::from(req.max_tokens);
+    tenant
+        .kv_fits_at_all(kv_need, req.max_tokens)
+        .inspect_err(|e| refused(engine, e))?;
     let (mut reservation, lease) = tenant
         .reserve(req.max_tokens, snap.retry_after_ms)
         .inspect_err(|e| refused(engine, e))?;
-    let kv_need =
-        u64::from(crate::pool::estimate_prompt_tokens(&req.prompt)) + u64::from(req.max_tokens);
     let kv = tenant
         .hold_kv(kv_need, snap.retry_after_ms)
         .inspect_err(|e| refused(engine, e))?;

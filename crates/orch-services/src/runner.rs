@@ -153,10 +153,15 @@ impl Attempt<'_> {
                     u64::from(tokens),
                 )
             }),
-            kv_warmth: Some(matches!(
-                a.placement,
-                orch_domain::PlacementReason::Session | orch_domain::PlacementReason::Prefix
-            )),
+            // warm only where its cached prefix is also used (not `kv_hint: cold`, not
+            // a strict task, which computes its whole prompt)
+            kv_warmth: Some(
+                matches!(
+                    a.placement,
+                    orch_domain::PlacementReason::Session | orch_domain::PlacementReason::Prefix
+                ) && req.kv_hint != Some(orch_domain::KvHint::Cold)
+                    && req.determinism != Some(orch_domain::Determinism::Strict),
+            ),
         }));
     }
 
@@ -392,6 +397,22 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             .pool
                             .retry(rec.clone(), a.request.clone(), tried.clone())
                             .await;
+                        // a strict task stays on the replica set it was admitted to
+                        let strict =
+                            a.request.determinism == Some(orch_domain::Determinism::Strict);
+                        let moved_set = next.as_ref().is_some_and(|n| *n.pinned != *a.pinned);
+                        if strict && moved_set {
+                            drop(next);
+                            rec.end(Ending::Failed(
+                                OrchError::new(
+                                    ErrorCode::PoolUnready,
+                                    "a reload replaced the replica set this strict task was admitted to before it could be retried; submit it again to run it on the new one",
+                                )
+                                .with_pool(&*a.pool.id)
+                                .with_retry_after_ms(1000),
+                            ));
+                            return;
+                        }
                         if let Some(next) = next {
                             tracing::info!(task_id = %rec.id, tenant = %rec.tenant, from = %a.replica_id, to = %next.replica_id,
                                 "retrying on another replica before the first token");

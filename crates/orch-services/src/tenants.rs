@@ -149,6 +149,7 @@ impl Tenant {
             in_flight: u.in_flight,
             queued: u.queued,
             tokens_available: u.tokens_available,
+            kv_tokens_held: q.max_kv_tokens.map(|_| self.kv_held()),
         }
     }
 
@@ -239,32 +240,43 @@ impl Tenant {
 }
 
 impl Tenant {
-    /// Hold `need` context tokens of the tenant's KV quota for a task until it ends
-    /// (the returned [`KvHold`] gives them back when dropped). A task that needs more
-    /// than the whole quota is refused with 400 (no wait could admit it); one that
-    /// does not fit beside the tenant's other tasks with 429 `QUOTA_EXCEEDED`
-    /// (`quota-kv`), retry after `busy_retry_ms`.
-    pub fn hold_kv(self: &Arc<Self>, need: u64, busy_retry_ms: u64) -> Result<KvHold, OrchError> {
-        let Some(max) = self.quotas().max_kv_tokens else {
-            return Ok(KvHold {
-                tenant: self.clone(),
-                tokens: 0,
-            });
-        };
-        if need > max {
-            return Err(OrchError::invalid(
-                "max_tokens",
-                format!(
-                    "the prompt and max_tokens need {need} tokens of KV cache, over tenant {}'s max_kv_tokens {max}",
-                    self.name
-                ),
-            ));
+    /// Whether a task needing `need` context tokens could ever fit the tenant's KV
+    /// quota: one that needs more than the whole quota is the client's 400 (no wait
+    /// could admit it), checked before anything is reserved.
+    pub fn kv_fits_at_all(&self, need: u64, max_tokens: u32) -> Result<(), OrchError> {
+        match self.quotas().max_kv_tokens {
+            Some(max) if need > max => {
+                // name what to shrink: max_tokens when it alone is over
+                let field = if u64::from(max_tokens) > max {
+                    "max_tokens"
+                } else {
+                    "prompt"
+                };
+                Err(OrchError::invalid(
+                    field,
+                    format!(
+                        "the prompt and max_tokens need {need} tokens of KV cache, over tenant {}'s max_kv_tokens {max}",
+                        self.name
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
-        let taken = self
-            .kv_held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                (held + need <= max).then_some(held + need)
-            });
+    }
+
+    /// Hold `need` context tokens of the tenant's KV quota for a task until it ends
+    /// (the returned [`KvHold`] gives them back when dropped). Every task's need is
+    /// counted, quota or not, so a quota a live reconfiguration sets sees the tasks
+    /// already running. One that does not fit beside the tenant's other tasks is
+    /// refused with 429 `QUOTA_EXCEEDED` (`quota-kv`), retry after `busy_retry_ms`.
+    pub fn hold_kv(self: &Arc<Self>, need: u64, busy_retry_ms: u64) -> Result<KvHold, OrchError> {
+        let max = self.quotas().max_kv_tokens;
+        let taken =
+            self.kv_held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| match max {
+                    Some(m) if held + need > m => None,
+                    _ => Some(held + need),
+                });
         match taken {
             Ok(_) => Ok(KvHold {
                 tenant: self.clone(),
@@ -273,12 +285,18 @@ impl Tenant {
             Err(held) => Err(quota_error(
                 PolicyLabel::QuotaKv,
                 format!(
-                    "tenant {}'s unfinished tasks hold {held} tokens of KV cache; this task needs {need} more (max_kv_tokens {max})",
-                    self.name
+                    "tenant {}'s unfinished tasks hold {held} tokens of KV cache; this task needs {need} more (max_kv_tokens {})",
+                    self.name,
+                    max.unwrap_or(0)
                 ),
                 busy_retry_ms,
             )),
         }
+    }
+
+    /// Context tokens the tenant's unfinished tasks hold now.
+    pub fn kv_held(&self) -> u64 {
+        self.kv_held.load(Ordering::Acquire)
     }
 }
 
@@ -291,9 +309,7 @@ pub struct KvHold {
 
 impl Drop for KvHold {
     fn drop(&mut self) {
-        if self.tokens > 0 {
-            self.tenant.kv_held.fetch_sub(self.tokens, Ordering::AcqRel);
-        }
+        self.tenant.kv_held.fetch_sub(self.tokens, Ordering::AcqRel);
     }
 }
 
@@ -465,16 +481,23 @@ mod tests {
         let b = t.hold_kv(100, 700).unwrap();
         drop(a);
         let c = t.hold_kv(150, 700).unwrap();
-        assert_eq!(
-            t.hold_kv(301, 1).err().unwrap().code,
-            ErrorCode::InvalidParams
-        );
+        assert_eq!(t.kv_held(), 250);
+        // over the whole quota: the client's 400, naming what to shrink
+        let e = t.kv_fits_at_all(301, 10).err().unwrap();
+        assert_eq!(e.code, ErrorCode::InvalidParams);
+        assert!(e.message.starts_with("prompt"), "{}", e.message);
+        let e = t.kv_fits_at_all(400, 350).err().unwrap();
+        assert!(e.message.starts_with("max_tokens"), "{}", e.message);
+        assert!(t.kv_fits_at_all(300, 10).is_ok());
         drop((b, c));
+        assert_eq!(t.kv_held(), 0);
         assert!(t.hold_kv(300, 1).is_ok());
-        // no quota: nothing is counted
+        // no quota: never refused, still counted (a quota set later sees them)
         let free = tenant(Quotas::default());
-        let holds: Vec<_> = (0..5).map(|_| free.hold_kv(1 << 40, 1).unwrap()).collect();
-        assert_eq!(holds.len(), 5);
+        let holds: Vec<_> = (0..5).map(|_| free.hold_kv(1 << 20, 1).unwrap()).collect();
+        assert_eq!(free.kv_held(), 5 << 20);
+        drop(holds);
+        assert_eq!(free.kv_held(), 0);
     }
 
     #[test]

@@ -252,6 +252,14 @@ impl Config {
                     if l.ctx < 64 {
                         bad(format!("{at}.llamacpp.ctx"), "must be at least 64");
                     }
+                    if l.deterministic && l.slots > 1 {
+                        // measured: two prompts that arrive together share a batch even
+                        // without continuous batching, and that changed a greedy answer
+                        bad(
+                            format!("{at}.llamacpp.deterministic"),
+                            "needs slots = 1: an engine decoding two requests at once batches them, and the batch's shape changes what a strict task generates",
+                        );
+                    }
                     if let Some(a) = adapter_llamacpp::launcher::reserved_arg(&l.extra_args) {
                         bad(
                             format!("{at}.llamacpp.extra_args"),

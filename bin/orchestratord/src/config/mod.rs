@@ -324,9 +324,9 @@ pub struct LlamaCppConfig {
     /// Concurrent decodes per replica (`--parallel`).
     pub slots: u32,
     pub threads: u32,
-    /// Determinism over throughput (`--no-cont-batching`): a request's prompt is never
-    /// batched with other requests' steps, so `determinism: strict` tasks give the same
-    /// text whatever else runs. Default false.
+    /// Determinism over throughput: needs `slots = 1`, and runs llama-server with
+    /// `--no-cont-batching`, so requests never share a batch and `determinism: strict`
+    /// tasks give the same text whatever else runs. Default false.
     pub deterministic: bool,
     /// More llama-server arguments (not `--host`, `--port`, `--api-key`,
     /// `--api-key-file`: the engine listens on loopback with orchestratord's key).

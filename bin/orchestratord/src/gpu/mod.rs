@@ -80,7 +80,18 @@ async fn run(mut source: Box<dyn GpuSource>) {
     let mut warned = false;
     loop {
         tick.tick().await;
-        match source.sample() {
+        // driver calls block: off the runtime's workers
+        let Ok((back, got)) = tokio::task::spawn_blocking(move || {
+            let got = source.sample();
+            (source, got)
+        })
+        .await
+        else {
+            tracing::warn!("GPU sampling stopped: the sampler panicked");
+            return;
+        };
+        source = back;
+        match got {
             Ok(s) => {
                 publish(&s);
                 warned = false;

@@ -37,10 +37,6 @@ pub struct Nvml {
     _lib: libloading::Library,
 }
 
-// SAFETY: NVML is thread-safe (its documentation says so of every call here), and the
-// raw device handles never leave `sample`.
-unsafe impl Send for Nvml {}
-
 fn check(what: &str, r: Ret) -> Result<(), String> {
     if r == 0 {
         Ok(())
@@ -60,7 +56,25 @@ impl Nvml {
             let init = *lib
                 .get::<unsafe extern "C" fn() -> Ret>(b"nvmlInit_v2\0")
                 .map_err(|e| e.to_string())?;
+            let shutdown = *lib
+                .get::<unsafe extern "C" fn() -> Ret>(b"nvmlShutdown\0")
+                .map_err(|e| e.to_string())?;
             check("nvmlInit_v2", init())?;
+            // from here a failure shuts NVML down again
+            let sym = |name: &[u8]| -> Result<(), String> {
+                lib.get::<*const c_void>(name).map(|_| ()).map_err(|e| {
+                    shutdown();
+                    e.to_string()
+                })
+            };
+            for name in [
+                &b"nvmlDeviceGetCount_v2\0"[..],
+                b"nvmlDeviceGetHandleByIndex_v2\0",
+                b"nvmlDeviceGetUtilizationRates\0",
+                b"nvmlDeviceGetMemoryInfo\0",
+            ] {
+                sym(name)?;
+            }
             Nvml {
                 count: *lib
                     .get(b"nvmlDeviceGetCount_v2\0")
@@ -74,12 +88,12 @@ impl Nvml {
                 memory: *lib
                     .get(b"nvmlDeviceGetMemoryInfo\0")
                     .map_err(|e| e.to_string())?,
-                shutdown: *lib.get(b"nvmlShutdown\0").map_err(|e| e.to_string())?,
+                shutdown,
                 _lib: lib,
             }
         };
         let mut count = 0u32;
-        // SAFETY: a valid pointer to a u32 NVML fills in
+        // SAFETY: a valid pointer to a u32 NVML fills in (dropping `n` shuts NVML down)
         check("nvmlDeviceGetCount_v2", unsafe { (n.count)(&mut count) })?;
         if count == 0 {
             return Err("NVML sees no GPU device".into());
