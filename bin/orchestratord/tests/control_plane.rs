@@ -97,10 +97,8 @@ async fn drain_makes_the_pool_unready_and_ends_work_by_the_deadline() {
     s.assert_all_terminated().await;
 }
 
-#[tokio::test]
-async fn reload_switches_sampler_profile_and_refuses_unknown_models() {
-    let s = start(&mock_config("", SLOW)).await;
-    let (during, _) = s.submit(&task("during reload", 10, "interactive")).await;
+/// Reload the mock pool onto the same model with sampler profile `v9` (202).
+async fn reload_to_v9(s: &TestServer) {
     let r = s
         .http
         .post(s.url("/v1/pools/mockpool/reload"))
@@ -109,6 +107,13 @@ async fn reload_switches_sampler_profile_and_refuses_unknown_models() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+}
+
+#[tokio::test]
+async fn reload_switches_sampler_profile_and_refuses_unknown_models() {
+    let s = start(&mock_config("", SLOW)).await;
+    let (during, _) = s.submit(&task("during reload", 10, "interactive")).await;
+    reload_to_v9(&s).await;
     assert_eq!(s.stream(&during, None).await.last().unwrap().event, "end");
     let (id, _) = s.submit(&task("after", 2, "interactive")).await;
     assert_eq!(
@@ -152,14 +157,7 @@ async fn a_strict_task_never_runs_on_a_replica_set_a_reload_put_in_its_place() {
     let (strict, _) = s.submit(&strict).await;
     let (loose, _) = s.submit(&task("best effort", 4, "interactive")).await;
     assert_eq!(s.status(&strict).await["state"], "queued");
-    let r = s
-        .http
-        .post(s.url("/v1/pools/mockpool/reload"))
-        .json(&json!({"model_ref": "mock-model", "sampler_profile_version": "v9"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    reload_to_v9(&s).await;
     assert_eq!(s.stream(&running, None).await.last().unwrap().event, "end");
     let f = s.stream(&strict, None).await;
     assert!(f.iter().all(|x| x.event != "started"), "{f:?}");

@@ -150,6 +150,24 @@ fn is_open(op: &str) -> bool {
     matches!(op, "livez" | "readyz")
 }
 
+/// `Retry-After` and `X-Backoff-Ms`, on every 429 and 503.
+fn backoff_headers(h: &mut Map<String, Value>) {
+    h.insert(
+        "Retry-After".into(),
+        header(
+            "Seconds to wait before retrying (>= 1)",
+            json!({"type": "integer", "minimum": 1}),
+        ),
+    );
+    h.insert(
+        "X-Backoff-Ms".into(),
+        header(
+            "Milliseconds to wait before retrying",
+            json!({"type": "integer", "minimum": 0}),
+        ),
+    );
+}
+
 /// The headers of the responses every operation shares (`components.responses`).
 fn shared_response_headers(doc: &mut Value) {
     let Some(shared) = doc
@@ -174,22 +192,7 @@ fn shared_response_headers(doc: &mut Value) {
                     header("The methods this path serves", json!({"type": "string"})),
                 );
             }
-            "Overloaded" => {
-                h.insert(
-                    "Retry-After".into(),
-                    header(
-                        "Seconds to wait before retrying (>= 1)",
-                        json!({"type": "integer", "minimum": 1}),
-                    ),
-                );
-                h.insert(
-                    "X-Backoff-Ms".into(),
-                    header(
-                        "Milliseconds to wait before retrying",
-                        json!({"type": "integer", "minimum": 0}),
-                    ),
-                );
-            }
+            "Overloaded" => backoff_headers(&mut h),
             _ => {}
         }
         resp["headers"] = Value::Object(h);
@@ -422,20 +425,7 @@ fn decorate(mut doc: Value) -> Value {
                     continue;
                 };
                 if status == "429" || status == "503" {
-                    h.insert(
-                        "Retry-After".into(),
-                        header(
-                            "Seconds to wait before retrying (>= 1)",
-                            json!({"type": "integer", "minimum": 1}),
-                        ),
-                    );
-                    h.insert(
-                        "X-Backoff-Ms".into(),
-                        header(
-                            "Milliseconds to wait before retrying",
-                            json!({"type": "integer", "minimum": 0}),
-                        ),
-                    );
+                    backoff_headers(h);
                 }
                 if status == "202" && id == "createTask" {
                     h.insert(
