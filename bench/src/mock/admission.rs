@@ -39,7 +39,7 @@ fn tenancy_toml() -> String {
     }
     for (_, tenant, weight) in KEYS {
         t.push_str(&format!(
-            "[tenants.{tenant}]\nweight = {weight}\nmax_concurrent = 100000\nmax_queued = 100000\ntokens_per_minute = 1000000000\nmax_tokens_per_task = 64\n"
+            "[tenants.{tenant}]\nweight = {weight}\nmax_concurrent = 100000\nmax_queued = 100000\ntokens_per_minute = 1000000000\nmax_tokens_per_task = 64\nmax_kv_tokens = 1000000000\n"
         ));
     }
     t

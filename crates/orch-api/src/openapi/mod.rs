@@ -5,6 +5,9 @@
 //! `contracts/openapi/{data,control}.yaml` are these documents, byte for byte
 //! (`cargo run -p orch-api --example regen-openapi`; a test fails when they differ).
 
+mod shape;
+mod yaml;
+
 use crate::{control, data, ops};
 use orch_domain::control::API_VERSION;
 use serde_json::{json, Map, Value};
@@ -379,7 +382,7 @@ fn decorate(mut doc: Value) -> Value {
                         (k.as_str().to_string(), r)
                     })
                     .collect();
-                set_event_schema(op, &events);
+                shape::set_event_schema(op, &events);
                 op.insert("x-sse-events".into(), Value::Object(events));
             }
             let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
@@ -455,83 +458,6 @@ fn decorate(mut doc: Value) -> Value {
     doc
 }
 
-/// The stream's 200 `text/event-stream` schema describes one event (as OpenAPI 3.2's
-/// `itemSchema` does, and as schemathesis reads `schema` for an event stream): its
-/// `event` names the frame, `id` is its sequence, and `data` is one line of JSON whose
-/// schema is that frame's (`contentMediaType` + `contentSchema`). Comments (keep-alives)
-/// are not events.
-fn set_event_schema(op: &mut Map<String, Value>, events: &Map<String, Value>) {
-    let names: Vec<&String> = events.keys().collect();
-    let one_of: Vec<Value> = events
-        .iter()
-        .map(|(name, schema)| {
-            json!({"properties": {
-                "event": {"const": name},
-                "data": {"type": "string", "contentMediaType": "application/json",
-                         "contentSchema": schema},
-            }})
-        })
-        .collect();
-    let schema = json!({
-        "description": "One event of the stream (a frame); `data` is the frame named by `event`, as one line of JSON",
-        "type": "object",
-        "required": ["event", "id", "data"],
-        "properties": {
-            "event": {"type": "string", "enum": names},
-            "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
-            "data": {"type": "string", "contentMediaType": "application/json"},
-        },
-        "oneOf": one_of,
-    });
-    if let Some(c) = op
-        .get_mut("responses")
-        .and_then(|r| r.pointer_mut("/200/content/text~1event-stream"))
-        .and_then(Value::as_object_mut)
-    {
-        c.insert("schema".into(), schema);
-    }
-}
-
-/// Bounds the derive cannot say, set to exactly what `TaskRequest::validate` enforces
-/// (so a request valid by the document is never refused for its shape): each stop
-/// string's length, the task ids a client may name (version 8 is reserved for ids
-/// derived from an `Idempotency-Key`), and the `Idempotency-Key` header's alphabet.
-fn bounds(mut doc: Value) -> Value {
-    if let Some(props) = doc
-        .pointer_mut("/components/schemas/TaskRequest/properties")
-        .and_then(Value::as_object_mut)
-    {
-        if let Some(stop) = props.get_mut("stop").and_then(Value::as_object_mut) {
-            stop.insert(
-                "items".into(),
-                json!({"type": "string", "minLength": 1,
-                       "maxLength": orch_domain::STOP_MAX_CHARS}),
-            );
-        }
-        props.insert(
-            "task_id".into(),
-            json!({"oneOf": [{"type": "null"}, {
-                "type": "string", "format": "uuid",
-                // any version but 8, in the hyphenated form
-                "pattern": "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-79a-fA-F][0-9a-fA-F]{3}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-                "description": "The client's id for the task (a UUID; absent: the server picks one). Version-8 UUIDs are reserved for ids derived from an `Idempotency-Key`.",
-            }]}),
-        );
-    }
-    if let Some(params) = doc
-        .pointer_mut("/paths/~1v1~1tasks/post/parameters")
-        .and_then(Value::as_array_mut)
-    {
-        for p in params.iter_mut() {
-            if p["name"] == "Idempotency-Key" {
-                p["schema"] = json!({"type": "string", "minLength": 1, "maxLength": 255,
-                                     "pattern": "^[!-~]+$"});
-            }
-        }
-    }
-    doc
-}
-
 /// The envelope schema carries its requirement id too.
 fn tag_envelope(mut doc: Value) -> Value {
     if let Some(env) = doc
@@ -549,7 +475,7 @@ fn to_value(api: utoipa::openapi::OpenApi) -> Value {
 
 /// The data-plane document.
 pub fn data_document() -> Value {
-    bounds(tag_envelope(decorate(to_value(DataApi::openapi()))))
+    shape::bounds(tag_envelope(decorate(to_value(DataApi::openapi()))))
 }
 
 /// The control-plane document.
@@ -560,28 +486,7 @@ pub fn control_document() -> Value {
 /// YAML text of a document (stable key order).
 pub fn to_yaml(doc: &Value) -> String {
     let text = serde_norway::to_string(doc).unwrap_or_default();
-    quote_yaml11_booleans(&text)
-}
-
-/// YAML 1.1 readers (PyYAML, and so schemathesis) take a bare `no`, `yes`, `on` or `off`
-/// for a boolean where YAML 1.2 (our writer) means the string: quote such scalars so
-/// every reader sees the string (`X-Accel-Buffering: no` was read as `false`).
-fn quote_yaml11_booleans(text: &str) -> String {
-    const WORDS: [&str; 12] = [
-        "no", "No", "NO", "yes", "Yes", "YES", "on", "On", "ON", "off", "Off", "OFF",
-    ];
-    let mut out = String::with_capacity(text.len() + 16);
-    for line in text.lines() {
-        let quoted = ["- ", ": "].iter().find_map(|sep| {
-            let (head, word) = line.rsplit_once(sep)?;
-            WORDS
-                .contains(&word)
-                .then(|| format!("{head}{sep}'{word}'"))
-        });
-        out.push_str(quoted.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
+    yaml::quote_yaml11_booleans(&text)
 }
 
 pub async fn serve_data() -> axum::response::Response {
