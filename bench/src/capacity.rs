@@ -109,22 +109,11 @@ pub async fn run() {
             drop(servers);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        println!(
-            "| {} | {:.0} | {:.0} | **{:.2}×** |",
-            round + 1,
-            r[0],
-            r[1],
-            r[1] / r[0]
-        );
+        ratio_row(round + 1, r[0], r[1], 0);
         one_sum += r[0];
         all_sum += r[1];
     }
-    println!(
-        "| mean | {:.0} | {:.0} | **{:.2}×** |",
-        one_sum / ROUNDS as f64,
-        all_sum / ROUNDS as f64,
-        all_sum / one_sum
-    );
+    ratio_row("mean", one_sum / ROUNDS as f64, all_sum / ROUNDS as f64, 0);
     drop(nats);
 }
 
@@ -279,22 +268,11 @@ pub async fn run_llama() {
             drop(servers);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        println!(
-            "| {} | {:.1} | {:.1} | **{:.2}×** |",
-            round + 1,
-            r[0],
-            r[1],
-            r[1] / r[0]
-        );
+        ratio_row(round + 1, r[0], r[1], 1);
         one_sum += r[0];
         all_sum += r[1];
     }
-    println!(
-        "| mean | {:.1} | {:.1} | **{:.2}×** |",
-        one_sum / ROUNDS as f64,
-        all_sum / ROUNDS as f64,
-        all_sum / one_sum
-    );
+    ratio_row("mean", one_sum / ROUNDS as f64, all_sum / ROUNDS as f64, 1);
     println!();
     println!("The box's ceiling, the same prompts straight to the engines (no orchestratord in the path):");
     println!();
@@ -391,4 +369,12 @@ pub async fn failover() {
         }
     }
     drop(nats);
+}
+
+/// One table row: a rate with one replica, with all, and their ratio.
+fn ratio_row(label: impl std::fmt::Display, one: f64, all: f64, decimals: usize) {
+    println!(
+        "| {label} | {one:.decimals$} | {all:.decimals$} | **{:.2}×** |",
+        all / one
+    );
 }

@@ -238,11 +238,103 @@ fn security(mut doc: Value) -> Value {
         );
     }
     doc["security"] = json!([{"bearerAuth": []}, {"apiKeyAuth": []}]);
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return doc;
-    };
     // what a web page could send is refused before anything else (browser.rs)
     const BROWSER: &str = "A request from a page of another site (its Origin is not this server's or a listed one), or through a name that is not this server's (its Host: DNS rebinding), is refused (code FORBIDDEN)";
+    each_operation(&mut doc, |method, op, id| {
+        if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+            r.insert(
+                "403".into(),
+                json!({"description": BROWSER, "content": envelope}),
+            );
+            every_operations_errors(r);
+            if !matches!(method, "get" | "head" | "options") {
+                r.entry("415").or_insert_with(|| json!({
+                        "description": "A body (or Content-Type) that is not application/json: what a form post or a text/plain fetch would send (code INVALID_PARAMS)",
+                        "content": envelope}));
+            }
+        }
+        if is_open(id) {
+            op.insert("security".into(), json!([]));
+            return;
+        }
+        if id == "metrics" {
+            op.insert(
+                "security".into(),
+                json!([{}, {"bearerAuth": []}, {"apiKeyAuth": []}]),
+            );
+        }
+        let admin = matches!(
+            id,
+            "listPools"
+                | "poolHealth"
+                | "drainPool"
+                | "reloadPool"
+                | "listReplicaSets"
+                | "metrics"
+                | "listReplicas"
+                | "addReplica"
+                | "removeReplica"
+                | "reloadConfig"
+        );
+        let has_body = op.contains_key("requestBody");
+        if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
+            if has_body {
+                r.insert("408".into(), json!({
+                        "description": "The request body did not arrive whole within the server's body read timeout (code REQUEST_TIMEOUT)",
+                        "content": envelope}));
+            }
+            r.insert("401".into(), json!({
+                    "description": "No API key, or a key that is not valid (code UNAUTHENTICATED); carries WWW-Authenticate: Bearer",
+                    "content": envelope}));
+            // tasks and sessions of other tenants answer 404, like unknown ids
+            let why = admin.then_some(
+                "The key's role is client; this operation needs an admin key (code FORBIDDEN)",
+            );
+            if let Some(why) = why {
+                r.insert(
+                    "403".into(),
+                    json!({"description": format!("{why}. {BROWSER}"), "content": envelope}),
+                );
+            }
+        }
+    });
+    doc
+}
+
+/// What any operation can answer: 405 (another method on its path), 500 (a bug) and
+/// the connection limit's 503 (added to an operation's own 503, if it has one).
+fn every_operations_errors(r: &mut Map<String, Value>) {
+    r.insert(
+        "405".into(),
+        json!({"$ref": "#/components/responses/MethodNotAllowed"}),
+    );
+    r.insert(
+        "500".into(),
+        json!({"$ref": "#/components/responses/Internal"}),
+    );
+    match r.get_mut("503").and_then(Value::as_object_mut) {
+        Some(own) => {
+            let d = own
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let d = format!("{d}. Or: {OVERLOADED}");
+            own.insert("description".into(), json!(d));
+        }
+        None => {
+            r.insert(
+                "503".into(),
+                json!({"$ref": "#/components/responses/Overloaded"}),
+            );
+        }
+    }
+}
+
+/// Call `f` with each operation of `doc`: its method, its object and its operationId.
+fn each_operation(doc: &mut Value, mut f: impl FnMut(&str, &mut Map<String, Value>, &str)) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
     for item in paths.values_mut().filter_map(Value::as_object_mut) {
         for (method, op) in item.iter_mut() {
             let Some(op) = op.as_object_mut() else {
@@ -253,89 +345,9 @@ fn security(mut doc: Value) -> Value {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
-                r.insert(
-                    "403".into(),
-                    json!({"description": BROWSER, "content": envelope}),
-                );
-                // any operation: another method on its path, a bug, the connection limit
-                r.insert(
-                    "405".into(),
-                    json!({"$ref": "#/components/responses/MethodNotAllowed"}),
-                );
-                r.insert(
-                    "500".into(),
-                    json!({"$ref": "#/components/responses/Internal"}),
-                );
-                match r.get_mut("503").and_then(Value::as_object_mut) {
-                    Some(own) => {
-                        let d = own
-                            .get("description")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        let d = format!("{d}. Or: {OVERLOADED}");
-                        own.insert("description".into(), json!(d));
-                    }
-                    None => {
-                        r.insert(
-                            "503".into(),
-                            json!({"$ref": "#/components/responses/Overloaded"}),
-                        );
-                    }
-                }
-                if !matches!(method.as_str(), "get" | "head" | "options") {
-                    r.entry("415").or_insert_with(|| json!({
-                        "description": "A body (or Content-Type) that is not application/json: what a form post or a text/plain fetch would send (code INVALID_PARAMS)",
-                        "content": envelope}));
-                }
-            }
-            if is_open(&id) {
-                op.insert("security".into(), json!([]));
-                continue;
-            }
-            if id == "metrics" {
-                op.insert(
-                    "security".into(),
-                    json!([{}, {"bearerAuth": []}, {"apiKeyAuth": []}]),
-                );
-            }
-            let admin = matches!(
-                id.as_str(),
-                "listPools"
-                    | "poolHealth"
-                    | "drainPool"
-                    | "reloadPool"
-                    | "listReplicaSets"
-                    | "metrics"
-                    | "listReplicas"
-                    | "addReplica"
-                    | "removeReplica"
-                    | "reloadConfig"
-            );
-            let has_body = op.contains_key("requestBody");
-            if let Some(r) = op.get_mut("responses").and_then(Value::as_object_mut) {
-                if has_body {
-                    r.insert("408".into(), json!({
-                        "description": "The request body did not arrive whole within the server's body read timeout (code REQUEST_TIMEOUT)",
-                        "content": envelope}));
-                }
-                r.insert("401".into(), json!({
-                    "description": "No API key, or a key that is not valid (code UNAUTHENTICATED); carries WWW-Authenticate: Bearer",
-                    "content": envelope}));
-                // tasks and sessions of other tenants answer 404, like unknown ids
-                let why = admin.then_some(
-                    "The key's role is client; this operation needs an admin key (code FORBIDDEN)",
-                );
-                if let Some(why) = why {
-                    r.insert(
-                        "403".into(),
-                        json!({"description": format!("{why}. {BROWSER}"), "content": envelope}),
-                    );
-                }
-            }
+            f(method, op, &id);
         }
     }
-    doc
 }
 
 /// Add the shared headers and extensions to every operation.
@@ -344,117 +356,101 @@ fn decorate(mut doc: Value) -> Value {
     doc["info"]["license"] = json!({"name": "Apache-2.0", "identifier": "Apache-2.0"});
     doc = security(doc);
     shared_response_headers(&mut doc);
-    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
-        return doc;
-    };
-    for item in paths.values_mut() {
-        let Some(item) = item.as_object_mut() else {
-            continue;
+    each_operation(&mut doc, |_, op, id| {
+        if let Some(r) = req_id(id) {
+            op.insert("x-req-id".into(), json!(r));
+        }
+        if let Some(ex) = examples(id) {
+            op.insert("x-examples".into(), ex);
+        }
+        if id == "streamTask" {
+            // every frame kind, with the schema of its data
+            let events: serde_json::Map<String, Value> = orch_domain::EventKind::ALL
+                .into_iter()
+                .map(|k| {
+                    let schema = match k {
+                        orch_domain::EventKind::Started => "StartedFrame",
+                        orch_domain::EventKind::Token => "TokenFrame",
+                        orch_domain::EventKind::Metrics => "MetricsFrame",
+                        orch_domain::EventKind::End => "EndFrame",
+                        orch_domain::EventKind::Error => "ErrorFrame",
+                    };
+                    let r = json!({"$ref": format!("#/components/schemas/{schema}")});
+                    (k.as_str().to_string(), r)
+                })
+                .collect();
+            shape::set_event_schema(op, &events);
+            op.insert("x-sse-events".into(), Value::Object(events));
+        }
+        let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+            return;
         };
-        for op in item.values_mut() {
-            let Some(op) = op.as_object_mut() else {
+        for (status, resp) in responses.iter_mut() {
+            // shared responses get their headers where they are defined (below)
+            let Some(resp) = resp.as_object_mut().filter(|r| !r.contains_key("$ref")) else {
                 continue;
             };
-            let id = op
-                .get("operationId")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if let Some(r) = req_id(&id) {
-                op.insert("x-req-id".into(), json!(r));
-            }
-            if let Some(ex) = examples(&id) {
-                op.insert("x-examples".into(), ex);
-            }
-            if id == "streamTask" {
-                // every frame kind, with the schema of its data
-                let events: serde_json::Map<String, Value> = orch_domain::EventKind::ALL
-                    .into_iter()
-                    .map(|k| {
-                        let schema = match k {
-                            orch_domain::EventKind::Started => "StartedFrame",
-                            orch_domain::EventKind::Token => "TokenFrame",
-                            orch_domain::EventKind::Metrics => "MetricsFrame",
-                            orch_domain::EventKind::End => "EndFrame",
-                            orch_domain::EventKind::Error => "ErrorFrame",
-                        };
-                        let r = json!({"$ref": format!("#/components/schemas/{schema}")});
-                        (k.as_str().to_string(), r)
-                    })
-                    .collect();
-                shape::set_event_schema(op, &events);
-                op.insert("x-sse-events".into(), Value::Object(events));
-            }
-            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+            let headers = resp
+                .entry("headers")
+                .or_insert_with(|| Value::Object(Map::new()));
+            let Some(h) = headers.as_object_mut() else {
                 continue;
             };
-            for (status, resp) in responses.iter_mut() {
-                // shared responses get their headers where they are defined (below)
-                let Some(resp) = resp.as_object_mut().filter(|r| !r.contains_key("$ref")) else {
-                    continue;
-                };
-                let headers = resp
-                    .entry("headers")
-                    .or_insert_with(|| Value::Object(Map::new()));
-                let Some(h) = headers.as_object_mut() else {
-                    continue;
-                };
+            h.insert(
+                "X-Correlation-Id".into(),
+                header(
+                    "Echoed from the request when valid, else generated",
+                    json!({"type": "string"}),
+                ),
+            );
+            if status == "429" {
+                resp.insert("x-req-id".into(), json!("ORCH-2007"));
+            }
+            if status == "202" && id == "createTask" {
+                // generic tools (schemathesis' stateful runs) follow a task from here
+                let by_id = json!({"id": "$response.body#/task_id"});
+                resp.insert(
+                    "links".into(),
+                    json!({
+                        "GetTask": {"operationId": "getTask", "parameters": by_id,
+                            "description": "The task's state"},
+                        "StreamTask": {"operationId": "streamTask", "parameters": by_id,
+                            "description": "The task's event stream"},
+                        "CancelTask": {"operationId": "cancelTask", "parameters": by_id,
+                            "description": "Cancel the task"},
+                    }),
+                );
+            }
+            let Some(h) = resp.get_mut("headers").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if status == "429" || status == "503" {
+                backoff_headers(h);
+            }
+            if status == "202" && id == "createTask" {
                 h.insert(
-                    "X-Correlation-Id".into(),
+                    "Location".into(),
+                    header("The task's status URL", json!({"type": "string"})),
+                );
+            }
+            if status == "200" && id == "streamTask" {
+                h.insert(
+                    "Cache-Control".into(),
                     header(
-                        "Echoed from the request when valid, else generated",
-                        json!({"type": "string"}),
+                        "Always `no-cache`",
+                        json!({"type": "string", "enum": ["no-cache"]}),
                     ),
                 );
-                if status == "429" {
-                    resp.insert("x-req-id".into(), json!("ORCH-2007"));
-                }
-                if status == "202" && id == "createTask" {
-                    // generic tools (schemathesis' stateful runs) follow a task from here
-                    let by_id = json!({"id": "$response.body#/task_id"});
-                    resp.insert(
-                        "links".into(),
-                        json!({
-                            "GetTask": {"operationId": "getTask", "parameters": by_id,
-                                "description": "The task's state"},
-                            "StreamTask": {"operationId": "streamTask", "parameters": by_id,
-                                "description": "The task's event stream"},
-                            "CancelTask": {"operationId": "cancelTask", "parameters": by_id,
-                                "description": "Cancel the task"},
-                        }),
-                    );
-                }
-                let Some(h) = resp.get_mut("headers").and_then(Value::as_object_mut) else {
-                    continue;
-                };
-                if status == "429" || status == "503" {
-                    backoff_headers(h);
-                }
-                if status == "202" && id == "createTask" {
-                    h.insert(
-                        "Location".into(),
-                        header("The task's status URL", json!({"type": "string"})),
-                    );
-                }
-                if status == "200" && id == "streamTask" {
-                    h.insert(
-                        "Cache-Control".into(),
-                        header(
-                            "Always `no-cache`",
-                            json!({"type": "string", "enum": ["no-cache"]}),
-                        ),
-                    );
-                    h.insert(
-                        "X-Accel-Buffering".into(),
-                        header(
-                            "Always `no`: proxies must not buffer the stream",
-                            json!({"type": "string", "enum": ["no"]}),
-                        ),
-                    );
-                }
+                h.insert(
+                    "X-Accel-Buffering".into(),
+                    header(
+                        "Always `no`: proxies must not buffer the stream",
+                        json!({"type": "string", "enum": ["no"]}),
+                    ),
+                );
             }
         }
-    }
+    });
     doc
 }
 
