@@ -402,18 +402,14 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             a.request.determinism == Some(orch_domain::Determinism::Strict);
                         let moved_set = next.as_ref().is_some_and(|n| *n.pinned != *a.pinned);
                         if strict && moved_set {
+                            // ends below like any failure (a cancel still wins)
                             drop(next);
-                            rec.end(Ending::Failed(
-                                OrchError::new(
-                                    ErrorCode::PoolUnready,
-                                    "a reload replaced the replica set this strict task was admitted to before it could be retried; submit it again to run it on the new one",
-                                )
-                                .with_pool(&*a.pool.id)
-                                .with_retry_after_ms(1000),
-                            ));
-                            return;
-                        }
-                        if let Some(next) = next {
+                            failure = OrchError::new(
+                                ErrorCode::PoolUnready,
+                                "a reload replaced the replica set this strict task was admitted to before it could be retried; submit it again to run it on the new one",
+                            )
+                            .with_retry_after_ms(1000);
+                        } else if let Some(next) = next {
                             tracing::info!(task_id = %rec.id, tenant = %rec.tenant, from = %a.replica_id, to = %next.replica_id,
                                 "retrying on another replica before the first token");
                             let p = &next.pinned;
