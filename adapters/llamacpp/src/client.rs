@@ -1,6 +1,6 @@
 //! The adapter for one llama-server replica, over its native HTTP API.
 
-use crate::wire::{CompletionRequest, Props, Slot};
+use crate::wire::{CompletionRequest, Prompt, Props, Slot};
 use crate::ENGINE;
 use adapter_api::{
     BoxFuture, EngineRequest, EventStream, Health, Properties, WorkerAdapter, WorkerError,
@@ -233,8 +233,12 @@ impl LlamaCppAdapter {
             Some(chat) => Some(self.apply_template(chat).await?),
             None => None,
         };
+        let text = rendered.as_deref().unwrap_or(&req.prompt);
         let body = CompletionRequest {
-            prompt: rendered.as_deref().unwrap_or(&req.prompt),
+            prompt: match &req.resume {
+                Some(r) if !r.ids.is_empty() => Prompt::Continued(text, &r.ids),
+                _ => Prompt::Text(text),
+            },
             n_predict: req.max_tokens,
             stream: true,
             // llama-server seeds are u32 and u32::MAX means "random": keep the low 32
@@ -330,6 +334,11 @@ impl WorkerAdapter for LlamaCppAdapter {
 
     fn submit(&self, req: EngineRequest) -> BoxFuture<'_, Result<EventStream, WorkerError>> {
         Box::pin(self.open(req))
+    }
+
+    /// llama-server streams each token's id and takes a prompt followed by ids.
+    fn continues(&self) -> bool {
+        true
     }
 
     /// The caller has dropped the stream (closing the upstream request, which makes

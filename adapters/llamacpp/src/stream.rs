@@ -29,10 +29,10 @@ where
     G: Send + 'static,
 {
     let events = body.eventsource();
-    let state = (events, guard, 0u32, false, Instant::now());
+    let state = (events, guard, 0u32, false, Instant::now(), Vec::new());
     let s = futures_util::stream::unfold(
         state,
-        move |(mut events, guard, mut index, done, t0)| async move {
+        move |(mut events, guard, mut index, done, t0, mut held)| async move {
             if done {
                 return None;
             }
@@ -41,18 +41,18 @@ where
                     None => {
                         let e =
                             WorkerError::Reset("llama-server closed the stream before stop".into());
-                        return Some((Err(e), (events, guard, index, true, t0)));
+                        return Some((Err(e), (events, guard, index, true, t0, held)));
                     }
                     // the client's read timeout (no byte for `read_timeout`) is a
                     // timeout, not a reset: the engine may still be decoding
                     Some(Err(EventStreamError::Transport(e))) if is_timeout(&e) => {
                         let e =
                             WorkerError::Timeout(format!("stream idle past the read timeout: {e}"));
-                        return Some((Err(e), (events, guard, index, true, t0)));
+                        return Some((Err(e), (events, guard, index, true, t0, held)));
                     }
                     Some(Err(e)) => {
                         let e = WorkerError::Reset(format!("stream: {e}"));
-                        return Some((Err(e), (events, guard, index, true, t0)));
+                        return Some((Err(e), (events, guard, index, true, t0, held)));
                     }
                     Some(Ok(ev)) => ev,
                 };
@@ -60,12 +60,12 @@ where
                     Ok(c) => c,
                     Err(e) => {
                         let e = WorkerError::Protocol(format!("bad chunk: {e}"));
-                        return Some((Err(e), (events, guard, index, true, t0)));
+                        return Some((Err(e), (events, guard, index, true, t0, held)));
                     }
                 };
                 if let Some(err) = chunk.error {
                     let e = WorkerError::Reset(format!("llama-server error: {err}"));
-                    return Some((Err(e), (events, guard, index, true, t0)));
+                    return Some((Err(e), (events, guard, index, true, t0, held)));
                 }
                 if chunk.stop {
                     let timings = chunk.timings.unwrap_or_default();
@@ -77,18 +77,25 @@ where
                         decode_time_ms: t0.elapsed().as_millis() as u64,
                         slot: chunk.id_slot.and_then(|s| u32::try_from(s).ok()),
                     };
-                    return Some((Ok(EngineEvent::End(end)), (events, guard, index, true, t0)));
+                    return Some((
+                        Ok(EngineEvent::End(end)),
+                        (events, guard, index, true, t0, held),
+                    ));
                 }
+                // ids of tokens whose text the server holds back (a partial UTF-8
+                // sequence, a possible stop word) go out with the next text
+                held.extend(chunk.tokens.iter().filter_map(|&t| u32::try_from(t).ok()));
                 if chunk.content.is_empty() {
-                    continue; // e.g. a partial UTF-8 sequence held back by the server
+                    continue;
                 }
                 let ev = EngineEvent::Token {
                     text: chunk.content,
                     index,
                     prompt_tokens: chunk.tokens_evaluated,
+                    ids: std::mem::take(&mut held),
                 };
                 index += 1;
-                return Some((Ok(ev), (events, guard, index, false, t0)));
+                return Some((Ok(ev), (events, guard, index, false, t0, held)));
             }
         },
     );

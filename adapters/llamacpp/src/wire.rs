@@ -2,9 +2,35 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A prompt: its text, or (continuing a generation) its text followed by the token ids
+/// already generated, which llama-server reads as one mixed prompt (`["text", 12, 34]`:
+/// the text tokenized as usual, BOS included, then the ids as they are).
+#[derive(Debug)]
+pub enum Prompt<'a> {
+    Text(&'a str),
+    Continued(&'a str, &'a [u32]),
+}
+
+impl Serialize for Prompt<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        match self {
+            Prompt::Text(t) => s.serialize_str(t),
+            Prompt::Continued(t, ids) => {
+                let mut seq = s.serialize_seq(Some(ids.len() + 1))?;
+                seq.serialize_element(t)?;
+                for id in *ids {
+                    seq.serialize_element(id)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct CompletionRequest<'a> {
-    pub prompt: &'a str,
+    pub prompt: Prompt<'a>,
     pub n_predict: u32,
     pub stream: bool,
     pub seed: u32,
@@ -24,6 +50,9 @@ pub struct CompletionRequest<'a> {
 #[serde(default)]
 pub struct Chunk {
     pub content: String,
+    /// The ids of the tokens of this chunk (streamed chunks carry the one token they
+    /// were made for, also when its text is held back).
+    pub tokens: Vec<i64>,
     pub stop: bool,
     pub stop_type: Option<String>,
     pub id_slot: Option<i64>,
@@ -99,6 +128,15 @@ pub fn kv_usage(slots: &[Slot]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continued_prompt_is_its_text_then_the_ids() {
+        let text = serde_json::to_string(&Prompt::Text("hi")).unwrap();
+        assert_eq!(text, r#""hi""#);
+        let ids = [7u32, 9];
+        let mixed = serde_json::to_string(&Prompt::Continued("hi", &ids)).unwrap();
+        assert_eq!(mixed, r#"["hi",7,9]"#);
+    }
 
     /// The shape llama-server's `GET /slots` answers with (only_metrics form).
     const SLOTS: &str = r#"[

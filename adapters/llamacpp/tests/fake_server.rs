@@ -42,6 +42,7 @@ fn request() -> EngineRequest {
         stop: Vec::new(),
         slot: None,
         cache_prompt: false,
+        resume: None,
     }
 }
 
@@ -251,6 +252,56 @@ async fn request_body_carries_sampling_slot_and_cache_fields() {
             "cache_prompt": true,
         })
     );
+}
+
+#[tokio::test]
+async fn token_ids_come_with_their_text_and_held_back_ones_with_the_next() {
+    let fake = FakeLlama::start().await;
+    // the second token's text is held back (a partial character): its id comes with
+    // the third's text
+    fake.push(Reply::tokens(&["a", "", "bc", "d"], End::Stop("eos")));
+    let mut s = submit(&adapter(&fake, opts()), request()).await;
+    let mut got = Vec::new();
+    while let Some(Ok(EngineEvent::Token { text, ids, .. })) = next(&mut s).await {
+        got.push((text, ids));
+    }
+    let want = [("a", vec![100]), ("bc", vec![101, 102]), ("d", vec![103])];
+    let want: Vec<_> = want.into_iter().map(|(t, i)| (t.to_string(), i)).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn a_continuation_sends_the_prompt_followed_by_the_ids_so_far() {
+    let fake = FakeLlama::start().await;
+    let req = EngineRequest {
+        max_tokens: 5,
+        resume: Some(adapter_api::Resume {
+            ids: vec![7, 9],
+            text: " and".into(),
+        }),
+        ..request()
+    };
+    drain(submit(&adapter(&fake, opts()), req).await)
+        .await
+        .1
+        .unwrap();
+    let body = fake.script(|s| s.completions.clone()).pop().unwrap();
+    assert_eq!(
+        body["prompt"],
+        serde_json::json!(["Once upon a time", 7, 9])
+    );
+    assert_eq!(body["n_predict"], 5);
+    // nothing generated yet: the prompt alone, as text
+    let req = EngineRequest {
+        resume: Some(adapter_api::Resume::default()),
+        ..request()
+    };
+    drain(submit(&adapter(&fake, opts()), req).await)
+        .await
+        .1
+        .unwrap();
+    let body = fake.script(|s| s.completions.clone()).pop().unwrap();
+    assert_eq!(body["prompt"], "Once upon a time");
 }
 
 #[tokio::test]

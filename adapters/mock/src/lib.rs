@@ -6,6 +6,8 @@
 //! after N tokens, stall after N tokens) are set by [`MockConfig`]. It reports engine
 //! `mock` in its properties, so every event and metric it feeds is labelled `mock`.
 
+#[cfg(test)]
+use adapter_api::Resume;
 use adapter_api::{
     BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
     WorkerAdapter, WorkerError,
@@ -91,10 +93,19 @@ fn splitmix64(mut x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+fn word_of(engine_seed: u64, req_seed: i64, i: u32) -> usize {
+    let h = splitmix64(engine_seed ^ (req_seed as u64).rotate_left(21) ^ u64::from(i));
+    (h % WORDS.len() as u64) as usize
+}
+
 /// The text of token `i` for the given engine and request seeds.
 pub fn token_text(engine_seed: u64, req_seed: i64, i: u32) -> String {
-    let h = splitmix64(engine_seed ^ (req_seed as u64).rotate_left(21) ^ u64::from(i));
-    format!(" {}", WORDS[(h % WORDS.len() as u64) as usize])
+    format!(" {}", WORDS[word_of(engine_seed, req_seed, i)])
+}
+
+/// The mock's id of token `i` (its word's place in the vocabulary, from 1).
+pub fn token_id(engine_seed: u64, req_seed: i64, i: u32) -> u32 {
+    word_of(engine_seed, req_seed, i) as u32 + 1
 }
 
 /// A stand-in digest for the mock model: 64 hex chars derived from the model name.
@@ -232,6 +243,8 @@ struct Gen {
     /// Prefill time of the uncached part of the prompt.
     prefill: Duration,
     tokens_cached: Option<u32>,
+    /// The index this stream starts at (a continuation's tokens so far).
+    first: u32,
     next: u32,
     total: u32,
     finish: FinishReason,
@@ -241,10 +254,16 @@ struct Gen {
 }
 
 impl Gen {
+    /// What the engine evaluates before generating: the prompt, and when continuing,
+    /// the tokens generated so far.
+    fn prompt_tokens(&self) -> u32 {
+        mock_prompt_tokens(&self.req.prompt) + self.first
+    }
+
     fn due(&self, i: u32) -> Instant {
         let mut d = Duration::from_millis(self.cfg.ttft_ms) + self.prefill;
         if self.cfg.tokens_per_sec > 0.0 {
-            d += Duration::from_secs_f64(f64::from(i) / self.cfg.tokens_per_sec);
+            d += Duration::from_secs_f64(f64::from(i - self.first) / self.cfg.tokens_per_sec);
         }
         self.start + d
     }
@@ -290,20 +309,21 @@ impl Gen {
         if i < self.total {
             self.next += 1;
             let text = token_text(self.cfg.seed, self.req.seed, i);
-            let prompt_tokens = (i == 0).then(|| mock_prompt_tokens(&self.req.prompt));
+            let prompt_tokens = (i == self.first).then(|| self.prompt_tokens());
             return Some((
                 Ok(EngineEvent::Token {
                     text,
-                    index: i,
+                    index: i - self.first,
                     prompt_tokens,
+                    ids: vec![token_id(self.cfg.seed, self.req.seed, i)],
                 }),
                 self,
             ));
         }
         self.done = true;
         let end = EngineEnd {
-            tokens_in: mock_prompt_tokens(&self.req.prompt),
-            tokens_out: self.total,
+            tokens_in: self.prompt_tokens(),
+            tokens_out: self.total - self.first,
             tokens_cached: self.tokens_cached,
             finish_reason: self.finish,
             decode_time_ms: self.start.elapsed().as_millis() as u64,
@@ -386,10 +406,31 @@ impl WorkerAdapter for MockEngine {
                 running: self.running.clone(),
                 task: req.task_id,
             };
-            let (total, finish) = if req.max_tokens <= self.cfg.tokens {
-                (req.max_tokens, FinishReason::Length)
+            // a continuation goes on from its tokens so far, which must be the ones
+            // this model generates for the request (the engine's output is its function)
+            let first = match &req.resume {
+                Some(r) => {
+                    let k = r.ids.len() as u32;
+                    let ids: Vec<u32> = (0..k)
+                        .map(|i| token_id(self.cfg.seed, req.seed, i))
+                        .collect();
+                    let text: String = (0..k)
+                        .map(|i| token_text(self.cfg.seed, req.seed, i))
+                        .collect();
+                    if ids != r.ids || text != r.text {
+                        return Err(WorkerError::Rejected(
+                            "mock: the continuation's tokens are not the ones this model generated"
+                                .into(),
+                        ));
+                    }
+                    k
+                }
+                None => 0,
+            };
+            let (total, finish) = if first.saturating_add(req.max_tokens) <= self.cfg.tokens {
+                (first + req.max_tokens, FinishReason::Length)
             } else {
-                (self.cfg.tokens, FinishReason::Eos)
+                (self.cfg.tokens.max(first), FinishReason::Eos)
             };
             let (prefill, tokens_cached) = if self.cfg.prefill_ms_per_block > 0 {
                 let (cached, fresh) = self.prefill(&req.prompt, req.cache_prompt);
@@ -407,7 +448,8 @@ impl WorkerAdapter for MockEngine {
                 start: Instant::now(),
                 prefill,
                 tokens_cached,
-                next: 0,
+                first,
+                next: first,
                 total,
                 finish,
                 canceled,
@@ -417,6 +459,10 @@ impl WorkerAdapter for MockEngine {
             let s: EventStream = Box::pin(stream::unfold(gen, Gen::step));
             Ok(s)
         })
+    }
+
+    fn continues(&self) -> bool {
+        true
     }
 
     fn cancel(&self, task: TaskId) -> BoxFuture<'_, Result<(), WorkerError>> {
@@ -457,6 +503,7 @@ mod tests {
             stop: vec![],
             slot: None,
             cache_prompt: false,
+            resume: None,
         }
     }
 
@@ -517,6 +564,54 @@ mod tests {
         let ev = collect(&e, req(10, 1)).await;
         assert_eq!(ev.len(), 4);
         assert!(matches!(ev[3], Err(WorkerError::Reset(_))));
+    }
+
+    fn texts_and_ids(ev: &[Result<EngineEvent, WorkerError>]) -> (String, Vec<u32>) {
+        let (mut text, mut all) = (String::new(), Vec::new());
+        for e in ev {
+            if let Ok(EngineEvent::Token { text: t, ids, .. }) = e {
+                text.push_str(t);
+                all.extend(ids);
+            }
+        }
+        (text, all)
+    }
+
+    #[tokio::test]
+    async fn a_continuation_goes_on_where_the_tokens_so_far_end() {
+        let e = MockEngine::new(fast());
+        let whole = collect(&e, req(8, 3)).await;
+        let (text, ids) = texts_and_ids(&whole);
+        assert_eq!(ids.len(), 8);
+        let head = collect(&e, req(3, 3)).await;
+        let (head_text, head_ids) = texts_and_ids(&head);
+        let mut r = req(5, 3);
+        r.resume = Some(Resume {
+            ids: head_ids.clone(),
+            text: head_text.clone(),
+        });
+        let tail = collect(&e, r).await;
+        let (tail_text, tail_ids) = texts_and_ids(&tail);
+        assert_eq!(format!("{head_text}{tail_text}"), text);
+        assert_eq!([head_ids, tail_ids].concat(), ids);
+        assert!(matches!(
+            tail.last(),
+            Some(Ok(EngineEvent::End(EngineEnd { tokens_out: 5, .. })))
+        ));
+        // the stream's own indices start at 0
+        assert!(matches!(tail[0], Ok(EngineEvent::Token { index: 0, .. })));
+    }
+
+    #[tokio::test]
+    async fn a_continuation_from_tokens_the_model_did_not_generate_is_refused() {
+        let e = MockEngine::new(fast());
+        let mut r = req(5, 3);
+        r.resume = Some(Resume {
+            ids: vec![999],
+            text: " nope".into(),
+        });
+        assert!(matches!(e.submit(r).await, Err(WorkerError::Rejected(_))));
+        assert_eq!(e.busy_slots(), 0);
     }
 
     #[tokio::test]

@@ -265,6 +265,8 @@ impl OpenAiAdapter {
                     index: st.index,
                     // an OpenAI-compatible server tells usage only at the end
                     prompt_tokens: None,
+                    // nor token ids: a generation here is not continued elsewhere
+                    ids: Vec::new(),
                 };
                 st.index += 1;
                 return Some((Ok(ev), (events, st)));

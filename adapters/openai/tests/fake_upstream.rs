@@ -149,6 +149,7 @@ fn request(chat: bool) -> EngineRequest {
         stop: vec!["\n".into()],
         slot: None,
         cache_prompt: true,
+        resume: None,
     }
 }
 

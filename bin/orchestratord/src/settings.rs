@@ -72,6 +72,7 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
         decode_timeout: Duration::from_millis(p.decode_timeout_ms),
         queue_wait_limit: Duration::from_millis(p.queue_wait_limit_ms),
         retries_before_first_token: p.retries_before_first_token,
+        migration_limit: p.migration_limit,
         metrics_frame_interval: Duration::from_millis(p.metrics_frame_interval_ms),
         placement: match p.placement {
             PlacementChoice::LeastLoaded => PlacementMode::LeastLoaded,

@@ -32,6 +32,19 @@ pub struct EngineRequest {
     pub slot: Option<u32>,
     /// Ask the engine to reuse cached prompt KV.
     pub cache_prompt: bool,
+    /// Continue a generation another replica started: the engine treats `resume`'s
+    /// tokens as already generated (after the prompt) and produces what follows, at
+    /// most `max_tokens` more. Only sent to engines that [`WorkerAdapter::continues`].
+    pub resume: Option<Resume>,
+}
+
+/// The output of a generation so far, which a continuation starts after.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The engine's token ids, in order.
+    pub ids: Vec<u32>,
+    /// Their text, as streamed.
+    pub text: String,
 }
 
 /// One event of a generation. Token indices are 0-based and contiguous.
@@ -44,6 +57,10 @@ pub enum EngineEvent {
         /// least with the first): prompt tokens count as processed from then on,
         /// whether or not the task completes.
         prompt_tokens: Option<u32>,
+        /// The engine's ids of the tokens this text is made of (one or more: text held
+        /// back for a partial character or a possible stop word comes out with a later
+        /// token); empty when the engine does not report ids.
+        ids: Vec<u32>,
     },
     End(EngineEnd),
 }
@@ -166,6 +183,12 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     /// (llama-server: its slots' cached tokens over their context); `None` otherwise.
     fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
         Box::pin(async { Ok(None) })
+    }
+    /// Whether this engine continues a generation from its token ids
+    /// ([`EngineRequest::resume`]) and reports ids with every token; engines that do not
+    /// (default) are never asked to.
+    fn continues(&self) -> bool {
+        false
     }
     /// Forget a session's cached KV in `slot` (best effort; default: nothing to do).
     fn erase_slot(&self, _slot: u32) -> BoxFuture<'_, Result<(), WorkerError>> {

@@ -56,15 +56,19 @@ pub enum PlacementReason {
     Load,
     /// Another replica after the first failed before the first token.
     Retry,
+    /// Another replica (or the same one restarted) continuing a generation whose
+    /// engine failed mid-stream.
+    Migration,
 }
 
 impl PlacementReason {
     /// Every reason (the `reason` label values of `tasks_placed_total`).
-    pub const ALL: [PlacementReason; 4] = [
+    pub const ALL: [PlacementReason; 5] = [
         PlacementReason::Session,
         PlacementReason::Prefix,
         PlacementReason::Load,
         PlacementReason::Retry,
+        PlacementReason::Migration,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl PlacementReason {
             PlacementReason::Prefix => "prefix",
             PlacementReason::Load => "load",
             PlacementReason::Retry => "retry",
+            PlacementReason::Migration => "migration",
         }
     }
 }
@@ -82,6 +87,11 @@ impl PlacementReason {
 pub struct TokenFrame {
     pub t: String,
     pub i: u32,
+    /// The engine's ids of the tokens `t` is made of (additive; present when the
+    /// engine reports them, as llama.cpp does). A continuation on another replica
+    /// resumes from them; they are engine- and model-specific.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +119,27 @@ pub struct MetricsFrame {
     /// session or by a cached prefix of its prompt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_warmth: Option<bool>,
+    /// Sent once when a generation moved to another replica mid-stream and continues
+    /// there: the stream goes on with the next token, no gap, no repeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated: Option<Migrated>,
+}
+
+/// A running generation moved: its engine failed after it had streamed tokens, and it
+/// continues on another replica (or the same one restarted) from the tokens streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Migrated {
+    /// The replica whose engine failed.
+    pub from_replica: String,
+    /// The replica that continues.
+    pub to_replica: String,
+    /// The failure, as the error code it would have ended the task with.
+    pub reason: ErrorCode,
+    /// The 0-based index of the first token the continuation streams.
+    pub at_token: u32,
+    /// How many times this task has moved, this one included.
+    pub count: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,8 +16,8 @@ pub mod views;
 
 pub use error::{ErrorCode, ErrorEnvelope, OrchError};
 pub use events::{
-    EndFrame, ErrorFrame, EventKind, FinishReason, MetricsFrame, PlacementReason, StartedFrame,
-    StreamEvent, TokenFrame, UnknownEvent,
+    EndFrame, ErrorFrame, EventKind, FinishReason, MetricsFrame, Migrated, PlacementReason,
+    StartedFrame, StreamEvent, TokenFrame, UnknownEvent,
 };
 pub use ids::{SessionId, TaskId};
 pub use policy::{FullPolicy, PolicyLabel};

@@ -170,6 +170,9 @@ pub struct PoolSpec {
     pub queue_wait_limit: Duration,
     /// Attempts on another replica when a task fails before its first token.
     pub retries_before_first_token: u32,
+    /// Times a generation may move to another replica (or the same one restarted) and
+    /// continue from its tokens so far when its engine fails mid-stream (0 = never).
+    pub migration_limit: u32,
     /// How often a waiting or running task's stream gets a `metrics` frame
     /// (zero = never).
     pub metrics_frame_interval: Duration,
@@ -191,6 +194,7 @@ impl PoolSpec {
             decode_timeout: Duration::from_secs(600),
             queue_wait_limit: Duration::from_secs(300),
             retries_before_first_token: 1,
+            migration_limit: 3,
             metrics_frame_interval: Duration::from_secs(1),
             placement: PlacementMode::Prefix,
             prefix_index_blocks: 100_000,

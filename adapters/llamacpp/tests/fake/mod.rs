@@ -329,7 +329,7 @@ fn plan(reply: &Reply, slot: usize) -> VecDeque<Step> {
         .enumerate()
         .map(|(i, t)| {
             Step::Data(
-                json!({"index": 0, "content": t, "stop": false, "id_slot": -1,
+                json!({"index": 0, "content": t, "tokens": [100 + i], "stop": false, "id_slot": -1,
                 "tokens_predicted": i + 1, "tokens_evaluated": reply.prompt_tokens}),
             )
         })

@@ -50,6 +50,8 @@ pub(super) struct PoolFile {
     queue_wait_limit_ms: u64,
     #[serde(default = "super::one")]
     retries_before_first_token: u32,
+    #[serde(default = "super::migration_limit")]
+    migration_limit: u32,
     /// Sharing among tenants inside each priority class: `weighted` (weighted fair
     /// queuing by expected tokens) or `fifo`.
     #[serde(default)]
@@ -125,6 +127,7 @@ impl TryFrom<PoolFile> for PoolConfig {
             decode_timeout_ms: p.decode_timeout_ms,
             queue_wait_limit_ms: p.queue_wait_limit_ms,
             retries_before_first_token: p.retries_before_first_token,
+            migration_limit: p.migration_limit,
             fairness: p.fairness,
             aging_ms: p.aging_ms,
             metrics_frame_interval_ms: p.metrics_frame_interval_ms,

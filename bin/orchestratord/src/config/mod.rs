@@ -215,6 +215,9 @@ pub struct PoolConfig {
     /// Longest a task may wait in the queue (then it ends with POOL_UNAVAILABLE).
     pub queue_wait_limit_ms: u64,
     pub retries_before_first_token: u32,
+    /// Times a generation whose engine fails mid-stream may move to another replica and
+    /// continue from its tokens so far (0 = never; then the failure ends it).
+    pub migration_limit: u32,
     /// Sharing among tenants inside each priority class.
     pub fairness: FairnessChoice,
     /// A task that waited this long is served next in its class (0 = never).
@@ -363,6 +366,10 @@ impl Default for LlamaCppConfig {
             connect_timeout_ms: 2_000,
         }
     }
+}
+
+fn migration_limit() -> u32 {
+    3
 }
 
 fn one() -> u32 {

@@ -31,6 +31,7 @@ use utoipa::OpenApi;
         orch_domain::StartedFrame,
         orch_domain::TokenFrame,
         orch_domain::MetricsFrame,
+        orch_domain::Migrated,
         orch_domain::EndFrame,
         orch_domain::ErrorFrame,
         orch_domain::ErrorCode,

@@ -103,7 +103,7 @@ pub(crate) fn advertise(
                     replicas: pools
                         .replicas(&pool_id, &prefix)
                         .iter()
-                        .map(|r| AdReplica::of(&r.id, r.serving, &r.props))
+                        .map(|r| AdReplica::of(&r.id, r.serving, &r.props, r.adapter.continues()))
                         .collect(),
                 };
                 if let Ok(b) = serde_json::to_vec(&ad) {

@@ -115,6 +115,9 @@ pub(crate) struct AdReplica {
     pub model_fingerprint: Option<String>,
     pub slots: u32,
     pub ctx_max: u32,
+    /// The engine continues a generation from token ids (older instances: no).
+    #[serde(default)]
+    pub continues: bool,
 }
 
 impl AdReplica {
@@ -130,7 +133,7 @@ impl AdReplica {
         }
     }
 
-    pub fn of(id: &str, serving: bool, p: &adapter_api::Properties) -> Self {
+    pub fn of(id: &str, serving: bool, p: &adapter_api::Properties, continues: bool) -> Self {
         Self {
             id: id.to_string(),
             serving,
@@ -141,6 +144,7 @@ impl AdReplica {
             model_fingerprint: p.model_fingerprint.clone(),
             slots: p.slots,
             ctx_max: p.ctx_max,
+            continues,
         }
     }
 }
@@ -181,6 +185,9 @@ pub(crate) struct WireRequest {
     #[serde(default)]
     pub slot: Option<u32>,
     pub cache_prompt: bool,
+    /// A continuation's tokens so far (ids, then their text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<(Vec<u32>, String)>,
 }
 
 impl From<&EngineRequest> for WireRequest {
@@ -196,6 +203,7 @@ impl From<&EngineRequest> for WireRequest {
             stop: r.stop.clone(),
             slot: r.slot,
             cache_prompt: r.cache_prompt,
+            resume: r.resume.as_ref().map(|x| (x.ids.clone(), x.text.clone())),
         }
     }
 }
@@ -213,6 +221,9 @@ impl From<WireRequest> for EngineRequest {
             stop: r.stop,
             slot: r.slot,
             cache_prompt: r.cache_prompt,
+            resume: r
+                .resume
+                .map(|(ids, text)| adapter_api::Resume { ids, text }),
         }
     }
 }
@@ -240,6 +251,8 @@ pub(crate) enum RunEvent {
         index: u32,
         #[serde(default)]
         prompt_tokens: Option<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ids: Vec<u32>,
     },
     End {
         tokens_in: u32,
@@ -263,10 +276,12 @@ impl From<EngineEvent> for RunEvent {
                 text,
                 index,
                 prompt_tokens,
+                ids,
             } => RunEvent::Token {
                 text,
                 index,
                 prompt_tokens,
+                ids,
             },
             EngineEvent::End(e) => RunEvent::End {
                 tokens_in: e.tokens_in,
@@ -288,10 +303,12 @@ impl RunEvent {
                 text,
                 index,
                 prompt_tokens,
+                ids,
             } => Ok(EngineEvent::Token {
                 text,
                 index,
                 prompt_tokens,
+                ids,
             }),
             RunEvent::End {
                 tokens_in,
@@ -373,6 +390,7 @@ mod tests {
                 text: "hé".into(),
                 index: 3,
                 prompt_tokens: Some(7),
+                ids: vec![17, 4],
             },
             EngineEvent::End(EngineEnd {
                 tokens_in: 7,

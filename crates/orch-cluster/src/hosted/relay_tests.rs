@@ -25,6 +25,7 @@ fn ad() -> AdReplica {
         model_fingerprint: None,
         slots: 1,
         ctx_max: 1024,
+        continues: true,
     }
 }
 
@@ -40,6 +41,7 @@ fn request() -> EngineRequest {
         stop: Vec::new(),
         slot: None,
         cache_prompt: false,
+        resume: None,
     }
 }
 
@@ -48,6 +50,7 @@ fn token(i: u32) -> RunEvent {
         text: format!("t{i}"),
         index: i,
         prompt_tokens: None,
+        ids: vec![i + 100],
     }
 }
 

@@ -203,6 +203,10 @@ impl WorkerAdapter for HostedReplica {
         self.engine
     }
 
+    fn continues(&self) -> bool {
+        self.seen().ad.continues
+    }
+
     fn health(&self) -> BoxFuture<'_, Result<Health, WorkerError>> {
         Box::pin(async move {
             let s = self.seen();

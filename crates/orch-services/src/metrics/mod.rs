@@ -56,6 +56,21 @@ pub const REPLICA_RESTARTS: &str = "replica_restarts_total";
 /// Reloads by outcome (`switched`, `rolled_back`, `refused`).
 pub const RELOADS: &str = "reloads_total";
 
+/// Generations that moved to another replica mid-stream and continued there, by the
+/// failure that moved them (`worker_reset`, `decode_timeout`, `pool_unready`,
+/// `replica_exhausted`).
+pub const TASKS_MIGRATED: &str = "tasks_migrated_total";
+/// The pause a client saw at a continuation: its last token before the failure to the
+/// first token after it, in ms.
+pub const MIGRATION_PAUSE: &str = "task_migration_pause_ms";
+/// Why a generation moved (bounded label values: the failure's error code).
+pub const MIGRATION_REASONS: [orch_domain::ErrorCode; 4] = [
+    orch_domain::ErrorCode::WorkerReset,
+    orch_domain::ErrorCode::DecodeTimeout,
+    orch_domain::ErrorCode::PoolUnready,
+    orch_domain::ErrorCode::ReplicaExhausted,
+];
+
 /// Why a replica restarted (bounded label values).
 pub const RESTART_REASONS: [&str; 3] = ["exited", "unresponsive", "restart_failed"];
 /// How a reload ended (bounded label values).
@@ -142,6 +157,14 @@ pub fn describe() {
     describe_histogram!(QUEUE_WAIT, "Admission to dispatch, in ms.");
     describe_histogram!(ADDED_LATENCY, "Admission to the first token handed to the client's stream, minus the engine's time (engine call to first token), in ms; includes queue wait.");
     describe_histogram!(DISPATCH_LATENCY, "Dequeue to engine call, in ms.");
+    describe_counter!(
+        TASKS_MIGRATED,
+        "Generations that continued on another replica after their engine failed mid-stream, by the failure."
+    );
+    describe_histogram!(
+        MIGRATION_PAUSE,
+        "The pause a client saw at a continuation: last token before the failure to the first after it, in ms."
+    );
 }
 
 /// Labels that identify where a task runs.
@@ -301,6 +324,21 @@ pub fn pool_counters(pool_id: &str) {
     for o in RELOAD_OUTCOMES {
         counter!(RELOADS, "pool_id" => pool_id.to_string(), "outcome" => o).absolute(0);
     }
+    for r in MIGRATION_REASONS {
+        counter!(TASKS_MIGRATED, "pool_id" => pool_id.to_string(), "reason" => r.as_str().to_ascii_lowercase())
+            .absolute(0);
+    }
+}
+
+/// A generation moved to another replica after `reason`.
+pub fn migrated(pool_id: &str, reason: orch_domain::ErrorCode) {
+    counter!(TASKS_MIGRATED, "pool_id" => pool_id.to_string(), "reason" => reason.as_str().to_ascii_lowercase())
+        .increment(1);
+}
+
+/// The pause a client saw at a continuation.
+pub fn migration_pause_ms(pool_id: &str, ms: f64) {
+    histogram!(MIGRATION_PAUSE, "pool_id" => pool_id.to_string()).record(ms);
 }
 
 /// Create a replica's restart counters at zero.

@@ -71,6 +71,8 @@ pub struct Limits {
     pub idle: Duration,
     pub decode: Duration,
     pub retries: u32,
+    /// Times a generation may move and continue after a mid-stream failure.
+    pub migrations: u32,
     /// How often the running task's stream gets a `metrics` frame (zero = never).
     pub metrics_every: Duration,
 }
@@ -161,6 +163,12 @@ pub(crate) enum Cmd {
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
         tried: Vec<Arc<str>>,
+        reply: oneshot::Sender<Option<Assignment>>,
+    },
+    Migrate {
+        rec: Arc<TaskRecord>,
+        request: Arc<TaskRequest>,
+        failed: Vec<Arc<dyn WorkerAdapter>>,
         reply: oneshot::Sender<Option<Assignment>>,
     },
     Attach {
@@ -265,6 +273,25 @@ impl PoolHandle {
         self.ask(|reply| Cmd::CancelQueued { id, reply })
             .await
             .unwrap_or(false)
+    }
+
+    /// A replica to continue a generation on after its engine failed mid-stream: a
+    /// serving one with a free slot other than the engines in `failed` (a restarted
+    /// replica is a new engine), waiting (parked) for one up to the pool's retry wait.
+    pub async fn migrate(
+        &self,
+        rec: Arc<TaskRecord>,
+        request: Arc<TaskRequest>,
+        failed: Vec<Arc<dyn WorkerAdapter>>,
+    ) -> Option<Assignment> {
+        self.ask(|reply| Cmd::Migrate {
+            rec,
+            request,
+            failed,
+            reply,
+        })
+        .await
+        .flatten()
     }
 
     /// Another serving replica with a free slot, not among `tried`.

@@ -251,6 +251,7 @@ mod tests {
         StreamEvent::Token(TokenFrame {
             t: format!("t{i}"),
             i,
+            ids: None,
         })
     }
 

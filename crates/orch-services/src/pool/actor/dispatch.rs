@@ -39,6 +39,7 @@ impl Actor {
             idle: spec.idle_timeout,
             decode: spec.decode_timeout,
             retries: spec.retries_before_first_token,
+            migrations: spec.migration_limit,
             metrics_every: spec.metrics_frame_interval,
         };
         let pool = PoolHandle {

@@ -202,7 +202,15 @@ impl Actor {
                 tried,
                 reply,
             } => {
-                self.retry_cmd(rec, request, tried, reply);
+                self.retry_cmd(rec, request, retry::Avoid::Replicas(tried), reply);
+            }
+            Cmd::Migrate {
+                rec,
+                request,
+                failed,
+                reply,
+            } => {
+                self.retry_cmd(rec, request, retry::Avoid::Engines(failed), reply);
             }
             Cmd::Attach { replica, reply } => {
                 let _ = reply.send(self.attach(replica));

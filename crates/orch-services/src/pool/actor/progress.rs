@@ -61,6 +61,7 @@ impl Actor {
                 tokens_out: None,
                 tokens_budget_remaining: None,
                 kv_warmth: None,
+                migrated: None,
             }));
         }
         for (id, why) in doomed {

@@ -1,13 +1,17 @@
-//! Retries before the first token: a task whose engine failed before producing
-//! anything is placed again on a replica it has not tried. When every such replica is
-//! busy, the retry waits (parked, ahead of the queue) for one to free a slot, up to the
-//! pool's queue-wait limit (at most [`PARK_MAX`]); it fails at once only when no other
-//! replica could ever take it, or the pool drains. The runner gives back the failed
-//! replica's slot before it asks, so that replica serves other tasks meanwhile.
+//! Retries before the first token, and continuations after a mid-stream failure: a
+//! task whose engine failed is placed again, a retry on a replica it has not tried, a
+//! continuation on any serving replica but the failed engines (a replica restarted since
+//! runs a new engine and may take it). When no such replica has a free slot, it waits
+//! (parked, ahead of the queue) up to the pool's queue-wait limit (at most
+//! [`PARK_MAX`]); it fails at once only when no replica could ever take it, or the pool
+//! drains. The runner gives back the failed replica's slot before it asks, so that
+//! replica serves other tasks (or its restarted engine) meanwhile.
 
 use super::Actor;
+use crate::pool::state::Replica;
 use crate::pool::Assignment;
 use crate::task::TaskRecord;
+use adapter_api::WorkerAdapter;
 use orch_domain::{PlacementReason, TaskRequest};
 use orchestrator_core::placement::pick_replica;
 use std::collections::VecDeque;
@@ -19,13 +23,65 @@ use tokio::time::Instant;
 /// Longest a retry waits for a free replica.
 pub(super) const PARK_MAX: Duration = Duration::from_secs(30);
 
+/// What a placement after a failure keeps away from.
+pub(super) enum Avoid {
+    /// A retry before the first token: replicas already tried.
+    Replicas(Vec<Arc<str>>),
+    /// A continuation: the engines that failed it (by identity; a restart replaces a
+    /// replica's engine).
+    Engines(Vec<Arc<dyn WorkerAdapter>>),
+}
+
+impl Avoid {
+    fn avoids(&self, r: &Replica) -> bool {
+        match self {
+            Avoid::Replicas(ids) => ids.contains(&r.id),
+            Avoid::Engines(engines) => engines.iter().any(|e| Arc::ptr_eq(e, &r.adapter)),
+        }
+    }
+
+    /// Whether `r` might take the task some time: a retry needs a serving replica it
+    /// has not tried; a continuation also waits for a replica that is down now (it
+    /// restarts with a new engine), not for one leaving the pool, nor for a failed
+    /// engine its health checks still pass.
+    fn could_take(&self, r: &Replica) -> bool {
+        match self {
+            Avoid::Replicas(_) => r.serving() && !self.avoids(r),
+            Avoid::Engines(_) => !r.draining && !r.staged && (!r.ready || !self.avoids(r)),
+        }
+    }
+
+    fn reason(&self) -> PlacementReason {
+        match self {
+            Avoid::Replicas(_) => PlacementReason::Retry,
+            Avoid::Engines(_) => PlacementReason::Migration,
+        }
+    }
+}
+
 /// A retry waiting for a replica it has not tried to free a slot.
 pub(super) struct Parked {
     rec: Arc<TaskRecord>,
     request: Arc<TaskRequest>,
-    tried: Vec<Arc<str>>,
+    tried: Avoid,
     reply: oneshot::Sender<Option<Assignment>>,
     pub(super) until: Instant,
+    /// Since when no replica could take it (a continuation waits [`HOPELESS_GRACE`]
+    /// for a failed engine's health checks to fail, so its restart counts).
+    hopeless_since: Option<Instant>,
+}
+
+/// How long a continuation that only a failed engine could take waits for that
+/// engine to be found unhealthy (and so restarted) before it gives up.
+pub(super) const HOPELESS_GRACE: Duration = Duration::from_secs(2);
+
+impl Parked {
+    fn gives_up_at(&self) -> Instant {
+        match self.hopeless_since {
+            Some(t) => self.until.min(t + HOPELESS_GRACE),
+            None => self.until,
+        }
+    }
 }
 
 pub(super) type ParkedRetries = VecDeque<Parked>;
@@ -42,7 +98,7 @@ impl Actor {
         &mut self,
         rec: Arc<TaskRecord>,
         request: Arc<TaskRequest>,
-        tried: Vec<Arc<str>>,
+        tried: Avoid,
         reply: oneshot::Sender<Option<Assignment>>,
     ) {
         if let Some(a) = self.place_retry(&rec, &request, &tried) {
@@ -50,17 +106,14 @@ impl Actor {
             let _ = reply.send(Some(a));
             return;
         }
-        let could_ever = !self.st.draining
-            && self
-                .st
-                .replicas
-                .iter()
-                .any(|r| r.serving() && !tried.contains(&r.id));
-        if !could_ever {
+        let could_ever = self.could_ever(&tried);
+        let continuation = matches!(tried, Avoid::Engines(_));
+        if self.st.draining || (!could_ever && !continuation) {
             self.charges.close(&rec.id);
             let _ = reply.send(None);
             return;
         }
+        let now = Instant::now();
         let wait = self.st.spec.queue_wait_limit.min(PARK_MAX);
         tracing::debug!(task_id = %rec.id, pool_id = %self.id, "retry parked until a replica frees a slot");
         self.parked.push_back(Parked {
@@ -68,8 +121,13 @@ impl Actor {
             request,
             tried,
             reply,
-            until: Instant::now() + wait,
+            until: now + wait,
+            hopeless_since: (!could_ever).then_some(now),
         });
+    }
+
+    fn could_ever(&self, tried: &Avoid) -> bool {
+        !self.st.draining && self.st.replicas.iter().any(|r| tried.could_take(r))
     }
 
     /// Place a retry on a serving replica it has not tried, if one has a free slot.
@@ -77,7 +135,7 @@ impl Actor {
         &mut self,
         rec: &Arc<TaskRecord>,
         request: &Arc<TaskRequest>,
-        tried: &[Arc<str>],
+        tried: &Avoid,
     ) -> Option<Assignment> {
         if self.st.draining {
             return None;
@@ -88,7 +146,7 @@ impl Actor {
             .iter()
             .map(|r| {
                 let mut l = r.load();
-                if tried.contains(&r.id) {
+                if tried.avoids(r) {
                     l.ready = false;
                 }
                 l
@@ -102,9 +160,9 @@ impl Actor {
             request.clone(),
             None,
             pinned,
-            PlacementReason::Retry,
+            tried.reason(),
         )?;
-        crate::metrics::placed(&self.id, PlacementReason::Retry);
+        crate::metrics::placed(&self.id, tried.reason());
         Some(a)
     }
 
@@ -114,9 +172,9 @@ impl Actor {
     pub(super) fn serve_parked(&mut self) {
         let now = Instant::now();
         let mut keep = VecDeque::with_capacity(self.parked.len());
-        while let Some(p) = self.parked.pop_front() {
+        while let Some(mut p) = self.parked.pop_front() {
             let gone = p.reply.is_closed() || p.rec.cancel.is_cancelled();
-            if gone || p.until <= now || self.st.draining {
+            if gone || p.gives_up_at() <= now || self.st.draining {
                 self.charges.close(&p.rec.id);
                 let _ = p.reply.send(None);
                 continue;
@@ -125,7 +183,14 @@ impl Actor {
                 Some(a) => {
                     let _ = p.reply.send(Some(a));
                 }
-                None => keep.push_back(p),
+                None => {
+                    if self.could_ever(&p.tried) {
+                        p.hopeless_since = None;
+                    } else {
+                        p.hopeless_since.get_or_insert(now);
+                    }
+                    keep.push_back(p)
+                }
             }
         }
         self.parked = keep;
@@ -133,6 +198,6 @@ impl Actor {
 
     /// When the earliest parked retry gives up.
     pub(super) fn next_parked_deadline(&self) -> Option<Instant> {
-        self.parked.iter().map(|p| p.until).min()
+        self.parked.iter().map(Parked::gives_up_at).min()
     }
 }

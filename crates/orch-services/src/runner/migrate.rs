@@ -1,0 +1,155 @@
+//! Continuation (migration): a generation whose engine failed after it had streamed
+//! tokens — the engine exited, reset, hung past a watchdog, was restarted or removed —
+//! moves to another replica (or the same one once restarted: a new engine) and goes on
+//! from the tokens streamed, with the same sampling settings and seed and what is left
+//! of `max_tokens`. The client's stream goes on with the next token: no gap, no repeat,
+//! no second `started`; one `metrics` frame says that it moved, from where and why.
+//!
+//! Guardrails ([`verdict`]): the pool's `migration_limit` (0 = never), an engine that
+//! reports token ids, the generation's wall-clock limit and the task's deadline, a
+//! sequence that still fits the engine's context, and not a strict task (a
+//! continuation's prefill computes the tokens so far in another batch shape than their
+//! decode did, which can tip a greedy pick). Anything else keeps the old typed error.
+
+use super::attempt::Streamed;
+use crate::pool::Assignment;
+use adapter_api::WorkerError;
+use orch_domain::{Determinism, ErrorCode, MetricsFrame, Migrated, StreamEvent};
+use tokio::time::Instant;
+
+/// What to do with a generation whose engine failed after it had streamed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Move it and go on.
+    Continue,
+    /// Every token it may have was streamed: it ends as completed (`length`).
+    Complete,
+    /// It ends with the failure, for this reason.
+    Refuse(&'static str),
+}
+
+/// Whether a generation that failed with `err` after streaming `so_far` on `a`'s
+/// replica continues elsewhere.
+pub(super) fn verdict(a: &Assignment, err: &WorkerError, so_far: &Streamed) -> Verdict {
+    let (lim, req, rec) = (a.limits, &a.request, &a.rec);
+    if lim.migrations == 0 {
+        return Verdict::Refuse("the pool's migration_limit is 0");
+    }
+    if matches!(err, WorkerError::Rejected(_)) {
+        return Verdict::Refuse("the engine refused the request");
+    }
+    if !so_far.keep || !so_far.ids_complete {
+        return Verdict::Refuse("the engine reports no token ids to continue from");
+    }
+    if req.determinism == Some(Determinism::Strict) {
+        return Verdict::Refuse(
+            "a strict task is not continued (a continuation could differ from a whole run)",
+        );
+    }
+    let done = so_far.ids.len() as u32;
+    if done >= req.max_tokens {
+        return Verdict::Complete;
+    }
+    if so_far.moves >= lim.migrations {
+        return Verdict::Refuse("the pool's migration_limit is used up");
+    }
+    if so_far.wall_end.is_some_and(|end| Instant::now() >= end) {
+        return Verdict::Refuse("the generation's wall-clock limit passed");
+    }
+    if req
+        .deadline_ms
+        .is_some_and(|d| rec.admitted_at.elapsed().as_millis() >= u128::from(d))
+    {
+        return Verdict::Refuse("the task's deadline passed");
+    }
+    let ctx = a.pinned.ctx_max;
+    let prompt = so_far.prompt_tokens.unwrap_or(0);
+    if ctx > 0 && prompt.saturating_add(done) >= ctx {
+        return Verdict::Refuse("the prompt and the tokens so far fill the engine's context");
+    }
+    Verdict::Continue
+}
+
+/// Where a continuation went.
+pub(super) enum Moved {
+    To(Assignment),
+    /// Canceled while it waited for a replica.
+    Canceled,
+    /// No replica took it: it ends with the failure, for this reason.
+    Nowhere(&'static str),
+}
+
+/// Give up `a`'s replica and find another for the rest of the generation (waiting up
+/// to the pool's retry wait), then tell the client's stream that it moved.
+pub(super) async fn move_on(a: Assignment, err: &WorkerError, so_far: &mut Streamed) -> Moved {
+    let (rec, request, pool) = (a.rec.clone(), a.request.clone(), a.pool.clone());
+    let (pinned, from) = (a.pinned.clone(), a.replica_id.clone());
+    so_far.failed.push(a.adapter.clone());
+    if matches!(err, WorkerError::Timeout(_)) {
+        // a watchdog abandoned a live stream: its slot goes back once the engine is
+        // confirmed idle (or the check gives up), without holding the continuation
+        tokio::spawn(async move {
+            super::settle_engine(&a).await;
+            drop(a);
+        });
+    } else {
+        // the engine's stream is gone: its slot goes back now (a restarted engine in
+        // its place may take the continuation)
+        drop(a);
+    }
+    if !rec.retrying() {
+        return Moved::Canceled;
+    }
+    let Some(next) = pool
+        .migrate(rec.clone(), request, so_far.failed.clone())
+        .await
+    else {
+        return if rec.cancel.is_cancelled() {
+            Moved::Canceled
+        } else {
+            Moved::Nowhere("no replica could take it within the pool's wait")
+        };
+    };
+    // token ids mean the same only to the same model and engine
+    if *next.pinned != *pinned {
+        return Moved::Nowhere("a reload replaced the replica set it ran on");
+    }
+    let p = &next.pinned;
+    if !rec.start(&next.replica_id, &p.engine, &p.engine_version) {
+        return Moved::Canceled;
+    }
+    so_far.moves += 1;
+    so_far.pause_from = so_far.last_token_at;
+    let code = err.code();
+    let at_token = rec.tokens_out();
+    crate::metrics::migrated(&next.pool.id, code);
+    tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %next.pool.id, from = %from,
+        to = %next.replica_id, reason = code.as_str(), at_token, moves = so_far.moves,
+        error = %err, "task migrated: its generation continues on another engine");
+    rec.emit(&StreamEvent::Metrics(MetricsFrame {
+        queue_depth: next.pool.snapshot().queue_depth,
+        queue_position: None,
+        predicted_start_ms: None,
+        on_time_probability: None,
+        tokens_out: Some(at_token),
+        tokens_budget_remaining: None,
+        kv_warmth: None,
+        migrated: Some(Migrated {
+            from_replica: from.to_string(),
+            to_replica: next.replica_id.to_string(),
+            reason: code,
+            at_token,
+            count: so_far.moves,
+        }),
+    }));
+    Moved::To(next)
+}
+
+/// The error a generation ends with when a continuation itself was refused by the
+/// engine: what moved it, not the refusal (the client's request was fine).
+pub(super) fn refused_continuation() -> (ErrorCode, &'static str) {
+    (
+        ErrorCode::WorkerReset,
+        "the engine failed mid-stream and refused to continue the generation; retry",
+    )
+}
