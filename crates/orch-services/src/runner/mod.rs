@@ -194,7 +194,10 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                                         ),
                                     )
                                 } else {
-                                    OrchError::new(err.code(), public)
+                                    OrchError::new(
+                                        err.code(),
+                                        format!("{public}; not continued: {why}"),
+                                    )
                                 };
                             end_failed(&a, &w, failure);
                             settle_if_abandoned(&a, &err).await;
