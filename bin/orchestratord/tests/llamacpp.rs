@@ -10,74 +10,13 @@
 #![allow(clippy::await_holding_lock)]
 
 mod common;
+use common::llama::*;
 use common::*;
 use serde_json::{json, Value};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-const LONG: &str = "Count from one to one hundred, one number per line:\n1\n2\n3\n";
-
-/// Fails the test when the provisioned engine or model is missing.
-fn require_engine() {
-    let bin = orchestratord::engines::default_llama_server();
-    let model = orchestratord::engines::default_model();
-    if bin.is_file() && model.is_file() {
-        // the binary provision.sh built, not just a file of that name
-        if let Err(e) = orchestratord::engines::verify_engine_binary(&bin) {
-            panic!("{e}");
-        }
-        return;
-    }
-    let msg = format!(
-        "llama-server or model missing ({} / {}); run scripts/provision.sh",
-        bin.display(),
-        model.display()
-    );
-    panic!("{msg} (or leave these tests out with ORCH_SKIP_REAL_ENGINE=1)");
-}
-
-fn llama_config(replicas: u32, slots: u32, threads: u32, extra: &str) -> String {
-    format!(
-        r#"
-[server]
-keepalive_ms = 200
-stream_grace_ms = 60000
-
-[[pools]]
-id = "llama"
-engine = "llamacpp"
-model = "gemma-3-270m"
-replicas = {replicas}
-max_tokens_out = 512
-first_token_timeout_ms = 30000
-idle_timeout_ms = 10000
-{extra}
-
-[pools.llamacpp]
-ctx = {ctx}
-slots = {slots}
-threads = {threads}
-"#,
-        ctx = 1024 * slots
-    )
-}
-
-fn llama_task(prompt: &str, max_tokens: u32) -> Value {
-    json!({
-        "workload": "completion",
-        "model_ref": "gemma-3-270m",
-        "priority": "interactive",
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-    })
-}
-
-async fn pools(s: &TestServer) -> Value {
-    s.get_json("/v1/pools").await
-}
 
 /// A config whose engines take requests without a key (for an engine another
 /// program reaches directly, as `engine_api_key = false` documents).
@@ -121,28 +60,6 @@ async fn engine_slots(s: &TestServer, endpoint: &str) -> Value {
         .unwrap()
 }
 
-/// Wait until the task has streamed at least `n` tokens.
-async fn wait_tokens(s: &TestServer, id: &str, n: u64) {
-    for _ in 0..600 {
-        if s.status(id).await["tokens_out"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("task {id} never reached {n} tokens");
-}
-
-async fn wait_ready(s: &TestServer) {
-    for _ in 0..600 {
-        let h: Value = s.get_json("/v1/pools/llama/health").await;
-        if h["ready"] == true {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("pool never became ready again");
-}
-
 #[tokio::test]
 async fn two_replicas_with_two_slots_run_four_and_queue_the_fifth() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,7 +98,14 @@ async fn two_replicas_with_two_slots_run_four_and_queue_the_fifth() {
 async fn kill_9_mid_stream_gives_one_worker_reset_and_the_replica_comes_back() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     require_engine();
-    let s = start(&llama_config(1, 1, 2, "retries_before_first_token = 0")).await;
+    // without continuation (on by default: llama_migration.rs) the task ends
+    let s = start(&llama_config(
+        1,
+        1,
+        2,
+        "retries_before_first_token = 0\nmigration_limit = 0",
+    ))
+    .await;
     let (id, _) = s.submit(&llama_task(LONG, 300)).await;
     wait_tokens(&s, &id, 3).await;
     let p = pools(&s).await;
@@ -231,8 +155,8 @@ async fn kill_9_mid_stream_gives_one_worker_reset_and_the_replica_comes_back() {
     s.assert_all_terminated().await;
 }
 
-/// A replica stopped with SIGSTOP mid-stream: the idle watchdog ends the task with a
-/// retriable `DECODE_TIMEOUT`, the supervisor finds it answers no health check, kills
+/// A replica stopped with SIGSTOP mid-stream (continuation off): the idle watchdog
+/// ends the task with a retriable `DECODE_TIMEOUT`, the supervisor finds it answers no health check, kills
 /// it and starts a fresh one, which serves.
 #[tokio::test]
 async fn sigstop_mid_stream_gives_a_watchdog_error_and_the_replica_is_restarted() {
@@ -240,7 +164,7 @@ async fn sigstop_mid_stream_gives_a_watchdog_error_and_the_replica_is_restarted(
     require_engine();
     let cfg = format!(
         "[supervision]\nhealth_interval_ms = 200\nhealth_timeout_ms = 300\nunhealthy_after = 2\nrestart_unresponsive_after = 5\n{}",
-        llama_config(1, 1, 2, "retries_before_first_token = 0")
+        llama_config(1, 1, 2, "retries_before_first_token = 0\nmigration_limit = 0")
             .replace("idle_timeout_ms = 10000", "idle_timeout_ms = 1500")
     );
     let s = start(&cfg).await;

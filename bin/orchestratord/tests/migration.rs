@@ -71,15 +71,6 @@ fn read(frames: &[SseFrame]) -> (String, Vec<u64>, Vec<Value>, SseFrame) {
     (text, ids, moved, last)
 }
 
-async fn metric(s: &TestServer, prefix: &str) -> f64 {
-    s.metrics()
-        .await
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 /// Submit `n` tasks at once and read their streams.
 async fn run_all(s: &TestServer, n: usize, max_tokens: u32) -> Vec<Vec<SseFrame>> {
     let mut ids = Vec::new();
@@ -126,22 +117,18 @@ async fn a_generation_that_fails_mid_stream_continues_on_another_replica_with_no
         moved_total += moved.len();
     }
     assert_eq!(moved_total, 1, "the task on r0 moved, the other did not");
-    let migrated = metric(
-        &s,
-        "tasks_migrated_total{pool_id=\"mig1\",reason=\"worker_reset\"}",
-    )
-    .await;
+    let migrated = s
+        .metric_sum("tasks_migrated_total{pool_id=\"mig1\",reason=\"worker_reset\"}")
+        .await;
     assert_eq!(migrated, 1.0);
     assert_eq!(
-        metric(&s, "task_migration_pause_ms_count{pool_id=\"mig1\"}").await,
+        s.metric_sum("task_migration_pause_ms_count{pool_id=\"mig1\"}")
+            .await,
         1.0
     );
     assert_eq!(
-        metric(
-            &s,
-            "tasks_placed_total{pool_id=\"mig1\",reason=\"migration\"}"
-        )
-        .await,
+        s.metric_sum("tasks_placed_total{pool_id=\"mig1\",reason=\"migration\"}")
+            .await,
         1.0
     );
     s.assert_all_terminated().await;
@@ -164,7 +151,7 @@ async fn a_failure_after_the_last_token_ends_the_task_as_completed() {
     assert_eq!(text, reference(8).0);
     assert!(moved.is_empty(), "nothing left to continue: {moved:?}");
     assert_eq!(
-        metric(&s, "tasks_migrated_total{pool_id=\"mig2\"").await,
+        s.metric_sum("tasks_migrated_total{pool_id=\"mig2\"").await,
         0.0
     );
 }
@@ -283,7 +270,7 @@ async fn the_only_replica_hanging_mid_stream_is_restarted_and_the_generation_con
         moved[0]["to_replica"], "mig7-r0",
         "the same replica, restarted"
     );
-    assert!(metric(&s, "replica_restarts_total{pool_id=\"mig7\",replica_id=\"mig7-r0\",reason=\"unresponsive\"}").await >= 1.0);
+    assert!(s.metric_sum("replica_restarts_total{pool_id=\"mig7\",replica_id=\"mig7-r0\",reason=\"unresponsive\"}").await >= 1.0);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod lint;
+pub mod llama;
 pub mod prom;
 pub mod sdk;
 
@@ -194,6 +195,16 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("task {id} never reached state {state}");
+    }
+
+    /// The sum of the `/metrics` samples whose line starts with `prefix`.
+    pub async fn metric_sum(&self, prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
     }
 
     pub async fn metrics(&self) -> String {

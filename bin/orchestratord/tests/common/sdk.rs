@@ -92,3 +92,35 @@ pub fn assert_sdk_report(r: &Value, model: &str) {
         .as_str()
         .is_some_and(|s| s.parse::<u64>().unwrap() >= 1));
 }
+
+/// Stream one greedy completion through the door with the SDK (`openai_stream.py`);
+/// the text the client received. Runs the script off the async runtime.
+pub async fn stream_completion(base: &str, model: &str, prompt: &str, max_tokens: u32) -> String {
+    let py = python();
+    assert!(
+        py.is_file(),
+        "{} missing: run scripts/provision.sh",
+        py.display()
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_stream.py");
+    let args = [
+        script.to_string(),
+        base.to_string(),
+        model.to_string(),
+        prompt.to_string(),
+        max_tokens.to_string(),
+    ];
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&py)
+            .args(&args)
+            .output()
+            .expect("run the SDK stream script")
+    })
+    .await
+    .expect("the SDK script's thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SDK stream script failed: {stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("SDK report is not JSON ({e}): {stderr}"));
+    r["text"].as_str().unwrap_or_default().to_string()
+}
