@@ -61,11 +61,24 @@ prefill_ms_per_block = 1
 id = "f"
 engine = "mock"
 model = "mock-faulty"
+migration_limit = 0
 [pools.mock]
 slots = 1
 tokens_per_sec = 200.0
 ttft_ms = 5
 fail_after_tokens = 2
+
+[[pools]]
+id = "m"
+engine = "mock"
+model = "mock-moving"
+replicas = 2
+[pools.mock]
+slots = 1
+tokens_per_sec = 200.0
+ttft_ms = 5
+fail_after_tokens = 2
+faults_only_on = ["m-r0"]
 "#,
         key_entry(ADMIN, "ops", "admin"),
         key_entry(ALPHA, "alpha", "client"),
@@ -227,6 +240,20 @@ async fn workload(c: &Client, secs: u64) -> Seen {
     assert_eq!(s, 202);
     let frames = h.unwrap().await.unwrap();
     assert_eq!(frames.last().unwrap().event, "error", "{frames:?}");
+    // a pool where one replica's engine fails mid-stream: of two tasks at once, the one
+    // on that replica moves to the other and continues there
+    let mut moving = work("moves", 8, "interactive");
+    moving["model_ref"] = json!("mock-moving");
+    let mut both = Vec::new();
+    for _ in 0..2 {
+        let (s, h) = c.submit(ALPHA, &moving).await;
+        assert_eq!(s, 202);
+        both.push(h.unwrap());
+    }
+    for h in both {
+        let frames = h.await.unwrap();
+        assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    }
     // a drained pool refuses with 503 (pool_unready); a reload brings it back
     let r = c
         .post(ADMIN, "/v1/pools/f/drain", &json!({"deadline_ms": 1000}))

@@ -133,7 +133,7 @@ pub fn all_exposed(c: &Checked, lint: &Lint) {
 /// Names in milliseconds: spec §5 fixes these, the others keep the same unit (the
 /// cluster's two store histograms among them). promtool's advice to use base units is
 /// the one lint they may draw.
-const MS_NAMES: [&str; 8] = [
+const MS_NAMES: [&str; 9] = [
     "latency_first_token_ms",
     "latency_first_token_dispatch_ms",
     "latency_decode_ms",
@@ -142,6 +142,7 @@ const MS_NAMES: [&str; 8] = [
     "orchestrator_dispatch_latency_ms",
     "cluster_task_store_ms",
     "cluster_frame_store_ms",
+    "task_migration_pause_ms",
 ];
 
 /// `promtool check metrics` reads `text` and finds nothing but "abbreviated units" on

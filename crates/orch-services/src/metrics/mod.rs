@@ -328,6 +328,8 @@ pub fn pool_counters(pool_id: &str) {
         counter!(TASKS_MIGRATED, "pool_id" => pool_id.to_string(), "reason" => r.as_str().to_ascii_lowercase())
             .absolute(0);
     }
+    // registered empty: the first pause then shows as an increase
+    let _ = histogram!(MIGRATION_PAUSE, "pool_id" => pool_id.to_string());
 }
 
 /// A generation moved to another replica after `reason`.
