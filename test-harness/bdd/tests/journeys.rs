@@ -29,6 +29,7 @@ const POOL_KEYS: &[&str] = &[
     "decode_timeout_ms",
     "queue_wait_limit_ms",
     "retries_before_first_token",
+    "migration_limit",
     "fairness",
     "aging_ms",
     "metrics_frame_interval_ms",
@@ -943,6 +944,31 @@ fn same_text(w: &mut Orch, a: String, b: String) {
     let (ta, tb) = (text_of(w, &a), text_of(w, &b));
     assert!(!ta.is_empty(), "{a} has text");
     assert_eq!(ta, tb);
+}
+
+/// The `migrated` notes of a stream's `metrics` frames.
+fn moves(w: &Orch, alias: &str) -> Vec<orch_domain::Migrated> {
+    frames(w, alias)
+        .iter()
+        .filter_map(|e| match &e.event {
+            StreamEvent::Metrics(m) => m.migrated.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[then(expr = "exactly one of {string} and {string} moved to another replica, once")]
+fn one_moved(w: &mut Orch, a: String, b: String) {
+    let (ma, mb) = (moves(w, &a), moves(w, &b));
+    let moved: Vec<_> = [&ma, &mb].into_iter().filter(|m| !m.is_empty()).collect();
+    assert_eq!(moved.len(), 1, "{ma:?} / {mb:?}");
+    assert_eq!(moved[0].len(), 1, "{moved:?}");
+    assert_ne!(moved[0][0].from_replica, moved[0][0].to_replica);
+}
+
+#[then(expr = "the stream of {string} did not move")]
+fn did_not_move(w: &mut Orch, alias: String) {
+    assert!(moves(w, &alias).is_empty());
 }
 
 #[then(expr = "{string} and {string} have different text")]

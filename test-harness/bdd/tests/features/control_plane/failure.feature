@@ -2,18 +2,21 @@ Feature: Faults end tasks with a typed error, never silently
   An engine that dies, hangs or refuses ends each affected task with exactly one error
   frame naming what happened; a server that stops lets running work finish first.
 
-  Scenario: An engine that dies mid-stream ends the task with a worker reset after its tokens
+  Scenario: With continuation off, an engine that dies mid-stream ends the task with a worker reset
     Given a mock pool with:
       | fail_after_tokens | 3 |
+      | migration_limit   | 0 |
     When I submit a task "a" with 8 tokens
     And I read the stream of "a"
     Then the stream of "a" has 3 tokens
     And the stream of "a" ends with error "WORKER_RESET"
+    And the stream of "a" did not move
 
-  Scenario: An engine that stops sending tokens is cut off by the idle watchdog
+  Scenario: With continuation off, an engine that stops sending tokens is cut off by the idle watchdog
     Given a mock pool with:
       | stall_after_tokens | 2   |
       | idle_timeout_ms    | 300 |
+      | migration_limit    | 0   |
     When I submit a task "a" with 8 tokens
     And I read the stream of "a"
     Then the stream of "a" has 2 tokens
