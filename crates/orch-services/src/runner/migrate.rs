@@ -72,7 +72,7 @@ pub(super) fn verdict(a: &Assignment, err: &WorkerError, so_far: &Streamed) -> V
 
 /// Where a continuation went.
 pub(super) enum Moved {
-    To(Assignment),
+    To(Box<Assignment>),
     /// Canceled while it waited for a replica.
     Canceled,
     /// No replica took it: it ends with the failure, for this reason.
@@ -142,7 +142,7 @@ pub(super) async fn move_on(a: Assignment, err: &WorkerError, so_far: &mut Strea
             count: so_far.moves,
         }),
     }));
-    Moved::To(next)
+    Moved::To(Box::new(next))
 }
 
 /// The error a generation ends with when a continuation itself was refused by the

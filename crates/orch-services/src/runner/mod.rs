@@ -142,7 +142,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             let failed_on = w.clone();
                             match migrate::move_on(a, &err, &mut so_far).await {
                                 Moved::To(next) => {
-                                    a = next;
+                                    a = *next;
                                     continue;
                                 }
                                 Moved::Canceled => {
