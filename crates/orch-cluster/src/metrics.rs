@@ -41,8 +41,16 @@ pub const STORES: [&str; 4] = ["task", "frames", "status", "ack"];
 /// `outcome` values of a taken task: run for the first time here (`run`); run again
 /// after a failed leader stored frames but no token (`rerun`); only removed, its end
 /// already stored (`settled`); ended canceled, a cancel was requested (`canceled`);
-/// ended with `WORKER_RESET`, it had streamed tokens (`worker_reset`).
-pub const OUTCOMES: [&str; 5] = ["run", "rerun", "settled", "canceled", "worker_reset"];
+/// its generation continued here from the tokens it had streamed (`continue`); ended
+/// with `WORKER_RESET`, it had streamed tokens without ids (`worker_reset`).
+pub const OUTCOMES: [&str; 6] = [
+    "run",
+    "rerun",
+    "settled",
+    "canceled",
+    "continue",
+    "worker_reset",
+];
 
 /// Register the help texts (the `# HELP` lines); harmless to call again.
 pub fn describe() {

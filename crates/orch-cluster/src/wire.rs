@@ -58,6 +58,7 @@ impl ReplicatedTask {
             correlation_id: self.correlation_id,
             request,
             waited,
+            resumed: None,
         }
     }
 }

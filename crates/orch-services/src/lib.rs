@@ -61,4 +61,4 @@ pub use registry::{PoolRegistry, ReplicaOrigin};
 pub use streaming::{Read, ReadItem, StreamReader};
 pub use table::TableStats;
 pub use task::log::{Frame, FrameRef};
-pub use task::TaskRecord;
+pub use task::{Resumed, TaskRecord};

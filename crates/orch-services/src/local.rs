@@ -101,6 +101,9 @@ pub struct NewTask {
     /// How long ago it was admitted (its queue-wait limit and deadline count from
     /// then, not from when this instance got it).
     pub waited: std::time::Duration,
+    /// The part of its generation another run streamed (a failed-over leader's): the
+    /// run here continues it.
+    pub resumed: Option<crate::task::Resumed>,
 }
 
 /// The record of a task admitted for `tenant` on the pool `pool_id` whose last
@@ -181,6 +184,9 @@ impl LocalPools {
             Some(t.request),
             None,
         );
+        if let Some(r) = t.resumed {
+            rec.set_resumed(r);
+        }
         let admitted = match (&pool, rec.request()) {
             (Some(pool), Some(req)) => pool.admit(rec.clone(), req, flow, None).await,
             _ => Err(OrchError::not_found("pool", &t.pool_id)),

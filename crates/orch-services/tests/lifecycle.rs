@@ -315,6 +315,7 @@ async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
             correlation_id: "c".into(),
             request: req(4),
             waited: Duration::from_secs(6),
+            resumed: None,
         })
         .await;
     while !rec.summary().state.is_terminal() {
@@ -327,4 +328,104 @@ async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
     );
     o.cancel(&Caller::open(), busy).await.unwrap();
     terminal(&frames(&o, busy).await);
+}
+
+#[tokio::test]
+async fn a_run_that_takes_over_another_runs_generation_goes_on_from_its_tokens() {
+    // what a pool leader that failed over left: 3 tokens streamed on another instance
+    let cfg = adapter_mock::MockConfig {
+        tokens: 40,
+        ..mock(1)
+    };
+    let o = orch_with(ServiceConfig::default(), spec(), &[cfg]).await;
+    let mut request = req(8);
+    request.seed = Some(5);
+    let text = |i: u32| adapter_mock::token_text(0, 5, i);
+    let resumed = orch_services::Resumed {
+        ids: (0..3).map(|i| adapter_mock::token_id(0, 5, i)).collect(),
+        text: (0..3).map(text).collect(),
+        tokens: 3,
+        moves: 0,
+        from_replica: "elsewhere-r0".into(),
+    };
+    let rec = o
+        .local_pools()
+        .run(orch_services::NewTask {
+            id: orch_domain::TaskId::new_random(),
+            tenant: "anonymous".into(),
+            pool_id: "p".into(),
+            correlation_id: "c".into(),
+            request,
+            waited: Duration::ZERO,
+            resumed: Some(resumed),
+        })
+        .await;
+    let t0 = std::time::Instant::now();
+    while !rec.summary().state.is_terminal() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (frames, closed) = rec.log.since(0);
+    assert!(closed);
+    let kinds: Vec<_> = frames.iter().map(|f| f.kind.as_str()).collect();
+    // no second `started`: a note that it moved, the tokens after the third, its end
+    assert_eq!(
+        kinds,
+        ["metrics", "token", "token", "token", "token", "token", "end"]
+    );
+    let note: serde_json::Value = serde_json::from_str(&frames[0].data).unwrap();
+    let m = &note["migrated"];
+    assert_eq!(
+        (&m["from_replica"], &m["to_replica"], &m["reason"]),
+        (
+            &serde_json::json!("elsewhere-r0"),
+            &serde_json::json!("p-r0"),
+            &serde_json::json!("WORKER_RESET")
+        )
+    );
+    assert_eq!(
+        (&m["at_token"], &m["count"]),
+        (&serde_json::json!(3), &serde_json::json!(1))
+    );
+    for (k, f) in frames[1..6].iter().enumerate() {
+        let t: serde_json::Value = serde_json::from_str(&f.data).unwrap();
+        let i = k as u32 + 3;
+        assert_eq!(t["i"], i);
+        assert_eq!(t["t"], text(i));
+    }
+    let end: serde_json::Value = serde_json::from_str(&frames[6].data).unwrap();
+    assert_eq!(end["tokens_out"], 8);
+}
+
+#[tokio::test]
+async fn a_taken_over_generation_without_token_ids_ends_with_the_old_error() {
+    let o = orch_with(ServiceConfig::default(), spec(), &[mock(1)]).await;
+    let resumed = orch_services::Resumed {
+        ids: Vec::new(),
+        text: " x".into(),
+        tokens: 1,
+        moves: 0,
+        from_replica: "elsewhere-r0".into(),
+    };
+    let rec = o
+        .local_pools()
+        .run(orch_services::NewTask {
+            id: orch_domain::TaskId::new_random(),
+            tenant: "anonymous".into(),
+            pool_id: "p".into(),
+            correlation_id: "c".into(),
+            request: req(8),
+            waited: Duration::ZERO,
+            resumed: Some(resumed),
+        })
+        .await;
+    let t0 = std::time::Instant::now();
+    while !rec.summary().state.is_terminal() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        rec.summary().error_code,
+        Some(orch_domain::ErrorCode::WorkerReset)
+    );
 }

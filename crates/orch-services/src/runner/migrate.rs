@@ -145,6 +145,76 @@ pub(super) async fn move_on(a: Assignment, err: &WorkerError, so_far: &mut Strea
     Moved::To(Box::new(next))
 }
 
+/// Take over a generation another run streamed part of (`r`: a failed-over pool
+/// leader's), on `a`: continue it when [`verdict`] allows (telling the stream it moved),
+/// complete it when every token was streamed, or end it with the failure the other
+/// run's loss means. False when it ended here.
+pub(super) fn resume(a: &Assignment, r: crate::task::Resumed, so_far: &mut Streamed) -> bool {
+    let rec = &a.rec;
+    so_far.started = true;
+    so_far.ids_complete = so_far.keep && r.ids.len() >= r.tokens as usize;
+    so_far.ids = r.ids;
+    so_far.text = r.text;
+    so_far.moves = r.moves;
+    let lost =
+        WorkerError::Reset("the pool's leader failed over after the task had streamed".into());
+    let public = "the pool's leader failed over after the task had streamed";
+    let end_failed = |why: &str| {
+        tracing::info!(task_id = %rec.id, tenant = %rec.tenant, why, "generation not continued after a fail-over");
+        rec.end(crate::lifecycle::Ending::Failed(
+            orch_domain::OrchError::new(
+                ErrorCode::WorkerReset,
+                format!("{public}; not continued: {why}"),
+            )
+            .with_engine(a.pinned.engine.as_str())
+            .with_pool(&*a.pool.id)
+            .with_retry_after_ms(0),
+        ));
+    };
+    match verdict(a, &lost, so_far) {
+        Verdict::Continue => {}
+        Verdict::Complete => {
+            // nothing is left to generate, but its end was not stored
+            rec.end(crate::lifecycle::Ending::Completed {
+                tokens_in: so_far.prompt_tokens.unwrap_or(0),
+                tokens_out: rec.tokens_out(),
+                decode_time_ms: 0,
+                ttft_ms: 0,
+                finish_reason: orch_domain::FinishReason::Length,
+                tokens_cached: None,
+            });
+            return false;
+        }
+        Verdict::Refuse(why) => {
+            end_failed(why);
+            return false;
+        }
+    }
+    so_far.moves += 1;
+    let at_token = rec.tokens_out();
+    crate::metrics::migrated(&a.pool.id, ErrorCode::WorkerReset);
+    tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %a.pool.id, from = %r.from_replica,
+        to = %a.replica_id, at_token, moves = so_far.moves,
+        "task migrated: its generation continues after its pool's leader failed over");
+    rec.emit(&StreamEvent::Metrics(MetricsFrame {
+        queue_depth: a.pool.snapshot().queue_depth,
+        queue_position: None,
+        predicted_start_ms: None,
+        on_time_probability: None,
+        tokens_out: Some(at_token),
+        tokens_budget_remaining: None,
+        kv_warmth: None,
+        migrated: Some(Migrated {
+            from_replica: r.from_replica,
+            to_replica: a.replica_id.to_string(),
+            reason: ErrorCode::WorkerReset,
+            at_token,
+            count: so_far.moves,
+        }),
+    }));
+    true
+}
+
 /// The error a generation ends with when a continuation itself was refused by the
 /// engine: what moved it, not the refusal (the client's request was fine).
 pub(super) fn refused_continuation() -> (ErrorCode, &'static str) {

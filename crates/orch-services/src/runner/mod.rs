@@ -99,6 +99,12 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let t_start = Instant::now();
     // the output is kept for a continuation only where one may happen
     let mut so_far = Streamed::new(first.limits.migrations > 0 && first.adapter.continues());
+    if let Some(r) = rec.take_resumed() {
+        // another run (a failed-over leader's) streamed part of it: continue that
+        if !migrate::resume(&first, r, &mut so_far) {
+            return;
+        }
+    }
     let mut a = first;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {

@@ -126,6 +126,25 @@ pub struct TaskRecord {
     settlement: Mutex<Option<Settlement>>,
     first_token: std::sync::OnceLock<FirstToken>,
     first_token_taken: std::sync::atomic::AtomicBool,
+    /// What another run streamed before this one takes the generation over.
+    resumed: Mutex<Option<Resumed>>,
+}
+
+/// A generation another run streamed part of (a pool leader that failed over, in
+/// cluster mode): its run here continues it from these tokens, after the frames the
+/// other run stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// The engine's ids of the tokens streamed, in order.
+    pub ids: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// Token frames streamed (the next token's index).
+    pub tokens: u32,
+    /// Times the generation moved before.
+    pub moves: u32,
+    /// The replica it last ran on.
+    pub from_replica: String,
 }
 
 /// When the engine produced a task's first token, and how long the task took from
@@ -183,7 +202,23 @@ impl TaskRecord {
             settlement: Mutex::new(None),
             first_token: std::sync::OnceLock::new(),
             first_token_taken: std::sync::atomic::AtomicBool::new(false),
+            resumed: Mutex::new(None),
         }
+    }
+
+    /// The generation continues what another run streamed: its tokens count from
+    /// there. Before the task runs.
+    pub fn set_resumed(&self, r: Resumed) {
+        self.tokens_out.store(r.tokens, Ordering::Release);
+        *self.resumed.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// What another run streamed, to the run that continues it (once).
+    pub(crate) fn take_resumed(&self) -> Option<Resumed> {
+        self.resumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// Set what runs when the task ends (admission's reservations). Before the task

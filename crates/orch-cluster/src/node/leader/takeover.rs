@@ -1,9 +1,11 @@
 //! Taking a task from the pool's queue: what a failed leader left of it decides what
 //! happens ([`decide`], pure): a task whose last stored frame is terminal only has its
 //! status recorded and leaves the queue; one with a cancel request ends canceled; one
-//! that streamed a token ends with a retriable `WORKER_RESET` (a half-finished
-//! generation is not continued); any other is run (again) here, its frames continuing
-//! the ids the old leader stored.
+//! that streamed tokens with their ids is continued here from them (the runner checks
+//! the pool's migration guardrails, and ends it with a retriable `WORKER_RESET` when
+//! they refuse); one whose tokens came without ids ends with that `WORKER_RESET` at
+//! once; any other is run (again) here. Its frames continue the ids the old leader
+//! stored.
 
 use super::store::{store, Taken};
 use super::{REREAD, STORE_RETRY};
@@ -11,7 +13,7 @@ use crate::node::Node;
 use crate::wire::{ClusterStatus, ReplicatedTask};
 use crate::{metrics, Frame, QueuedTask};
 use orch_domain::{ErrorCode, EventKind, OrchError, StreamEvent, TaskId, TaskState};
-use orch_services::{CancelReason, Ending};
+use orch_services::{CancelReason, Ending, Resumed};
 use std::sync::Arc;
 
 /// What a taken task needs next.
@@ -34,6 +36,44 @@ pub(super) enum Decision {
     },
     /// Run it here: for the first time, or again (it streamed no token).
     Run { again: bool },
+    /// Continue its generation here from the tokens it streamed.
+    Continue(Resumed),
+}
+
+/// What the stored frames say of a generation: its tokens' ids (`None` once a token
+/// came without), their text, how often it moved, and where it last ran.
+fn streamed(prior: &[Frame]) -> (Option<Vec<u32>>, String, u32, String) {
+    let (mut ids, mut text, mut moves, mut replica) =
+        (Some(Vec::new()), String::new(), 0, String::new());
+    for f in prior {
+        match f.kind {
+            EventKind::Started => {
+                if let Ok(s) = serde_json::from_str::<orch_domain::StartedFrame>(&f.data) {
+                    replica = s.replica_id;
+                }
+            }
+            EventKind::Token => match serde_json::from_str::<orch_domain::TokenFrame>(&f.data) {
+                Ok(t) => {
+                    text.push_str(&t.t);
+                    match (t.ids, ids.as_mut()) {
+                        (Some(i), Some(all)) if !i.is_empty() => all.extend(i),
+                        _ => ids = None,
+                    }
+                }
+                Err(_) => ids = None,
+            },
+            EventKind::Metrics => {
+                if let Ok(m) = serde_json::from_str::<orch_domain::MetricsFrame>(&f.data) {
+                    if let Some(moved) = m.migrated {
+                        moves = moves.max(moved.count);
+                        replica = moved.to_replica;
+                    }
+                }
+            }
+            EventKind::End | EventKind::Error => {}
+        }
+    }
+    (ids, text, moves, replica)
 }
 
 /// Decide from the stored frames `prior` and whether a cancel was requested.
@@ -53,6 +93,15 @@ pub(super) fn decide(prior: &[Frame], canceled: bool, pool_id: &str) -> Decision
         };
     }
     if tokens > 0 {
+        if let (Some(ids), text, moves, from_replica) = streamed(prior) {
+            return Decision::Continue(Resumed {
+                ids,
+                text,
+                tokens,
+                moves,
+                from_replica,
+            });
+        }
         return Decision::End {
             ending: Ending::Failed(
                 OrchError::new(
@@ -147,13 +196,24 @@ async fn take_once(node: &Arc<Node>, qt: QueuedTask) -> Result<Next, QueuedTask>
             let s = ended(status, &ending.frame(), tokens);
             Ok(Next::Settle(Box::new((qt, Some((id, s))))))
         }
-        Decision::Run { again } => {
-            metrics::taken(&t.pool_id, if again { "rerun" } else { "run" });
+        decision @ (Decision::Run { .. } | Decision::Continue(_)) => {
+            let (again, resumed) = match decision {
+                Decision::Continue(r) => (true, Some(r)),
+                Decision::Run { again } => (again, None),
+                _ => (false, None),
+            };
+            let outcome = match (&resumed, again) {
+                (Some(_), _) => "continue",
+                (None, true) => "rerun",
+                (None, false) => "run",
+            };
+            metrics::taken(&t.pool_id, outcome);
             let mut task = t.into_new_task();
             if again {
                 // it left the queue once already: its queue-wait limit starts again
                 task.waited = std::time::Duration::ZERO;
             }
+            task.resumed = resumed;
             let rec = node.pools.run(task).await;
             Ok(Next::Run(Box::new(Taken {
                 qt,
@@ -211,6 +271,49 @@ mod tests {
 
     fn token(id: u64) -> Frame {
         frame(id, EventKind::Token, r#"{"t":"x","i":0}"#)
+    }
+
+    #[test]
+    fn tokens_streamed_with_their_ids_are_continued_from_where_they_stopped() {
+        let started = frame(
+            1,
+            EventKind::Started,
+            r#"{"queue_position":0,"predicted_start_ms":0,"engine":"mock","engine_version":"1","model":"m","pool_id":"p","replica_id":"a:p-r0","sampler_profile_version":"v1","seed":1}"#,
+        );
+        let moved = frame(
+            3,
+            EventKind::Metrics,
+            r#"{"queue_depth":0,"migrated":{"from_replica":"a:p-r0","to_replica":"b:p-r1","reason":"WORKER_RESET","at_token":1,"count":1}}"#,
+        );
+        let prior = [
+            started.clone(),
+            frame(2, EventKind::Token, r#"{"t":" a","i":0,"ids":[5]}"#),
+            moved,
+            frame(4, EventKind::Token, r#"{"t":"bc","i":1,"ids":[6,7]}"#),
+        ];
+        assert_eq!(
+            decide(&prior, false, "p"),
+            Decision::Continue(Resumed {
+                ids: vec![5, 6, 7],
+                text: " abc".into(),
+                tokens: 2,
+                moves: 1,
+                from_replica: "b:p-r1".into(),
+            })
+        );
+        // one token without ids: nothing to continue from
+        let prior = [
+            started,
+            frame(2, EventKind::Token, r#"{"t":" a","i":0,"ids":[5]}"#),
+            token(3),
+        ];
+        assert!(matches!(
+            decide(&prior, false, "p"),
+            Decision::End {
+                outcome: "worker_reset",
+                ..
+            }
+        ));
     }
 
     #[test]
