@@ -330,6 +330,33 @@ async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
     terminal(&frames(&o, busy).await);
 }
 
+/// Run `request` on pool `p` as the continuation of `resumed` (what a failed-over
+/// leader left), until it ends.
+async fn run_resumed(
+    o: &orch_services::Orchestrator,
+    request: orch_domain::TaskRequest,
+    resumed: orch_services::Resumed,
+) -> std::sync::Arc<orch_services::TaskRecord> {
+    let rec = o
+        .local_pools()
+        .run(orch_services::NewTask {
+            id: orch_domain::TaskId::new_random(),
+            tenant: "anonymous".into(),
+            pool_id: "p".into(),
+            correlation_id: "c".into(),
+            request,
+            waited: Duration::ZERO,
+            resumed: Some(resumed),
+        })
+        .await;
+    let t0 = std::time::Instant::now();
+    while !rec.summary().state.is_terminal() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rec
+}
+
 #[tokio::test]
 async fn a_run_that_takes_over_another_runs_generation_goes_on_from_its_tokens() {
     // what a pool leader that failed over left: 3 tokens streamed on another instance
@@ -348,23 +375,7 @@ async fn a_run_that_takes_over_another_runs_generation_goes_on_from_its_tokens()
         moves: 0,
         from_replica: "elsewhere-r0".into(),
     };
-    let rec = o
-        .local_pools()
-        .run(orch_services::NewTask {
-            id: orch_domain::TaskId::new_random(),
-            tenant: "anonymous".into(),
-            pool_id: "p".into(),
-            correlation_id: "c".into(),
-            request,
-            waited: Duration::ZERO,
-            resumed: Some(resumed),
-        })
-        .await;
-    let t0 = std::time::Instant::now();
-    while !rec.summary().state.is_terminal() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "still running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let rec = run_resumed(&o, request, resumed).await;
     let (frames, closed) = rec.log.since(0);
     assert!(closed);
     let kinds: Vec<_> = frames.iter().map(|f| f.kind.as_str()).collect();
@@ -407,23 +418,7 @@ async fn a_taken_over_generation_without_token_ids_ends_with_the_old_error() {
         moves: 0,
         from_replica: "elsewhere-r0".into(),
     };
-    let rec = o
-        .local_pools()
-        .run(orch_services::NewTask {
-            id: orch_domain::TaskId::new_random(),
-            tenant: "anonymous".into(),
-            pool_id: "p".into(),
-            correlation_id: "c".into(),
-            request: req(8),
-            waited: Duration::ZERO,
-            resumed: Some(resumed),
-        })
-        .await;
-    let t0 = std::time::Instant::now();
-    while !rec.summary().state.is_terminal() {
-        assert!(t0.elapsed() < Duration::from_secs(5), "still running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let rec = run_resumed(&o, req(8), resumed).await;
     assert_eq!(
         rec.summary().error_code,
         Some(orch_domain::ErrorCode::WorkerReset)

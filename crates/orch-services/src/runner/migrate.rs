@@ -126,22 +126,16 @@ pub(super) async fn move_on(a: Assignment, err: &WorkerError, so_far: &mut Strea
     tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %next.pool.id, from = %from,
         to = %next.replica_id, reason = code.as_str(), at_token, moves = so_far.moves,
         error = %err, "task migrated: its generation continues on another engine");
-    rec.emit(&StreamEvent::Metrics(MetricsFrame {
-        queue_depth: next.pool.snapshot().queue_depth,
-        queue_position: None,
-        predicted_start_ms: None,
-        on_time_probability: None,
-        tokens_out: Some(at_token),
-        tokens_budget_remaining: None,
-        kv_warmth: None,
-        migrated: Some(Migrated {
+    tell_moved(
+        &next,
+        Migrated {
             from_replica: from.to_string(),
             to_replica: next.replica_id.to_string(),
             reason: code,
             at_token,
             count: so_far.moves,
-        }),
-    }));
+        },
+    );
     Moved::To(Box::new(next))
 }
 
@@ -196,23 +190,32 @@ pub(super) fn resume(a: &Assignment, r: crate::task::Resumed, so_far: &mut Strea
     tracing::info!(task_id = %rec.id, tenant = %rec.tenant, pool_id = %a.pool.id, from = %r.from_replica,
         to = %a.replica_id, at_token, moves = so_far.moves,
         "task migrated: its generation continues after its pool's leader failed over");
-    rec.emit(&StreamEvent::Metrics(MetricsFrame {
-        queue_depth: a.pool.snapshot().queue_depth,
-        queue_position: None,
-        predicted_start_ms: None,
-        on_time_probability: None,
-        tokens_out: Some(at_token),
-        tokens_budget_remaining: None,
-        kv_warmth: None,
-        migrated: Some(Migrated {
+    tell_moved(
+        a,
+        Migrated {
             from_replica: r.from_replica,
             to_replica: a.replica_id.to_string(),
             reason: ErrorCode::WorkerReset,
             at_token,
             count: so_far.moves,
-        }),
-    }));
+        },
+    );
     true
+}
+
+/// The one `metrics` frame that tells the client's stream its generation moved to
+/// `a`'s replica.
+fn tell_moved(a: &Assignment, moved: Migrated) {
+    a.rec.emit(&StreamEvent::Metrics(MetricsFrame {
+        queue_depth: a.pool.snapshot().queue_depth,
+        queue_position: None,
+        predicted_start_ms: None,
+        on_time_probability: None,
+        tokens_out: Some(moved.at_token),
+        tokens_budget_remaining: None,
+        kv_warmth: None,
+        migrated: Some(moved),
+    }));
 }
 
 /// The error a generation ends with when a continuation itself was refused by the
