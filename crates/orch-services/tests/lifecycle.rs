@@ -374,6 +374,8 @@ async fn a_run_that_takes_over_another_runs_generation_goes_on_from_its_tokens()
         tokens: 3,
         moves: 0,
         from_replica: "elsewhere-r0".into(),
+        model: adapter_mock::mock_digest("mock-model"),
+        engine_version: "mock-0.1.0".into(),
     };
     let rec = run_resumed(&o, request, resumed).await;
     let (frames, closed) = rec.log.since(0);
@@ -417,10 +419,35 @@ async fn a_taken_over_generation_without_token_ids_ends_with_the_old_error() {
         tokens: 1,
         moves: 0,
         from_replica: "elsewhere-r0".into(),
+        model: adapter_mock::mock_digest("mock-model"),
+        engine_version: "mock-0.1.0".into(),
     };
     let rec = run_resumed(&o, req(8), resumed).await;
     assert_eq!(
         rec.summary().error_code,
         Some(orch_domain::ErrorCode::WorkerReset)
+    );
+}
+
+#[tokio::test]
+async fn a_taken_over_generation_of_another_model_is_not_continued() {
+    // a reload between the two leaders: the ids were another model's
+    let o = orch_with(ServiceConfig::default(), spec(), &[mock(1)]).await;
+    let resumed = orch_services::Resumed {
+        ids: vec![1, 2],
+        text: " amber brook".into(),
+        tokens: 2,
+        moves: 0,
+        from_replica: "elsewhere-r0".into(),
+        model: "sha256:another".into(),
+        engine_version: "mock-0.1.0".into(),
+    };
+    let rec = run_resumed(&o, req(8), resumed).await;
+    let s = rec.summary();
+    assert_eq!(s.error_code, Some(orch_domain::ErrorCode::WorkerReset));
+    let (frames, _) = rec.log.since(0);
+    assert!(
+        frames.iter().all(|f| f.kind.as_str() != "token"),
+        "nothing generated from another model's ids"
     );
 }

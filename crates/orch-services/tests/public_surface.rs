@@ -35,6 +35,7 @@ const ROOT_ITEMS: &[&str] = &[
     "Read",
     "ReadItem",
     "ReplicaOrigin",
+    "Resumed",
     "Retention",
     "Role",
     "ServiceConfig",

@@ -35,6 +35,8 @@ pub struct Charge {
     /// The task's arrival number in its lane: only tasks after it are re-tagged.
     seq: u64,
     prompt_estimate: u32,
+    /// Output tokens earlier runs of it settled (a continued generation's first part).
+    settled_out: u32,
 }
 
 /// The pool actor's standing charges, by task.
@@ -59,6 +61,7 @@ impl Charges {
                 flow,
                 seq,
                 prompt_estimate,
+                settled_out: 0,
             },
         );
     }
@@ -71,7 +74,8 @@ impl Charges {
     }
 
     /// A run of the task ended having used `prompt_tokens` (None: not reported, the
-    /// estimate is charged) and produced `tokens_out` in all. The charge is closed when
+    /// estimate is charged) and produced `tokens_out` in all (what earlier runs
+    /// settled is taken off). The charge is closed when
     /// the task ended; a task about to be retried keeps it open at zero, so the next
     /// run's use is charged too.
     pub fn settle_run(
@@ -85,10 +89,14 @@ impl Charges {
         let Some(c) = self.by_task.get_mut(id) else {
             return;
         };
-        let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), tokens_out);
+        // output an earlier run of it settled is not charged again (a continuation's
+        // engine counts it as prompt: its prefill is charged, as any prompt)
+        let out = tokens_out.saturating_sub(c.settled_out);
+        let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), out);
         queue.settle(c.priority, c.flow, c.seq, cost);
         // from now on the flow has paid for this much output: a retry pays the rest
         c.flow.cost = 0;
+        c.settled_out = c.settled_out.max(tokens_out);
         if ended {
             self.by_task.remove(id);
         }

@@ -376,7 +376,9 @@ impl<'a> Attempt<'a> {
                 })) => {
                     if let (Some(n), false) = (prompt_tokens, self.so_far.prompt_counted) {
                         // the prompt was processed: it counts even if the task
-                        // does not complete
+                        // does not complete (a continuation's engine counts the
+                        // tokens so far as prompt too: they are not the task's)
+                        let n = n.saturating_sub(self.so_far.resumed_at);
                         self.w.tokens_in(n);
                         self.so_far.prompt_counted = true;
                         self.so_far.prompt_tokens = Some(n);

@@ -100,19 +100,33 @@ pub(super) async fn move_on(a: Assignment, err: &WorkerError, so_far: &mut Strea
     if !rec.retrying() {
         return Moved::Canceled;
     }
-    let Some(next) = pool
-        .migrate(rec.clone(), request, so_far.failed.clone())
-        .await
-    else {
+    // a cancel while it waits for a replica ends the wait (the dropped request gives
+    // back a slot the pool may be placing it in)
+    let placed = tokio::select! {
+        biased;
+        _ = rec.cancel.cancelled() => return Moved::Canceled,
+        p = pool.migrate(rec.clone(), request.clone(), so_far.failed.clone()) => p,
+    };
+    let Some(next) = placed else {
         return if rec.cancel.is_cancelled() {
             Moved::Canceled
         } else {
             Moved::Nowhere("no replica could take it within the pool's wait")
         };
     };
+    if rec.cancel.is_cancelled() {
+        return Moved::Canceled;
+    }
     // token ids mean the same only to the same model and engine
     if *next.pinned != *pinned {
         return Moved::Nowhere("a reload replaced the replica set it ran on");
+    }
+    // it may have waited: its deadline still holds
+    if request
+        .deadline_ms
+        .is_some_and(|d| rec.admitted_at.elapsed().as_millis() >= u128::from(d))
+    {
+        return Moved::Nowhere("the task's deadline passed while it waited for a replica");
     }
     let p = &next.pinned;
     if !rec.start(&next.replica_id, &p.engine, &p.engine_version) {
@@ -165,6 +179,14 @@ pub(super) fn resume(a: &Assignment, r: crate::task::Resumed, so_far: &mut Strea
             .with_retry_after_ms(0),
         ));
     };
+    // token ids mean the same only to the same model and engine (a reload may have
+    // come between the two leaders)
+    if r.model != a.pinned.model_digest || r.engine_version != a.pinned.engine_version {
+        end_failed(
+            "the pool's replicas run another model or engine version than the one it streamed on",
+        );
+        return false;
+    }
     match verdict(a, &lost, so_far) {
         Verdict::Continue => {}
         Verdict::Complete => {

@@ -115,7 +115,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
         }
         let mut at = Attempt::new(&a, &w, &sessions, &mut so_far);
         let outcome = at.drive().await;
-        let attempt_ms = at.t0.elapsed().as_millis() as u64;
+        let (attempt_t0, attempt_ms) = (at.t0, at.t0.elapsed().as_millis() as u64);
         drop(at);
         match outcome {
             Outcome::Ended(end) => {
@@ -143,7 +143,13 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                 if emitted && !rec.cancel.is_cancelled() {
                     match migrate::verdict(&a, &err, &so_far) {
                         Verdict::Continue => {
-                            so_far.decode_before_ms += attempt_ms;
+                            // the engine's time: to its last token, not the failure's
+                            // detection (an idle watchdog's wait)
+                            so_far.decode_before_ms +=
+                                so_far.last_token_at.map_or(attempt_ms, |t| {
+                                    t.saturating_duration_since(attempt_t0.into_std())
+                                        .as_millis() as u64
+                                });
                             let (code, engine) = (err.code(), a.pinned.engine.clone());
                             let failed_on = w.clone();
                             match migrate::move_on(a, &err, &mut so_far).await {
@@ -152,6 +158,11 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                                     continue;
                                 }
                                 Moved::Canceled => {
+                                    if let Some(reason) = rec.end_canceled(None) {
+                                        failed_on.canceled(reason.as_str());
+                                    }
+                                }
+                                Moved::Nowhere(_) if rec.cancel.is_cancelled() => {
                                     if let Some(reason) = rec.end_canceled(None) {
                                         failed_on.canceled(reason.as_str());
                                     }

@@ -145,6 +145,10 @@ pub struct Resumed {
     pub moves: u32,
     /// The replica it last ran on.
     pub from_replica: String,
+    /// The model digest and engine version it ran with (from its `started` frame):
+    /// token ids mean the same only to the same model and engine.
+    pub model: String,
+    pub engine_version: String,
 }
 
 /// When the engine produced a task's first token, and how long the task took from

@@ -40,16 +40,19 @@ pub(super) enum Decision {
     Continue(Resumed),
 }
 
-/// What the stored frames say of a generation: its tokens' ids (`None` once a token
-/// came without), their text, how often it moved, and where it last ran.
-fn streamed(prior: &[Frame]) -> (Option<Vec<u32>>, String, u32, String) {
+/// What the stored frames say of a generation that streamed `tokens` tokens: its
+/// tokens' ids and text, how often it moved, where it last ran and on what model and
+/// engine version; `None` when a token came without ids or it never said where it ran.
+fn streamed(prior: &[Frame], tokens: u32) -> Option<Resumed> {
     let (mut ids, mut text, mut moves, mut replica) =
         (Some(Vec::new()), String::new(), 0, String::new());
+    let mut engine = None;
     for f in prior {
         match f.kind {
             EventKind::Started => {
                 if let Ok(s) = serde_json::from_str::<orch_domain::StartedFrame>(&f.data) {
                     replica = s.replica_id;
+                    engine = Some((s.model, s.engine_version));
                 }
             }
             EventKind::Token => match serde_json::from_str::<orch_domain::TokenFrame>(&f.data) {
@@ -73,7 +76,16 @@ fn streamed(prior: &[Frame]) -> (Option<Vec<u32>>, String, u32, String) {
             EventKind::End | EventKind::Error => {}
         }
     }
-    (ids, text, moves, replica)
+    let (model, engine_version) = engine?;
+    Some(Resumed {
+        ids: ids?,
+        text,
+        tokens,
+        moves,
+        from_replica: replica,
+        model,
+        engine_version,
+    })
 }
 
 /// Decide from the stored frames `prior` and whether a cancel was requested.
@@ -93,14 +105,8 @@ pub(super) fn decide(prior: &[Frame], canceled: bool, pool_id: &str) -> Decision
         };
     }
     if tokens > 0 {
-        if let (Some(ids), text, moves, from_replica) = streamed(prior) {
-            return Decision::Continue(Resumed {
-                ids,
-                text,
-                tokens,
-                moves,
-                from_replica,
-            });
+        if let Some(r) = streamed(prior, tokens) {
+            return Decision::Continue(r);
         }
         return Decision::End {
             ending: Ending::Failed(
@@ -299,6 +305,8 @@ mod tests {
                 tokens: 2,
                 moves: 1,
                 from_replica: "b:p-r1".into(),
+                model: "m".into(),
+                engine_version: "1".into(),
             })
         );
         // one token without ids: nothing to continue from

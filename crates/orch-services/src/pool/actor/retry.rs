@@ -36,7 +36,10 @@ impl Avoid {
     fn avoids(&self, r: &Replica) -> bool {
         match self {
             Avoid::Replicas(ids) => ids.contains(&r.id),
-            Avoid::Engines(engines) => engines.iter().any(|e| Arc::ptr_eq(e, &r.adapter)),
+            // and an engine that cannot continue a generation (an older instance's)
+            Avoid::Engines(engines) => {
+                !r.adapter.continues() || engines.iter().any(|e| Arc::ptr_eq(e, &r.adapter))
+            }
         }
     }
 
@@ -47,7 +50,9 @@ impl Avoid {
     fn could_take(&self, r: &Replica) -> bool {
         match self {
             Avoid::Replicas(_) => r.serving() && !self.avoids(r),
-            Avoid::Engines(_) => !r.draining && !r.staged && (!r.ready || !self.avoids(r)),
+            Avoid::Engines(_) => {
+                !r.draining && !r.staged && r.adapter.continues() && (!r.ready || !self.avoids(r))
+            }
         }
     }
 
@@ -72,8 +77,9 @@ pub(super) struct Parked {
 }
 
 /// How long a continuation that only a failed engine could take waits for that
-/// engine to be found unhealthy (and so restarted) before it gives up.
-pub(super) const HOPELESS_GRACE: Duration = Duration::from_secs(2);
+/// engine to be found unhealthy (and so restarted) before it gives up: the default
+/// supervision finds a hung engine unhealthy about 3.5 s after it stops answering.
+pub(super) const HOPELESS_GRACE: Duration = Duration::from_secs(5);
 
 impl Parked {
     fn gives_up_at(&self) -> Instant {
