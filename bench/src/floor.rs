@@ -2,9 +2,11 @@
 //! process (`orch-bench floor-server --addr HOST:PORT --tokens-per-sec X --tokens N
 //! [--ttft-ms M]`) so its CPU and RSS are read from /proc like orchestratord's.
 //!
-//! `POST /v1/tasks` parses the JSON body, stores a generator state (start time, token
-//! count) under a fresh task id and answers 202 with the same-shaped JSON and a
-//! `Location`; `GET /v1/tasks/{id}/stream` takes that state and writes `started`, one
+//! `POST /v1/tasks` parses the JSON body into the same typed request orchestratord
+//! reads (`orch_domain::TaskRequest`, unknown fields refused) and checks it the same way
+//! (`validate`), stores a generator state (start time, token count) under a fresh
+//! random task id (`TaskId::new_random`, as orchestratord draws them) and answers 202
+//! with the same-shaped JSON and a `Location`; `GET /v1/tasks/{id}/stream` takes that state and writes `started`, one
 //! `token` frame per body chunk paced like the mock engine (token `i` is due at
 //! `start + ttft + i / tokens_per_sec`; 0 = unpaced), then `end`. Same axum/hyper
 //! (HTTP/1, `TCP_NODELAY` on accepted sockets), same multi-threaded tokio runtime.
@@ -18,7 +20,6 @@ use axum::serve::ListenerExt;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -92,14 +93,18 @@ struct Gen {
 struct App {
     pace: Pace,
     tasks: Arc<Mutex<HashMap<String, Gen>>>,
-    next_id: Arc<AtomicU64>,
 }
 
-async fn create_task(State(app): State<App>, body: axum::Json<serde_json::Value>) -> Response {
-    let max = body.0["max_tokens"].as_u64().unwrap_or(u64::MAX);
-    let total = max.min(u64::from(app.pace.tokens)) as u32;
-    let n = app.next_id.fetch_add(1, Ordering::Relaxed);
-    let id = format!("00000000-0000-4000-8000-{n:012x}");
+async fn create_task(State(app): State<App>, body: Bytes) -> Response {
+    let req: orch_domain::TaskRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    if req.validate().is_err() {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let total = req.max_tokens.min(app.pace.tokens);
+    let id = orch_domain::TaskId::new_random().to_string();
     let gen = Gen {
         start: Instant::now(),
         total,
@@ -171,7 +176,6 @@ pub async fn serve(addr: &str, pace: Pace) -> std::io::Result<()> {
     let app = App {
         pace,
         tasks: Arc::default(),
-        next_id: Arc::default(),
     };
     let router = axum::Router::new()
         .route("/v1/tasks", axum::routing::post(create_task))

@@ -1,11 +1,14 @@
-//! Admission throughput with tenancy on vs off, side by side in one run: the same
-//! orchestratord binary and mock pool (unpaced, one token per task, 256 slots), three
-//! ways: open with arrival-order queues ("off"); API keys for three tenants weighted
-//! 1:2:5 with per-tenant quotas checked on every admission but arrival-order queues
-//! ("keys"); and keys, quotas and weighted fair queuing ("on"). A closed loop of 32
-//! clients posts tasks for 2 s per round; rounds rotate which server goes first.
+//! Admission throughput against its floor and with tenancy on vs off, side by side in
+//! one run: the floor server's POST-202 (the same typed body parsing and validation,
+//! the same random task ids, no queue; `floor.rs`), and the same orchestratord binary
+//! and mock pool (unpaced, one token per task, 256 slots) three ways: open with
+//! arrival-order queues ("off"); API keys for three tenants weighted 1:2:5 with
+//! per-tenant quotas checked on every admission but arrival-order queues ("keys"); and
+//! keys, quotas and weighted fair queuing ("on"). A closed loop of 32 clients posts
+//! tasks for 2 s per round; rounds rotate which server goes first.
 
 use super::{client, thousands, Server};
+use crate::floor::Pace;
 use crate::stats::p50_p99;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -87,24 +90,20 @@ async fn round(h: &reqwest::Client, base: &str, keyed: bool) -> (f64, Vec<Durati
 
 pub async fn run() {
     println!(
-        "== admission: {CLIENTS} clients, closed loop, {} s per round, tenancy off / keys / on ==",
+        "== admission: {CLIENTS} clients, closed loop, {} s per round, floor / tenancy off / keys / on ==",
         ROUND.as_secs()
     );
     let mock = "slots = 256\ntokens_per_sec = 0.0\nttft_ms = 0\ntokens = 1";
     let keyed = tenancy_toml();
+    let fifo = "queue_capacity = 4096\nfairness = \"fifo\"";
     let servers = [
-        Server::orchestratord_with(
-            "off",
-            "",
-            mock,
-            "queue_capacity = 4096\nfairness = \"fifo\"",
-        ),
-        Server::orchestratord_with(
-            "keys",
-            &keyed,
-            mock,
-            "queue_capacity = 4096\nfairness = \"fifo\"",
-        ),
+        Server::floor(&Pace {
+            tokens_per_sec: 0.0,
+            ttft_ms: 0,
+            tokens: 1,
+        }),
+        Server::orchestratord_with("off", "", mock, fifo),
+        Server::orchestratord_with("keys", &keyed, mock, fifo),
         Server::orchestratord_with(
             "on",
             &keyed,
@@ -112,54 +111,61 @@ pub async fn run() {
             "queue_capacity = 4096\nfairness = \"weighted\"",
         ),
     ];
+    // the keyed servers get keys (the floor ignores the header)
+    let keyed_at = |k: usize| k >= 2;
     let h = client(CLIENTS * 2);
     for (i, s) in servers.iter().enumerate() {
-        round(&h, &s.base, i > 0).await; // warm-up
+        round(&h, &s.base, keyed_at(i)).await; // warm-up
     }
     println!();
-    println!("| round | off: admissions/s | keys: admissions/s | on: admissions/s | **keys / off** | **on / off** |");
-    println!("|---|---|---|---|---|---|");
-    let mut rates = [0.0f64; 3];
-    let mut lats: [Vec<Duration>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    println!("| round | floor: admissions/s | off | keys | on | **keys / off** | **on / off** | **on / floor** |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let n = servers.len();
+    let mut rates = [0.0f64; 4];
+    let mut lats: [Vec<Duration>; 4] = Default::default();
     for r in 0..ROUNDS {
-        let mut got: [(f64, Vec<Duration>); 3] = Default::default();
+        let mut got: [(f64, Vec<Duration>); 4] = Default::default();
         // rotate which server goes first, so order effects cancel over the rounds
-        for j in 0..3 {
-            let k = (r + j) % 3;
-            got[k] = round(&h, &servers[k].base, k > 0).await;
+        for j in 0..n {
+            let k = (r + j) % n;
+            got[k] = round(&h, &servers[k].base, keyed_at(k)).await;
         }
         println!(
-            "| {} | {} | {} | {} | **{:.3}** | **{:.3}** |",
+            "| {} | {} | {} | {} | {} | **{:.3}** | **{:.3}** | **{:.3}** |",
             r + 1,
             thousands(got[0].0 as u64),
             thousands(got[1].0 as u64),
             thousands(got[2].0 as u64),
-            got[1].0 / got[0].0,
-            got[2].0 / got[0].0,
+            thousands(got[3].0 as u64),
+            got[2].0 / got[1].0,
+            got[3].0 / got[1].0,
+            got[3].0 / got[0].0,
         );
-        for k in 0..3 {
+        for k in 0..n {
             rates[k] += got[k].0 / ROUNDS as f64;
             lats[k].append(&mut got[k].1);
         }
     }
     println!(
-        "| mean | {} | {} | {} | **{:.3}** | **{:.3}** |",
+        "| mean | {} | {} | {} | {} | **{:.3}** | **{:.3}** | **{:.3}** |",
         thousands(rates[0] as u64),
         thousands(rates[1] as u64),
         thousands(rates[2] as u64),
-        rates[1] / rates[0],
-        rates[2] / rates[0],
+        thousands(rates[3] as u64),
+        rates[2] / rates[1],
+        rates[3] / rates[1],
+        rates[3] / rates[0],
     );
-    println!();
-    println!("| POST /v1/tasks latency, all rounds | off | keys | on |");
-    println!("|---|---|---|---|");
+    println!("\nTarget: on / floor >= 0.6.\n");
+    println!("| POST /v1/tasks latency, all rounds | floor | off | keys | on |");
+    println!("|---|---|---|---|---|");
     let q: Vec<(f64, f64)> = lats.iter().map(|l| p50_p99(l)).collect();
     println!(
-        "| p50 | {:.3} ms | {:.3} ms | {:.3} ms |",
-        q[0].0, q[1].0, q[2].0
+        "| p50 | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+        q[0].0, q[1].0, q[2].0, q[3].0
     );
     println!(
-        "| p99 | {:.3} ms | {:.3} ms | {:.3} ms |",
-        q[0].1, q[1].1, q[2].1
+        "| p99 | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms |",
+        q[0].1, q[1].1, q[2].1, q[3].1
     );
 }
