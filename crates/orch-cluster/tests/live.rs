@@ -370,10 +370,16 @@ async fn any_instance_reads_a_tasks_status_and_a_cancel_reaches_the_pools_leader
         other.task_states(keep).await.unwrap(),
     );
     assert_eq!(at_other.status("t1").await.unwrap(), None);
-    at_leader
+    // a bucket just made may refuse a write for a moment ("no stream found") while its
+    // replicas come up; a leader writes a status again the same way (Node::set_status)
+    let t0 = Instant::now();
+    while let Err(e) = at_leader
         .set_status("t1", r#"{"state":"running","tokens_out":3}"#)
         .await
-        .unwrap();
+    {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         at_other.status("t1").await.unwrap().as_deref(),
         Some(r#"{"state":"running","tokens_out":3}"#)

@@ -89,8 +89,8 @@ impl Charges {
         let Some(c) = self.by_task.get_mut(id) else {
             return;
         };
-        // output an earlier run of it settled is not charged again (a continuation's
-        // engine counts it as prompt: its prefill is charged, as any prompt)
+        // output an earlier run of it settled is not charged again (nor as prompt: the
+        // runner reports a continuation's prompt net of the tokens it resumed from)
         let out = tokens_out.saturating_sub(c.settled_out);
         let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), out);
         queue.settle(c.priority, c.flow, c.seq, cost);

@@ -155,6 +155,7 @@ pub(crate) enum Cmd {
     SlotFreed {
         replica_id: Arc<str>,
         task: TaskId,
+        claim: u64,
         observed: Option<slot::Observed>,
         /// Uncached prompt tokens the engine reported for the run.
         prompt_tokens: Option<u32>,

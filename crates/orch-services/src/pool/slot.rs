@@ -18,17 +18,24 @@ pub struct SlotGuard {
     tx: mpsc::UnboundedSender<Cmd>,
     replica_id: Arc<str>,
     task: TaskId,
+    /// The pool's number for this claim.
+    claim: u64,
     observed: Option<Observed>,
     prompt_tokens: Option<u32>,
     released: bool,
 }
 
 impl SlotGuard {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<Cmd>, replica_id: Arc<str>, task: TaskId) -> Self {
+    pub(crate) fn new(
+        tx: mpsc::UnboundedSender<Cmd>,
+        replica_id: Arc<str>,
+        (task, claim): (TaskId, u64),
+    ) -> Self {
         Self {
             tx,
             replica_id,
             task,
+            claim,
             observed: None,
             prompt_tokens: None,
             released: false,
@@ -41,6 +48,7 @@ impl SlotGuard {
             let _ = self.tx.send(Cmd::SlotFreed {
                 replica_id: self.replica_id.clone(),
                 task: self.task,
+                claim: self.claim,
                 observed: self.observed.take(),
                 prompt_tokens: self.prompt_tokens,
             });

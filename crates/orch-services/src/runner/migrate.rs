@@ -179,15 +179,17 @@ pub(super) fn resume(a: &Assignment, r: crate::task::Resumed, so_far: &mut Strea
             .with_retry_after_ms(0),
         ));
     };
+    let v = verdict(a, &lost, so_far);
     // token ids mean the same only to the same model and engine (a reload may have
-    // come between the two leaders)
-    if r.model != a.pinned.model_digest || r.engine_version != a.pinned.engine_version {
+    // come between the two leaders); a generation already whole needs neither
+    let same = r.model == a.pinned.model_digest && r.engine_version == a.pinned.engine_version;
+    if v != Verdict::Complete && !same {
         end_failed(
             "the pool's replicas run another model or engine version than the one it streamed on",
         );
         return false;
     }
-    match verdict(a, &lost, so_far) {
+    match v {
         Verdict::Continue => {}
         Verdict::Complete => {
             // nothing is left to generate, but its end was not stored

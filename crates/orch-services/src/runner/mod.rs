@@ -145,11 +145,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                         Verdict::Continue => {
                             // the engine's time: to its last token, not the failure's
                             // detection (an idle watchdog's wait)
-                            so_far.decode_before_ms +=
-                                so_far.last_token_at.map_or(attempt_ms, |t| {
-                                    t.saturating_duration_since(attempt_t0.into_std())
-                                        .as_millis() as u64
-                                });
+                            so_far.decode_before_ms += engine_ms(&so_far, attempt_t0, attempt_ms);
                             let (code, engine) = (err.code(), a.pinned.engine.clone());
                             let failed_on = w.clone();
                             match migrate::move_on(a, &err, &mut so_far).await {
@@ -190,7 +186,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                                 tokens_out: rec.tokens_out(),
                                 tokens_cached: None,
                                 finish_reason: FinishReason::Length,
-                                decode_time_ms: attempt_ms,
+                                decode_time_ms: engine_ms(&so_far, attempt_t0, attempt_ms),
                                 slot: None,
                             };
                             finish_ok(a, &w, end, &so_far, t_start, &sessions);
@@ -282,6 +278,14 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
             }
         }
     }
+}
+
+/// An attempt's engine time: from its start to its last token (not the failure's
+/// detection, e.g. an idle watchdog's wait); all of it when it streamed nothing.
+fn engine_ms(so_far: &Streamed, t0: Instant, attempt_ms: u64) -> u64 {
+    so_far.last_token_at.map_or(attempt_ms, |t| {
+        t.saturating_duration_since(t0.into_std()).as_millis() as u64
+    })
 }
 
 /// A watchdog abandoned a live engine stream: confirm its slot is idle.

@@ -31,8 +31,10 @@ impl Actor {
         r.busy += 1;
         let replica_id = r.id.clone();
         let adapter = r.adapter.clone();
+        self.claims += 1;
+        let claim = self.claims;
         self.running
-            .insert(rec.id, (rec.clone(), replica_id.clone()));
+            .insert(rec.id, (rec.clone(), replica_id.clone(), claim));
         let spec = &self.st.spec;
         let limits = Limits {
             first_token: spec.first_token_timeout,
@@ -48,7 +50,7 @@ impl Actor {
             snap: self.snap_tx.subscribe(),
         };
         Some(Assignment {
-            guard: SlotGuard::new(tx, replica_id.clone(), rec.id),
+            guard: SlotGuard::new(tx, replica_id.clone(), (rec.id, claim)),
             rec,
             request,
             replica_id,

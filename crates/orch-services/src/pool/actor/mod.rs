@@ -59,7 +59,11 @@ struct Actor {
     id: Arc<str>,
     st: PoolState,
     queued: HashMap<TaskId, Queued>,
-    running: HashMap<TaskId, (Arc<TaskRecord>, Arc<str>)>,
+    /// Tasks holding a slot: their record, replica and claim (a continuation on the
+    /// same replica is a new claim: the old one's late release leaves it listed).
+    running: HashMap<TaskId, (Arc<TaskRecord>, Arc<str>, u64)>,
+    /// Claims made so far (numbers the slot guards).
+    claims: u64,
     expiries: BinaryHeap<Reverse<(Instant, TaskId, Expiry)>>,
     sessions: Arc<SessionStore>,
     launch: Launch,
@@ -92,6 +96,7 @@ pub(super) fn spawn(
         st,
         queued: HashMap::new(),
         running: HashMap::new(),
+        claims: 0,
         expiries: BinaryHeap::new(),
         sessions,
         launch,
@@ -193,9 +198,10 @@ impl Actor {
             Cmd::SlotFreed {
                 replica_id,
                 task,
+                claim,
                 observed,
                 prompt_tokens,
-            } => self.slot_freed(&replica_id, task, observed, prompt_tokens),
+            } => self.slot_freed(&replica_id, (task, claim), observed, prompt_tokens),
             Cmd::Retry {
                 rec,
                 request,
@@ -248,7 +254,7 @@ impl Actor {
             // a drain deadline that fires after a reload ended the drain stops nothing
             Cmd::StopRunning { reason } if reason == CancelReason::Drain && !self.st.draining => {}
             Cmd::StopRunning { reason } => {
-                for (rec, _) in self.running.values() {
+                for (rec, _, _) in self.running.values() {
                     rec.request_cancel(reason);
                 }
             }
@@ -401,14 +407,14 @@ impl Actor {
     fn slot_freed(
         &mut self,
         replica_id: &str,
-        task: TaskId,
+        (task, claim): (TaskId, u64),
         observed: Option<Observed>,
         prompt_tokens: Option<u32>,
     ) {
         if let Some(r) = self.st.replica_mut(replica_id) {
             r.busy = r.busy.saturating_sub(1);
         }
-        if let Some((rec, _)) = self.running.get(&task) {
+        if let Some((rec, _, _)) = self.running.get(&task) {
             // a run ends before its slot is given back, except one about to be retried
             let (tokens_out, ended) = (rec.tokens_out(), rec.is_ended());
             self.charges
@@ -417,7 +423,7 @@ impl Actor {
         if self
             .running
             .get(&task)
-            .is_some_and(|(_, r)| &**r == replica_id)
+            .is_some_and(|(_, r, c)| &**r == replica_id && *c == claim)
         {
             self.running.remove(&task);
         }

@@ -107,6 +107,11 @@ impl Actor {
         tried: Avoid,
         reply: oneshot::Sender<Option<Assignment>>,
     ) {
+        // the runner stopped waiting (canceled): no slot is claimed for it
+        if reply.is_closed() || rec.cancel.is_cancelled() {
+            self.charges.close(&rec.id);
+            return;
+        }
         if let Some(a) = self.place_retry(&rec, &request, &tried) {
             // if the runner is gone, the unsent assignment's guard frees its slot
             let _ = reply.send(Some(a));
