@@ -86,20 +86,33 @@ impl Charges {
         tokens_out: u32,
         ended: bool,
     ) {
+        let Some(cost) = self.run_cost(id, prompt_tokens, tokens_out) else {
+            return;
+        };
         let Some(c) = self.by_task.get_mut(id) else {
             return;
         };
-        // output an earlier run of it settled is not charged again (nor as prompt: the
-        // runner reports a continuation's prompt net of the tokens it resumed from)
-        let out = tokens_out.saturating_sub(c.settled_out);
-        let cost = used(prompt_tokens.unwrap_or(c.prompt_estimate), out);
         queue.settle(c.priority, c.flow, c.seq, cost);
         // from now on the flow has paid for this much output: a retry pays the rest
         c.flow.cost = 0;
-        c.settled_out = c.settled_out.max(tokens_out);
         if ended {
             self.by_task.remove(id);
         }
+    }
+
+    /// What a run of the task that ends now costs, and the output it settles: output
+    /// an earlier run of it settled is not charged again (nor as prompt: the runner
+    /// reports a continuation's prompt net of the tokens it resumed from).
+    fn run_cost(
+        &mut self,
+        id: &TaskId,
+        prompt_tokens: Option<u32>,
+        tokens_out: u32,
+    ) -> Option<u64> {
+        let c = self.by_task.get_mut(id)?;
+        let out = tokens_out.saturating_sub(c.settled_out);
+        c.settled_out = c.settled_out.max(tokens_out);
+        Some(used(prompt_tokens.unwrap_or(c.prompt_estimate), out))
     }
 
     /// Close a charge without correcting it (a retry that found no replica: its runs
@@ -114,5 +127,35 @@ impl Charges {
         if self.by_task.len() > 2 * live + 64 {
             self.by_task.retain(|id, _| keep(id));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_generation_pays_its_first_part_once() {
+        let mut charges = Charges::default();
+        let id = TaskId::new_random();
+        let flow = Flow {
+            id: 1,
+            weight: 1,
+            cost: 100,
+        };
+        charges.open(id, Priority::Interactive, flow, 0, 10);
+        // a retry before the first token: nothing out yet
+        assert_eq!(charges.run_cost(&id, None, 0), Some(10));
+        // the first engine streamed 5 tokens and failed: prompt + 5 outputs
+        assert_eq!(
+            charges.run_cost(&id, Some(10), 5),
+            Some(10 + OUTPUT_WEIGHT * 5)
+        );
+        // the continuation ended at 8 in all: only its 3 are output it pays for
+        assert_eq!(
+            charges.run_cost(&id, Some(10), 8),
+            Some(10 + OUTPUT_WEIGHT * 3)
+        );
+        assert_eq!(charges.run_cost(&TaskId::new_random(), Some(1), 1), None);
     }
 }
