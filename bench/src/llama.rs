@@ -96,17 +96,12 @@ async fn via_orch(
     .await
 }
 
-/// Direct and via runs alternate this many times (the order flips each time), so
-/// drift and warm-up noise fall on both paths alike.
-const ALTERNATIONS: usize = 6;
-
-pub async fn throughput() {
-    let (max_tokens, slots, rounds) = (48u32, 2usize, 1usize);
-    println!("== llama.cpp: direct vs through orchestratord (1 replica, {slots} slots, {} prompts x {max_tokens} tokens per run) ==", PROMPTS.len() * rounds);
-    let cfg = format!(
-        "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\n# the direct path reaches this engine itself\nengine_api_key = false\nctx = 4096\nslots = {slots}\nthreads = 2\n"
-    );
-    let cfg = orchestratord::Config::parse(&cfg).unwrap();
+/// Start orchestratord in this process with `cfg` (a real llama.cpp pool, no
+/// self-tests); its base URL, and an HTTP client without pooled connections
+/// (llama-server closes each streamed connection).
+pub async fn start_in_process(
+    cfg: orchestratord::Config,
+) -> (orchestratord::Server, String, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = orchestratord::start_with(
         cfg,
@@ -119,14 +114,27 @@ pub async fn throughput() {
     .await
     .expect("llama pool starts (run scripts/provision.sh first)");
     let base = format!("http://{}", server.addr);
-    let endpoint = server.orch.pool_views()[0].replicas[0]
-        .endpoint
-        .clone()
-        .unwrap();
-    // llama-server closes each streamed connection: no pooling on either path
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
+        .unwrap();
+    (server, base, http)
+}
+
+/// Direct and via runs alternate this many times (the order flips each time), so
+/// drift and warm-up noise fall on both paths alike.
+const ALTERNATIONS: usize = 6;
+
+pub async fn throughput() {
+    let (max_tokens, slots, rounds) = (48u32, 2usize, 1usize);
+    println!("== llama.cpp: direct vs through orchestratord (1 replica, {slots} slots, {} prompts x {max_tokens} tokens per run) ==", PROMPTS.len() * rounds);
+    let cfg = format!(
+        "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\n# the direct path reaches this engine itself\nengine_api_key = false\nctx = 4096\nslots = {slots}\nthreads = 2\n"
+    );
+    let (server, base, http) = start_in_process(orchestratord::Config::parse(&cfg).unwrap()).await;
+    let endpoint = server.orch.pool_views()[0].replicas[0]
+        .endpoint
+        .clone()
         .unwrap();
     // warm-up both paths
     direct(&http, &endpoint, 8, slots, 1).await;

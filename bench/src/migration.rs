@@ -95,23 +95,8 @@ pub async fn run() {
         .unwrap_or(20);
     println!("== continuation on llama.cpp: kill -9 of the engine after {KILL_AT} tokens, {kills} times (2 replicas x 1 slot, {MAX_TOKENS} greedy tokens) ==");
     let cfg = "[supervision]\nhealth_interval_ms = 200\nhealth_timeout_ms = 300\n\n[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nreplicas = 2\nmax_tokens_out = 512\n[pools.llamacpp]\nctx = 1024\nslots = 1\nthreads = 1\n";
-    let cfg = orchestratord::Config::parse(cfg).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = orchestratord::start_with(
-        cfg,
-        listener,
-        None,
-        orchestratord::StartOptions {
-            skip_self_test: true,
-        },
-    )
-    .await
-    .expect("llama pool starts (run scripts/provision.sh first)");
-    let base = format!("http://{}", server.addr);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let (server, base, http) =
+        crate::llama::start_in_process(orchestratord::Config::parse(cfg).unwrap()).await;
     let (mut pauses, mut back, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     let mut reference: Option<usize> = None;
     for k in 0..kills {

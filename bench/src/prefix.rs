@@ -98,22 +98,7 @@ pub async fn run() {
     println!("== prefix-aware vs least-loaded placement: 2 llama-server replicas (1 slot, 1 thread each) ==");
     let text = "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nreplicas = 2\nmax_tokens_out = 512\nfirst_token_timeout_ms = 120000\n[pools.llamacpp]\nctx = 4096\nslots = 1\nthreads = 1\n";
     let cfg = orchestratord::Config::parse(text).unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = orchestratord::start_with(
-        cfg.clone(),
-        l,
-        None,
-        orchestratord::StartOptions {
-            skip_self_test: true,
-        },
-    )
-    .await
-    .expect("llama pool starts (run scripts/provision.sh first)");
-    let base = format!("http://{}", server.addr);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let (server, base, http) = crate::llama::start_in_process(cfg.clone()).await;
     let modes = [PlacementMode::Prefix, PlacementMode::LeastLoaded];
     // `ORCH_BENCH_UNIFORM_ONLY=1` skips the conversations (minutes of cold prefill)
     if std::env::var_os("ORCH_BENCH_UNIFORM_ONLY").is_none() {
