@@ -87,13 +87,32 @@ async fn via_orch(
 ) -> Run {
     run_jobs(conc, rounds, |p| async move {
         let t = Instant::now();
-        let body = serde_json::json!({"workload":"completion","model_ref":"gemma-3-270m","priority":"interactive","prompt":p,"max_tokens":max_tokens,"temperature":0.0});
-        let v: serde_json::Value = http.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap();
-        let sse = v["streams"]["sse"].as_str().unwrap().to_string();
-        let r = http.get(format!("{base}{sse}")).send().await.unwrap();
+        let r = submit_greedy(http, base, p, max_tokens).await;
         count_tokens(r, t, |f| f.starts_with("event: token")).await
     })
     .await
+}
+
+/// Submit a greedy OrchQueue task for the bundled model and open its stream.
+pub async fn submit_greedy(
+    http: &reqwest::Client,
+    base: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> reqwest::Response {
+    let body = serde_json::json!({"workload": "completion", "model_ref": "gemma-3-270m",
+        "priority": "interactive", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0});
+    let v: serde_json::Value = http
+        .post(format!("{base}/v1/tasks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sse = v["streams"]["sse"].as_str().unwrap().to_string();
+    http.get(format!("{base}{sse}")).send().await.unwrap()
 }
 
 /// Start orchestratord in this process with `cfg` (a real llama.cpp pool, no

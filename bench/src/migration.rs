@@ -25,22 +25,6 @@ struct Seen {
     ended: bool,
 }
 
-async fn submit(http: &reqwest::Client, base: &str) -> reqwest::Response {
-    let body = serde_json::json!({"workload":"completion","model_ref":"gemma-3-270m","priority":"interactive",
-        "prompt":PROMPT,"max_tokens":MAX_TOKENS,"temperature":0.0});
-    let v: serde_json::Value = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sse = v["streams"]["sse"].as_str().unwrap().to_string();
-    http.get(format!("{base}{sse}")).send().await.unwrap()
-}
-
 /// Read a stream to its end; `at_kill` runs once `KILL_AT` tokens arrived.
 async fn read(r: reqwest::Response, mut at_kill: impl FnMut(&str)) -> Seen {
     let mut s = r.bytes_stream();
@@ -104,22 +88,29 @@ pub async fn run() {
         // a client without continuation submits again: the time to get back to the
         // same token, and to the end
         let t = Instant::now();
-        let again = read(submit(&http, &base).await, |_| {}).await;
+        let again = read(
+            crate::llama::submit_greedy(&http, &base, PROMPT, MAX_TOKENS).await,
+            |_| {},
+        )
+        .await;
         back.push(again.tokens[KILL_AT - 1].saturating_duration_since(t));
         whole.push(t.elapsed());
         let n = *reference.get_or_insert(again.tokens.len());
         // the interrupted one
         let views = server.orch.pool_views();
-        let seen = read(submit(&http, &base).await, |replica| {
-            let pid = views[0]
-                .replicas
-                .iter()
-                .find(|r| r.id == replica)
-                .and_then(|r| r.pid)
-                .expect("the replica's pid");
-            // SAFETY: kill(2) on an engine process this benchmark started
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        })
+        let seen = read(
+            crate::llama::submit_greedy(&http, &base, PROMPT, MAX_TOKENS).await,
+            |replica| {
+                let pid = views[0]
+                    .replicas
+                    .iter()
+                    .find(|r| r.id == replica)
+                    .and_then(|r| r.pid)
+                    .expect("the replica's pid");
+                // SAFETY: kill(2) on an engine process this benchmark started
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            },
+        )
         .await;
         assert!(seen.ended, "run {k}: the continued task ended with end");
         assert_eq!(seen.tokens.len(), n, "run {k}: every token, once");

@@ -22,24 +22,9 @@ fn history(k: usize) -> String {
 
 /// Time to the first token frame of a task submitted through OrchQueue.
 async fn orchqueue_ttft(http: &reqwest::Client, base: &str, prompt: &str) -> Duration {
-    let body = serde_json::json!({"workload": "completion", "model_ref": "gemma-3-270m",
-        "priority": "interactive", "prompt": prompt, "max_tokens": 4, "temperature": 0.0});
     let t0 = Instant::now();
-    let v: serde_json::Value = http
-        .post(format!("{base}/v1/tasks"))
-        .json(&body)
-        .send()
+    let mut s = crate::llama::submit_greedy(http, base, prompt, 4)
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sse = v["streams"]["sse"].as_str().unwrap().to_string();
-    let mut s = http
-        .get(format!("{base}{sse}"))
-        .send()
-        .await
-        .unwrap()
         .bytes_stream();
     let (mut ttft, mut buf) = (None, String::new());
     while let Some(Ok(c)) = s.next().await {

@@ -308,15 +308,7 @@ async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
     let t0 = std::time::Instant::now();
     let rec = o
         .local_pools()
-        .run(orch_services::NewTask {
-            id: orch_domain::TaskId::new_random(),
-            tenant: "anonymous".into(),
-            pool_id: "p".into(),
-            correlation_id: "c".into(),
-            request: req(4),
-            waited: Duration::from_secs(6),
-            resumed: None,
-        })
+        .run(task_for_p(req(4), Duration::from_secs(6), None))
         .await;
     while !rec.summary().state.is_terminal() {
         assert!(t0.elapsed() < Duration::from_secs(2), "still waiting");
@@ -330,6 +322,23 @@ async fn the_queue_wait_limit_counts_from_admission_not_from_a_take_over() {
     terminal(&frames(&o, busy).await);
 }
 
+/// A task for pool `p`, as another instance's admission hands it over.
+fn task_for_p(
+    request: orch_domain::TaskRequest,
+    waited: Duration,
+    resumed: Option<orch_services::Resumed>,
+) -> orch_services::NewTask {
+    orch_services::NewTask {
+        id: orch_domain::TaskId::new_random(),
+        tenant: "anonymous".into(),
+        pool_id: "p".into(),
+        correlation_id: "c".into(),
+        request,
+        waited,
+        resumed,
+    }
+}
+
 /// Run `request` on pool `p` as the continuation of `resumed` (what a failed-over
 /// leader left), until it ends.
 async fn run_resumed(
@@ -339,15 +348,7 @@ async fn run_resumed(
 ) -> std::sync::Arc<orch_services::TaskRecord> {
     let rec = o
         .local_pools()
-        .run(orch_services::NewTask {
-            id: orch_domain::TaskId::new_random(),
-            tenant: "anonymous".into(),
-            pool_id: "p".into(),
-            correlation_id: "c".into(),
-            request,
-            waited: Duration::ZERO,
-            resumed: Some(resumed),
-        })
+        .run(task_for_p(request, Duration::ZERO, Some(resumed)))
         .await;
     let t0 = std::time::Instant::now();
     while !rec.summary().state.is_terminal() {
