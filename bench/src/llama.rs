@@ -123,7 +123,7 @@ pub async fn start_in_process(
 ) -> (orchestratord::Server, String, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = orchestratord::start_with(
-        cfg,
+        cfg.with_temp_state(),
         listener,
         None,
         orchestratord::StartOptions {

@@ -59,8 +59,12 @@ pub fn spawn_with_config(cfg: &str) -> (Child, String) {
     let path = config_path(port);
     std::fs::write(&path, cfg).expect("write orchestratord config");
     let bin = sibling("orchestratord");
+    // a state directory of its own (the account store admits one server per dir)
+    let state = std::env::temp_dir().join(format!("orch-bench-state-{port}"));
+    let _ = std::fs::remove_dir_all(&state);
     let cmd = format!(
-        "env RUST_LOG=warn {} --config {} --addr 127.0.0.1:{port} --skip-self-test",
+        "env RUST_LOG=warn ORCH_STATE_DIR={} {} --config {} --addr 127.0.0.1:{port} --skip-self-test",
+        state.display(),
         bin.display(),
         path.display()
     );

@@ -139,7 +139,7 @@ async fn start_litellm(bin: &std::path::Path, upstream: &str) -> Option<(Reap, S
 pub async fn run() {
     println!("== OpenAI chat completions in front of one llama-server: direct vs orchestratord vs LiteLLM ==");
     let cfg = "[[pools]]\nid = \"llama\"\nengine = \"llamacpp\"\nmodel = \"gemma-3-270m\"\nmax_tokens_out = 512\n[pools.llamacpp]\n# the direct path and LiteLLM reach this engine themselves\nengine_api_key = false\nctx = 4096\nslots = 2\nthreads = 2\n";
-    let cfg = orchestratord::Config::parse(cfg).unwrap();
+    let cfg = orchestratord::Config::parse(cfg).unwrap().with_temp_state();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {
         skip_self_test: true,
@@ -155,10 +155,16 @@ pub async fn run() {
         "[[pools]]\nid = \"up\"\nengine = \"openai\"\nmodel = \"gemma-3-270m\"\nreplicas = 1\n[pools.openai]\nurls = [\"{endpoint}\"]\nslots = 2\n"
     );
     let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up =
-        orchestratord::start_with(orchestratord::Config::parse(&cfg2).unwrap(), l2, None, opts)
-            .await
-            .expect("openai pool starts");
+    let up = orchestratord::start_with(
+        orchestratord::Config::parse(&cfg2)
+            .unwrap()
+            .with_temp_state(),
+        l2,
+        None,
+        opts,
+    )
+    .await
+    .expect("openai pool starts");
     let mut paths = vec![
         Path {
             name: "direct llama-server",

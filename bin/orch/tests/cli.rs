@@ -27,7 +27,9 @@ async fn server(pool_extra: &str, mock: &str, keys: bool) -> orchestratord::Serv
     let toml = format!(
         "{auth}[server]\nkeepalive_ms = 200\n[[pools]]\nid = \"p\"\nengine = \"mock\"\nmodel = \"mock-model\"\nmetrics_frame_interval_ms = 100\n{pool_extra}\n[pools.mock]\n{mock}\n"
     );
-    let cfg = orchestratord::Config::parse(&toml).unwrap();
+    let cfg = orchestratord::Config::parse(&toml)
+        .unwrap()
+        .with_temp_state();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {
         skip_self_test: true,

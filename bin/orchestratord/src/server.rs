@@ -24,6 +24,8 @@ pub enum StartError {
     Auth(String),
     #[error("cluster: {0}")]
     Cluster(String),
+    #[error("accounts: {0}")]
+    Accounts(String),
 }
 
 /// A running server.
@@ -50,6 +52,14 @@ impl Server {
         let aborted = self.orch.drain_all(self.shutdown_grace).await;
         if aborted > 0 {
             tracing::warn!(aborted, "shutdown grace elapsed; ended remaining tasks");
+        }
+        if let Some(a) = self.orch.accounts() {
+            match a.flush().await {
+                Ok(()) => tracing::info!("usage ledger written"),
+                Err(e) => {
+                    tracing::error!(error = %e.message, "usage ledger: the last second may be lost")
+                }
+            }
         }
         let _ = self.shutdown_tx.send(true);
         let _ = self.handle.await;
@@ -95,6 +105,9 @@ pub async fn start_with(
         }
     }
     let orch = Orchestrator::new(service_config(&cfg));
+    if cfg.server.accounts {
+        open_accounts(&orch, &cfg)?;
+    }
     let load_timeout = cfg
         .pools
         .iter()
@@ -246,6 +259,27 @@ async fn start_pool(
         .start_pool(&p.id, launcher, p.replicas)
         .await
         .map_err(|e| StartError::Engine(format!("pool {}: {e}", p.id)))
+}
+
+/// Open the account store under the state directory and keep keys, usage and budgets
+/// there. In cluster mode the store is this instance's own: keys made through the API
+/// would not reach the other instances (a revoked key would still work there), so
+/// making keys is refused; the ledger records what this instance admitted.
+fn open_accounts(orch: &Orchestrator, cfg: &Config) -> Result<(), StartError> {
+    let dir = crate::settings::state_dir(cfg);
+    let store =
+        orch_store::SqliteStore::open(&dir).map_err(|e| StartError::Accounts(e.to_string()))?;
+    tracing::info!(path = %store.path().display(), "account store open (API keys, usage ledger)");
+    let accounts = orch_services::Accounts::open(std::sync::Arc::new(store))
+        .map_err(|e| StartError::Accounts(e.to_string()))?;
+    if cfg.cluster.is_some() {
+        accounts.keys().refuse_new_keys(
+            "keys made through the API are kept per instance and would not be revoked on the other instances; in cluster mode keys come from the config file",
+        );
+    }
+    orch_services::metrics::ledger_zero();
+    orch.set_accounts(accounts)
+        .map_err(|e| StartError::Accounts(e.message))
 }
 
 /// What goes before this instance's replica ids: nothing standalone; in cluster mode

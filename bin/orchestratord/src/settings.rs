@@ -39,6 +39,8 @@ fn tenant_spec(name: &str, t: &crate::config::TenantConfig) -> TenantSpec {
             tokens_per_minute: t.tokens_per_minute,
             max_tokens_per_task: t.max_tokens_per_task,
             max_kv_tokens: t.max_kv_tokens,
+            tokens_per_day: t.tokens_per_day,
+            tokens_per_month: t.tokens_per_month,
         },
     }
 }
@@ -151,4 +153,25 @@ mod tests {
         assert!(e.to_string().contains("demo key"), "{e}");
         assert!(check_open_address(&ring(&["oqk_real"]), out).is_ok());
     }
+}
+
+/// Where the account store lives: `server.state_dir`, else `$ORCH_STATE_DIR`, else
+/// `$XDG_STATE_HOME/orchestratord`, else `~/.local/state/orchestratord`, else
+/// `./orchestratord-state`.
+pub fn state_dir(cfg: &Config) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = &cfg.server.state_dir {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("ORCH_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("orchestratord");
+    }
+    if let Some(h) = env("HOME") {
+        return PathBuf::from(h).join(".local/state/orchestratord");
+    }
+    PathBuf::from("orchestratord-state")
 }

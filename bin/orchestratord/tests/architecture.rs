@@ -88,6 +88,7 @@ const WORKSPACE: &[&str] = &[
     "orch-client",
     "orch-cli",
     "orch-cluster",
+    "orch-store",
 ];
 
 /// Workspace crates each crate may depend on directly.
@@ -106,6 +107,8 @@ fn allowed_internal(pkg: &str) -> &'static [&'static str] {
         // cluster mode implements orch-services' seam (a trait defined there), and
         // reaches the replicas other instances host through the engine seam
         "orch-cluster" => &["orch-services", "orch-domain", "adapter-api"],
+        // the account store implements orch-services' seam (a trait defined there)
+        "orch-store" => &["orch-services", "orch-domain"],
         "orchestratord" => WORKSPACE,
         _ => &[],
     }
@@ -176,6 +179,7 @@ fn inner_layers_stay_free_of_io_and_http() {
     forbid(
         "orch-services",
         &[
+            "rusqlite",
             "axum",
             "hyper",
             "tower-http",
@@ -189,6 +193,7 @@ fn inner_layers_stay_free_of_io_and_http() {
     forbid(
         "orch-api",
         &[
+            "rusqlite",
             "adapter-mock",
             "adapter-llamacpp",
             "adapter-openai",

@@ -984,6 +984,7 @@ async fn an_instance_that_cannot_reach_the_cluster_does_not_start() {
     let path = common::temp_config("cluster-unreachable", &toml);
     let t0 = Instant::now();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["--config", path.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .args(["--skip-self-test", "--log-format", "json"])
         .kill_on_drop(true)

@@ -1055,6 +1055,7 @@ async fn a_spawned_engine_answers_only_to_orchestratords_key_on_loopback() {
         ),
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["check-config", bad.to_str().unwrap()])
         .output()
         .unwrap();

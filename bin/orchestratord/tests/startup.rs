@@ -18,6 +18,7 @@ fn write_config(name: &str, text: &str) -> std::path::PathBuf {
 
 fn run(cfg: &std::path::Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args([
             "--config",
             cfg.to_str().unwrap(),
@@ -89,6 +90,7 @@ fn serves_then_stops_gracefully_on_sigterm() {
         "[server]\nshutdown_grace_ms = 2000\n[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n[pools.mock]\ntokens_per_sec = 200.0\n",
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["--config", p.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .spawn()
@@ -141,6 +143,7 @@ fn without_keys_it_refuses_any_address_but_loopback() {
         "[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["--config", p.to_str().unwrap(), "--addr", "0.0.0.0:0"])
         .output()
         .unwrap();
@@ -156,6 +159,7 @@ fn without_keys_it_refuses_any_address_but_loopback() {
 #[test]
 fn keys_new_prints_a_key_once_and_the_entry_that_accepts_it() {
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["keys", "new", "--tenant", "acme", "--role", "client"])
         .output()
         .unwrap();
@@ -182,6 +186,7 @@ fn keys_new_prints_a_key_once_and_the_entry_that_accepts_it() {
     let caller = ring.authenticate(key).expect("the new key authenticates");
     assert_eq!(&*caller.tenant, "acme");
     let bad = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["keys", "new", "--tenant", "acme", "--role", "root"])
         .output()
         .unwrap();
@@ -203,6 +208,7 @@ fn tells_systemd_when_it_is_ready_and_when_it_stops() {
         "[[pools]]\nid = 'm'\nengine = 'mock'\nmodel = 'mock-model'\n[pools.mock]\ntokens_per_sec = 200.0\n",
     );
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["--config", p.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &sock_path)
         .stderr(Stdio::null())
@@ -231,6 +237,7 @@ fn check_config_names_every_problem_by_its_place_in_the_file() {
         "[[pools]]\nid = 'a b'\nengine = 'mock'\nmodel = ''\nqueue_capacity = 0\n[tenants.x]\nweight = 0\n[[auth.keys]]\nsha256 = 'zz'\ntenant = 't'\nrole = 'root'\n",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["check-config", bad.to_str().unwrap()])
         .output()
         .unwrap();
@@ -251,6 +258,7 @@ fn check_config_names_every_problem_by_its_place_in_the_file() {
     }
     let good = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tenants.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["check-config", good.to_str().unwrap()])
         .output()
         .unwrap();
@@ -269,6 +277,7 @@ fn a_failing_startup_self_test_aborts_startup_naming_the_pool_and_the_step() {
         "[[pools]]\nid = 'broken'\nengine = 'mock'\nmodel = 'mock-model'\nreplicas = 1\nretries_before_first_token = 0\n[pools.mock]\nfail_before_first_token = true\n",
     );
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["--config", p.to_str().unwrap(), "--addr", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -296,6 +305,7 @@ fn the_demo_keys_are_refused_off_loopback() {
         &example.replace("addr = \"127.0.0.1:8080\"", "addr = \"10.1.2.3:8080\""),
     );
     let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args(["check-config", exposed.to_str().unwrap()])
         .output()
         .unwrap();
@@ -320,6 +330,7 @@ fn every_shipped_example_config_passes_check_config() {
             continue;
         }
         let out = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+            .env("ORCH_STATE_DIR", common::fresh_state_dir())
             .args(["check-config", path.to_str().unwrap()])
             .output()
             .unwrap();

@@ -175,6 +175,7 @@ fn keys_never_appear_in_logs() {
     let cfg = dir.join("tenants.toml");
     std::fs::write(&cfg, example()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", common::fresh_state_dir())
         .args([
             "--config",
             cfg.to_str().unwrap(),

@@ -38,7 +38,9 @@ fn pact_file() -> PathBuf {
 }
 
 async fn start() -> Server {
-    let cfg = orchestratord::Config::parse(MOCK).unwrap();
+    let cfg = orchestratord::Config::parse(MOCK)
+        .unwrap()
+        .with_temp_state();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {
         skip_self_test: true,

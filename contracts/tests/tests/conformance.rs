@@ -476,6 +476,83 @@ async fn every_operation_and_documented_status_conforms() {
     .await; // 202
     c.call("get", "/readyz", "/readyz", None, &[]).await; // 503
 
+    // keys made through the API and the usage ledger (the open server keeps accounts)
+    let keys = "/v1/admin/keys";
+    let (st, made) = c
+        .call(
+            "post",
+            keys,
+            keys,
+            Some(Json(
+                json!({"tenant": "acme", "label": "ci", "ttl_s": 3600}),
+            )),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 201, "{made}");
+    let (st, _) = c
+        .call(
+            "post",
+            keys,
+            keys,
+            Some(Json(json!({"tenant": "no spaces"}))),
+            &[],
+        )
+        .await;
+    assert_eq!(st, 400);
+    let (st, list) = c.call("get", keys, keys, None, &[]).await;
+    assert_eq!(st, 200);
+    assert!(list
+        .to_string()
+        .contains(made["fingerprint"].as_str().unwrap()));
+    assert!(
+        !list.to_string().contains(made["key"].as_str().unwrap()),
+        "a listing never shows a key"
+    );
+    let one = "/v1/admin/keys/{fingerprint}";
+    let fp = made["fingerprint"].as_str().unwrap().to_string();
+    let (st, _) = c
+        .call("delete", one, &format!("/v1/admin/keys/{fp}"), None, &[])
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = c
+        .call("delete", one, "/v1/admin/keys/key:00000000", None, &[])
+        .await;
+    assert_eq!(st, 404);
+    let usage = "/v1/usage";
+    let (st, b) = c
+        .call(
+            "get",
+            usage,
+            "/v1/usage?group_by=pool&from=2026-01-01",
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, _) = c
+        .call("get", usage, "/v1/usage?group_by=color", None, &[])
+        .await;
+    assert_eq!(st, 400);
+    // a server without accounts says so
+    let plain = live(&MOCK.replace("[server]", "[server]\naccounts = false")).await;
+    let open_base = std::mem::replace(&mut c.base, plain.base.clone());
+    for (m, tmpl, path) in [
+        ("post", keys, keys.to_string()),
+        ("get", keys, keys.to_string()),
+        ("delete", one, format!("/v1/admin/keys/{fp}")),
+        ("get", usage, usage.to_string()),
+    ] {
+        let body = (m == "post").then(|| Json(json!({"tenant": "acme"})));
+        let (st, b) = c.call(m, tmpl, &path, body, &[]).await;
+        assert_eq!(
+            (st, &b["code"]),
+            (404, &json!("NOT_FOUND")),
+            "{m} {path}: {b}"
+        );
+    }
+    c.base = open_base;
+
     // keys: a server with a client key of each of two tenants, an admin key, and
     // /metrics for admins only
     let keyed = live(&keyed_config()).await;
@@ -536,6 +613,20 @@ async fn every_operation_and_documented_status_conforms() {
             None,
         ),
         ("get", "/v1/capabilities", "/v1/capabilities".into(), None),
+        ("get", "/v1/usage", "/v1/usage".into(), None),
+        (
+            "post",
+            "/v1/admin/keys",
+            "/v1/admin/keys".into(),
+            Some(json!({"tenant": "acme"})),
+        ),
+        ("get", "/v1/admin/keys", "/v1/admin/keys".into(), None),
+        (
+            "delete",
+            "/v1/admin/keys/{fingerprint}",
+            "/v1/admin/keys/key:00000000".into(),
+            None,
+        ),
         ("get", "/v1/pools", "/v1/pools".into(), None),
         (
             "get",
@@ -628,6 +719,19 @@ async fn every_operation_and_documented_status_conforms() {
         )
         .await;
     assert_eq!(st, 200);
+
+    // a config file's key cannot be revoked through the API: 409
+    let config_fp = orch_services::auth::fingerprint(CLIENT_KEY_A);
+    let (st, b) = c
+        .call(
+            "delete",
+            "/v1/admin/keys/{fingerprint}",
+            &format!("/v1/admin/keys/{config_fp}"),
+            None,
+            &[("authorization", &admin)],
+        )
+        .await;
+    assert_eq!(st, 409, "{b}");
 
     // replicas at runtime and re-reading the config, on a server started from a file
     // with an openai pool whose upstream is another server
@@ -733,6 +837,7 @@ async fn every_operation_and_documented_status_conforms() {
         ("/v1/pools/{id}/drain", "/v1/pools/mockpool/drain"),
         ("/v1/pools/{id}/reload", "/v1/pools/mockpool/reload"),
         ("/v1/pools/{id}/replicas", "/v1/pools/up/replicas"),
+        ("/v1/admin/keys", "/v1/admin/keys"),
     ] {
         let (st, b) = c.call("post", tmpl, path, Some(Stalled), &[]).await;
         assert_eq!(st, 408, "{path}: {b}");
@@ -746,7 +851,8 @@ async fn every_operation_and_documented_status_conforms() {
     for (tmpl, method, _) in ops {
         let path = tmpl
             .replace("{id}", "3c8e5d2f-0b52-4a1f-9e4c-6d7b8f9a0b21")
-            .replace("{replica}", "r0");
+            .replace("{replica}", "r0")
+            .replace("{fingerprint}", "key:00000000");
         let hostile = [("origin", "http://evil.example")];
         let (st, b) = c.call(&method, &tmpl, &path, None, &hostile).await;
         assert_eq!(
@@ -770,7 +876,10 @@ async fn every_operation_and_documented_status_conforms() {
             &json!({"$ref": "#/components/responses/MethodNotAllowed"}),
         );
         for (path, item) in doc["paths"].as_object().unwrap() {
-            let concrete = path.replace("{id}", "p").replace("{replica}", "r");
+            let concrete = path
+                .replace("{id}", "p")
+                .replace("{replica}", "r")
+                .replace("{fingerprint}", "key:00000000");
             let r = c
                 .http
                 .put(format!("{}{concrete}", c.base))

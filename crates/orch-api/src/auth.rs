@@ -7,6 +7,8 @@
 //! * admin: the control plane (`/v1/pools…`, `/v1/replicasets`);
 //! * client (or admin): everything else.
 //!
+//! Keys come from the config file (the key ring) or were made through the keys API
+//! (`orch_services::accounts`; revoked or expired ones authenticate nothing).
 //! No key → 401 `UNAUTHENTICATED` (with `WWW-Authenticate: Bearer`); a key that is not
 //! in the key ring → 401 as well; a valid key without the role → 403 `FORBIDDEN`.
 //! With no keys configured every request is the open caller (the binary only allows
@@ -99,6 +101,20 @@ fn unauthenticated(path: &str, message: &str, cid: &CorrelationId) -> Response {
     r
 }
 
+fn forbidden(path: &str, caller: &Caller, cid: &CorrelationId) -> Response {
+    refuse(
+        path,
+        OrchError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "tenant {}'s key has role client; this route needs an admin key",
+                caller.tenant
+            ),
+        ),
+        cid,
+    )
+}
+
 /// Authenticate, then hand the request on. The caller also rides on the response (for
 /// the access log, which runs outside this layer so it sees refusals too).
 pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -> Response {
@@ -126,11 +142,19 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
         .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
     let need = required_role(req.uri().path(), auth.metrics_admin_only);
     let conn = req.extensions().get::<crate::conn::ConnAuth>().cloned();
+    let managed = |k: &str| app.orch.accounts().and_then(|a| a.keys().authenticate(k));
     if auth.keys.is_empty() {
         if let (Some(conn), Some(_)) = (&conn, need) {
             conn.authenticated();
         }
-        let c = Caller::open();
+        // an open server: a key made through the API still names its tenant
+        let c = presented_key(req.headers())
+            .and_then(managed)
+            .unwrap_or_else(Caller::open);
+        if need == Some(Role::Admin) && !c.is_admin() {
+            let path = req.uri().path().to_string();
+            return (Some(c.clone()), forbidden(&path, &c, &cid));
+        }
         req.extensions_mut().insert(c.clone());
         return (Some(c), next.run(req).await);
     }
@@ -147,7 +171,7 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
                 &cid,
             ),
         ),
-        Some(k) => match auth.keys.authenticate(k) {
+        Some(k) => match auth.keys.authenticate(k).or_else(|| managed(k)) {
             Some(c) => {
                 if let Some(conn) = &conn {
                     conn.authenticated();
@@ -167,17 +191,7 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
         tracing::info!(correlation_id = %cid.0, tenant = %caller.tenant,
             key = caller.key_fingerprint.as_deref().unwrap_or("-"), path = %req.uri().path(),
             "forbidden: admin route with a client key");
-        let resp = refuse(
-            &path,
-            OrchError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "tenant {}'s key has role client; this route needs an admin key",
-                    caller.tenant
-                ),
-            ),
-            &cid,
-        );
+        let resp = forbidden(&path, &caller, &cid);
         return (Some(caller), resp);
     }
     req.extensions_mut().insert(caller.clone());

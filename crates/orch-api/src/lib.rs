@@ -5,6 +5,7 @@
 //! Handlers call `orch_services::Orchestrator` only; no engine crate is reachable here.
 
 pub mod access;
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -105,6 +106,15 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(admin::remove_replica),
         )
         .route("/v1/admin/reload-config", post(admin::reload_config))
+        .route(
+            "/v1/admin/keys",
+            get(accounts::list_keys).post(accounts::create_key),
+        )
+        .route(
+            "/v1/admin/keys/{fingerprint}",
+            axum::routing::delete(accounts::revoke_key),
+        )
+        .route("/v1/usage", get(accounts::usage))
         .route("/v1/capabilities", get(control::capabilities))
         .route("/openapi/data.yaml", get(openapi::serve_data))
         .route("/openapi/control.yaml", get(openapi::serve_control))

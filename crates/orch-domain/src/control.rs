@@ -285,6 +285,9 @@ pub struct TenantCaps {
     /// With a KV quota: the context tokens the tenant's unfinished tasks hold now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_tokens_held: Option<u64>,
+    /// With a token budget: what the tenant used of it and when it resets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::accounts::BudgetCaps>,
 }
 
 /// A tenant's quotas; an absent field is unlimited.
@@ -303,6 +306,12 @@ pub struct QuotaCaps {
     /// tasks may hold at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_kv_tokens: Option<u64>,
+    /// Prompt plus output tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Prompt plus output tokens per UTC month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_month: Option<u64>,
 }
 
 /// The OrchQueue API version (the OpenAPI `info.version`).

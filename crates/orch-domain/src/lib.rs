@@ -5,6 +5,7 @@
 //! with their `ErrorEnvelope`, and the backpressure policy labels. It depends on
 //! `serde`, `thiserror` and `uuid` only: no I/O, no async runtime, no HTTP.
 
+pub mod accounts;
 pub mod control;
 pub mod error;
 pub mod events;

@@ -47,6 +47,8 @@ pub enum PolicyLabel {
     QuotaKv,
     /// Readers of one task's stream at once.
     QuotaReaders,
+    /// A tenant's token budget per day or per month.
+    QuotaBudget,
 }
 
 impl PolicyLabel {
@@ -61,6 +63,7 @@ impl PolicyLabel {
             PolicyLabel::QuotaSessionBudget => "quota-session-budget",
             PolicyLabel::QuotaKv => "quota-kv",
             PolicyLabel::QuotaReaders => "quota-readers",
+            PolicyLabel::QuotaBudget => "quota-budget",
         }
     }
 }

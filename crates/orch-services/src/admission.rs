@@ -7,6 +7,7 @@
 //! The last step hands the task to its home (`crate::home`): this instance's pool,
 //! or a backend that stores it where the pool's leader runs it.
 
+use crate::accounts::{calendar, BudgetLimits, UsageKey};
 use crate::auth::Caller;
 use crate::core::Core;
 use crate::home::Admitted;
@@ -15,6 +16,7 @@ use crate::pool::{unready, Pinned, PoolHandle, Snapshot};
 use crate::sessions::Refusal;
 use crate::table::Lookup;
 use crate::task::Settled;
+use orch_domain::accounts::UsageCounts;
 use orch_domain::{
     AdmissionResponse, ErrorCode, OrchError, PolicyLabel, TaskId, TaskRequest, TaskState,
 };
@@ -87,6 +89,23 @@ async fn admit_in(
     let kv = tenant
         .hold_kv(kv_need, snap.retry_after_ms)
         .inspect_err(|e| refused(engine, e))?;
+    let accounts = core.accounts().cloned();
+    let budget = match &accounts {
+        Some(a) => {
+            let q = tenant.quotas();
+            let limits = BudgetLimits {
+                tokens_per_day: q.tokens_per_day,
+                tokens_per_month: q.tokens_per_month,
+            };
+            Some(
+                a.budgets()
+                    .hold(&tenant.name, limits, kv_need)
+                    .map_err(|e| e.with_pool(&*pool.id))
+                    .inspect_err(|e| refused(engine, e))?,
+            )
+        }
+        None => None,
+    };
     let session = match req.session_id {
         Some(sid) => {
             let want = u64::from(req.max_tokens);
@@ -109,6 +128,7 @@ async fn admit_in(
     };
     let id = req.task_id.unwrap_or_else(TaskId::new_random);
     let priority = req.priority;
+    let model_ref = req.model_ref.clone();
     let deadline_ms = req.deadline_ms;
     let flow = flow_of(&tenant, &req);
     let rec = new_record(
@@ -122,6 +142,16 @@ async fn admit_in(
     );
     let sessions = core.sessions.clone();
     let owner = tenant.name.clone();
+    let ledger = accounts.map(|a| {
+        let key = UsageKey {
+            hour_ms: 0,
+            tenant: tenant.name.to_string(),
+            key: caller.key_fingerprint.as_deref().unwrap_or("-").to_string(),
+            pool: pool.id.to_string(),
+            model: model_ref,
+        };
+        (a, key)
+    });
     rec.set_settlement(Box::new(move |s: Settled| {
         // the task's KV is given back as it ends
         drop(kv);
@@ -133,6 +163,14 @@ async fn admit_in(
                 reserved,
                 u64::from(s.tokens_in) + u64::from(s.tokens_out),
             );
+        }
+        if let (true, Some((accounts, mut key))) = (s.admitted, ledger) {
+            let used = u64::from(s.tokens_in) + u64::from(s.tokens_out);
+            if let Some(b) = budget {
+                b.settle(used);
+            }
+            key.hour_ms = calendar::hour_start(calendar::now_ms());
+            accounts.record(key, usage_of(&s));
         }
         if s.admitted {
             let name = reservation.tenant().name.clone();
@@ -179,6 +217,22 @@ async fn admit_in(
         placed.queue_position,
         placed.predicted_start_ms,
     ))
+}
+
+/// A task's counts in the usage ledger.
+fn usage_of(s: &Settled) -> UsageCounts {
+    let mut c = UsageCounts {
+        tasks: 1,
+        tokens_in: u64::from(s.tokens_in),
+        tokens_out: u64::from(s.tokens_out),
+        tokens_cached: u64::from(s.tokens_cached),
+        canceled: u64::from(s.state == TaskState::Canceled),
+        ..UsageCounts::default()
+    };
+    if let Some(code) = s.error {
+        c.errors.insert(code.as_str().to_string(), 1);
+    }
+    c
 }
 
 /// The task id of a submission with an `Idempotency-Key`: the same for the same tenant

@@ -244,6 +244,25 @@ impl KeyRing {
         self.entries.is_empty()
     }
 
+    /// The keys as callers (fingerprint, tenant, role, scope), in file order: what
+    /// `GET /v1/admin/keys` lists of the config file's keys.
+    pub fn callers(&self) -> Vec<Caller> {
+        self.entries
+            .iter()
+            .map(|e| Caller {
+                tenant: e.tenant.clone(),
+                role: e.role,
+                key_fingerprint: Some(e.fingerprint.clone()),
+                scope: e.scope.clone(),
+            })
+            .collect()
+    }
+
+    /// Is a key of this fingerprint in the ring?
+    pub fn has_fingerprint(&self, fp: &str) -> bool {
+        self.entries.iter().any(|e| &*e.fingerprint == fp)
+    }
+
     /// Tenants named by the keys (sorted, unique).
     pub fn tenants(&self) -> Vec<String> {
         let mut t: Vec<String> = self.entries.iter().map(|e| e.tenant.to_string()).collect();

@@ -62,6 +62,10 @@ pub struct Quotas {
     /// (queued or running) may hold at once: each counts its prompt (estimated) plus
     /// its `max_tokens`, the most context it can occupy on its engine.
     pub max_kv_tokens: Option<u64>,
+    /// Prompt plus output tokens per UTC day (needs the usage ledger).
+    pub tokens_per_day: Option<u64>,
+    /// Prompt plus output tokens per UTC month (needs the usage ledger).
+    pub tokens_per_month: Option<u64>,
 }
 
 /// One tenant's share weight and quotas.

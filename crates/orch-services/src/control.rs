@@ -212,6 +212,18 @@ pub(crate) fn capabilities(
             .iter()
             .map(|s| s.to_string())
             .collect(),
-        tenant: Some(core.tenants.get(&caller.tenant).caps(caller.role)),
+        tenant: Some({
+            let t = core.tenants.get(&caller.tenant);
+            let mut caps = t.caps(caller.role);
+            let q = t.quotas();
+            let limits = crate::accounts::BudgetLimits {
+                tokens_per_day: q.tokens_per_day,
+                tokens_per_month: q.tokens_per_month,
+            };
+            if let Some(a) = core.accounts().filter(|_| limits.is_some()) {
+                caps.budget = Some(a.budgets().caps(&t.name, limits));
+            }
+            caps
+        }),
     }
 }

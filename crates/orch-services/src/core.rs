@@ -6,6 +6,7 @@
 //! state (see each module).
 //! Never: holds a lock across an `await` (it holds none of its own).
 
+use crate::accounts::Accounts;
 use crate::config::ServiceConfig;
 use crate::home::TaskHome;
 use crate::lifecycle::CancelReason;
@@ -30,6 +31,8 @@ pub(crate) struct Core {
     local: LocalHome,
     /// Where tasks go when not to this instance's pools (set once, before serving).
     home: OnceLock<Arc<dyn TaskHome>>,
+    /// Runtime keys, the usage ledger and budgets (set once, before serving).
+    accounts: OnceLock<Arc<Accounts>>,
 }
 
 impl Core {
@@ -51,6 +54,7 @@ impl Core {
             accepting: AtomicBool::new(true),
             self_tests_passed: AtomicBool::new(true),
             home: OnceLock::new(),
+            accounts: OnceLock::new(),
         }
     }
 
@@ -67,6 +71,17 @@ impl Core {
         self.home
             .set(home)
             .map_err(|_| OrchError::internal("the task home was already set"))
+    }
+
+    /// Keep keys, usage and budgets in `accounts` from now on (once).
+    pub fn set_accounts(&self, accounts: Arc<Accounts>) -> Result<(), OrchError> {
+        self.accounts
+            .set(accounts)
+            .map_err(|_| OrchError::internal("the accounts were already set"))
+    }
+
+    pub fn accounts(&self) -> Option<&Arc<Accounts>> {
+        self.accounts.get()
     }
 
     /// This instance's pools, for a home that runs tasks here for other instances.

@@ -28,6 +28,7 @@
 //! This crate never imports axum or any HTTP type, and never names a concrete engine:
 //! engines are reached only through `adapter_api::WorkerAdapter`.
 
+pub mod accounts;
 mod admission;
 pub mod auth;
 pub mod config;
@@ -49,6 +50,7 @@ mod table;
 mod task;
 mod tenants;
 
+pub use accounts::Accounts;
 pub use auth::{Caller, KeyRing, Role};
 pub use config::{PoolSpec, Quotas, Retention, ServiceConfig, Tenancy, TenantSpec};
 pub use home::{Admitted, PoolLoad, TaskHome};

@@ -63,6 +63,17 @@ impl Orchestrator {
         self.core.set_home(home)
     }
 
+    /// Keep runtime keys, the usage ledger and token budgets in `accounts` (once,
+    /// before serving). Without it, budgets are not enforced and nothing is recorded.
+    pub fn set_accounts(&self, accounts: Arc<crate::accounts::Accounts>) -> Result<(), OrchError> {
+        self.core.set_accounts(accounts)
+    }
+
+    /// The accounts, when set.
+    pub fn accounts(&self) -> Option<Arc<crate::accounts::Accounts>> {
+        self.core.accounts().cloned()
+    }
+
     /// This instance's pools, for a home that runs here tasks other instances
     /// admitted (it holds no reference to these services).
     pub fn local_pools(&self) -> LocalPools {

@@ -145,11 +145,14 @@ impl Tenant {
                 tokens_per_minute: q.tokens_per_minute,
                 max_tokens_per_task: q.max_tokens_per_task,
                 max_kv_tokens: q.max_kv_tokens,
+                tokens_per_day: q.tokens_per_day,
+                tokens_per_month: q.tokens_per_month,
             },
             in_flight: u.in_flight,
             queued: u.queued,
             tokens_available: u.tokens_available,
             kv_tokens_held: q.max_kv_tokens.map(|_| self.kv_held()),
+            budget: None,
         }
     }
 

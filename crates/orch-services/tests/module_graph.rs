@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("lifecycle", 0),
     ("auth", 0),
     ("task", 1),
+    ("accounts", 1),
     ("sessions", 1),
     ("tenants", 1),
     ("pool", 2),

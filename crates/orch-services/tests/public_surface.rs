@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Modules other crates may name.
-const PUBLIC_MODULES: &[&str] = &["auth", "config", "home", "manager", "metrics"];
+const PUBLIC_MODULES: &[&str] = &["accounts", "auth", "config", "home", "manager", "metrics"];
 
 /// Items re-exported at the crate root.
 const ROOT_ITEMS: &[&str] = &[
+    "Accounts",
     "Admitted",
     "CancelReason",
     "Caller",
@@ -49,7 +50,8 @@ const ROOT_ITEMS: &[&str] = &[
     "TenantSpec",
 ];
 
-const FACADE_MAX_METHODS: usize = 25;
+/// 25 until the accounts (keys, ledger, budgets) came with their setter and getter.
+const FACADE_MAX_METHODS: usize = 27;
 
 fn read(rel: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
@@ -174,6 +176,6 @@ fn the_rules_can_fail() {
     let methods = facade_methods(src);
     assert_eq!(methods, ["admit", "admit_as"]);
     assert_eq!(facade_problems(&methods).len(), 1);
-    let many: Vec<String> = (0..26).map(|i| format!("m{i}")).collect();
+    let many: Vec<String> = (0..=FACADE_MAX_METHODS).map(|i| format!("m{i}")).collect();
     assert_eq!(facade_problems(&many).len(), 1);
 }

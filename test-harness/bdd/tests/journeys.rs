@@ -162,7 +162,12 @@ impl Orch {
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&path, self.config()).unwrap();
+        let state = dir.join(format!(
+            "state{}",
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new(binary())
+            .env("ORCH_STATE_DIR", state)
             .args([
                 "--config",
                 path.to_str().unwrap(),

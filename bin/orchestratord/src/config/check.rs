@@ -87,6 +87,22 @@ impl Config {
                     );
                 }
             }
+            let tenants = self
+                .tenants
+                .iter()
+                .map(|(n, t)| (format!("tenants.{n}"), t))
+                .chain(std::iter::once((
+                    "tenant_defaults".to_string(),
+                    &self.tenant_defaults,
+                )));
+            for (at, t) in tenants {
+                if t.tokens_per_day.is_some() || t.tokens_per_month.is_some() {
+                    bad(
+                        at,
+                        "token budgets are counted per instance's ledger and are not enforced across a cluster yet: leave tokens_per_day and tokens_per_month out in cluster mode",
+                    );
+                }
+            }
         }
         let s = &self.server;
         if !(4096..=16 * 1024 * 1024).contains(&s.send_buffer_bytes) {
@@ -143,6 +159,23 @@ impl Config {
                     format!("{at}.max_kv_tokens"),
                     "0 would refuse everything; leave it out for unlimited",
                 );
+            }
+            for (v, what) in [
+                (t.tokens_per_day, "tokens_per_day"),
+                (t.tokens_per_month, "tokens_per_month"),
+            ] {
+                if v == Some(0) {
+                    bad(
+                        format!("{at}.{what}"),
+                        "0 would refuse everything; leave it out for unlimited",
+                    );
+                }
+                if v.is_some() && !self.server.accounts {
+                    bad(
+                        format!("{at}.{what}"),
+                        "a token budget is counted by the usage ledger: it needs `server.accounts = true`",
+                    );
+                }
             }
             if t.tokens_per_minute == Some(0) {
                 bad(

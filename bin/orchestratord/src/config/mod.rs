@@ -91,6 +91,10 @@ pub struct TenantConfig {
     /// Most KV cache (context tokens: prompt + max_tokens) the tenant's unfinished
     /// tasks may hold at once (per instance in cluster mode).
     pub max_kv_tokens: Option<u64>,
+    /// Prompt plus output tokens per UTC day, counted by the usage ledger.
+    pub tokens_per_day: Option<u64>,
+    /// Prompt plus output tokens per UTC month, counted by the usage ledger.
+    pub tokens_per_month: Option<u64>,
 }
 
 impl Default for TenantConfig {
@@ -102,6 +106,8 @@ impl Default for TenantConfig {
             tokens_per_minute: None,
             max_tokens_per_task: None,
             max_kv_tokens: None,
+            tokens_per_day: None,
+            tokens_per_month: None,
         }
     }
 }
@@ -159,6 +165,12 @@ pub struct ServerConfig {
     /// Origins (`https://ui.example`) whose pages may send requests, besides the
     /// server's own; any other `Origin` is refused (cross-site requests).
     pub allowed_origins: Vec<String>,
+    /// Where keys made through the API and the usage ledger are kept (a SQLite
+    /// database, `accounts.db`). Absent: `$ORCH_STATE_DIR`, else
+    /// `$XDG_STATE_HOME/orchestratord`, else `~/.local/state/orchestratord`.
+    pub state_dir: Option<String>,
+    /// The keys API, the usage ledger and token budgets (on by default).
+    pub accounts: bool,
 }
 
 impl Default for ServerConfig {
@@ -188,6 +200,8 @@ impl Default for ServerConfig {
             send_buffer_bytes: 256 * 1024,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            state_dir: None,
+            accounts: true,
         }
     }
 }
@@ -428,6 +442,25 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl Config {
+    /// The same config with the account store in a fresh directory under the system
+    /// temp dir, when it names none: for tests, benchmarks and embedders that start
+    /// several servers in one process (the store's lock keeps two out of one dir).
+    pub fn with_temp_state(mut self) -> Self {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        if self.server.state_dir.is_none() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!(
+                "orchestratord-state-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            self.server.state_dir = Some(dir.to_string_lossy().into_owned());
+        }
+        self
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),

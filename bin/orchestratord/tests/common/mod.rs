@@ -35,8 +35,28 @@ pub async fn start_self_tested(toml: &str) -> TestServer {
     start_opts(toml, false).await
 }
 
+/// A state directory of its own for one test server (the account store's lock keeps
+/// two servers out of one directory).
+pub fn fresh_state_dir() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::env::temp_dir()
+        .join(format!(
+            "orch-state-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ))
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub async fn start_opts(toml: &str, skip_self_test: bool) -> TestServer {
-    let cfg = orchestratord::Config::parse(toml).expect("test config");
+    let mut cfg = orchestratord::Config::parse(toml).expect("test config");
+    if cfg.server.state_dir.is_none() {
+        cfg.server.state_dir = Some(fresh_state_dir());
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions { skip_self_test };
     let server =
@@ -306,6 +326,7 @@ pub fn spawn_binary_logged(
 ) -> (Reap, String, std::sync::Arc<Mutex<String>>) {
     use std::io::Read;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_orchestratord"))
+        .env("ORCH_STATE_DIR", fresh_state_dir())
         .args([
             "--config",
             path.to_str().unwrap(),

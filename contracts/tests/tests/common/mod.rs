@@ -36,6 +36,7 @@ pub async fn live_file(path: &std::path::Path) -> Live {
 }
 
 async fn serve(cfg: orchestratord::Config) -> Live {
+    let cfg = cfg.with_temp_state();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions {
         skip_self_test: true,

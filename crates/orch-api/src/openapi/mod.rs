@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "OrchQueue v1 — data plane",
-        description = "Submit tasks, stream their tokens over SSE, cancel, sessions."
+        description = "Submit tasks, stream their tokens over SSE, cancel, sessions, usage."
     ),
     paths(
         data::create_task,
@@ -25,7 +25,8 @@ use utoipa::OpenApi;
         data::cancel_task,
         data::task_status,
         data::get_session,
-        data::delete_session
+        data::delete_session,
+        crate::accounts::usage
     ),
     components(schemas(
         orch_domain::StartedFrame,
@@ -43,7 +44,7 @@ struct DataApi;
 #[openapi(
     info(
         title = "OrchQueue v1 — control plane",
-        description = "Pools, health, drain, reload, replica sets, capabilities, probes and metrics."
+        description = "Pools, health, drain, reload, replica sets, capabilities, API keys, probes and metrics."
     ),
     paths(
         control::list_pools,
@@ -56,6 +57,9 @@ struct DataApi;
         crate::admin::add_replica,
         crate::admin::remove_replica,
         crate::admin::reload_config,
+        crate::accounts::create_key,
+        crate::accounts::list_keys,
+        crate::accounts::revoke_key,
         ops::livez,
         ops::readyz,
         ops::metrics
@@ -81,6 +85,8 @@ fn req_id(op: &str) -> Option<&'static str> {
         "livez" | "readyz" | "metrics" => "ORCH-2103",
         "listReplicas" | "addReplica" | "removeReplica" => "ORCH-2105",
         "reloadConfig" => "ORCH-2106",
+        "createKey" | "listKeys" | "revokeKey" => "ORCH-2107",
+        "getUsage" => "ORCH-2108",
         _ => return None,
     })
 }

@@ -71,6 +71,11 @@ pub const MIGRATION_REASONS: [orch_domain::ErrorCode; 4] = [
     orch_domain::ErrorCode::ReplicaExhausted,
 ];
 
+/// Usage ledger writes by outcome (`ok`, `error`).
+pub const LEDGER_FLUSHES: &str = "usage_ledger_flushes_total";
+/// Rows (hour × tenant × key × pool × model sums) the usage ledger wrote.
+pub const LEDGER_ROWS: &str = "usage_ledger_rows_written_total";
+
 /// Why a replica restarted (bounded label values).
 pub const RESTART_REASONS: [&str; 3] = ["exited", "unresponsive", "restart_failed"];
 /// How a reload ended (bounded label values).
@@ -165,6 +170,22 @@ pub fn describe() {
         MIGRATION_PAUSE,
         "The pause a client saw at a continuation: last token before the failure to the first after it, in ms."
     );
+    describe_counter!(
+        LEDGER_FLUSHES,
+        "Usage ledger writes (at least one a second while there is usage), by outcome."
+    );
+    describe_counter!(
+        LEDGER_ROWS,
+        "Rows (hour x tenant x key x pool x model sums) the usage ledger wrote."
+    );
+}
+
+/// Create the usage ledger's series at zero (a server with a ledger, at start).
+pub fn ledger_zero() {
+    for outcome in ["ok", "error"] {
+        counter!(LEDGER_FLUSHES, "outcome" => outcome).increment(0);
+    }
+    counter!(LEDGER_ROWS).increment(0);
 }
 
 /// Labels that identify where a task runs.
@@ -267,6 +288,14 @@ impl Where {
 pub fn rejected(engine: &str, reason: &str) {
     counter!(TASKS_REJECTED, "engine" => engine.to_string(), "reason" => reason.to_string())
         .increment(1);
+}
+
+/// A usage ledger write ended: `ok` with `rows` written, or failed.
+pub fn ledger_flushed(ok: bool, rows: usize) {
+    counter!(LEDGER_FLUSHES, "outcome" => if ok { "ok" } else { "error" }).increment(1);
+    if ok {
+        counter!(LEDGER_ROWS).increment(rows as u64);
+    }
 }
 
 pub fn backpressure(engine: &str, policy: &str) {

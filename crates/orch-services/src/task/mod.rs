@@ -30,11 +30,40 @@ pub struct Settled {
     /// False for a task refused after registration (it never entered a queue).
     pub admitted: bool,
     pub state: TaskState,
-    /// Prompt tokens (known for completed tasks; 0 otherwise).
+    /// Prompt tokens (known for tasks that ended with `end`; 0 otherwise).
     pub tokens_in: u32,
     pub tokens_out: u32,
+    /// Prompt tokens the engine served from its cache (with `end`; 0 otherwise).
+    pub tokens_cached: u32,
+    /// The error code of a task that failed.
+    pub error: Option<ErrorCode>,
     /// Milliseconds from admission to the end.
     pub elapsed_ms: u64,
+}
+
+/// What a task's terminal frame says about its use.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ended {
+    tokens_in: u32,
+    tokens_cached: u32,
+    error: Option<ErrorCode>,
+}
+
+impl Ended {
+    fn of(ev: &StreamEvent) -> Self {
+        match ev {
+            StreamEvent::End(e) => Self {
+                tokens_in: e.tokens_in,
+                tokens_cached: e.tokens_cached.unwrap_or(0).min(e.tokens_in),
+                error: None,
+            },
+            StreamEvent::Error(e) => Self {
+                error: Some(e.code),
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
 }
 
 /// Gives back what admission reserved for a task (quotas, session budget) and
@@ -231,7 +260,7 @@ impl TaskRecord {
         *self.settlement.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
     }
 
-    fn settle(&self, admitted: bool, state: TaskState, tokens_in: u32) {
+    fn settle(&self, admitted: bool, state: TaskState, ended: Ended) {
         let s = self
             .settlement
             .lock()
@@ -241,8 +270,10 @@ impl TaskRecord {
             s(Settled {
                 admitted,
                 state,
-                tokens_in,
+                tokens_in: ended.tokens_in,
                 tokens_out: self.tokens_out(),
+                tokens_cached: ended.tokens_cached,
+                error: ended.error,
                 elapsed_ms: self.admitted_at.elapsed().as_millis() as u64,
             });
         }
@@ -354,16 +385,13 @@ impl TaskRecord {
             // appended under the record's lock so phase and frames agree
             self.log.push(&ev);
         }
-        let tokens_in = match &ev {
-            StreamEvent::End(e) => e.tokens_in,
-            _ => 0,
-        };
+        let ended = Ended::of(&ev);
         let (engine, version) = self.meta().engine.clone();
         if let StreamEvent::Error(e) = &ev {
             crate::metrics::failed(&engine, &version, &self.pool_id, e.code.as_str());
         }
         self.log_ended(&ev, &engine, &version);
-        self.settle(true, ending.state(), tokens_in);
+        self.settle(true, ending.state(), ended);
         if let Some(hook) = &self.on_end {
             hook(self);
         }
@@ -377,6 +405,7 @@ impl TaskRecord {
     /// reserved. False when the frame was not appended (the record had ended).
     pub fn apply_stored(self: &Arc<Self>, kind: EventKind, data: &str) -> bool {
         use orch_domain::{EndFrame, ErrorFrame, StartedFrame};
+        let mut outcome = Ended::default();
         let ended = {
             let mut m = self.meta();
             if m.phase.is_ended() {
@@ -399,12 +428,16 @@ impl TaskRecord {
                 EventKind::End => {
                     let f = serde_json::from_str::<EndFrame>(data).ok();
                     m.finish = f.as_ref().map(|f| f.finish_reason);
+                    if let Some(f) = &f {
+                        outcome = Ended::of(&StreamEvent::End(f.clone()));
+                    }
                     Some(f.map_or(TaskState::Completed, |f| f.state()))
                 }
                 EventKind::Error => {
                     m.error_code = serde_json::from_str::<ErrorFrame>(data)
                         .ok()
                         .map(|f| f.code);
+                    outcome.error = Some(m.error_code.unwrap_or(ErrorCode::Internal));
                     Some(TaskState::Failed)
                 }
             };
@@ -419,7 +452,7 @@ impl TaskRecord {
             state
         };
         if let Some(state) = ended {
-            self.settle(true, state, 0);
+            self.settle(true, state, outcome);
             if let Some(hook) = &self.on_end {
                 hook(self);
             }
@@ -474,7 +507,7 @@ impl TaskRecord {
             m.finished_at = Some(Instant::now());
             self.log.push(&ending.frame());
         }
-        self.settle(false, ending.state(), 0);
+        self.settle(false, ending.state(), Ended::default());
     }
 
     /// Ask the task to stop, recording why (first reason wins). False if it ended.
