@@ -3,6 +3,8 @@
 //! ```text
 //! orch submit --model gemma-3-270m --stream "Write a haiku"   # live queue position, then tokens
 //! orch status ID | cancel ID | pools | drain POOL | reload POOL --model-ref M | capabilities
+//! orch keys create --tenant acme --ttl-s 86400 | keys list | keys revoke FINGERPRINT
+//! orch usage --from 2026-11-01 --to 2026-12-01 --group-by key [--csv]
 //! ```
 //! `ORCH_URL` (default `http://127.0.0.1:8080`) and `ORCH_API_KEY` configure the server
 //! and key; `--json` prints the server's JSON. Exit codes by error class: 0 ok, 1
@@ -89,6 +91,57 @@ enum Cmd {
     },
     /// What the server serves, and the caller's quotas.
     Capabilities,
+    /// API keys made at runtime (admin).
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Tokens and tasks used, from the server's ledger (a client key: its own tenant).
+    Usage {
+        /// Start: RFC 3339 or a UTC date (default: this month's start).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "tenant", value_parser = ["tenant", "key", "pool", "model", "hour"])]
+        group_by: String,
+        /// Only this tenant (admins).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print CSV.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Make a key for a tenant; the key is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "client", value_parser = ["client", "admin"])]
+        role: String,
+        #[arg(long)]
+        label: Option<String>,
+        /// When it stops working (RFC 3339).
+        #[arg(long, conflicts_with = "ttl_s")]
+        expires_at: Option<String>,
+        /// Seconds until it stops working.
+        #[arg(long)]
+        ttl_s: Option<u64>,
+        /// Only these pools (repeatable).
+        #[arg(long = "pool")]
+        pools: Vec<String>,
+        /// Only these priorities (repeatable).
+        #[arg(long = "priority", value_parser = ["interactive", "batch"])]
+        priorities: Vec<String>,
+    },
+    /// Every key (never the keys themselves).
+    List,
+    /// Revoke a key made through the API, at once.
+    Revoke { fingerprint: String },
 }
 
 /// A failure with its exit code.
@@ -339,6 +392,46 @@ async fn run(cli: Cli) -> Result<(), Fail> {
             );
             Ok(())
         }
+        Cmd::Keys { cmd } => keys(&c, cmd, cli.json).await,
+        Cmd::Usage {
+            from,
+            to,
+            group_by,
+            tenant,
+            csv,
+        } => {
+            let mut q: Vec<(&str, &str)> = vec![("group_by", group_by.as_str())];
+            for (k, v) in [("from", &from), ("to", &to), ("tenant", &tenant)] {
+                if let Some(v) = v {
+                    q.push((k, v.as_str()));
+                }
+            }
+            if csv {
+                print!("{}", c.usage_csv(&q).await?);
+                return Ok(());
+            }
+            let r = c.usage(&q).await?;
+            if cli.json {
+                return print_json(&r);
+            }
+            println!("usage {} .. {} by {}", r.from, r.to, r.group_by.as_str());
+            for row in r
+                .rows
+                .iter()
+                .chain(std::iter::once(&orch_domain::accounts::UsageRow {
+                    group: "total".into(),
+                    counts: r.total.clone(),
+                }))
+            {
+                let c = &row.counts;
+                let failed: u64 = c.errors.values().sum();
+                println!(
+                    "{:<24} tasks {:>8}  in {:>10}  out {:>10}  cached {:>10}  canceled {:>6}  failed {:>6}",
+                    row.group, c.tasks, c.tokens_in, c.tokens_out, c.tokens_cached, c.canceled, failed
+                );
+            }
+            Ok(())
+        }
         Cmd::Capabilities => {
             let caps = c.capabilities().await?;
             if cli.json {
@@ -363,6 +456,86 @@ async fn run(cli: Cli) -> Result<(), Fail> {
                     t.tenant, t.role, t.weight, t.in_flight, t.queued
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+async fn keys(c: &Client, cmd: KeysCmd, json: bool) -> Result<(), Fail> {
+    match cmd {
+        KeysCmd::Create {
+            tenant,
+            role,
+            label,
+            expires_at,
+            ttl_s,
+            pools,
+            priorities,
+        } => {
+            let priorities = priorities
+                .iter()
+                .map(|p| match p.as_str() {
+                    "batch" => Priority::Batch,
+                    _ => Priority::Interactive,
+                })
+                .collect::<Vec<_>>();
+            let req = orch_domain::accounts::NewKey {
+                tenant,
+                role: Some(role),
+                label,
+                expires_at,
+                ttl_s,
+                pools: (!pools.is_empty()).then_some(pools),
+                priorities: (!priorities.is_empty()).then_some(priorities),
+            };
+            let made = c.create_key(&req).await?;
+            if json {
+                return print_json(&made);
+            }
+            println!("{}", made.key);
+            eprintln!(
+                "{} for tenant {} ({}){}; the key is shown this once",
+                made.view.fingerprint,
+                made.view.tenant,
+                made.view.role,
+                made.view
+                    .expires_at
+                    .as_deref()
+                    .map(|e| format!(", expires {e}"))
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        KeysCmd::List => {
+            let l = c.keys().await?;
+            if json {
+                return print_json(&l);
+            }
+            for k in l.keys {
+                let state = match (&k.revoked_at, &k.expires_at) {
+                    (Some(r), _) => format!("revoked {r}"),
+                    (None, Some(e)) => format!("expires {e}"),
+                    (None, None) => "no expiry".into(),
+                };
+                println!(
+                    "{} {:<7} {:<16} {:<6} {} last used {}{}",
+                    k.fingerprint,
+                    k.source,
+                    k.tenant,
+                    k.role,
+                    state,
+                    k.last_used_at.as_deref().unwrap_or("never"),
+                    k.label.map(|l| format!(" ({l})")).unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        KeysCmd::Revoke { fingerprint } => {
+            let v = c.revoke_key(&fingerprint).await?;
+            if json {
+                return print_json(&v);
+            }
+            println!("{} revoked", v.fingerprint);
             Ok(())
         }
     }

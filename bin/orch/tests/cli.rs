@@ -220,3 +220,85 @@ async fn keys_roles_backpressure_and_an_absent_server_have_their_exit_codes() {
         Some(7)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_made_listed_and_revoked_and_usage_reads_the_ledger() {
+    let s = server(
+        "",
+        "slots = 2\ntokens_per_sec = 500.0\nttft_ms = 1\ntokens = 5",
+        true,
+    )
+    .await;
+    let url = format!("http://{}", s.addr);
+    let o = orch(
+        &url,
+        Some(ADMIN),
+        &[
+            "keys", "create", "--tenant", "acme", "--label", "team a", "--ttl-s", "3600",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let key = text(&o.stdout).trim().to_string();
+    assert!(key.starts_with("oqk_"), "{key}");
+    let fp = text(&o.stderr)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(fp.starts_with("key:"), "{}", text(&o.stderr));
+    // the new key submits at once
+    let o = orch(
+        &url,
+        Some(&key),
+        &[
+            "submit",
+            "--model",
+            "mock-model",
+            "--max-tokens",
+            "5",
+            "--stream",
+            "hi",
+        ],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = orch(&url, Some(ADMIN), &["keys", "list"]).await;
+    let list = text(&o.stdout);
+    assert!(list.contains(&fp) && list.contains("(team a)"), "{list}");
+    assert!(!list.contains(&key));
+    // a client key reads its own usage; CSV on request
+    let o = orch(
+        &url,
+        Some(&key),
+        &["usage", "--group-by", "tenant", "--csv"],
+    )
+    .await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let csv = text(&o.stdout);
+    assert!(
+        csv.lines().nth(1).is_some_and(|l| l.starts_with("acme,1,")),
+        "{csv}"
+    );
+    let o = orch(&url, Some(&key), &["usage"]).await;
+    assert!(text(&o.stdout).contains("acme"), "{}", text(&o.stdout));
+    // revoked: the key is refused next (exit 3)
+    let o = orch(&url, Some(ADMIN), &["keys", "revoke", &fp]).await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(
+        orch(&url, Some(&key), &["capabilities"])
+            .await
+            .status
+            .code(),
+        Some(3)
+    );
+    // a client key cannot make keys
+    assert_eq!(
+        orch(&url, Some(CLIENT), &["keys", "create", "--tenant", "x"])
+            .await
+            .status
+            .code(),
+        Some(3)
+    );
+    s.shutdown().await;
+}

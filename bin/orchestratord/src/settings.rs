@@ -127,6 +127,27 @@ pub fn check_open_address(
     Ok(())
 }
 
+/// Where the account store lives: `server.state_dir`, else `$ORCH_STATE_DIR`, else
+/// `$XDG_STATE_HOME/orchestratord`, else `~/.local/state/orchestratord`, else
+/// `./orchestratord-state`.
+pub fn state_dir(cfg: &Config) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = &cfg.server.state_dir {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("ORCH_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = env("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("orchestratord");
+    }
+    if let Some(h) = env("HOME") {
+        return PathBuf::from(h).join(".local/state/orchestratord");
+    }
+    PathBuf::from("orchestratord-state")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,25 +174,4 @@ mod tests {
         assert!(e.to_string().contains("demo key"), "{e}");
         assert!(check_open_address(&ring(&["oqk_real"]), out).is_ok());
     }
-}
-
-/// Where the account store lives: `server.state_dir`, else `$ORCH_STATE_DIR`, else
-/// `$XDG_STATE_HOME/orchestratord`, else `~/.local/state/orchestratord`, else
-/// `./orchestratord-state`.
-pub fn state_dir(cfg: &Config) -> std::path::PathBuf {
-    use std::path::PathBuf;
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = &cfg.server.state_dir {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = env("ORCH_STATE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = env("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("orchestratord");
-    }
-    if let Some(h) = env("HOME") {
-        return PathBuf::from(h).join(".local/state/orchestratord");
-    }
-    PathBuf::from("orchestratord-state")
 }

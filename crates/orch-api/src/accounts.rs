@@ -280,7 +280,7 @@ pub async fn usage(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| {
         ApiError::new(
-            OrchError::invalid("query", format!("{}", e.body_text())),
+            OrchError::invalid("query", e.body_text()),
             &cid,
         )
     })?;

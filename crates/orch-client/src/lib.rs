@@ -278,4 +278,65 @@ impl Client {
     pub async fn capabilities(&self) -> Result<Capabilities, ClientError> {
         self.json(self.get("/v1/capabilities")).await
     }
+
+    /// `POST /v1/admin/keys` (admin): the new key, shown this once.
+    pub async fn create_key(
+        &self,
+        req: &orch_domain::accounts::NewKey,
+    ) -> Result<orch_domain::accounts::CreatedKey, ClientError> {
+        self.json(self.post("/v1/admin/keys").json(req)).await
+    }
+
+    /// `GET /v1/admin/keys` (admin).
+    pub async fn keys(&self) -> Result<orch_domain::accounts::KeyList, ClientError> {
+        self.json(self.get("/v1/admin/keys")).await
+    }
+
+    /// `DELETE /v1/admin/keys/{fingerprint}` (admin).
+    pub async fn revoke_key(
+        &self,
+        fingerprint: &str,
+    ) -> Result<orch_domain::accounts::KeyView, ClientError> {
+        self.json(self.delete(&format!("/v1/admin/keys/{fingerprint}")))
+            .await
+    }
+
+    /// `GET /v1/usage` with `query` (`from`, `to`, `group_by`, `tenant`), as JSON.
+    pub async fn usage(
+        &self,
+        query: &[(&str, &str)],
+    ) -> Result<orch_domain::accounts::UsageReport, ClientError> {
+        self.json(self.get(&usage_path(query))).await
+    }
+
+    /// `GET /v1/usage` as CSV.
+    pub async fn usage_csv(&self, query: &[(&str, &str)]) -> Result<String, ClientError> {
+        let rb = self.get(&usage_path(query)).header("accept", "text/csv");
+        let resp = Self::check(rb.send().await.map_err(transport)?).await?;
+        resp.text().await.map_err(transport)
+    }
+}
+
+/// `/v1/usage` with `query` percent-encoded (every byte but unreserved ones).
+fn usage_path(query: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    let q: Vec<String> = query
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect();
+    if q.is_empty() {
+        "/v1/usage".into()
+    } else {
+        format!("/v1/usage?{}", q.join("&"))
+    }
 }
