@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod cpu;
 pub mod latency;
+pub mod ledger;
 pub mod streams;
 
 pub use crate::floor::Pace;
@@ -136,7 +137,6 @@ impl Server {
     }
 
     /// orchestratord with a whole config of its own.
-    #[cfg(feature = "cluster")]
     pub fn orchestratord_config(name: &'static str, cfg: &str) -> Self {
         let (child, base) = spawn_with_config(cfg);
         wait_http(&base);

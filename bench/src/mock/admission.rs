@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const CLIENTS: usize = 32;
+pub(super) const CLIENTS: usize = 32;
 const ROUND: Duration = Duration::from_secs(2);
 const ROUNDS: usize = 6;
 
@@ -32,7 +32,7 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn tenancy_toml() -> String {
+pub(super) fn tenancy_toml() -> String {
     let mut t = String::new();
     for (key, tenant, _) in KEYS {
         t.push_str(&format!(
@@ -49,7 +49,7 @@ fn tenancy_toml() -> String {
 }
 
 /// One closed-loop round: admissions per second and POST latencies.
-async fn round(h: &reqwest::Client, base: &str, keyed: bool) -> (f64, Vec<Duration>) {
+pub(super) async fn round(h: &reqwest::Client, base: &str, keyed: bool) -> (f64, Vec<Duration>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut hs = Vec::new();
     let t0 = Instant::now();

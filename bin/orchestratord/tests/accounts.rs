@@ -302,7 +302,7 @@ async fn the_ledger_and_keys_survive_kill_9_and_a_restart_to_the_token() {
         "ledger",
         &keyed(
             "",
-            "slots = 2\ntokens = 7\ntokens_per_sec = 400.0\nttft_ms = 1",
+            "slots = 2\ntokens = 7\ntokens_per_sec = 50.0\nttft_ms = 1",
         ),
     );
     let state = fresh_state_dir();
@@ -318,12 +318,26 @@ async fn the_ledger_and_keys_survive_kill_9_and_a_restart_to_the_token() {
         tin += end["tokens_in"].as_u64().unwrap();
         tout += end["tokens_out"].as_u64().unwrap();
     }
-    // a canceled task counts too
-    let r = submit_as(&s, &key, &task("to cancel", 7, "interactive")).await;
+    // a task canceled after its first token counts too, its prompt by the estimate
+    // (16 bytes: 4 tokens; the engine reported no count)
+    let r = submit_as(&s, &key, &task("cancel me please", 7, "interactive")).await;
     let id = r.json::<Value>().await.unwrap()["task_id"]
         .as_str()
         .unwrap()
         .to_string();
+    let mut live = s
+        .http
+        .get(s.url(&format!("/v1/tasks/{id}/stream")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains("event: token") {
+        let chunk = live.chunk().await.unwrap().expect("a token before the end");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(live);
     let cancel = s
         .http
         .post(s.url(&format!("/v1/tasks/{id}/cancel")))
@@ -344,7 +358,8 @@ async fn the_ledger_and_keys_survive_kill_9_and_a_restart_to_the_token() {
             .unwrap(),
     );
     let last = frames.last().unwrap();
-    tin += last.data["tokens_in"].as_u64().unwrap_or(0);
+    assert_eq!(last.data["finish_reason"], "canceled", "{:?}", last.data);
+    tin += 4;
     tout += last.data["tokens_out"].as_u64().unwrap_or(0);
     // the ledger is written at least every second: wait that, then SIGKILL
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -422,4 +437,50 @@ async fn on_an_open_server_a_made_key_names_its_tenant_and_keeps_its_role() {
     // without a key it is the open server it was
     let r = s.http.get(s.url("/v1/pools")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // a revoked key is refused, not quietly the open caller
+    let fp = made["fingerprint"].as_str().unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/admin/keys/{fp}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = s
+        .http
+        .get(s.url("/v1/capabilities"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    envelope(r, 401, "UNAUTHENTICATED").await;
+}
+
+#[tokio::test]
+async fn a_key_limited_to_some_pools_makes_only_keys_within_them() {
+    let scoped_admin = "oqk_accounts-scoped-admin";
+    let entry = format!(
+        "{}pools = [\"mockpool\"]\n",
+        key_entry(scoped_admin, "ops", "admin")
+    );
+    let s = start(&keyed(&entry, "slots = 1\ntokens = 1\nttft_ms = 1")).await;
+    let post = |body: Value| {
+        s.http
+            .post(s.url("/v1/admin/keys"))
+            .bearer_auth(scoped_admin)
+            .json(&body)
+            .send()
+    };
+    let r = post(json!({"tenant": "acme", "role": "admin"}))
+        .await
+        .unwrap();
+    envelope(r, 403, "FORBIDDEN").await;
+    let r = post(json!({"tenant": "acme", "pools": ["mockpool", "other"]}))
+        .await
+        .unwrap();
+    envelope(r, 403, "FORBIDDEN").await;
+    let r = post(json!({"tenant": "acme", "pools": ["mockpool"]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 }

@@ -61,23 +61,55 @@ fn config_key_view(c: &Caller) -> KeyView {
     }
 }
 
+/// A key limited to some pools or priorities makes only keys within those limits
+/// (403 otherwise): it cannot mint a key that reaches more than it does.
+fn within_scope(caller: &Caller, req: &NewKey) -> Result<(), OrchError> {
+    let Some(scope) = caller.scope.as_deref() else {
+        return Ok(());
+    };
+    let refuse = |what: &str| {
+        Err(OrchError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this key is limited to some {what}; a key it makes must name {what} among them"
+            ),
+        ))
+    };
+    if let Some(mine) = &scope.pools {
+        match &req.pools {
+            Some(p) if p.iter().all(|x| mine.contains(x)) => {}
+            _ => return refuse("pools"),
+        }
+    }
+    if let Some(mine) = &scope.priorities {
+        match &req.priorities {
+            Some(p) if p.iter().all(|x| mine.contains(x)) => {}
+            _ => return refuse("priorities"),
+        }
+    }
+    Ok(())
+}
+
 /// `POST /v1/admin/keys`: a new key for a tenant, shown once.
 #[utoipa::path(post, path = "/v1/admin/keys", tag = "control", operation_id = "createKey",
     request_body = NewKey,
     responses(
         (status = 201, description = "The key (shown this once) and its fingerprint; it works at once", body = CreatedKey),
         (status = 400, description = "Invalid body (tenant name, role, expiry in the past, empty lists)", body = ErrorEnvelope),
-        (status = 404, description = "This server keeps no accounts", body = ErrorEnvelope),
+        (status = 403, description = "The caller's key is limited to some pools or priorities and the new key would reach beyond them", body = ErrorEnvelope),
+        (status = 404, description = "This server keeps no accounts, or makes no keys (cluster mode: keys come from the config file)", body = ErrorEnvelope),
     ))]
 pub async fn create_key(
     State(app): State<AppState>,
     Extension(cid): Extension<CorrelationId>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> ApiResult<Response> {
     let a = accounts(&app, &cid)?;
     let req: NewKey = read_json(body, app.body.capped(16 * 1024))
         .await
         .or_api(&cid)?;
+    within_scope(&caller, &req).or_api(&cid)?;
     let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
     let (key, view) = a
         .keys()
@@ -224,9 +256,9 @@ fn wants_csv(h: &HeaderMap) -> bool {
 }
 
 /// A CSV field: quoted when it holds a comma, quote or line break; a leading
-/// `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet does not run it.
+/// `=`, `+`, `-`, `@`, tab or carriage return is prefixed with `'` so a spreadsheet does not run it.
 fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '@']) || (s.starts_with('-') && s.len() > 1) {
+    let s = if s.starts_with(['=', '+', '@', '\t', '\r']) || (s.starts_with('-') && s.len() > 1) {
         format!("'{s}")
     } else {
         s.to_string()
@@ -278,12 +310,8 @@ pub async fn usage(
     headers: HeaderMap,
     params: Result<Query<UsageParams>, QueryRejection>,
 ) -> ApiResult<Response> {
-    let Query(p) = params.map_err(|e| {
-        ApiError::new(
-            OrchError::invalid("query", e.body_text()),
-            &cid,
-        )
-    })?;
+    let Query(p) =
+        params.map_err(|e| ApiError::new(OrchError::invalid("query", e.body_text()), &cid))?;
     let a = accounts(&app, &cid)?;
     let q = usage_query(&p, &caller).or_api(&cid)?;
     let report = a.report(q).await.or_api(&cid)?;

@@ -147,10 +147,23 @@ async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Ca
         if let (Some(conn), Some(_)) = (&conn, need) {
             conn.authenticated();
         }
-        // an open server: a key made through the API still names its tenant
-        let c = presented_key(req.headers())
-            .and_then(managed)
-            .unwrap_or_else(Caller::open);
+        // an open server: a key made through the API still names its tenant and
+        // keeps its role; one revoked or expired is refused (not quietly the open
+        // caller); any other key is ignored, as on every open server
+        let presented = presented_key(req.headers());
+        let c = match presented.and_then(managed) {
+            Some(c) => c,
+            None if presented
+                .is_some_and(|k| app.orch.accounts().is_some_and(|a| a.keys().is_known(k))) =>
+            {
+                let path = req.uri().path().to_string();
+                return (
+                    None,
+                    unauthenticated(&path, "the API key is not valid", &cid),
+                );
+            }
+            None => Caller::open(),
+        };
         if need == Some(Role::Admin) && !c.is_admin() {
             let path = req.uri().path().to_string();
             return (Some(c.clone()), forbidden(&path, &c, &cid));

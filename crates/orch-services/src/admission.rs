@@ -78,8 +78,8 @@ async fn admit_in(
     crate::pool::check_fits_snapshot(&snap, &req)?;
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
-    let kv_need =
-        u64::from(crate::pool::estimate_prompt_tokens(&req.prompt)) + u64::from(req.max_tokens);
+    let prompt_estimate = u64::from(crate::pool::estimate_prompt_tokens(&req.prompt));
+    let kv_need = prompt_estimate + u64::from(req.max_tokens);
     tenant
         .kv_fits_at_all(kv_need, req.max_tokens)
         .inspect_err(|e| refused(engine, e))?;
@@ -145,10 +145,13 @@ async fn admit_in(
     let ledger = accounts.map(|a| {
         let key = UsageKey {
             hour_ms: 0,
-            tenant: tenant.name.to_string(),
-            key: caller.key_fingerprint.as_deref().unwrap_or("-").to_string(),
-            pool: pool.id.to_string(),
-            model: model_ref,
+            tenant: tenant.name.clone(),
+            key: caller
+                .key_fingerprint
+                .clone()
+                .unwrap_or_else(|| Arc::from("-")),
+            pool: pool.id.clone(),
+            model: Arc::from(model_ref.as_str()),
         };
         (a, key)
     });
@@ -165,12 +168,18 @@ async fn admit_in(
             );
         }
         if let (true, Some((accounts, mut key))) = (s.admitted, ledger) {
-            let used = u64::from(s.tokens_in) + u64::from(s.tokens_out);
+            // a task that reached an engine and ended without its count (canceled,
+            // failed) still had its prompt read: counted by the estimate
+            let tokens_in = if s.tokens_in == 0 && s.started {
+                prompt_estimate
+            } else {
+                u64::from(s.tokens_in)
+            };
             if let Some(b) = budget {
-                b.settle(used);
+                b.settle(tokens_in + u64::from(s.tokens_out));
             }
             key.hour_ms = calendar::hour_start(calendar::now_ms());
-            accounts.record(key, usage_of(&s));
+            accounts.record(key, usage_of(&s, tokens_in));
         }
         if s.admitted {
             let name = reservation.tenant().name.clone();
@@ -220,10 +229,10 @@ async fn admit_in(
 }
 
 /// A task's counts in the usage ledger.
-fn usage_of(s: &Settled) -> UsageCounts {
+fn usage_of(s: &Settled, tokens_in: u64) -> UsageCounts {
     let mut c = UsageCounts {
         tasks: 1,
-        tokens_in: u64::from(s.tokens_in),
+        tokens_in,
         tokens_out: u64::from(s.tokens_out),
         tokens_cached: u64::from(s.tokens_cached),
         canceled: u64::from(s.state == TaskState::Canceled),

@@ -117,6 +117,10 @@ fn list_json<T: serde::Serialize>(v: &Option<Vec<T>>) -> Option<String> {
     v.as_ref().and_then(|v| serde_json::to_string(v).ok())
 }
 
+fn unreadable(col: usize, e: serde_json::Error) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
+}
+
 fn read_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
     let role: String = r.get(3)?;
     let pools: Option<String> = r.get(9)?;
@@ -132,8 +136,16 @@ fn read_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
         expires_ms: r.get::<_, Option<i64>>(6)?.map(|v| v as u64),
         revoked_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
         last_used_ms: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-        pools: pools.and_then(|p| serde_json::from_str(&p).ok()),
-        priorities: priorities.and_then(|p| serde_json::from_str::<Vec<Priority>>(&p).ok()),
+        pools: match pools {
+            None => None,
+            Some(p) => Some(serde_json::from_str(&p).map_err(|e| unreadable(9, e))?),
+        },
+        priorities: match priorities {
+            None => None,
+            Some(p) => {
+                Some(serde_json::from_str::<Vec<Priority>>(&p).map_err(|e| unreadable(10, e))?)
+            }
+        },
     })
 }
 
@@ -161,7 +173,19 @@ impl AccountStore for SqliteStore {
             )
             .map_err(failed)?;
         let rows = st.query_map([], read_key).map_err(failed)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(failed)
+        let mut keys = Vec::new();
+        for r in rows {
+            match r {
+                Ok(k) => keys.push(k),
+                // a key whose limits cannot be read would be a key without limits:
+                // it is left out (it authenticates nothing) and said loudly
+                Err(e @ rusqlite::Error::FromSqlConversionFailure(..)) => {
+                    tracing::error!(error = %e, "a stored API key has unreadable limits; it is not loaded")
+                }
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        Ok(keys)
     }
 
     fn insert_key(&self, k: &StoredKey) -> Result<(), StoreError> {
@@ -257,10 +281,10 @@ impl AccountStore for SqliteStore {
             for (k, n) in rows {
                 up.execute(params![
                     ms(k.hour_ms),
-                    k.tenant,
-                    k.key,
-                    k.pool,
-                    k.model,
+                    &*k.tenant,
+                    &*k.key,
+                    &*k.pool,
+                    &*k.model,
                     ms(n.tasks),
                     ms(n.tokens_in),
                     ms(n.tokens_out),
@@ -271,10 +295,10 @@ impl AccountStore for SqliteStore {
                 for (code, count) in &n.errors {
                     err.execute(params![
                         ms(k.hour_ms),
-                        k.tenant,
-                        k.key,
-                        k.pool,
-                        k.model,
+                        &*k.tenant,
+                        &*k.key,
+                        &*k.pool,
+                        &*k.model,
                         code,
                         ms(*count)
                     ])

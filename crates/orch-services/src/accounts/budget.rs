@@ -113,7 +113,12 @@ impl Budgets {
             }
         }
         let mut map = self.lock();
-        let s = map.entry(tenant.to_string()).or_default();
+        if !map.contains_key(tenant) {
+            map.insert(tenant.to_string(), Spend::default());
+        }
+        let Some(s) = map.get_mut(tenant) else {
+            return Err(OrchError::internal("budget entry vanished"));
+        };
         s.roll(now);
         let over = |limit: Option<u64>, used: u64| limit.filter(|l| used + s.held + need > *l);
         let refusal = if let Some(l) = over(limits.tokens_per_day, s.day) {

@@ -78,6 +78,9 @@ pub struct ManagedKeys {
     store: Arc<dyn AccountStore>,
     /// Why new keys are refused, when they are (cluster mode).
     refusal: std::sync::OnceLock<String>,
+    /// Revocations in force here that the store has not taken yet (retried by the
+    /// flusher each second, so a restart does not bring the key back).
+    unstored: std::sync::Mutex<Vec<(String, u64)>>,
     by_digest: RwLock<HashMap<[u8; 32], Arc<Entry>>>,
 }
 
@@ -132,6 +135,7 @@ impl ManagedKeys {
         Ok(Self {
             store,
             refusal: std::sync::OnceLock::new(),
+            unstored: std::sync::Mutex::new(Vec::new()),
             by_digest: RwLock::new(map),
         })
     }
@@ -158,9 +162,28 @@ impl ManagedKeys {
         Some(e.caller.clone())
     }
 
-    /// Refuse new keys from now on (409 with `why`); listing and revoking still work.
+    /// Refuse new keys from now on (404 with `why`: there is no such API here);
+    /// listing and revoking still work.
     pub fn refuse_new_keys(&self, why: &str) {
         let _ = self.refusal.set(why.to_string());
+    }
+
+    /// Was this key made here (revoked or expired ones too)?
+    pub fn is_known(&self, presented: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.read().contains_key(&d)
+    }
+
+    /// A revocation the store did not take: retried by the flusher.
+    pub(crate) fn revoke_unstored(&self, fingerprint: &str, at_ms: u64) {
+        self.unstored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((fingerprint.to_string(), at_ms));
+    }
+
+    pub(crate) fn take_unstored_revokes(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Is a key of this fingerprint held (revoked ones too)?
@@ -176,7 +199,7 @@ impl ManagedKeys {
         taken: impl Fn(&str) -> bool,
     ) -> Result<(String, KeyView), OrchError> {
         if let Some(why) = self.refusal.get() {
-            return Err(OrchError::new(ErrorCode::Conflict, why.clone()));
+            return Err(OrchError::new(ErrorCode::NotFound, why.clone()));
         }
         let now = now_ms();
         let stored_template = validate(&req, now)?;
@@ -233,7 +256,12 @@ impl ManagedKeys {
         let now = now_ms();
         let store = self.store.clone();
         let fp = fingerprint.to_string();
-        blocking(move || store.revoke_key(&fp, now)).await?;
+        if let Err(e) = blocking(move || store.revoke_key(&fp, now)).await {
+            // in force here already; stored by the flusher's next tries
+            self.revoke_unstored(fingerprint, now);
+            tracing::error!(key = %fingerprint, "API key revoked here but not stored yet; retried each second");
+            return Err(e);
+        }
         let mut stored = entry.stored.clone();
         if stored.revoked_ms.is_none() {
             stored.revoked_ms = Some(now);

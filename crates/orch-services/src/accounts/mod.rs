@@ -1,13 +1,14 @@
 //! Accounts: keys made at runtime, the durable usage ledger, and token budgets.
 //!
 //! Owns: the [`Accounts`] handle (its [`ManagedKeys`], [`Budgets`] and the ledger's
-//! channel) and the one flusher task that writes the ledger. A task's end hands its
-//! counts to [`Accounts::record`], which only sends them down an unbounded channel:
-//! the hot path never waits on the database. The flusher sums them per
-//! (hour, tenant, key, pool, model) and writes the sums in one transaction at least
-//! every second, with the keys' last-use times; a failed write is kept and written
-//! with the next batch. [`Accounts::flush`] writes everything at once (reports and
-//! shutdown call it).
+//! sums not yet written) and the one flusher task that writes the ledger. A task's
+//! end hands its counts to [`Accounts::record`], which adds them to the sums per
+//! (hour, tenant, key, pool, model) under a short lock: the hot path never waits on
+//! the database and wakes nothing. The flusher swaps the sums out and writes them in
+//! one transaction at least every second, with the keys' last-use times and any
+//! revocation the store refused before; a failed write is kept and written with the
+//! next. [`Accounts::flush`] writes everything at once (reports and shutdown call
+//! it; every caller hears the outcome of a write that covers its records).
 //! Never: calls the store on an async thread (always `spawn_blocking`).
 
 pub mod budget;
@@ -22,16 +23,35 @@ pub use store::{AccountStore, StoreError, StoredKey, UsageKey, UsageQuery};
 use orch_domain::accounts::{UsageCounts, UsageReport, UsageRow};
 use orch_domain::OrchError;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the ledger is written at least.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
-enum Msg {
-    Add(UsageKey, UsageCounts),
-    Flush(oneshot::Sender<Result<(), StoreError>>),
+type Pending = HashMap<UsageKey, UsageCounts>;
+
+/// Counts not yet written: tasks' ends add to it under a short lock (no allocation
+/// but a new grain's entry, no wake-up); the flusher swaps it out.
+#[derive(Default)]
+struct Sums(Mutex<Pending>);
+
+impl Sums {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> Pending {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn merge(&self, batch: Vec<(UsageKey, UsageCounts)>) {
+        let mut p = self.lock();
+        for (k, c) in batch {
+            p.entry(k).or_default().add(&c);
+        }
+    }
 }
 
 /// Keys, ledger and budgets over one store. Cheap to share (`Arc`).
@@ -39,7 +59,9 @@ pub struct Accounts {
     store: Arc<dyn AccountStore>,
     keys: Arc<ManagedKeys>,
     budgets: Arc<Budgets>,
-    tx: mpsc::UnboundedSender<Msg>,
+    sums: Arc<Sums>,
+    /// Asks the flusher to write now (each asker hears the write's outcome).
+    flush_tx: mpsc::UnboundedSender<oneshot::Sender<Result<(), StoreError>>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -59,13 +81,15 @@ impl Accounts {
         let month = store.tokens_by_tenant(calendar::month_bounds(now).0)?;
         let today = store.tokens_by_tenant(calendar::day_bounds(now).0)?;
         let budgets = Arc::new(Budgets::starting_at(month, today));
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(store.clone(), keys.clone(), rx));
+        let sums = Arc::new(Sums::default());
+        let (flush_tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(store.clone(), keys.clone(), sums.clone(), rx));
         Ok(Arc::new(Self {
             store,
             keys,
             budgets,
-            tx,
+            sums,
+            flush_tx,
         }))
     }
 
@@ -77,18 +101,16 @@ impl Accounts {
         &self.budgets
     }
 
-    /// Count a task's use (never waits).
+    /// Count a task's use (never waits on the store).
     pub fn record(&self, key: UsageKey, counts: UsageCounts) {
-        if self.tx.send(Msg::Add(key, counts)).is_err() {
-            tracing::error!("the usage ledger's flusher is gone; a task's usage was not recorded");
-        }
+        self.sums.lock().entry(key).or_default().add(&counts);
     }
 
     /// Write everything recorded so far.
     pub async fn flush(&self) -> Result<(), OrchError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Flush(tx))
+        self.flush_tx
+            .send(tx)
             .map_err(|_| OrchError::internal("the usage ledger's flusher is gone"))?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -133,86 +155,90 @@ impl Accounts {
     }
 }
 
-type Pending = HashMap<UsageKey, UsageCounts>;
-
+/// Writes the sums every [`FLUSH_INTERVAL`] and whenever asked; ends after a last
+/// write when every handle to the accounts is gone.
 async fn flusher(
     store: Arc<dyn AccountStore>,
     keys: Arc<ManagedKeys>,
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    sums: Arc<Sums>,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), StoreError>>>,
 ) {
-    let mut pending: Pending = HashMap::new();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(Msg::Add(k, c)) => pending.entry(k).or_default().add(&c),
-                Some(Msg::Flush(done)) => {
-                    // take what is already queued, so a flush covers every record
-                    // sent before it
-                    while let Ok(m) = rx.try_recv() {
-                        match m {
-                            Msg::Add(k, c) => pending.entry(k).or_default().add(&c),
-                            Msg::Flush(other) => { let _ = other.send(Ok(())); }
-                        }
+        let mut waiting = Vec::new();
+        let last = tokio::select! {
+            asked = rx.recv() => match asked {
+                Some(done) => {
+                    waiting.push(done);
+                    // everyone who asked by now hears this write's outcome
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.push(more);
                     }
-                    let r = write(&store, &keys, &mut pending).await;
-                    let _ = done.send(r);
+                    false
                 }
-                None => {
-                    // every handle is gone: write what is left and stop
-                    let _ = write(&store, &keys, &mut pending).await;
-                    return;
-                }
+                None => true,
             },
-            _ = tick.tick() => {
-                let _ = write(&store, &keys, &mut pending).await;
-            }
+            _ = tick.tick() => false,
+        };
+        let r = write(&store, &keys, &sums).await;
+        for w in waiting {
+            let _ = w.send(r.clone());
+        }
+        if last {
+            return;
         }
     }
 }
 
-/// Write `pending` and the keys' last uses; on failure keep `pending` for the next
-/// write.
+/// Write the sums, the keys' last uses and revocations not yet stored; on failure
+/// keep the sums for the next write.
 async fn write(
     store: &Arc<dyn AccountStore>,
     keys: &Arc<ManagedKeys>,
-    pending: &mut Pending,
+    sums: &Arc<Sums>,
 ) -> Result<(), StoreError> {
+    let pending = sums.take();
     let touched = keys.take_touched();
-    if pending.is_empty() && touched.is_empty() {
+    let revokes = keys.take_unstored_revokes();
+    if pending.is_empty() && touched.is_empty() && revokes.is_empty() {
         return Ok(());
     }
-    let batch: Vec<(UsageKey, UsageCounts)> = std::mem::take(pending).into_iter().collect();
+    let batch: Vec<(UsageKey, UsageCounts)> = pending.into_iter().collect();
     let s = store.clone();
+    let k = keys.clone();
+    let back = sums.clone();
     let r = tokio::task::spawn_blocking(move || {
+        for (fp, at) in revokes {
+            if let Err(e) = s.revoke_key(&fp, at) {
+                tracing::error!(key = %fp, error = %e, "a revocation is still not stored; retried next second");
+                k.revoke_unstored(&fp, at);
+            }
+        }
         let r = if batch.is_empty() {
-            Ok(())
+            Ok(0)
         } else {
-            s.add_usage(&batch)
+            s.add_usage(&batch).map(|()| batch.len())
         };
-        let t = if touched.is_empty() {
-            Ok(())
-        } else {
-            s.touch_keys(&touched)
-        };
-        (r.map(|()| batch.len()).map_err(|e| (e, batch)), t)
+        if let Err(e) = &r {
+            tracing::error!(error = %e, rows = batch.len(), "usage ledger write failed; kept for the next write");
+            back.merge(batch);
+        }
+        if !touched.is_empty() {
+            if let Err(e) = s.touch_keys(&touched) {
+                tracing::warn!(error = %e, "could not record when keys were last used");
+            }
+        }
+        r
     })
     .await;
     match r {
-        Ok((Ok(rows), t)) => {
+        Ok(Ok(rows)) => {
             crate::metrics::ledger_flushed(true, rows);
-            if let Err(e) = t {
-                tracing::warn!(error = %e, "could not record when keys were last used");
-            }
             Ok(())
         }
-        Ok((Err((e, batch)), _)) => {
-            tracing::error!(error = %e, rows = batch.len(), "usage ledger write failed; kept for the next write");
+        Ok(Err(e)) => {
             crate::metrics::ledger_flushed(false, 0);
-            for (k, c) in batch {
-                pending.entry(k).or_default().add(&c);
-            }
             Err(e)
         }
         Err(e) => {

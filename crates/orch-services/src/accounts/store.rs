@@ -8,6 +8,7 @@
 use crate::auth::Role;
 use orch_domain::accounts::{UsageCounts, UsageGroupBy};
 use orch_domain::Priority;
+use std::sync::Arc;
 
 /// A key made through the API, as stored: its SHA-256 digest, never the key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,11 +32,11 @@ pub struct StoredKey {
 pub struct UsageKey {
     /// Start of the hour (ms since the epoch, UTC) the tasks ended in.
     pub hour_ms: u64,
-    pub tenant: String,
+    pub tenant: Arc<str>,
     /// The key's fingerprint; `-` for a request without one.
-    pub key: String,
-    pub pool: String,
-    pub model: String,
+    pub key: Arc<str>,
+    pub pool: Arc<str>,
+    pub model: Arc<str>,
 }
 
 /// Which rows a report sums.

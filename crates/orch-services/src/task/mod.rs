@@ -37,6 +37,8 @@ pub struct Settled {
     pub tokens_cached: u32,
     /// The error code of a task that failed.
     pub error: Option<ErrorCode>,
+    /// Whether the task was handed to an engine (it has a replica).
+    pub started: bool,
     /// Milliseconds from admission to the end.
     pub elapsed_ms: u64,
 }
@@ -274,6 +276,7 @@ impl TaskRecord {
                 tokens_out: self.tokens_out(),
                 tokens_cached: ended.tokens_cached,
                 error: ended.error,
+                started: self.meta().replica_id.is_some(),
                 elapsed_ms: self.admitted_at.elapsed().as_millis() as u64,
             });
         }
