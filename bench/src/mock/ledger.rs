@@ -108,10 +108,10 @@ async fn size_after_a_million() {
             tokens_in: 200 + (x >> 20) % 800,
             tokens_out: 1 + (x >> 30) % 256,
             tokens_cached: (x >> 40) % 200,
-            canceled: u64::from((x >> 50) % 50 == 0),
+            canceled: u64::from((x >> 50).is_multiple_of(50)),
             ..UsageCounts::default()
         };
-        if (x >> 52) % 100 == 0 {
+        if (x >> 52).is_multiple_of(100) {
             c.errors.insert("WORKER_RESET".into(), 1);
         }
         accounts.record(key, c);

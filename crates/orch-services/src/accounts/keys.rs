@@ -20,6 +20,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// Longest `ttl_s` (100 years).
+pub const TTL_MAX_S: u64 = 3_153_600_000;
+
 /// Longest label.
 pub const LABEL_MAX_CHARS: usize = 200;
 
@@ -344,7 +347,12 @@ fn validate(req: &NewKey, now: u64) -> Result<StoredKey, OrchError> {
             }
             Some(ms)
         }
-        (None, Some(0)) => return Err(OrchError::invalid("ttl_s", "must be at least 1")),
+        (None, Some(s)) if !(1..=TTL_MAX_S).contains(&s) => {
+            return Err(OrchError::invalid(
+                "ttl_s",
+                format!("must be 1..={TTL_MAX_S} (100 years)"),
+            ))
+        }
         (None, Some(s)) => Some(now.saturating_add(s.saturating_mul(1000))),
         (None, None) => None,
     };
