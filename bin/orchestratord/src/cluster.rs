@@ -47,9 +47,15 @@ pub async fn join(
         store_retry: Duration::from_millis(c.store_retry_ms),
         host_replicas: c.host_replicas,
     };
+    let shared = node_cfg.cluster.clone();
     let node = Node::start(node_cfg, orch.local_pools(), pools)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(accounts) = orch.accounts() {
+        orch_cluster::keys::share(shared, &accounts)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     orch.set_home(node).map_err(|e| e.message)
 }
 

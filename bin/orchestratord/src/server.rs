@@ -262,9 +262,8 @@ async fn start_pool(
 }
 
 /// Open the account store under the state directory and keep keys, usage and budgets
-/// there. In cluster mode the store is this instance's own: keys made through the API
-/// would not reach the other instances (a revoked key would still work there), so
-/// making keys is refused; the ledger records what this instance admitted.
+/// there. In cluster mode keys are also shared through the cluster (`cluster::join`);
+/// the ledger records what this instance admitted.
 fn open_accounts(orch: &Orchestrator, cfg: &Config) -> Result<(), StartError> {
     let dir = crate::settings::state_dir(cfg);
     let store =
@@ -272,11 +271,6 @@ fn open_accounts(orch: &Orchestrator, cfg: &Config) -> Result<(), StartError> {
     tracing::info!(path = %store.path().display(), "account store open (API keys, usage ledger)");
     let accounts = orch_services::Accounts::open(std::sync::Arc::new(store))
         .map_err(|e| StartError::Accounts(e.to_string()))?;
-    if cfg.cluster.is_some() {
-        accounts.keys().refuse_new_keys(
-            "keys made through the API are kept per instance and would not be revoked on the other instances; in cluster mode keys come from the config file",
-        );
-    }
     orch_services::metrics::ledger_zero();
     orch.set_accounts(accounts)
         .map_err(|e| StartError::Accounts(e.message))

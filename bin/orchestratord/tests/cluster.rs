@@ -1514,3 +1514,99 @@ async fn a_nearly_full_frame_store_refuses_new_tasks_with_503() {
         "{refused}"
     );
 }
+
+/// Keys made through the API are the cluster's: a key made on one instance works on
+/// another, and its revocation on a third is refused on every instance within a
+/// second (issue 26).
+#[tokio::test]
+async fn a_key_made_on_one_instance_works_on_all_and_its_revocation_reaches_all_within_a_second() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    const ADMIN: &str = "oqk_cluster-keys-admin";
+    let body = format!(
+        "{}{}",
+        common::key_entry(ADMIN, "ops", "admin"),
+        common::mock_config("", "slots = 2\ntokens_per_sec = 200.0\ntokens = 2"),
+    );
+    let c = Cluster::start_with("keys", |i| {
+        let prefer = if i == 0 {
+            r#"["mockpool"]"#
+        } else {
+            r#"["none"]"#
+        };
+        (body.clone(), prefer.to_string())
+    })
+    .await;
+    c.wait_leader(0, Duration::from_secs(15)).await;
+    let r = c
+        .http
+        .post(c.url(0, "/v1/admin/keys"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"tenant": "carol"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let made: Value = r.json().await.unwrap();
+    let key = made["key"].as_str().unwrap().to_string();
+    let fp = made["fingerprint"].as_str().unwrap().to_string();
+    // answers `status` for `key`'s capabilities on instance i, trying for up to 1 s
+    let within_a_second = |i: usize, want: u16| {
+        let (h, url, key) = (c.http.clone(), c.url(i, "/v1/capabilities"), key.clone());
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let got = h
+                    .get(&url)
+                    .bearer_auth(&key)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16();
+                if got == want {
+                    return t0.elapsed();
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(1),
+                    "instance {i} still answers {got}, not {want}, after a second"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let took = within_a_second(1, 200).await;
+    eprintln!("a key made on a works on b after {took:?}");
+    let r = c
+        .http
+        .post(c.url(1, "/v1/tasks"))
+        .bearer_auth(&key)
+        .json(&task("carol's", 2, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // listed on the third, then revoked there
+    let list: Value = c
+        .http
+        .get(c.url(2, "/v1/admin/keys"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(list.to_string().contains(&fp), "{list}");
+    let r = c
+        .http
+        .delete(c.url(2, &format!("/v1/admin/keys/{fp}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for i in [0, 1, 2] {
+        let took = within_a_second(i, 401).await;
+        eprintln!("revoked on c, refused on instance {i} after {took:?}");
+    }
+}

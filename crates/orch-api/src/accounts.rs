@@ -97,7 +97,7 @@ fn within_scope(caller: &Caller, req: &NewKey) -> Result<(), OrchError> {
         (status = 201, description = "The key (shown this once) and its fingerprint; it works at once", body = CreatedKey),
         (status = 400, description = "Invalid body (tenant name, role, expiry in the past, empty lists)", body = ErrorEnvelope),
         (status = 403, description = "The caller's key is limited to some pools or priorities and the new key would reach beyond them", body = ErrorEnvelope),
-        (status = 404, description = "This server keeps no accounts, or makes no keys (cluster mode: keys come from the config file)", body = ErrorEnvelope),
+        (status = 404, description = "This server keeps no accounts", body = ErrorEnvelope),
     ))]
 pub async fn create_key(
     State(app): State<AppState>,

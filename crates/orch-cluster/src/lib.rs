@@ -20,6 +20,7 @@
 mod dispatch;
 mod frames;
 mod hosted;
+pub mod keys;
 mod lease;
 pub mod metrics;
 mod node;

@@ -171,7 +171,7 @@ pub fn fingerprint(key: &str) -> String {
     fingerprint_of_digest(&sha256(key))
 }
 
-fn fingerprint_of_digest(digest: &[u8; 32]) -> String {
+pub(crate) fn fingerprint_of_digest(digest: &[u8; 32]) -> String {
     let mut h = Sha256::new();
     h.update(b"orchestratord key fingerprint\0");
     h.update(digest);

@@ -8,11 +8,15 @@
 //! A revoked or expired key authenticates nothing from the moment it is revoked or
 //! expires. Keys of the config file stay in the [`KeyRing`](crate::KeyRing) and
 //! cannot be revoked here.
+//! In cluster mode a [`KeyReplica`] shares every key made or revoked here with the
+//! other instances (published before it is answered), and [`ManagedKeys::apply`]
+//! takes theirs: a key made on one instance works on all, a revocation reaches all.
 //! Never: keeps, logs or returns a key after it was created.
 
 use super::calendar::{now_ms, rfc3339};
 use super::store::{AccountStore, StoreError, StoredKey};
 use crate::auth::{self, Caller, Role, Scope};
+use futures_util::future::BoxFuture;
 use orch_domain::accounts::{KeyView, NewKey};
 use orch_domain::{ErrorCode, OrchError};
 use sha2::{Digest, Sha256};
@@ -76,11 +80,18 @@ impl Entry {
     }
 }
 
+/// Shares keys with the other instances of a cluster (orch-cluster implements it on
+/// a replicated KV bucket). A key made or revoked here is published before the call
+/// that made or revoked it is answered.
+pub trait KeyReplica: Send + Sync + 'static {
+    fn publish(&self, key: StoredKey) -> BoxFuture<'static, Result<(), StoreError>>;
+}
+
 /// The keys made at runtime.
 pub struct ManagedKeys {
+    /// Where keys are shared with other instances (cluster mode).
+    replica: std::sync::OnceLock<Arc<dyn KeyReplica>>,
     store: Arc<dyn AccountStore>,
-    /// Why new keys are refused, when they are (cluster mode).
-    refusal: std::sync::OnceLock<String>,
     /// Revocations in force here that the store has not taken yet (retried by the
     /// flusher each second, so a restart does not bring the key back).
     unstored: std::sync::Mutex<Vec<(String, u64)>>,
@@ -137,7 +148,7 @@ impl ManagedKeys {
         }
         Ok(Self {
             store,
-            refusal: std::sync::OnceLock::new(),
+            replica: std::sync::OnceLock::new(),
             unstored: std::sync::Mutex::new(Vec::new()),
             by_digest: RwLock::new(map),
         })
@@ -165,10 +176,39 @@ impl ManagedKeys {
         Some(e.caller.clone())
     }
 
-    /// Refuse new keys from now on (404 with `why`: there is no such API here);
-    /// listing and revoking still work.
-    pub fn refuse_new_keys(&self, why: &str) {
-        let _ = self.refusal.set(why.to_string());
+    /// Share keys through `replica` from now on (once, before serving).
+    pub fn set_replica(&self, replica: Arc<dyn KeyReplica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Take a key another instance made or revoked. A record whose fingerprint does
+    /// not belong to its digest is refused; a revocation is final (a later record
+    /// without one does not bring the key back).
+    pub fn apply(&self, k: StoredKey) {
+        let Some(d) = digest_bytes(&k.digest) else {
+            tracing::warn!(key = %k.fingerprint, "a shared key has a malformed digest; ignored");
+            return;
+        };
+        if auth::fingerprint_of_digest(&d) != k.fingerprint || !auth::valid_tenant(&k.tenant) {
+            tracing::warn!(key = %k.fingerprint, "a shared key does not match its digest or names no valid tenant; ignored");
+            return;
+        }
+        let mut map = self.by_digest.write().unwrap_or_else(|p| p.into_inner());
+        match map.get(&d) {
+            Some(e) if e.revoked.load(Ordering::Acquire) || k.revoked_ms.is_none() => {}
+            Some(e) => {
+                e.revoked.store(true, Ordering::Release);
+                let used = e.last_used.load(Ordering::Acquire);
+                let replaced = Entry::new(k);
+                replaced.last_used.store(used, Ordering::Release);
+                tracing::info!(key = %replaced.stored.fingerprint, "API key revoked on another instance");
+                map.insert(d, Arc::new(replaced));
+            }
+            None => {
+                tracing::info!(key = %k.fingerprint, tenant = %k.tenant, "API key made on another instance");
+                map.insert(d, Arc::new(Entry::new(k)));
+            }
+        }
     }
 
     /// Was this key made here (revoked or expired ones too)?
@@ -201,9 +241,6 @@ impl ManagedKeys {
         req: NewKey,
         taken: impl Fn(&str) -> bool,
     ) -> Result<(String, KeyView), OrchError> {
-        if let Some(why) = self.refusal.get() {
-            return Err(OrchError::new(ErrorCode::NotFound, why.clone()));
-        }
         let now = now_ms();
         let stored_template = validate(&req, now)?;
         // a fresh key whose fingerprint names no other key
@@ -225,6 +262,10 @@ impl ManagedKeys {
             created_ms: now,
             ..stored_template
         };
+        if let Some(r) = self.replica.get() {
+            // the other instances have it before anyone holds the key
+            r.publish(stored.clone()).await.map_err(store_error)?;
+        }
         let store = self.store.clone();
         let s = stored.clone();
         blocking(move || store.insert_key(&s)).await?;
@@ -257,6 +298,14 @@ impl ManagedKeys {
         // refused from now on, before the store has it
         entry.revoked.store(true, Ordering::Release);
         let now = now_ms();
+        if let Some(r) = self.replica.get() {
+            let mut shared = entry.stored.clone();
+            shared.revoked_ms.get_or_insert(now);
+            r.publish(shared).await.map_err(|e| {
+                tracing::error!(key = %fingerprint, error = %e, "API key revoked here but not shared with the other instances; revoke it again");
+                store_error(e)
+            })?;
+        }
         let store = self.store.clone();
         let fp = fingerprint.to_string();
         if let Err(e) = blocking(move || store.revoke_key(&fp, now)).await {
@@ -383,4 +432,79 @@ fn validate(req: &NewKey, now: u64) -> Result<StoredKey, OrchError> {
         pools: req.pools.clone(),
         priorities: req.priorities.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounts::store::{UsageKey, UsageQuery};
+    use orch_domain::accounts::UsageCounts;
+
+    /// A store that holds nothing (apply never writes).
+    struct Empty;
+    impl AccountStore for Empty {
+        fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn insert_key(&self, _: &StoredKey) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn revoke_key(&self, _: &str, _: u64) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        fn touch_keys(&self, _: &[(String, u64)]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn add_usage(&self, _: &[(UsageKey, UsageCounts)]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn usage(&self, _: &UsageQuery) -> Result<Vec<(String, UsageCounts)>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn tokens_by_tenant(&self, _: u64) -> Result<Vec<(String, u64)>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn shared(key: &str, revoked: bool) -> StoredKey {
+        StoredKey {
+            fingerprint: auth::fingerprint(key),
+            digest: auth::digest_hex(key),
+            tenant: "acme".into(),
+            role: Role::Client,
+            label: None,
+            created_ms: 1,
+            expires_ms: None,
+            revoked_ms: revoked.then_some(2),
+            last_used_ms: None,
+            pools: None,
+            priorities: None,
+        }
+    }
+
+    #[test]
+    fn another_instances_keys_work_here_and_a_revocation_is_final() {
+        let keys = ManagedKeys::load(Arc::new(Empty)).unwrap();
+        keys.apply(shared("oqk_a", false));
+        assert_eq!(&*keys.authenticate("oqk_a").unwrap().tenant, "acme");
+        keys.apply(shared("oqk_a", true));
+        assert!(keys.authenticate("oqk_a").is_none());
+        // a late record without the revocation does not bring it back
+        keys.apply(shared("oqk_a", false));
+        assert!(keys.authenticate("oqk_a").is_none());
+        assert!(keys.is_known("oqk_a"));
+    }
+
+    #[test]
+    fn a_record_whose_fingerprint_is_not_its_digests_is_refused() {
+        let keys = ManagedKeys::load(Arc::new(Empty)).unwrap();
+        let mut forged = shared("oqk_b", false);
+        forged.fingerprint = auth::fingerprint("oqk_other");
+        keys.apply(forged);
+        assert!(keys.authenticate("oqk_b").is_none());
+        let mut bad_tenant = shared("oqk_c", false);
+        bad_tenant.tenant = "no spaces allowed".into();
+        keys.apply(bad_tenant);
+        assert!(keys.authenticate("oqk_c").is_none());
+    }
 }

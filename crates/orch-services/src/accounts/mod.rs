@@ -17,7 +17,7 @@ pub mod keys;
 pub mod store;
 
 pub use budget::{BudgetHold, BudgetLimits, Budgets};
-pub use keys::ManagedKeys;
+pub use keys::{KeyReplica, ManagedKeys};
 pub use store::{AccountStore, StoreError, StoredKey, UsageKey, UsageQuery};
 
 use orch_domain::accounts::{UsageCounts, UsageReport, UsageRow};
