@@ -32,14 +32,7 @@ pub async fn join(
         ));
     }
     let node_cfg = NodeConfig {
-        cluster: ClusterConfig {
-            urls: c.urls.clone(),
-            replicas: c.replicas,
-            request_timeout: Duration::from_millis(c.request_timeout_ms),
-            dedupe_window: Duration::from_millis(c.dedupe_window_ms),
-            security: security(c)?,
-            max_frame_bytes: i64::try_from(c.max_frame_bytes).unwrap_or(i64::MAX),
-        },
+        cluster: cluster_config(c)?,
         instance: c.instance(addr),
         lease_ttl: Duration::from_millis(c.lease_ttl_ms),
         keep: keep(cfg),
@@ -57,6 +50,29 @@ pub async fn join(
             .map_err(|e| e.to_string())?;
     }
     orch.set_home(node).map_err(|e| e.message)
+}
+
+fn cluster_config(c: &ClusterSection) -> Result<ClusterConfig, String> {
+    Ok(ClusterConfig {
+        urls: c.urls.clone(),
+        replicas: c.replicas,
+        request_timeout: Duration::from_millis(c.request_timeout_ms),
+        dedupe_window: Duration::from_millis(c.dedupe_window_ms),
+        security: security(c)?,
+        max_frame_bytes: i64::try_from(c.max_frame_bytes).unwrap_or(i64::MAX),
+    })
+}
+
+/// The usage ledger shared through the cluster, over this instance's `local` store.
+pub async fn shared_ledger(
+    c: &ClusterSection,
+    addr: SocketAddr,
+    local: std::sync::Arc<dyn orch_services::accounts::AccountStore>,
+) -> Result<std::sync::Arc<dyn orch_services::accounts::AccountStore>, String> {
+    let l = orch_cluster::usage::shared_ledger(cluster_config(c)?, &c.instance(addr), local)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(l)
 }
 
 /// How long the cluster keeps a task's frames, status, cancel flag and id claim: the

@@ -106,7 +106,7 @@ pub async fn start_with(
     }
     let orch = Orchestrator::new(service_config(&cfg));
     if cfg.server.accounts {
-        open_accounts(&orch, &cfg)?;
+        open_accounts(&orch, &cfg, listener.local_addr()?).await?;
     }
     let load_timeout = cfg
         .pools
@@ -262,15 +262,31 @@ async fn start_pool(
 }
 
 /// Open the account store under the state directory and keep keys, usage and budgets
-/// there. In cluster mode keys are also shared through the cluster (`cluster::join`);
-/// the ledger records what this instance admitted.
-fn open_accounts(orch: &Orchestrator, cfg: &Config) -> Result<(), StartError> {
+/// there. In cluster mode usage goes through the cluster's shared stream (every
+/// instance's store counts every instance's tasks) and keys are shared through the
+/// cluster (`cluster::join`).
+async fn open_accounts(
+    orch: &Orchestrator,
+    cfg: &Config,
+    addr: SocketAddr,
+) -> Result<(), StartError> {
     let dir = crate::settings::state_dir(cfg);
     let store =
         orch_store::SqliteStore::open(&dir).map_err(|e| StartError::Accounts(e.to_string()))?;
     tracing::info!(path = %store.path().display(), "account store open (API keys, usage ledger)");
-    let accounts = orch_services::Accounts::open(std::sync::Arc::new(store))
-        .map_err(|e| StartError::Accounts(e.to_string()))?;
+    #[allow(unused_mut)]
+    let mut store: std::sync::Arc<dyn orch_services::accounts::AccountStore> =
+        std::sync::Arc::new(store);
+    #[cfg(feature = "cluster")]
+    if let Some(c) = &cfg.cluster {
+        store = crate::cluster::shared_ledger(c, addr, store)
+            .await
+            .map_err(StartError::Cluster)?;
+    }
+    #[cfg(not(feature = "cluster"))]
+    let _ = addr;
+    let accounts =
+        orch_services::Accounts::open(store).map_err(|e| StartError::Accounts(e.to_string()))?;
     orch_services::metrics::ledger_zero();
     orch.set_accounts(accounts)
         .map_err(|e| StartError::Accounts(e.message))

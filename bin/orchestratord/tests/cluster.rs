@@ -1517,7 +1517,8 @@ async fn a_nearly_full_frame_store_refuses_new_tasks_with_503() {
 
 /// Keys made through the API are the cluster's: a key made on one instance works on
 /// another, and its revocation on a third is refused on every instance within a
-/// second (issue 26).
+/// second; the usage ledger is the cluster's too: a report on any instance counts
+/// the tasks every instance admitted (issue 26).
 #[tokio::test]
 async fn a_key_made_on_one_instance_works_on_all_and_its_revocation_reaches_all_within_a_second() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -1585,6 +1586,70 @@ async fn a_key_made_on_one_instance_works_on_all_and_its_revocation_reaches_all_
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
+    // carol's task (admitted by b) and one of ops (admitted by a) run to their end
+    let carols = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .http
+        .post(c.url(0, "/v1/tasks"))
+        .bearer_auth(ADMIN)
+        .json(&task("ops'", 2, "interactive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ops = r.json::<Value>().await.unwrap()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut tokens_out = 0;
+    for (i, id, k) in [(1, &carols, key.as_str()), (0, &ops, ADMIN)] {
+        let text = c
+            .http
+            .get(c.url(i, &format!("/v1/tasks/{id}/stream")))
+            .bearer_auth(k)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let frames = parse_sse(&text);
+        let end = one_terminal(&frames);
+        assert_eq!(end.event, "end", "{text}");
+        tokens_out += end.data["tokens_out"].as_u64().unwrap();
+    }
+    // the third instance's report counts both (each admitting instance writes its
+    // ledger within a second; the report waits for the cluster's stream)
+    let t0 = Instant::now();
+    let report = loop {
+        let u: Value = c
+            .http
+            .get(c.url(2, "/v1/usage?group_by=tenant"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if u["total"]["tasks"] == 2 || t0.elapsed() > Duration::from_secs(5) {
+            break u;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report["total"]["tasks"], 2, "{report}");
+    assert_eq!(report["total"]["tokens_out"], tokens_out, "{report}");
+    let tenants: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["group"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["carol", "ops"], "{report}");
+    eprintln!("the cluster's usage counted on c after {:?}", t0.elapsed());
     // listed on the third, then revoked there
     let list: Value = c
         .http

@@ -30,6 +30,7 @@ mod security;
 mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod usage;
 pub mod wire;
 
 pub use dispatch::{Dispatch, QueuedTask};

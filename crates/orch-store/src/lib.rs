@@ -164,6 +164,55 @@ fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Add `rows` to the ledger inside `tx`.
+fn add_rows(
+    tx: &rusqlite::Transaction<'_>,
+    rows: &[(UsageKey, UsageCounts)],
+) -> rusqlite::Result<()> {
+    let mut up = tx.prepare_cached(
+        "INSERT INTO usage (hour_ms, tenant, key, pool, model, tasks, tokens_in, tokens_out, tokens_cached, canceled)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+         ON CONFLICT (hour_ms, tenant, key, pool, model) DO UPDATE SET
+           tasks = tasks + excluded.tasks,
+           tokens_in = tokens_in + excluded.tokens_in,
+           tokens_out = tokens_out + excluded.tokens_out,
+           tokens_cached = tokens_cached + excluded.tokens_cached,
+           canceled = canceled + excluded.canceled",
+    )?;
+    let mut err = tx.prepare_cached(
+        "INSERT INTO usage_errors (hour_ms, tenant, key, pool, model, code, count)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (hour_ms, tenant, key, pool, model, code) DO UPDATE SET
+           count = count + excluded.count",
+    )?;
+    for (k, n) in rows {
+        up.execute(params![
+            ms(k.hour_ms),
+            &*k.tenant,
+            &*k.key,
+            &*k.pool,
+            &*k.model,
+            ms(n.tasks),
+            ms(n.tokens_in),
+            ms(n.tokens_out),
+            ms(n.tokens_cached),
+            ms(n.canceled),
+        ])?;
+        for (code, count) in &n.errors {
+            err.execute(params![
+                ms(k.hour_ms),
+                &*k.tenant,
+                &*k.key,
+                &*k.pool,
+                &*k.model,
+                code,
+                ms(*count)
+            ])?;
+        }
+    }
+    Ok(())
+}
+
 impl AccountStore for SqliteStore {
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let c = self.conn();
@@ -257,56 +306,39 @@ impl AccountStore for SqliteStore {
     fn add_usage(&self, rows: &[(UsageKey, UsageCounts)]) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(failed)?;
-        {
-            let mut up = tx
-                .prepare_cached(
-                    "INSERT INTO usage (hour_ms, tenant, key, pool, model, tasks, tokens_in, tokens_out, tokens_cached, canceled)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (hour_ms, tenant, key, pool, model) DO UPDATE SET
-                       tasks = tasks + excluded.tasks,
-                       tokens_in = tokens_in + excluded.tokens_in,
-                       tokens_out = tokens_out + excluded.tokens_out,
-                       tokens_cached = tokens_cached + excluded.tokens_cached,
-                       canceled = canceled + excluded.canceled",
-                )
-                .map_err(failed)?;
-            let mut err = tx
-                .prepare_cached(
-                    "INSERT INTO usage_errors (hour_ms, tenant, key, pool, model, code, count)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (hour_ms, tenant, key, pool, model, code) DO UPDATE SET
-                       count = count + excluded.count",
-                )
-                .map_err(failed)?;
-            for (k, n) in rows {
-                up.execute(params![
-                    ms(k.hour_ms),
-                    &*k.tenant,
-                    &*k.key,
-                    &*k.pool,
-                    &*k.model,
-                    ms(n.tasks),
-                    ms(n.tokens_in),
-                    ms(n.tokens_out),
-                    ms(n.tokens_cached),
-                    ms(n.canceled),
-                ])
-                .map_err(failed)?;
-                for (code, count) in &n.errors {
-                    err.execute(params![
-                        ms(k.hour_ms),
-                        &*k.tenant,
-                        &*k.key,
-                        &*k.pool,
-                        &*k.model,
-                        code,
-                        ms(*count)
-                    ])
-                    .map_err(failed)?;
-                }
-            }
-        }
+        add_rows(&tx, rows).map_err(failed)?;
         tx.commit().map_err(failed)
+    }
+
+    fn add_shared_usage(
+        &self,
+        seq: u64,
+        rows: &[(UsageKey, UsageCounts)],
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(failed)?;
+        let have: i64 = tx
+            .query_row("SELECT seq FROM shared_usage WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .map_err(failed)?;
+        if ms(seq) <= have {
+            return Ok(false);
+        }
+        add_rows(&tx, rows).map_err(failed)?;
+        tx.execute("UPDATE shared_usage SET seq = ?1 WHERE id = 1", [ms(seq)])
+            .map_err(failed)?;
+        tx.commit().map_err(failed)?;
+        Ok(true)
+    }
+
+    fn shared_usage_seq(&self) -> Result<u64, StoreError> {
+        let c = self.conn();
+        c.query_row("SELECT seq FROM shared_usage WHERE id = 1", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|v| v as u64)
+        .map_err(failed)
     }
 
     fn usage(&self, q: &UsageQuery) -> Result<Vec<(String, UsageCounts)>, StoreError> {

@@ -45,6 +45,13 @@ pub const MIGRATIONS: &[&str] = &[
         count   INTEGER NOT NULL,
         PRIMARY KEY (hour_ms, tenant, key, pool, model, code)
     ) WITHOUT ROWID;",
+    // 2: the place in the cluster's shared usage log of the last batch added, kept
+    // with the batches (so each is added once)
+    "CREATE TABLE shared_usage (
+        id  INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO shared_usage (id, seq) VALUES (1, 0);",
 ];
 
 pub enum Error {

@@ -176,3 +176,32 @@ fn rusqlite_free_bump(db: &std::path::Path) -> bool {
     std::fs::write(db, bytes).unwrap();
     true
 }
+
+#[test]
+fn a_shared_batch_is_added_once_whatever_is_delivered_again() {
+    let d = dir();
+    let s = SqliteStore::open(&d).unwrap();
+    assert_eq!(s.shared_usage_seq().unwrap(), 0);
+    let batch = [(uk(10, "acme", "-"), counts(1, 5, 5, None))];
+    assert!(s.add_shared_usage(1, &batch).unwrap());
+    assert!(s.add_shared_usage(2, &batch).unwrap());
+    // a redelivery (a follower that restarted before it recorded its place) is skipped
+    assert!(!s.add_shared_usage(2, &batch).unwrap());
+    assert!(!s.add_shared_usage(1, &batch).unwrap());
+    drop(s);
+    let s = SqliteStore::open(&d).unwrap();
+    assert_eq!(
+        s.shared_usage_seq().unwrap(),
+        2,
+        "the place survives a reopen"
+    );
+    let q = UsageQuery {
+        from_ms: 0,
+        to_ms: 100 * 3_600_000,
+        tenant: None,
+        group_by: UsageGroupBy::Tenant,
+    };
+    assert_eq!(s.usage(&q).unwrap()[0].1.tasks, 2);
+    drop(s);
+    let _ = std::fs::remove_dir_all(d);
+}

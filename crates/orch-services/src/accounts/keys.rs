@@ -464,6 +464,16 @@ mod tests {
         fn tokens_by_tenant(&self, _: u64) -> Result<Vec<(String, u64)>, StoreError> {
             Ok(Vec::new())
         }
+        fn add_shared_usage(
+            &self,
+            _: u64,
+            _: &[(UsageKey, UsageCounts)],
+        ) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        fn shared_usage_seq(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
     }
 
     fn shared(key: &str, revoked: bool) -> StoredKey {

@@ -74,4 +74,14 @@ pub trait AccountStore: Send + Sync + 'static {
     fn usage(&self, q: &UsageQuery) -> Result<Vec<(String, UsageCounts)>, StoreError>;
     /// Prompt plus output tokens per tenant since `since_ms` (budgets start from it).
     fn tokens_by_tenant(&self, since_ms: u64) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Add a batch of the cluster's shared usage log, once: with the batch, the store
+    /// records `seq` (its place in the log) in the same transaction, and skips a batch
+    /// at or below the place it recorded. True when the batch was added.
+    fn add_shared_usage(
+        &self,
+        seq: u64,
+        rows: &[(UsageKey, UsageCounts)],
+    ) -> Result<bool, StoreError>;
+    /// The place in the cluster's shared usage log of the last batch added (0: none).
+    fn shared_usage_seq(&self) -> Result<u64, StoreError>;
 }
