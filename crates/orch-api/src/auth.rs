@@ -55,6 +55,9 @@ pub fn required_role(path: &str, metrics_admin_only: bool) -> Option<Role> {
         "/metrics" if !metrics_admin_only => None,
         "/metrics" => Some(Role::Admin),
         p if p.starts_with("/openapi/") => None,
+        // the console's page, script and style hold no data (what it shows comes
+        // from /v1/console with the operator's key)
+        "/console" | "/console/app.js" | "/console/app.css" => None,
         p if p == "/v1/pools" || p.starts_with("/v1/pools/") => Some(Role::Admin),
         p if p == "/v1/replicasets" || p.starts_with("/v1/admin/") => Some(Role::Admin),
         _ => Some(Role::Client),

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod browser;
 pub mod conn;
+pub mod console;
 pub mod control;
 pub mod correlation;
 pub mod data;
@@ -115,6 +116,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(accounts::revoke_key),
         )
         .route("/v1/usage", get(accounts::usage))
+        .route("/v1/console", get(console::snapshot))
+        .route("/console", get(console::page))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .route("/v1/capabilities", get(control::capabilities))
         .route("/openapi/data.yaml", get(openapi::serve_data))
         .route("/openapi/control.yaml", get(openapi::serve_control))

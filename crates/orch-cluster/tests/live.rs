@@ -51,7 +51,18 @@ async fn a_lease_is_held_by_one_renewed_by_revision_and_expires_unrenewed() {
     let n = Nats::start("lease").await;
     let c = connect(&n).await;
     let leases = c.leases(Duration::from_secs(2)).await.unwrap();
-    let mut a = leases.acquire("pool.p", "instance-a").await.unwrap();
+    // a bucket made a moment ago can answer "no responders" while its replicas elect
+    // a leader (seen once in CI): the first acquire tries again, as the leader
+    // election loop does
+    let t0 = std::time::Instant::now();
+    let mut a = loop {
+        match leases.acquire("pool.p", "instance-a").await {
+            Err(LeaseError::Unavailable { .. }) if t0.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert!(matches!(
         leases.acquire("pool.p", "instance-b").await,
         Err(LeaseError::Held(_))

@@ -6,6 +6,7 @@
 //! `serde`, `thiserror` and `uuid` only: no I/O, no async runtime, no HTTP.
 
 pub mod accounts;
+pub mod console;
 pub mod control;
 pub mod error;
 pub mod events;

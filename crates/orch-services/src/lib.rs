@@ -17,6 +17,8 @@
 //! * `streaming`, `admission`, `control`, [`manager`], `gauges` — readers,
 //!   admission, control views and drain, replica supervision and reload, gauges
 //!   republished from pool snapshots and engines;
+//! * `console` — the operator console's snapshot and its sampler (`recent`, on the
+//!   pool's layer, keeps what it charts);
 //! * `orchestrator` — the data-plane facade ([`Orchestrator`]), which nothing here
 //!   imports.
 //!
@@ -32,6 +34,7 @@ pub mod accounts;
 mod admission;
 pub mod auth;
 pub mod config;
+mod console;
 mod control;
 mod core;
 mod gauges;
@@ -42,6 +45,7 @@ pub mod manager;
 pub mod metrics;
 mod orchestrator;
 mod pool;
+mod recent;
 mod registry;
 mod runner;
 mod sessions;

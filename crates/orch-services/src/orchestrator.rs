@@ -53,6 +53,7 @@ impl Orchestrator {
             Arc::downgrade(&core),
             core.cfg.sweep_interval,
         ));
+        tokio::spawn(crate::console::sampler(Arc::downgrade(&core)));
         Self { core }
     }
 
@@ -67,6 +68,11 @@ impl Orchestrator {
     /// before serving). Without it, budgets are not enforced and nothing is recorded.
     pub fn set_accounts(&self, accounts: Arc<crate::accounts::Accounts>) -> Result<(), OrchError> {
         self.core.set_accounts(accounts)
+    }
+
+    /// The operator console's snapshot for `caller` (`GET /v1/console`).
+    pub fn console(&self, caller: &Caller) -> orch_domain::console::ConsoleView {
+        crate::console::view(&self.core, caller)
     }
 
     /// The accounts, when set.

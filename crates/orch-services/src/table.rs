@@ -58,6 +58,8 @@ struct Inner {
     live: watch::Sender<usize>,
     bounds: Retention,
     record_ttl: Duration,
+    /// What the console shows of ended tasks.
+    recent: crate::recent::Recent,
 }
 
 /// See the module docs. Cheap to clone.
@@ -78,6 +80,7 @@ impl Inner {
     /// A task ended: count it out and retain its frames, within bounds.
     fn ended(&self, rec: &Arc<TaskRecord>) {
         self.live.send_modify(|n| *n = n.saturating_sub(1));
+        self.recent.ended(rec);
         let bytes = rec.log.bytes();
         let mut victims = Vec::new();
         {
@@ -143,8 +146,14 @@ impl TaskTable {
                 live: watch::Sender::new(0),
                 bounds,
                 record_ttl,
+                recent: crate::recent::Recent::default(),
             }),
         }
+    }
+
+    /// What the console shows of ended tasks and the last minutes.
+    pub(crate) fn recent(&self) -> &crate::recent::Recent {
+        &self.inner.recent
     }
 
     /// The hook records call when they end.

@@ -414,6 +414,19 @@ impl Tenants {
         changed
     }
 
+    /// Every tenant known now (configured, or seen since start), by name.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The tenant called `name`, created with the defaults if it is new.
     pub fn get(&self, name: &str) -> Arc<Tenant> {
         if let Some(t) = self.map.read().unwrap_or_else(|p| p.into_inner()).get(name) {

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("sessions", 1),
     ("tenants", 1),
     ("pool", 2),
+    ("recent", 2),
     ("runner", 3),
     ("home", 3),
     ("table", 4),
@@ -28,7 +29,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("control", 7),
     ("manager", 7),
     ("gauges", 7),
-    ("orchestrator", 8),
+    ("console", 8),
+    ("orchestrator", 9),
 ];
 
 fn src() -> PathBuf {

@@ -60,6 +60,7 @@ struct DataApi;
         crate::accounts::create_key,
         crate::accounts::list_keys,
         crate::accounts::revoke_key,
+        crate::console::snapshot,
         ops::livez,
         ops::readyz,
         ops::metrics
@@ -87,6 +88,7 @@ fn req_id(op: &str) -> Option<&'static str> {
         "reloadConfig" => "ORCH-2106",
         "createKey" | "listKeys" | "revokeKey" => "ORCH-2107",
         "getUsage" => "ORCH-2108",
+        "getConsole" => "ORCH-2109",
         _ => return None,
     })
 }

@@ -451,7 +451,31 @@ pub fn refresh_shares() {
     }
 }
 
-fn refresh(w: &mut ShareWindow) {
+/// Each tenant's share of the output tokens served in the last minute: (tenant,
+/// interactive share, batch share), by tenant name.
+pub fn shares() -> Vec<(String, f64, f64)> {
+    let mut g = SHARES.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(w) = g.as_mut() else {
+        return Vec::new();
+    };
+    let (per, total) = window_sums(w);
+    let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for ((tenant, prio), n) in per {
+        let t = total[priority_index(prio)];
+        let share = if t == 0 { 0.0 } else { n as f64 / t as f64 };
+        let e = out.entry(tenant).or_default();
+        if prio == PRIORITIES[0] {
+            e.0 = share;
+        } else {
+            e.1 = share;
+        }
+    }
+    out.into_iter().map(|(t, (i, b))| (t, i, b)).collect()
+}
+
+/// Drop buckets that left the window; the tokens per (tenant, priority) in it and
+/// each priority's total.
+fn window_sums(w: &mut ShareWindow) -> (HashMap<ShareKey, u64>, [u64; 2]) {
     let now = w.epoch.elapsed().as_secs() / SHARE_BUCKET_SECS;
     let keep = SHARE_WINDOW_SECS / SHARE_BUCKET_SECS;
     while w.buckets.front().is_some_and(|(b, _)| b + keep <= now) {
@@ -467,6 +491,11 @@ fn refresh(w: &mut ShareWindow) {
             }
         }
     }
+    (per, total)
+}
+
+fn refresh(w: &mut ShareWindow) {
+    let (per, total) = window_sums(w);
     for k in per.keys() {
         w.seen.insert(k.clone(), ());
     }
