@@ -369,3 +369,76 @@ async fn the_console_shows_the_apis_numbers_drains_and_cancels_and_keeps_tenants
     assert_eq!(st["state"], "running", "{st}");
     d.cmd("DELETE", "", json!({})).await;
 }
+
+/// `GET /v1/console` over HTTP (no browser): a client key limited to one pool sees
+/// its own tenant's tasks in that pool only, that pool only, no replica endpoints and
+/// no server-wide series; an admin sees every task, pool and the series.
+#[tokio::test]
+async fn a_client_keys_snapshot_holds_its_tenant_and_pools_only() {
+    let scoped = format!("{}pools = [\"a\"]\n", key_entry(ALICE, "alice", "client"));
+    let pool = |id: &str| {
+        format!("[[pools]]\nid = \"{id}\"\nengine = \"mock\"\nmodel = \"mock-model\"\n[pools.mock]\nslots = 2\ntokens_per_sec = 4.0\nttft_ms = 5\ntokens = 400\n")
+    };
+    let cfg = format!(
+        "{}{}{}[server]\nkeepalive_ms = 200\n{}{}",
+        key_entry(ADMIN, "ops", "admin"),
+        scoped,
+        key_entry(BOB, "bob", "client"),
+        pool("a"),
+        pool("b")
+    );
+    let s = start(&cfg).await;
+    let pinned = |p: &str, prompt: &str| {
+        let mut t = task(prompt, 400, "interactive");
+        t["placement"] = json!({"pin_pool_id": p});
+        t
+    };
+    let post = |key: &'static str, body: Value| {
+        s.http
+            .post(s.url("/v1/tasks"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let mine = post(ALICE, pinned("a", "alice in a")).await.unwrap();
+    assert_eq!(mine.status(), 202);
+    let mine = mine.json::<Value>().await.unwrap()["task_id"].clone();
+    let theirs = post(BOB, pinned("b", "bob in b")).await.unwrap();
+    assert_eq!(theirs.status(), 202);
+    let also = post(BOB, pinned("a", "bob in a")).await.unwrap();
+    assert_eq!(also.status(), 202);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let v = s.get_json_as("/v1/console", ALICE).await;
+    assert_eq!(v["role"], "client");
+    let ids: Vec<&Value> = v["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["task_id"])
+        .collect();
+    assert_eq!(ids, [&mine], "{v}");
+    let pools: Vec<&str> = v["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(pools, ["a"]);
+    assert!(v["pools"][0]["replicas"][0]["endpoint"].is_null(), "{v}");
+    assert_eq!(v["series"], json!([]));
+    let tenants: Vec<&str> = v["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["alice"]);
+    let a = s.get_json_as("/v1/console", ADMIN).await;
+    assert_eq!(a["tasks_total"], 3, "{a}");
+    assert_eq!(a["pools"].as_array().unwrap().len(), 2);
+    assert!(
+        !a["series"].as_array().unwrap().is_empty(),
+        "the admin sees the series"
+    );
+    assert!(a["pools"][0]["replicas"][0]["endpoint"].is_string());
+}

@@ -17,11 +17,14 @@ pub struct ConsoleView {
     pub role: String,
     pub pools: Vec<PoolView>,
     pub tenants: Vec<ConsoleTenant>,
-    /// Queued and running tasks, oldest first.
+    /// Queued and running tasks, oldest first (at most 500).
     pub tasks: Vec<ConsoleTask>,
+    /// How many queued and running tasks the caller may see in all.
+    pub tasks_total: usize,
     /// The most recent failed tasks, newest first.
     pub failures: Vec<ConsoleFailure>,
-    /// One point a second over the last five minutes, oldest first.
+    /// One point a second over the last five minutes, oldest first (the whole
+    /// server's: admins only; empty for a client key).
     pub series: Vec<ConsolePoint>,
 }
 
@@ -50,13 +53,14 @@ pub struct ConsoleTask {
     pub replica_id: Option<String>,
     pub state: TaskState,
     pub priority: Priority,
-    /// With a queued task: its place and predicted start.
+    /// With a queued task: its place and predicted start, as its pool last
+    /// estimated them (each `metrics_frame_interval_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_start_ms: Option<u64>,
     pub tokens_out: u32,
-    /// Tokens per second since its first token's run began (0 while queued).
+    /// Tokens per second since it first went to an engine (0 while queued).
     pub tokens_per_s: f64,
     /// Since admission.
     pub age_ms: u64,
@@ -78,12 +82,13 @@ pub struct ConsoleFailure {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConsolePoint {
     pub at_ms: u64,
-    /// Tokens streamed in that second, all pools.
+    /// Tokens streamed to clients in that second by this process, all pools.
     pub tokens_per_s: u64,
     pub queue_depth: u32,
     pub running: u32,
-    /// Time to first token of the tasks that ended in the ten seconds before, p50 and
-    /// p99 (absent with none).
+    /// Time to first token (admission to the first token handed to the client) of
+    /// the tasks whose first token came in the ten seconds before, p50 and p99
+    /// (absent with none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttft_p50_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

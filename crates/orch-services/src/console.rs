@@ -4,8 +4,9 @@
 //!
 //! Owns: nothing but the sampler task; everything shown is read from the modules
 //! that own it (pool snapshots, tenants, the task table, `recent`).
-//! Never: shows a client key another tenant's task or failure, or a replica's
-//! endpoint, pid or last error.
+//! Never: shows a client key another tenant's task or failure, a pool its key may
+//! not use, a replica's endpoint, pid or last error, or the server-wide series
+//! (those are an admin's); a key limited to pools sees only their tasks.
 
 use crate::auth::Caller;
 use crate::core::Core;
@@ -15,6 +16,9 @@ use std::collections::BTreeSet;
 use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Most tasks a snapshot lists (the oldest; `tasks_total` counts them all).
+const TASKS_SHOWN: usize = 500;
+
 /// Sample the series once a second until the services are gone.
 pub(crate) async fn sampler(core: Weak<Core>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -22,19 +26,13 @@ pub(crate) async fn sampler(core: Weak<Core>) {
     loop {
         tick.tick().await;
         let Some(c) = core.upgrade() else { return };
-        let live: u64 = c
-            .table
-            .live_records()
-            .iter()
-            .map(|r| u64::from(r.tokens_out()))
-            .sum();
         let (mut depth, mut running) = (0u32, 0u32);
         for p in c.pools.all() {
             let s = p.snapshot();
             depth += s.queue_depth;
             running += s.running;
         }
-        c.table.recent().sample(live, depth, running);
+        c.table.recent().sample(depth, running);
     }
 }
 
@@ -55,7 +53,7 @@ pub(crate) fn view(core: &Core, caller: &Caller) -> ConsoleView {
         .table
         .live_records()
         .iter()
-        .filter(|r| caller.may_see(&r.tenant))
+        .filter(|r| caller.may_see(&r.tenant) && caller.may_use_pool(&r.pool_id))
         .map(|r| {
             let state = r.state();
             let (pos, eta) = r.estimate();
@@ -71,22 +69,22 @@ pub(crate) fn view(core: &Core, caller: &Caller) -> ConsoleView {
                 queue_position: (state == TaskState::Queued).then_some(pos),
                 predicted_start_ms: (state == TaskState::Queued).then_some(eta),
                 tokens_out: tokens,
-                tokens_per_s: if tokens > 0 && age.as_secs_f64() > 0.0 {
-                    f64::from(tokens) / age.as_secs_f64()
-                } else {
-                    0.0
+                tokens_per_s: match r.started_at().map(|t| t.elapsed().as_secs_f64()) {
+                    Some(run) if tokens > 0 && run > 0.0 => f64::from(tokens) / run,
+                    _ => 0.0,
                 },
                 age_ms: age.as_millis() as u64,
             }
         })
         .collect();
     tasks.sort_by_key(|t| std::cmp::Reverse(t.age_ms));
+    let tasks_total = tasks.len();
+    tasks.truncate(TASKS_SHOWN);
     let shares = crate::metrics::shares();
     let mut names: BTreeSet<String> = BTreeSet::new();
     if caller.is_admin() {
+        // the tenants this instance knows (configured, or seen); never made here
         names.extend(core.tenants.names());
-        names.extend(shares.iter().map(|s| s.0.clone()));
-        names.extend(tasks.iter().map(|t| t.tenant.clone()));
     } else {
         names.insert(caller.tenant.to_string());
     }
@@ -110,7 +108,13 @@ pub(crate) fn view(core: &Core, caller: &Caller) -> ConsoleView {
             }
         })
         .collect();
-    let (failures, series) = core.table.recent().view(|t| caller.may_see(t));
+    let (failures, mut series) = core
+        .table
+        .recent()
+        .view(|f| caller.may_see(&f.tenant) && caller.may_use_pool(&f.pool_id));
+    if !caller.is_admin() {
+        series.clear();
+    }
     ConsoleView {
         at_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -120,6 +124,7 @@ pub(crate) fn view(core: &Core, caller: &Caller) -> ConsoleView {
         pools,
         tenants,
         tasks,
+        tasks_total,
         failures,
         series,
     }

@@ -22,23 +22,56 @@ async function api(method, path, body) {
   return { status: r.status, data };
 }
 
+// A row's cells are made once and then only their text changes, so focus, a click
+// in progress and the layout survive each refresh.
 function cell(tr, text, cls) {
-  const td = document.createElement("td");
-  td.textContent = text === undefined || text === null ? "–" : String(text);
-  if (cls) td.className = cls;
-  tr.appendChild(td);
+  const i = tr.dataset.fill === undefined ? 0 : Number(tr.dataset.fill);
+  let td = tr.children[i];
+  if (!td) {
+    td = document.createElement("td");
+    tr.appendChild(td);
+  }
+  const t = text === undefined || text === null ? "–" : String(text);
+  if (td.textContent !== t) td.textContent = t;
+  if (cls !== undefined && td.className !== cls) td.className = cls;
+  tr.dataset.fill = String(i + 1);
   return td;
 }
 
-function fill(tbody, rows, build) {
-  const frag = document.createDocumentFragment();
-  for (const row of rows) frag.appendChild(build(row));
-  tbody.replaceChildren(frag);
+// Keep one row per key, in `rows`' order: existing rows are updated in place, new
+// ones made, gone ones removed; a row moves only when the order changed.
+function fill(tbody, rows, keyOf, update) {
+  const have = new Map();
+  for (const tr of tbody.rows) have.set(tr.dataset.key, tr);
+  let at = tbody.firstElementChild;
+  for (const row of rows) {
+    const k = keyOf(row);
+    let tr = have.get(k);
+    if (tr) have.delete(k);
+    else {
+      tr = document.createElement("tr");
+      tr.dataset.key = k;
+    }
+    tr.dataset.fill = "0";
+    update(tr, row);
+    if (tr === at) at = at.nextElementSibling;
+    else tbody.insertBefore(tr, at);
+  }
+  for (const tr of have.values()) tr.remove();
+}
+
+// Replace a select's options only when the list changed (an open drop-down keeps).
+function options(sel, items) {
+  const sig = items.map((i) => i[1]).join("\n");
+  if (sel.dataset.sig === sig) return;
+  const keep = sel.value;
+  sel.replaceChildren(...items.map(([label, value]) => new Option(label, value)));
+  sel.dataset.sig = sig;
+  if (items.some((i) => i[1] === keep)) sel.value = keep;
 }
 
 function renderPools(pools) {
-  fill($("pools").tBodies[0], pools, (p) => {
-    const tr = document.createElement("tr");
+  fill($("pools").tBodies[0], pools, (p) => p.id, (tr, p) => {
     tr.dataset.pool = p.id;
     cell(tr, p.id);
     cell(tr, p.model);
@@ -48,26 +81,15 @@ function renderPools(pools) {
     cell(tr, (p.slots_total - p.slots_free) + " / " + p.slots_total, "n").dataset.k = "slots";
     cell(tr, p.queue_depth + " / " + p.queue_capacity, "n").dataset.k = "queue";
     cell(tr, p.replicas.map((r) => r.id + " (" + r.state + ", " + (r.slots_total - r.slots_free) + "/" + r.slots_total + ")").join(", ")).dataset.k = "replicas";
-    return tr;
   });
-  // keep a choice made in a form across refreshes
-  for (const sel of document.querySelectorAll(".pool-select")) {
-    const keep = sel.value;
-    sel.replaceChildren(...pools.map((p) => new Option(p.id, p.id)));
-    if (pools.some((p) => p.id === keep)) sel.value = keep;
-  }
-  const rs = $("remove-replica");
-  const keep = rs.value;
-  const reps = pools.flatMap((p) => p.replicas.map((r) => [p.id, r.id]));
-  rs.replaceChildren(...reps.map(([p, r]) => new Option(p + " / " + r, p + "\u0000" + r)));
-  if (reps.some(([p, r]) => p + "\u0000" + r === keep)) rs.value = keep;
+  for (const sel of document.querySelectorAll(".pool-select")) options(sel, pools.map((p) => [p.id, p.id]));
+  options($("remove-replica"), pools.flatMap((p) => p.replicas.map((r) => [p.id + " / " + r.id, p.id + "\u0000" + r.id])));
 }
 
 function pct(x) { return (100 * x).toFixed(0) + "%"; }
 
 function renderTenants(tenants) {
-  fill($("tenants").tBodies[0], tenants, (t) => {
-    const tr = document.createElement("tr");
+  fill($("tenants").tBodies[0], tenants, (t) => t.tenant, (tr, t) => {
     tr.dataset.tenant = t.tenant;
     cell(tr, t.tenant);
     cell(tr, t.weight, "n");
@@ -76,14 +98,12 @@ function renderTenants(tenants) {
     cell(tr, t.queued, "n").dataset.k = "queued";
     const q = Object.entries(t.quotas).map(([k, v]) => k + " " + v).join(", ");
     cell(tr, q || "none");
-    return tr;
   });
 }
 
-function renderTasks(tasks) {
-  $("task-count").textContent = "(" + tasks.length + ")";
-  fill($("tasks").tBodies[0], tasks, (t) => {
-    const tr = document.createElement("tr");
+function renderTasks(tasks, total) {
+  $("task-count").textContent = "(" + total + (total > tasks.length ? ", oldest " + tasks.length + " shown" : "") + ")";
+  fill($("tasks").tBodies[0], tasks, (t) => t.task_id, (tr, t) => {
     tr.dataset.task = t.task_id;
     cell(tr, t.task_id.slice(0, 8)).title = t.task_id;
     cell(tr, t.tenant);
@@ -95,38 +115,48 @@ function renderTasks(tasks) {
     cell(tr, t.tokens_out, "n").dataset.k = "tokens";
     cell(tr, t.tokens_per_s.toFixed(1), "n");
     cell(tr, (t.age_ms / 1000).toFixed(1), "n");
-    const td = document.createElement("td");
-    const b = document.createElement("button");
-    b.type = "button";
-    b.textContent = "Cancel…";
-    b.setAttribute("aria-label", "Cancel task " + t.task_id);
-    b.dataset.cancel = t.task_id;
-    td.appendChild(b);
-    tr.appendChild(td);
-    return tr;
+    if (!tr.querySelector("button")) {
+      const td = document.createElement("td");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = "Cancel…";
+      b.setAttribute("aria-label", "Cancel task " + t.task_id);
+      b.dataset.cancel = t.task_id;
+      td.appendChild(b);
+      tr.appendChild(td);
+    }
   });
 }
 
 function renderFailures(failures) {
-  fill($("failures").tBodies[0], failures, (f) => {
-    const tr = document.createElement("tr");
+  fill($("failures").tBodies[0], failures, (f) => f.task_id, (tr, f) => {
     cell(tr, new Date(f.at_ms).toLocaleTimeString());
     cell(tr, f.task_id.slice(0, 8)).title = f.task_id;
     cell(tr, f.tenant);
     cell(tr, f.pool_id);
     cell(tr, f.code);
-    return tr;
   });
 }
 
+// A line over the values; a missing value breaks it (no data is not zero).
 function line(svg, values, cls) {
   const max = Math.max(1, ...values.filter((v) => v !== null && v !== undefined));
   const n = values.length;
-  const pts = values.map((v, i) => (n < 2 ? 0 : (300 * i) / (n - 1)).toFixed(1) + "," + (58 - (56 * (v || 0)) / max).toFixed(1)).join(" ");
-  const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-  pl.setAttribute("points", pts);
-  if (cls) pl.setAttribute("class", cls);
-  svg.appendChild(pl);
+  let run = [];
+  const flush = () => {
+    if (run.length > 0) {
+      const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+      pl.setAttribute("points", run.join(" "));
+      if (cls) pl.setAttribute("class", cls);
+      svg.appendChild(pl);
+    }
+    run = [];
+  };
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) return flush();
+    run.push((n < 2 ? 0 : (300 * i) / (n - 1)).toFixed(1) + "," + (58 - (56 * v) / max).toFixed(1));
+  });
+  flush();
 }
 
 function renderSeries(series) {
@@ -147,7 +177,8 @@ function render(s) {
   for (const f of document.querySelectorAll("form.admin")) f.hidden = !admin;
   renderPools(s.pools);
   renderTenants(s.tenants);
-  renderTasks(s.tasks);
+  renderTasks(s.tasks, s.tasks_total);
+  $("charts").hidden = !admin;
   renderFailures(s.failures);
   renderSeries(s.series);
   $("status").textContent = "tenant " + s.tenant + " (" + s.role + "), updated " + new Date(s.at_ms).toLocaleTimeString();
@@ -163,9 +194,11 @@ async function poll() {
       $("forget").hidden = !key();
       render(r.data);
     } else if (r.status === 401) {
+      const refused = key() !== null;
+      sessionStorage.removeItem(KEY);
       $("app").hidden = true;
       $("key-form").hidden = false;
-      $("status").textContent = key() ? "the key was refused" : "a key is needed";
+      $("status").textContent = refused ? "the key was refused" : "a key is needed";
     } else {
       $("status").textContent = "the server answered " + r.status + (r.data && r.data.message ? ": " + r.data.message : "");
     }
@@ -174,11 +207,21 @@ async function poll() {
   }
 }
 
+let askedFrom = null;
+
 function ask(text, run) {
   pending = run;
+  askedFrom = document.activeElement;
   $("confirm-text").textContent = text;
   $("confirm").hidden = false;
   $("confirm-yes").focus();
+}
+
+function closeConfirm() {
+  pending = null;
+  $("confirm").hidden = true;
+  if (askedFrom && document.contains(askedFrom)) askedFrom.focus();
+  askedFrom = null;
 }
 
 async function done(r, what) {
@@ -196,11 +239,11 @@ function wire() {
     poll();
   });
   $("forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); location.reload(); });
-  $("confirm-no").addEventListener("click", () => { pending = null; $("confirm").hidden = true; });
+  $("confirm-no").addEventListener("click", closeConfirm);
+  $("confirm").addEventListener("keydown", (e) => { if (e.key === "Escape") closeConfirm(); });
   $("confirm-yes").addEventListener("click", async () => {
     const run = pending;
-    pending = null;
-    $("confirm").hidden = true;
+    closeConfirm();
     if (run) await run();
   });
   $("f-drain").addEventListener("submit", (e) => {
@@ -226,6 +269,7 @@ function wire() {
   $("f-remove").addEventListener("submit", (e) => {
     e.preventDefault();
     const [pool, rep] = $("remove-replica").value.split("\u0000");
+    if (!pool || !rep) return;
     ask("Remove replica " + rep + " from pool " + pool + "? Its running tasks get 60 s.", async () =>
       done(await api("DELETE", "/v1/pools/" + encodeURIComponent(pool) + "/replicas/" + encodeURIComponent(rep)), "remove " + rep));
   });
@@ -244,6 +288,11 @@ function wire() {
   });
 }
 
+// one poll at a time: the next starts a second after the last answer
+async function loop() {
+  await poll();
+  setTimeout(loop, 1000);
+}
+
 wire();
-poll();
-setInterval(poll, 1000);
+loop();

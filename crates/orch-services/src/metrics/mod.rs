@@ -252,6 +252,7 @@ impl Where {
 
     pub fn first_token_ms(&self, priority: &str, ms: f64) {
         histogram!(LATENCY_FIRST_TOKEN, &self.per_pool(priority)).record(ms);
+        console::first_token(ms);
     }
 
     pub fn decode_ms(&self, priority: &str, ms: f64) {
@@ -507,5 +508,6 @@ fn refresh(w: &mut ShareWindow) {
     }
 }
 
+pub mod console;
 mod deadlines;
 pub use deadlines::{deadline_outcome, publish_deadlines, DEADLINE_WINDOW_SECS};

@@ -102,6 +102,7 @@ pub(super) struct Attempt<'a> {
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
         self.tokens_out.increment(self.unflushed);
+        crate::metrics::console::streamed(self.unflushed);
     }
 }
 
@@ -243,6 +244,7 @@ impl<'a> Attempt<'a> {
         self.unflushed += 1;
         if self.unflushed == TOKEN_METRIC_BATCH {
             self.tokens_out.increment(self.unflushed);
+            crate::metrics::console::streamed(self.unflushed);
             self.unflushed = 0;
         }
     }

@@ -156,6 +156,8 @@ pub struct TaskRecord {
     on_end: Option<EndHook>,
     settlement: Mutex<Option<Settlement>>,
     first_token: std::sync::OnceLock<FirstToken>,
+    /// When the task first went to an engine.
+    started_at: std::sync::OnceLock<Instant>,
     first_token_taken: std::sync::atomic::AtomicBool,
     /// What another run streamed before this one takes the generation over.
     resumed: Mutex<Option<Resumed>>,
@@ -236,6 +238,7 @@ impl TaskRecord {
             on_end,
             settlement: Mutex::new(None),
             first_token: std::sync::OnceLock::new(),
+            started_at: std::sync::OnceLock::new(),
             first_token_taken: std::sync::atomic::AtomicBool::new(false),
             resumed: Mutex::new(None),
         }
@@ -327,6 +330,7 @@ impl TaskRecord {
         }
         m.phase = Phase::Running;
         m.replica_id = Some(replica_id.to_string());
+        let _ = self.started_at.set(Instant::now());
         if m.engine.0 != engine || m.engine.1 != engine_version {
             m.engine = (engine.to_string(), engine_version.to_string());
         }
@@ -362,6 +366,11 @@ impl TaskRecord {
     /// Count one streamed token; returns its 0-based index.
     pub fn add_token(&self) -> u32 {
         self.tokens_out.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// When the task first went to an engine (`None` while it waited).
+    pub fn started_at(&self) -> Option<Instant> {
+        self.started_at.get().copied()
     }
 
     /// Tokens streamed so far (the one counter).

@@ -53,6 +53,7 @@ impl Actor {
                 let sd = ((waves * svc_sd).powi(2) + (tok_sd * tokens).powi(2)).sqrt();
                 on_time_probability(eta as f64 + decode, sd, left)
             });
+            q.rec.set_estimate(position, eta);
             q.rec.emit(&StreamEvent::Metrics(MetricsFrame {
                 queue_depth: depth,
                 queue_position: Some(position),
