@@ -54,13 +54,8 @@ async fn run_as(s: &TestServer, key: &str, prompt: &str, max_tokens: u32) -> Val
     assert_eq!(r.status(), 202);
     let a: Value = r.json().await.unwrap();
     let id = a["task_id"].as_str().unwrap();
-    let text = s
-        .http
-        .get(s.url(&format!("/v1/tasks/{id}/stream")))
-        .bearer_auth(key)
-        .send()
+    let text = get_as(s, key, &format!("/v1/tasks/{id}/stream"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -70,14 +65,26 @@ async fn run_as(s: &TestServer, key: &str, prompt: &str, max_tokens: u32) -> Val
     end.data.clone()
 }
 
-async fn usage(s: &TestServer, key: &str, query: &str) -> Value {
-    let r = s
-        .http
-        .get(s.url(&format!("/v1/usage{query}")))
+async fn get_as(s: &TestServer, key: &str, path: &str) -> reqwest::Response {
+    s.http
+        .get(s.url(path))
         .bearer_auth(key)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn delete_as(s: &TestServer, key: &str, path: &str) -> reqwest::Response {
+    s.http
+        .delete(s.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn usage(s: &TestServer, key: &str, query: &str) -> Value {
+    let r = get_as(s, key, &format!("/v1/usage{query}")).await;
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -105,13 +112,7 @@ async fn a_created_key_works_at_once_its_expiry_ends_it_and_a_revoked_key_is_ref
     assert_eq!(caps["tenant"]["tenant"], "acme");
     let r = submit_as(&s, &key, &task("x", 1, "batch")).await;
     assert_eq!(r.status(), 403, "the key may not submit batch");
-    let r = s
-        .http
-        .get(s.url("/v1/pools"))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&s, &key, "/v1/pools").await;
     assert_eq!(r.status(), 403, "a client key on the control plane");
     // listed with its last use, never with the key
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -144,13 +145,7 @@ async fn a_created_key_works_at_once_its_expiry_ends_it_and_a_revoked_key_is_ref
         202
     );
     let fp = other["fingerprint"].as_str().unwrap();
-    let r = s
-        .http
-        .delete(s.url(&format!("/v1/admin/keys/{fp}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = delete_as(&s, ADMIN, &format!("/v1/admin/keys/{fp}")).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert!(v["revoked_at"].is_string());
@@ -167,13 +162,7 @@ async fn a_created_key_works_at_once_its_expiry_ends_it_and_a_revoked_key_is_ref
         .unwrap();
     envelope(r, 403, "FORBIDDEN").await;
     let cfg_fp = orch_services::auth::fingerprint(GLOBEX);
-    let r = s
-        .http
-        .delete(s.url(&format!("/v1/admin/keys/{cfg_fp}")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let r = delete_as(&s, ADMIN, &format!("/v1/admin/keys/{cfg_fp}")).await;
     envelope(r, 409, "CONFLICT").await;
     assert_eq!(
         submit_as(&s, GLOBEX, &task("c", 1, "batch")).await.status(),
@@ -203,13 +192,7 @@ async fn a_client_sees_only_its_tenants_usage_and_gets_csv_on_request() {
     assert_eq!(rows[0]["group"], acme["fingerprint"]);
     assert_eq!(rows[0]["tasks"], 3);
     assert_eq!(rows[0]["tokens_out"], want_out);
-    let r = s
-        .http
-        .get(s.url("/v1/usage?tenant=globex"))
-        .bearer_auth(acme_key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&s, acme_key, "/v1/usage?tenant=globex").await;
     envelope(r, 403, "FORBIDDEN").await;
     let all = usage(&s, ADMIN, "?group_by=tenant").await;
     let tenants: Vec<&str> = all["rows"]
@@ -325,13 +308,7 @@ async fn the_ledger_and_keys_survive_kill_9_and_a_restart_to_the_token() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut live = s
-        .http
-        .get(s.url(&format!("/v1/tasks/{id}/stream")))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let mut live = get_as(&s, &key, &format!("/v1/tasks/{id}/stream")).await;
     let mut seen = String::new();
     while !seen.contains("event: token") {
         let chunk = live.chunk().await.unwrap().expect("a token before the end");
@@ -426,13 +403,7 @@ async fn on_an_open_server_a_made_key_names_its_tenant_and_keeps_its_role() {
     let caps = s.get_json_as("/v1/capabilities", key).await;
     assert_eq!(caps["tenant"]["tenant"], "acme");
     assert_eq!(caps["tenant"]["role"], "client");
-    let r = s
-        .http
-        .get(s.url("/v1/pools"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&s, key, "/v1/pools").await;
     envelope(r, 403, "FORBIDDEN").await;
     // without a key it is the open server it was
     let r = s.http.get(s.url("/v1/pools")).send().await.unwrap();
@@ -446,13 +417,7 @@ async fn on_an_open_server_a_made_key_names_its_tenant_and_keeps_its_role() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = s
-        .http
-        .get(s.url("/v1/capabilities"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
+    let r = get_as(&s, key, "/v1/capabilities").await;
     envelope(r, 401, "UNAUTHENTICATED").await;
 }
 

@@ -23,6 +23,10 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 const BUCKET: &str = "ORCH_KEYS";
+/// How long a key's publication is tried before the call that made it fails.
+const PUBLISH_RETRY: Duration = Duration::from_secs(10);
+const PUBLISH_PAUSE: Duration = Duration::from_millis(50);
+const PUBLISH_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 /// A key as the bucket holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,12 +97,27 @@ impl KeyReplica for KvKeys {
     fn publish(&self, key: StoredKey) -> BoxFuture<'static, Result<(), StoreError>> {
         let kv = self.kv.clone();
         Box::pin(async move {
-            let body = serde_json::to_vec(&KeyRecord::from(&key))
-                .map_err(|e| StoreError::Failed(e.to_string()))?;
-            kv.put(kv_key(&key.fingerprint), body.into())
-                .await
-                .map(|_| ())
-                .map_err(|e| StoreError::Failed(format!("the cluster's key bucket: {e}")))
+            let body: bytes::Bytes = serde_json::to_vec(&KeyRecord::from(&key))
+                .map_err(|e| StoreError::Failed(e.to_string()))?
+                .into();
+            // a bucket can answer "no responders" for a moment (made a moment ago, or
+            // electing a leader after a server's loss): tried again for a while, as
+            // the other stores here are
+            let t0 = tokio::time::Instant::now();
+            let mut pause = PUBLISH_PAUSE;
+            loop {
+                match kv.put(kv_key(&key.fingerprint), body.clone()).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if t0.elapsed() < PUBLISH_RETRY => {
+                        tracing::debug!(error = %e, "the cluster's key bucket did not take a key yet; trying again");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(PUBLISH_PAUSE_MAX);
+                    }
+                    Err(e) => {
+                        return Err(StoreError::Failed(format!("the cluster's key bucket: {e}")))
+                    }
+                }
+            }
         })
     }
 }

@@ -7,6 +7,7 @@ mod auth;
 mod check;
 mod cluster;
 mod file;
+mod state;
 pub use auth::{AuthSection, KeyEntry, KeysFile, MetricsAccess};
 pub use cluster::ClusterSection;
 use orch_domain::FullPolicy;
@@ -442,25 +443,6 @@ fn valid_id(s: &str) -> bool {
 }
 
 impl Config {
-    /// The same config with the account store in a fresh directory under the system
-    /// temp dir, when it names none: for tests, benchmarks and embedders that start
-    /// several servers in one process (the store's lock keeps two out of one dir).
-    pub fn with_temp_state(mut self) -> Self {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        if self.server.state_dir.is_none() {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let dir = std::env::temp_dir().join(format!(
-                "orchestratord-state-{}-{}-{nanos}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            self.server.state_dir = Some(dir.to_string_lossy().into_owned());
-        }
-        self
-    }
-
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
