@@ -110,7 +110,7 @@ pub async fn create_key(
         .await
         .or_api(&cid)?;
     within_scope(&caller, &req).or_api(&cid)?;
-    let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let auth = crate::auth::current(&app.auth);
     let (key, view) = a
         .keys()
         .create(req, |fp| auth.keys.has_fingerprint(fp))
@@ -135,7 +135,7 @@ pub async fn list_keys(
     Extension(cid): Extension<CorrelationId>,
 ) -> ApiResult<Response> {
     let a = accounts(&app, &cid)?;
-    let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let auth = crate::auth::current(&app.auth);
     let mut keys: Vec<KeyView> = auth.keys.callers().iter().map(config_key_view).collect();
     keys.extend(a.keys().list());
     Ok(Json(KeyList { keys }).into_response())
@@ -155,7 +155,7 @@ pub async fn revoke_key(
     Path(fingerprint): Path<String>,
 ) -> ApiResult<Response> {
     let a = accounts(&app, &cid)?;
-    let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let auth = crate::auth::current(&app.auth);
     if auth.keys.has_fingerprint(&fingerprint) {
         return Err(ApiError::new(
             OrchError::new(

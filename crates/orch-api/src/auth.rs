@@ -38,6 +38,11 @@ pub struct AuthConfig {
 /// The live key ring: replaced as a whole by a reconfiguration, read per request.
 pub type SharedAuth = Arc<std::sync::RwLock<Arc<AuthConfig>>>;
 
+/// The key ring in force now (a reconfiguration swaps it as a whole).
+pub fn current(auth: &SharedAuth) -> Arc<AuthConfig> {
+    auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
 impl AuthConfig {
     pub fn open() -> SharedAuth {
         Self::default().shared()
@@ -137,7 +142,7 @@ pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -
 }
 
 async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Caller>, Response) {
-    let auth = app.auth.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let auth = current(&app.auth);
     let cid = req
         .extensions()
         .get::<CorrelationId>()

@@ -14,7 +14,7 @@ use orch_domain::console::{ConsoleTask, ConsoleTenant, ConsoleView};
 use orch_domain::TaskState;
 use std::collections::BTreeSet;
 use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Most tasks a snapshot lists (the oldest; `tasks_total` counts them all).
 const TASKS_SHOWN: usize = 500;
@@ -116,9 +116,7 @@ pub(crate) fn view(core: &Core, caller: &Caller) -> ConsoleView {
         series.clear();
     }
     ConsoleView {
-        at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        at_ms: crate::accounts::calendar::now_ms(),
         tenant: caller.tenant.to_string(),
         role: caller.role.as_str().to_string(),
         pools,

@@ -11,18 +11,11 @@ use orch_domain::console::{ConsoleFailure, ConsolePoint};
 use orch_domain::TaskState;
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Failed tasks kept.
 const FAILURES: usize = 50;
 /// Points kept (five minutes at one a second).
 const POINTS: usize = 300;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 #[derive(Default)]
 struct Inner {
@@ -54,7 +47,7 @@ impl Recent {
             tenant: s.tenant.to_string(),
             pool_id: s.pool_id.clone(),
             code: code.as_str().to_string(),
-            at_ms: now_ms(),
+            at_ms: crate::accounts::calendar::now_ms(),
         });
         g.failures.truncate(FAILURES);
     }
@@ -67,7 +60,7 @@ impl Recent {
         let per_s = g.last_streamed.map_or(0, |p| streamed.saturating_sub(p));
         g.last_streamed = Some(streamed);
         g.points.push_back(ConsolePoint {
-            at_ms: now_ms(),
+            at_ms: crate::accounts::calendar::now_ms(),
             tokens_per_s: per_s,
             queue_depth,
             running,

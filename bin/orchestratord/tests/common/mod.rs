@@ -53,10 +53,9 @@ pub fn fresh_state_dir() -> String {
 }
 
 pub async fn start_opts(toml: &str, skip_self_test: bool) -> TestServer {
-    let mut cfg = orchestratord::Config::parse(toml).expect("test config");
-    if cfg.server.state_dir.is_none() {
-        cfg.server.state_dir = Some(fresh_state_dir());
-    }
+    let cfg = orchestratord::Config::parse(toml)
+        .expect("test config")
+        .with_temp_state();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = orchestratord::StartOptions { skip_self_test };
     let server =

@@ -61,6 +61,16 @@ impl Entry {
         }
     }
 
+    /// This key revoked at `at_ms` (or when it already was), with its last use.
+    fn revoked(&self, at_ms: u64) -> Arc<Entry> {
+        let mut stored = self.stored.clone();
+        stored.revoked_ms.get_or_insert(at_ms);
+        let e = Entry::new(stored);
+        e.last_used
+            .store(self.last_used.load(Ordering::Acquire), Ordering::Release);
+        Arc::new(e)
+    }
+
     fn view(&self) -> KeyView {
         let s = &self.stored;
         let used = self.last_used.load(Ordering::Acquire);
@@ -198,11 +208,9 @@ impl ManagedKeys {
             Some(e) if e.revoked.load(Ordering::Acquire) || k.revoked_ms.is_none() => {}
             Some(e) => {
                 e.revoked.store(true, Ordering::Release);
-                let used = e.last_used.load(Ordering::Acquire);
-                let replaced = Entry::new(k);
-                replaced.last_used.store(used, Ordering::Release);
-                tracing::info!(key = %replaced.stored.fingerprint, "API key revoked on another instance");
-                map.insert(d, Arc::new(replaced));
+                let replaced = e.revoked(k.revoked_ms.unwrap_or_else(now_ms));
+                tracing::info!(key = %k.fingerprint, "API key revoked on another instance");
+                map.insert(d, replaced);
             }
             None => {
                 tracing::info!(key = %k.fingerprint, tenant = %k.tenant, "API key made on another instance");
@@ -299,9 +307,7 @@ impl ManagedKeys {
         entry.revoked.store(true, Ordering::Release);
         let now = now_ms();
         if let Some(r) = self.replica.get() {
-            let mut shared = entry.stored.clone();
-            shared.revoked_ms.get_or_insert(now);
-            r.publish(shared).await.map_err(|e| {
+            r.publish(entry.revoked(now).stored.clone()).await.map_err(|e| {
                 tracing::error!(key = %fingerprint, error = %e, "API key revoked here but not shared with the other instances; revoke it again");
                 store_error(e)
             })?;
@@ -314,23 +320,18 @@ impl ManagedKeys {
             tracing::error!(key = %fingerprint, "API key revoked here but not stored yet; retried each second");
             return Err(e);
         }
-        let mut stored = entry.stored.clone();
-        if stored.revoked_ms.is_none() {
-            stored.revoked_ms = Some(now);
-            let replaced = Arc::new(Entry::new(stored.clone()));
-            replaced
-                .last_used
-                .store(entry.last_used.load(Ordering::Acquire), Ordering::Release);
-            if let Some(d) = digest_bytes(&stored.digest) {
-                self.by_digest
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(d, replaced.clone());
-            }
-            tracing::info!(key = %fingerprint, tenant = %stored.tenant, "API key revoked");
-            return Ok(replaced.view());
+        if entry.stored.revoked_ms.is_some() {
+            return Ok(entry.view());
         }
-        Ok(entry.view())
+        let replaced = entry.revoked(now);
+        if let Some(d) = digest_bytes(&entry.stored.digest) {
+            self.by_digest
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d, replaced.clone());
+        }
+        tracing::info!(key = %fingerprint, tenant = %entry.stored.tenant, "API key revoked");
+        Ok(replaced.view())
     }
 
     /// Every key made here, oldest first.
