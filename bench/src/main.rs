@@ -1,4 +1,4 @@
-//! `orch-bench <latency|cpu|streams|admission|ledger|console|llama|llama-migration|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
+//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -16,6 +16,7 @@ mod mock;
 mod openai;
 mod prefix;
 mod stats;
+mod ttft;
 
 #[tokio::main]
 async fn main() {
@@ -35,12 +36,14 @@ async fn main() {
             }
         },
         "latency" => mock::latency::run().await,
+        "large" => mock::large::run().await,
         "cpu" => mock::cpu::run().await,
         "streams" => mock::streams::run().await,
         "admission" => mock::admission::run().await,
         "ledger" => mock::ledger::run().await,
         "console" => mock::console::run().await,
         "llama" => llama::throughput().await,
+        "llama-ttft" => ttft::run().await,
         "llama-migration" => migration::run().await,
         "openai" => openai::run().await,
         "prefix" => prefix::run().await,
@@ -60,7 +63,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | cpu | streams | admission | ledger | console | llama | llama-migration | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
+                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
             );
             std::process::exit(2);
         }

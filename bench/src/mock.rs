@@ -10,6 +10,7 @@
 pub mod admission;
 pub mod console;
 pub mod cpu;
+pub mod large;
 pub mod latency;
 pub mod ledger;
 pub mod streams;

@@ -2,9 +2,10 @@
 //! could follow it, or an old version): every spawned replica has a pid file
 //! `<pid_dir>/<owner pid>-<replica>.pid` holding `pid owner-pid binary-path`, removed
 //! when it stops. At start, [`reap`] stops each engine a pid file names if its owner is
-//! gone (another live orchestratord sharing the cache dir keeps its engines) and the
-//! process still runs the same binary (a recycled pid is never killed), and removes
-//! the file.
+//! gone (another live orchestratord sharing the cache dir keeps its engines), it is not
+//! a child of this process (a second server embedded in the same process keeps the
+//! first one's), and the process still runs the same binary (a recycled pid is never
+//! killed), and removes the file.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,18 @@ fn exe_of(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
 
+/// The parent pid of a live process (`/proc/<pid>/stat`, the field after the state).
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the command name may hold spaces and parentheses: read after the last ')'
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Stop engines named by pid files in `dir`; returns the pids stopped.
 pub fn reap(dir: &Path) -> Vec<u32> {
     let mut stopped = Vec::new();
@@ -45,6 +58,10 @@ pub fn reap(dir: &Path) -> Vec<u32> {
         let binary = parts.next().map(PathBuf::from);
         if owner.is_some_and(|o| o != std::process::id() && exe_of(o).is_some()) {
             continue; // a live orchestratord's engine: not ours to stop
+        }
+        if pid.is_some_and(|p| parent_of(p) == Some(std::process::id())) {
+            // our own child: another server embedded in this process runs it
+            continue;
         }
         if let (Some(pid), Some(binary)) = (pid, binary) {
             let same = exe_of(pid).is_some_and(|exe| {
@@ -65,4 +82,32 @@ pub fn reap(dir: &Path) -> Vec<u32> {
         let _ = std::fs::remove_file(&path);
     }
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_engine_this_process_runs_is_kept_and_a_dead_ones_file_removed() {
+        let dir = std::env::temp_dir().join(format!("orch-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let exe = exe_of(child.id()).expect("the child runs");
+        let ours = write_pid_file(&dir, "r0", child.id(), &exe).expect("pid file");
+        // a file whose engine has exited: nothing to stop, the file goes
+        let gone = write_pid_file(&dir, "r1", u32::MAX - 1, &exe).expect("pid file");
+        let stopped = reap(&dir);
+        let still_running = matches!(child.try_wait(), Ok(None));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(stopped.is_empty(), "stopped {stopped:?}");
+        assert!(still_running, "our own child was left running");
+        assert!(ours.exists(), "our child's pid file is kept");
+        assert!(!gone.exists(), "a dead engine's file is removed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
