@@ -1,4 +1,4 @@
-//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
+//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|prefix-observed|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -13,6 +13,7 @@ mod floor;
 mod llama;
 mod migration;
 mod mock;
+mod observed;
 mod openai;
 mod prefix;
 mod stats;
@@ -47,6 +48,7 @@ async fn main() {
         "llama-migration" => migration::run().await,
         "openai" => openai::run().await,
         "prefix" => prefix::run().await,
+        "prefix-observed" => observed::run().await,
         #[cfg(feature = "cluster")]
         "cluster" => cluster::run().await,
         #[cfg(feature = "cluster")]
@@ -63,7 +65,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
+                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | prefix-observed | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
             );
             std::process::exit(2);
         }

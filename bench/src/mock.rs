@@ -163,6 +163,11 @@ impl Server {
         crate::stats::proc_cpu_seconds(self.child.id())
     }
 
+    /// The process id (for `perf record -p`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn rss_mib(&self) -> f64 {
         crate::stats::rss_mib(self.child.id())
     }

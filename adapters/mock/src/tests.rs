@@ -158,3 +158,33 @@ async fn names_itself_mock() {
     assert_eq!(e.engine(), "mock");
     assert_eq!(e.properties().await.unwrap().engine, "mock");
 }
+
+#[test]
+fn the_fast_prompt_count_agrees_with_the_unicode_one() {
+    // words and runs of spaces of every length, across the 64-byte chunks
+    let long: String = (0..400)
+        .map(|i| {
+            format!(
+                "{}{}",
+                "w".repeat(i % 7 + 1),
+                [" ", "\t", "  ", "\n \r"][i % 4]
+            )
+        })
+        .collect();
+    for p in [
+        "",
+        " ",
+        "one",
+        "  two words  ",
+        "a\tb\nc\x0bd\x0ce\rf",
+        "trailing space ",
+        "many   spaces\n\nbetween",
+        &long,
+    ] {
+        assert_eq!(
+            super::mock_prompt_tokens(p),
+            p.split_whitespace().count() as u32 + 1,
+            "{p:?}"
+        );
+    }
+}

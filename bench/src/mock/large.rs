@@ -106,6 +106,11 @@ pub async fn run() {
         Server::floor(&pace),
         Server::orchestratord(&pace, 256, 4096),
     ];
+    println!(
+        "  floor pid {}, orchestratord pid {}",
+        servers[0].pid(),
+        servers[1].pid()
+    );
     let h = client(256);
     for s in &servers {
         round(&h, &s.base, 20, 100, 0).await; // warm-up

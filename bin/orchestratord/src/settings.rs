@@ -82,6 +82,7 @@ pub fn pool_spec(p: &PoolConfig) -> PoolSpec {
             PlacementChoice::Prefix => PlacementMode::Prefix,
         },
         prefix_index_blocks: p.prefix_index_blocks,
+        prefix_observed: p.prefix_observed,
     }
 }
 

@@ -254,6 +254,19 @@ async fn workload(c: &Client, secs: u64) -> Seen {
         let frames = h.await.unwrap();
         assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
     }
+    // a prompt of several blocks, twice: the engine's cache report checks the prefix
+    // index (prefix_index_observations_total)
+    let long = work(
+        &"a history worth keeping in the cache. ".repeat(8),
+        4,
+        "interactive",
+    );
+    for _ in 0..2 {
+        let (s, h) = c.submit(ALPHA, &long).await;
+        assert_eq!(s, 202);
+        let frames = h.unwrap().await.unwrap();
+        assert_eq!(frames.last().unwrap().event, "end", "{frames:?}");
+    }
     // a drained pool refuses with 503 (pool_unready); a reload brings it back
     let r = c
         .post(ADMIN, "/v1/pools/f/drain", &json!({"deadline_ms": 1000}))

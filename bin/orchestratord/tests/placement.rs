@@ -250,3 +250,79 @@ async fn prefer_and_avoid_pools_are_honoured_and_a_pinned_unready_pool_is_refuse
     assert_eq!(e["pool_id"], "b", "{e}");
     s.assert_all_terminated().await;
 }
+
+/// The observed-precise index (issue 28, item 4): when a task ends, what the engine
+/// reported reusing corrects the prefix index. On one replica whose modelled KV cache
+/// holds one conversation: a repeat is confirmed; after another conversation pushed
+/// the first out, the index still predicts it, the engine reports reusing nothing, and
+/// the index learns the eviction. A `cold` task (which reuses nothing on purpose)
+/// teaches nothing.
+#[tokio::test]
+async fn the_engines_cache_report_confirms_and_corrects_the_prefix_index() {
+    // a pool id of its own: the metrics recorder is shared by this file's servers
+    let s = start(
+        &mock_config(
+            "",
+            "slots = 1\ntokens_per_sec = 0.0\nttft_ms = 1\ntokens = 4\nprefill_ms_per_block = 1\nkv_blocks = 40",
+        )
+        .replace("id = \"mockpool\"", "id = \"observed\""),
+    )
+    .await;
+    let (a, b) = (opening(1), opening(2));
+    assert!(a.len() / 64 > 20 && a.len() / 64 <= 40, "{}", a.len());
+    // the slot (and with it the engine's report) comes back just after `end`
+    let learned = |what: &'static str, want: f64| {
+        let s = &s;
+        async move {
+            let key = format!(
+                "prefix_index_observations_total{{pool_id=\"observed\",learned=\"{what}\"}}"
+            );
+            let mut got = 0.0;
+            for _ in 0..100 {
+                got = s.metric_sum(&key).await;
+                if got >= want {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            got
+        }
+    };
+    let run = |prompt: &str, hint: Option<&str>| {
+        let mut t = task(prompt, 2, "interactive");
+        if let Some(h) = hint {
+            t["kv_hint"] = json!(h);
+        }
+        let s = &s;
+        async move {
+            let (id, _) = s.submit(&t).await;
+            let f = s.stream(&id, None).await;
+            let end = f.last().unwrap();
+            assert_eq!(end.event, "end", "{f:?}");
+            end.data["tokens_cached"].as_u64().expect("tokens_cached")
+        }
+    };
+    assert_eq!(run(&a, None).await, 0);
+    assert!(run(&a, None).await > 0, "a repeat reuses the prompt");
+    assert_eq!(learned("confirmed", 1.0).await, 1.0);
+    assert_eq!(learned("evicted", 0.0).await, 0.0);
+    // b does not fit beside a: the engine drops a
+    assert_eq!(run(&b, None).await, 0);
+    assert_eq!(run(&a, None).await, 0, "a was evicted");
+    assert_eq!(learned("evicted", 1.0).await, 1.0, "the index learned it");
+    // cold reuses nothing by request: not an eviction
+    run(&a, Some("cold")).await;
+    // its slot's return is processed before the next task's placement
+    run(&b, None).await;
+    assert_eq!(
+        learned("evicted", 2.0).await,
+        2.0,
+        "b was evicted by a: learned"
+    );
+    assert_eq!(
+        learned("confirmed", 1.0).await,
+        1.0,
+        "cold confirmed nothing"
+    );
+    s.assert_all_terminated().await;
+}

@@ -183,6 +183,9 @@ pub struct PoolSpec {
     pub placement: PlacementMode,
     /// Prompt blocks the prefix index remembers (least recently used go first).
     pub prefix_index_blocks: usize,
+    /// The prefix index is corrected by what engines report reusing (observed-precise);
+    /// off, it records only where prompts were sent.
+    pub prefix_observed: bool,
 }
 
 impl PoolSpec {
@@ -202,6 +205,7 @@ impl PoolSpec {
             metrics_frame_interval: Duration::from_secs(1),
             placement: PlacementMode::Prefix,
             prefix_index_blocks: 100_000,
+            prefix_observed: true,
         }
     }
 }

@@ -6,7 +6,10 @@
 //!   share the first `k` hashes exactly when they share the first `k` blocks.
 //! * [`PrefixIndex`]: which replicas recently served each block chain, bounded in
 //!   memory (least recently used blocks go first) and cleared per replica when it
-//!   restarts, reloads or is erased.
+//!   restarts, reloads or is erased. It is observed-precise: when a task ends, what
+//!   the engine reported reusing ([`PrefixIndex::observe`]) confirms the prefix, or
+//!   shows the engine evicted it, and then the replica loses everything it was given
+//!   before the evicted block.
 //! * [`choose`]: session affinity first (when its replica can take work), then the
 //!   replica with the longest cached prefix unless its load exceeds the least loaded
 //!   one's by more than a slack (so one hot prefix cannot pile work on one replica),
@@ -14,62 +17,158 @@
 
 use crate::placement::{pick_replica, ReplicaLoad};
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::OnceLock;
 
-/// Bytes per block (about 16 tokens of English text).
-pub const BLOCK_BYTES: usize = 64;
+/// Bytes per block (about 64 tokens of English text, the block llm-d scores by).
+pub const BLOCK_BYTES: usize = 256;
 
-/// The chained block hashes of the first `max_blocks` whole blocks of `text`.
+const K0: u64 = 0x9E37_79B9_7F4A_7C15;
+const K1: u64 = 0xD6E8_FEB8_6659_FD93;
+
+/// The folded 128-bit product of two words (the mixing step of wyhash-style hashes).
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a).wrapping_mul(u128::from(b));
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// This process's secret hash key (from the OS's randomness via std, drawn once): a
+/// prompt's block hashes cannot be predicted, so nobody can aim collisions at the
+/// index's tables or another tenant's prefix.
+fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            | 1
+    })
+}
+
+/// One block's hash, chained on the hash of everything before it.
+fn block_hash(prev: u64, block: &[u8], key: u64) -> u64 {
+    let mut h = prev ^ key;
+    for pair in block.chunks_exact(16) {
+        let (a, b) = pair.split_at(8);
+        let a = u64::from_le_bytes(a.try_into().unwrap_or_default());
+        let b = u64::from_le_bytes(b.try_into().unwrap_or_default());
+        h = fold(a ^ h ^ K0, b ^ key ^ K1);
+    }
+    fold(h ^ K1, key ^ K0)
+}
+
+/// The chained block hashes of the first `max_blocks` whole blocks of `text` (keyed
+/// per process; a few nanoseconds per block).
 pub fn block_hashes(text: &[u8], max_blocks: usize) -> Vec<u64> {
+    let key = seed();
     let mut out = Vec::with_capacity((text.len() / BLOCK_BYTES).min(max_blocks));
     let mut prev = 0u64;
     for block in text.chunks_exact(BLOCK_BYTES).take(max_blocks) {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        prev.hash(&mut h);
-        block.hash(&mut h);
-        prev = h.finish();
+        prev = block_hash(prev, block, key);
         out.push(prev);
     }
     out
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    /// Replicas (by bit) that served this chain.
-    mask: u64,
-    tick: u64,
+/// Hashes the index's keys, which are already keyed block hashes: one fold.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = fold(self.0 ^ u64::from(*b), K0);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = fold(self.0 ^ x, K1);
+    }
+    fn write_u8(&mut self, x: u8) {
+        self.0 = fold(self.0 ^ u64::from(x), K0);
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Keys;
+
+impl BuildHasher for Keys {
+    type Hasher = KeyHasher;
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher(seed())
+    }
+}
+
+/// What an engine reported of one task's prompt, measured against what the index
+/// predicted when it placed the task there: see [`PrefixIndex::observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The prompt's block hashes as placed.
+    pub hashes: Vec<u64>,
+    /// Blocks the index said the replica held.
+    pub predicted: usize,
+    /// When the replica was last given each of those blocks (index ticks).
+    pub prior: Vec<u64>,
+}
+
+/// What an observation taught the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// The engine reused at least what was predicted.
+    Confirmed,
+    /// The engine had dropped part of what was predicted: the replica loses what it
+    /// was given before the dropped block (engines evict least recently used first).
+    Evicted,
+    /// The engine reused a prefix the index did not know of.
+    Discovered,
+    /// Nothing predicted, nothing reused.
+    Nothing,
 }
 
 /// See the module docs. `R` identifies a replica; at most 64 are tracked per index.
+///
+/// Entries are (block hash, replica) pairs with the tick at which the replica was last
+/// given the block. Each replica has a floor: its entries older than the floor are
+/// known gone (the engine reported evicting something it was given then).
 #[derive(Debug)]
 pub struct PrefixIndex<R> {
-    entries: HashMap<u64, Entry>,
-    /// (tick, hash) in touch order; stale pairs are skipped and compacted.
-    order: VecDeque<(u64, u64)>,
+    held: HashMap<(u64, u8), u64, Keys>,
+    /// (tick, hash, replica bit) in touch order; stale triples are skipped and compacted.
+    order: VecDeque<(u64, u64, u8)>,
     tick: u64,
     cap: usize,
     bits: HashMap<R, u8>,
+    floors: [u64; 64],
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys")
+    }
 }
 
 impl<R: Eq + Hash + Clone> PrefixIndex<R> {
-    /// An index of at most `cap` block chains.
+    /// An index of at most `cap` (block, replica) entries.
     pub fn new(cap: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            held: HashMap::with_hasher(Keys),
             order: VecDeque::new(),
             tick: 0,
             cap: cap.max(1),
             bits: HashMap::new(),
+            floors: [0; 64],
         }
     }
 
-    /// Block chains held.
+    /// Entries held (including ones below their replica's floor not yet dropped).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.held.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.held.is_empty()
     }
 
     pub fn capacity(&self) -> usize {
@@ -78,8 +177,7 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
 
     /// Approximate bytes held (entries and the touch order), for the memory bound.
     pub fn approx_bytes(&self) -> usize {
-        self.entries.capacity() * (8 + std::mem::size_of::<Entry>() + 8)
-            + self.order.capacity() * 16
+        self.held.capacity() * (24 + 1) + self.order.capacity() * 24
     }
 
     fn bit(&mut self, r: &R) -> Option<u8> {
@@ -90,31 +188,51 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
         let free = (!used).trailing_zeros();
         (free < 64).then(|| {
             self.bits.insert(r.clone(), free as u8);
+            self.floors[free as usize] = self.tick + 1;
             free as u8
         })
     }
 
+    /// When `bit`'s replica was last given block `h`, if it still holds it.
+    fn held_at(&self, h: u64, bit: u8) -> Option<u64> {
+        self.held
+            .get(&(h, bit))
+            .copied()
+            .filter(|t| *t >= self.floors[bit as usize])
+    }
+
     /// Blocks of `hashes` each replica of `replicas` holds as a prefix.
     pub fn matched(&self, hashes: &[u64], replicas: &[R]) -> Vec<usize> {
-        let masks: Vec<Option<u64>> = replicas
+        replicas
             .iter()
-            .map(|r| self.bits.get(r).map(|b| 1u64 << b))
-            .collect();
-        let mut out = vec![0usize; replicas.len()];
-        let mut alive: u64 = masks.iter().flatten().fold(0, |m, b| m | b);
-        for h in hashes {
-            let Some(e) = self.entries.get(h) else { break };
-            alive &= e.mask;
-            if alive == 0 {
-                break;
-            }
-            for (i, m) in masks.iter().enumerate() {
-                if m.is_some_and(|m| alive & m != 0) {
-                    out[i] += 1;
-                }
-            }
+            .map(|r| match self.bits.get(r) {
+                Some(&b) => hashes
+                    .iter()
+                    .take_while(|h| self.held_at(**h, b).is_some())
+                    .count(),
+                None => 0,
+            })
+            .collect()
+    }
+
+    /// Place a prompt on `replica`: what the index predicts it holds (`predicted`
+    /// blocks, from [`matched`](Self::matched)), then record that it now holds all of
+    /// it. The result is what [`observe`](Self::observe) needs when the task ends.
+    pub fn place(&mut self, hashes: Vec<u64>, replica: &R, predicted: usize) -> Placed {
+        let prior = match self.bits.get(replica) {
+            Some(&b) => hashes
+                .iter()
+                .take(predicted)
+                .map(|h| self.held_at(*h, b).unwrap_or(0))
+                .collect(),
+            None => Vec::new(),
+        };
+        self.record(&hashes, replica);
+        Placed {
+            predicted: prior.len(),
+            hashes,
+            prior,
         }
-        out
     }
 
     /// `replica` served a prompt with these block hashes (it now holds them).
@@ -122,13 +240,45 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
         let Some(b) = self.bit(replica) else { return };
         for h in hashes {
             self.tick += 1;
-            let tick = self.tick;
-            let e = self.entries.entry(*h).or_insert(Entry { mask: 0, tick });
-            e.mask |= 1 << b;
-            e.tick = tick;
-            self.order.push_back((tick, *h));
+            self.held.insert((*h, b), self.tick);
+            self.order.push_back((self.tick, *h, b));
         }
         self.evict();
+    }
+
+    /// Correct the index with what the engine reported when the task `placed` ended
+    /// on `replica`: it reused its first `reused` blocks. Blocks it reused are
+    /// confirmed (touched again); a shortfall against the prediction means the engine
+    /// evicted the first block it did not reuse, and with it (least recently used
+    /// first) everything the replica was given before that block: the replica's floor
+    /// rises past it. `slack` blocks of shortfall are forgiven (token counts map to
+    /// bytes only approximately).
+    pub fn observe(
+        &mut self,
+        placed: &Placed,
+        replica: &R,
+        reused: usize,
+        slack: usize,
+    ) -> Learned {
+        let Some(&b) = self.bits.get(replica) else {
+            return Learned::Nothing;
+        };
+        let reused = reused.min(placed.hashes.len());
+        let mut learned = match (placed.predicted, reused) {
+            (0, 0) => Learned::Nothing,
+            (0, _) => Learned::Discovered,
+            _ => Learned::Confirmed,
+        };
+        if reused + slack < placed.predicted {
+            if let Some(t) = placed.prior.get(reused) {
+                let f = &mut self.floors[b as usize];
+                *f = (*f).max(t + 1);
+                learned = Learned::Evicted;
+            }
+        }
+        // what it reused is what it holds most recently
+        self.record(&placed.hashes[..reused], replica);
+        learned
     }
 
     /// Forget everything `replica` held (it restarted, reloaded or was removed).
@@ -136,27 +286,23 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
         let Some(b) = self.bits.remove(replica) else {
             return;
         };
-        let bit = 1u64 << b;
-        self.entries.retain(|_, e| {
-            e.mask &= !bit;
-            e.mask != 0
-        });
+        self.held.retain(|(_, bit), _| *bit != b);
     }
 
     fn evict(&mut self) {
-        while self.entries.len() > self.cap {
-            let Some((tick, h)) = self.order.pop_front() else {
+        while self.held.len() > self.cap {
+            let Some((tick, h, b)) = self.order.pop_front() else {
                 break;
             };
-            if self.entries.get(&h).is_some_and(|e| e.tick == tick) {
-                self.entries.remove(&h);
+            if self.held.get(&(h, b)) == Some(&tick) {
+                self.held.remove(&(h, b));
             }
         }
-        // touches of entries still held leave stale pairs: keep the order O(entries)
-        if self.order.len() > 2 * self.entries.len() + 64 {
-            let entries = &self.entries;
+        // touches of entries still held leave stale triples: keep the order O(entries)
+        if self.order.len() > 2 * self.held.len() + 64 {
+            let held = &self.held;
             self.order
-                .retain(|(t, h)| entries.get(h).is_some_and(|e| e.tick == *t));
+                .retain(|(t, h, b)| held.get(&(*h, *b)) == Some(t));
         }
     }
 }
@@ -239,9 +385,9 @@ mod tests {
 
     #[test]
     fn shared_prefixes_share_hashes() {
-        let a = block_hashes(&[b'x'; 300], 100);
-        let mut t = vec![b'x'; 200];
-        t.extend_from_slice(&[b'y'; 100]);
+        let a = block_hashes(&[b'x'; 4 * BLOCK_BYTES + 44], 100);
+        let mut t = vec![b'x'; 3 * BLOCK_BYTES + 8];
+        t.extend_from_slice(&[b'y'; BLOCK_BYTES]);
         let b = block_hashes(&t, 100);
         assert_eq!(a.len(), 4);
         assert_eq!(a[..3], b[..3]);
@@ -251,12 +397,62 @@ mod tests {
     #[test]
     fn matched_counts_the_common_prefix_per_replica() {
         let mut ix = PrefixIndex::new(1000);
-        let long = block_hashes(&[b'a'; 640], 100);
+        let long = block_hashes(&[b'a'; 10 * BLOCK_BYTES], 100);
         ix.record(&long[..6], &"r0");
         ix.record(&long[..2], &"r1");
         assert_eq!(ix.matched(&long, &["r0", "r1", "r2"]), vec![6, 2, 0]);
         ix.forget(&"r0");
         assert_eq!(ix.matched(&long, &["r0", "r1"]), vec![0, 2]);
+    }
+
+    fn chain(tag: u8) -> Vec<u64> {
+        block_hashes(&[tag; 10 * BLOCK_BYTES], 100)
+    }
+
+    #[test]
+    fn an_observed_eviction_drops_what_the_replica_got_before_it() {
+        let mut ix = PrefixIndex::new(1000);
+        let (c, a, b) = (chain(b'c'), chain(b'a'), chain(b'b'));
+        ix.record(&c, &"r0");
+        ix.record(&a, &"r0");
+        ix.record(&b, &"r0");
+        ix.record(&c, &"r1");
+        let predicted = ix.matched(&a, &["r0"])[0];
+        assert_eq!(predicted, 10);
+        let placed = ix.place(a.clone(), &"r0", predicted);
+        // the engine reused nothing: it had evicted a, and so c given before it
+        assert_eq!(ix.observe(&placed, &"r0", 0, 1), Learned::Evicted);
+        assert_eq!(
+            ix.matched(&c, &["r0", "r1"]),
+            vec![0, 10],
+            "r0 lost c, r1 keeps it"
+        );
+        assert_eq!(ix.matched(&b, &["r0"]), vec![10], "b came after a: kept");
+        assert_eq!(
+            ix.matched(&a, &["r0"]),
+            vec![10],
+            "it computed a again: held now"
+        );
+    }
+
+    #[test]
+    fn a_hit_confirms_and_an_unknown_hit_is_learned() {
+        let mut ix = PrefixIndex::new(1000);
+        let a = chain(b'a');
+        ix.record(&a, &"r0");
+        let placed = ix.place(a.clone(), &"r0", 10);
+        assert_eq!(ix.observe(&placed, &"r0", 10, 1), Learned::Confirmed);
+        assert_eq!(ix.matched(&a, &["r0"]), vec![10]);
+        // a shortfall within the slack is forgiven
+        let placed = ix.place(a.clone(), &"r0", 10);
+        assert_eq!(ix.observe(&placed, &"r0", 9, 1), Learned::Confirmed);
+        assert_eq!(ix.matched(&a, &["r0"]), vec![10]);
+        // reused where nothing was predicted
+        let b = chain(b'b');
+        let placed = ix.place(b.clone(), &"r1", 0);
+        assert_eq!(ix.observe(&placed, &"r1", 4, 1), Learned::Discovered);
+        let placed = ix.place(chain(b'z'), &"r1", 0);
+        assert_eq!(ix.observe(&placed, &"r1", 0, 1), Learned::Nothing);
     }
 
     #[test]

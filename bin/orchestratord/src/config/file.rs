@@ -67,9 +67,12 @@ pub(super) struct PoolFile {
     /// `least-loaded`.
     #[serde(default)]
     placement: PlacementChoice,
-    /// Prompt blocks (64 bytes each) the prefix index remembers per pool.
+    /// Prompt blocks (256 bytes each) the prefix index remembers per pool.
     #[serde(default = "super::prefix_index_blocks")]
     prefix_index_blocks: usize,
+    /// Correct the prefix index with what the engine reports reusing (default on).
+    #[serde(default = "super::yes")]
+    prefix_observed: bool,
     /// Settings of the mock engine (engine = "mock").
     #[serde(default)]
     mock: Option<MockConfig>,
@@ -133,6 +136,7 @@ impl TryFrom<PoolFile> for PoolConfig {
             metrics_frame_interval_ms: p.metrics_frame_interval_ms,
             placement: p.placement,
             prefix_index_blocks: p.prefix_index_blocks,
+            prefix_observed: p.prefix_observed,
         })
     }
 }

@@ -241,8 +241,10 @@ pub struct PoolConfig {
     pub metrics_frame_interval_ms: u64,
     /// How a replica is picked.
     pub placement: PlacementChoice,
-    /// Prompt blocks (64 bytes each) the prefix index remembers per pool.
+    /// Prompt blocks (256 bytes each) the prefix index remembers per pool.
     pub prefix_index_blocks: usize,
+    /// Correct the prefix index with what the engine reports reusing.
+    pub prefix_observed: bool,
 }
 
 /// A pool's engine with its own settings (`engine = "…"` and `[pools.<engine>]`).
@@ -433,6 +435,9 @@ fn metrics_frame_interval_ms() -> u64 {
 }
 fn prefix_index_blocks() -> usize {
     100_000
+}
+fn yes() -> bool {
+    true
 }
 
 fn valid_id(s: &str) -> bool {

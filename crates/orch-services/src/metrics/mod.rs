@@ -30,6 +30,7 @@ pub const ADMISSION_SHARE: &str = "admission_share";
 pub const DEADLINES_MET_RATIO: &str = "deadlines_met_ratio";
 /// Tasks placed on a replica, by why (`session`, `prefix`, `load`, `retry`).
 pub const TASKS_PLACED: &str = "tasks_placed_total";
+pub const PREFIX_OBSERVED: &str = "prefix_index_observations_total";
 /// Prompt tokens an engine served from its KV cache.
 pub const TOKENS_CACHED: &str = "tokens_cached_total";
 /// Time from dequeue to the engine call (one part of the added latency).
@@ -117,6 +118,10 @@ pub fn describe() {
     describe_counter!(
         TASKS_PLACED,
         "Tasks placed on a replica, by why (session, prefix, load, retry)."
+    );
+    describe_counter!(
+        PREFIX_OBSERVED,
+        "Prefix placements checked against what the engine reported reusing, by what the index learned (confirmed, evicted, discovered, nothing)."
     );
     describe_counter!(
         REPLICA_RESTARTS,
@@ -302,6 +307,10 @@ pub fn ledger_flushed(ok: bool, rows: usize) {
 pub fn backpressure(engine: &str, policy: &str) {
     counter!(BACKPRESSURE, "engine" => engine.to_string(), "policy" => policy.to_string())
         .increment(1);
+}
+
+pub fn prefix_observed(pool_id: &str, learned: &'static str) {
+    counter!(PREFIX_OBSERVED, "pool_id" => pool_id.to_string(), "learned" => learned).increment(1);
 }
 
 pub fn placed(pool_id: &str, reason: orch_domain::PlacementReason) {

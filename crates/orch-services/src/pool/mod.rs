@@ -11,6 +11,7 @@
 mod actor;
 mod admit;
 mod charge;
+mod observed;
 mod slot;
 pub mod state;
 
@@ -21,7 +22,8 @@ pub(crate) fn declared_cost(request: &TaskRequest) -> u64 {
     charge::declared(estimate_prompt_tokens(&request.prompt), request)
 }
 pub(crate) use admit::{check_fits_snapshot, unready};
-pub use slot::{Observed, SlotGuard};
+pub(crate) use observed::reuses_cache;
+pub use slot::{CacheSeen, Observed, SlotGuard};
 pub use state::{Pinned, Replica};
 
 use crate::config::PoolSpec;
@@ -159,6 +161,8 @@ pub(crate) enum Cmd {
         observed: Option<slot::Observed>,
         /// Uncached prompt tokens the engine reported for the run.
         prompt_tokens: Option<u32>,
+        /// What the engine reused of the prompt (corrects the prefix index).
+        cache: Option<slot::CacheSeen>,
     },
     Retry {
         rec: Arc<TaskRecord>,

@@ -14,6 +14,14 @@ pub struct Observed {
     pub per_token_ms: Option<f64>,
 }
 
+/// What the engine reported of the prompt: its tokens, and how many it reused from its
+/// cache (corrects the prefix index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSeen {
+    pub tokens_in: u32,
+    pub tokens_cached: u32,
+}
+
 pub struct SlotGuard {
     tx: mpsc::UnboundedSender<Cmd>,
     replica_id: Arc<str>,
@@ -22,6 +30,7 @@ pub struct SlotGuard {
     claim: u64,
     observed: Option<Observed>,
     prompt_tokens: Option<u32>,
+    cache: Option<CacheSeen>,
     released: bool,
 }
 
@@ -38,6 +47,7 @@ impl SlotGuard {
             claim,
             observed: None,
             prompt_tokens: None,
+            cache: None,
             released: false,
         }
     }
@@ -51,6 +61,7 @@ impl SlotGuard {
                 claim: self.claim,
                 observed: self.observed.take(),
                 prompt_tokens: self.prompt_tokens,
+                cache: self.cache,
             });
         }
     }
@@ -63,6 +74,11 @@ impl SlotGuard {
     /// them), with the slot's release.
     pub fn prompt_processed(&mut self, tokens: u32) {
         self.prompt_tokens = Some(tokens);
+    }
+
+    /// Report what the engine reused of the prompt, with the slot's release.
+    pub fn cache_seen(&mut self, seen: CacheSeen) {
+        self.cache = Some(seen);
     }
 
     /// Report service times with the slot's release.

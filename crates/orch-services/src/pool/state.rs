@@ -85,6 +85,8 @@ pub struct PoolState {
     pub spec: Arc<PoolSpec>,
     /// Which replica recently served which prompt prefix (prefix placement).
     pub prefix: PrefixIndex<Arc<str>>,
+    /// Prefix placements by claim, until their engine reports (`observed.rs`).
+    pub watched: super::observed::Watch,
 }
 
 impl PoolState {
@@ -99,6 +101,7 @@ impl PoolState {
             rotate: 0,
             last_error: None,
             prefix: PrefixIndex::new(spec.prefix_index_blocks),
+            watched: Default::default(),
             spec: Arc::new(spec),
         }
     }

@@ -267,8 +267,7 @@ impl<'a> Attempt<'a> {
             slot: a.slot_hint,
             // a strict task computes its whole prompt: a reused prefix was computed in
             // another batch shape, and its last bits can tip a greedy pick
-            cache_prompt: req.kv_hint != Some(orch_domain::KvHint::Cold)
-                && req.determinism != Some(orch_domain::Determinism::Strict),
+            cache_prompt: crate::pool::reuses_cache(req),
             resume,
         }
     }

@@ -6,6 +6,7 @@
 use super::{Actor, PREFIX_MAX_BLOCKS};
 use crate::config::PlacementMode;
 use crate::lifecycle::Ending;
+use crate::pool::observed::reuses_cache;
 use crate::pool::slot::SlotGuard;
 use crate::pool::state::Pinned;
 use crate::pool::{Assignment, Limits, PoolHandle};
@@ -137,12 +138,17 @@ impl Actor {
                     let hint = home
                         .filter(|_| idle && Some(idx) == preferred)
                         .and_then(|h| h.slot);
-                    if !hashes.is_empty() {
-                        let rid = self.st.replicas[idx].id.clone();
-                        self.st.prefix.record(&hashes, &rid);
-                    }
+                    let rid = self.st.replicas[idx].id.clone();
+                    let prefix = (!hashes.is_empty())
+                        .then(|| self.st.prefix.place(hashes, &rid, matched[idx]));
+                    let watch = self.st.spec.prefix_observed && reuses_cache(&q.request);
+                    let bytes = q.request.prompt.len();
                     crate::metrics::placed(&self.id, why);
-                    self.claim(idx, q.rec.clone(), q.request, hint, pinned, why)
+                    let a = self.claim(idx, q.rec.clone(), q.request, hint, pinned, why);
+                    if let (Some(p), Some(_), true) = (prefix, &a, watch) {
+                        self.st.watched.insert(self.claims, p, rid, bytes);
+                    }
+                    a
                 }
                 _ => None,
             };

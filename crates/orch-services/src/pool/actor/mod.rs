@@ -25,7 +25,7 @@ use orch_domain::{ErrorCode, OrchError, TaskId, TaskRequest};
 use orchestrator_core::eta::queue_position;
 
 /// Prompt blocks looked at for prefix placement (the first 128 KiB).
-const PREFIX_MAX_BLOCKS: usize = 2048;
+const PREFIX_MAX_BLOCKS: usize = 128 * 1024 / orchestrator_core::prefix::BLOCK_BYTES;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -201,7 +201,12 @@ impl Actor {
                 claim,
                 observed,
                 prompt_tokens,
-            } => self.slot_freed(&replica_id, (task, claim), observed, prompt_tokens),
+                cache,
+            } => {
+                let st = &mut self.st;
+                st.watched.seen(&mut st.prefix, &self.id, claim, cache);
+                self.slot_freed(&replica_id, (task, claim), observed, prompt_tokens)
+            }
             Cmd::Retry {
                 rec,
                 request,
