@@ -215,7 +215,8 @@ impl MockEngine {
         } else {
             0
         };
-        if kv.len() + blocks.len() > self.cfg.kv_blocks as usize {
+        let new = blocks.iter().filter(|b| !kv.contains(b)).count();
+        if kv.len() + new > self.cfg.kv_blocks as usize {
             kv.clear();
         }
         kv.extend(blocks.iter().copied());

@@ -181,7 +181,8 @@ pub struct PoolSpec {
     /// (zero = never).
     pub metrics_frame_interval: Duration,
     pub placement: PlacementMode,
-    /// Prompt blocks the prefix index remembers (least recently used go first).
+    /// Entries the prefix index keeps, one per prompt block per replica holding it
+    /// (least recently used go first).
     pub prefix_index_blocks: usize,
     /// The prefix index is corrected by what engines report reusing (observed-precise);
     /// off, it records only where prompts were sent.

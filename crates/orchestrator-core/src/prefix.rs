@@ -252,7 +252,8 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
     /// evicted the first block it did not reuse, and with it (least recently used
     /// first) everything the replica was given before that block: the replica's floor
     /// rises past it. `slack` blocks of shortfall are forgiven (token counts map to
-    /// bytes only approximately).
+    /// bytes only approximately); a caller that cannot tell an eviction from a busy
+    /// slot passes `usize::MAX` (confirm only).
     pub fn observe(
         &mut self,
         placed: &Placed,
@@ -269,7 +270,7 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
             (0, _) => Learned::Discovered,
             _ => Learned::Confirmed,
         };
-        if reused + slack < placed.predicted {
+        if reused.saturating_add(slack) < placed.predicted {
             if let Some(t) = placed.prior.get(reused) {
                 let f = &mut self.floors[b as usize];
                 *f = (*f).max(t + 1);
@@ -490,10 +491,14 @@ mod tests {
         let cap = 50_000;
         let mut ix = PrefixIndex::new(cap);
         for i in 0..100_000u32 {
-            let prompt = format!("{i:08} distinct prompt number {i} with some words to fill a few blocks of text, {i}");
+            // three blocks, distinct from the first byte
+            let prompt = format!("{i:08} distinct prompt number {i} with some words to fill a few blocks of text, {i}").repeat(10);
             let h = block_hashes(prompt.as_bytes(), 64);
+            assert_eq!(h.len(), prompt.len() / BLOCK_BYTES);
+            assert!(h.len() >= 3);
             ix.record(&h, &format!("r{}", i % 3));
         }
+        assert_eq!(ix.len(), cap, "full, and at its bound");
         assert!(ix.len() <= cap, "{} entries", ix.len());
         // entries, their map's spare room and the touch order: a few MB at most
         assert!(

@@ -23,7 +23,7 @@ proptest! {
 
     #[test]
     fn index_is_bounded_and_remembers_the_latest(
-        prompts in prop::collection::vec((prop::collection::vec(0u8..4, 0..600), 0u8..5), 1..60),
+        prompts in prop::collection::vec((prop::collection::vec(0u8..4, 0..3000), 0u8..5), 1..60),
         cap in 1usize..200,
     ) {
         let mut ix = PrefixIndex::new(cap);

@@ -67,7 +67,8 @@ pub(super) struct PoolFile {
     /// `least-loaded`.
     #[serde(default)]
     placement: PlacementChoice,
-    /// Prompt blocks (256 bytes each) the prefix index remembers per pool.
+    /// Entries the prefix index keeps per pool: one per prompt block (256 bytes) per
+    /// replica holding it.
     #[serde(default = "super::prefix_index_blocks")]
     prefix_index_blocks: usize,
     /// Correct the prefix index with what the engine reports reusing (default on).

@@ -241,7 +241,8 @@ pub struct PoolConfig {
     pub metrics_frame_interval_ms: u64,
     /// How a replica is picked.
     pub placement: PlacementChoice,
-    /// Prompt blocks (256 bytes each) the prefix index remembers per pool.
+    /// Entries the prefix index keeps per pool: one per prompt block (256 bytes) per
+    /// replica holding it.
     pub prefix_index_blocks: usize,
     /// Correct the prefix index with what the engine reports reusing.
     pub prefix_observed: bool,

@@ -146,7 +146,7 @@ impl Actor {
                     crate::metrics::placed(&self.id, why);
                     let a = self.claim(idx, q.rec.clone(), q.request, hint, pinned, why);
                     if let (Some(p), Some(_), true) = (prefix, &a, watch) {
-                        self.st.watched.insert(self.claims, p, rid, bytes);
+                        self.st.watched.insert(self.claims, p, rid, bytes, idle);
                     }
                     a
                 }
