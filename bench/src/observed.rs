@@ -26,7 +26,7 @@ fn history(round: usize, k: usize) -> String {
 }
 
 /// One OrchQueue task: (time to first token, tokens_in, tokens_cached).
-async fn turn(http: &reqwest::Client, base: &str, prompt: &str) -> (Duration, u64, u64) {
+pub async fn turn(http: &reqwest::Client, base: &str, prompt: &str) -> (Duration, u64, u64) {
     let t0 = Instant::now();
     let mut s = crate::llama::submit_greedy(http, base, prompt, 4)
         .await

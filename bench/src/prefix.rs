@@ -20,23 +20,10 @@ fn history(k: usize) -> String {
         .collect()
 }
 
-/// Time to the first token frame of a task submitted through OrchQueue.
+/// Time to the first token frame of a task submitted through OrchQueue (a failed
+/// task stops the benchmark).
 async fn orchqueue_ttft(http: &reqwest::Client, base: &str, prompt: &str) -> Duration {
-    let t0 = Instant::now();
-    let mut s = crate::llama::submit_greedy(http, base, prompt, 4)
-        .await
-        .bytes_stream();
-    let (mut ttft, mut buf) = (None, String::new());
-    while let Some(Ok(c)) = s.next().await {
-        buf.push_str(&String::from_utf8_lossy(&c));
-        if ttft.is_none() && buf.contains("event: token") {
-            ttft = Some(t0.elapsed());
-        }
-        if buf.contains("event: end") || buf.contains("event: error") {
-            break;
-        }
-    }
-    ttft.unwrap_or_default()
+    crate::observed::turn(http, base, prompt).await.0
 }
 
 /// Time to the first content chunk of a streamed chat completion (the OpenAI door).

@@ -154,6 +154,19 @@ async fn a_hot_prefix_still_spreads_over_the_replicas() {
     assert!(reasons.contains("prefix"), "{reasons:?}");
 }
 
+/// Run one task of `prompt` (with `kv_hint`, if any) to its `end`; its `tokens_cached`.
+async fn tokens_cached(s: &TestServer, prompt: &str, hint: Option<&str>) -> u64 {
+    let mut t = task(prompt, 2, "interactive");
+    if let Some(h) = hint {
+        t["kv_hint"] = json!(h);
+    }
+    let (id, _) = s.submit(&t).await;
+    let f = s.stream(&id, None).await;
+    let end = f.last().unwrap();
+    assert_eq!(end.event, "end", "{f:?}");
+    end.data["tokens_cached"].as_u64().expect("tokens_cached")
+}
+
 /// Spec §1 `kv_hint`: `cold` reaches the engine as "do not reuse the cache"
 /// (`cache_prompt: false`, which llama-server honours the same way; the real-engine
 /// test is in `llamacpp.rs`), so a prompt the replica holds is computed again.
@@ -165,20 +178,7 @@ async fn kv_hint_cold_reaches_the_engine_and_skips_its_cache() {
     ))
     .await;
     let prompt = opening(7);
-    let cached = |hint: Option<&str>| {
-        let mut t = task(&prompt, 2, "interactive");
-        if let Some(h) = hint {
-            t["kv_hint"] = json!(h);
-        }
-        let s = &s;
-        async move {
-            let (id, _) = s.submit(&t).await;
-            let f = s.stream(&id, None).await;
-            let end = f.last().unwrap();
-            assert_eq!(end.event, "end", "{f:?}");
-            end.data["tokens_cached"].as_u64().expect("tokens_cached")
-        }
-    };
+    let cached = |hint: Option<&'static str>| tokens_cached(&s, &prompt, hint);
     assert_eq!(cached(None).await, 0, "first sight of the prompt");
     assert!(cached(None).await > 0, "reused by default");
     assert!(cached(Some("reuse")).await > 0, "reuse is the default");
@@ -288,32 +288,21 @@ async fn the_engines_cache_report_confirms_and_corrects_the_prefix_index() {
             got
         }
     };
-    let run = |prompt: &str, hint: Option<&str>| {
-        let mut t = task(prompt, 2, "interactive");
-        if let Some(h) = hint {
-            t["kv_hint"] = json!(h);
-        }
-        let s = &s;
-        async move {
-            let (id, _) = s.submit(&t).await;
-            let f = s.stream(&id, None).await;
-            let end = f.last().unwrap();
-            assert_eq!(end.event, "end", "{f:?}");
-            end.data["tokens_cached"].as_u64().expect("tokens_cached")
-        }
-    };
-    assert_eq!(run(&a, None).await, 0);
-    assert!(run(&a, None).await > 0, "a repeat reuses the prompt");
+    assert_eq!(tokens_cached(&s, &a, None).await, 0);
+    assert!(
+        tokens_cached(&s, &a, None).await > 0,
+        "a repeat reuses the prompt"
+    );
     assert_eq!(learned("confirmed", 1.0).await, 1.0);
     assert_eq!(learned("evicted", 0.0).await, 0.0);
     // b does not fit beside a: the engine drops a
-    assert_eq!(run(&b, None).await, 0);
-    assert_eq!(run(&a, None).await, 0, "a was evicted");
+    assert_eq!(tokens_cached(&s, &b, None).await, 0);
+    assert_eq!(tokens_cached(&s, &a, None).await, 0, "a was evicted");
     assert_eq!(learned("evicted", 1.0).await, 1.0, "the index learned it");
     // cold reuses nothing by request: not an eviction
-    run(&a, Some("cold")).await;
+    tokens_cached(&s, &a, Some("cold")).await;
     // its slot's return is processed before the next task's placement
-    run(&b, None).await;
+    tokens_cached(&s, &b, None).await;
     assert_eq!(
         learned("evicted", 2.0).await,
         2.0,
