@@ -67,12 +67,11 @@ pub(super) struct PoolFile {
     /// `least-loaded`.
     #[serde(default)]
     placement: PlacementChoice,
-    /// Entries the prefix index keeps per pool: one per prompt block (256 bytes) per
-    /// replica holding it.
-    #[serde(default = "super::prefix_index_blocks")]
+    /// Prefix index entries per pool (one per 256-byte block per replica holding it).
+    #[serde(default = "prefix_index_blocks")]
     prefix_index_blocks: usize,
     /// Correct the prefix index with what the engine reports reusing (default on).
-    #[serde(default = "super::yes")]
+    #[serde(default = "yes")]
     prefix_observed: bool,
     /// Settings of the mock engine (engine = "mock").
     #[serde(default)]
@@ -140,4 +139,12 @@ impl TryFrom<PoolFile> for PoolConfig {
             prefix_observed: p.prefix_observed,
         })
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn prefix_index_blocks() -> usize {
+    100_000
 }

@@ -241,10 +241,9 @@ pub struct PoolConfig {
     pub metrics_frame_interval_ms: u64,
     /// How a replica is picked.
     pub placement: PlacementChoice,
-    /// Entries the prefix index keeps per pool: one per prompt block (256 bytes) per
-    /// replica holding it.
+    /// Prefix index entries per pool (one per 256-byte block per replica holding it).
     pub prefix_index_blocks: usize,
-    /// Correct the prefix index with what the engine reports reusing.
+    /// Correct the prefix index with what engines report reusing.
     pub prefix_observed: bool,
 }
 
@@ -433,12 +432,6 @@ fn aging_ms() -> u64 {
 }
 fn metrics_frame_interval_ms() -> u64 {
     1_000
-}
-fn prefix_index_blocks() -> usize {
-    100_000
-}
-fn yes() -> bool {
-    true
 }
 
 fn valid_id(s: &str) -> bool {
