@@ -191,9 +191,19 @@ pub fn client(idle_per_host: usize) -> reqwest::Client {
 pub async fn submit(h: &reqwest::Client, base: &str, max_tokens: u32) -> Option<(String, String)> {
     let body = serde_json::json!({"workload": "completion", "model_ref": "mock-model",
         "priority": "interactive", "prompt": "hello", "max_tokens": max_tokens});
+    submit_body(h, base, serde_json::to_vec(&body).ok()?.into()).await
+}
+
+/// `POST /v1/tasks` with a JSON body made beforehand; the task id and its SSE path.
+pub async fn submit_body(
+    h: &reqwest::Client,
+    base: &str,
+    body: bytes::Bytes,
+) -> Option<(String, String)> {
     let r = h
         .post(format!("{base}/v1/tasks"))
-        .json(&body)
+        .header("content-type", "application/json")
+        .body(body)
         .send()
         .await
         .ok()?;

@@ -36,18 +36,7 @@ fn body(n: usize, max_tokens: u32) -> bytes::Bytes {
 }
 
 async fn submit_raw(h: &reqwest::Client, base: &str, body: bytes::Bytes) -> Option<String> {
-    let r = h
-        .post(format!("{base}/v1/tasks"))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    if r.status() != reqwest::StatusCode::ACCEPTED {
-        return None;
-    }
-    let v: serde_json::Value = r.json().await.ok()?;
-    Some(v["streams"]["sse"].as_str()?.to_string())
+    super::submit_body(h, base, body).await.map(|(_, sse)| sse)
 }
 
 /// `conc` clients, `n` tasks in all: each submits a 256 KB prompt and reads its

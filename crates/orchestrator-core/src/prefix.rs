@@ -91,7 +91,7 @@ impl Hasher for KeyHasher {
     }
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Keys;
 
 impl BuildHasher for Keys {
@@ -107,10 +107,16 @@ impl BuildHasher for Keys {
 pub struct Placed {
     /// The prompt's block hashes as placed.
     pub hashes: Vec<u64>,
-    /// Blocks the index said the replica held.
-    pub predicted: usize,
-    /// When the replica was last given each of those blocks (index ticks).
+    /// When the replica was last given each block the index said it held (index
+    /// ticks): as many as it predicted.
     pub prior: Vec<u64>,
+}
+
+impl Placed {
+    /// Blocks the index said the replica held.
+    pub fn predicted(&self) -> usize {
+        self.prior.len()
+    }
 }
 
 /// What an observation taught the index.
@@ -141,12 +147,6 @@ pub struct PrefixIndex<R> {
     cap: usize,
     bits: HashMap<R, u8>,
     floors: [u64; 64],
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Keys")
-    }
 }
 
 impl<R: Eq + Hash + Clone> PrefixIndex<R> {
@@ -228,11 +228,7 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
             None => Vec::new(),
         };
         self.record(&hashes, replica);
-        Placed {
-            predicted: prior.len(),
-            hashes,
-            prior,
-        }
+        Placed { hashes, prior }
     }
 
     /// `replica` served a prompt with these block hashes (it now holds them).
@@ -265,12 +261,12 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
             return Learned::Nothing;
         };
         let reused = reused.min(placed.hashes.len());
-        let mut learned = match (placed.predicted, reused) {
+        let mut learned = match (placed.predicted(), reused) {
             (0, 0) => Learned::Nothing,
             (0, _) => Learned::Discovered,
             _ => Learned::Confirmed,
         };
-        if reused.saturating_add(slack) < placed.predicted {
+        if reused.saturating_add(slack) < placed.predicted() {
             if let Some(t) = placed.prior.get(reused) {
                 let f = &mut self.floors[b as usize];
                 *f = (*f).max(t + 1);

@@ -23,7 +23,7 @@ pub(crate) fn declared_cost(request: &TaskRequest) -> u64 {
 }
 pub(crate) use admit::{check_fits_snapshot, unready};
 pub(crate) use observed::reuses_cache;
-pub use slot::{CacheSeen, Observed, SlotGuard};
+pub use slot::{Observed, PromptSeen, SlotGuard};
 pub use state::{Pinned, Replica};
 
 use crate::config::PoolSpec;
@@ -159,10 +159,8 @@ pub(crate) enum Cmd {
         task: TaskId,
         claim: u64,
         observed: Option<slot::Observed>,
-        /// Uncached prompt tokens the engine reported for the run.
-        prompt_tokens: Option<u32>,
-        /// What the engine reused of the prompt (corrects the prefix index).
-        cache: Option<slot::CacheSeen>,
+        /// What the engine reported of the prompt for the run.
+        prompt: Option<slot::PromptSeen>,
     },
     Retry {
         rec: Arc<TaskRecord>,

@@ -11,7 +11,7 @@
 //! its cache are watched: a strict or `cold` task computes its whole prompt whatever
 //! the engine holds, and a continuation's prompt is not the one placed.
 
-use super::slot::CacheSeen;
+use super::slot::PromptSeen;
 use orch_domain::{Determinism, KvHint, TaskRequest};
 use orchestrator_core::prefix::{Learned, Placed, PrefixIndex, BLOCK_BYTES};
 use std::collections::HashMap;
@@ -40,13 +40,14 @@ pub fn reuses_cache(req: &TaskRequest) -> bool {
     req.kv_hint != Some(KvHint::Cold) && req.determinism != Some(Determinism::Strict)
 }
 
-/// Blocks of a `prompt_bytes` prompt the engine reused, by the token proportion.
-fn reused_blocks(prompt_bytes: usize, seen: CacheSeen) -> usize {
-    if seen.tokens_in == 0 {
+/// Blocks of a `prompt_bytes` prompt the engine reused (`tokens_cached` of
+/// `tokens_in`), by the token proportion.
+fn reused_blocks(prompt_bytes: usize, tokens_in: u32, tokens_cached: u32) -> usize {
+    if tokens_in == 0 {
         return 0;
     }
-    let cached = u64::from(seen.tokens_cached.min(seen.tokens_in));
-    let bytes = prompt_bytes as u64 * cached / u64::from(seen.tokens_in);
+    let cached = u64::from(tokens_cached.min(tokens_in));
+    let bytes = prompt_bytes as u64 * cached / u64::from(tokens_in);
     (bytes / BLOCK_BYTES as u64) as usize
 }
 
@@ -86,17 +87,20 @@ impl Watch {
         index: &mut PrefixIndex<Arc<str>>,
         pool_id: &str,
         claim: u64,
-        seen: Option<CacheSeen>,
+        seen: Option<PromptSeen>,
     ) {
         let Some(w) = self.by_claim.remove(&claim) else {
             return;
         };
-        let Some(seen) = seen else { return };
-        let reused = reused_blocks(w.prompt_bytes, seen);
+        // an engine that does not say what it reused teaches nothing
+        let Some((tokens_in, Some(cached))) = seen.map(|s| (s.tokens_in, s.tokens_cached)) else {
+            return;
+        };
+        let reused = reused_blocks(w.prompt_bytes, tokens_in, cached);
         // a real eviction leaves little or nothing reused; a quarter's shortfall is
         // forgiven (chat templates, uneven bytes per token)
         let slack = if w.idle {
-            (w.placed.predicted / 4).max(2)
+            (w.placed.predicted() / 4).max(2)
         } else {
             usize::MAX
         };
@@ -111,17 +115,13 @@ mod tests {
 
     #[test]
     fn reused_tokens_map_to_blocks_by_proportion() {
-        let seen = |tokens_in, tokens_cached| CacheSeen {
-            tokens_in,
-            tokens_cached,
-        };
         let bytes = 100 * BLOCK_BYTES;
-        assert_eq!(reused_blocks(bytes, seen(1600, 1600)), 100);
-        assert_eq!(reused_blocks(bytes, seen(1600, 800)), 50);
-        assert_eq!(reused_blocks(bytes, seen(1600, 0)), 0);
-        assert_eq!(reused_blocks(bytes, seen(0, 0)), 0);
+        assert_eq!(reused_blocks(bytes, 1600, 1600), 100);
+        assert_eq!(reused_blocks(bytes, 1600, 800), 50);
+        assert_eq!(reused_blocks(bytes, 1600, 0), 0);
+        assert_eq!(reused_blocks(bytes, 0, 0), 0);
         // a count over the prompt's is clamped
-        assert_eq!(reused_blocks(bytes, seen(1600, 9000)), 100);
+        assert_eq!(reused_blocks(bytes, 1600, 9000), 100);
     }
 
     /// A miss on a busy replica (another slot, or a prefix still computing) is not an
@@ -131,9 +131,9 @@ mod tests {
         let r0: Arc<str> = "r0".into();
         let old = orchestrator_core::prefix::block_hashes(&[b'o'; 8 * BLOCK_BYTES], 64);
         let hot = orchestrator_core::prefix::block_hashes(&[b'h'; 8 * BLOCK_BYTES], 64);
-        let miss = CacheSeen {
+        let miss = PromptSeen {
             tokens_in: 800,
-            tokens_cached: 0,
+            tokens_cached: Some(0),
         };
         for (idle, old_kept) in [(false, 8), (true, 0)] {
             let mut ix = PrefixIndex::new(1000);

@@ -15,11 +15,20 @@ pub struct Observed {
 }
 
 /// What the engine reported of the prompt: its tokens, and how many it reused from its
-/// cache (corrects the prefix index).
+/// cache when it says (the fair queue charges the rest; the prefix index is corrected
+/// by the reuse).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheSeen {
+pub struct PromptSeen {
     pub tokens_in: u32,
-    pub tokens_cached: u32,
+    pub tokens_cached: Option<u32>,
+}
+
+impl PromptSeen {
+    /// Prompt tokens the engine computed (not reused from its cache).
+    pub fn processed(&self) -> u32 {
+        self.tokens_in
+            .saturating_sub(self.tokens_cached.unwrap_or(0))
+    }
 }
 
 pub struct SlotGuard {
@@ -29,8 +38,7 @@ pub struct SlotGuard {
     /// The pool's number for this claim.
     claim: u64,
     observed: Option<Observed>,
-    prompt_tokens: Option<u32>,
-    cache: Option<CacheSeen>,
+    prompt: Option<PromptSeen>,
     released: bool,
 }
 
@@ -46,8 +54,7 @@ impl SlotGuard {
             task,
             claim,
             observed: None,
-            prompt_tokens: None,
-            cache: None,
+            prompt: None,
             released: false,
         }
     }
@@ -60,8 +67,7 @@ impl SlotGuard {
                 task: self.task,
                 claim: self.claim,
                 observed: self.observed.take(),
-                prompt_tokens: self.prompt_tokens,
-                cache: self.cache,
+                prompt: self.prompt,
             });
         }
     }
@@ -70,15 +76,9 @@ impl SlotGuard {
         &self.replica_id
     }
 
-    /// Report the uncached prompt tokens the engine processed (the fair queue charges
-    /// them), with the slot's release.
-    pub fn prompt_processed(&mut self, tokens: u32) {
-        self.prompt_tokens = Some(tokens);
-    }
-
-    /// Report what the engine reused of the prompt, with the slot's release.
-    pub fn cache_seen(&mut self, seen: CacheSeen) {
-        self.cache = Some(seen);
+    /// Report what the engine said of the prompt, with the slot's release.
+    pub fn prompt_seen(&mut self, seen: PromptSeen) {
+        self.prompt = Some(seen);
     }
 
     /// Report service times with the slot's release.

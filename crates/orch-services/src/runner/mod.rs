@@ -13,7 +13,7 @@ mod migrate;
 
 use crate::lifecycle::Ending;
 use crate::metrics::Where;
-use crate::pool::{Assignment, CacheSeen, Launch, Observed};
+use crate::pool::{Assignment, Launch, Observed, PromptSeen};
 use crate::sessions::{KvHome, SessionStore};
 use adapter_api::{EngineEnd, WorkerError};
 use attempt::{Attempt, Streamed};
@@ -338,14 +338,10 @@ fn finish_ok(
         w.tokens_cached(c);
     }
     w.decode_ms(rec.priority.as_str(), end.decode_time_ms as f64);
-    a.guard
-        .prompt_processed(end.tokens_in.saturating_sub(end.tokens_cached.unwrap_or(0)));
-    if let Some(tokens_cached) = end.tokens_cached {
-        a.guard.cache_seen(CacheSeen {
-            tokens_in: end.tokens_in,
-            tokens_cached,
-        });
-    }
+    a.guard.prompt_seen(PromptSeen {
+        tokens_in: end.tokens_in,
+        tokens_cached: end.tokens_cached,
+    });
     a.guard.observe(Observed {
         service_ms: t_start.elapsed().as_secs_f64() * 1e3,
         per_token_ms: (tokens > 0).then(|| end.decode_time_ms as f64 / f64::from(tokens)),

@@ -200,12 +200,12 @@ impl Actor {
                 task,
                 claim,
                 observed,
-                prompt_tokens,
-                cache,
+                prompt,
             } => {
                 let st = &mut self.st;
-                st.watched.seen(&mut st.prefix, &self.id, claim, cache);
-                self.slot_freed(&replica_id, (task, claim), observed, prompt_tokens)
+                st.watched.seen(&mut st.prefix, &self.id, claim, prompt);
+                let processed = prompt.map(|p| p.processed());
+                self.slot_freed(&replica_id, (task, claim), observed, processed)
             }
             Cmd::Retry {
                 rec,
