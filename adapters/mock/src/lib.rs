@@ -415,7 +415,7 @@ impl WorkerAdapter for MockEngine {
         Box::pin(async move {
             if let Some(chat) = req.chat.take() {
                 // the mock's own (fixed, documented) chat template
-                req.prompt = mock_chat_template(&chat);
+                req.prompt = mock_chat_template(&chat).into();
             }
             if !self.ready.load(Ordering::Acquire) {
                 return Err(WorkerError::Unready("mock: loading".into()));

@@ -169,7 +169,7 @@ impl OpenAiAdapter {
                 "/v1/chat/completions"
             }
             None => {
-                body["prompt"] = req.prompt.clone().into();
+                body["prompt"] = (&*req.prompt).into();
                 "/v1/completions"
             }
         };

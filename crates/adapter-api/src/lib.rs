@@ -19,7 +19,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<EngineEvent, WorkerError
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineRequest {
     pub task_id: TaskId,
-    pub prompt: String,
+    pub prompt: std::sync::Arc<str>,
     /// A chat to render with the model's own template instead of `prompt` (the
     /// engine applies it; adapters never hand-write a template).
     pub chat: Option<Vec<orch_domain::ChatMessage>>,

@@ -153,9 +153,15 @@ pub struct TaskRequest {
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub ctx: Option<u32>,
     pub priority: Priority,
+    // read once and shared (not copied) by the task record, placement and the
+    // engine request
     /// At most 262,144 characters.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 262144))]
-    pub prompt: String,
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, min_length = 1, max_length = 262144)
+    )]
+    #[serde(with = "crate::shared")]
+    pub prompt: std::sync::Arc<str>,
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     #[serde(deserialize_with = "crate::int::u32")]
     pub max_tokens: u32,
@@ -221,7 +227,7 @@ impl TaskRequest {
             engine: None,
             ctx: None,
             priority,
-            prompt: prompt.to_string(),
+            prompt: prompt.into(),
             max_tokens,
             seed: None,
             determinism: None,

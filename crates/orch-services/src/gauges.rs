@@ -23,12 +23,7 @@ pub(crate) fn publish_pool(s: &Snapshot) {
     metrics::pool_ready(pool, s.ready);
     metrics::queue_capacity(pool, s.spec.queue.capacity);
     if let Some(p) = &s.pinned {
-        let w = Where {
-            engine: p.engine.clone(),
-            engine_version: p.engine_version.clone(),
-            pool_id: pool.to_string(),
-            replica_id: "none".into(),
-        };
+        let w = Where::new(&p.engine, &p.engine_version, pool, "none");
         w.queue_depth("interactive", s.queue_by_priority[0] as usize);
         w.queue_depth("batch", s.queue_by_priority[1] as usize);
     }
@@ -42,12 +37,7 @@ pub(crate) fn publish_pool(s: &Snapshot) {
 }
 
 fn replica_where(s: &Snapshot, r: &crate::pool::ReplicaSnap) -> Where {
-    Where {
-        engine: r.props.engine.clone(),
-        engine_version: r.props.engine_version.clone(),
-        pool_id: s.pool_id.to_string(),
-        replica_id: r.id.to_string(),
-    }
+    Where::new(&r.props.engine, &r.props.engine_version, &s.pool_id, &r.id)
 }
 
 /// Republish the pool gauges every `interval` and ask each replica's engine for its

@@ -23,6 +23,18 @@ use std::sync::OnceLock;
 /// Bytes per block (about 64 tokens of English text, the block llm-d scores by).
 pub const BLOCK_BYTES: usize = 256;
 
+/// The index keeps every one of a prompt's first `DENSE` blocks...
+const DENSE: usize = 16;
+/// ...and after them every `STRIDE`th: a chained hash stands for its whole prefix, so
+/// a match at a kept block is exact, and a long prompt matches to within `STRIDE`
+/// blocks (4 KiB) for a sixteenth of the entries (a 128 KiB prefix keeps 47, not 512).
+const STRIDE: usize = 16;
+
+/// Whether the index keeps block `i` of a prompt (see [`DENSE`] and [`STRIDE`]).
+pub fn kept(i: usize) -> bool {
+    i < DENSE || (i + 1).is_multiple_of(STRIDE)
+}
+
 const K0: u64 = 0x9E37_79B9_7F4A_7C15;
 const K1: u64 = 0xD6E8_FEB8_6659_FD93;
 
@@ -201,40 +213,57 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
             .filter(|t| *t >= self.floors[bit as usize])
     }
 
-    /// Blocks of `hashes` each replica of `replicas` holds as a prefix.
+    /// Blocks of `hashes` each replica of `replicas` holds as a prefix (up to its
+    /// last kept block held, see [`kept`]).
     pub fn matched(&self, hashes: &[u64], replicas: &[R]) -> Vec<usize> {
         replicas
             .iter()
             .map(|r| match self.bits.get(r) {
-                Some(&b) => hashes
-                    .iter()
-                    .take_while(|h| self.held_at(**h, b).is_some())
-                    .count(),
+                Some(&b) => self.held_prefix(hashes, b),
                 None => 0,
             })
             .collect()
+    }
+
+    fn held_prefix(&self, hashes: &[u64], b: u8) -> usize {
+        hashes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| kept(*i))
+            .take_while(|(_, h)| self.held_at(**h, b).is_some())
+            .last()
+            .map_or(0, |(i, _)| i + 1)
     }
 
     /// Place a prompt on `replica`: what the index predicts it holds (`predicted`
     /// blocks, from [`matched`](Self::matched)), then record that it now holds all of
     /// it. The result is what [`observe`](Self::observe) needs when the task ends.
     pub fn place(&mut self, hashes: Vec<u64>, replica: &R, predicted: usize) -> Placed {
+        // each block's tick is its own when kept, else the next kept block's (they
+        // were given together)
         let prior = match self.bits.get(replica) {
-            Some(&b) => hashes
-                .iter()
-                .take(predicted)
-                .map(|h| self.held_at(*h, b).unwrap_or(0))
-                .collect(),
+            Some(&b) => {
+                let mut prior = vec![0; predicted.min(hashes.len())];
+                let mut tick = 0;
+                for (i, p) in prior.iter_mut().enumerate().rev() {
+                    if kept(i) {
+                        tick = self.held_at(hashes[i], b).unwrap_or(0);
+                    }
+                    *p = tick;
+                }
+                prior
+            }
             None => Vec::new(),
         };
         self.record(&hashes, replica);
         Placed { hashes, prior }
     }
 
-    /// `replica` served a prompt with these block hashes (it now holds them).
+    /// `replica` served a prompt with these block hashes (it now holds them; the
+    /// index keeps the [`kept`] ones).
     pub fn record(&mut self, hashes: &[u64], replica: &R) {
         let Some(b) = self.bit(replica) else { return };
-        for h in hashes {
+        for (_, h) in hashes.iter().enumerate().filter(|(i, _)| kept(*i)) {
             self.tick += 1;
             self.held.insert((*h, b), self.tick);
             self.order.push_back((self.tick, *h, b));
@@ -400,6 +429,46 @@ mod tests {
         assert_eq!(ix.matched(&long, &["r0", "r1", "r2"]), vec![6, 2, 0]);
         ix.forget(&"r0");
         assert_eq!(ix.matched(&long, &["r0", "r1"]), vec![0, 2]);
+    }
+
+    /// A long prompt keeps its first 16 blocks and every 16th after them; a prompt
+    /// sharing 70 of its 100 blocks matches up to the last kept block they share (64),
+    /// and an eviction observed mid-stride still drops what the replica got before.
+    #[test]
+    fn a_long_prompt_keeps_a_sparse_prefix_exact_at_its_kept_blocks() {
+        let mut ix = PrefixIndex::new(1000);
+        let prompt = |tail: u8| {
+            let mut t = vec![b'a'; 70 * BLOCK_BYTES];
+            t.extend_from_slice(&[tail; 30 * BLOCK_BYTES]);
+            block_hashes(&t, 1000)
+        };
+        let (old, a, c) = (
+            block_hashes(&[b'o'; 100 * BLOCK_BYTES], 1000),
+            prompt(b'b'),
+            prompt(b'c'),
+        );
+        assert_eq!((a.len(), c.len()), (100, 100));
+        ix.record(&old, &"r0");
+        assert_eq!(ix.len(), 16 + 5, "blocks 0..16, then 31, 47, 63, 79, 95");
+        ix.record(&a, &"r0");
+        assert_eq!(ix.matched(&old, &["r0"]), vec![96]);
+        assert_eq!(ix.matched(&a, &["r0"]), vec![96]);
+        assert_eq!(ix.matched(&c, &["r0"]), vec![64]);
+        // placed: 64 blocks predicted, but the engine reused only 40
+        let placed = ix.place(c.clone(), &"r0", 64);
+        assert_eq!(placed.predicted(), 64);
+        assert!(placed.prior.iter().all(|t| *t > 0));
+        assert_eq!(ix.observe(&placed, &"r0", 40, 2), Learned::Evicted);
+        assert_eq!(
+            ix.matched(&old, &["r0"]),
+            vec![0],
+            "given before the evicted block"
+        );
+        assert_eq!(
+            ix.matched(&c, &["r0"]),
+            vec![96],
+            "it has just computed all of c"
+        );
     }
 
     fn chain(tag: u8) -> Vec<u64> {

@@ -194,7 +194,7 @@ impl From<&EngineRequest> for WireRequest {
     fn from(r: &EngineRequest) -> Self {
         Self {
             task_id: r.task_id,
-            prompt: r.prompt.clone(),
+            prompt: r.prompt.to_string(),
             chat: r.chat.clone(),
             max_tokens: r.max_tokens,
             seed: r.seed,
@@ -212,7 +212,7 @@ impl From<WireRequest> for EngineRequest {
     fn from(r: WireRequest) -> Self {
         Self {
             task_id: r.task_id,
-            prompt: r.prompt,
+            prompt: r.prompt.into(),
             chat: r.chat,
             max_tokens: r.max_tokens,
             seed: r.seed,

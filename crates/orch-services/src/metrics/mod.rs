@@ -5,8 +5,9 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Histogram,
 };
+use orch_domain::Priority;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 pub const TASKS_ENQUEUED: &str = "tasks_enqueued_total";
@@ -200,9 +201,25 @@ pub struct Where {
     pub engine_version: String,
     pub pool_id: String,
     pub replica_id: String,
+    /// The run-path handles of this place, once looked up (`run`).
+    run: OnceLock<Arc<run::Handles>>,
 }
 
 impl Where {
+    pub fn new(engine: &str, engine_version: &str, pool_id: &str, replica_id: &str) -> Self {
+        Self {
+            engine: engine.to_string(),
+            engine_version: engine_version.to_string(),
+            pool_id: pool_id.to_string(),
+            replica_id: replica_id.to_string(),
+            run: OnceLock::new(),
+        }
+    }
+
+    fn run(&self) -> &run::Handles {
+        self.run.get_or_init(|| run::handles(self))
+    }
+
     fn base(&self) -> [(&'static str, String); 4] {
         [
             ("engine", self.engine.clone()),
@@ -212,16 +229,12 @@ impl Where {
         ]
     }
 
-    pub fn enqueued(&self, priority: &str) {
-        let mut l = self.base().to_vec();
-        l.push(("priority", priority.to_string()));
-        counter!(TASKS_ENQUEUED, &l).increment(1);
+    pub fn enqueued(&self, priority: Priority) {
+        self.run().enqueued(priority).increment(1);
     }
 
-    pub fn started(&self, priority: &str) {
-        let mut l = self.base().to_vec();
-        l.push(("priority", priority.to_string()));
-        counter!(TASKS_STARTED, &l).increment(1);
+    pub fn started(&self, priority: Priority) {
+        self.run().started(priority).increment(1);
     }
 
     pub fn canceled(&self, reason: &str) {
@@ -231,15 +244,15 @@ impl Where {
     }
 
     pub fn tokens_out_counter(&self) -> Counter {
-        counter!(TOKENS_OUT, &self.base())
+        self.run().tokens_out.clone()
     }
 
     pub fn tokens_cached(&self, n: u32) {
-        counter!(TOKENS_CACHED, &self.base()).increment(u64::from(n));
+        self.run().tokens_cached.increment(u64::from(n));
     }
 
     pub fn tokens_in(&self, n: u32) {
-        counter!(TOKENS_IN, &self.base()).increment(u64::from(n));
+        self.run().tokens_in.increment(u64::from(n));
     }
 
     fn per_pool(&self, priority: &str) -> [(&'static str, String); 4] {
@@ -251,26 +264,26 @@ impl Where {
         ]
     }
 
-    pub fn first_token_dispatch_ms(&self, priority: &str, ms: f64) {
-        histogram!(LATENCY_FIRST_TOKEN_DISPATCH, &self.per_pool(priority)).record(ms);
+    pub fn first_token_dispatch_ms(&self, priority: Priority, ms: f64) {
+        self.run().first_token_dispatch(priority).record(ms);
     }
 
-    pub fn first_token_ms(&self, priority: &str, ms: f64) {
-        histogram!(LATENCY_FIRST_TOKEN, &self.per_pool(priority)).record(ms);
+    pub fn first_token_ms(&self, priority: Priority, ms: f64) {
+        self.run().first_token(priority).record(ms);
         console::first_token(ms);
     }
 
-    pub fn decode_ms(&self, priority: &str, ms: f64) {
-        histogram!(LATENCY_DECODE, &self.per_pool(priority)).record(ms);
+    pub fn decode_ms(&self, priority: Priority, ms: f64) {
+        self.run().decode(priority).record(ms);
     }
 
-    pub fn queue_wait_ms(&self, priority: &str, ms: f64) {
-        histogram!(QUEUE_WAIT, &self.per_pool(priority)).record(ms);
+    pub fn queue_wait_ms(&self, priority: Priority, ms: f64) {
+        self.run().queue_wait(priority).record(ms);
     }
 
     /// The histogram the first reader of a task's stream records its added latency in.
     pub fn added_latency(&self) -> Histogram {
-        histogram!(ADDED_LATENCY, "engine" => self.engine.clone(), "pool_id" => self.pool_id.clone())
+        self.run().added_latency.clone()
     }
 
     pub fn kv_cache_usage(&self, ratio: f64) {
@@ -283,7 +296,7 @@ impl Where {
     }
 
     pub fn dispatch_ms(&self, ms: f64) {
-        histogram!(DISPATCH_LATENCY, "engine" => self.engine.clone(), "pool_id" => self.pool_id.clone()).record(ms);
+        self.run().dispatch.record(ms);
     }
 
     pub fn queue_depth(&self, priority: &str, depth: usize) {
@@ -519,4 +532,5 @@ fn refresh(w: &mut ShareWindow) {
 
 pub mod console;
 mod deadlines;
+mod run;
 pub use deadlines::{deadline_outcome, publish_deadlines, DEADLINE_WINDOW_SECS};

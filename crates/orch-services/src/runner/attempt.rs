@@ -137,7 +137,7 @@ impl<'a> Attempt<'a> {
         self.so_far.ttft_ms = ttft_ms;
         // the client's wait (from admission, queueing included) and the engine's part
         // (from this attempt's dispatch), separately
-        let prio = rec.priority.as_str();
+        let prio = rec.priority;
         self.w
             .first_token_ms(prio, rec.admitted_at.elapsed().as_secs_f64() * 1e3);
         self.w

@@ -56,12 +56,12 @@ enum Outcome {
 }
 
 fn where_of(a: &Assignment) -> Where {
-    Where {
-        engine: a.pinned.engine.clone(),
-        engine_version: a.pinned.engine_version.clone(),
-        pool_id: a.pool.id.to_string(),
-        replica_id: a.replica_id.to_string(),
-    }
+    Where::new(
+        &a.pinned.engine,
+        &a.pinned.engine_version,
+        &a.pool.id,
+        &a.replica_id,
+    )
 }
 
 /// End the task with `failure` (naming its engine and pool), unless a cancel came
@@ -88,7 +88,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
         return;
     }
     where_of(&first).queue_wait_ms(
-        rec.priority.as_str(),
+        rec.priority,
         first
             .dequeued_at
             .into_std()
@@ -111,7 +111,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
         let w = where_of(&a);
         // a task starts once, however many replicas it is tried on
         if tried.is_empty() && so_far.moves == 0 {
-            w.started(rec.priority.as_str());
+            w.started(rec.priority);
         }
         let mut at = Attempt::new(&a, &w, &sessions, &mut so_far);
         let outcome = at.drive().await;
@@ -337,7 +337,7 @@ fn finish_ok(
     if let Some(c) = end.tokens_cached {
         w.tokens_cached(c);
     }
-    w.decode_ms(rec.priority.as_str(), end.decode_time_ms as f64);
+    w.decode_ms(rec.priority, end.decode_time_ms as f64);
     a.guard.prompt_seen(PromptSeen {
         tokens_in: end.tokens_in,
         tokens_cached: end.tokens_cached,

@@ -388,7 +388,7 @@ impl Actor {
                     policy = policy.label().as_str(), "evicted queued task");
             }
         }
-        self.where_queued().enqueued(request.priority.as_str());
+        self.where_queued().enqueued(request.priority);
         self.publish_depth();
         Ok(placed)
     }

@@ -12,12 +12,12 @@ use std::sync::Arc;
 impl Actor {
     pub(super) fn where_queued(&self) -> Where {
         let p = self.st.pinned.as_deref();
-        Where {
-            engine: p.map_or_else(|| "unknown".into(), |p| p.engine.clone()),
-            engine_version: p.map_or_else(|| "unknown".into(), |p| p.engine_version.clone()),
-            pool_id: self.id.to_string(),
-            replica_id: "none".into(),
-        }
+        Where::new(
+            p.map_or("unknown", |p| &p.engine),
+            p.map_or("unknown", |p| &p.engine_version),
+            &self.id,
+            "none",
+        )
     }
 
     /// Queue depth as it changes (the sweep republishes it from the snapshot too). No
