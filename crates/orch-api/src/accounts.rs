@@ -11,7 +11,7 @@
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
 use crate::error::{ApiError, OrApi};
-use crate::AppState;
+use crate::{App, AppState};
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -100,7 +100,7 @@ fn within_scope(caller: &Caller, req: &NewKey) -> Result<(), OrchError> {
         (status = 404, description = "This server keeps no accounts", body = ErrorEnvelope),
     ))]
 pub async fn create_key(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     body: Body,
@@ -131,7 +131,7 @@ pub async fn create_key(
         (status = 404, description = "This server keeps no accounts", body = ErrorEnvelope),
     ))]
 pub async fn list_keys(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
 ) -> ApiResult<Response> {
     let a = accounts(&app, &cid)?;
@@ -150,7 +150,7 @@ pub async fn list_keys(
         (status = 409, description = "A key of the config file: remove it from the file and reload the config", body = ErrorEnvelope),
     ))]
 pub async fn revoke_key(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(fingerprint): Path<String>,
 ) -> ApiResult<Response> {
@@ -304,7 +304,7 @@ pub fn report_csv(r: &UsageReport) -> String {
         (status = 404, description = "This server keeps no accounts", body = ErrorEnvelope),
     ))]
 pub async fn usage(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,

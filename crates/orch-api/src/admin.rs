@@ -4,7 +4,7 @@
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
 use crate::error::{ApiError, OrApi};
-use crate::AppState;
+use crate::{App, AppState};
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -41,7 +41,7 @@ fn manager(app: &AppState, cid: &CorrelationId) -> ApiResult<orch_services::Pool
         (status = 404, description = "Unknown pool", body = ErrorEnvelope),
     ))]
 pub async fn list_replicas(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
@@ -65,7 +65,7 @@ pub async fn list_replicas(
         (status = 409, description = "The engine did not become ready, or its identity (engine, version, model digest, context) does not match the pool's pin; the message names the difference. Nothing was added.", body = ErrorEnvelope),
     ))]
 pub async fn add_replica(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
     body: Body,
@@ -125,7 +125,7 @@ fn deadline_of(query: Option<&str>, cid: &CorrelationId) -> ApiResult<Option<u64
         (status = 404, description = "Unknown pool or replica", body = ErrorEnvelope),
     ))]
 pub async fn remove_replica(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path((id, replica)): Path<(String, String)>,
     RawQuery(query): RawQuery,
@@ -169,7 +169,7 @@ pub async fn remove_replica(
         (status = 409, description = "The file was refused (every problem named by its place in the file), or the server was not started from a file; nothing changed", body = ErrorEnvelope),
     ))]
 pub async fn reload_config(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
 ) -> ApiResult<Response> {
     let Some(hook) = app.reconfigure.clone() else {

@@ -17,7 +17,7 @@
 
 use crate::correlation::CorrelationId;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::App;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
@@ -125,7 +125,7 @@ fn forbidden(path: &str, caller: &Caller, cid: &CorrelationId) -> Response {
 
 /// Authenticate, then hand the request on. The caller also rides on the response (for
 /// the access log, which runs outside this layer so it sees refusals too).
-pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(app): State<App>, req: Request, next: Next) -> Response {
     let submission = req.method() == axum::http::Method::POST
         && matches!(
             req.uri().path(),
@@ -141,7 +141,7 @@ pub async fn middleware(State(app): State<AppState>, req: Request, next: Next) -
     resp
 }
 
-async fn authenticate(app: AppState, mut req: Request, next: Next) -> (Option<Caller>, Response) {
+async fn authenticate(app: App, mut req: Request, next: Next) -> (Option<Caller>, Response) {
     let auth = current(&app.auth);
     let cid = req
         .extensions()

@@ -3,7 +3,7 @@
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
 use crate::error::{ApiError, OrApi};
-use crate::AppState;
+use crate::App;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,7 +26,7 @@ pub const MAX_DRAIN_MS: u64 = orch_domain::control::DRAIN_DEADLINE_MAX_MS;
 
 #[utoipa::path(get, path = "/v1/pools", tag = "control", operation_id = "listPools",
     responses((status = 200, description = "Pools with their replicas", body = PoolList)))]
-pub async fn list_pools(State(app): State<AppState>) -> Response {
+pub async fn list_pools(State(app): State<App>) -> Response {
     Json(PoolList {
         pools: app.orch.pool_views(),
     })
@@ -40,7 +40,7 @@ pub async fn list_pools(State(app): State<AppState>) -> Response {
         (status = 404, description = "Unknown pool", body = ErrorEnvelope),
     ))]
 pub async fn pool_health(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
@@ -57,7 +57,7 @@ pub async fn pool_health(
         (status = 404, description = "Unknown pool", body = ErrorEnvelope),
     ))]
 pub async fn drain_pool(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
     body: Body,
@@ -85,7 +85,7 @@ pub async fn drain_pool(
         (status = 409, description = "Reload failed and rolled back, or already reloading", body = ErrorEnvelope),
     ))]
 pub async fn reload_pool(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Path(id): Path<String>,
     body: Body,
@@ -104,7 +104,7 @@ pub async fn reload_pool(
 
 #[utoipa::path(get, path = "/v1/replicasets", tag = "control", operation_id = "listReplicaSets",
     responses((status = 200, description = "Replica sets with load, slots and pinned versions", body = ReplicaSetList)))]
-pub async fn replica_sets(State(app): State<AppState>) -> Response {
+pub async fn replica_sets(State(app): State<App>) -> Response {
     Json(ReplicaSetList {
         replica_sets: app.orch.replica_sets(),
     })
@@ -114,7 +114,7 @@ pub async fn replica_sets(State(app): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/v1/capabilities", tag = "control", operation_id = "getCapabilities",
     responses((status = 200, description = "API version, engines, limits and features", body = Capabilities)))]
 pub async fn capabilities(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(caller): Extension<orch_services::Caller>,
 ) -> Response {
     Json(app.orch.capabilities(&caller, app.body.max_bytes as u64)).into_response()

@@ -3,7 +3,7 @@
 use crate::body::read_json;
 use crate::correlation::CorrelationId;
 use crate::error::{ApiError, OrApi};
-use crate::AppState;
+use crate::App;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -44,7 +44,7 @@ fn session_id(raw: &str, cid: &CorrelationId) -> ApiResult<SessionId> {
         (status = 503, description = "The model is served but no pool of it (of the requested engine) is ready or able to take work", body = ErrorEnvelope),
     ))]
 pub async fn create_task(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -90,7 +90,7 @@ pub async fn create_task(
         (status = 404, description = "Unknown task, or a finished task whose frames expired (the message says so; its summary stays at GET /v1/tasks/{id})", body = ErrorEnvelope),
     ))]
 pub async fn stream_task(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -131,7 +131,7 @@ pub async fn stream_task(
         (status = 404, description = "Unknown task", body = ErrorEnvelope),
     ))]
 pub async fn cancel_task(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -149,7 +149,7 @@ pub async fn cancel_task(
         (status = 404, description = "Unknown task", body = ErrorEnvelope),
     ))]
 pub async fn task_status(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -167,7 +167,7 @@ pub async fn task_status(
         (status = 404, description = "Unknown or expired session", body = ErrorEnvelope),
     ))]
 pub async fn get_session(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
@@ -185,7 +185,7 @@ pub async fn get_session(
         (status = 404, description = "Unknown or expired session", body = ErrorEnvelope),
     ))]
 pub async fn delete_session(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,

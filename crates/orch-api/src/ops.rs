@@ -3,7 +3,7 @@
 
 use crate::correlation::CorrelationId;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::App;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ pub async fn livez() -> Response {
         (status = 503, description = "Not ready", body = orch_domain::ErrorEnvelope),
     ))]
 pub async fn readyz(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
 ) -> Result<Response, ApiError> {
     if app.orch.is_ready() && app.orch.is_accepting() {
@@ -42,7 +42,7 @@ pub async fn readyz(
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", operation_id = "metrics",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<App>) -> Response {
     let text = app.metrics.as_ref().map(|f| f()).unwrap_or_default();
     let mut resp = text.into_response();
     resp.headers_mut().insert(

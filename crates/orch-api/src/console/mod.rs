@@ -10,7 +10,7 @@
 //! `nosniff` go with every asset; actions go through the existing API, so its roles
 //! and browser-safety checks apply to them.
 
-use crate::AppState;
+use crate::App;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -66,10 +66,7 @@ pub async fn style() -> Response {
     responses(
         (status = 200, description = "Pools, tenants, running and queued tasks, recent failures and the last five minutes, scoped to the caller: a client key sees its own tenant's tasks and failures and no replica endpoints", body = ConsoleView),
     ))]
-pub async fn snapshot(
-    State(app): State<AppState>,
-    Extension(caller): Extension<Caller>,
-) -> Response {
+pub async fn snapshot(State(app): State<App>, Extension(caller): Extension<Caller>) -> Response {
     let mut r = Json(app.orch.console(&caller)).into_response();
     r.headers_mut().insert(
         header::CACHE_CONTROL,

@@ -8,7 +8,7 @@
 use super::error::{stream_error_json, OpenAiError};
 use super::request::{self, Options};
 use crate::correlation::CorrelationId;
-use crate::AppState;
+use crate::{App, AppState};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -240,7 +240,7 @@ async fn parse(
 }
 
 async fn serve(
-    app: AppState,
+    app: App,
     cid: CorrelationId,
     caller: Caller,
     headers: HeaderMap,
@@ -383,7 +383,7 @@ fn stream_response(
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -396,7 +396,7 @@ pub async fn chat_completions(
 
 /// `POST /v1/completions`.
 pub async fn completions(
-    State(app): State<AppState>,
+    State(app): State<App>,
     Extension(cid): Extension<CorrelationId>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -408,7 +408,7 @@ pub async fn completions(
 }
 
 /// `GET /v1/models`: the models the pools serve (by catalog name).
-pub async fn models(State(app): State<AppState>) -> Response {
+pub async fn models(State(app): State<App>) -> Response {
     let mut names: Vec<String> = app.orch.pool_views().into_iter().map(|p| p.model).collect();
     names.sort();
     names.dedup();
