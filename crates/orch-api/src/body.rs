@@ -115,6 +115,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OrchError> {
             "empty; a JSON object is required",
         ));
     }
+    // the common case reads without tracking the path (which allocates per field);
+    // a refusal reads again to name the field it failed at
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return Ok(v);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -300,7 +300,11 @@ impl Where {
     }
 
     pub fn queue_depth(&self, priority: &str, depth: usize) {
-        gauge!(QUEUE_DEPTH, &self.per_pool(priority)).set(depth as f64);
+        self.queue_depth_gauge(priority).set(depth as f64);
+    }
+
+    pub fn queue_depth_gauge(&self, priority: &str) -> metrics::Gauge {
+        gauge!(QUEUE_DEPTH, &self.per_pool(priority))
     }
 }
 

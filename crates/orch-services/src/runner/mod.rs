@@ -87,7 +87,8 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     if !rec.start(&first.replica_id, engine, version) {
         return;
     }
-    where_of(&first).queue_wait_ms(
+    let mut w = where_of(&first);
+    w.queue_wait_ms(
         rec.priority,
         first
             .dequeued_at
@@ -108,7 +109,9 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let mut a = first;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
-        let w = where_of(&a);
+        if *w.replica_id != *a.replica_id || w.engine_version != a.pinned.engine_version {
+            w = where_of(&a);
+        }
         // a task starts once, however many replicas it is tried on
         if tried.is_empty() && so_far.moves == 0 {
             w.started(rec.priority);

@@ -78,6 +78,8 @@ struct Actor {
     parked: retry::ParkedRetries,
     /// What each queued or running task is charged in the fair queue.
     charges: Charges,
+    /// The queue-depth gauges of the pinned engine, resolved once (`publish`).
+    depth: std::cell::RefCell<Option<publish::DepthGauges>>,
 }
 
 pub(super) fn spawn(
@@ -107,6 +109,7 @@ pub(super) fn spawn(
         next_progress: None,
         parked: retry::ParkedRetries::new(),
         charges: Charges::default(),
+        depth: Default::default(),
     };
     let snap = actor.snap_tx.subscribe();
     tokio::spawn(actor.run(rx));
@@ -388,7 +391,7 @@ impl Actor {
                     policy = policy.label().as_str(), "evicted queued task");
             }
         }
-        self.where_queued().enqueued(request.priority);
+        self.count_enqueued(request.priority);
         self.publish_depth();
         Ok(placed)
     }

@@ -8,6 +8,23 @@ use crate::pool::{ReplicaSnap, Snapshot};
 use orch_domain::control::ReplicaState;
 use orch_domain::Priority;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the actor keeps its queue-depth gauge handles before resolving them again.
+/// The sweep sets the same series every second, so the exporter never drops them as
+/// idle under a held handle; resolving again now and then keeps that true even if the
+/// sweep stalled.
+const DEPTH_REFRESH: Duration = Duration::from_secs(5);
+
+/// The queue-depth gauges (interactive, batch) and the queued-task labels for one
+/// pinned engine.
+pub(super) struct DepthGauges {
+    pinned: Arc<crate::pool::state::Pinned>,
+    at: Instant,
+    gauges: [metrics::Gauge; 2],
+    /// The labels of a task with no replica yet (its run-path handles cached inside).
+    queued: Where,
+}
 
 impl Actor {
     pub(super) fn where_queued(&self) -> Where {
@@ -23,12 +40,48 @@ impl Actor {
     /// Queue depth as it changes (the sweep republishes it from the snapshot too). No
     /// series before a replica pins the pool's engine: `engine` would be unknown.
     pub(super) fn publish_depth(&self) {
+        let (i, b) = (
+            self.st.queue.len_of(Priority::Interactive),
+            self.st.queue.len_of(Priority::Batch),
+        );
+        self.with_queued(|d| {
+            d.gauges[0].set(i as f64);
+            d.gauges[1].set(b as f64);
+        });
+    }
+
+    /// Count a task entering the queue (`tasks_enqueued_total`).
+    pub(super) fn count_enqueued(&self, priority: Priority) {
         if self.st.pinned.is_none() {
-            return;
+            self.where_queued().enqueued(priority);
+        } else {
+            self.with_queued(|d| d.queued.enqueued(priority));
         }
-        let w = self.where_queued();
-        w.queue_depth("interactive", self.st.queue.len_of(Priority::Interactive));
-        w.queue_depth("batch", self.st.queue.len_of(Priority::Batch));
+    }
+
+    /// Run `f` on the queue's metric handles for the pinned engine (none before a
+    /// replica pins one), resolved again when the engine changes or they are old.
+    fn with_queued(&self, f: impl FnOnce(&DepthGauges)) {
+        let Some(pinned) = &self.st.pinned else {
+            return;
+        };
+        let mut cached = self.depth.borrow_mut();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|d| Arc::ptr_eq(&d.pinned, pinned) && d.at.elapsed() < DEPTH_REFRESH);
+        if !fresh {
+            let queued = self.where_queued();
+            *cached = Some(DepthGauges {
+                pinned: pinned.clone(),
+                at: Instant::now(),
+                gauges: [Priority::Interactive, Priority::Batch]
+                    .map(|p| queued.queue_depth_gauge(p.as_str())),
+                queued,
+            });
+        }
+        if let Some(d) = cached.as_ref() {
+            f(d);
+        }
     }
 
     pub(super) fn publish(&mut self) {
