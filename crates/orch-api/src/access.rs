@@ -11,7 +11,9 @@ use axum::response::Response;
 use orch_services::Caller;
 use std::time::Instant;
 
-pub async fn middleware(req: Request, next: Next) -> Response {
+/// Serve `req` through `next` and log its line (run by the correlation layer, inside
+/// which the id is known).
+pub async fn logged(req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let method = req.method().clone();
     let route = req

@@ -22,13 +22,11 @@
 //! Owns: the policy ([`BrowserPolicy`]) and the refusals. Never: authentication.
 
 use crate::correlation::CorrelationId;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use orch_domain::{ErrorCode, OrchError};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 /// Which hosts and origins this server answers to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,13 +112,10 @@ fn unsafe_body(method: &Method, headers: &HeaderMap) -> bool {
     (headers.contains_key(header::CONTENT_TYPE) || has_body) && !crate::body::is_json(headers)
 }
 
-/// Refuse what a web page could send without the operator meaning it (see the module
-/// docs); everything else goes on. Nothing is allocated unless a request is refused.
-pub async fn middleware(
-    State(policy): State<Arc<BrowserPolicy>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// The refusal of what a web page could send without the operator meaning it (see the
+/// module docs); `None` lets the request go on. Nothing is allocated unless a request
+/// is refused. Run in the authentication layer, before any key is looked at.
+pub fn refusal(policy: &BrowserPolicy, req: &Request) -> Option<Response> {
     let headers = req.headers();
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let refusal = if host.is_some_and(|h| !policy.host_allowed(h)) {
@@ -143,7 +138,7 @@ pub async fn middleware(
         && unsafe_body(req.method(), headers)
         && !crate::openai::is_openai_path(req.uri().path());
     if refusal.is_none() && !not_json {
-        return next.run(req).await;
+        return None;
     }
     let path = req.uri().path();
     let cid = req
@@ -151,7 +146,7 @@ pub async fn middleware(
         .get::<CorrelationId>()
         .cloned()
         .unwrap_or_else(|| CorrelationId(uuid::Uuid::new_v4().to_string()));
-    match refusal {
+    Some(match refusal {
         Some(e) => {
             tracing::warn!(path, error = %e.message, "browser-unsafe request refused");
             crate::auth::refuse(path, e, &cid)
@@ -161,7 +156,7 @@ pub async fn middleware(
             let e = crate::body::not_json(req.headers());
             crate::error::ApiError::media_type(e, &cid).into_response()
         }
-    }
+    })
 }
 
 fn forbidden(message: String) -> OrchError {

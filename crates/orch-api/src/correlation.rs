@@ -1,5 +1,6 @@
 //! `X-Correlation-Id`: echoed when the request carries a valid one, generated
-//! otherwise, and set on every response (including errors and SSE).
+//! otherwise, and set on every response (including errors and SSE). The router's
+//! outermost layer runs the access log inside [`around`], in the same layer.
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -31,7 +32,16 @@ pub fn current() -> Option<CorrelationId> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
-pub async fn middleware(mut req: Request, next: Next) -> Response {
+pub async fn middleware(req: Request, next: Next) -> Response {
+    around(req, |req| next.run(req)).await
+}
+
+/// Give `req` its correlation id (in its extensions and as this task's current one),
+/// serve it with `inner`, and set the id on the response.
+pub async fn around<F>(mut req: Request, inner: impl FnOnce(Request) -> F) -> Response
+where
+    F: std::future::Future<Output = Response>,
+{
     let id = req
         .headers()
         .get(HEADER)
@@ -40,9 +50,7 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(CorrelationId(id.clone()));
-    let mut resp = CURRENT
-        .scope(CorrelationId(id.clone()), next.run(req))
-        .await;
+    let mut resp = CURRENT.scope(CorrelationId(id.clone()), inner(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(HEADER, v);
     }

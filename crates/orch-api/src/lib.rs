@@ -133,23 +133,37 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        // from the inside out: authentication (the caller), browser safety (before
-        // any key is looked at), the panic catcher, the access log (sees refusals and
-        // panics too), the correlation id
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::middleware,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.browser.clone(),
-            browser::middleware,
-        ))
+        // from the inside out: browser safety then authentication (the caller; one
+        // layer, the browser check before any key is looked at), the panic catcher,
+        // then the correlation id with the access log inside it (one layer; the log
+        // sees refusals and panics too). Each layer costs a request a boxed future and
+        // a clone of the service inside it, so they are few.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_response,
         ))
-        .layer(axum::middleware::from_fn(access::middleware))
-        .layer(axum::middleware::from_fn(correlation::middleware))
+        .layer(axum::middleware::from_fn(edge))
         .with_state(state)
+}
+
+/// The innermost layer: browser safety, then authentication.
+async fn guard(
+    state: axum::extract::State<App>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(refused) = browser::refusal(&state.browser, &req) {
+        return refused;
+    }
+    auth::middleware(state, req, next).await
+}
+
+/// The outermost layer: the correlation id, and inside it the access log.
+async fn edge(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    correlation::around(req, |req| access::logged(req, next)).await
 }
 
 /// A handler that panicked answers 500 `INTERNAL` in the envelope, with the request's
