@@ -101,9 +101,6 @@ impl LogInner {
     }
 }
 
-/// Bytes a log reserves at its first frame.
-const LOG_START_BYTES: usize = 1024;
-
 #[derive(Debug, Default)]
 pub struct TaskLog {
     inner: Mutex<LogInner>,
@@ -172,11 +169,6 @@ impl TaskLog {
             let mut g = self.lock();
             if g.closed {
                 return false;
-            }
-            if g.index.capacity() == 0 {
-                // room for a short task's frames at once (shrunk when it ends)
-                g.data.reserve(data.len().max(LOG_START_BYTES));
-                g.index.reserve(8);
             }
             g.data.extend_from_slice(data);
             let end = u32::try_from(g.data.len()).unwrap_or(u32::MAX);
