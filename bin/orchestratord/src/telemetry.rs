@@ -31,6 +31,8 @@ pub fn metrics() -> Option<MetricsRender> {
                 .install_recorder()
                 .ok()?;
             orch_services::metrics::describe();
+            // handles taken before this recorder existed record nowhere
+            orch_services::metrics::forget_cached_handles();
             let up = h.clone();
             tokio::spawn(async move {
                 loop {

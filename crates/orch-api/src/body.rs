@@ -121,7 +121,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OrchError> {
         return Ok(v);
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let v = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = if path == "." || path.is_empty() {
@@ -130,7 +130,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, OrchError> {
             path
         };
         OrchError::invalid(&field, inner)
-    })
+    })?;
+    // one JSON value and nothing after it (whitespace aside)
+    de.end().map_err(|e| OrchError::invalid("body", e))?;
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -163,5 +166,18 @@ mod tests {
         assert!(e.message.starts_with("max_tokens"), "{}", e.message);
         let e = decode::<TaskRequest>(b"{not json").unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidParams);
+    }
+
+    /// One JSON value per body: a valid task followed by anything but whitespace is
+    /// refused (it was accepted before); trailing whitespace is not.
+    #[test]
+    fn refuses_anything_after_the_body() {
+        let task = r#"{"workload":"completion","model_ref":"m","priority":"batch","prompt":"p","max_tokens":1}"#;
+        assert!(decode::<TaskRequest>(format!("{task} \n").as_bytes()).is_ok());
+        for tail in [" x", "{}", r#"{"a":1}"#] {
+            let e = decode::<TaskRequest>(format!("{task}{tail}").as_bytes()).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidParams, "{tail}");
+            assert!(e.message.contains("trailing"), "{}", e.message);
+        }
     }
 }

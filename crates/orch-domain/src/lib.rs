@@ -13,7 +13,7 @@ pub mod events;
 pub mod ids;
 mod int;
 pub mod policy;
-mod shared;
+pub mod shared;
 pub mod task;
 pub mod views;
 

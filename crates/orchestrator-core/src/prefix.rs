@@ -31,8 +31,9 @@ const DENSE: usize = 16;
 const STRIDE: usize = 16;
 
 /// Whether the index keeps block `i` of a prompt (see [`DENSE`] and [`STRIDE`]).
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` is newer than our MSRV (1.85)
 pub fn kept(i: usize) -> bool {
-    i < DENSE || (i + 1).is_multiple_of(STRIDE)
+    i < DENSE || (i + 1) % STRIDE == 0
 }
 
 const K0: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -240,16 +241,23 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
     /// it. The result is what [`observe`](Self::observe) needs when the task ends.
     pub fn place(&mut self, hashes: Vec<u64>, replica: &R, predicted: usize) -> Placed {
         // each block's tick is its own when kept, else the next kept block's (they
-        // were given together)
+        // were given together), even when that one lies past `predicted`
         let prior = match self.bits.get(replica) {
             Some(&b) => {
-                let mut prior = vec![0; predicted.min(hashes.len())];
+                let n = predicted.min(hashes.len());
+                let mut prior = vec![0; n];
+                // from the first kept block at or after the last predicted one
+                let top = (n.saturating_sub(1)..hashes.len())
+                    .find(|i| kept(*i))
+                    .map_or(hashes.len(), |k| k + 1);
                 let mut tick = 0;
-                for (i, p) in prior.iter_mut().enumerate().rev() {
+                for i in (0..top).rev() {
                     if kept(i) {
                         tick = self.held_at(hashes[i], b).unwrap_or(0);
                     }
-                    *p = tick;
+                    if i < n {
+                        prior[i] = tick;
+                    }
                 }
                 prior
             }
@@ -469,6 +477,19 @@ mod tests {
             vec![96],
             "it has just computed all of c"
         );
+    }
+
+    /// A prediction that ends between kept blocks still gets every block's tick (the
+    /// next kept block's), so an eviction observed in that stretch moves the floor.
+    #[test]
+    fn a_prediction_between_kept_blocks_has_every_prior_tick() {
+        let mut ix = PrefixIndex::new(1000);
+        let a = block_hashes(&[b'a'; 100 * BLOCK_BYTES], 1000);
+        ix.record(&a, &"r0");
+        let placed = ix.place(a.clone(), &"r0", 40);
+        assert_eq!(placed.predicted(), 40);
+        assert!(placed.prior.iter().all(|t| *t > 0), "{:?}", placed.prior);
+        assert_eq!(ix.observe(&placed, &"r0", 20, 2), Learned::Evicted);
     }
 
     fn chain(tag: u8) -> Vec<u64> {

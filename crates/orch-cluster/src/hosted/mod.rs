@@ -171,7 +171,8 @@ pub(crate) struct RunRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct WireRequest {
     pub task_id: TaskId,
-    pub prompt: String,
+    #[serde(with = "orch_domain::shared")]
+    pub prompt: std::sync::Arc<str>,
     #[serde(default)]
     pub chat: Option<Vec<ChatMessage>>,
     pub max_tokens: u32,
@@ -194,7 +195,7 @@ impl From<&EngineRequest> for WireRequest {
     fn from(r: &EngineRequest) -> Self {
         Self {
             task_id: r.task_id,
-            prompt: r.prompt.to_string(),
+            prompt: r.prompt.clone(),
             chat: r.chat.clone(),
             max_tokens: r.max_tokens,
             seed: r.seed,
@@ -212,7 +213,7 @@ impl From<WireRequest> for EngineRequest {
     fn from(r: WireRequest) -> Self {
         Self {
             task_id: r.task_id,
-            prompt: r.prompt.into(),
+            prompt: r.prompt,
             chat: r.chat,
             max_tokens: r.max_tokens,
             seed: r.seed,

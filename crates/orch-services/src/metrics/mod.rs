@@ -230,11 +230,11 @@ impl Where {
     }
 
     pub fn enqueued(&self, priority: Priority) {
-        self.run().enqueued(priority).increment(1);
+        self.run().enqueued(self, priority).increment(1);
     }
 
     pub fn started(&self, priority: Priority) {
-        self.run().started(priority).increment(1);
+        self.run().started(self, priority).increment(1);
     }
 
     pub fn canceled(&self, reason: &str) {
@@ -244,15 +244,15 @@ impl Where {
     }
 
     pub fn tokens_out_counter(&self) -> Counter {
-        self.run().tokens_out.clone()
+        self.run().tokens_out(self).clone()
     }
 
     pub fn tokens_cached(&self, n: u32) {
-        self.run().tokens_cached.increment(u64::from(n));
+        self.run().tokens_cached(self).increment(u64::from(n));
     }
 
     pub fn tokens_in(&self, n: u32) {
-        self.run().tokens_in.increment(u64::from(n));
+        self.run().tokens_in(self).increment(u64::from(n));
     }
 
     fn per_pool(&self, priority: &str) -> [(&'static str, String); 4] {
@@ -265,25 +265,25 @@ impl Where {
     }
 
     pub fn first_token_dispatch_ms(&self, priority: Priority, ms: f64) {
-        self.run().first_token_dispatch(priority).record(ms);
+        self.run().first_token_dispatch(self, priority).record(ms);
     }
 
     pub fn first_token_ms(&self, priority: Priority, ms: f64) {
-        self.run().first_token(priority).record(ms);
+        self.run().first_token(self, priority).record(ms);
         console::first_token(ms);
     }
 
     pub fn decode_ms(&self, priority: Priority, ms: f64) {
-        self.run().decode(priority).record(ms);
+        self.run().decode(self, priority).record(ms);
     }
 
     pub fn queue_wait_ms(&self, priority: Priority, ms: f64) {
-        self.run().queue_wait(priority).record(ms);
+        self.run().queue_wait(self, priority).record(ms);
     }
 
     /// The histogram the first reader of a task's stream records its added latency in.
     pub fn added_latency(&self) -> Histogram {
-        self.run().added_latency.clone()
+        self.run().added_latency(self).clone()
     }
 
     pub fn kv_cache_usage(&self, ratio: f64) {
@@ -296,7 +296,7 @@ impl Where {
     }
 
     pub fn dispatch_ms(&self, ms: f64) {
-        self.run().dispatch.record(ms);
+        self.run().dispatch(self).record(ms);
     }
 
     pub fn queue_depth(&self, priority: &str, depth: usize) {
@@ -538,3 +538,4 @@ pub mod console;
 mod deadlines;
 mod run;
 pub use deadlines::{deadline_outcome, publish_deadlines, DEADLINE_WINDOW_SECS};
+pub use run::forget as forget_cached_handles;

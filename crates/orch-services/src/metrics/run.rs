@@ -3,7 +3,8 @@
 //! dozen series, and building each one's labels and finding it in the registry per
 //! task cost more than the rest of the bookkeeping. The cache is process-wide (the
 //! recorder is too) and forgets everything when it grows past [`MAX_PLACES`] (replica
-//! ids churn only with reconfiguration).
+//! ids churn only with reconfiguration), or when a recorder is installed ([`forget`]:
+//! a handle taken before that records nowhere).
 
 use super::{
     Where, ADDED_LATENCY, DISPATCH_LATENCY, LATENCY_DECODE, LATENCY_FIRST_TOKEN,
@@ -19,22 +20,22 @@ use std::sync::{Arc, OnceLock, RwLock};
 /// Places remembered before the cache starts over.
 const MAX_PLACES: usize = 4096;
 
-/// One place's run-path series.
+/// One place's run-path series, each registered when first recorded (so `/metrics`
+/// shows a series once something happened in it, as without the cache).
+#[derive(Default)]
 pub(crate) struct Handles {
-    enqueued: [Counter; 2],
-    started: [Counter; 2],
-    queue_wait: [Histogram; 2],
-    first_token: [Histogram; 2],
-    first_token_dispatch: [Histogram; 2],
-    decode: [Histogram; 2],
-    pub(crate) tokens_in: Counter,
-    pub(crate) tokens_cached: Counter,
-    pub(crate) tokens_out: Counter,
-    pub(crate) dispatch: Histogram,
-    pub(crate) added_latency: Histogram,
+    enqueued: [OnceLock<Counter>; 2],
+    started: [OnceLock<Counter>; 2],
+    queue_wait: [OnceLock<Histogram>; 2],
+    first_token: [OnceLock<Histogram>; 2],
+    first_token_dispatch: [OnceLock<Histogram>; 2],
+    decode: [OnceLock<Histogram>; 2],
+    tokens_in: OnceLock<Counter>,
+    tokens_cached: OnceLock<Counter>,
+    tokens_out: OnceLock<Counter>,
+    dispatch: OnceLock<Histogram>,
+    added_latency: OnceLock<Histogram>,
 }
-
-const PRIORITIES: [Priority; 2] = [Priority::Interactive, Priority::Batch];
 
 fn index(p: Priority) -> usize {
     match p {
@@ -43,49 +44,54 @@ fn index(p: Priority) -> usize {
     }
 }
 
-impl Handles {
-    fn register(w: &Where) -> Self {
-        let per_priority =
-            |name: &'static str| PRIORITIES.map(|p| histogram!(name, &w.per_pool(p.as_str())));
-        let counted = |name: &'static str| {
-            PRIORITIES.map(|p| {
-                let mut l = w.base().to_vec();
-                l.push(("priority", p.as_str().to_string()));
-                counter!(name, &l)
-            })
-        };
-        Self {
-            enqueued: counted(TASKS_ENQUEUED),
-            started: counted(TASKS_STARTED),
-            queue_wait: per_priority(QUEUE_WAIT),
-            first_token: per_priority(LATENCY_FIRST_TOKEN),
-            first_token_dispatch: per_priority(LATENCY_FIRST_TOKEN_DISPATCH),
-            decode: per_priority(LATENCY_DECODE),
-            tokens_in: counter!(TOKENS_IN, &w.base()),
-            tokens_cached: counter!(TOKENS_CACHED, &w.base()),
-            tokens_out: counter!(TOKENS_OUT, &w.base()),
-            dispatch: histogram!(DISPATCH_LATENCY, "engine" => w.engine.clone(), "pool_id" => w.pool_id.clone()),
-            added_latency: histogram!(ADDED_LATENCY, "engine" => w.engine.clone(), "pool_id" => w.pool_id.clone()),
-        }
-    }
+fn counted(name: &'static str, w: &Where, p: Priority) -> Counter {
+    let mut l = w.base().to_vec();
+    l.push(("priority", p.as_str().to_string()));
+    counter!(name, &l)
+}
 
-    pub(crate) fn enqueued(&self, p: Priority) -> &Counter {
-        &self.enqueued[index(p)]
+impl Handles {
+    pub(crate) fn enqueued(&self, w: &Where, p: Priority) -> &Counter {
+        self.enqueued[index(p)].get_or_init(|| counted(TASKS_ENQUEUED, w, p))
     }
-    pub(crate) fn started(&self, p: Priority) -> &Counter {
-        &self.started[index(p)]
+    pub(crate) fn started(&self, w: &Where, p: Priority) -> &Counter {
+        self.started[index(p)].get_or_init(|| counted(TASKS_STARTED, w, p))
     }
-    pub(crate) fn queue_wait(&self, p: Priority) -> &Histogram {
-        &self.queue_wait[index(p)]
+    pub(crate) fn queue_wait(&self, w: &Where, p: Priority) -> &Histogram {
+        self.queue_wait[index(p)].get_or_init(|| histogram!(QUEUE_WAIT, &w.per_pool(p.as_str())))
     }
-    pub(crate) fn first_token(&self, p: Priority) -> &Histogram {
-        &self.first_token[index(p)]
+    pub(crate) fn first_token(&self, w: &Where, p: Priority) -> &Histogram {
+        self.first_token[index(p)]
+            .get_or_init(|| histogram!(LATENCY_FIRST_TOKEN, &w.per_pool(p.as_str())))
     }
-    pub(crate) fn first_token_dispatch(&self, p: Priority) -> &Histogram {
-        &self.first_token_dispatch[index(p)]
+    pub(crate) fn first_token_dispatch(&self, w: &Where, p: Priority) -> &Histogram {
+        self.first_token_dispatch[index(p)]
+            .get_or_init(|| histogram!(LATENCY_FIRST_TOKEN_DISPATCH, &w.per_pool(p.as_str())))
     }
-    pub(crate) fn decode(&self, p: Priority) -> &Histogram {
-        &self.decode[index(p)]
+    pub(crate) fn decode(&self, w: &Where, p: Priority) -> &Histogram {
+        self.decode[index(p)].get_or_init(|| histogram!(LATENCY_DECODE, &w.per_pool(p.as_str())))
+    }
+    pub(crate) fn tokens_in(&self, w: &Where) -> &Counter {
+        self.tokens_in
+            .get_or_init(|| counter!(TOKENS_IN, &w.base()))
+    }
+    pub(crate) fn tokens_cached(&self, w: &Where) -> &Counter {
+        self.tokens_cached
+            .get_or_init(|| counter!(TOKENS_CACHED, &w.base()))
+    }
+    pub(crate) fn tokens_out(&self, w: &Where) -> &Counter {
+        self.tokens_out
+            .get_or_init(|| counter!(TOKENS_OUT, &w.base()))
+    }
+    pub(crate) fn dispatch(&self, w: &Where) -> &Histogram {
+        self.dispatch.get_or_init(|| {
+            histogram!(DISPATCH_LATENCY, "engine" => w.engine.clone(), "pool_id" => w.pool_id.clone())
+        })
+    }
+    pub(crate) fn added_latency(&self, w: &Where) -> &Histogram {
+        self.added_latency.get_or_init(|| {
+            histogram!(ADDED_LATENCY, "engine" => w.engine.clone(), "pool_id" => w.pool_id.clone())
+        })
     }
 }
 
@@ -119,7 +125,7 @@ pub(crate) fn handles(w: &Where) -> Arc<Handles> {
     if let Some(h) = cache.read().ok().as_deref().and_then(found) {
         return h;
     }
-    let made = Arc::new(Handles::register(w));
+    let made = Arc::new(Handles::default());
     if let Ok(mut m) = cache.write() {
         if let Some(h) = found(&m) {
             return h;
@@ -136,6 +142,13 @@ pub(crate) fn handles(w: &Where) -> Arc<Handles> {
         m.entry(key).or_default().push((place, made.clone()));
     }
     made
+}
+
+/// Forget every cached handle: a recorder installed after some task ran gets its own.
+pub fn forget() {
+    if let Ok(mut m) = cache().1.write() {
+        m.clear();
+    }
 }
 
 #[cfg(test)]

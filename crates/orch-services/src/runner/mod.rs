@@ -109,7 +109,11 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let mut a = first;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
-        if *w.replica_id != *a.replica_id || w.engine_version != a.pinned.engine_version {
+        if *w.replica_id != *a.replica_id
+            || *w.pool_id != *a.pool.id
+            || w.engine != a.pinned.engine
+            || w.engine_version != a.pinned.engine_version
+        {
             w = where_of(&a);
         }
         // a task starts once, however many replicas it is tried on

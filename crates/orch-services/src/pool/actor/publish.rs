@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 /// How long the actor keeps its queue-depth gauge handles before resolving them again.
 /// The sweep sets the same series every second, so the exporter never drops them as
 /// idle under a held handle; resolving again now and then keeps that true even if the
-/// sweep stalled.
+/// sweep stalled. Must stay well under the exporter's gauge idle timeout (15 s,
+/// `GAUGE_IDLE` in the server's telemetry), or a held handle could outlive its series.
 const DEPTH_REFRESH: Duration = Duration::from_secs(5);
 
 /// The queue-depth gauges (interactive, batch) and the queued-task labels for one
