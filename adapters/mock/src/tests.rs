@@ -171,6 +171,16 @@ fn the_fast_prompt_count_agrees_with_the_unicode_one() {
             )
         })
         .collect();
+    // every ASCII byte, in a pseudo-random order, at every offset within 8 bytes
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mixed: String = (0..5000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from((x % 128) as u8)
+        })
+        .collect();
     for p in [
         "",
         " ",
@@ -179,7 +189,11 @@ fn the_fast_prompt_count_agrees_with_the_unicode_one() {
         "a\tb\nc\x0bd\x0ce\rf",
         "trailing space ",
         "many   spaces\n\nbetween",
+        "x\x08y\x0ez\x1f w!\x7f",
+        "12345678 abcdefgh\tABCDEFG  12345678",
         &long,
+        &mixed,
+        &"a b ".repeat(65_536),
     ] {
         assert_eq!(
             super::mock_prompt_tokens(p),
