@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 const PROMPT_BYTES: usize = 256 * 1024;
 const CONCURRENCY: [usize; 3] = [20, 60, 150];
-const TASKS_PER_ROUND: usize = 600;
-const ROUNDS: usize = 2;
+const TASKS_PER_ROUND: usize = 1_500;
+const ROUNDS: usize = 4;
 const QUEUED: usize = 200;
 
 /// A prompt of `PROMPT_BYTES` that differs from every other from its first block.
