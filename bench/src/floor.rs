@@ -4,7 +4,10 @@
 //!
 //! `POST /v1/tasks` parses the JSON body into the same typed request orchestratord
 //! reads (`orch_domain::TaskRequest`, unknown fields refused) and checks it the same way
-//! (`validate`), stores a generator state (start time, token count) under a fresh
+//! (`validate`), counts the prompt's tokens as the mock engine does (an engine reads
+//! its prompt whoever sends it; orchestratord's mock runs in its process, so without
+//! this the floor would skip the engine's share of the work: since 2026-12-03), stores
+//! a generator state (start time, token count) under a fresh
 //! random task id (`TaskId::new_random`, as orchestratord draws them) and answers 202
 //! with the same-shaped JSON and a `Location`; `GET /v1/tasks/{id}/stream` takes that state and writes `started`, one
 //! `token` frame per body chunk paced like the mock engine (token `i` is due at
@@ -87,6 +90,9 @@ pub fn parse_args(args: &[String]) -> Result<(String, Pace), String> {
 struct Gen {
     start: Instant,
     total: u32,
+    /// The prompt's length as the mock engine counts it (the engine's reading of the
+    /// prompt, which orchestratord's in-process mock also does).
+    tokens_in: u32,
 }
 
 #[derive(Clone)]
@@ -108,6 +114,7 @@ async fn create_task(State(app): State<App>, body: Bytes) -> Response {
     let gen = Gen {
         start: Instant::now(),
         total,
+        tokens_in: adapter_mock::prompt_tokens(&req.prompt),
     };
     match app.tasks.lock() {
         Ok(mut m) => m.insert(id.clone(), gen),
@@ -139,7 +146,7 @@ async fn frame(pace: Pace, gen: &Gen, k: u32) -> Bytes {
         format!("event: token\nid: {seq}\ndata: {{\"t\":\"tok\",\"i\":{i}}}\n\n")
     } else {
         let ms = gen.start.elapsed().as_millis();
-        format!("event: end\nid: {seq}\ndata: {{\"tokens_out\":{},\"decode_time_ms\":{ms},\"finish_reason\":\"length\"}}\n\n", gen.total)
+        format!("event: end\nid: {seq}\ndata: {{\"tokens_in\":{},\"tokens_out\":{},\"decode_time_ms\":{ms},\"finish_reason\":\"length\"}}\n\n", gen.tokens_in, gen.total)
     };
     Bytes::from(s)
 }

@@ -140,8 +140,10 @@ const ALIVE: u8 = 0;
 const HUNG: u8 = 1;
 const DEAD: u8 = 2;
 
-/// The mock's prompt length in tokens: one per whitespace-separated word, plus one.
-fn mock_prompt_tokens(prompt: &str) -> u32 {
+/// The mock's prompt length in tokens: one per whitespace-separated word, plus one
+/// (the benchmarks' floor counts a prompt with it too, as an engine reads its prompt
+/// whoever sends it).
+pub fn prompt_tokens(prompt: &str) -> u32 {
     if !prompt.is_ascii() {
         return prompt.split_whitespace().count() as u32 + 1;
     }
@@ -491,7 +493,7 @@ impl WorkerAdapter for MockEngine {
             } else {
                 (self.cfg.tokens.max(first), FinishReason::Eos)
             };
-            let prompt_n = mock_prompt_tokens(&req.prompt);
+            let prompt_n = prompt_tokens(&req.prompt);
             let (prefill, tokens_cached) = if self.cfg.prefill_ms_per_block > 0 {
                 let (cached, fresh) = self.prefill(&req.prompt, req.cache_prompt);
                 // the cached share of the prompt's tokens, as its share of the bytes

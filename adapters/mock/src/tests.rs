@@ -196,7 +196,7 @@ fn the_fast_prompt_count_agrees_with_the_unicode_one() {
         &"a b ".repeat(65_536),
     ] {
         assert_eq!(
-            super::mock_prompt_tokens(p),
+            super::prompt_tokens(p),
             p.split_whitespace().count() as u32 + 1,
             "{p:?}"
         );
