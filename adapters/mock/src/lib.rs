@@ -157,8 +157,11 @@ pub fn prompt_tokens(prompt: &str) -> u32 {
     let (mut words, mut lanes, mut in_lanes) = (0u32, 0u64, 0u32);
     // the word before the first: all spaces
     let mut prev = HIGH;
-    let mut eights = bytes.chunks_exact(8);
-    for w in &mut eights {
+    let eights = bytes.chunks_exact(8);
+    // the last few bytes padded with spaces, which start no word
+    let mut tail = [b' '; 8];
+    tail[..eights.remainder().len()].copy_from_slice(eights.remainder());
+    for w in eights.chain(std::iter::once(&tail[..])) {
         let sp = spaces(u64::from_le_bytes([
             w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
         ]));
@@ -172,14 +175,7 @@ pub fn prompt_tokens(prompt: &str) -> u32 {
             (lanes, in_lanes) = (0, 0);
         }
     }
-    words += lane_sum(lanes);
-    let mut prev_space = prev >> 63 == 1;
-    for &b in eights.remainder() {
-        let here = b == b' ' || (0x09..=0x0d).contains(&b);
-        words += u32::from(prev_space && !here);
-        prev_space = here;
-    }
-    words + 1
+    words + lane_sum(lanes) + 1
 }
 
 /// The high bit of each of eight ASCII bytes (little-endian in `x`) that is one of

@@ -4,7 +4,6 @@
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
 
 pub const HEADER: &str = "x-correlation-id";
@@ -30,10 +29,6 @@ tokio::task_local! {
 /// The correlation id of the request this task serves, if any.
 pub fn current() -> Option<CorrelationId> {
     CURRENT.try_with(Clone::clone).ok()
-}
-
-pub async fn middleware(req: Request, next: Next) -> Response {
-    around(req, |req| next.run(req)).await
 }
 
 /// Give `req` its correlation id (in its extensions and as this task's current one),
@@ -78,7 +73,7 @@ mod tests {
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(
                 crate::panic_response,
             ))
-            .layer(axum::middleware::from_fn(super::middleware));
+            .layer(axum::middleware::from_fn(crate::edge));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(l, app).await });

@@ -159,7 +159,7 @@ async fn guard(
 }
 
 /// The outermost layer: the correlation id, and inside it the access log.
-async fn edge(
+pub(crate) async fn edge(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {

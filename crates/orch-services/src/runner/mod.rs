@@ -109,13 +109,6 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
     let mut a = first;
     let mut tried: Vec<Arc<str>> = Vec::new();
     loop {
-        if *w.replica_id != *a.replica_id
-            || *w.pool_id != *a.pool.id
-            || w.engine != a.pinned.engine
-            || w.engine_version != a.pinned.engine_version
-        {
-            w = where_of(&a);
-        }
         // a task starts once, however many replicas it is tried on
         if tried.is_empty() && so_far.moves == 0 {
             w.started(rec.priority);
@@ -158,6 +151,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             match migrate::move_on(a, &err, &mut so_far).await {
                                 Moved::To(next) => {
                                     a = *next;
+                                    w = where_of(&a);
                                     continue;
                                 }
                                 Moved::Canceled => {
@@ -261,6 +255,7 @@ async fn run(first: Assignment, sessions: Arc<SessionStore>) {
                             let p = &next.pinned;
                             if rec.start(&next.replica_id, &p.engine, &p.engine_version) {
                                 a = next;
+                                w = where_of(&a);
                                 continue;
                             }
                             // canceled while retrying: end below as a cancel

@@ -37,6 +37,11 @@ pub fn kept(i: usize) -> bool {
     i < DENSE || (i + 1) % STRIDE == 0
 }
 
+/// The blocks of `hashes` the index keeps, with their places.
+fn kept_blocks(hashes: &[u64]) -> impl Iterator<Item = (usize, &u64)> {
+    hashes.iter().enumerate().filter(|(i, _)| kept(*i))
+}
+
 /// What an engine reported of one task's prompt, measured against what the index
 /// predicted when it placed the task there: see [`PrefixIndex::observe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,10 +155,7 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
     }
 
     fn held_prefix(&self, hashes: &[u64], b: u8) -> usize {
-        hashes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| kept(*i))
+        kept_blocks(hashes)
             .take_while(|(_, h)| self.held_at(**h, b).is_some())
             .last()
             .map_or(0, |(i, _)| i + 1)
@@ -194,7 +196,7 @@ impl<R: Eq + Hash + Clone> PrefixIndex<R> {
     /// index keeps the [`kept`] ones).
     pub fn record(&mut self, hashes: &[u64], replica: &R) {
         let Some(b) = self.bit(replica) else { return };
-        for (_, h) in hashes.iter().enumerate().filter(|(i, _)| kept(*i)) {
+        for (_, h) in kept_blocks(hashes) {
             self.tick += 1;
             self.held.insert((*h, b), self.tick);
             self.order.push_back((self.tick, *h, b));
