@@ -10,6 +10,7 @@
 //!   to and read from a non-leader instance (the leader is another process), as
 //!   through a load balancer.
 //! * Admission throughput: a closed loop of 32 clients posting for 2 s (one-token tasks).
+//! * Then the store's ceiling on the same servers (`store.rs`).
 //!
 //! Rounds alternate which side goes first.
 
@@ -320,7 +321,20 @@ pub async fn run() {
     );
     drop(cluster);
     drop(standalone);
+    // what the servers can store at all, against the standalone rate just measured
+    crate::store::ceiling(&nats, a / ROUNDS as f64).await;
     drop(nats);
+}
+
+/// Standalone orchestratord's admissions/s (the mean of two of this benchmark's
+/// admission rounds), for comparisons run elsewhere.
+pub async fn standalone_admissions() -> f64 {
+    let mock = format!("slots = 256\ntokens_per_sec = {RATE}\nttft_ms = 0\ntokens = {TOKENS}");
+    let standalone = Server::orchestratord_with("standalone", "", &mock, "queue_capacity = 100000");
+    let h = client(256);
+    let base = std::slice::from_ref(&standalone.base);
+    admission_round(&h, base).await; // warm-up
+    (admission_round(&h, base).await + admission_round(&h, base).await) / 2.0
 }
 
 fn row(name: &str, a: &mut [Duration], b: &mut [Duration]) {

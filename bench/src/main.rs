@@ -1,4 +1,4 @@
-//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|prefix-observed|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover>`: each scenario runs orchestratord and
+//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|prefix-observed|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover|cluster-store>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -17,6 +17,8 @@ mod observed;
 mod openai;
 mod prefix;
 mod stats;
+#[cfg(feature = "cluster")]
+mod store;
 mod ttft;
 
 #[tokio::main]
@@ -57,6 +59,8 @@ async fn main() {
         "cluster-capacity-llama" => capacity::run_llama().await,
         #[cfg(feature = "cluster")]
         "cluster-failover" => capacity::failover().await,
+        #[cfg(feature = "cluster")]
+        "cluster-store" => store::run().await,
         "all" => {
             mock::latency::run().await;
             mock::cpu::run().await;
@@ -65,7 +69,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | prefix-observed | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover, built with --features cluster)"
+                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | prefix-observed | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover | cluster-store, built with --features cluster)"
             );
             std::process::exit(2);
         }
