@@ -70,8 +70,10 @@ mod tests {
                     ""
                 }),
             )
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-                crate::panic_response,
+            .layer(axum::middleware::from_fn(
+                |req: axum::extract::Request, next: axum::middleware::Next| {
+                    crate::caught(next.run(req))
+                },
             ))
             .layer(axum::middleware::from_fn(crate::edge));
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -133,29 +133,44 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
-        // from the inside out: browser safety then authentication (the caller; one
-        // layer, the browser check before any key is looked at), the panic catcher,
-        // then the correlation id with the access log inside it (one layer; the log
-        // sees refusals and panics too). Each layer costs a request a boxed future and
-        // a clone of the service inside it, so they are few.
+        // from the inside out: the panic catcher around browser safety then
+        // authentication (the caller; one layer, the browser check before any key is
+        // looked at), then the correlation id with the access log inside it (one
+        // layer; the log sees refusals and panics too). Each layer costs a request a
+        // boxed future and a clone of the service inside it, so they are few.
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_response,
-        ))
         .layer(axum::middleware::from_fn(edge))
         .with_state(state)
 }
 
-/// The innermost layer: browser safety, then authentication.
+/// The innermost layer: browser safety, then authentication, then the handler, with
+/// any panic among them caught ([`caught`]).
 async fn guard(
     state: axum::extract::State<App>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if let Some(refused) = browser::refusal(&state.browser, &req) {
-        return refused;
-    }
-    auth::middleware(state, req, next).await
+    caught(async move {
+        if let Some(refused) = browser::refusal(&state.browser, &req) {
+            return refused;
+        }
+        auth::middleware(state, req, next).await
+    })
+    .await
+}
+
+/// Serve with `served`; if it panics, answer 500 `INTERNAL` ([`panic_response`]).
+/// Caught here rather than by tower-http's panic layer, which also boxes and maps the
+/// response body: a stream paid that on every frame. (Neither catches a panic while
+/// a body streams; that ends the connection.)
+pub(crate) async fn caught(
+    served: impl std::future::Future<Output = axum::response::Response>,
+) -> axum::response::Response {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(served)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(panic_response)
 }
 
 /// The outermost layer: the correlation id, and inside it the access log.
