@@ -14,6 +14,7 @@
 //!
 //! Rounds alternate which side goes first.
 
+use crate::admit::admission_round;
 use crate::mock::{client, Server};
 use crate::stats::pct;
 use futures_util::StreamExt;
@@ -27,8 +28,6 @@ const TASKS: usize = 60;
 const TOKENS: u32 = 100;
 const RATE: f64 = 50.0;
 const ROUNDS: usize = 4;
-const CLIENTS: usize = 32;
-const ADMIT_ROUND: Duration = Duration::from_secs(2);
 
 /// What one task's client saw, submitted on `submit_base` and read on `read_base`.
 #[derive(Default)]
@@ -159,56 +158,6 @@ async fn probe(
     out
 }
 
-/// Admissions per second of a closed loop over `bases`; then waits until the tasks it
-/// admitted have ended, so the next round does not share the machine with them.
-async fn admission_round(h: &reqwest::Client, bases: &[String]) -> f64 {
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let hs: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let (h, base, stop) = (h.clone(), bases[c % bases.len()].clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut n, mut last) = (0u64, None);
-                while !stop.load(Ordering::Relaxed) {
-                    match crate::mock::submit(&h, &base, 1).await {
-                        Some((id, _)) => {
-                            n += 1;
-                            last = Some(id);
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(1)).await,
-                    }
-                }
-                (n, base, last)
-            })
-        })
-        .collect();
-    tokio::time::sleep(ADMIT_ROUND).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut n = 0;
-    let mut lasts = Vec::new();
-    for h in hs {
-        if let Ok((k, base, last)) = h.await {
-            n += k;
-            lasts.extend(last.map(|id| (base, id)));
-        }
-    }
-    let rate = n as f64 / t0.elapsed().as_secs_f64();
-    let until = Instant::now() + Duration::from_secs(120);
-    for (base, id) in lasts {
-        while Instant::now() < until {
-            let state = match h.get(format!("{base}/v1/tasks/{id}")).send().await {
-                Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default()["state"].clone(),
-                Err(_) => serde_json::Value::Null,
-            };
-            if matches!(state.as_str(), Some("completed" | "failed" | "canceled")) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    rate
-}
-
 fn ms(d: f64) -> String {
     format!("{d:.3} ms")
 }
@@ -324,17 +273,6 @@ pub async fn run() {
     // what the servers can store at all, against the standalone rate just measured
     crate::store::ceiling(&nats, a / ROUNDS as f64).await;
     drop(nats);
-}
-
-/// Standalone orchestratord's admissions/s (the mean of two of this benchmark's
-/// admission rounds), for comparisons run elsewhere.
-pub async fn standalone_admissions() -> f64 {
-    let mock = format!("slots = 256\ntokens_per_sec = {RATE}\nttft_ms = 0\ntokens = {TOKENS}");
-    let standalone = Server::orchestratord_with("standalone", "", &mock, "queue_capacity = 100000");
-    let h = client(256);
-    let base = std::slice::from_ref(&standalone.base);
-    admission_round(&h, base).await; // warm-up
-    (admission_round(&h, base).await + admission_round(&h, base).await) / 2.0
 }
 
 fn row(name: &str, a: &mut [Duration], b: &mut [Duration]) {

@@ -6,6 +6,8 @@
 //! runs the floor server (see `floor.rs`); the mock scenarios spawn it themselves.
 
 #[cfg(feature = "cluster")]
+mod admit;
+#[cfg(feature = "cluster")]
 mod capacity;
 #[cfg(feature = "cluster")]
 mod cluster;

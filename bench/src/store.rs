@@ -99,6 +99,6 @@ pub async fn ceiling(nats: &Nats, standalone: f64) {
 pub async fn run() {
     println!("== cluster store ceiling: 3 nats-servers (R3, TLS, auth) vs standalone admission ==");
     let nats = Nats::start("bench-store").await;
-    let standalone = crate::cluster::standalone_admissions().await;
+    let standalone = crate::admit::standalone_admissions().await;
     ceiling(&nats, standalone).await;
 }

@@ -4,19 +4,40 @@
 use bytes::Bytes;
 use orch_services::{FrameRef, Read, StreamReader};
 use std::convert::Infallible;
-use std::fmt::Write;
 use std::time::Duration;
 
 pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Append one frame. Event names are static identifiers (`EventKind`) and `data` is one JSON line
-/// (serde_json never emits raw newlines), so no field can break the framing.
+/// (serde_json never emits raw newlines), so no field can break the framing. One
+/// reservation per frame, no formatter: this runs once per token.
 pub fn write_frame(out: &mut String, f: &FrameRef<'_>) {
-    let _ = write!(
-        out,
-        "event: {}\nid: {}\ndata: {}\n\n",
-        f.kind, f.seq, f.data
-    );
+    let kind = f.kind.as_str();
+    out.reserve("event: \nid: \ndata: \n\n".len() + kind.len() + 20 + f.data.len());
+    out.push_str("event: ");
+    out.push_str(kind);
+    out.push_str("\nid: ");
+    push_decimal(out, f.seq);
+    out.push_str("\ndata: ");
+    out.push_str(f.data);
+    out.push_str("\n\n");
+}
+
+/// `n` in decimal.
+fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(char::from(d));
+    }
 }
 
 /// The response body: all frames from the reader, batched per wake-up and written
@@ -33,4 +54,26 @@ pub fn body_stream(
         };
         Some((Ok(chunk), r))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orch_domain::EventKind;
+
+    #[test]
+    fn a_frame_is_its_three_lines_and_a_blank_one() {
+        for (seq, kind, data) in [
+            (1, EventKind::Started, r#"{"queue_position":0}"#),
+            (10, EventKind::Token, r#"{"t":"hi","i":9}"#),
+            (u64::MAX, EventKind::End, "{}"),
+        ] {
+            let mut out = String::from("before\n");
+            write_frame(&mut out, &FrameRef { seq, kind, data });
+            assert_eq!(
+                out,
+                format!("before\nevent: {kind}\nid: {seq}\ndata: {data}\n\n")
+            );
+        }
+    }
 }
