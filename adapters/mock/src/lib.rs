@@ -325,7 +325,9 @@ impl Gen {
         self.start + d
     }
 
-    async fn step(mut self) -> Option<(Result<EngineEvent, WorkerError>, Self)> {
+    /// One event. The generator is boxed: the stream moves its state into and out of
+    /// this future on every token, so that move is a pointer, not the whole state.
+    async fn step(mut self: Box<Self>) -> Option<(Result<EngineEvent, WorkerError>, Box<Self>)> {
         if self.done || self.canceled.load(Ordering::Acquire) {
             return None;
         }
@@ -518,7 +520,7 @@ impl WorkerAdapter for MockEngine {
                 done: false,
                 _guard: guard,
             };
-            let s: EventStream = Box::pin(stream::unfold(gen, Gen::step));
+            let s: EventStream = Box::pin(stream::unfold(Box::new(gen), Gen::step));
             Ok(s)
         })
     }
