@@ -17,27 +17,10 @@ pub fn write_frame(out: &mut String, f: &FrameRef<'_>) {
     out.push_str("event: ");
     out.push_str(kind);
     out.push_str("\nid: ");
-    push_decimal(out, f.seq);
+    out.push_str(itoa::Buffer::new().format(f.seq));
     out.push_str("\ndata: ");
     out.push_str(f.data);
     out.push_str("\n\n");
-}
-
-/// `n` in decimal.
-fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        out.push(char::from(d));
-    }
 }
 
 /// The response body: all frames from the reader, batched per wake-up and written
