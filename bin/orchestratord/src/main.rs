@@ -8,6 +8,14 @@ use orchestratord::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// jemalloc, purging on its own background thread. glibc malloc and its arena lock took
+/// about a third of admission's CPU; with jemalloc admission is 1.5x, with the latency
+/// tail and the memory of 10,000 idle streams unchanged. Purging inline (jemalloc's
+/// default) put up to +1.4 ms on the latency benchmark's p99, so it runs on jemalloc's
+/// thread instead (BENCHMARKS.md, issue 28 item 3).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "orchestratord",
