@@ -5,7 +5,9 @@
 //! admission benchmark's concurrency (32) and at 256, into 1, 4 and 16 queue streams
 //! (a pool's queue sharded that many ways). Side by side in the same run: standalone
 //! orchestratord's admission rate on the same machine. No orchestratord instance runs
-//! meanwhile, so the figure is the store's ceiling, not what an admission costs.
+//! meanwhile, so the figure is the store's ceiling, not what an admission costs. Then
+//! the same tasks in JetStream's atomic batches (the server's own group commit),
+//! beside single publishes, to show whether batching lifts that ceiling.
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -15,6 +17,8 @@ use std::time::Instant;
 
 const PUBLISHES: usize = 2_000;
 const PAYLOAD: usize = 600;
+/// Messages per atomic-batch cell.
+const BATCHED: usize = 4_096;
 
 /// Publishes per second into `shards` fresh queues, `concurrent` in flight.
 async fn rate(c: &Cluster, tag: &str, shards: usize, concurrent: usize) -> (f64, usize) {
@@ -92,6 +96,42 @@ pub async fn ceiling(nats: &Nats, standalone: f64) {
                 best / standalone
             );
         }
+    }
+    atomic_batches(&c, standalone).await;
+}
+
+/// JetStream's own group commit: atomic batches (ADR-50) of 16 and 64 task-sized
+/// messages, 16 batches in flight, into one queue-shaped stream each, beside single
+/// publishes into one stream at 256 in flight (the table above's best one-stream
+/// setting), in the same run.
+async fn atomic_batches(c: &Cluster, standalone: f64) {
+    println!();
+    println!("Atomic batches (nats-server 2.12+, ADR-50): the same {PAYLOAD}-byte tasks, each with its dedupe id, {BATCHED} per cell, in batches that each commit together:");
+    println!();
+    println!("| round | single publishes, 256 in flight | batches of 16, 16 in flight | batches of 64, 16 in flight | **best / standalone admissions** |");
+    println!("|---|---|---|---|---|");
+    for round in 1..=2 {
+        let (single, _) = rate(c, &format!("atom{round}single"), 1, 256).await;
+        let mut cells = vec![single];
+        for size in [16, 64] {
+            let name = format!("ATOM_{round}_{size}");
+            match orch_cluster::probe::atomic_batch_rate(c, &name, size, 16, BATCHED, PAYLOAD).await
+            {
+                Ok(r) => cells.push(r),
+                Err(e) => {
+                    eprintln!("  note: atomic batches of {size}: {e}");
+                    cells.push(0.0);
+                }
+            }
+        }
+        let best = cells.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {round} | {:.0} | {:.0} | {:.0} | **{:.3}** |",
+            cells[0],
+            cells[1],
+            cells[2],
+            best / standalone
+        );
     }
 }
 

@@ -24,6 +24,8 @@ pub mod keys;
 mod lease;
 pub mod metrics;
 mod node;
+#[cfg(feature = "testing")]
+pub mod probe;
 mod queue;
 mod quota;
 mod security;
