@@ -77,9 +77,19 @@ impl Inner {
         lock(&self.shards[(self.hasher.hash_one(id) as usize) % SHARDS])
     }
 
+    /// One task fewer is live. Waiters are woken only when none is left: `wait_idle`
+    /// waits for zero, and waking every waiter on each task's end cost a wake-all per
+    /// task on the admission path. [`TaskTable::live`] reads the count either way.
+    fn count_out(&self) {
+        self.live.send_if_modified(|n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+
     /// A task ended: count it out and retain its frames, within bounds.
     fn ended(&self, rec: &Arc<TaskRecord>) {
-        self.live.send_modify(|n| *n = n.saturating_sub(1));
+        self.count_out();
         self.recent.ended(rec);
         let bytes = rec.log.bytes();
         let mut victims = Vec::new();
@@ -178,7 +188,11 @@ impl TaskTable {
             }
             shard.insert(rec.id, Entry::Record(rec));
         }
-        self.inner.live.send_modify(|n| *n += 1);
+        // a count going up never wakes anyone: only reaching zero does (`wait_idle`)
+        self.inner.live.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
         Ok(())
     }
 
@@ -192,7 +206,7 @@ impl TaskTable {
             }
         };
         if removed {
-            self.inner.live.send_modify(|n| *n = n.saturating_sub(1));
+            self.inner.count_out();
         }
     }
 
@@ -299,4 +313,53 @@ pub fn expired(id: TaskId) -> OrchError {
             "task {id} expired: it finished and its frames are no longer retained (its summary is at GET /v1/tasks/{id})"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::Ending;
+    use crate::task::Admission;
+    use orch_domain::Priority;
+
+    fn live_record(table: &TaskTable) -> Arc<TaskRecord> {
+        let rec = Arc::new(TaskRecord::new(
+            Admission {
+                id: TaskId::new_random(),
+                tenant: "t".into(),
+                priority: Priority::Interactive,
+                pool_id: "p".into(),
+                session: None,
+                correlation_id: "c".into(),
+                engine: ("mock".into(), "mock-0".into()),
+                waited: Duration::ZERO,
+            },
+            None,
+            Some(table.end_hook()),
+        ));
+        assert!(table.insert(rec.clone()).is_ok());
+        rec
+    }
+
+    #[tokio::test]
+    async fn waiting_for_idle_ends_when_the_last_live_task_ends_and_not_before() {
+        let table = TaskTable::new(Retention::default(), Duration::from_secs(60));
+        let (a, b) = (live_record(&table), live_record(&table));
+        assert_eq!(table.live(), 2);
+        let waiter = tokio::spawn({
+            let t = table.clone();
+            async move { t.wait_idle(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(a.end(Ending::Failed(OrchError::internal("first"))));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(table.live(), 1);
+        assert!(!waiter.is_finished(), "a task is still live");
+        assert!(b.end(Ending::Failed(OrchError::internal("last"))));
+        let idle = tokio::time::timeout(Duration::from_secs(2), waiter).await;
+        assert!(matches!(idle, Ok(Ok(true))), "woken when none was left");
+        assert_eq!(table.live(), 0);
+        // already idle: answered at once
+        assert!(table.wait_idle(Duration::from_millis(1)).await);
+    }
 }

@@ -29,7 +29,9 @@ use tokio::time::Instant;
 pub fn launcher(sessions: Arc<SessionStore>) -> Launch {
     Arc::new(move |a: Assignment| {
         let rec = a.rec.clone();
-        let run = AssertUnwindSafe(run(a, sessions.clone())).catch_unwind();
+        // boxed: the run's state is large, and the spawn would otherwise copy it into
+        // the task's cell through each wrapper; this way only a pointer moves
+        let run = AssertUnwindSafe(Box::pin(run(a, sessions.clone()))).catch_unwind();
         tokio::spawn(async move {
             if run.await.is_err() {
                 tracing::error!(task_id = %rec.id, tenant = %rec.tenant, "task run panicked");
