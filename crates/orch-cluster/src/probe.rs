@@ -110,7 +110,7 @@ pub async fn atomic_batch_rate(
     let payload = Bytes::from(vec![b'x'; payload_len]);
     let batches = total / size;
     let t0 = Instant::now();
-    let results: Vec<Result<(), String>> = futures_util::stream::iter(0..batches)
+    let stored: Vec<Result<(), String>> = futures_util::stream::iter(0..batches)
         .map(|b| {
             let (client, payload) = (client.clone(), payload.clone());
             async move { one_batch(&client, name, b, size, &payload).await }
@@ -119,8 +119,6 @@ pub async fn atomic_batch_rate(
         .collect()
         .await;
     let elapsed = t0.elapsed().as_secs_f64();
-    if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-        return Err(e);
-    }
+    stored.into_iter().collect::<Result<Vec<()>, String>>()?;
     Ok((batches * size) as f64 / elapsed)
 }

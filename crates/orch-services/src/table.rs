@@ -77,6 +77,14 @@ impl Inner {
         lock(&self.shards[(self.hasher.hash_one(id) as usize) % SHARDS])
     }
 
+    /// One task more is live: a count going up wakes no one (see [`Self::count_out`]).
+    fn count_in(&self) {
+        self.live.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
+    }
+
     /// One task fewer is live. Waiters are woken only when none is left: `wait_idle`
     /// waits for zero, and waking every waiter on each task's end cost a wake-all per
     /// task on the admission path. [`TaskTable::live`] reads the count either way.
@@ -188,11 +196,7 @@ impl TaskTable {
             }
             shard.insert(rec.id, Entry::Record(rec));
         }
-        // a count going up never wakes anyone: only reaching zero does (`wait_idle`)
-        self.inner.live.send_if_modified(|n| {
-            *n += 1;
-            false
-        });
+        self.inner.count_in();
         Ok(())
     }
 
