@@ -1,4 +1,4 @@
-//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|llama-migration|openai|prefix|prefix-observed|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover|cluster-store>`: each scenario runs orchestratord and
+//! `orch-bench <latency|large|cpu|streams|admission|ledger|console|llama|llama-ttft|large-llama|llama-migration|openai|prefix|prefix-observed|all|cluster|cluster-capacity|cluster-capacity-llama|cluster-failover|cluster-store>`: each scenario runs orchestratord and
 //! its floor or baseline side by side in one run and prints figures, differences and
 //! ratios as markdown tables (see BENCHMARKS.md).
 //!
@@ -12,6 +12,7 @@ mod capacity;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod floor;
+mod large_llama;
 mod llama;
 mod migration;
 mod mock;
@@ -49,6 +50,7 @@ async fn main() {
         "console" => mock::console::run().await,
         "llama" => llama::throughput().await,
         "llama-ttft" => ttft::run().await,
+        "large-llama" => large_llama::run().await,
         "llama-migration" => migration::run().await,
         "openai" => openai::run().await,
         "prefix" => prefix::run().await,
@@ -71,7 +73,7 @@ async fn main() {
         }
         other => {
             eprintln!(
-                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | llama-migration | openai | prefix | prefix-observed | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover | cluster-store, built with --features cluster)"
+                "unknown scenario {other}; use latency | large | cpu | streams | admission | ledger | console | llama | llama-ttft | large-llama | llama-migration | openai | prefix | prefix-observed | all (| cluster | cluster-capacity | cluster-capacity-llama | cluster-failover | cluster-store, built with --features cluster)"
             );
             std::process::exit(2);
         }
