@@ -391,6 +391,33 @@ impl WorkerAdapter for LlamaCppAdapter {
         })
     }
 
+    fn count_tokens(
+        &self,
+        text: std::sync::Arc<str>,
+    ) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+        Box::pin(async move {
+            // as /completion tokenizes a prompt: BOS and the like included
+            let body = crate::wire::TokenizeRequest {
+                content: &text,
+                add_special: true,
+            };
+            let r = self
+                .http
+                .post(format!("{}/tokenize", self.base))
+                .timeout(self.opts.control_timeout)
+                .json(&body)
+                .send()
+                .await
+                .map_err(net_err)?;
+            let r = refuse_unless_ok(r, "/tokenize: ").await?;
+            let tokens: crate::identity::Tokens = r
+                .json()
+                .await
+                .map_err(|e| WorkerError::Protocol(format!("/tokenize: {e}")))?;
+            Ok(Some(u32::try_from(tokens.tokens.len()).unwrap_or(u32::MAX)))
+        })
+    }
+
     fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
         Box::pin(async move {
             let slots: Vec<Slot> = self.get_json("/slots").await?;

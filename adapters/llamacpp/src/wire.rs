@@ -45,6 +45,13 @@ pub struct CompletionRequest<'a> {
     pub cache_prompt: bool,
 }
 
+/// `POST /tokenize`: a prompt's tokens as `/completion` makes them.
+#[derive(Debug, Serialize)]
+pub struct TokenizeRequest<'a> {
+    pub content: &'a str,
+    pub add_special: bool,
+}
+
 /// One `data:` chunk of a streaming completion.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]

@@ -58,6 +58,10 @@ pub struct MockConfig {
     /// The faults above (and `fail_*`, `stall_after_tokens`) apply only to these
     /// replica ids; absent = to every replica.
     pub faults_only_on: Option<Vec<String>>,
+    /// Answer `count_tokens` with [`prompt_tokens`] (one per word, plus one), as an
+    /// engine with a tokenizer endpoint does; off (default): it cannot count, as an
+    /// engine behind an OpenAI-compatible API.
+    pub tokenizer: bool,
 }
 
 impl Default for MockConfig {
@@ -79,6 +83,7 @@ impl Default for MockConfig {
             crash_after_ms: None,
             hang_after_ms: None,
             faults_only_on: None,
+            tokenizer: false,
         }
     }
 }
@@ -412,6 +417,11 @@ impl WorkerAdapter for MockEngine {
                 Health::Loading
             })
         })
+    }
+
+    fn count_tokens(&self, text: Arc<str>) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+        let n = self.cfg.tokenizer.then(|| prompt_tokens(&text));
+        Box::pin(async move { Ok(n) })
     }
 
     /// With the KV model on: the modelled cache's fill (blocks held / capacity);

@@ -1,6 +1,8 @@
 //! OrchQueue v1 data plane, end to end over real HTTP against a mock pool.
 
 mod common;
+#[path = "data_plane/prompt_fit.rs"]
+mod prompt_fit;
 use common::*;
 use serde_json::json;
 use std::time::Duration;

@@ -10,6 +10,8 @@
 #![allow(clippy::await_holding_lock)]
 
 mod common;
+#[path = "llamacpp/prompt_fit.rs"]
+mod prompt_fit;
 use common::llama::*;
 use common::*;
 use serde_json::{json, Value};

@@ -184,6 +184,16 @@ pub trait WorkerAdapter: Send + Sync + 'static {
     fn kv_cache_usage(&self) -> BoxFuture<'_, Result<Option<f64>, WorkerError>> {
         Box::pin(async { Ok(None) })
     }
+    /// How many tokens this engine's tokenizer makes of `text` as a prompt (special
+    /// tokens such as BOS included), when it can tell; `None` (default) when it cannot.
+    /// Admission asks before refusing a prompt its bytes-per-token estimate puts over
+    /// the context, so a prompt that fits is not refused on a guess.
+    fn count_tokens(
+        &self,
+        _text: std::sync::Arc<str>,
+    ) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// Whether this engine continues a generation from its token ids
     /// ([`EngineRequest::resume`]) and reports ids with every token; engines that do not
     /// (default) are never asked to.

@@ -23,6 +23,10 @@ pub struct ReplicatedTask {
     /// The OpenAI door's chat (not part of the request's wire form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<Vec<ChatMessage>>,
+    /// The prompt's tokens as the admitting instance's engine counted them (not part
+    /// of the request's wire form), so the leader's fit check agrees with admission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
     /// When it was admitted (ms since the epoch, the admitting instance's clock; 0:
     /// not told): its queue-wait limit and deadline count from then, on any leader.
     #[serde(default)]
@@ -45,6 +49,7 @@ impl ReplicatedTask {
     pub fn into_new_task(self) -> NewTask {
         let mut request = self.request;
         request.chat = self.chat;
+        request.prompt_tokens = self.prompt_tokens;
         let waited = if self.admitted_ms == 0 {
             std::time::Duration::ZERO
         } else {

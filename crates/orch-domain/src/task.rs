@@ -214,6 +214,13 @@ pub struct TaskRequest {
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub idempotency_key: Option<String>,
+    /// The prompt's length in tokens as the pool's engine counted it, when admission
+    /// asked (its 4-bytes-per-token estimate put the prompt over the context); set by
+    /// the server, never read from the body. Fit checks, holds and charges use it
+    /// instead of the estimate.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub prompt_tokens: Option<u32>,
 }
 
 impl TaskRequest {
@@ -241,6 +248,7 @@ impl TaskRequest {
             placement: None,
             chat: None,
             idempotency_key: None,
+            prompt_tokens: None,
         }
     }
 

@@ -73,12 +73,16 @@ async fn admit_in(
     let pool = select_pool(core, &req, caller)?;
     let snap = pool.snapshot();
     pinned.clone_from(&snap.pinned);
+    if crate::pool::worth_counting(&snap, &req) {
+        // over the context by the estimate: the engine's own count decides
+        req.prompt_tokens = crate::pool::count_prompt(&snap, &req, &core.counting).await;
+    }
     // refuse what the pool would refuse before anything is reserved (the pool checks
     // again when it queues the task; a home that stores it elsewhere relies on this)
     crate::pool::check_fits_snapshot(&snap, &req)?;
     let engine = snap.pinned.as_ref().map_or("none", |p| p.engine.as_str());
     let tenant = core.tenants.get(&caller.tenant);
-    let prompt_estimate = u64::from(crate::pool::estimate_prompt_tokens(&req.prompt));
+    let prompt_estimate = u64::from(crate::pool::prompt_tokens(&req));
     let kv_need = prompt_estimate + u64::from(req.max_tokens);
     tenant
         .kv_fits_at_all(kv_need, req.max_tokens)

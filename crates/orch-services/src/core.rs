@@ -33,6 +33,8 @@ pub(crate) struct Core {
     home: OnceLock<Arc<dyn TaskHome>>,
     /// Runtime keys, the usage ledger and budgets (set once, before serving).
     accounts: OnceLock<Arc<Accounts>>,
+    /// Engine counts of prompts in flight (`crate::pool::count_prompt`).
+    pub counting: tokio::sync::Semaphore,
 }
 
 impl Core {
@@ -55,6 +57,7 @@ impl Core {
             self_tests_passed: AtomicBool::new(true),
             home: OnceLock::new(),
             accounts: OnceLock::new(),
+            counting: tokio::sync::Semaphore::new(crate::pool::COUNTS_AT_ONCE),
         }
     }
 

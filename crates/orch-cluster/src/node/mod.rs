@@ -445,6 +445,7 @@ impl TaskHome for Node {
                 pool_id: rec.pool_id.clone(),
                 correlation_id: rec.correlation_id.clone(),
                 chat: req.chat.clone(),
+                prompt_tokens: req.prompt_tokens,
                 request: TaskRequest::clone(req),
                 admitted_ms: crate::wire::now_ms(),
             };

@@ -16,6 +16,13 @@ pub fn estimate_prompt_tokens(prompt: &str) -> u32 {
     prompt.len().div_ceil(BYTES_PER_TOKEN_ESTIMATE) as u32
 }
 
+/// A task's prompt in tokens: its engine's count when admission took one, else the
+/// estimate.
+pub fn prompt_tokens(req: &TaskRequest) -> u32 {
+    req.prompt_tokens
+        .unwrap_or_else(|| estimate_prompt_tokens(&req.prompt))
+}
+
 /// 503 `POOL_UNREADY` for a pool that cannot take work now.
 pub(crate) fn unready(pool_id: &str) -> OrchError {
     OrchError::new(
@@ -83,6 +90,25 @@ pub(crate) fn check_fits_snapshot(s: &super::Snapshot, req: &TaskRequest) -> Res
     check_fits(req, &s.spec, pinned.ctx_max)
 }
 
+/// Whether the prompt (counted, or else estimated) plus `max_tokens` exceeds the
+/// task's context.
+fn over_context(req: &TaskRequest, ctx_max: u32) -> bool {
+    let ctx = req.ctx.unwrap_or(ctx_max);
+    u64::from(prompt_tokens(req)) + u64::from(req.max_tokens) > u64::from(ctx)
+}
+
+/// Whether admission should ask the pool's engine to count the prompt: it is over
+/// the context by the estimate and nobody counted it yet.
+/// A prompt of one token must fit beside `max_tokens`, or no count could change the
+/// answer.
+pub(crate) fn worth_counting(s: &super::Snapshot, req: &TaskRequest) -> bool {
+    req.prompt_tokens.is_none()
+        && s.pinned.as_ref().is_some_and(|p| {
+            let ctx = req.ctx.unwrap_or(p.ctx_max);
+            ctx <= p.ctx_max && req.max_tokens < ctx && over_context(req, p.ctx_max)
+        })
+}
+
 fn check_fits(req: &TaskRequest, spec: &PoolSpec, ctx_max: u32) -> Result<(), OrchError> {
     if let Some(ctx) = req.ctx {
         if ctx > ctx_max {
@@ -101,13 +127,16 @@ fn check_fits(req: &TaskRequest, spec: &PoolSpec, ctx_max: u32) -> Result<(), Or
             ),
         ));
     }
-    let ctx = req.ctx.unwrap_or(ctx_max);
-    let prompt = estimate_prompt_tokens(&req.prompt);
-    if u64::from(prompt) + u64::from(req.max_tokens) > u64::from(ctx) {
+    if over_context(req, ctx_max) {
+        let ctx = req.ctx.unwrap_or(ctx_max);
+        let prompt = match req.prompt_tokens {
+            Some(n) => format!("{n} tokens, counted by the engine"),
+            None => format!("~{} tokens", estimate_prompt_tokens(&req.prompt)),
+        };
         return Err(OrchError::invalid(
             "max_tokens",
             format!(
-                "prompt (~{prompt} tokens) + max_tokens {} exceeds ctx {ctx}",
+                "prompt ({prompt}) + max_tokens {} exceeds ctx {ctx}",
                 req.max_tokens
             ),
         ));

@@ -11,17 +11,19 @@
 mod actor;
 mod admit;
 mod charge;
+mod count;
 mod observed;
 mod slot;
 pub mod state;
 
-pub(crate) use admit::estimate_prompt_tokens;
+pub(crate) use admit::{estimate_prompt_tokens, prompt_tokens};
 
 /// The upper bound a task is charged in its pool's fair queue when it is queued.
 pub(crate) fn declared_cost(request: &TaskRequest) -> u64 {
-    charge::declared(estimate_prompt_tokens(&request.prompt), request)
+    charge::declared(prompt_tokens(request), request)
 }
-pub(crate) use admit::{check_fits_snapshot, unready};
+pub(crate) use admit::{check_fits_snapshot, unready, worth_counting};
+pub(crate) use count::{count_prompt, COUNTS_AT_ONCE};
 pub(crate) use observed::reuses_cache;
 pub use slot::{Observed, PromptSeen, SlotGuard};
 pub use state::{Pinned, Replica};

@@ -11,7 +11,7 @@ mod progress;
 mod publish;
 mod retry;
 
-use super::admit::{check, estimate_prompt_tokens};
+use super::admit::{check, prompt_tokens};
 use super::charge::Charges;
 use super::slot::Observed;
 use super::state::{Pinned, PoolState, Replica};
@@ -337,7 +337,7 @@ impl Actor {
             request.priority,
             flow,
             admitted.seq,
-            estimate_prompt_tokens(&request.prompt),
+            prompt_tokens(&request),
         );
         rec.set_estimate(placed.queue_position, placed.predicted_start_ms);
         let now = Instant::now();
