@@ -1,17 +1,17 @@
 //! Large prompts in front of one real llama-server (issue 28, item 2, the real-engine
-//! half): closed loops of 20, 60 and 150 clients, each sending a large prompt and
+//! half): closed loops of 1, 20, 60 and 150 clients, each sending a 256 KiB prompt and
 //! reading its stream (4 tokens, temperature 0), direct (`POST /completion`) and
 //! through orchestratord (OrchQueue submit, then the SSE stream), alternating in one
 //! run against the same engine (orchestratord's spawned replica, 2 slots).
 //!
-//! What fits this box: the bundled model's context is 32,768 tokens per slot, and
-//! orchestratord refuses before enqueue a prompt whose estimate (4 bytes per token)
-//! plus `max_tokens` exceeds it, so the largest prompt it admits for this model is
-//! 131,056 bytes; every prompt here is [`PROMPT_BYTES`]. A cold prefill runs at about
-//! 320 tokens/s on 2 CPU threads, so the prompts share one long prefix (held in both
-//! slots' caches after the warm-up) and differ in their last line: every request still
-//! carries, parses and tokenizes the whole prompt, and prefills only its own tail. The
-//! prefix is mostly whitespace (an indented document's padding): about 8,100 tokens.
+//! What fits this box: the bundled model's context is 32,768 tokens per slot, and a
+//! cold prefill runs at about 320 tokens/s on 2 CPU threads. So the prompts are mostly
+//! whitespace (an indented document's padding: lines of 1,023 spaces, ~8,700 tokens
+//! for 256 KiB), share that prefix (held in both slots' caches after the warm-up) and
+//! differ in their last line: every request still carries, parses and tokenizes its
+//! whole 256 KiB and prefills only its own tail. By orchestratord's 4-bytes-per-token
+//! estimate each is 65,536 tokens, over the context, so admission has the engine count
+//! it (`/tokenize`) before admitting it: that count is part of what is measured.
 //!
 //! The engine gets an HTTP thread per direct client (`--threads-http 192`): with its
 //! default (4 here) 150 direct clients hold every thread, orchestratord's health probe
@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 /// Every prompt's size in bytes (prefix + distinct tail).
-pub const PROMPT_BYTES: usize = 130_000;
+pub const PROMPT_BYTES: usize = 256 * 1024;
 const CONCURRENCY: [usize; 4] = [1, 20, 60, 150];
 /// Tasks per side per round, as a multiple of the concurrency.
 const TASKS_PER_CLIENT: usize = 2;
@@ -34,8 +34,8 @@ fn prompt(n: usize) -> String {
     let tail = format!("\nRequest {n}: name one colour.");
     let mut p = String::with_capacity(PROMPT_BYTES);
     p.push_str("Document follows.\n");
-    while p.len() + tail.len() + 64 <= PROMPT_BYTES {
-        p.push_str(&" ".repeat(63));
+    while p.len() + tail.len() + 1024 <= PROMPT_BYTES {
+        p.push_str(&" ".repeat(1023));
         p.push('\n');
     }
     p.push_str(&" ".repeat(PROMPT_BYTES - p.len() - tail.len()));

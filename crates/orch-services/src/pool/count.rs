@@ -7,7 +7,7 @@
 //! count it ([`adapter_api::WorkerAdapter::count_tokens`]) and decides on that.
 //!
 //! Owns: which prompts are worth an engine's time and how many counts run at once.
-//! Never: waits for a count slot (a busy server refuses by the estimate, as before),
+//! Never: waits longer than [`COUNT_TIMEOUT`] for a count slot and the count together,
 //! asks about a prompt no tokenizer could fit, or fails admission because an engine
 //! could not count (the estimate stands).
 
@@ -24,11 +24,12 @@ pub const COUNTS_AT_ONCE: usize = 2;
 /// prompt longer than this many bytes per token of context is refused uncounted.
 const MAX_BYTES_PER_TOKEN: u64 = 32;
 
-/// An engine's count takes at most this long (a 256 KB prompt: ~0.2 s on 2 cores).
+/// Waiting for a count slot and the engine's count take at most this long together (a
+/// 256 KB prompt: ~0.2 s of an engine on 2 cores).
 const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The engine's count of `req`'s prompt, when it is worth asking, a count slot is
-/// free and a serving replica of the pool can count; `None` otherwise.
+/// The engine's count of `req`'s prompt, when it is worth asking and a serving replica
+/// of the pool counts it in time; `None` otherwise.
 pub(crate) async fn count_prompt(
     s: &Snapshot,
     req: &TaskRequest,
@@ -38,19 +39,24 @@ pub(crate) async fn count_prompt(
     if !super::worth_counting(s, req) || req.prompt.len() as u64 > ctx * MAX_BYTES_PER_TOKEN {
         return None;
     }
-    let _slot = slots.try_acquire().ok()?;
     let replica = s.replicas.iter().find(|r| r.serving)?;
-    let count = replica.adapter.count_tokens(req.prompt.clone());
+    let count = async {
+        let _slot = slots.acquire().await.ok()?;
+        Some(replica.adapter.count_tokens(req.prompt.clone()).await)
+    };
     match tokio::time::timeout(COUNT_TIMEOUT, count).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(e)) => {
-            tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id, error = %e,
-                "the engine could not count a prompt; the estimate stands");
-            None
-        }
+        Ok(None) => None,
+        Ok(Some(r)) => match r {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id, error = %e,
+                    "the engine could not count a prompt; the estimate stands");
+                None
+            }
+        },
         Err(_) => {
             tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id,
-                "the engine's count of a prompt timed out; the estimate stands");
+                "no count of a prompt within its time (counts busy or the engine slow); the estimate stands");
             None
         }
     }
