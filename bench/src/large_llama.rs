@@ -11,7 +11,8 @@
 //! differ in their last line: every request still carries, parses and tokenizes its
 //! whole 256 KiB and prefills only its own tail. By orchestratord's 4-bytes-per-token
 //! estimate each is 65,536 tokens, over the context, so admission has the engine count
-//! it (`/tokenize`) before admitting it: that count is part of what is measured.
+//! it (`/tokenize`) before admitting it and sends the counted ids, not the text, to
+//! `/completion`: the count is part of what is measured.
 //!
 //! The engine gets an HTTP thread per direct client (`--threads-http 192`): with its
 //! default (4 here) 150 direct clients hold every thread, orchestratord's health probe

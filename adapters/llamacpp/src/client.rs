@@ -3,9 +3,10 @@
 use crate::wire::{CompletionRequest, Prompt, Props, Slot};
 use crate::ENGINE;
 use adapter_api::{
-    BoxFuture, EngineRequest, EventStream, Health, Properties, WorkerAdapter, WorkerError,
+    BoxFuture, EngineRequest, EventStream, Health, Properties, TokenCount, WorkerAdapter,
+    WorkerError,
 };
-use orch_domain::TaskId;
+use orch_domain::{PromptIds, TaskId};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,10 +235,17 @@ impl LlamaCppAdapter {
             None => None,
         };
         let text = rendered.as_deref().unwrap_or(&req.prompt);
+        let generated = req.resume.as_ref().map_or(&[][..], |r| &r.ids[..]);
+        // ids counted by an engine of this model stand for the text: not tokenized again
+        let counted = match (&rendered, &req.prompt_ids) {
+            (None, Some(p)) if *p.model == *self.model_digest => Some(&p.ids[..]),
+            _ => None,
+        };
         let body = CompletionRequest {
-            prompt: match &req.resume {
-                Some(r) if !r.ids.is_empty() => Prompt::Continued(text, &r.ids),
-                _ => Prompt::Text(text),
+            prompt: match counted {
+                Some(ids) => Prompt::Ids(ids, generated),
+                None if !generated.is_empty() => Prompt::Continued(text, generated),
+                None => Prompt::Text(text),
             },
             n_predict: req.max_tokens,
             stream: true,
@@ -394,7 +402,7 @@ impl WorkerAdapter for LlamaCppAdapter {
     fn count_tokens(
         &self,
         text: std::sync::Arc<str>,
-    ) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+    ) -> BoxFuture<'_, Result<Option<TokenCount>, WorkerError>> {
         Box::pin(async move {
             // as /completion tokenizes a prompt: BOS and the like included
             let body = crate::wire::TokenizeRequest {
@@ -410,11 +418,17 @@ impl WorkerAdapter for LlamaCppAdapter {
                 .await
                 .map_err(net_err)?;
             let r = refuse_unless_ok(r, "/tokenize: ").await?;
-            let tokens: crate::identity::Tokens = r
+            let tokens: crate::wire::TokenizeResponse = r
                 .json()
                 .await
                 .map_err(|e| WorkerError::Protocol(format!("/tokenize: {e}")))?;
-            Ok(Some(u32::try_from(tokens.tokens.len()).unwrap_or(u32::MAX)))
+            Ok(Some(TokenCount {
+                n: u32::try_from(tokens.tokens.len()).unwrap_or(u32::MAX),
+                ids: Some(PromptIds {
+                    model: self.model_digest.as_str().into(),
+                    ids: tokens.tokens.into(),
+                }),
+            }))
         })
     }
 

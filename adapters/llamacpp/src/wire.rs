@@ -4,11 +4,14 @@ use serde::{Deserialize, Serialize};
 
 /// A prompt: its text, or (continuing a generation) its text followed by the token ids
 /// already generated, which llama-server reads as one mixed prompt (`["text", 12, 34]`:
-/// the text tokenized as usual, BOS included, then the ids as they are).
+/// the text tokenized as usual, BOS included, then the ids as they are); or, when the
+/// prompt was tokenized already (admission's count), its ids followed by those
+/// generated (`[2, 901, 12, 34]`: taken as they are, nothing tokenized).
 #[derive(Debug)]
 pub enum Prompt<'a> {
     Text(&'a str),
     Continued(&'a str, &'a [u32]),
+    Ids(&'a [u32], &'a [u32]),
 }
 
 impl Serialize for Prompt<'_> {
@@ -20,6 +23,13 @@ impl Serialize for Prompt<'_> {
                 let mut seq = s.serialize_seq(Some(ids.len() + 1))?;
                 seq.serialize_element(t)?;
                 for id in *ids {
+                    seq.serialize_element(id)?;
+                }
+                seq.end()
+            }
+            Prompt::Ids(prompt, generated) => {
+                let mut seq = s.serialize_seq(Some(prompt.len() + generated.len()))?;
+                for id in prompt.iter().chain(generated.iter()) {
                     seq.serialize_element(id)?;
                 }
                 seq.end()
@@ -50,6 +60,12 @@ pub struct CompletionRequest<'a> {
 pub struct TokenizeRequest<'a> {
     pub content: &'a str,
     pub add_special: bool,
+}
+
+/// Its answer: the ids.
+#[derive(Debug, Deserialize)]
+pub struct TokenizeResponse {
+    pub tokens: Vec<u32>,
 }
 
 /// One `data:` chunk of a streaming completion.
@@ -143,6 +159,10 @@ mod tests {
         let ids = [7u32, 9];
         let mixed = serde_json::to_string(&Prompt::Continued("hi", &ids)).unwrap();
         assert_eq!(mixed, r#"["hi",7,9]"#);
+        let counted = serde_json::to_string(&Prompt::Ids(&[2, 5], &[])).unwrap();
+        assert_eq!(counted, "[2,5]");
+        let both = serde_json::to_string(&Prompt::Ids(&[2, 5], &ids)).unwrap();
+        assert_eq!(both, "[2,5,7,9]");
     }
 
     /// The shape llama-server's `GET /slots` answers with (only_metrics form).

@@ -43,6 +43,7 @@ fn request() -> EngineRequest {
         slot: None,
         cache_prompt: false,
         resume: None,
+        prompt_ids: None,
     }
 }
 
@@ -300,6 +301,39 @@ async fn a_continuation_sends_the_prompt_followed_by_the_ids_so_far() {
         .await
         .1
         .unwrap();
+    let body = fake.script(|s| s.completions.clone()).pop().unwrap();
+    assert_eq!(body["prompt"], "Once upon a time");
+}
+
+#[tokio::test]
+async fn a_counted_prompt_goes_as_its_ids_to_an_engine_of_the_same_model_only() {
+    let fake = FakeLlama::start().await;
+    let a = adapter(&fake, opts());
+    let count = a.count_tokens("Once".into()).await.unwrap().unwrap();
+    let ids = count.ids.clone().expect("llama-server counts with ids");
+    assert_eq!((count.n, &*ids.model), (4, DIGEST));
+    let req = EngineRequest {
+        prompt_ids: Some(ids.clone()),
+        resume: Some(adapter_api::Resume {
+            ids: vec![7],
+            text: " x".into(),
+        }),
+        ..request()
+    };
+    drain(submit(&a, req).await).await.1.unwrap();
+    let body = fake.script(|s| s.completions.clone()).pop().unwrap();
+    // the counted ids, then those generated so far: nothing left to tokenize
+    assert_eq!(body["prompt"], serde_json::json!([79, 110, 99, 101, 7]));
+    // ids another model's tokenizer made are not this engine's: the text goes
+    let other = orch_domain::PromptIds {
+        model: "sha256:other".into(),
+        ..ids
+    };
+    let req = EngineRequest {
+        prompt_ids: Some(other),
+        ..request()
+    };
+    drain(submit(&a, req).await).await.1.unwrap();
     let body = fake.script(|s| s.completions.clone()).pop().unwrap();
     assert_eq!(body["prompt"], "Once upon a time");
 }

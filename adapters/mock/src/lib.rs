@@ -9,7 +9,7 @@
 #[cfg(test)]
 use adapter_api::Resume;
 use adapter_api::{
-    BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties,
+    BoxFuture, EngineEnd, EngineEvent, EngineRequest, EventStream, Health, Properties, TokenCount,
     WorkerAdapter, WorkerError,
 };
 use futures_util::stream;
@@ -62,6 +62,8 @@ pub struct MockConfig {
     /// engine with a tokenizer endpoint does; off (default): it cannot count, as an
     /// engine behind an OpenAI-compatible API.
     pub tokenizer: bool,
+    /// How long a count takes (a real engine's tokenizer: ~0.3 s for 256 KiB).
+    pub count_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -84,6 +86,7 @@ impl Default for MockConfig {
             hang_after_ms: None,
             faults_only_on: None,
             tokenizer: false,
+            count_ms: 0,
         }
     }
 }
@@ -419,9 +422,17 @@ impl WorkerAdapter for MockEngine {
         })
     }
 
-    fn count_tokens(&self, text: Arc<str>) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+    fn count_tokens(
+        &self,
+        text: Arc<str>,
+    ) -> BoxFuture<'_, Result<Option<TokenCount>, WorkerError>> {
         let n = self.cfg.tokenizer.then(|| prompt_tokens(&text));
-        Box::pin(async move { Ok(n) })
+        let delay = Duration::from_millis(self.cfg.count_ms);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            // a count without ids: the mock has no vocabulary
+            Ok(n.map(|n| TokenCount { n, ids: None }))
+        })
     }
 
     /// With the KV model on: the modelled cache's fill (blocks held / capacity);

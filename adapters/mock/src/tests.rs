@@ -17,6 +17,7 @@ fn req(max_tokens: u32, seed: i64) -> EngineRequest {
         slot: None,
         cache_prompt: false,
         resume: None,
+        prompt_ids: None,
     }
 }
 

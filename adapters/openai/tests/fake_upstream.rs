@@ -150,6 +150,7 @@ fn request(chat: bool) -> EngineRequest {
         slot: None,
         cache_prompt: true,
         resume: None,
+        prompt_ids: None,
     }
 }
 

@@ -36,6 +36,18 @@ pub struct EngineRequest {
     /// tokens as already generated (after the prompt) and produces what follows, at
     /// most `max_tokens` more. Only sent to engines that [`WorkerAdapter::continues`].
     pub resume: Option<Resume>,
+    /// `prompt` as an engine's tokenizer already made it (admission's count). An
+    /// engine serving the same model (`PromptIds::model` is its digest) sends these ids
+    /// instead of the text, so a long prompt is tokenized once; others ignore them.
+    pub prompt_ids: Option<orch_domain::PromptIds>,
+}
+
+/// An engine's count of a prompt ([`WorkerAdapter::count_tokens`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCount {
+    pub n: u32,
+    /// The ids themselves, when the engine gave them.
+    pub ids: Option<orch_domain::PromptIds>,
 }
 
 /// The output of a generation so far, which a continuation starts after.
@@ -185,13 +197,14 @@ pub trait WorkerAdapter: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
     /// How many tokens this engine's tokenizer makes of `text` as a prompt (special
-    /// tokens such as BOS included), when it can tell; `None` (default) when it cannot.
-    /// Admission asks before refusing a prompt its bytes-per-token estimate puts over
-    /// the context, so a prompt that fits is not refused on a guess.
+    /// tokens such as BOS included), and their ids when it has them; `None` (default)
+    /// when it cannot tell. Admission asks before refusing a prompt its
+    /// bytes-per-token estimate puts over the context, so a prompt that fits is not
+    /// refused on a guess, and hands the ids on ([`EngineRequest::prompt_ids`]).
     fn count_tokens(
         &self,
         _text: std::sync::Arc<str>,
-    ) -> BoxFuture<'_, Result<Option<u32>, WorkerError>> {
+    ) -> BoxFuture<'_, Result<Option<TokenCount>, WorkerError>> {
         Box::pin(async { Ok(None) })
     }
     /// Whether this engine continues a generation from its token ids

@@ -25,8 +25,8 @@ pub use events::{
 pub use ids::{SessionId, TaskId};
 pub use policy::{FullPolicy, PolicyLabel};
 pub use task::{
-    ChatMessage, Determinism, EngineKind, KvHint, Placement, Priority, TaskRequest, Workload,
-    MODEL_REF_MAX_CHARS, PROMPT_MAX_BYTES, PROMPT_MAX_CHARS, SAMPLER_PROFILE_MAX_CHARS,
+    ChatMessage, Determinism, EngineKind, KvHint, Placement, Priority, PromptIds, TaskRequest,
+    Workload, MODEL_REF_MAX_CHARS, PROMPT_MAX_BYTES, PROMPT_MAX_CHARS, SAMPLER_PROFILE_MAX_CHARS,
     STOP_MAX_CHARS, STOP_MAX_ITEMS,
 };
 pub use views::{AdmissionResponse, SessionInfo, StreamLinks, TaskState, TaskStatus};

@@ -215,12 +215,26 @@ pub struct TaskRequest {
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub idempotency_key: Option<String>,
     /// The prompt's length in tokens as the pool's engine counted it, when admission
-    /// asked (its 4-bytes-per-token estimate put the prompt over the context); set by
-    /// the server, never read from the body. Fit checks, holds and charges use it
-    /// instead of the estimate.
+    /// asked (its 4-bytes-per-token estimate put the prompt over the context), or the
+    /// least it can be when no count came in time; set by the server, never read from
+    /// the body. Fit checks, holds and charges use it instead of the estimate.
     #[serde(skip)]
     #[cfg_attr(feature = "openapi", schema(ignore))]
     pub prompt_tokens: Option<u32>,
+    /// The prompt's token ids from that count, when the engine gave them: a replica of
+    /// the same model is sent these instead of the text, so the prompt is tokenized
+    /// once, not twice. Set by the server, never read from the body.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub prompt_ids: Option<PromptIds>,
+}
+
+/// A prompt's token ids as an engine serving `model` (its digest) made them, special
+/// tokens included: only an engine serving the same model may take them for the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptIds {
+    pub model: std::sync::Arc<str>,
+    pub ids: std::sync::Arc<[u32]>,
 }
 
 impl TaskRequest {
@@ -249,6 +263,7 @@ impl TaskRequest {
             chat: None,
             idempotency_key: None,
             prompt_tokens: None,
+            prompt_ids: None,
         }
     }
 

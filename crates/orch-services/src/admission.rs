@@ -75,7 +75,14 @@ async fn admit_in(
     pinned.clone_from(&snap.pinned);
     if crate::pool::worth_counting(&snap, &req) {
         // over the context by the estimate: the engine's own count decides
-        req.prompt_tokens = crate::pool::count_prompt(&snap, &req, &core.counting).await;
+        match crate::pool::count_prompt(&snap, &req, &core.counting).await {
+            crate::pool::Count::Counted(c) => {
+                req.prompt_tokens = Some(c.n);
+                req.prompt_ids = c.ids;
+            }
+            crate::pool::Count::AtLeast(n) => req.prompt_tokens = Some(n),
+            crate::pool::Count::Estimate => {}
+        }
     }
     // refuse what the pool would refuse before anything is reserved (the pool checks
     // again when it queues the task; a home that stores it elsewhere relies on this)

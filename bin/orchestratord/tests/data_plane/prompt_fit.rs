@@ -6,9 +6,13 @@ use serde_json::json;
 
 /// ctx 64; the mock counts one token per word, plus one.
 fn config(tokenizer: bool) -> String {
+    config_counting_in(tokenizer, 0)
+}
+
+fn config_counting_in(tokenizer: bool, count_ms: u64) -> String {
     mock_config(
         "",
-        &format!("slots = 1\ntokens_per_sec = 0.0\nttft_ms = 1\ntokens = 4\nctx_max = 64\ntokenizer = {tokenizer}"),
+        &format!("slots = 1\ntokens_per_sec = 0.0\nttft_ms = 1\ntokens = 4\nctx_max = 64\ntokenizer = {tokenizer}\ncount_ms = {count_ms}"),
     )
 }
 
@@ -87,4 +91,23 @@ async fn a_prompt_no_tokenizer_could_fit_is_refused_without_counting() {
         v["message"].as_str().unwrap().contains("~250 tokens"),
         "{v}"
     );
+}
+
+#[tokio::test]
+async fn a_prompt_that_could_fit_is_admitted_when_no_count_comes_in_time() {
+    // the engine takes 8 s to count; admission waits 5 s for a count, then admits a
+    // prompt that fits at 32 bytes a token (1,000 bytes: at least 32 tokens) and the
+    // engine decides when it runs
+    let s = start(&config_counting_in(true, 8_000)).await;
+    let t0 = std::time::Instant::now();
+    let (id, _) = s.submit(&task(&padded_prompt(), 4, "interactive")).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < std::time::Duration::from_secs(8),
+        "admitted after {waited:?}"
+    );
+    let frames = s.stream(&id, None).await;
+    let end = frames.last().unwrap();
+    assert_eq!(end.event, "end", "{frames:?}");
+    assert_eq!(end.data["tokens_in"], 4, "{end:?}");
 }

@@ -225,6 +225,8 @@ impl From<WireRequest> for EngineRequest {
             resume: r
                 .resume
                 .map(|(ids, text)| adapter_api::Resume { ids, text }),
+            // the host's engine tokenizes the text itself
+            prompt_ids: None,
         }
     }
 }

@@ -42,6 +42,7 @@ fn request() -> EngineRequest {
         slot: None,
         cache_prompt: false,
         resume: None,
+        prompt_ids: None,
     }
 }
 

@@ -6,12 +6,17 @@
 //! is over the context by the estimate, admission asks one serving replica's engine to
 //! count it ([`adapter_api::WorkerAdapter::count_tokens`]) and decides on that.
 //!
-//! Owns: which prompts are worth an engine's time and how many counts run at once.
+//! The count's ids go on to the engine with the task, so the prompt is tokenized once.
+//!
+//! Owns: which prompts are worth an engine's time, how many counts run at once, and
+//! what stands when no count comes in time.
 //! Never: waits longer than [`COUNT_TIMEOUT`] for a count slot and the count together,
-//! asks about a prompt no tokenizer could fit, or fails admission because an engine
-//! could not count (the estimate stands).
+//! asks about a prompt no tokenizer could fit, or refuses a prompt that could fit
+//! because the engine was too busy to count it (it is admitted on the least it can be
+//! and the engine decides).
 
 use super::Snapshot;
+use adapter_api::TokenCount;
 use orch_domain::TaskRequest;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -21,43 +26,57 @@ use tokio::sync::Semaphore;
 pub const COUNTS_AT_ONCE: usize = 2;
 
 /// No tokenizer we know of makes longer tokens (Gemma's longest are 31 spaces); a
-/// prompt longer than this many bytes per token of context is refused uncounted.
+/// prompt that would not fit even at this many bytes per token is refused uncounted.
 const MAX_BYTES_PER_TOKEN: u64 = 32;
 
 /// Waiting for a count slot and the engine's count take at most this long together (a
 /// 256 KB prompt: ~0.2 s of an engine on 2 cores).
 const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What admission knows of a prompt's length beyond its estimate.
+#[derive(Debug)]
+pub(crate) enum Count {
+    /// The engine counted it (and gave its ids, when it has them).
+    Counted(TokenCount),
+    /// It could fit, and no count came in time (counts busy, the engine slow or
+    /// failing): the least it can be, at [`MAX_BYTES_PER_TOKEN`]. Admitted on that;
+    /// the engine enforces its exact limit when it runs (an `error` frame if over).
+    AtLeast(u32),
+    /// Not worth asking, no serving replica, or an engine that cannot count: the
+    /// estimate stands.
+    Estimate,
+}
+
 /// The engine's count of `req`'s prompt, when it is worth asking and a serving replica
-/// of the pool counts it in time; `None` otherwise.
-pub(crate) async fn count_prompt(
-    s: &Snapshot,
-    req: &TaskRequest,
-    slots: &Semaphore,
-) -> Option<u32> {
-    let ctx = u64::from(req.ctx.unwrap_or(s.pinned.as_ref()?.ctx_max));
-    if !super::worth_counting(s, req) || req.prompt.len() as u64 > ctx * MAX_BYTES_PER_TOKEN {
-        return None;
+/// of the pool can count.
+pub(crate) async fn count_prompt(s: &Snapshot, req: &TaskRequest, slots: &Semaphore) -> Count {
+    let Some(ctx) = req.ctx.or(s.pinned.as_ref().map(|p| p.ctx_max)) else {
+        return Count::Estimate;
+    };
+    let least = (req.prompt.len() as u64).div_ceil(MAX_BYTES_PER_TOKEN);
+    if !super::worth_counting(s, req) || least + u64::from(req.max_tokens) > u64::from(ctx) {
+        return Count::Estimate;
     }
-    let replica = s.replicas.iter().find(|r| r.serving)?;
+    let least = u32::try_from(least).unwrap_or(u32::MAX);
+    let Some(replica) = s.replicas.iter().find(|r| r.serving) else {
+        return Count::Estimate;
+    };
     let count = async {
         let _slot = slots.acquire().await.ok()?;
         Some(replica.adapter.count_tokens(req.prompt.clone()).await)
     };
     match tokio::time::timeout(COUNT_TIMEOUT, count).await {
-        Ok(None) => None,
-        Ok(Some(r)) => match r {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id, error = %e,
-                    "the engine could not count a prompt; the estimate stands");
-                None
-            }
-        },
-        Err(_) => {
+        Ok(Some(Ok(Some(c)))) => Count::Counted(c),
+        Ok(Some(Ok(None))) => Count::Estimate,
+        Ok(Some(Err(e))) => {
+            tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id, error = %e,
+                "the engine could not count a prompt; admitted on the least it can be");
+            Count::AtLeast(least)
+        }
+        Ok(None) | Err(_) => {
             tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id,
-                "no count of a prompt within its time (counts busy or the engine slow); the estimate stands");
-            None
+                "no count of a prompt within its time (counts busy or the engine slow); admitted on the least it can be");
+            Count::AtLeast(least)
         }
     }
 }

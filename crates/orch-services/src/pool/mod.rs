@@ -23,7 +23,7 @@ pub(crate) fn declared_cost(request: &TaskRequest) -> u64 {
     charge::declared(prompt_tokens(request), request)
 }
 pub(crate) use admit::{check_fits_snapshot, unready, worth_counting};
-pub(crate) use count::{count_prompt, COUNTS_AT_ONCE};
+pub(crate) use count::{count_prompt, Count, COUNTS_AT_ONCE};
 pub(crate) use observed::reuses_cache;
 pub use slot::{Observed, PromptSeen, SlotGuard};
 pub use state::{Pinned, Replica};

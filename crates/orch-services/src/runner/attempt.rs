@@ -269,6 +269,7 @@ impl<'a> Attempt<'a> {
             // another batch shape, and its last bits can tip a greedy pick
             cache_prompt: crate::pool::reuses_cache(req),
             resume,
+            prompt_ids: req.prompt_ids.clone(),
         }
     }
 
