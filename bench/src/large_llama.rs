@@ -19,12 +19,13 @@
 //! waits behind them and the supervisor restarts a replica it sees as hung.
 
 use crate::llama::start_in_process;
-use crate::stats::p50_p99;
+use crate::stats::{p50_p99, proc_cpu_seconds};
 use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 /// Every prompt's size in bytes (prefix + distinct tail).
 pub const PROMPT_BYTES: usize = 256 * 1024;
+/// The concurrencies run, unless `ORCH_BENCH_CONCURRENCY` names some (`1,20`).
 const CONCURRENCY: [usize; 4] = [1, 20, 60, 150];
 /// Tasks per side per round, as a multiple of the concurrency.
 const TASKS_PER_CLIENT: usize = 2;
@@ -45,7 +46,7 @@ fn prompt(n: usize) -> String {
 }
 
 /// Time from `t0` to the first frame `is_token` accepts; the stream is read to its end.
-async fn first_token(
+pub(crate) async fn first_token(
     r: reqwest::Response,
     t0: Instant,
     is_token: fn(&str) -> bool,
@@ -115,6 +116,15 @@ struct Side {
     wall: Duration,
     tasks: usize,
     failed: usize,
+    /// The engine process's CPU time (all its threads) over this side's rounds.
+    engine_cpu: f64,
+}
+
+/// The engine's pid, for its CPU time.
+static ENGINE_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn engine_cpu() -> f64 {
+    ENGINE_PID.get().map_or(0.0, |&p| proc_cpu_seconds(p))
 }
 
 /// `n` tasks, `conc` at a time; prompts numbered from `*next`.
@@ -125,6 +135,7 @@ where
 {
     let prompts: Vec<String> = (0..n).map(|i| prompt(*next + i)).collect();
     *next += n;
+    let cpu0 = engine_cpu();
     let t0 = Instant::now();
     let got: Vec<Option<Duration>> = futures_util::stream::iter(prompts)
         .map(job)
@@ -132,6 +143,7 @@ where
         .collect()
         .await;
     side.wall += t0.elapsed();
+    side.engine_cpu += engine_cpu() - cpu0;
     side.tasks += n;
     side.failed += got.iter().filter(|t| t.is_none()).count();
     side.ttft.extend(got.into_iter().flatten());
@@ -150,6 +162,13 @@ pub async fn run() {
         .clone()
         .expect("a spawned replica has an endpoint");
     let pid = server.orch.pool_views()[0].replicas[0].pid;
+    if let Some(p) = pid {
+        let _ = ENGINE_PID.set(p);
+    }
+    let concurrency: Vec<usize> = std::env::var("ORCH_BENCH_CONCURRENCY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_else(|| CONCURRENCY.to_vec());
     // llama-server closes each streamed connection: direct requests open fresh ones;
     // an SDK keeps pooled connections to orchestratord
     let pooled = reqwest::Client::new();
@@ -166,9 +185,9 @@ pub async fn run() {
         t.elapsed().as_secs_f64(),
         warm.failed
     );
-    println!("\n| concurrent | n (each side) | direct TTFT p50 | orchestratord TTFT p50 | **added p50** | direct p99 | orchestratord p99 | added p99 | **added mean** | tasks/s, orchestratord / direct |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for conc in CONCURRENCY {
+    println!("\n| concurrent | n (each side) | direct TTFT p50 | orchestratord TTFT p50 | **added p50** | direct p99 | orchestratord p99 | added p99 | **added mean** | tasks/s, orchestratord / direct | engine CPU per task, direct / orchestratord |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for conc in concurrency {
         let (mut d, mut o) = (Side::default(), Side::default());
         // one at a time: enough tasks for a p50 (closed loops have `conc` × 2 per round)
         let n = if conc == 1 {
@@ -204,15 +223,18 @@ pub async fn run() {
         let mean = |s: &Side| {
             s.ttft.iter().map(Duration::as_secs_f64).sum::<f64>() * 1e3 / s.ttft.len().max(1) as f64
         };
+        let cpu = |s: &Side| s.engine_cpu * 1e3 / s.tasks.max(1) as f64;
         println!(
-            "| {conc} | {} | {d50:.1} ms | {o50:.1} ms | **{:+.1} ms** | {d99:.1} ms | {o99:.1} ms | {:+.1} ms | **{:+.1} ms** | {:.1} / {:.1} = {:.3} |",
+            "| {conc} | {} | {d50:.1} ms | {o50:.1} ms | **{:+.1} ms** | {d99:.1} ms | {o99:.1} ms | {:+.1} ms | **{:+.1} ms** | {:.1} / {:.1} = {:.3} | {:.0} / {:.0} ms |",
             o.ttft.len(),
             o50 - d50,
             o99 - d99,
             mean(&o) - mean(&d),
             rate(&o),
             rate(&d),
-            rate(&o) / rate(&d)
+            rate(&o) / rate(&d),
+            cpu(&d),
+            cpu(&o)
         );
     }
     println!("\nTarget: added TTFT p50 <= +2 ms at every concurrency.");

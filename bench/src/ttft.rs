@@ -16,7 +16,6 @@
 
 use crate::llama::start_in_process;
 use crate::stats::p50_p99;
-use futures_util::StreamExt;
 use std::time::{Duration, Instant};
 
 const ROUNDS: usize = 8;
@@ -80,18 +79,9 @@ fn prompt(n: usize) -> String {
 
 /// Time from `t0` to the first SSE frame for which `has_text` holds.
 async fn first_text(r: reqwest::Response, t0: Instant, has_text: fn(&str) -> bool) -> Duration {
-    let mut s = r.bytes_stream();
-    let (mut ttft, mut buf) = (None, String::new());
-    while let Some(Ok(c)) = s.next().await {
-        buf.push_str(&String::from_utf8_lossy(&c));
-        while let Some(i) = buf.find("\n\n") {
-            let frame: String = buf.drain(..i + 2).collect();
-            if ttft.is_none() && has_text(&frame) {
-                ttft = Some(t0.elapsed());
-            }
-        }
-    }
-    ttft.expect("the stream carried text")
+    crate::large_llama::first_token(r, t0, has_text)
+        .await
+        .expect("the stream carried text")
 }
 
 fn data_json(frame: &str) -> Option<serde_json::Value> {

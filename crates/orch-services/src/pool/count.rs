@@ -10,8 +10,8 @@
 //!
 //! Owns: which prompts are worth an engine's time, how many counts run at once, and
 //! what stands when no count comes in time.
-//! Never: waits longer than [`COUNT_TIMEOUT`] for a count slot and the count together,
-//! asks about a prompt no tokenizer could fit, or refuses a prompt that could fit
+//! Never: waits longer than [`COUNT_WAIT`] for a count slot, abandons a count it
+//! started, asks about a prompt no tokenizer could fit, or refuses a prompt that could fit
 //! because the engine was too busy to count it (it is admitted on the least it can be
 //! and the engine decides).
 
@@ -22,24 +22,28 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 /// Counts in flight at once, per server: each costs an engine a tokenization of up
-/// to the body limit.
-pub const COUNTS_AT_ONCE: usize = 2;
+/// to the body limit. Two were too few: under load a count takes ~0.5 s while the
+/// engine decodes, and two at a time could not keep a 2-slot engine's queue fed
+/// (BENCHMARKS, item 2's real-engine half: 0.85× direct's tasks/s at 20 clients,
+/// 1.02× with eight).
+pub const COUNTS_AT_ONCE: usize = 8;
 
 /// No tokenizer we know of makes longer tokens (Gemma's longest are 31 spaces); a
 /// prompt that would not fit even at this many bytes per token is refused uncounted.
 const MAX_BYTES_PER_TOKEN: u64 = 32;
 
-/// Waiting for a count slot and the engine's count take at most this long together (a
-/// 256 KB prompt: ~0.2 s of an engine on 2 cores).
-const COUNT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A prompt waits at most this long for a count slot (a 256 KiB prompt's count: ~0.3 s
+/// of an idle engine on 2 cores); the count itself is bounded by the adapter (its
+/// control timeout, 5 s for llama-server).
+const COUNT_WAIT: Duration = Duration::from_secs(5);
 
 /// What admission knows of a prompt's length beyond its estimate.
 #[derive(Debug)]
 pub(crate) enum Count {
     /// The engine counted it (and gave its ids, when it has them).
     Counted(TokenCount),
-    /// It could fit, and no count came in time (counts busy, the engine slow or
-    /// failing): the least it can be, at [`MAX_BYTES_PER_TOKEN`]. Admitted on that;
+    /// It could fit, and no count was had (no count slot in time, or the engine
+    /// failed to count): the least it can be, at [`MAX_BYTES_PER_TOKEN`]. Admitted on that;
     /// the engine enforces its exact limit when it runs (an `error` frame if over).
     AtLeast(u32),
     /// Not worth asking, no serving replica, or an engine that cannot count: the
@@ -61,21 +65,19 @@ pub(crate) async fn count_prompt(s: &Snapshot, req: &TaskRequest, slots: &Semaph
     let Some(replica) = s.replicas.iter().find(|r| r.serving) else {
         return Count::Estimate;
     };
-    let count = async {
-        let _slot = slots.acquire().await.ok()?;
-        Some(replica.adapter.count_tokens(req.prompt.clone()).await)
+    // a count once started runs to its end (the adapter bounds it): dropped halfway,
+    // the engine would finish tokenizing for nobody and tokenize the text again later
+    let Ok(Ok(_slot)) = tokio::time::timeout(COUNT_WAIT, slots.acquire()).await else {
+        tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id,
+            "no count slot within its time (a burst of large prompts); admitted on the least it can be");
+        return Count::AtLeast(least);
     };
-    match tokio::time::timeout(COUNT_TIMEOUT, count).await {
-        Ok(Some(Ok(Some(c)))) => Count::Counted(c),
-        Ok(Some(Ok(None))) => Count::Estimate,
-        Ok(Some(Err(e))) => {
+    match replica.adapter.count_tokens(req.prompt.clone()).await {
+        Ok(Some(c)) => Count::Counted(c),
+        Ok(None) => Count::Estimate,
+        Err(e) => {
             tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id, error = %e,
                 "the engine could not count a prompt; admitted on the least it can be");
-            Count::AtLeast(least)
-        }
-        Ok(None) | Err(_) => {
-            tracing::debug!(pool_id = %s.pool_id, replica_id = %replica.id,
-                "no count of a prompt within its time (counts busy or the engine slow); admitted on the least it can be");
             Count::AtLeast(least)
         }
     }
