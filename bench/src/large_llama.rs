@@ -46,23 +46,31 @@ fn prompt(n: usize) -> String {
 }
 
 /// Time from `t0` to the first frame `is_token` accepts; the stream is read to its end.
+/// Without such a frame: the stream's last frame (or why it broke off), to report.
 pub(crate) async fn first_token(
     r: reqwest::Response,
     t0: Instant,
     is_token: fn(&str) -> bool,
-) -> Option<Duration> {
+) -> Result<Duration, String> {
     let mut s = r.bytes_stream();
-    let (mut ttft, mut buf) = (None, String::new());
-    while let Some(Ok(c)) = s.next().await {
+    let (mut ttft, mut buf, mut last) = (None, String::new(), String::from("no frame"));
+    while let Some(c) = s.next().await {
+        let c = c.map_err(|e| format!("the stream broke off: {e}; last frame: {last}"))?;
         buf.push_str(&String::from_utf8_lossy(&c));
         while let Some(i) = buf.find("\n\n") {
             let frame: String = buf.drain(..i + 2).collect();
             if ttft.is_none() && is_token(&frame) {
                 ttft = Some(t0.elapsed());
             }
+            last = frame;
         }
     }
-    ttft
+    ttft.ok_or_else(|| format!("no token; last frame: {}", last.trim()))
+}
+
+/// A request's TTFT, or `None` with the reason on stderr.
+fn noted(r: Result<Duration, String>, side: &str) -> Option<Duration> {
+    r.inspect_err(|e| eprintln!("  note: {side}: {e}")).ok()
 }
 
 fn direct_token(f: &str) -> bool {
@@ -77,16 +85,23 @@ async fn direct(http: &reqwest::Client, engine: &str, p: String) -> Option<Durat
     let t0 = Instant::now();
     let body = serde_json::json!({"prompt": p, "n_predict": MAX_TOKENS, "stream": true,
         "temperature": 0.0, "cache_prompt": true});
-    let r = http
-        .post(format!("{engine}/completion"))
-        .json(&body)
-        .send()
-        .await
-        .ok()?;
-    first_token(r, t0, direct_token).await
+    let r = async {
+        let r = http
+            .post(format!("{engine}/completion"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        first_token(r, t0, direct_token).await
+    };
+    noted(r.await, "direct")
 }
 
 async fn via(http: &reqwest::Client, base: &str, p: String) -> Option<Duration> {
+    noted(via_ttft(http, base, p).await, "orchestratord")
+}
+
+async fn via_ttft(http: &reqwest::Client, base: &str, p: String) -> Result<Duration, String> {
     let t0 = Instant::now();
     let body = serde_json::json!({"workload": "completion", "model_ref": "gemma-3-270m",
         "priority": "interactive", "prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0.0});
@@ -95,18 +110,24 @@ async fn via(http: &reqwest::Client, base: &str, p: String) -> Option<Duration> 
         .json(&body)
         .send()
         .await
-        .ok()?;
+        .map_err(|e| format!("submit failed: {e}"))?;
     if r.status() != 202 {
-        eprintln!(
-            "  note: submit answered {}: {}",
-            r.status(),
+        let status = r.status();
+        return Err(format!(
+            "submit answered {status}: {}",
             r.text().await.unwrap_or_default()
-        );
-        return None;
+        ));
     }
-    let v: serde_json::Value = r.json().await.ok()?;
-    let sse = v["streams"]["sse"].as_str()?.to_string();
-    let s = http.get(format!("{base}{sse}")).send().await.ok()?;
+    let v: serde_json::Value = r.json().await.map_err(|e| format!("the 202's body: {e}"))?;
+    let sse = v["streams"]["sse"]
+        .as_str()
+        .ok_or("a 202 without a stream")?
+        .to_string();
+    let s = http
+        .get(format!("{base}{sse}"))
+        .send()
+        .await
+        .map_err(|e| format!("the stream's request failed: {e}"))?;
     first_token(s, t0, orch_token).await
 }
 
