@@ -73,16 +73,14 @@ async fn admit_in(
     let pool = select_pool(core, &req, caller)?;
     let snap = pool.snapshot();
     pinned.clone_from(&snap.pinned);
-    if crate::pool::worth_counting(&snap, &req) {
-        // over the context by the estimate: the engine's own count decides
-        match crate::pool::count_prompt(&snap, &req, &core.counting).await {
-            crate::pool::Count::Counted(c) => {
-                req.prompt_tokens = Some(c.n);
-                req.prompt_ids = c.ids;
-            }
-            crate::pool::Count::AtLeast(n) => req.prompt_tokens = Some(n),
-            crate::pool::Count::Estimate => {}
+    // over the context by the estimate: the engine's own count decides
+    match crate::pool::count_prompt(&snap, &req, &core.counting).await {
+        crate::pool::Count::Counted(c) => {
+            req.prompt_tokens = Some(c.n);
+            req.prompt_ids = c.ids;
         }
+        crate::pool::Count::AtLeast(n) => req.prompt_tokens = Some(n),
+        crate::pool::Count::Estimate => {}
     }
     // refuse what the pool would refuse before anything is reserved (the pool checks
     // again when it queues the task; a home that stores it elsewhere relies on this)
